@@ -1,0 +1,893 @@
+"""Per-step speed of the GPA engine against a plain eager-torch Algorithm 1.
+
+What is measured
+----------------
+Milliseconds per particle step (``n_critic`` = 3 critic updates, the velocity ``-grad phi`` at
+every particle and the move; Heun does all of it twice) for
+
+* **baseline**: the straightforward implementation of Algorithm 1 (paper 000) written below:
+  ``torch.nn.Sequential`` of ``nn.Linear`` + ``nn.ReLU`` (32-32-32), ``torch.optim.Adam``
+  (lr 0.005) over the weights and the scalar nu, the KL objective in Legendre form
+  ``J = mean phi(Y) - mean exp(phi(X) - nu - 1) - nu`` maximised by ``(-J).backward()``, every
+  weight matrix rescaled to spectral norm ``L ** (1 / depth)`` with
+  ``torch.linalg.matrix_norm(W, ord=2)`` after each optimiser step, the velocity by
+  ``torch.autograd.grad``, and a Python loop over K separate networks for K classes;
+* **engine**: ``sklearn_gpa._engine.flow.train_flow`` (K flows batched in one computation).
+
+Both run in the same process on the same data, dtype (float32), device and thread count.
+Timed blocks alternate (baseline, engine, baseline, engine, ...) after a warm-up and the median
+block of each method is reported, so load from other processes hits both alike.  N = M rows
+*per class*; rows with N > 20 000 train the critic on per-flow mini-batches of 2000 particle
+and 2000 target rows (both methods), the velocity is always taken at every particle.  The
+baseline is skipped ("-") where one of its steps would take longer than ``--max-baseline-s``,
+a row is skipped where its data would not fit comfortably in memory.
+
+Threads (CPU): the engine's own rule (``threads_for``, as ``run_gpa`` uses it: 1 thread for
+small problems), capped by the cores other processes leave free when the run starts (1-minute
+load average); ``--threads N`` forces N.  Where a row runs with more than one thread, the engine
+is also timed at 1 thread, interleaved.  "K classes cost <= 2x one class" is measured as the
+engine's time(K=10) / time(K=1) at equal per-class size, both timed interleaved.
+
+Peak memory is measured in a fresh subprocess per configuration and method (peak RSS above the
+RSS before the method's tensors exist, read from ``/proc/self/status`` after resetting the
+high-water mark; a tiny run of the same method first pays the one-off library start-up) on
+CPU, and with ``torch.cuda.max_memory_allocated`` on CUDA.
+
+How to run (from the repository root)
+-------------------------------------
+::
+
+    python benchmarks/bench_step.py --quick          # headline group only, ~1 minute
+    python benchmarks/bench_step.py                  # medium subset, ~5 minutes on 2 cores
+    python benchmarks/bench_step.py --full           # the whole grid (long)
+    python benchmarks/bench_step.py --device cuda    # the same tables on a GPU
+    python benchmarks/bench_step.py --config 2000,50,10,euler   # chosen rows only
+    python benchmarks/bench_step.py --profile [--config N,d,K,solver]  # torch.profiler
+    python benchmarks/bench_step.py --check          # engine and baseline agree from one init
+
+Results go to ``benchmarks/results/bench_step.{json,md}`` (default and ``--full``;
+``bench_step_quick.*`` with ``--quick``, ``bench_step_custom.*`` with ``--config``, a ``_cuda``
+suffix on a GPU), ``bench_step_profile_<problem>_<device>.txt`` and ``bench_step_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sklearn_gpa._engine.critic import Critic
+from sklearn_gpa._engine.device import threads_for
+from sklearn_gpa._engine.divergences import get_divergence
+from sklearn_gpa._engine.flow import pack_rows, train_flow
+from sklearn_gpa._engine.integrators import get_tableau
+from sklearn_gpa._engine.networks import MLPLayout, make_activation
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HIDDEN = (32, 32, 32)
+LIPSCHITZ = 1.0
+LEARNING_RATE = 0.005
+DT = 0.5
+N_CRITIC = 3
+DTYPE = torch.float32
+MINIBATCH = 2000
+MINIBATCH_ABOVE = 20_000
+DEFAULT_THREADS = torch.get_num_threads()
+MOG_CENTERS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One row of the grid; ``n`` rows per class on each side (N = M)."""
+
+    n: int
+    d: int
+    k: int
+    solver: str
+    n_critic: int = N_CRITIC
+
+    @property
+    def batch_size(self):
+        return MINIBATCH if self.n > MINIBATCH_ABOVE else None
+
+    @property
+    def data_bytes(self) -> int:
+        return 2 * self.k * self.n * self.d * 4
+
+    def label(self) -> str:
+        return f"N={self.n} d={self.d} K={self.k} {self.solver}"
+
+
+HEADLINE = Config(200, 2, 1, "euler")
+QUICK = [Config(200, 2, k, s) for s in ("euler", "heun") for k in (1, 10)]
+MEDIUM = QUICK + [
+    Config(200, 2, 2, "euler"),
+    Config(200, 50, 1, "euler"),
+    Config(200, 50, 10, "euler"),
+    Config(2000, 2, 1, "euler"),
+    Config(2000, 2, 10, "euler"),
+    Config(2000, 50, 1, "euler"),
+    Config(2000, 50, 10, "euler"),
+    Config(2000, 50, 1, "heun"),
+    Config(2000, 784, 1, "euler"),
+    Config(2000, 784, 2, "euler"),
+    Config(20000, 2, 1, "euler"),
+    Config(20000, 50, 1, "euler"),
+    Config(200000, 2, 1, "euler"),
+]
+FULL_AXES = dict(n=(200, 2000, 20000, 200000), d=(2, 50, 784), k=(1, 2, 10))
+
+
+def full_grid() -> list:
+    rest = [
+        Config(n, d, k, s)
+        for n, d, k, s in itertools.product(*FULL_AXES.values(), ("euler", "heun"))
+    ]
+    return MEDIUM + [c for c in rest if c not in MEDIUM]
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def make_class(cfg: Config, rng: np.random.Generator):
+    """(source, target) of one class: the papers' 2-D mixture for d = 2, shifted normals else."""
+    if cfg.d == 2:
+        source = 0.5 * rng.standard_normal((cfg.n, 2), dtype=np.float32)
+        centers = MOG_CENTERS[rng.integers(0, 4, cfg.n)].astype(np.float32)
+        target = centers + 0.5 * rng.standard_normal((cfg.n, 2), dtype=np.float32)
+        return source, target
+    source = rng.standard_normal((cfg.n, cfg.d), dtype=np.float32)
+    target = rng.standard_normal((cfg.n, cfg.d), dtype=np.float32)
+    target += 2.0
+    return source, target
+
+
+def make_data(cfg: Config, seed: int = 0):
+    """Lists of K source and K target arrays (n, d), float32."""
+    rng = np.random.default_rng(seed)
+    pairs = [make_class(cfg, rng) for _ in range(cfg.k)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+# -- the baseline: plain eager torch, one network per class ----------------------------------
+
+
+class EagerCritic:
+    """One flow's critic: nn.Sequential, scalar nu, torch.optim.Adam, exact spectral norm."""
+
+    def __init__(self, d, device, dtype=DTYPE):
+        sizes = (d, *HIDDEN, 1)
+        modules = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            modules += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        self.net = nn.Sequential(*modules[:-1]).to(device=device, dtype=dtype)
+        self.linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        self.nu = torch.zeros((), device=device, dtype=dtype, requires_grad=True)
+        self.optimizer = torch.optim.Adam([*self.net.parameters(), self.nu], lr=LEARNING_RATE)
+        self.layer_norm = LIPSCHITZ ** (1.0 / len(self.linears))
+        self.normalize()
+
+    @torch.no_grad()
+    def normalize(self):
+        for linear in self.linears:
+            norm = torch.linalg.matrix_norm(linear.weight, ord=2)
+            linear.weight.mul_(self.layer_norm / norm)
+
+    def objective(self, y, x):
+        phi_y, phi_x = self.net(y), self.net(x)
+        return phi_y.mean() - torch.exp(phi_x - self.nu - 1.0).mean() - self.nu
+
+    def train(self, y, x, n_critic, batch_size):
+        for _ in range(n_critic):
+            if batch_size is not None:
+                y_b = y[torch.randint(len(y), (batch_size,), device=y.device)]
+                x_b = x[torch.randint(len(x), (batch_size,), device=x.device)]
+            else:
+                y_b, x_b = y, x
+            self.optimizer.zero_grad()
+            value = self.objective(y_b, x_b)
+            (-value).backward()
+            self.optimizer.step()
+            self.normalize()
+        return value.detach()
+
+    def velocity(self, y):
+        y = y.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.net(y).sum(), y)
+        return -grad
+
+
+class EagerGPA:
+    """Algorithm 1 for K classes as a Python loop over K eager critics."""
+
+    def __init__(self, cfg: Config, sources, targets, device, seed=0, dtype=DTYPE):
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.y = [torch.as_tensor(s, dtype=dtype, device=device) for s in sources]
+        self.x = [torch.as_tensor(t, dtype=dtype, device=device) for t in targets]
+        self.critics = [EagerCritic(cfg.d, device, dtype) for _ in sources]
+        self.divergence = [None] * cfg.k
+        self.kinetic = [None] * cfg.k
+
+    def _velocity(self, k, position):
+        critic, cfg = self.critics[k], self.cfg
+        value = critic.train(position, self.x[k], cfg.n_critic, cfg.batch_size)
+        return critic.velocity(position), value
+
+    def move_class(self, k):
+        v1, value = self._velocity(k, self.y[k])
+        self.divergence[k], self.kinetic[k] = value, v1.square().sum(1).mean()
+        if self.cfg.solver == "euler":
+            self.y[k] = self.y[k] + DT * v1
+        elif self.cfg.solver == "heun":
+            v2, _ = self._velocity(k, self.y[k] + DT * v1)
+            self.y[k] = self.y[k] + 0.5 * DT * (v1 + v2)
+        else:
+            raise ValueError(f"The baseline has no solver {self.cfg.solver!r}.")
+
+    def run(self, n_steps):
+        for _ in range(n_steps):
+            for k in range(self.cfg.k):
+                self.move_class(k)
+
+
+# -- the engine ------------------------------------------------------------------------------
+
+
+class EngineGPA:
+    """The library's batched engine, driven as the estimators drive it."""
+
+    def __init__(self, cfg: Config, sources, targets, device, seed=0, dtype=DTYPE):
+        self.cfg = cfg
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.y, self.w_y = pack_rows(sources, dtype, device)
+        self.x, self.w_x = pack_rows(targets, dtype, device)
+        layout = MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
+        self.critic = Critic(
+            layout,
+            make_activation("relu"),
+            get_divergence("kl"),
+            lipschitz=LIPSCHITZ,
+            learning_rate=LEARNING_RATE,
+            generator=self.generator,
+            dtype=dtype,
+            device=device,
+        )
+        self.tableau = get_tableau(cfg.solver)
+
+    def run(self, n_steps):
+        result = train_flow(
+            self.y,
+            self.w_y,
+            self.x,
+            self.w_x,
+            self.critic,
+            self.tableau,
+            dt=DT,
+            n_steps=n_steps,
+            n_critic=self.cfg.n_critic,
+            batch_size=self.cfg.batch_size,
+            generator=self.generator,
+        )
+        self.y = result.particles
+        return result
+
+
+RUNNERS = {"baseline": EagerGPA, "engine": EngineGPA}
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_block(run, n_steps, device) -> float:
+    """Seconds per step of ``run(n_steps)``."""
+    synchronize(device)
+    start = time.perf_counter()
+    run(n_steps)
+    synchronize(device)
+    return (time.perf_counter() - start) / n_steps
+
+
+def estimate_baseline_step(runner: EagerGPA, device) -> float:
+    """One baseline step, extrapolated from two single-class moves (the second is timed)."""
+    runner.move_class(0)
+    return runner.cfg.k * time_block(lambda _: runner.move_class(0), 1, device)
+
+
+def warm_up(run, n_warmup, device, budget_s=2.0) -> float:
+    """Run up to ``n_warmup`` single steps (stopping after ``budget_s``); last step's time."""
+    spent, last = 0.0, math.inf
+    for _ in range(n_warmup):
+        last = time_block(run, 1, device)
+        spent += last
+        if spent > budget_s:
+            break
+    return last
+
+
+def steps_per_block(seconds_per_step, block_s, max_steps=200) -> int:
+    return int(min(max_steps, max(1, round(block_s / max(seconds_per_step, 1e-6)))))
+
+
+def thread_cap(args) -> int:
+    """Cores not busy with other processes at start (1-minute load average), at least 1."""
+    if args.threads != "auto":
+        return int(args.threads)
+    return max(1, min(DEFAULT_THREADS, round((os.cpu_count() or 1) - os.getloadavg()[0])))
+
+
+def choose_threads(cfg: Config, device, args):
+    """``--threads`` if given, else run_gpa's choice for this problem capped by the free cores.
+
+    ``threads_for`` answers "all" as the current setting, so ask it at the process default.
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    if args.threads != "auto":
+        return int(args.threads)
+    rows = 2 * (cfg.n if cfg.batch_size is None else cfg.batch_size)
+    torch.set_num_threads(DEFAULT_THREADS)
+    return min(args.thread_cap, threads_for(rows * cfg.k, (cfg.d, *HIDDEN, 1)))
+
+
+def interleave(plan, n_steps, repeats, device) -> dict:
+    """Alternate timed blocks of every ``name: (runner, threads)``; seconds per step."""
+    times = {name: [] for name in plan}
+    for _ in range(repeats):
+        for name, (runner, threads) in plan.items():
+            if threads is not None:
+                torch.set_num_threads(threads)
+            times[name].append(time_block(runner.run, n_steps[name], device))
+    return times
+
+
+def build_runners(cfg, device, args):
+    """Engine and (unless too slow) baseline, both warmed up; also their step estimates."""
+    sources, targets = make_data(cfg)
+    runners, estimates = {}, {}
+    baseline = EagerGPA(cfg, sources, targets, device)
+    estimates["baseline"] = estimate_baseline_step(baseline, device)
+    if estimates["baseline"] <= args.max_baseline_s:
+        estimates["baseline"] = warm_up(baseline.run, args.warmup, device)
+        runners["baseline"] = baseline
+    else:
+        del baseline
+    runners["engine"] = EngineGPA(cfg, sources, targets, device)
+    estimates["engine"] = warm_up(runners["engine"].run, args.warmup, device)
+    return runners, estimates
+
+
+def timing_plan(runners, estimates, threads, args):
+    """What to time, at how many threads and steps: the engine again at 1 thread if > 1."""
+    plan = {name: (runner, threads) for name, runner in runners.items()}
+    if threads is not None and threads > 1:
+        plan["engine_1thread"] = (runners["engine"], 1)
+        estimates = estimates | {"engine_1thread": estimates["engine"]}
+    n_steps = {name: steps_per_block(estimates[name], args.block_s) for name in plan}
+    slow = max(estimates.values()) > args.block_s
+    return plan, n_steps, max(3, args.repeats // 2) if slow else args.repeats
+
+
+def bench_config(cfg: Config, device, args) -> dict:
+    """Time one configuration; a dict of every number measured."""
+    threads = choose_threads(cfg, device, args)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    runners, estimates = build_runners(cfg, device, args)
+    plan, n_steps, repeats = timing_plan(runners, estimates, threads, args)
+    times = interleave(plan, n_steps, repeats, device)
+    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    row = dataclasses.asdict(cfg) | {
+        "batch_size": cfg.batch_size,
+        "threads": threads,
+        "steps_per_block": n_steps,
+        "repeats": repeats,
+        "block_ms_per_step": {k: [1e3 * s for s in v] for k, v in times.items()},
+        "baseline_ms": median.get("baseline"),
+        "engine_ms": median["engine"],
+        "engine_1thread_ms": median.get("engine_1thread", median["engine"] if threads else None),
+    }
+    row["ratio"] = row["baseline_ms"] / row["engine_ms"] if row["baseline_ms"] else None
+    return row
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def _status_kib(field) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
+
+
+def probe_memory(cfg: Config, method, device, n_steps=2) -> float:
+    """MiB of peak memory above the pre-run level for ``n_steps`` of ``method``, in-process.
+
+    A tiny run of the same method first pays the one-off costs (lazily loaded kernels,
+    thread pools, LAPACK workspaces) that do not grow with the problem.
+    """
+    tiny = dataclasses.replace(cfg, n=16, k=1)
+    RUNNERS[method](tiny, *make_data(tiny), device).run(1)
+    sources, targets = make_data(cfg)
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        RUNNERS[method](cfg, sources, targets, device).run(n_steps)
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    RUNNERS[method](cfg, sources, targets, device).run(n_steps)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def measure_memory(cfg: Config, method, device, threads) -> float | None:
+    """Peak MiB of ``method``: a fresh subprocess on CPU, in-process on CUDA."""
+    if torch.device(device).type == "cuda":
+        return probe_memory(cfg, method, device)
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        json.dumps(dataclasses.asdict(cfg)),
+        "--probe-method",
+        method,
+        "--device",
+        device,
+        "--threads",
+        str(threads or 1),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"  memory probe failed for {cfg.label()} {method}: {done.stderr[-300:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def add_memory(rows, configs, device):
+    for row, cfg in zip(rows, configs):
+        if row.get("skipped"):
+            continue
+        methods = ["engine"] + (["baseline"] if row["baseline_ms"] is not None else [])
+        for method in methods:
+            row[f"{method}_peak_mib"] = measure_memory(cfg, method, device, row["threads"])
+        print(
+            f"  memory {cfg.label()}: "
+            + ", ".join(
+                f"{m} {row[f'{m}_peak_mib']:.1f} MiB"
+                for m in methods
+                if row[f"{m}_peak_mib"] is not None
+            )
+        )
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+def machine_info(device, args) -> dict:
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            found = re.search(r"model name\s*:\s*(.+)", info.read())
+            cpu = found.group(1).strip() if found else cpu
+    info = {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "thread_rule": "sklearn_gpa._engine.device.threads_for, capped by free cores"
+        if args.threads == "auto"
+        else f"fixed {args.threads}",
+        "thread_cap": args.thread_cap,
+        "load_average_at_start": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fmt(value, pattern="{:.2f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def class_ratios(rows) -> list:
+    """time(K=10) / time(K=1) per method from the table rows (measured at different times)."""
+    by_key = {(r["n"], r["d"], r["k"], r["solver"]): r for r in rows if not r.get("skipped")}
+    ratios = []
+    for (n, d, k, solver), row in by_key.items():
+        one = by_key.get((n, d, 1, solver))
+        if k != 10 or one is None:
+            continue
+        entry = {"n": n, "d": d, "solver": solver}
+        for method in ("engine", "engine_1thread", "baseline"):
+            a, b = row[f"{method}_ms"], one[f"{method}_ms"]
+            entry[method] = a / b if a and b else None
+        ratios.append(entry)
+    return ratios
+
+
+def bench_class_scaling(cfg: Config, device, args) -> dict:
+    """Engine time(K) / time(K=1) at equal per-class size, K and 1 flows timed interleaved."""
+    threads = choose_threads(cfg, device, args)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sources, targets = make_data(cfg)
+    one = dataclasses.replace(cfg, k=1)
+    runners = {
+        "k1": EngineGPA(one, sources[:1], targets[:1], device),
+        f"k{cfg.k}": EngineGPA(cfg, sources, targets, device),
+    }
+    estimates = {name: warm_up(r.run, args.warmup, device) for name, r in runners.items()}
+    n_steps = {name: steps_per_block(t, args.block_s) for name, t in estimates.items()}
+    plan = {name: (runner, threads) for name, runner in runners.items()}
+    times = interleave(plan, n_steps, args.repeats, device)
+    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {
+        "n": cfg.n,
+        "d": cfg.d,
+        "k": cfg.k,
+        "solver": cfg.solver,
+        "threads": threads,
+        "k1_ms": median["k1"],
+        "k_ms": median[f"k{cfg.k}"],
+        "ratio": median[f"k{cfg.k}"] / median["k1"],
+    }
+
+
+def run_class_scaling(configs, device, args) -> list:
+    """The interleaved K=10 / K=1 engine ratio for every K=10 row that was run."""
+    out = []
+    for cfg in configs:
+        if cfg.k == 10 and cfg.data_bytes <= args.data_limit:
+            out.append(bench_class_scaling(cfg, device, args))
+            entry = out[-1]
+            print(
+                f"  classes {cfg.label()}: K=1 {entry['k1_ms']:.2f} ms, K=10 "
+                f"{entry['k_ms']:.2f} ms, ratio {entry['ratio']:.2f}x (threads {entry['threads']})"
+            )
+    return out
+
+
+TABLE_HEAD = (
+    "| N=M | d | K | solver | batch | threads | baseline ms/step | engine ms/step "
+    "| baseline/engine | engine ms/step, 1 thread | baseline peak MiB | engine peak MiB |\n"
+    "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def table_row(row) -> str:
+    if row.get("skipped"):
+        cells = [row["n"], row["d"], row["k"], row["solver"], "", "", *"------"]
+        return "| " + " | ".join(map(str, cells)) + f" |  <!-- {row['skipped']} -->"
+    cells = [
+        row["n"],
+        row["d"],
+        row["k"],
+        row["solver"],
+        row["batch_size"] or "full",
+        row["threads"] or "-",
+        _fmt(row["baseline_ms"]),
+        _fmt(row["engine_ms"]),
+        _fmt(row["ratio"], "{:.1f}x"),
+        _fmt(row["engine_1thread_ms"]) if row["threads"] != 1 else "=",
+        _fmt(row.get("baseline_peak_mib"), "{:.1f}"),
+        _fmt(row.get("engine_peak_mib"), "{:.1f}"),
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def markdown(rows, scaling, info) -> str:
+    lines = [
+        f"Per particle step, {N_CRITIC} critic updates, MLP {'-'.join(map(str, HIDDEN))}, float32,"
+        f" device {info['device']}, {info['cpu_model']} ({info['cpu_count']} cores),"
+        f" torch {info['torch']}, {info['date']}. N = M rows per class; median of interleaved"
+        " blocks; '-' = not run (baseline slower than the cut-off, or data too large);"
+        " threads = the engine's own rule (as in run_gpa) capped by the cores other processes"
+        f" left free at start ({info['thread_cap']}), the same for both methods;"
+        " '=' = that run already used 1 thread.",
+        "",
+        TABLE_HEAD,
+        *map(table_row, rows),
+        "",
+    ]
+    head = next((r for r in rows if _is_headline(r) and r.get("ratio")), None)
+    if head is not None:
+        lines.append(
+            f"**Headline** (N=M=200, d=2, K=1, euler): baseline {head['baseline_ms']:.2f} ms, "
+            f"engine {head['engine_ms']:.2f} ms per step: **{head['ratio']:.1f}x**."
+        )
+    for entry in scaling:
+        lines.append(
+            f"K=10 / K=1 engine time at N={entry['n']}, d={entry['d']}, {entry['solver']} "
+            f"(interleaved, {entry['threads'] or '-'} thread(s)): {entry['k1_ms']:.2f} -> "
+            f"{entry['k_ms']:.2f} ms, **{entry['ratio']:.2f}x** (goal <= 2x)."
+        )
+    for entry in class_ratios(rows):
+        lines.append(
+            f"From the table rows, K=10 / K=1 at N={entry['n']}, d={entry['d']}, "
+            f"{entry['solver']}: engine {_fmt(entry['engine'])}x, baseline "
+            f"{_fmt(entry['baseline'])}x."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _is_headline(row) -> bool:
+    keys = ("n", "d", "k", "solver")
+    return all(row[k] == v for k, v in zip(keys, dataclasses.astuple(HEADLINE)))
+
+
+# -- diagnostics: profile and agreement ------------------------------------------------------
+
+
+def profile(device, args, n_steps=5) -> str:
+    """torch.profiler tables of ``n_steps`` warm steps of each method (headline problem)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg = HEADLINE if not args.config else args.config[0]
+    torch.set_num_threads(choose_threads(cfg, device, args) or 1)
+    sources, targets = make_data(cfg)
+    activities = [ProfilerActivity.CPU]
+    if torch.device(device).type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    report = []
+    for name, runner_class in RUNNERS.items():
+        runner = runner_class(cfg, sources, targets, device)
+        runner.run(10)
+        for _ in range(2):  # the first session pays the profiler's start-up: discard it
+            with torch_profile(activities=activities) as prof:
+                runner.run(n_steps)
+                synchronize(device)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        plain = 1e3 * time_block(runner.run, n_steps, device)
+        report.append(
+            f"## {name}: {n_steps} steps of {cfg.label()} ({plain:.2f} ms/step unprofiled)"
+            f"\n\n{table}"
+        )
+    return "\n\n".join(report)
+
+
+def copy_engine_init(engine: EngineGPA, baseline: EagerGPA):
+    """Give the baseline's K networks the engine critic's initial weights."""
+    with torch.no_grad():
+        for k, critic in enumerate(baseline.critics):
+            for linear, (w, b) in zip(critic.linears, engine.critic.layers):
+                linear.weight.copy_(w[k].T)
+                linear.bias.copy_(b[k, 0])
+
+
+def use_exact_norm(engine: EngineGPA):
+    """Make this one engine critic normalise by the exact spectral norm (the library is intact)."""
+    critic = engine.critic
+
+    def normalize():
+        for w, _ in critic.layers:
+            w.mul_(critic.layer_norm / torch.linalg.matrix_norm(w, ord=2)[:, None, None])
+
+    critic.spectral_normalize = normalize
+
+
+def lipschitz_bound(engine: EngineGPA) -> float:
+    """Largest, over flows, product of the exact layer spectral norms, divided by L."""
+    norms = torch.stack([torch.linalg.matrix_norm(w, ord=2) for w, _ in engine.critic.layers])
+    return norms.prod(0).max().item() / LIPSCHITZ
+
+
+def compare(cfg, dtype, exact_norm, device, steps=(1, 5, 20, 100)) -> dict:
+    """Both methods from one initial critic: particle gaps and the engine's Lipschitz bound."""
+    sources, targets = make_data(cfg)
+    engine = EngineGPA(cfg, sources, targets, device, dtype=dtype)
+    baseline = EagerGPA(cfg, sources, targets, device, dtype=dtype)
+    copy_engine_init(engine, baseline)
+    if exact_norm:
+        use_exact_norm(engine)
+    gaps, worst = [], 0.0
+    for step in range(1, max(steps) + 1):
+        engine.run(1)
+        baseline.run(1)
+        worst = max(worst, lipschitz_bound(engine))
+        if step in steps:
+            gap = max((engine.y[k] - baseline.y[k]).abs().max().item() for k in range(cfg.k))
+            gaps.append({"step": step, "max_abs_particle_gap": gap})
+    return {
+        "config": cfg.label(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "engine_spectral_norm": "exact (patched here)" if exact_norm else "as shipped",
+        "gaps": gaps,
+        "max_engine_lipschitz_bound_over_L": worst,
+    }
+
+
+def check(device) -> list:
+    """Engine against baseline: as shipped, and with the engine's norm made exact."""
+    euler, heun = Config(200, 2, 2, "euler"), Config(200, 2, 2, "heun")
+    cases = [
+        (euler, torch.float32, False),
+        (euler, torch.float64, False),
+        (euler, torch.float64, True),
+        (heun, torch.float64, True),
+    ]
+    return [compare(cfg, dtype, exact, device) for cfg, dtype, exact in cases]
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="only the headline group")
+    size.add_argument("--full", action="store_true", help="the whole grid")
+    parser.add_argument("--device", default="cpu", help='"cpu" (default) or "cuda"')
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads for both methods; auto (default): the engine's rule, capped by the"
+        " cores other processes leave free at start",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per method")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps per method")
+    parser.add_argument("--block-s", type=float, default=0.3, help="target seconds per block")
+    parser.add_argument(
+        "--max-baseline-s",
+        type=float,
+        default=2.0,
+        help="skip the baseline where one step would take longer",
+    )
+    parser.add_argument(
+        "--max-data-fraction",
+        type=float,
+        default=0.15,
+        help="skip configurations whose data exceed this share of free RAM",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip peak-memory probes")
+    parser.add_argument("--profile", action="store_true", help="profile one step and exit")
+    parser.add_argument(
+        "--config",
+        type=_config,
+        action="append",
+        metavar="N,d,K,solver",
+        help="run only this grid row (repeatable); with --profile, the problem to profile",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare engine and baseline from one initial critic and exit",
+    )
+    parser.add_argument("--output", default=None, help="basename of the result files")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-method", default="engine", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _config(text) -> Config:
+    n, d, k, solver = text.split(",")
+    return Config(int(n), int(d), int(k), solver)
+
+
+def available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as info:
+            return 1024 * int(re.search(r"MemAvailable:\s+(\d+)", info.read()).group(1))
+    except (OSError, AttributeError):
+        return math.inf
+
+
+def data_limit(device, args) -> float:
+    """Largest data size (bytes) to attempt: a share of the free host (and device) memory."""
+    limit = args.max_data_fraction * available_bytes()
+    if torch.device(device).type == "cuda":
+        limit = min(limit, args.max_data_fraction * torch.cuda.mem_get_info()[0])
+    return limit
+
+
+def run_grid(configs, device, args) -> list:
+    rows = []
+    for i, cfg in enumerate(configs, 1):
+        if cfg.data_bytes > args.data_limit:
+            rows.append(dataclasses.asdict(cfg) | {"skipped": "data too large for this machine"})
+            print(f"[{i}/{len(configs)}] {cfg.label()}: skipped (data too large)")
+            continue
+        start = time.perf_counter()
+        rows.append(bench_config(cfg, device, args))
+        row = rows[-1]
+        print(
+            f"[{i}/{len(configs)}] {cfg.label()}: baseline {_fmt(row['baseline_ms'])} ms, "
+            f"engine {row['engine_ms']:.2f} ms, ratio {_fmt(row['ratio'], '{:.1f}x')}, "
+            f"threads {row['threads']} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        gc.collect()
+    return rows
+
+
+def write_results(rows, scaling, info, name):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, scaling, info)
+    payload = {
+        "machine": info,
+        "settings": {
+            "hidden_layer_sizes": HIDDEN,
+            "n_critic": N_CRITIC,
+            "dt": DT,
+            "lipschitz": LIPSCHITZ,
+            "learning_rate": LEARNING_RATE,
+            "dtype": "float32",
+            "minibatch": f"{MINIBATCH} rows per side when N > {MINIBATCH_ABOVE}",
+        },
+        "rows": rows,
+        "class_scaling_interleaved": scaling,
+        "class_ratios_from_rows": class_ratios(rows),
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    return text
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.thread_cap = thread_cap(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda was asked for but CUDA is not available.")
+    if args.memory_probe is not None:
+        torch.set_num_threads(int(args.threads))
+        cfg = Config(**json.loads(args.memory_probe))
+        print(json.dumps({"peak_mib": probe_memory(cfg, args.probe_method, args.device)}))
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        text = profile(args.device, args)
+        cfg = args.config[0] if args.config else HEADLINE
+        name = f"bench_step_profile_N{cfg.n}_d{cfg.d}_K{cfg.k}_{cfg.solver}_{args.device}.txt"
+        (RESULTS / name).write_text(text + "\n")
+        print(text)
+        return
+    if args.check:
+        torch.set_num_threads(1 if args.threads == "auto" else int(args.threads))
+        result = check(args.device)
+        (RESULTS / "bench_step_check.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
+    configs = args.config or (QUICK if args.quick else full_grid() if args.full else MEDIUM)
+    args.data_limit = data_limit(args.device, args)
+    info = machine_info(args.device, args)
+    rows = run_grid(configs, args.device, args)
+    scaling = run_class_scaling(configs, args.device, args)
+    if not args.no_memory:
+        add_memory(rows, configs, args.device)
+    mode = "_custom" if args.config else "_quick" if args.quick else ""
+    suffix = mode + ("_cuda" if args.device != "cpu" else "")
+    print(write_results(rows, scaling, info, args.output or f"bench_step{suffix}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The torch engine of sklearn-gpa: no scikit-learn in here.
+
+``run_gpa`` builds the batched critic for K flows and runs Algorithm 1; ``LearnedFlow``
+holds what is needed to replay the flow on new particles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .critic import CONSTRAINTS, Critic
+from .device import cpu_threads, resolve_device, resolve_dtype, threads_for
+from .divergences import DIVERGENCES, get_divergence
+from .flow import FlowResult, LearnedFlow, pack_rows, replay_flow, train_flow
+from .integrators import SOLVERS, get_tableau
+from .networks import ACTIVATIONS, MLPLayout, make_activation
+
+__all__ = [
+    "ACTIVATIONS",
+    "CONSTRAINTS",
+    "DIVERGENCES",
+    "SOLVERS",
+    "FlowResult",
+    "LearnedFlow",
+    "pack_rows",
+    "replay_flow",
+    "resolve_device",
+    "resolve_dtype",
+    "run_gpa",
+    "unpack_rows",
+]
+
+
+def run_gpa(
+    sources,
+    targets,
+    *,
+    f="kl",
+    alpha=None,
+    L=1.0,
+    constraint="hard",
+    penalty=10.0,
+    dt=0.1,
+    n_steps=500,
+    solver="euler",
+    hidden_layer_sizes=(32, 32, 32),
+    activation="relu",
+    activation_eps=0.5,
+    n_critic=5,
+    learning_rate=5e-3,
+    tol=None,
+    store_every=1,
+    batch_size=None,
+    log_every=50,
+    seed=0,
+    device="cpu",
+    dtype="float32",
+    callback=None,
+):
+    """Run Algorithm 1 for K flows at once.
+
+    ``sources`` and ``targets`` are lists of K NumPy arrays (rows of flow k).  Returns the
+    ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    generator = torch.Generator(device=torch_device).manual_seed(int(seed))
+    layout = MLPLayout(sources[0].shape[1], tuple(hidden_layer_sizes), len(sources))
+    tableau = get_tableau(solver)
+    critic = Critic(
+        layout,
+        make_activation(activation, activation_eps),
+        get_divergence(f, alpha),
+        lipschitz=L,
+        constraint=constraint,
+        penalty=penalty,
+        learning_rate=learning_rate,
+        generator=generator,
+        dtype=torch_dtype,
+        device=torch_device,
+    )
+    y, w_y = pack_rows(sources, torch_dtype, torch_device)
+    x, w_x = pack_rows(targets, torch_dtype, torch_device)
+    n_rows = (y.shape[1] if batch_size is None else min(batch_size, y.shape[1])) * 2
+    threads = threads_for(n_rows * len(sources), layout.sizes)
+    with cpu_threads(threads) if torch_device.type == "cpu" else contextlib.nullcontext():
+        result = train_flow(
+            y,
+            w_y,
+            x,
+            w_x,
+            critic,
+            tableau,
+            dt=dt,
+            n_steps=n_steps,
+            n_critic=n_critic,
+            tol=tol,
+            store_every=store_every,
+            log_every=log_every,
+            batch_size=batch_size,
+            generator=generator,
+            callback=callback,
+        )
+    flow = LearnedFlow(
+        n_features=layout.n_features,
+        hidden_layer_sizes=layout.hidden_layer_sizes,
+        n_flows=layout.n_flows,
+        activation=activation,
+        activation_eps=activation_eps,
+        solver=solver,
+        dt=dt,
+        store_every=store_every,
+        states=result.states.cpu().numpy(),
+        alive=result.alive.cpu().numpy(),
+    )
+    return result, flow
+
+
+def unpack_rows(packed: np.ndarray, counts) -> list:
+    """Inverse of ``pack_rows``: the first ``counts[k]`` rows of each flow k."""
+    return [packed[k, :n] for k, n in enumerate(counts)]

@@ -1,0 +1,184 @@
+"""The warm-started, Lipschitz-constrained discriminator of Algorithm 1.
+
+``Critic`` owns one flat parameter vector for K networks (see ``networks.MLPLayout``), the
+Adam moments of that vector, and the persistent power-iteration vectors of the spectral
+normalisation.  All of it persists across particle steps: the papers' warm start.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .networks import (
+    MLPLayout,
+    forward,
+    input_gradient,
+    parameter_gradient,
+    spectral_norm_exact,
+)
+
+__all__ = ["Critic", "CONSTRAINTS"]
+
+CONSTRAINTS = ("hard", "soft", None)
+
+_POWER_ITERATIONS_AT_START = 50
+
+
+class Critic:
+    """K Lipschitz MLP critics trained together.
+
+    Parameters
+    ----------
+    layout : MLPLayout
+    activation : callable
+        ``a -> (act(a), act'(a))``.
+    divergence : Divergence
+    lipschitz : float or None
+        The bound L; ``None`` leaves the network unconstrained.
+    constraint : {"hard", "soft"}
+        ``"hard"``: every weight matrix is rescaled to spectral norm ``L ** (1 / depth)``
+        after each optimiser step.  ``"soft"``: a gradient penalty
+        ``penalty * mean(relu(|grad phi|^2 / L^2 - 1))`` on the particles.
+    learning_rate, betas, adam_eps : Adam settings (ascent on the objective).
+    """
+
+    def __init__(
+        self,
+        layout: MLPLayout,
+        activation,
+        divergence,
+        *,
+        lipschitz,
+        constraint="hard",
+        penalty=10.0,
+        learning_rate=5e-3,
+        betas=(0.9, 0.999),
+        adam_eps=1e-8,
+        generator: torch.Generator,
+        dtype=torch.float32,
+        device="cpu",
+    ):
+        self.layout = layout
+        self.activation = activation
+        self.divergence = divergence
+        self.lipschitz = lipschitz
+        self.constraint = constraint if lipschitz is not None else None
+        self.penalty = penalty
+        self.learning_rate = learning_rate
+        self.betas = betas
+        self.adam_eps = adam_eps
+        self.params = layout.initialize(generator, dtype, device)
+        self.grad = torch.zeros_like(self.params)
+        self.exp_avg = torch.zeros_like(self.params)
+        self.exp_avg_sq = torch.zeros_like(self.params)
+        self.n_updates = torch.zeros((), dtype=dtype, device=device)
+        self.layers = layout.layers(self.params)
+        self.grad_layers = layout.layers(self.grad)
+        self.nu = layout.nu(self.params)
+        self.grad_nu = layout.nu(self.grad)
+        self._left_vectors = None
+        if self.constraint is not None:
+            self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
+            self._left_vectors = [
+                torch.nn.functional.normalize(
+                    torch.randn(
+                        w.shape[0], 1, w.shape[2], generator=generator, dtype=dtype, device=device
+                    ),
+                    dim=-1,
+                )
+                for w, _ in self.layers
+            ]
+            for w, _ in self.layers:
+                w.mul_(self.layer_norm / spectral_norm_exact(w)[:, None, None])
+            if self.constraint == "hard":
+                for _ in range(_POWER_ITERATIONS_AT_START):
+                    self._power_iteration()
+
+    # -- spectral normalisation -------------------------------------------------------------
+    def _power_iteration(self):
+        """One power iteration per layer with persistent vectors; the norms, shaped (K, 1, 1).
+
+        A single-column layer is a vector, whose spectral norm is its Euclidean norm.
+        """
+        norms = []
+        for (w, _), u in zip(self.layers, self._left_vectors):
+            if w.shape[2] == 1:
+                norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
+                continue
+            v = torch.bmm(u, w.transpose(1, 2))
+            v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+            wv = torch.bmm(v, w)
+            sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
+            torch.div(wv, sigma, out=u)
+            norms.append(sigma)
+        return norms
+
+    def spectral_normalize(self) -> None:
+        """Rescale every weight matrix to spectral norm ``L ** (1 / depth)`` (Algorithm 1, l. 9)."""
+        for (w, _), sigma in zip(self.layers, self._power_iteration()):
+            w.mul_(self.layer_norm / sigma)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def _adam_ascent(self) -> None:
+        # One fused kernel (the one torch.optim.Adam(fused=True) uses) for the whole flat
+        # vector; the step count is a tensor, so nothing here needs the host.
+        self.n_updates.add_(1.0)
+        torch._fused_adam_(
+            [self.params],
+            [self.grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.n_updates],
+            lr=self.learning_rate,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=0.0,
+            eps=self.adam_eps,
+            amsgrad=False,
+            maximize=True,
+        )
+
+    def train_step(self, z, n_particles, w_y, w_x, with_value=False):
+        """One ascent step on J; ``z`` = particles then targets (K, M + N, d).
+
+        With ``with_value``, returns J (K,) at the weights before the step: the divergence
+        estimate of Algorithm 1; otherwise returns None and skips computing it.
+        """
+        if self.constraint == "soft":
+            return self._train_step_penalised(z, n_particles, w_y, w_x)
+        phi, inputs, saved = forward(self.layers, self.activation, z)
+        phi_y, phi_x = phi[:, :n_particles], phi[:, n_particles:]
+        value = self.divergence.value(phi_y, phi_x, self.nu, w_y, w_x) if with_value else None
+        grad_x, grad_nu = self.divergence.gradients(phi_x, self.nu, w_x)
+        parameter_gradient(
+            self.layers,
+            self.activation,
+            inputs,
+            saved,
+            torch.cat([w_y, grad_x], 1),
+            self.grad_layers,
+        )
+        self.grad_nu.copy_(grad_nu)
+        self._adam_ascent()
+        if self.constraint == "hard":
+            self.spectral_normalize()
+        return value
+
+    def _train_step_penalised(self, z, n_particles, w_y, w_x):
+        params = self.params.detach().requires_grad_(True)
+        layers, nu = self.layout.layers(params), self.layout.nu(params)
+        phi, _, saved = forward(layers, self.activation, z)
+        value = self.divergence.value(phi[:, :n_particles], phi[:, n_particles:], nu, w_y, w_x)
+        grad_y = input_gradient(layers, self.activation, [s[:, :n_particles] for s in saved])
+        excess = torch.relu(grad_y.square().sum(-1) / self.lipschitz**2 - 1.0)
+        penalty = self.penalty * (w_y * excess).sum(1)
+        (grad,) = torch.autograd.grad((value - penalty).sum(), params)
+        self.grad.copy_(grad)
+        self._adam_ascent()
+        return value.detach()
+
+    def gradient(self, y):
+        """``grad phi`` at ``y`` (K, M, d) with the current weights."""
+        _, _, saved = forward(self.layers, self.activation, y)
+        return input_gradient(self.layers, self.activation, saved)

@@ -1,0 +1,260 @@
+"""Algorithm 1: train a warm-started critic and move particles along -grad phi.
+
+K flows (one per class) run in one batched computation.  Rows of different flows are packed
+into padded ``(K, rows, d)`` tensors with per-row weights that are zero on padding, so the
+critic objective, its gradients and the kinetic energy ignore the padding without branches.
+
+The learned flow, the critic weights at every stage of every (or every k-th) step, is kept so
+that ``replay_flow`` can move particles the fit never saw.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .networks import forward, input_gradient
+
+__all__ = ["FlowResult", "pack_rows", "replay_flow", "train_flow"]
+
+
+def pack_rows(groups, dtype, device):
+    """Stack a list of K arrays (n_k, d) into a zero-padded (K, max n_k, d) tensor.
+
+    Returns the tensor and row weights (K, max n_k) equal to 1 / n_k on real rows, 0 on padding.
+    """
+    n_max = max(len(g) for g in groups)
+    d = groups[0].shape[1]
+    packed = torch.zeros(len(groups), n_max, d, dtype=dtype, device=device)
+    weights = torch.zeros(len(groups), n_max, dtype=dtype, device=device)
+    for k, g in enumerate(groups):
+        packed[k, : len(g)] = torch.as_tensor(np.asarray(g), dtype=dtype, device=device)
+        weights[k, : len(g)] = 1.0 / len(g)
+    return packed, weights
+
+
+@dataclass
+class FlowResult:
+    """What one run of Algorithm 1 leaves behind (tensors on the run's device)."""
+
+    particles: torch.Tensor  # (K, M, d) final positions
+    states: torch.Tensor  # (n_stored, n_stages, n_params) critic weights per stored step
+    alive: torch.Tensor  # (n_steps, K) False from the step a flow turned non-finite
+    divergence: np.ndarray  # (n_steps, K) objective J after critic training, per step
+    kinetic_energy: np.ndarray  # (n_steps, K) mean |grad phi|^2 over the particles
+    time: np.ndarray  # (n_steps,) seconds since the start, at the end of each step
+    n_steps: int
+    stop_reason: str
+    failed_step: list = field(default_factory=list)  # per flow, first non-finite step or -1
+
+
+def _stage_velocity(critic, tableau, y, dt, velocities, z, n_particles, w_y, w_x, n_critic, batch):
+    """Train the critic at the stage position, then return (velocity, J, kinetic energy)."""
+    position = tableau.stage_position(y, dt, velocities)
+    z[:, :n_particles].copy_(position)
+    for m in range(n_critic):
+        data = (z, n_particles, w_y, w_x) if batch is None else batch(z)
+        value = critic.train_step(*data, with_value=m == n_critic - 1)
+    grad = critic.gradient(position)
+    kinetic = (w_y * grad.square().sum(-1)).sum(1)
+    return -grad, value, kinetic
+
+
+def _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
+    """Per flow, draw ``batch_size`` particle and target rows uniformly with replacement."""
+
+    def sample(z):
+        k = z.shape[0]
+        rand = torch.rand(k, 2, batch_size, generator=generator, device=z.device, dtype=z.dtype)
+        idx_y = (rand[:, 0] * counts_y[:, None]).long()
+        idx_x = (rand[:, 1] * counts_x[:, None]).long() + n_particles
+        idx = torch.cat([idx_y, idx_x], 1).unsqueeze(-1).expand(-1, -1, z.shape[2])
+        w = torch.full((k, batch_size), 1.0 / batch_size, dtype=z.dtype, device=z.device)
+        return torch.gather(z, 1, idx), batch_size, w, w
+
+    return sample
+
+
+def train_flow(
+    y0,
+    w_y,
+    x,
+    w_x,
+    critic,
+    tableau,
+    *,
+    dt: float,
+    n_steps: int,
+    n_critic: int,
+    tol=None,
+    store_every: int = 1,
+    log_every: int = 50,
+    batch_size=None,
+    generator=None,
+    callback=None,
+) -> FlowResult:
+    """Run Algorithm 1 on K packed flows.
+
+    ``y0`` (K, M, d) and ``x`` (K, N, d) are padded particle and target rows with weights
+    ``w_y``, ``w_x``.  Every ``log_every`` steps (and at the end) the host looks at the
+    device once: to stop when every live flow's kinetic energy is below ``tol``, to stop when
+    no flow is finite any more, and to call ``callback(step, divergence, kinetic_energy)``.
+    A flow whose step turns non-finite is frozen at its last finite particles at once, on
+    the device, without waiting for the host.
+    """
+    n_flows, n_particles, _ = y0.shape
+    device, dtype = y0.device, y0.dtype
+    z = torch.cat([y0, x], 1)
+    y = y0.clone()
+    batch = None
+    if batch_size is not None and batch_size < max(n_particles, x.shape[1]):
+        counts_y = (w_y > 0).sum(1).to(dtype)
+        counts_x = (w_x > 0).sum(1).to(dtype)
+        batch = _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator)
+
+    n_stored = -(-n_steps // store_every)
+    states = torch.empty(
+        n_stored, tableau.n_stages, critic.params.numel(), dtype=dtype, device=device
+    )
+    alive = torch.ones(n_steps, n_flows, dtype=torch.bool, device=device)
+    divergence = torch.empty(n_steps, n_flows, dtype=dtype, device=device)
+    kinetic_energy = torch.empty(n_steps, n_flows, dtype=dtype, device=device)
+    now = np.empty(n_steps)
+    live = torch.ones(n_flows, dtype=torch.bool, device=device)
+    start, stop_reason, steps_run = time.perf_counter(), "n_steps", n_steps
+
+    for step in range(n_steps):
+        velocities = []
+        for stage in range(tableau.n_stages):
+            velocity, value, kinetic = _stage_velocity(
+                critic, tableau, y, dt, velocities, z, n_particles, w_y, w_x, n_critic, batch
+            )
+            velocities.append(velocity)
+            if stage == 0:
+                divergence[step] = value
+                kinetic_energy[step] = kinetic
+            if step % store_every == 0:
+                states[step // store_every, stage].copy_(critic.params)
+        increment = tableau.increment(dt, velocities)
+        finite = torch.isfinite(increment).flatten(1).all(1) & torch.isfinite(divergence[step])
+        live &= finite
+        alive[step] = live
+        y = torch.where(live[:, None, None], y + increment, y)
+        now[step] = time.perf_counter() - start
+
+        if (step + 1) % log_every == 0 or step + 1 == n_steps:
+            live_host = live.cpu().numpy()
+            if callback is not None:
+                callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
+            if not live_host.any():
+                stop_reason = "non-finite"
+                steps_run = step + 1
+                break
+            if tol is not None:
+                ke = kinetic_energy[step].cpu().numpy()[live_host]
+                if np.all(ke < tol):
+                    stop_reason = "tol"
+                    steps_run = step + 1
+                    break
+
+    alive = alive[:steps_run]
+    failed = [int(np.argmin(col)) if not col.all() else -1 for col in alive.cpu().numpy().T]
+    return FlowResult(
+        particles=y,
+        states=states[: -(-steps_run // store_every)],
+        alive=alive,
+        divergence=divergence[:steps_run].cpu().numpy(),
+        kinetic_energy=kinetic_energy[:steps_run].cpu().numpy(),
+        time=now[:steps_run],
+        n_steps=steps_run,
+        stop_reason=stop_reason,
+        failed_step=failed,
+    )
+
+
+def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_every=1, path=None):
+    """Move packed particles ``y`` (K, M, d) along a stored flow; returns new positions.
+
+    Step ``n`` uses the critic stored at step ``store_every * (n // store_every)``.
+    A flow stops moving at the step it turned non-finite during training.  With ``path``
+    an integer k, returns instead the positions before step 0, k, 2k, ... and at the end.
+    """
+    states = states.to(device=y.device, dtype=y.dtype)
+    alive = alive.to(y.device)
+    snapshots = []
+    for step in range(alive.shape[0]):
+        if path is not None and step % path == 0:
+            snapshots.append(y)
+        stored = states[step // store_every]
+        velocities = []
+        for stage in range(tableau.n_stages):
+            position = tableau.stage_position(y, dt, velocities)
+            layers = layout.layers(stored[stage])
+            _, _, saved = forward(layers, activation, position)
+            velocities.append(-input_gradient(layers, activation, saved))
+        y = torch.where(alive[step][:, None, None], y + tableau.increment(dt, velocities), y)
+    if path is not None:
+        return torch.stack(snapshots + [y])
+    return y
+
+
+@dataclass
+class LearnedFlow:
+    """A trained flow in plain NumPy arrays: what an estimator keeps, clones and pickles.
+
+    ``states`` (n_stored, n_stages, n_params) holds the critic weights of every stored step
+    and stage, ``alive`` (n_steps, K) whether each flow still moved at that step.
+    """
+
+    n_features: int
+    hidden_layer_sizes: tuple
+    n_flows: int
+    activation: str
+    activation_eps: float
+    solver: str
+    dt: float
+    store_every: int
+    states: np.ndarray
+    alive: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return self.alive.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the stored critic states."""
+        return self.states.nbytes + self.alive.nbytes
+
+    def replay(self, y, *, dtype=torch.float32, device="cpu", chunk_rows=65536, path=None):
+        """Move packed particles ``y`` (K, M, d) (NumPy or tensor) along the flow; NumPy out.
+
+        With ``path`` = k, returns the positions every k steps, shaped (n_snapshots, K, M, d).
+        """
+        from .integrators import get_tableau
+        from .networks import MLPLayout, make_activation
+
+        layout = MLPLayout(self.n_features, tuple(self.hidden_layer_sizes), self.n_flows)
+        activation = make_activation(self.activation, self.activation_eps)
+        tableau = get_tableau(self.solver)
+        states = torch.as_tensor(self.states, dtype=dtype, device=device)
+        alive = torch.as_tensor(self.alive, device=device)
+        y = torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
+        moved = [
+            replay_flow(
+                y[:, start : start + chunk_rows],
+                states,
+                alive,
+                layout,
+                activation,
+                tableau,
+                dt=self.dt,
+                store_every=self.store_every,
+                path=path,
+            )
+            for start in range(0, max(y.shape[1], 1), chunk_rows)
+        ]
+        return torch.cat(moved, -2).cpu().numpy()

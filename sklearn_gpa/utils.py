@@ -1,0 +1,110 @@
+"""Domain bookkeeping and validation helpers shared by the estimators.
+
+Source and target rows travel together in one ``X``, as in skada: an integer array
+``sample_domain`` marks each row, ``>= 0`` for source rows and ``< 0`` for target rows.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.utils import check_array, column_or_1d
+
+__all__ = ["check_sample_domain", "stack_domains"]
+
+
+def stack_domains(Xs, Xt, ys=None, yt=None):
+    """Stack source and target rows into one ``X`` with a ``sample_domain`` array.
+
+    Parameters
+    ----------
+    Xs : array-like of shape (n_source, n_features)
+        Source rows (the data to transport).
+    Xt : array-like of shape (n_target, n_features)
+        Target rows (the reference distribution).
+    ys, yt : array-like of shape (n_source,) and (n_target,), default=None
+        Optional labels of each side.  When only one side has labels, the other side's
+        labels are filled with -1, skada's marker for "unknown".
+
+    Returns
+    -------
+    X : ndarray of shape (n_source + n_target, n_features)
+        Source rows first, then target rows.
+    y : ndarray of shape (n_source + n_target,) or None
+        Labels, or None when neither side has any.
+    sample_domain : ndarray of shape (n_source + n_target,)
+        1 for source rows, -2 for target rows (skada's convention: >= 0 source, < 0 target).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_gpa.utils import stack_domains
+    >>> X, y, sample_domain = stack_domains(np.zeros((2, 3)), np.ones((3, 3)))
+    >>> X.shape, y, sample_domain.tolist()
+    ((5, 3), None, [1, 1, -2, -2, -2])
+    """
+    Xs = check_array(Xs, dtype="numeric", input_name="Xs")
+    Xt = check_array(Xt, dtype="numeric", input_name="Xt")
+    if Xs.shape[1] != Xt.shape[1]:
+        raise ValueError(
+            f"Xs has {Xs.shape[1]} features but Xt has {Xt.shape[1]}; "
+            "source and target rows must describe the same features."
+        )
+    X = np.concatenate([Xs, Xt])
+    sample_domain = np.concatenate(
+        [np.ones(len(Xs), dtype=np.int64), np.full(len(Xt), -2, dtype=np.int64)]
+    )
+    if ys is None and yt is None:
+        return X, None, sample_domain
+    ys = np.full(len(Xs), -1) if ys is None else column_or_1d(ys)
+    yt = np.full(len(Xt), -1) if yt is None else column_or_1d(yt)
+    for name, labels, rows in (("ys", ys, Xs), ("yt", yt, Xt)):
+        if len(labels) != len(rows):
+            raise ValueError(f"{name} has {len(labels)} labels for {len(rows)} rows.")
+    return X, np.concatenate([ys, yt]), sample_domain
+
+
+def check_sample_domain(sample_domain, n_samples: int, *, require_both: bool = True):
+    """Validate ``sample_domain`` and return a boolean mask of the source rows.
+
+    Raises a ValueError naming the problem: wrong length, non-integer values, or (with
+    ``require_both``) no source or no target rows.
+    """
+    values = np.asarray(sample_domain)
+    if values.ndim != 1 or values.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_domain must be a 1-D array with one entry per row of X ({n_samples}), "
+            f"got shape {values.shape}."
+        )
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_)):
+        if not np.issubdtype(values.dtype, np.floating) or not np.all(
+            np.isfinite(values) & (values == np.round(values))
+        ):
+            raise ValueError(
+                "sample_domain must hold integers (>= 0 for source rows, < 0 for target rows)."
+            )
+    source = values >= 0
+    if require_both and (source.all() or not source.any()):
+        missing = "target (< 0)" if source.all() else "source (>= 0)"
+        raise ValueError(
+            f"sample_domain has no {missing} rows; integration needs both source and target "
+            "rows in X. Use sklearn_gpa.utils.stack_domains to build X and sample_domain."
+        )
+    return source
+
+
+def known_labels(y) -> np.ndarray:
+    """Mask of the labels that are known: not NaN, not None, and not skada's -1 marker."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        return np.isfinite(y) & (y != -1)
+    if y.dtype.kind in "iu":
+        return y != -1
+    return np.array([v is not None and v != -1 and v == v for v in y], dtype=bool)
+
+
+def check_positive_int(value, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)

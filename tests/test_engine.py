@@ -1,0 +1,210 @@
+"""The torch engine against autograd, closed forms and the papers' algorithm."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_gpa._engine import pack_rows, run_gpa
+from sklearn_gpa._engine.critic import Critic
+from sklearn_gpa._engine.divergences import DIVERGENCES, get_divergence
+from sklearn_gpa._engine.flow import train_flow
+from sklearn_gpa._engine.integrators import get_tableau
+from sklearn_gpa._engine.networks import (
+    MLPLayout,
+    forward,
+    input_gradient,
+    make_activation,
+    parameter_gradient,
+)
+
+F64 = torch.float64
+
+
+def _critic(f="kl", L=1.0, constraint="hard", n_flows=1, d=3, activation="relu", seed=0):
+    layout = MLPLayout(d, (16, 16), n_flows)
+    return Critic(
+        layout,
+        make_activation(activation),
+        get_divergence(f),
+        lipschitz=L,
+        constraint=constraint,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=F64,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_divergence_gradients_match_autograd(name):
+    div = get_divergence(name)
+    gen = torch.Generator().manual_seed(1)
+    phi_y = torch.randn(2, 5, generator=gen, dtype=F64)
+    phi_x = (0.3 * torch.randn(2, 7, generator=gen, dtype=F64)).requires_grad_(True)
+    nu = torch.tensor([0.4, 0.9], dtype=F64, requires_grad=True)
+    w_y = torch.full((2, 5), 0.2, dtype=F64)
+    w_x = torch.full((2, 7), 1 / 7, dtype=F64)
+    value = div.value(phi_y, phi_x, nu, w_y, w_x)
+    auto_x, auto_nu = torch.autograd.grad(value.sum(), [phi_x, nu], allow_unused=True)
+    grad_x, grad_nu = div.gradients(phi_x.detach(), nu.detach(), w_x)
+    torch.testing.assert_close(grad_x, auto_x)
+    torch.testing.assert_close(grad_nu, torch.zeros(2, dtype=F64) if auto_nu is None else auto_nu)
+
+
+@pytest.mark.parametrize(
+    "name, f",
+    [
+        ("kl", lambda t: t * math.log(t)),
+        ("alpha", lambda t: (t**2 - 1) / 2),
+        ("reverse_kl", lambda t: -math.log(t)),
+        ("js", lambda t: t * math.log(t) - (t + 1) * math.log((t + 1) / 2)),
+    ],
+)
+def test_conjugate_is_legendre_transform(name, f):
+    # f*(y) = sup_t (t y - f(t)); at y = f'(t0) the sup is attained at t0 (Fenchel-Young).
+    div = get_divergence(name)
+    for t0 in (0.3, 1.0, 1.7):
+        h = 1e-6
+        slope = (f(t0 + h) - f(t0 - h)) / (2 * h)
+        conj = float(div.conjugate(torch.tensor(slope, dtype=F64)))
+        assert conj == pytest.approx(t0 * slope - f(t0), abs=1e-5)
+
+
+def test_half_line_conjugates_stay_finite_past_their_domain():
+    y = torch.tensor([-1.0, 0.5, 5.0, 50.0], dtype=F64)
+    for name in ("reverse_kl", "js"):
+        div = get_divergence(name)
+        assert torch.isfinite(div.conjugate(y)).all()
+        assert (div.conjugate_derivative(y)[1:] > 0).all()
+
+
+def test_smooth_relu_is_c1_with_slope_in_unit_interval():
+    act = make_activation("smooth_relu", eps=0.25)
+    a = torch.linspace(-1, 2, 30001, dtype=F64)
+    h, slope = act.forward(a)
+    assert float(slope.min()) >= 0.0 and float(slope.max()) <= 1.0
+    numeric = torch.diff(h) / torch.diff(a)
+    torch.testing.assert_close(numeric, 0.5 * (slope[1:] + slope[:-1]), atol=1e-6, rtol=0)
+    assert float(h[a <= 0].abs().max()) == 0.0
+    torch.testing.assert_close(h[a >= 0.5], a[a >= 0.5] - 0.25)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "smooth_relu"])
+def test_hand_written_backward_matches_autograd(activation):
+    critic = _critic(activation=activation, n_flows=2)
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 9, 3, generator=gen, dtype=F64)
+    g_out = torch.randn(2, 9, generator=gen, dtype=F64)
+    params = critic.params.detach().clone().requires_grad_(True)
+    layers = critic.layout.layers(params)
+    zz = z.clone().requires_grad_(True)
+    phi, _, _ = forward(layers, critic.activation, zz)
+    auto_params, auto_z = torch.autograd.grad((phi * g_out).sum(), [params, zz])
+
+    phi, inputs, saved = forward(critic.layers, critic.activation, z)
+    grad = torch.zeros_like(critic.params)
+    parameter_gradient(
+        critic.layers, critic.activation, inputs, saved, g_out, critic.layout.layers(grad)
+    )
+    n_w = critic.layout.n_weights
+    torch.testing.assert_close(grad[:n_w], auto_params[:n_w])
+    # input_gradient is d phi / dz with unit output weights
+    _, auto_unit = torch.autograd.grad(
+        forward(layers, critic.activation, zz)[0].sum(), [params, zz]
+    )
+    torch.testing.assert_close(input_gradient(critic.layers, critic.activation, saved), auto_unit)
+
+
+@pytest.mark.parametrize("L", [0.5, 1.0, 4.0])
+def test_spectral_normalisation_tracks_true_norm(L):
+    critic = _critic(L=L)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 60, 3, generator=gen, dtype=F64)
+    w = torch.full((1, 30), 1 / 30, dtype=F64)
+    for _ in range(200):
+        critic.train_step(z, 30, w, w)
+    target = L ** (1 / critic.layout.depth)
+    for weight, _ in critic.layers:
+        sigma = torch.linalg.matrix_norm(weight, ord=2)
+        torch.testing.assert_close(sigma, torch.full_like(sigma, target), rtol=2e-3, atol=0)
+
+
+def test_lipschitz_bound_holds_for_gradients():
+    critic = _critic(L=2.0)
+    z = torch.randn(1, 500, 3, dtype=F64) * 3
+    grad = critic.gradient(z)
+    assert float(grad.norm(dim=-1).max()) <= 2.0 * (1 + 1e-3)
+
+
+def _gaussians(seed, n=60, shift=3.0, d=2):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.normal(size=(n, d)) + shift
+
+
+def test_flows_in_one_batch_are_independent():
+    # Flow 0's trajectory must not depend on what flow 1 is doing.
+    a_src, a_tgt = _gaussians(0)
+    b_src, b_tgt = _gaussians(1)
+    c_src, c_tgt = _gaussians(2, n=90, shift=-5.0)
+    kw = dict(n_steps=30, dt=0.2, seed=7, dtype="float64", hidden_layer_sizes=(16, 16))
+    first, _ = run_gpa([a_src, b_src], [a_tgt, b_tgt], **kw)
+    second, _ = run_gpa([a_src, c_src], [a_tgt, c_tgt], **kw)
+    torch.testing.assert_close(first.particles[0], second.particles[0][:60])
+
+
+def test_replay_reproduces_training_particles():
+    src, tgt = _gaussians(4)
+    for solver in ("euler", "heun", "rk4"):
+        result, flow = run_gpa([src], [tgt], n_steps=15, solver=solver, seed=1)
+        y, _ = pack_rows([src], torch.float32, "cpu")
+        replayed = flow.replay(y)
+        np.testing.assert_array_equal(replayed, result.particles.numpy())
+
+
+def test_store_every_keeps_fewer_states_and_replays_approximately():
+    src, tgt = _gaussians(5)
+    full, flow_full = run_gpa([src], [tgt], n_steps=40, seed=2)
+    _, flow_sparse = run_gpa([src], [tgt], n_steps=40, seed=2, store_every=4)
+    assert flow_sparse.states.shape[0] == 10 and flow_full.states.shape[0] == 40
+    y, _ = pack_rows([src], torch.float32, "cpu")
+    err = np.abs(flow_sparse.replay(y) - full.particles.numpy()).mean()
+    moved = np.abs(full.particles.numpy() - y.numpy()).mean()
+    assert err < 0.2 * moved
+
+
+def test_gradient_penalty_keeps_speed_near_L():
+    src, tgt = _gaussians(6, shift=6.0)
+    result, _ = run_gpa([src], [tgt], constraint="soft", L=1.0, n_steps=40, seed=0, penalty=10.0)
+    assert np.isfinite(result.kinetic_energy).all()
+    assert result.kinetic_energy.max() < 2.0  # |grad phi|^2 stays around L^2 = 1
+
+
+def test_non_finite_step_freezes_flow_and_is_reported():
+    src, tgt = _gaussians(8, shift=1e4)
+    result, flow = run_gpa(
+        [src], [tgt], f="kl", L=None, n_steps=20, dt=1.0, learning_rate=0.5, log_every=5
+    )
+    assert result.stop_reason == "non-finite"
+    assert result.failed_step[0] >= 0
+    assert torch.isfinite(result.particles).all()
+    assert not flow.alive[result.failed_step[0] :].any()
+
+
+def test_minibatch_training_reaches_target():
+    src, tgt = _gaussians(9, n=400, shift=3.0)
+    result, _ = run_gpa([src], [tgt], n_steps=150, dt=0.1, batch_size=64, seed=3)
+    moved = result.particles[0].numpy()
+    assert np.linalg.norm(moved.mean(0) - tgt.mean(0)) < 0.5
+
+
+def test_euler_step_matches_algorithm_1_by_hand():
+    # One Euler step with one critic update equals Y - dt * grad phi_1(Y) for the critic
+    # obtained by one ascent step from the same initialisation.
+    src, tgt = _gaussians(10, n=20)
+    y, w_y = pack_rows([src], F64, "cpu")
+    x, w_x = pack_rows([tgt], F64, "cpu")
+    critic = _critic(d=2, seed=5)
+    twin = _critic(d=2, seed=5)
+    result = train_flow(y, w_y, x, w_x, critic, get_tableau("euler"), dt=0.3, n_steps=1, n_critic=1)
+    twin.train_step(torch.cat([y, x], 1), 20, w_y, w_x)
+    torch.testing.assert_close(result.particles, y - 0.3 * twin.gradient(y))

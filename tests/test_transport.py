@@ -1,0 +1,264 @@
+"""GPATransporter: the papers' behaviour through the public API."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa.datasets import make_gaussian_mixture, make_student_t
+from sklearn_gpa.metrics import energy_distance
+from sklearn_gpa.utils import stack_domains
+
+WELLS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
+
+
+@parametrize_with_checks([GPATransporter(n_steps=20, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _distance_to_wells(points):
+    return np.sqrt(((points[:, None, :] - WELLS[None]) ** 2).sum(-1)).min(1)
+
+
+def _mixture_problem(n=200, seed=0):
+    target = make_gaussian_mixture(n, random_state=seed)
+    source = 0.5 * np.random.RandomState(seed + 100).standard_normal((n, 2))
+    return stack_domains(source, target)
+
+
+def test_mixture_of_gaussians_lands_in_the_wells():
+    # Papers' Fig. 2-3: KL, L = 1, raw units, dt = 0.5, 3 critic steps.
+    X, _, sd = _mixture_problem()
+    gpa = GPATransporter(L=1.0, dt=0.5, n_steps=400, n_critic=3, standardize=False, random_state=0)
+    moved = gpa.fit_transform(X, sample_domain=sd)[sd >= 0]
+    distance = _distance_to_wells(moved)
+    assert np.mean(distance < 1.0) > 0.75  # a 2-D N(0, 0.5^2) puts 86 % within 1.0
+    assert np.bincount(np.argmin(((moved[:, None] - WELLS) ** 2).sum(-1), 1)).min() > 25
+    kinetic = gpa.history_["kinetic_energy"]
+    assert kinetic[-20:].mean() < kinetic.max() / 50
+
+    # Without the Lipschitz bound the particles keep moving fast (Fig. 2: L = infinity).
+    unconstrained = clone(gpa).set_params(L=None).fit(X, sample_domain=sd)
+    final = unconstrained.history_["kinetic_energy"][-50:].mean()
+    assert final > 2 * kinetic[-50:].mean()
+
+
+def test_alpha_divergence_stays_finite_on_heavy_tails():
+    target = make_student_t(200, df=0.5, random_state=0)
+    source = np.random.RandomState(1).normal(10.0, 0.5, (200, 2))
+    X, _, sd = stack_domains(source, target)
+    alpha = GPATransporter(f="alpha", alpha=2.0, n_steps=150, random_state=0)
+    moved = alpha.fit_transform(X, sample_domain=sd)
+    assert np.isfinite(moved).all() and np.isfinite(alpha.history_["divergence"]).all()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kl = GPATransporter(f="kl", n_steps=150, random_state=0).fit(X, sample_domain=sd)
+        out = kl.transform(X, sample_domain=sd)
+    assert np.isfinite(out).all()
+    if kl.stop_reason_ == "non-finite":
+        assert any("non-finite" in str(w.message) for w in caught)
+
+
+def test_blow_up_stops_with_warning_and_finite_output():
+    target = make_student_t(100, df=0.5, random_state=0)
+    source = make_student_t(100, df=0.5, random_state=5) + 50
+    X, _, sd = stack_domains(source, target)
+    gpa = GPATransporter(L=None, dt=1.0, learning_rate=0.05, standardize=False, random_state=0)
+    with pytest.warns(RuntimeWarning, match=r"non-finite values \(flow 0 at step \d+\)"):
+        gpa.fit(X, sample_domain=sd)
+    assert gpa.stop_reason_ == "non-finite"
+    assert np.isfinite(gpa.transform(X, sample_domain=sd)).all()
+    assert np.isfinite(gpa.particles_).all()
+
+
+def test_heun_beats_euler_in_the_orthogonal_directions():
+    # App. B, Fig. 10: the 2-D mixture embedded in 12-D, particles from N(8 * 1, 0.5^2 I).
+    rng = np.random.RandomState(0)
+    target = make_gaussian_mixture(300, n_features=12, random_state=0)
+    source = 8.0 + 0.5 * rng.standard_normal((300, 12))
+    X, _, sd = stack_domains(source, target)
+    spreads = {}
+    for solver in ("euler", "heun"):
+        gpa = GPATransporter(
+            solver=solver,
+            dt=0.25,
+            L=1.0,
+            n_steps=200,
+            n_critic=3,
+            standardize=False,
+            random_state=0,
+        )
+        moved = gpa.fit_transform(X, sample_domain=sd)[sd >= 0]
+        spreads[solver] = np.abs(moved[:, 2:]).mean()
+    assert spreads["heun"] < spreads["euler"]
+
+
+def test_transform_moves_unseen_source_rows_and_keeps_target_rows():
+    rng = np.random.RandomState(0)
+    Xs, Xt = rng.normal(0, 1, (200, 3)), rng.normal(0, 1, (200, 3)) * [1, 2, 0.5] + 4
+    X, _, sd = stack_domains(Xs, Xt)
+    gpa = GPATransporter(n_steps=200, random_state=0).fit(X, sample_domain=sd)
+    new_source, new_target = (
+        rng.normal(0, 1, (150, 3)),
+        rng.normal(0, 1, (150, 3)) * [1, 2, 0.5] + 4,
+    )
+    X_new, _, sd_new = stack_domains(new_source, new_target)
+    out = gpa.transform(X_new, sample_domain=sd_new)
+    before = energy_distance(new_source, new_target)
+    after = energy_distance(out[sd_new >= 0], new_target)
+    assert after < 0.05 * before
+    np.testing.assert_array_equal(out[sd_new < 0], X_new[sd_new < 0])
+
+
+def test_per_class_transport_keeps_classes_apart():
+    rng = np.random.RandomState(0)
+    means_s, means_t = np.array([[0, 0], [0, 6]]), np.array([[5, 0], [5, 6]])
+    ys = np.repeat([0, 1], [120, 60])
+    yt = np.repeat([0, 1], [80, 100])
+    Xs = means_s[ys] + rng.normal(0, 0.7, (180, 2))
+    Xt = means_t[yt] + rng.normal(0, 0.7, (180, 2))
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    gpa = GPATransporter(n_steps=200, random_state=0).fit(X, y, sample_domain=sd)
+    assert gpa.n_flows_ == 2 and list(gpa.classes_) == [0, 1]
+    for c in (0, 1):
+        moved = gpa.particles_[gpa.particle_labels_ == c]
+        assert np.linalg.norm(moved.mean(0) - means_t[c]) < 0.5
+    # unseen rows are routed to the flow of their nearest class
+    new = means_s[[0, 1]] + rng.normal(0, 0.3, (2, 2))
+    out = gpa.transform(new)
+    assert np.linalg.norm(out - means_t[[0, 1]], axis=1).max() < 1.5
+
+
+def test_conditional_generation_and_sampling():
+    rng = np.random.RandomState(0)
+    centres = np.array([[0.0, 0.0], [10.0, 10.0]])
+    y = np.repeat([3, 7], 100)
+    X = centres[(y == 7).astype(int)] + rng.normal(0, 1, (200, 2))
+    gpa = GPATransporter(n_steps=200, n_particles=300, random_state=0).fit(X, y)
+    assert gpa.particles_.shape == (300, 2)
+    samples = gpa.sample(50, y=np.repeat([7, 3], 25), random_state=0)
+    assert np.linalg.norm(samples[:25].mean(0) - centres[1]) < 1.0
+    assert np.linalg.norm(samples[25:].mean(0) - centres[0]) < 1.0
+    with pytest.raises(ValueError, match="not fitted"):
+        gpa.sample(2, y=[3, 5])
+
+
+@pytest.mark.parametrize("source", ["normal", "uniform", "logistic", "gaussian_fit"])
+def test_generation_from_each_prior(source):
+    X = make_gaussian_mixture(200, random_state=1) * 100 + 1e4  # any scale works
+    gpa = GPATransporter(source=source, n_steps=150, random_state=0).fit(X)
+    samples = gpa.sample(200, random_state=1)
+    prior_gap = energy_distance(X, gpa.center_ + gpa.scale_ * np.random.randn(200, 2))
+    assert energy_distance(samples, X) < 0.1 * prior_gap
+
+
+def test_same_seed_same_output_and_inputs_untouched():
+    X, _, sd = _mixture_problem(100)
+    X_copy, sd_copy = X.copy(), sd.copy()
+    first = GPATransporter(n_steps=30, random_state=3).fit_transform(X, sample_domain=sd)
+    second = GPATransporter(n_steps=30, random_state=3).fit_transform(X, sample_domain=sd)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(X, X_copy)
+    np.testing.assert_array_equal(sd, sd_copy)
+
+
+@pytest.mark.parametrize("L", [0.5, 1.0, 3.0])
+def test_layers_have_spectral_norm_L_to_the_one_over_depth(L):
+    import torch
+
+    from sklearn_gpa._engine.networks import MLPLayout
+
+    X, _, sd = _mixture_problem(100)
+    gpa = GPATransporter(L=L, n_steps=50, random_state=0).fit(X, sample_domain=sd)
+    layout = MLPLayout(2, gpa.hidden_layer_sizes, 1)
+    last = torch.as_tensor(gpa.flow_.states[-1, 0], dtype=torch.float64)
+    for weight, _ in layout.layers(last):
+        sigma = float(torch.linalg.matrix_norm(weight[0], ord=2))
+        assert sigma == pytest.approx(L ** (1 / 4), rel=2e-3)
+
+
+def test_pickle_round_trip_gives_identical_transform():
+    X, _, sd = _mixture_problem(100)
+    gpa = GPATransporter(n_steps=30, random_state=0).fit(X, sample_domain=sd)
+    again = pickle.loads(pickle.dumps(gpa))
+    np.testing.assert_array_equal(gpa.transform(X), again.transform(X))
+
+
+def test_score_prefers_a_better_fit():
+    X, _, sd = _mixture_problem(200)
+    short = GPATransporter(n_steps=5, random_state=0).fit(X, sample_domain=sd)
+    long = GPATransporter(n_steps=200, random_state=0).fit(X, sample_domain=sd)
+    assert long.score(X, sample_domain=sd) > short.score(X, sample_domain=sd)
+
+
+def test_pandas_output_and_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, _, sd = _mixture_problem(60)
+    frame = pd.DataFrame(X, columns=["gene_a", "gene_b"])
+    gpa = GPATransporter(n_steps=10, random_state=0).set_output(transform="pandas")
+    out = gpa.fit(frame, sample_domain=sd).transform(frame, sample_domain=sd)
+    assert list(out.columns) == ["gene_a", "gene_b"]
+    assert list(gpa.get_feature_names_out()) == ["gene_a", "gene_b"]
+
+
+@pytest.mark.parametrize(
+    "sample_domain, message",
+    [
+        (np.ones(40, dtype=int), "no target"),
+        (-np.ones(40, dtype=int), "no source"),
+        (np.ones(39, dtype=int), "one entry per row"),
+        (np.full(40, 0.5), "integers"),
+    ],
+)
+def test_bad_sample_domain_is_named(sample_domain, message):
+    X = np.random.RandomState(0).normal(size=(40, 2))
+    with pytest.raises(ValueError, match=message):
+        GPATransporter(n_steps=2).fit(X, sample_domain=sample_domain)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(hidden_layer_sizes=()), "hidden_layer_sizes"),
+        (dict(constraint="soft", L=None), "finite L"),
+        (dict(f="hellinger"), "'f' parameter"),
+        (dict(dt=-1.0), "'dt' parameter"),
+    ],
+)
+def test_bad_parameters_are_named(params, message):
+    X = np.random.RandomState(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match=message):
+        GPATransporter(n_steps=2, **params).fit(X)
+
+
+def test_nan_input_gets_a_clear_error():
+    X = np.random.RandomState(0).normal(size=(20, 2))
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GPATransporter(n_steps=2).fit(X)
+
+
+def test_sample_needs_generative_fit():
+    X, _, sd = _mixture_problem(40)
+    gpa = GPATransporter(n_steps=2).fit(X, sample_domain=sd)
+    with pytest.raises(ValueError, match="generative fit"):
+        gpa.sample(3)
+
+
+def test_metadata_routing_through_pipeline():
+    from sklearn import config_context
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, _, sd = _mixture_problem(80)
+    with config_context(enable_metadata_routing=True):
+        pipe = make_pipeline(StandardScaler(), GPATransporter(n_steps=20, random_state=0))
+        out = pipe.fit(X, sample_domain=sd).transform(X, sample_domain=sd)
+        assert np.isfinite(pipe.score(X, sample_domain=sd))
+    scaled = StandardScaler().fit(X).transform(X)
+    np.testing.assert_array_equal(out[sd < 0], scaled[sd < 0])
