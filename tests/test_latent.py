@@ -1,0 +1,144 @@
+"""LatentGPA and the mean/std baseline."""
+
+import numpy as np
+import pytest
+from sklearn import config_context
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa.latent import decoder_lipschitz_constant
+from sklearn_gpa.metrics import energy_distance
+from sklearn_gpa.utils import stack_domains
+
+
+@parametrize_with_checks([LatentGPA(n_steps=15, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _low_rank_batch_pair(n=120, d=60, rank=4, seed=0):
+    """Two classes on a low-rank manifold; the source has a per-gene shift and scale."""
+    rng = np.random.RandomState(seed)
+    basis = rng.normal(size=(rank, d))
+    class_means = np.array([[2.0, 0, 0, 0], [-2.0, 1.0, 0, 0]])[:, :rank]
+
+    def study(n_rows):
+        y = rng.randint(0, 2, n_rows)
+        latent = class_means[y] + rng.normal(size=(n_rows, rank))
+        return latent @ basis + 0.2 * rng.normal(size=(n_rows, d)), y
+
+    Xs, ys = study(n)
+    Xt, yt = study(n)
+    Xs = Xs * rng.uniform(0.7, 1.4, d) + rng.normal(0, 1.5, d)
+    return Xs, ys, Xt, yt
+
+
+def test_default_encoder_keeps_ninety_percent_and_reports_floor():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    model = LatentGPA(n_steps=20, random_state=0).fit(X, y, sample_domain=sd)
+    pca = model.encoder_[-1]
+    assert pca.explained_variance_ratio_.sum() >= 0.9
+    assert model.n_components_ == pca.n_components_
+    aligned = model.adjuster_.transform(X, y, sample_domain=sd)
+    recon = model.encoder_.inverse_transform(model.encoder_.transform(aligned))
+    expected = np.sqrt(((aligned - recon) ** 2).sum() / ((aligned - aligned.mean(0)) ** 2).sum())
+    assert model.reconstruction_error_ == pytest.approx(expected)
+
+
+def test_decoder_lipschitz_constant_of_linear_decoders():
+    X = np.random.RandomState(0).normal(size=(80, 12)) * np.linspace(0.5, 3.0, 12)
+    pca = PCA(4).fit(X)
+    assert decoder_lipschitz_constant(pca, pca.transform(X)) == pytest.approx(1.0)
+    svd = TruncatedSVD(4, random_state=0).fit(X)
+    assert decoder_lipschitz_constant(svd, svd.transform(X)) == pytest.approx(1.0)
+    pipe = make_pipeline(StandardScaler(), PCA(12)).fit(X)
+    # Remark 7.2: with all components, de-standardisation gives a_D = max sigma_i.
+    a_d = decoder_lipschitz_constant(pipe, pipe.transform(X))
+    assert a_d == pytest.approx(pipe[0].scale_.max(), rel=1e-6)
+
+
+@pytest.mark.parametrize("residual", ["keep", "adjust", "drop"])
+def test_integration_brings_source_onto_target(residual):
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    model = LatentGPA(residual=residual, n_steps=150, random_state=0)
+    out = model.fit_transform(X, y, sample_domain=sd)
+    np.testing.assert_array_equal(out[sd < 0], X[sd < 0])
+    before = energy_distance(Xs, Xt)
+    after = energy_distance(out[sd >= 0], Xt)
+    assert after < 0.2 * before
+    for c in (0, 1):
+        gap = np.linalg.norm(out[sd >= 0][ys == c].mean(0) - Xt[yt == c].mean(0))
+        assert gap < 0.1 * np.linalg.norm(Xs[ys == c].mean(0) - Xt[yt == c].mean(0))
+
+
+def test_drop_returns_rows_on_the_encoder_manifold():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    model = LatentGPA(residual="drop", prealign=None, n_steps=20, random_state=0)
+    out = model.fit(X, y, sample_domain=sd).transform(Xs, ys)
+    again = model.encoder_.inverse_transform(model.encoder_.transform(out))
+    np.testing.assert_allclose(out, again, atol=1e-8)
+
+
+def test_labels_in_transform_pick_the_flow():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    model = LatentGPA(n_steps=100, random_state=0).fit(X, y, sample_domain=sd)
+    trained = model.fit_transform(X, y, sample_domain=sd)[sd >= 0]
+    with_labels = model.transform(Xs, ys)
+    np.testing.assert_allclose(with_labels, trained, atol=1e-3 * np.abs(trained).max())
+
+
+def test_label_free_integration_runs_one_flow():
+    Xs, _, Xt, _ = _low_rank_batch_pair()
+    X, _, sd = stack_domains(Xs, Xt)
+    model = LatentGPA(n_steps=100, random_state=0).fit(X, sample_domain=sd)
+    assert model.classes_ is None
+    out = model.transform(X, sample_domain=sd)
+    assert energy_distance(out[sd >= 0], Xt) < 0.2 * energy_distance(Xs, Xt)
+
+
+def test_generation_decodes_samples():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    model = LatentGPA(n_steps=100, random_state=0).fit(Xt, yt)
+    samples = model.sample(60, y=np.repeat([0, 1], 30), random_state=0)
+    assert samples.shape == (60, Xt.shape[1])
+    for c, rows in ((0, slice(0, 30)), (1, slice(30, 60))):
+        gap = np.linalg.norm(samples[rows].mean(0) - Xt[yt == c].mean(0))
+        assert gap < 0.5 * np.linalg.norm(Xt[yt == 0].mean(0) - Xt[yt == 1].mean(0))
+
+
+def test_last_step_of_a_pipeline_with_routing():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    with config_context(enable_metadata_routing=True):
+        pipe = Pipeline([("pca", PCA(8)), ("gpa", LatentGPA(n_steps=30, random_state=0))])
+        out = pipe.fit(X, y, sample_domain=sd).transform(X, sample_domain=sd)
+        assert np.isfinite(pipe.score(X, sample_domain=sd))
+    assert out.shape == (len(X), 8)
+
+
+def test_meanstd_adjuster_matches_class_moments():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    out = MeanStdAdjuster().fit_transform(X, y, sample_domain=sd)
+    for c in (0, 1):
+        src, tgt = out[sd >= 0][ys == c], Xt[yt == c]
+        np.testing.assert_allclose(src.mean(0), tgt.mean(0), atol=1e-10)
+        np.testing.assert_allclose(src.std(0), tgt.std(0), rtol=1e-10)
+    np.testing.assert_array_equal(out[sd < 0], Xt)
+
+
+def test_meanstd_adjuster_needs_domains_and_routes_unlabelled_rows():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    with pytest.raises(ValueError, match="sample_domain"):
+        MeanStdAdjuster().fit(X, y)
+    adjuster = MeanStdAdjuster().fit(X, y, sample_domain=sd)
+    routed = adjuster.flow_index(Xs)
+    assert np.mean(routed == ys) > 0.8
