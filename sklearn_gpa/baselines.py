@@ -69,8 +69,8 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     >>> rng = np.random.RandomState(0)
     >>> X, _, sd = stack_domains(rng.normal(0, 1, (50, 2)), rng.normal(5, 2, (60, 2)))
     >>> out = MeanStdAdjuster().fit_transform(X, sample_domain=sd)
-    >>> np.round(out[sd >= 0].mean(0) - out[sd < 0].mean(0), 6).tolist()
-    [0.0, 0.0]
+    >>> bool(np.allclose(out[sd >= 0].mean(0), out[sd < 0].mean(0)))
+    True
     """
 
     __metadata_request__fit = {"sample_domain": True}

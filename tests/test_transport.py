@@ -34,18 +34,18 @@ def _mixture_problem(n=200, seed=0):
 def test_mixture_of_gaussians_lands_in_the_wells():
     # Papers' Fig. 2-3: KL, L = 1, raw units, dt = 0.5, 3 critic steps.
     X, _, sd = _mixture_problem()
-    gpa = GPATransporter(L=1.0, dt=0.5, n_steps=400, n_critic=3, standardize=False, random_state=0)
+    gpa = GPATransporter(L=1.0, dt=0.5, n_steps=800, n_critic=3, standardize=False, random_state=0)
     moved = gpa.fit_transform(X, sample_domain=sd)[sd >= 0]
     distance = _distance_to_wells(moved)
     assert np.mean(distance < 1.0) > 0.75  # a 2-D N(0, 0.5^2) puts 86 % within 1.0
     assert np.bincount(np.argmin(((moved[:, None] - WELLS) ** 2).sum(-1), 1)).min() > 25
     kinetic = gpa.history_["kinetic_energy"]
-    assert kinetic[-20:].mean() < kinetic.max() / 50
+    assert np.median(kinetic[-100:]) < kinetic.max() / 50
 
     # Without the Lipschitz bound the particles keep moving fast (Fig. 2: L = infinity).
     unconstrained = clone(gpa).set_params(L=None).fit(X, sample_domain=sd)
-    final = unconstrained.history_["kinetic_energy"][-50:].mean()
-    assert final > 2 * kinetic[-50:].mean()
+    final = np.median(unconstrained.history_["kinetic_energy"][-100:])
+    assert final > 2 * np.median(kinetic[-100:])
 
 
 def test_alpha_divergence_stays_finite_on_heavy_tails():

@@ -6,13 +6,11 @@ holds what is needed to replay the flow on new particles.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from .critic import CONSTRAINTS, Critic
-from .device import cpu_threads, resolve_device, resolve_dtype, threads_for
+from .device import resolve_device, resolve_dtype, threads_context
 from .divergences import DIVERGENCES, get_divergence
 from .flow import FlowResult, LearnedFlow, pack_rows, replay_flow, train_flow
 from .integrators import SOLVERS, get_tableau
@@ -67,33 +65,33 @@ def run_gpa(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    generator = torch.Generator(device=torch_device).manual_seed(int(seed))
     layout = MLPLayout(sources[0].shape[1], tuple(hidden_layer_sizes), len(sources))
-    tableau = get_tableau(solver)
-    critic = Critic(
-        layout,
-        make_activation(activation, activation_eps),
-        get_divergence(f, alpha),
-        lipschitz=L,
-        constraint=constraint,
-        penalty=penalty,
-        learning_rate=learning_rate,
-        generator=generator,
-        dtype=torch_dtype,
-        device=torch_device,
-    )
-    y, w_y = pack_rows(sources, torch_dtype, torch_device)
-    x, w_x = pack_rows(targets, torch_dtype, torch_device)
-    n_rows = (y.shape[1] if batch_size is None else min(batch_size, y.shape[1])) * 2
-    threads = threads_for(n_rows * len(sources), layout.sizes)
-    with cpu_threads(threads) if torch_device.type == "cpu" else contextlib.nullcontext():
+    rows = max(len(s) for s in sources) + max(len(t) for t in targets)
+    if batch_size is not None:
+        rows = min(rows, 2 * batch_size)
+    with threads_context(torch_device, rows * len(sources), layout.sizes):
+        generator = torch.Generator(device=torch_device).manual_seed(int(seed))
+        critic = Critic(
+            layout,
+            make_activation(activation, activation_eps),
+            get_divergence(f, alpha),
+            lipschitz=L,
+            constraint=constraint,
+            penalty=penalty,
+            learning_rate=learning_rate,
+            generator=generator,
+            dtype=torch_dtype,
+            device=torch_device,
+        )
+        y, w_y = pack_rows(sources, torch_dtype, torch_device)
+        x, w_x = pack_rows(targets, torch_dtype, torch_device)
         result = train_flow(
             y,
             w_y,
             x,
             w_x,
             critic,
-            tableau,
+            get_tableau(solver),
             dt=dt,
             n_steps=n_steps,
             n_critic=n_critic,

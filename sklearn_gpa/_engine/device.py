@@ -7,14 +7,25 @@ import os
 
 import torch
 
-__all__ = ["DTYPES", "cpu_threads", "resolve_device", "resolve_dtype", "threads_for"]
+__all__ = [
+    "DTYPES",
+    "cpu_threads",
+    "resolve_device",
+    "resolve_dtype",
+    "threads_context",
+    "threads_for",
+]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Below this many multiply-adds per network evaluation, a second thread costs more in
-# synchronisation than it gains (a 2-D run measured 40x slower with 2 threads on a busy
-# 2-core machine than with 1).
-_SINGLE_THREAD_WORK = 2_000_000
+# Below this many multiply-adds per network evaluation, more threads cost more in
+# synchronisation than they gain, and on a busy machine far more: a 2-D run measured 40x
+# slower with 2 threads than with 1 on a loaded 2-core machine, and K = 10 flows of 200
+# rows 80x slower.  Only large problems get more than one thread.
+_SINGLE_THREAD_WORK = 50_000_000
+
+# torch's own choice at import time (one per physical core), before anyone changed it.
+_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def resolve_device(device) -> torch.device:
@@ -43,7 +54,7 @@ def threads_for(n_rows: int, layer_sizes, n_threads=None) -> int:
     work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     if work < _SINGLE_THREAD_WORK:
         return 1
-    return torch.get_num_threads() or (os.cpu_count() or 1)
+    return max(1, min(_DEFAULT_THREADS, os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
@@ -55,3 +66,15 @@ def cpu_threads(n: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def threads_context(device, n_rows: int, layer_sizes):
+    """The thread setting for work of this size on ``device`` (nothing to set on a GPU).
+
+    Everything the engine runs, set-up and replay included, goes through it: tiny batched
+    matrix products on two threads of a busy machine took milliseconds each instead of
+    microseconds.
+    """
+    if torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    return cpu_threads(threads_for(n_rows, layer_sizes))

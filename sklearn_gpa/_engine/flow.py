@@ -51,16 +51,63 @@ class FlowResult:
     failed_step: list = field(default_factory=list)  # per flow, first non-finite step or -1
 
 
-def _stage_velocity(critic, tableau, y, dt, velocities, z, n_particles, w_y, w_x, n_critic, batch):
+@dataclass
+class _Problem:
+    """What every step of one run needs: the particle + target buffer and the settings."""
+
+    z: torch.Tensor  # (K, M + N, d): the particles' current stage position, then targets
+    n_particles: int
+    w_y: torch.Tensor
+    w_x: torch.Tensor
+    dt: float
+    n_critic: int
+    batch: object  # None, or a function z -> (rows, n_particles, w_y, w_x) mini-batch
+
+
+def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
     """Train the critic at the stage position, then return (velocity, J, kinetic energy)."""
-    position = tableau.stage_position(y, dt, velocities)
-    z[:, :n_particles].copy_(position)
-    for m in range(n_critic):
-        data = (z, n_particles, w_y, w_x) if batch is None else batch(z)
-        value = critic.train_step(*data, with_value=m == n_critic - 1)
+    position = tableau.stage_position(y, p.dt, velocities)
+    p.z[:, : p.n_particles].copy_(position)
+    for m in range(p.n_critic):
+        data = (p.z, p.n_particles, p.w_y, p.w_x) if p.batch is None else p.batch(p.z)
+        value = critic.train_step(*data, with_value=m == p.n_critic - 1)
     grad = critic.gradient(position)
-    kinetic = (w_y * grad.square().sum(-1)).sum(1)
+    kinetic = (p.w_y * grad.square().sum(-1)).sum(1)
     return -grad, value, kinetic
+
+
+def _particle_step(critic, tableau, y, p: _Problem, step, live, record):
+    """One step of every flow; records diagnostics and critic states; returns new positions."""
+    states, store_every, divergence, kinetic_energy, alive = record
+    velocities, finite = [], torch.ones_like(live)
+    for stage in range(tableau.n_stages):
+        velocity, value, kinetic = _stage_velocity(critic, tableau, y, velocities, p)
+        velocities.append(velocity)
+        # The kinetic energy is non-finite exactly when some velocity of the flow is: a
+        # check on K numbers instead of on every coordinate of every particle.
+        finite &= torch.isfinite(kinetic)
+        if stage == 0:
+            divergence[step] = value
+            kinetic_energy[step] = kinetic
+        if step % store_every == 0:
+            states[step // store_every, stage].copy_(critic.params)
+    increment = tableau.increment(p.dt, velocities)
+    # A flow whose step is not finite is frozen where it is, on the device, at once.
+    live &= finite & torch.isfinite(divergence[step])
+    alive[step] = live
+    return y.add_(increment.masked_fill_(~live[:, None, None], 0.0))
+
+
+def _check_progress(step, live, divergence, kinetic_energy, tol, callback):
+    """The host's look at the device every ``log_every`` steps; returns a stop reason."""
+    live_host = live.cpu().numpy()
+    if callback is not None:
+        callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
+    if not live_host.any():
+        return "non-finite"
+    if tol is not None and np.all(kinetic_energy[step].cpu().numpy()[live_host] < tol):
+        return "tol"
+    return None
 
 
 def _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
@@ -103,7 +150,8 @@ def train_flow(
     device once: to stop when every live flow's kinetic energy is below ``tol``, to stop when
     no flow is finite any more, and to call ``callback(step, divergence, kinetic_energy)``.
     A flow whose step turns non-finite is frozen at its last finite particles at once, on
-    the device, without waiting for the host.
+    the device, without waiting for the host.  Ctrl-C stops the run after the last finished
+    step (``stop_reason="interrupted"``).
     """
     n_flows, n_particles, _ = y0.shape
     device, dtype = y0.device, y0.dtype
@@ -126,39 +174,20 @@ def train_flow(
     live = torch.ones(n_flows, dtype=torch.bool, device=device)
     start, stop_reason, steps_run = time.perf_counter(), "n_steps", n_steps
 
-    for step in range(n_steps):
-        velocities = []
-        for stage in range(tableau.n_stages):
-            velocity, value, kinetic = _stage_velocity(
-                critic, tableau, y, dt, velocities, z, n_particles, w_y, w_x, n_critic, batch
-            )
-            velocities.append(velocity)
-            if stage == 0:
-                divergence[step] = value
-                kinetic_energy[step] = kinetic
-            if step % store_every == 0:
-                states[step // store_every, stage].copy_(critic.params)
-        increment = tableau.increment(dt, velocities)
-        finite = torch.isfinite(increment).flatten(1).all(1) & torch.isfinite(divergence[step])
-        live &= finite
-        alive[step] = live
-        y = torch.where(live[:, None, None], y + increment, y)
-        now[step] = time.perf_counter() - start
-
-        if (step + 1) % log_every == 0 or step + 1 == n_steps:
-            live_host = live.cpu().numpy()
-            if callback is not None:
-                callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
-            if not live_host.any():
-                stop_reason = "non-finite"
-                steps_run = step + 1
-                break
-            if tol is not None:
-                ke = kinetic_energy[step].cpu().numpy()[live_host]
-                if np.all(ke < tol):
-                    stop_reason = "tol"
-                    steps_run = step + 1
+    problem = _Problem(z, n_particles, w_y, w_x, dt, n_critic, batch)
+    record = (states, store_every, divergence, kinetic_energy, alive)
+    try:
+        for step in range(n_steps):
+            y = _particle_step(critic, tableau, y, problem, step, live, record)
+            now[step] = time.perf_counter() - start
+            if (step + 1) % log_every == 0 or step + 1 == n_steps:
+                reason = _check_progress(step, live, divergence, kinetic_energy, tol, callback)
+                if reason is not None:
+                    stop_reason, steps_run = reason, step + 1
                     break
+    except KeyboardInterrupt:
+        # The particles of the interrupted step were not written yet: keep the finished steps.
+        stop_reason, steps_run = "interrupted", step
 
     alive = alive[:steps_run]
     failed = [int(np.argmin(col)) if not col.all() else -1 for col in alive.cpu().numpy().T]
@@ -234,12 +263,24 @@ class LearnedFlow:
 
         With ``path`` = k, returns the positions every k steps, shaped (n_snapshots, K, M, d).
         """
+        from .device import threads_context
         from .integrators import get_tableau
         from .networks import MLPLayout, make_activation
 
         layout = MLPLayout(self.n_features, tuple(self.hidden_layer_sizes), self.n_flows)
-        activation = make_activation(self.activation, self.activation_eps)
-        tableau = get_tableau(self.solver)
+        with threads_context(device, min(len(y[0]), chunk_rows) * self.n_flows, layout.sizes):
+            return self._replay(
+                y,
+                layout,
+                make_activation(self.activation, self.activation_eps),
+                get_tableau(self.solver),
+                dtype,
+                device,
+                chunk_rows,
+                path,
+            )
+
+    def _replay(self, y, layout, activation, tableau, dtype, device, chunk_rows, path):
         states = torch.as_tensor(self.states, dtype=dtype, device=device)
         alive = torch.as_tensor(self.alive, device=device)
         y = torch.as_tensor(np.asarray(y), dtype=dtype, device=device)

@@ -1,0 +1,491 @@
+"""Tests of sklearn_gpa.metrics against known answers.
+
+The Lipschitz f-divergence is checked on the mathematics of paper 000, App. A (Theorem A.1):
+non-negativity, monotonicity in L, the bound by L * W1 and the limit D / L -> W1, the closed
+form for two unit Gaussians under KL, finiteness on mutually singular samples.  For
+N(0, 1) vs N(mu, 1) under KL the Lipschitz divergence is known exactly: the best critic is
+linear, phi(x) = -min(L, mu) x, so D = mu^2 / 2 when L >= mu and L mu - L^2 / 2 otherwise.
+"""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import scipy.stats
+import sklearn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, KFold
+
+from sklearn_gpa import metrics
+from sklearn_gpa.metrics import (
+    LipschitzFDivergence,
+    LipschitzWitness,
+    energy_distance,
+    lipschitz_f_divergence,
+    mmd,
+    sinkhorn_w2,
+    wasserstein1,
+)
+
+N = 300
+MU = 2.0
+
+
+def gaussians(shift, n=N, d=1, seed=0):
+    rng = np.random.RandomState(seed)
+    offset = np.zeros(d)
+    offset[0] = shift
+    return rng.normal(0.0, 1.0, (n, d)), rng.normal(0.0, 1.0, (n, d)) + offset
+
+
+def best_linear_kl(P, Q, L):
+    """max over slopes s <= L of the KL objective of phi(x) = -s x: a lower bound of D."""
+    slopes = np.linspace(0.0, L, 401)
+    values = [-s * P.mean() - logsumexp(-s * Q[:, 0]) + np.log(len(Q)) for s in slopes]
+    return max(values)
+
+
+@pytest.fixture(scope="module")
+def shifted():
+    """KL estimates on N(0, 1) vs N(2, 1), 300 rows each, for several L (computed once)."""
+    P, Q = gaussians(MU)
+    estimates = {L: lipschitz_f_divergence(P, Q, L=L, random_state=0) for L in (0.01, 0.1, 1, 10)}
+    return P, Q, estimates
+
+
+# ------------------------------------------------------------- Lipschitz f-divergence
+def test_zero_for_one_distribution_positive_for_a_shift(shifted):
+    P, _, estimates = shifted
+    same = lipschitz_f_divergence(P, gaussians(0.0, seed=1)[1], L=1, random_state=0)
+    assert -1e-3 <= same < 0.05 * estimates[1]
+
+
+def test_increasing_in_L(shifted):
+    _, _, estimates = shifted
+    values = [estimates[L] for L in (0.01, 0.1, 1, 10)]
+    assert np.all(np.diff(values) > 0), values
+
+
+@pytest.mark.parametrize("L", [0.01, 0.1, 1, 10])
+def test_bounded_by_L_times_W1(shifted, L):
+    P, Q, estimates = shifted
+    # The estimate is attained by an L-Lipschitz critic, so it is below L * W1 exactly.
+    assert 0 < estimates[L] <= L * wasserstein1(P, Q) * (1 + 1e-9)
+
+
+def test_small_L_limit_is_W1(shifted):
+    P, Q, estimates = shifted
+    # D / L = W1 - O(L): here W1 - L Var / 2 with Var = 1, i.e. a 0.3 % deficit at L = 0.01.
+    ratio = estimates[0.01] / (0.01 * wasserstein1(P, Q))
+    assert 0.98 < ratio <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("L", [0.1, 1])
+def test_kl_closed_form_for_two_gaussians(shifted, L):
+    P, Q, estimates = shifted
+    # Population value L mu - L^2 / 2 (< KL = mu^2 / 2), up to the sampling noise of the
+    # mean shift (standard error ~ L * sqrt(2 / N) = 0.08 L).
+    assert abs(estimates[L] - (L * MU - L**2 / 2)) < 0.3 * L
+    assert estimates[L] < MU**2 / 2
+    # On the samples themselves, the optimal critic is linear: the estimate attains it.
+    assert estimates[L] == pytest.approx(best_linear_kl(P, Q, L), rel=5e-3)
+
+
+def test_kl_below_closed_form_kl_and_kl_dv_agree():
+    P, Q = gaussians(1.0, n=400, seed=3)
+    kl = lipschitz_f_divergence(P, Q, f="kl", L=1.0, random_state=0)
+    kl_dv = lipschitz_f_divergence(P, Q, f="kl_dv", L=1.0, random_state=1)
+    assert kl == pytest.approx(kl_dv, rel=0.02)
+    assert kl < 1.0**2 / 2 + 0.15  # KL(N(0,1) || N(1,1)) = 1/2, plus sampling noise
+
+
+def test_finite_for_mutually_singular_samples():
+    rng = np.random.RandomState(0)
+    P, Q = rng.uniform(0, 1, (150, 2)), rng.uniform(0, 1, (150, 2)) + [3.0, 0.0]
+    constrained = lipschitz_f_divergence(P, Q, L=1.0, random_state=0)
+    assert 0 < constrained <= wasserstein1(P, Q) * (1 + 1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            unconstrained = lipschitz_f_divergence(P, Q, L=None, random_state=0)
+        except FloatingPointError:
+            return
+    assert unconstrained > 10 * constrained
+
+
+@pytest.mark.parametrize(("f", "alpha"), [("reverse_kl", None), ("js", None), ("alpha", 2.0)])
+def test_other_divergences_finite_and_non_negative(f, alpha):
+    P, Q = gaussians(1.0, n=200)
+    other = gaussians(0.0, n=200, seed=1)[1]
+    same = lipschitz_f_divergence(P, other, f=f, alpha=alpha, L=1.0, random_state=0)
+    shifted = lipschitz_f_divergence(P, Q, f=f, alpha=alpha, L=1.0, random_state=0)
+    assert np.isfinite(shifted) and -1e-3 <= same < shifted
+    if f == "js":  # f(x) = x log x - (x + 1) log((x + 1) / 2) gives at most 2 log 2
+        assert shifted <= 2 * np.log(2)
+
+
+def test_alpha_increasing_in_shift_batched():
+    # Three pairs with one L train as three flows of one batched critic.
+    pairs = [gaussians(shift, n=200, seed=2) for shift in (0.5, 1.0, 2.0)]
+    values, witnesses = metrics._estimate_divergences(
+        [p for p, _ in pairs],
+        [q for _, q in pairs],
+        f="alpha",
+        L=1.0,
+        alpha=2.0,
+        hidden_layer_sizes=(32, 32, 32),
+        n_iter=3000,
+        learning_rate=2e-3,
+        batch_size=None,
+        tol=1e-4,
+        seed=0,
+        device="cpu",
+        dtype="float64",
+    )
+    assert len(witnesses) == 3
+    assert np.all(values > 0) and np.all(np.diff(values) > 0), values
+
+
+def test_witness_is_L_lipschitz_and_picklable():
+    P, Q = gaussians(1.0, n=200, d=2)
+    value, witness = lipschitz_f_divergence(P, Q, L=0.5, return_witness=True, random_state=0)
+    assert isinstance(witness, LipschitzWitness)
+    rng = np.random.RandomState(1)
+    A, B = rng.normal(0, 2, (500, 2)), rng.normal(0, 2, (500, 2))
+    slopes = np.abs(witness(A) - witness(B)) / np.linalg.norm(A - B, axis=1)
+    assert slopes.max() <= 0.5 * (1 + 1e-9)
+    # J recomputed from the witness in Donsker-Varadhan form (exact inner inf over nu).
+    phi_p, phi_q = witness(P), witness(Q)
+    assert value == pytest.approx(phi_p.mean() - logsumexp(phi_q) + np.log(len(Q)), rel=1e-6)
+    restored = pickle.loads(pickle.dumps(witness))
+    np.testing.assert_array_equal(restored(P), phi_p)
+    with pytest.raises(ValueError, match="features"):
+        witness(np.zeros((3, 1)))
+
+
+def test_reproducible_unequal_sizes_minibatch_and_inputs_untouched():
+    P, Q = gaussians(1.0, n=200)
+    Q = Q[:120]
+    P_copy, Q_copy = P.copy(), Q.copy()
+    first = lipschitz_f_divergence(P, Q, random_state=3, n_iter=300, tol=None)
+    assert first == lipschitz_f_divergence(P, Q, random_state=3, n_iter=300, tol=None)
+    # Minibatches give a noisier, hence slightly worse, critic: a slightly lower value.
+    batched = lipschitz_f_divergence(P, Q, batch_size=100, random_state=0)
+    assert batched == pytest.approx(lipschitz_f_divergence(P, Q, random_state=0), rel=0.1)
+    np.testing.assert_array_equal(P, P_copy)
+    np.testing.assert_array_equal(Q, Q_copy)
+
+
+def test_scale_equivariance():
+    # Rescaling the data by c is the same problem with L / c.
+    P, Q = gaussians(1.0, n=200)
+    base = lipschitz_f_divergence(P, Q, L=1.0, random_state=0)
+    assert lipschitz_f_divergence(100 * P, 100 * Q, L=0.01, random_state=0) == pytest.approx(
+        base, rel=1e-6
+    )
+
+
+def test_non_converged_warns():
+    P, Q = gaussians(1.0, n=100)
+    with pytest.warns(ConvergenceWarning, match="n_iter=60"):
+        lipschitz_f_divergence(P, Q, n_iter=60, tol=0.0, random_state=0)
+
+
+def test_non_finite_objective_raises(monkeypatch):
+    from sklearn_gpa._engine.divergences import KL
+
+    class BrokenKL(KL):
+        def value(self, phi_y, phi_x, nu, w_y, w_x):
+            return super().value(phi_y, phi_x, nu, w_y, w_x) * np.inf
+
+    monkeypatch.setattr(metrics, "get_divergence", lambda f, alpha=None: BrokenKL())
+    P, Q = gaussians(1.0, n=50)
+    with pytest.raises(FloatingPointError, match="'kl' divergence.*finite"):
+        lipschitz_f_divergence(P, Q)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"f": "hellinger"}, "Unknown f-divergence"),
+        ({"L": 0.0}, "L must be"),
+        ({"L": -1.0}, "L must be"),
+        ({"L": np.inf}, "L must be"),
+        ({"alpha": 3.0}, "only used with f='alpha'"),
+        ({"f": "alpha", "alpha": 0.5}, "alpha must be"),
+        ({"hidden_layer_sizes": ()}, "hidden_layer_sizes"),
+        ({"hidden_layer_sizes": (8, 0)}, "hidden_layer_sizes"),
+        ({"n_iter": 0}, "n_iter"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"tol": -1.0}, "tol"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"device": "nonsense"}, "device"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    P, Q = gaussians(1.0, n=20)
+    with pytest.raises(ValueError, match=match):
+        lipschitz_f_divergence(P, Q, n_iter=kwargs.pop("n_iter", 10), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("X_p", "X_q", "match"),
+    [
+        (np.zeros(5), np.zeros((5, 1)), "2D array"),
+        (np.zeros((5, 2)), np.zeros((5, 3)), "X_p has 2 features but X_q has 3"),
+        (np.full((5, 1), np.nan), np.zeros((5, 1)), "NaN"),
+        (np.zeros((0, 1)), np.zeros((5, 1)), "0 sample"),
+    ],
+)
+def test_bad_samples(X_p, X_q, match):
+    with pytest.raises(ValueError, match=match):
+        lipschitz_f_divergence(X_p, X_q)
+
+
+# -------------------------------------------------------------------------------- scorer
+class ShiftTransporter(TransformerMixin, BaseEstimator):
+    """Moves source rows by ``shift`` along the first feature."""
+
+    __metadata_request__fit = {"sample_domain": True}
+    __metadata_request__transform = {"sample_domain": True}
+
+    def __init__(self, shift=0.0):
+        self.shift = shift
+
+    def fit(self, X, y=None, *, sample_domain=None):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X, *, sample_domain=None):
+        moved = np.array(X, dtype=float)
+        source = np.ones(len(moved), bool) if sample_domain is None else sample_domain >= 0
+        moved[source, 0] += self.shift
+        return moved
+
+
+class GaussianSampler:
+    """A 'generative fit' drawing N(mean, 1)."""
+
+    def __init__(self, mean):
+        self.mean = mean
+
+    def sample(self, n_samples, random_state=None):
+        return np.random.RandomState(random_state).normal(self.mean, 1.0, (n_samples, 1))
+
+
+def integration_data(n=150, shift=MU, seed=0):
+    rng = np.random.RandomState(seed)
+    X = np.vstack([rng.normal(0, 1, (n, 1)), rng.normal(shift, 1, (n, 1))])
+    return X, np.repeat([0, -1], n)
+
+
+def test_scorer_prefers_the_better_transport():
+    X, sample_domain = integration_data()
+    scorer = LipschitzFDivergence()
+    scores = [scorer(ShiftTransporter(s), X, sample_domain=sample_domain) for s in (0.0, 1.0, MU)]
+    assert scores[0] < scores[1] < scores[2] <= 0.05
+    expected = -lipschitz_f_divergence(X[:150] + MU, X[150:], random_state=0)
+    assert scores[2] == expected
+
+
+def test_scorer_generative_mode():
+    X = np.random.RandomState(0).normal(0, 1, (200, 1))
+    scorer = LipschitzFDivergence(L=0.5)
+    assert scorer(GaussianSampler(3.0), X) < scorer(GaussianSampler(0.0), X)
+
+
+def test_scorer_needs_sample_domain_for_a_transformer():
+    X, _ = integration_data(n=20)
+    with pytest.raises(ValueError, match="enable_metadata_routing"):
+        LipschitzFDivergence()(ShiftTransporter(), X)
+
+
+def test_scorer_requests_sample_domain_by_default():
+    scorer = LipschitzFDivergence(f="alpha", alpha=3.0)
+    assert scorer.get_metadata_routing().consumes("score", ["sample_domain"]) == {"sample_domain"}
+    assert repr(scorer) == "LipschitzFDivergence(f='alpha', L=1.0, alpha=3.0)"
+    with pytest.raises(RuntimeError, match="metadata routing is enabled"):
+        scorer.set_score_request(sample_domain=False)
+    with sklearn.config_context(enable_metadata_routing=True):
+        scorer.set_score_request(sample_domain=False)
+        assert scorer.get_metadata_routing().consumes("score", ["sample_domain"]) == set()
+    assert pickle.loads(pickle.dumps(scorer)).f == "alpha"
+
+
+def test_grid_search_with_routing_finds_the_right_shift():
+    X, sample_domain = integration_data()
+    search = GridSearchCV(
+        ShiftTransporter(),
+        {"shift": [0.0, 1.0, MU, 3.0]},
+        scoring=LipschitzFDivergence(),
+        cv=KFold(3, shuffle=True, random_state=0),
+        error_score="raise",
+    )
+    with sklearn.config_context(enable_metadata_routing=True):
+        search.fit(X, sample_domain=sample_domain)
+    assert search.best_params_ == {"shift": MU}
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_grid_search_without_routing_explains():
+    X, sample_domain = integration_data(n=30)
+    search = GridSearchCV(
+        ShiftTransporter(),
+        {"shift": [0.0]},
+        scoring=LipschitzFDivergence(),
+        cv=KFold(2, shuffle=True, random_state=0),
+        error_score="raise",
+    )
+    with pytest.raises(ValueError, match="enable_metadata_routing"):
+        search.fit(X, sample_domain=sample_domain)
+
+
+# ------------------------------------------------------------------ two-sample metrics
+TWO_SAMPLE = [energy_distance, mmd, sinkhorn_w2, wasserstein1]
+
+
+@pytest.mark.parametrize("metric", TWO_SAMPLE)
+@pytest.mark.parametrize("d", [1, 2])
+def test_zero_for_identical_samples_and_symmetric(metric, d):
+    rng = np.random.RandomState(0)
+    X, Y = rng.normal(0, 1, (150, d)), rng.normal(0.5, 1, (120, d))
+    assert abs(metric(X, X)) < (2.0 / 150 if metric is mmd else 1e-9)
+    assert metric(X, Y) == pytest.approx(metric(Y, X), rel=1e-9, abs=1e-12)
+    assert metric(X, Y) > abs(metric(X, X))
+
+
+@pytest.mark.parametrize("metric", [sinkhorn_w2, wasserstein1])
+@pytest.mark.parametrize("shift", [[1.5], [3.0, 4.0], [0.0, -2.0, 0.0]])
+def test_wasserstein_of_a_translate_is_the_shift_length(metric, shift):
+    X = np.random.RandomState(0).normal(0, 1, (200, len(shift)))
+    assert metric(X, X + shift) == pytest.approx(np.linalg.norm(shift), rel=1e-9)
+
+
+def test_wasserstein_against_one_dimensional_closed_forms():
+    rng = np.random.RandomState(0)
+    x, y = rng.normal(0, 1, 100), rng.exponential(1.0, 100)
+    assert wasserstein1(x[:, None], y[:, None]) == pytest.approx(
+        scipy.stats.wasserstein_distance(x, y), rel=1e-9
+    )
+    sorted_w2 = np.sqrt(np.mean((np.sort(x) - np.sort(y)) ** 2))
+    assert sinkhorn_w2(x[:, None], y[:, None]) == pytest.approx(sorted_w2, rel=1e-9)
+    # The 2-D solvers on the same points (second coordinate constant) agree.
+    pad = np.zeros((100, 1))
+    assert sinkhorn_w2(np.hstack([x[:, None], pad]), np.hstack([y[:, None], pad])) == (
+        pytest.approx(sorted_w2, rel=1e-9)
+    )
+
+
+def test_sinkhorn_path_close_to_exact_and_above_it():
+    rng = np.random.RandomState(0)
+    X, Y = rng.normal(0, 1, (200, 2)), rng.normal(0, 1, (180, 2)) + [1.5, 0.0]
+    exact = sinkhorn_w2(X, Y)
+    entropic = sinkhorn_w2(X, Y, exact_below=0)
+    assert exact < entropic < 1.03 * exact
+    assert sinkhorn_w2(X, Y, exact_below=0, reg=0.05) > entropic
+    # Far-apart clouds: the plain kernel would underflow, the log-domain solver is used.
+    far = sinkhorn_w2(X, Y + [300.0, 0.0], exact_below=0)
+    assert far == pytest.approx(sinkhorn_w2(X, Y + [300.0, 0.0]), rel=0.01)
+
+
+def test_energy_distance_known_values():
+    assert energy_distance([[0.0]], [[3.0]]) == 6.0  # 2 |0 - 3|
+    rng = np.random.RandomState(0)
+    x, y = rng.normal(0, 1, 80), rng.normal(1, 2, 60)
+    wx, wy = rng.uniform(0.1, 1.0, 80), rng.uniform(0.1, 1.0, 60)
+    expected = scipy.stats.energy_distance(x, y, wx, wy) ** 2
+    got = energy_distance(x[:, None], y[:, None], sample_weight_x=wx, sample_weight_y=wy)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_energy_distance_chunked_equals_direct(monkeypatch):
+    rng = np.random.RandomState(0)
+    X, Y = rng.normal(0, 1, (97, 3)), rng.normal(0.3, 1, (64, 3))
+    direct = energy_distance(X, Y)
+    monkeypatch.setattr(metrics, "_CHUNK_BYTES", 8 * 64 * 5)  # blocks of 5 rows
+    assert energy_distance(X, Y) == pytest.approx(direct, rel=1e-12)
+
+
+def test_mmd_known_values_and_bandwidth():
+    c, sigma = 1.5, 0.7
+    expected = 2.0 - 2.0 * np.exp(-(c**2) / (2 * sigma**2))
+    biased = mmd([[0.0]], [[c]], bandwidth=sigma, unbiased=False)
+    assert biased == pytest.approx(expected, rel=1e-12)
+    rng = np.random.RandomState(0)
+    X, Y = rng.normal(0, 1, (100, 2)), rng.normal(0, 1, (100, 2)) + [1.0, 0.0]
+    median = np.median(scipy.spatial.distance.pdist(np.vstack([X, Y])))
+    assert mmd(X, Y) == mmd(X, Y, bandwidth=median)
+    assert mmd(X, Y, unbiased=False) >= mmd(X, Y)
+    assert mmd(X, Y) > 0.05
+
+
+@pytest.mark.parametrize("metric", TWO_SAMPLE)
+@pytest.mark.parametrize(
+    ("X", "Y", "match"),
+    [
+        (np.zeros(5), np.zeros((5, 1)), "2D array"),
+        (np.zeros((5, 2)), np.zeros((5, 3)), "X has 2 features but Y has 3"),
+        (np.zeros((5, 1)), np.full((5, 1), np.inf), "infinity"),
+        (np.zeros((0, 1)), np.zeros((5, 1)), "0 sample"),
+        ([["a"], ["b"]], np.zeros((2, 1)), "convert"),
+    ],
+)
+def test_two_sample_bad_input(metric, X, Y, match):
+    with pytest.raises(ValueError, match=match):
+        metric(X, Y)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda X: energy_distance(X, X, sample_weight_x=np.ones(3)), "shape"),
+        (lambda X: energy_distance(X, X, sample_weight_y=-np.ones(5)), "non-negative"),
+        (lambda X: energy_distance(X, X, sample_weight_x=np.zeros(5)), "sums to 0"),
+        (lambda X: mmd(X, X, bandwidth=0.0), "bandwidth"),
+        (lambda X: mmd(X, X, bandwidth="scott"), "bandwidth"),
+        (lambda X: mmd(X[:1], X), "minimum of 2"),
+        (lambda X: sinkhorn_w2(X, X, reg=-1.0), "reg"),
+        (lambda X: sinkhorn_w2(X, X, exact_below=-1), "exact_below"),
+    ],
+)
+def test_bad_options(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(np.random.RandomState(0).normal(size=(5, 2)))
+
+
+finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    X=arrays(np.float64, st.tuples(st.integers(1, 12), st.just(2)), elements=finite),
+    Y=arrays(np.float64, st.tuples(st.integers(1, 12), st.just(2)), elements=finite),
+    seed=st.integers(0, 2**16),
+)
+def test_energy_distance_symmetric_non_negative_order_free(X, Y, seed):
+    value = energy_distance(X, Y)
+    scale = 1.0 + np.abs(np.vstack([X, Y])).max()
+    assert value >= 0
+    assert value == pytest.approx(energy_distance(Y, X), abs=1e-9 * scale)
+    rng = np.random.RandomState(seed)
+    shuffled = energy_distance(X[rng.permutation(len(X))], Y[rng.permutation(len(Y))])
+    assert shuffled == pytest.approx(value, abs=1e-9 * scale)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    X=arrays(np.float64, st.tuples(st.integers(2, 10), st.just(2)), elements=finite),
+    seed=st.integers(0, 2**16),
+)
+def test_wasserstein_order_free(X, seed):
+    Y = X[::-1] + 1.0
+    permuted = X[np.random.RandomState(seed).permutation(len(X))]
+    for metric in (wasserstein1, sinkhorn_w2):
+        assert metric(permuted, Y) == pytest.approx(metric(X, Y), rel=1e-7, abs=1e-9)
