@@ -84,6 +84,7 @@ class Critic:
         self._exact_left = _EXACT_UPDATES
         if self.constraint is not None:
             self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
+            self.weight_groups = layout.weight_groups(self.params)
             self._left_vectors = [
                 torch.nn.functional.normalize(
                     torch.randn(
@@ -91,9 +92,9 @@ class Critic:
                     ),
                     dim=-1,
                 )
-                for w, _ in self.layers
+                for w in self.weight_groups
             ]
-            for w, _ in self.layers:
+            for w in self.weight_groups:
                 w.mul_(self.layer_norm / spectral_norm_exact(w)[:, None, None])
             if self.constraint == "hard":
                 for _ in range(_POWER_ITERATIONS_AT_START):
@@ -101,12 +102,13 @@ class Critic:
 
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):
-        """One power iteration per layer with persistent vectors; the norms, shaped (K, 1, 1).
+        """One power iteration per layer with persistent vectors; the norms per weight group,
+        shaped (n_layers * K, 1, 1).
 
         A single-column layer is a vector, whose spectral norm is its Euclidean norm.
         """
         norms = []
-        for (w, _), u in zip(self.layers, self._left_vectors):
+        for w, u in zip(self.weight_groups, self._left_vectors):
             if w.shape[2] == 1:
                 norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
                 continue
@@ -123,8 +125,8 @@ class Critic:
         estimates = self._power_iteration()
         if self._exact_left > 0:
             self._exact_left -= 1
-            estimates = [spectral_norm_exact(w)[:, None, None] for w, _ in self.layers]
-        for (w, _), sigma in zip(self.layers, estimates):
+            estimates = [spectral_norm_exact(w)[:, None, None] for w in self.weight_groups]
+        for w, sigma in zip(self.weight_groups, estimates):
             w.mul_(self.layer_norm / sigma)
 
     # -- optimisation -----------------------------------------------------------------------
@@ -189,5 +191,5 @@ class Critic:
 
     def gradient(self, y):
         """``grad phi`` at ``y`` (K, M, d) with the current weights."""
-        _, _, saved = forward(self.layers, self.activation, y)
+        _, _, saved = forward(self.layers, self.activation, y, output=False)
         return input_gradient(self.layers, self.activation, saved)

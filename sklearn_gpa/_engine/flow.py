@@ -222,7 +222,7 @@ def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_ever
         for stage in range(tableau.n_stages):
             position = tableau.stage_position(y, dt, velocities)
             layers = layout.layers(stored[stage])
-            _, _, saved = forward(layers, activation, position)
+            _, _, saved = forward(layers, activation, position, output=False)
             velocities.append(-input_gradient(layers, activation, saved))
         y = torch.where(alive[step][:, None, None], y + tableau.increment(dt, velocities), y)
     if path is not None:

@@ -107,7 +107,10 @@ class MLPLayout:
     """Where each layer of K stacked MLPs ``R^d -> R`` sits in a flat parameter vector.
 
     Layer ``l`` has weight ``(K, sizes[l], sizes[l+1])`` and bias ``(K, 1, sizes[l+1])``.
-    After the layers comes one scalar per flow: the shift ``nu`` of the f-divergence.
+    Consecutive layers of one shape (the hidden-to-hidden layers) are stored as one block
+    ``(n, K, fan_in, fan_out)`` followed by their biases, so the spectral normalisation
+    treats the whole block in one batched power iteration.  After the layers comes one
+    scalar per flow: the shift ``nu`` of the f-divergence.
     """
 
     n_features: int
@@ -131,17 +134,39 @@ class MLPLayout:
     def size(self) -> int:
         return self.n_weights + self.n_flows
 
+    @property
+    def shape_runs(self) -> list:
+        """Runs of consecutive layers with one shape: ``[(n_layers, fan_in, fan_out), ...]``."""
+        runs = []
+        for shape in zip(self.sizes[:-1], self.sizes[1:]):
+            if runs and runs[-1][1:] == shape:
+                runs[-1] = (runs[-1][0] + 1, *shape)
+            else:
+                runs.append((1, *shape))
+        return runs
+
+    def _blocks(self, flat: torch.Tensor) -> list:
+        lead, k = flat.shape[:-1], self.n_flows
+        blocks, offset = [], 0
+        for n, fan_in, fan_out in self.shape_runs:
+            n_w, n_b = n * k * fan_in * fan_out, n * k * fan_out
+            w = flat[..., offset : offset + n_w].view(*lead, n, k, fan_in, fan_out)
+            b = flat[..., offset + n_w : offset + n_w + n_b].view(*lead, n, k, 1, fan_out)
+            blocks.append((w, b))
+            offset += n_w + n_b
+        return blocks
+
     def layers(self, flat: torch.Tensor) -> list:
         """Views ``[(W_0, b_0), ...]`` into ``flat`` (last dimension); no copy."""
-        lead, k, s = flat.shape[:-1], self.n_flows, self.sizes
-        layers, offset = [], 0
-        for i in range(self.depth):
-            n_w, n_b = k * s[i] * s[i + 1], k * s[i + 1]
-            w = flat[..., offset : offset + n_w].view(*lead, k, s[i], s[i + 1])
-            b = flat[..., offset + n_w : offset + n_w + n_b].view(*lead, k, 1, s[i + 1])
-            layers.append((w, b))
-            offset += n_w + n_b
-        return layers
+        return [
+            (w.select(-4, j), b.select(-4, j))
+            for w, b in self._blocks(flat)
+            for j in range(w.shape[-4])
+        ]
+
+    def weight_groups(self, flat: torch.Tensor) -> list:
+        """Each run's weights as one stack ``(n * K, fan_in, fan_out)`` (a view)."""
+        return [w.flatten(-4, -3) for w, _ in self._blocks(flat)]
 
     def nu(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.n_weights :]
@@ -157,17 +182,20 @@ class MLPLayout:
         return flat
 
 
-def forward(layers, activation, z):
+def forward(layers, activation, z, output=True):
     """Evaluate K networks on ``z`` (K, T, d).
 
     Returns ``phi`` (K, T), the layer inputs ``[z, h_1, ...]`` and what each activation
-    saved for its backward pass.
+    saved for its backward pass.  With ``output=False`` the last layer is skipped and
+    ``phi`` is None: the input gradient does not need it.
     """
     inputs, saved, h = [z], [], z
     for w, b in layers[:-1]:
         h, s = activation.forward(torch.baddbmm(b, h, w))
         inputs.append(h)
         saved.append(s)
+    if not output:
+        return None, inputs, saved
     w, b = layers[-1]
     return torch.baddbmm(b, h, w).squeeze(-1), inputs, saved
 
