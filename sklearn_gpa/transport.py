@@ -182,7 +182,8 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
     stop_reason_ : str
-        "n_steps", "tol" or "non-finite".
+        "n_steps", "tol", "non-finite" or "interrupted" (Ctrl-C during ``fit`` keeps the
+        steps finished so far and leaves a usable estimator).
     mode_ : str
         "integration" or "generation".
     classes_ : ndarray or None
@@ -529,6 +530,13 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         }
         if any(s >= 0 for s in result.failed_step):
             self._warn_non_finite(result.failed_step)
+        if result.stop_reason == "interrupted":
+            warnings.warn(
+                f"fit interrupted after {result.n_steps} of {self.n_steps} steps; the estimator "
+                "keeps the finished steps and is usable.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         return result.particles.cpu().numpy().astype(np.float64)
 
     def _warn_non_finite(self, failed_step):
