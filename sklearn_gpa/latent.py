@@ -103,6 +103,9 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     prealign : {"meanstd"} or None, default="meanstd"
         Per-feature moment matching of the source rows in the original space before
         encoding (integration only); None runs the latent flow from the raw source.
+    out_of_sample : {"nearest", "replay"}, default="nearest"
+        How new source rows move in the latent space (see :class:`GPATransporter`); the
+        default suits the few-rows, many-dimensions regime of omics studies.
     **GPA parameters
         ``f``, ``alpha``, ``L``, ``dt``, ... as in :class:`GPATransporter`, applied to the
         codes.
@@ -182,6 +185,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         verbose=0,
         callback=None,
         prealign="meanstd",
+        out_of_sample="nearest",
     ):
         self.encoder = encoder
         self.residual = residual
@@ -212,6 +216,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.callback = callback
         self.prealign = prealign
+        self.out_of_sample = out_of_sample
 
     def _transporter(self):
         names = GPATransporter._get_param_names()

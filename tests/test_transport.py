@@ -262,3 +262,15 @@ def test_metadata_routing_through_pipeline():
         assert np.isfinite(pipe.score(X, sample_domain=sd))
     scaled = StandardScaler().fit(X).transform(X)
     np.testing.assert_array_equal(out[sd < 0], scaled[sd < 0])
+
+
+def test_nearest_out_of_sample_follows_the_training_rows():
+    rng = np.random.RandomState(0)
+    Xs, Xt = rng.normal(0, 1, (150, 3)), rng.normal(0, 1, (150, 3)) + 4
+    X, _, sd = stack_domains(Xs, Xt)
+    gpa = GPATransporter(out_of_sample="nearest", n_steps=150, random_state=0)
+    gpa.fit(X, sample_domain=sd)
+    np.testing.assert_allclose(gpa.transform(Xs), gpa.particles_, atol=1e-8)
+    new = rng.normal(0, 1, (100, 3))
+    moved = gpa.transform(new)
+    assert energy_distance(moved, Xt) < 0.1 * energy_distance(new, Xt)
