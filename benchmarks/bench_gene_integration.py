@@ -251,6 +251,11 @@ def main(argv=None):
         ("mean/std, label-free", meanstd, False),
         (f"(G) LatentGPA defaults, {steps} steps", latent_gpa(n_steps=steps), True),
         (f"LatentGPA label-free, {steps} steps", latent_gpa(n_steps=steps), False),
+        (
+            f"(G) LatentGPA, residual='drop', out_of_sample='barycentric', {steps} steps",
+            latent_gpa(n_steps=steps, residual="drop", out_of_sample="barycentric"),
+            True,
+        ),
         ("Sinkhorn OT per class (POT)", sinkhorn, True),
         ("Sinkhorn OT, label-free (POT)", sinkhorn, False),
     ]

@@ -103,7 +103,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     prealign : {"meanstd"} or None, default="meanstd"
         Per-feature moment matching of the source rows in the original space before
         encoding (integration only); None runs the latent flow from the raw source.
-    out_of_sample : {"nearest", "replay"}, default="nearest"
+    out_of_sample : {"nearest", "barycentric", "replay"}, default="nearest"
         How new source rows move in the latent space (see :class:`GPATransporter`); the
         default suits the few-rows, many-dimensions regime of omics studies.
     **GPA parameters

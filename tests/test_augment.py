@@ -1,0 +1,226 @@
+"""GPAAugmenter: imbalanced-learn sampler built on class-wise GPA flows."""
+
+import warnings
+
+import numpy as np
+import pytest
+from imblearn.pipeline import make_pipeline
+from imblearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_param_validation,
+)
+from imblearn.utils.estimator_checks import (
+    parametrize_with_checks as parametrize_with_imblearn_checks,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa.augment import GPAAugmenter
+
+FAST = dict(n_steps=5, random_state=0)
+
+
+@parametrize_with_checks([GPAAugmenter(**FAST)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@parametrize_with_imblearn_checks([GPAAugmenter(**FAST)])
+def test_imblearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_imblearn_param_validation_and_column_names():
+    check_param_validation("GPAAugmenter", GPAAugmenter(**FAST))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        check_dataframe_column_names_consistency("GPAAugmenter", GPAAugmenter(**FAST))
+
+
+def test_shared_parameters_keep_the_transporters_defaults():
+    ours, theirs = GPAAugmenter().get_params(), GPATransporter().get_params()
+    shared = (set(ours) & set(theirs)) - {"source"}  # "gaussian_fit" here: short flows
+    assert len(shared) >= 20
+    assert {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
+
+
+def _three_classes(seed=0, sizes=(60, 25, 10), n_features=3):
+    """Three well separated Gaussian classes."""
+    rng = np.random.RandomState(seed)
+    centers = 6.0 * np.eye(3, n_features)
+    X = np.vstack([rng.normal(c, 1.0, (n, n_features)) for c, n in zip(centers, sizes)])
+    y = np.repeat([0, 1, 2], sizes)
+    return X, y, centers
+
+
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [
+        ("auto", [60, 60, 60]),
+        ("not majority", [60, 60, 60]),
+        ("minority", [60, 25, 60]),
+        ("all", [60, 60, 60]),
+        ({1: 40, 2: 30}, [60, 40, 30]),
+        (lambda y: {2: 12}, [60, 25, 12]),
+    ],
+)
+def test_class_counts_follow_sampling_strategy(strategy, expected):
+    X, y, _ = _three_classes()
+    X_res, y_res = GPAAugmenter(sampling_strategy=strategy, **FAST).fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == expected
+    assert X_res.shape == (sum(expected), X.shape[1])
+
+
+def test_float_strategy_on_binary_data():
+    X, y, _ = _three_classes(sizes=(60, 10, 0))
+    _, y_res = GPAAugmenter(sampling_strategy=0.5, **FAST).fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == [60, 30]
+
+
+def test_originals_first_unchanged_then_synthetic_by_class():
+    X, y, _ = _three_classes()
+    X32 = X.astype(np.float32)
+    sampler = GPAAugmenter(**FAST)
+    X_res, y_res = sampler.fit_resample(X32, y)
+    assert X_res.dtype == np.float32
+    np.testing.assert_array_equal(X_res[: len(X)], X32)
+    np.testing.assert_array_equal(y_res[: len(y)], y)
+    assert y_res[len(y) :].tolist() == [1] * 35 + [2] * 50
+    assert sampler.augmented_classes_.tolist() == [1, 2]
+
+
+def test_already_balanced_returns_data_as_is():
+    X, y, _ = _three_classes(sizes=(20, 20, 20))
+    sampler = GPAAugmenter(**FAST)
+    X_res, y_res = sampler.fit_resample(X, y)
+    np.testing.assert_array_equal(X_res, X)
+    np.testing.assert_array_equal(y_res, y)
+    assert sampler.transporter_ is None and sampler.nearest_original_distance_.shape == (0,)
+
+
+def test_reproducible_with_random_state():
+    X, y, _ = _three_classes()
+    first = GPAAugmenter(n_steps=30, random_state=3).fit_resample(X, y)[0]
+    again = GPAAugmenter(n_steps=30, random_state=3).fit_resample(X, y)[0]
+    other = GPAAugmenter(n_steps=30, random_state=4).fit_resample(X, y)[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first[len(X) :], other[len(X) :])
+
+
+@pytest.mark.parametrize("source", ["gaussian_fit", "normal"])
+def test_synthetic_rows_belong_to_their_class(source):
+    X, y, centers = _three_classes()
+    sampler = GPAAugmenter(source=source, random_state=0)
+    X_res, y_res = sampler.fit_resample(X, y)
+    synthetic, labels = X_res[len(X) :], y_res[len(X) :]
+    for c in (1, 2):
+        # Class means of 25 and 10 unit-variance rows; the flow should land within noise.
+        assert np.linalg.norm(synthetic[labels == c].mean(0) - X[y == c].mean(0)) < 0.6
+    distances = ((synthetic[:, None, :] - X[None]) ** 2).sum(-1)
+    assert np.mean(y[distances.argmin(1)] == labels) > 0.95
+    assert sampler.nearest_original_distance_.shape == (len(synthetic),)
+    assert np.all(sampler.nearest_original_distance_ >= 0)
+    assert set(sampler.divergence_) == set(sampler.termination_step_) == {1, 2}
+    assert sampler.n_particles_ == {1: 75, 2: 50}  # max(n_k, 3 N_k): max(35, 75), max(50, 30)
+
+
+def test_discrete_features_stay_on_their_levels():
+    rng = np.random.RandomState(0)
+    X = np.column_stack([rng.normal(size=80), rng.randint(0, 2, 80), np.full(80, 0.5)])
+    X[60:, 2] = 1.0  # constant within each class
+    y = np.repeat([0, 1], [60, 20])
+    X_res, y_res = GPAAugmenter(n_steps=20, random_state=0).fit_resample(X, y)
+    synthetic = X_res[len(X) :]
+    assert set(np.unique(synthetic[:, 1])) <= {0.0, 1.0}
+    assert np.all(synthetic[:, 2] == 1.0)
+    assert len(np.unique(synthetic[:, 0])) == len(synthetic)  # continuous stays continuous
+    raw = GPAAugmenter(n_steps=20, random_state=0, discrete_features=None).fit_resample(X, y)[0]
+    assert len(np.unique(raw[len(X) :, 1])) > 2
+
+
+def test_labels_minus_one_and_strings_are_ordinary_classes():
+    X, y, _ = _three_classes(sizes=(40, 12, 0))
+    for labels in (np.where(y == 0, 1, -1), np.where(y == 0, "common", "rare")):
+        X_res, y_res = GPAAugmenter(**FAST).fit_resample(X, labels)
+        values, counts = np.unique(y_res, return_counts=True)
+        assert counts.tolist() == [40, 40] and set(values) == set(labels)
+
+
+@pytest.mark.parametrize("factor, expected", [(1, 50), (3, 150), (1.5, 75)])
+def test_oversampling_factor_sets_particles_per_original_row(factor, expected):
+    X, y, _ = _three_classes(sizes=(60, 50, 0))
+    sampler = GPAAugmenter(sampling_strategy={1: 60}, oversampling_factor=factor, **FAST)
+    sampler.fit_resample(X, y)
+    assert sampler.n_particles_ == {1: expected}  # max(10 requested, factor * 50)
+
+
+def _five_dimensional_class(seed=100):
+    # Data drawn from a generator other than the sampler's: with equal seeds the prior's
+    # noise would be the very noise that made the class rows.
+    rng = np.random.RandomState(seed)
+    X = np.vstack([rng.normal(size=(200, 5)) + 3.0, rng.normal(size=(50, 5))])
+    return X, np.repeat([0, 1], [200, 50])
+
+
+def test_long_flows_memorise_and_the_tolerance_stops_before():
+    # Paper 002 section 4 and eq. 37: run long enough and the particles settle on the
+    # originals; stopping once the divergence is within tolerance keeps them apart.
+    X, y = _five_dimensional_class()
+
+    def fit(**params):
+        sampler = GPAAugmenter(sampling_strategy={1: 100}, random_state=0, **params)
+        sampler.fit_resample(X, y)
+        return sampler
+
+    short, long, stopped = fit(n_steps=100), fit(n_steps=1000), fit(n_steps=1000, tolerance=0.05)
+    assert long.memorization_ratio_[1] < 0.2 and short.memorization_ratio_[1] > 0.5
+    divergence = stopped.transporter_.history_["divergence_per_flow"][:, 0]
+    stop = stopped.termination_step_[1]
+    assert 0 < stop < 1000 and long.termination_step_[1] == 1000
+    assert np.all(divergence[stop:] <= 0.05) and divergence[stop - 1] > 0.05
+    assert stopped.divergence_[1] == pytest.approx(divergence[stop])
+    assert stopped.memorization_ratio_[1] > 2 * long.memorization_ratio_[1]
+    assert np.median(stopped.nearest_original_distance_) > np.median(
+        long.nearest_original_distance_
+    )
+
+
+def test_unreachable_tolerance_warns_and_uses_the_last_step():
+    X, y = _five_dimensional_class()
+    sampler = GPAAugmenter(source="normal", tolerance=1e-6, **FAST)
+    with pytest.warns(UserWarning, match=r"classes \[1\] ended above tolerance=1e-06"):
+        sampler.fit_resample(X, y)
+    assert sampler.termination_step_ == {1: 5}
+
+
+def test_pipeline_cross_validate_and_grid_search():
+    X, y, _ = _three_classes(sizes=(80, 16, 0), n_features=4)
+    X += np.random.RandomState(1).normal(scale=2.5, size=X.shape)  # overlapping classes
+    pipe = make_pipeline(GPAAugmenter(n_steps=30, random_state=0), LogisticRegression())
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    scores = cross_validate(pipe, X, y, cv=cv, scoring="balanced_accuracy")["test_score"]
+    assert np.all(np.isfinite(scores)) and scores.mean() > 0.6
+    knn = make_pipeline(GPAAugmenter(n_steps=10, random_state=0), KNeighborsClassifier())
+    grid = {"gpaaugmenter__oversampling_factor": [1, 3]}
+    search = GridSearchCV(knn, grid, cv=cv, scoring="balanced_accuracy").fit(X, y)
+    assert search.best_params_["gpaaugmenter__oversampling_factor"] in (1, 3)
+
+
+def test_bad_input_is_named():
+    X, y, _ = _three_classes()
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        GPAAugmenter(**FAST).fit_resample(X_nan, y)
+    with pytest.raises(ValueError, match="needs to have more than 1 class"):
+        GPAAugmenter(**FAST).fit_resample(X, np.zeros(len(X), dtype=int))
+    y_single = np.r_[np.zeros(40, int), 1]
+    with pytest.raises(ValueError, match="at least 2 samples of every class it augments"):
+        GPAAugmenter(**FAST).fit_resample(X[:41], y_single)
+    with pytest.raises(ValueError, match="discrete_features must hold feature indices"):
+        GPAAugmenter(discrete_features=[5], **FAST).fit_resample(X, y)
+    with pytest.raises(ValueError, match="oversampling_factor"):
+        GPAAugmenter(oversampling_factor=0.5).fit_resample(X, y)
