@@ -3,8 +3,17 @@
 from .augment import GPAAugmenter
 from .baselines import MeanStdAdjuster
 from .latent import LatentGPA
+from .metrics import LipschitzFDivergence, lipschitz_f_divergence
 from .transport import GPATransporter
 
 __version__ = "0.1.0"
 
-__all__ = ["GPAAugmenter", "GPATransporter", "LatentGPA", "MeanStdAdjuster", "__version__"]
+__all__ = [
+    "GPAAugmenter",
+    "GPATransporter",
+    "LatentGPA",
+    "LipschitzFDivergence",
+    "MeanStdAdjuster",
+    "__version__",
+    "lipschitz_f_divergence",
+]

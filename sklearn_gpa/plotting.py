@@ -44,8 +44,8 @@ def plot_history(history, *, ax=None, key="kinetic_energy", log=True):
     ax = _axes(ax)
     values = np.asarray(history[key])
     ax.plot(np.arange(1, len(values) + 1), values)
-    if log and np.all(values[np.isfinite(values)] > 0):
-        ax.set_yscale("log")
+    if log and np.any(values[np.isfinite(values)] > 0):
+        ax.set_yscale("log")  # matplotlib masks the zeros of a flow whose critic went flat
     ax.set_xlabel("particle step")
     ax.set_ylabel(key.replace("_", " "))
     return ax

@@ -191,10 +191,12 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         The stored discriminators; ``flow_.nbytes`` is its memory.
     history_ : dict of ndarray
         Per step: ``"divergence"`` and ``"kinetic_energy"`` (mean over flows, weighted by
-        particles), their ``"_per_flow"`` versions (n_steps_, n_flows), and ``"time"``
+        particles), their ``"_per_flow"`` versions ``(n_steps_, n_flows)``, and ``"time"``
         (seconds since the start).
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
+    failed_step_ : ndarray of shape (n_flows,)
+        Per flow, the step at which it turned non-finite and stopped, or -1.
     stop_reason_ : str
         "n_steps", "tol", "non-finite" or "interrupted" (Ctrl-C during ``fit`` keeps the
         steps finished so far and leaves a usable estimator).
@@ -546,8 +548,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             "kinetic_energy_per_flow": result.kinetic_energy,
             "time": result.time,
         }
+        self.failed_step_ = np.array(result.failed_step)
         if any(s >= 0 for s in result.failed_step):
             self._warn_non_finite(result.failed_step)
+        self._warn_dead_critic(result.kinetic_energy)
         if result.stop_reason == "interrupted":
             warnings.warn(
                 f"fit interrupted after {result.n_steps} of {self.n_steps} steps; the estimator "
@@ -566,6 +570,20 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             RuntimeWarning,
             stacklevel=4,
         )
+
+    def _warn_dead_critic(self, kinetic_energy):
+        """Warn when a flow's particles stopped because its critic went flat for good."""
+        for k in np.flatnonzero(kinetic_energy[-1] == 0) if len(kinetic_energy) else []:
+            moving = np.flatnonzero(kinetic_energy[:, k] != 0)
+            since = moving[-1] + 1 if len(moving) else 0
+            if since < len(kinetic_energy) - 1:
+                warnings.warn(
+                    f"the critic of flow {k} went flat at step {since} (kinetic energy exactly "
+                    "0: every ReLU unit inactive on the particles), so they stopped there; "
+                    "activation='leaky_relu' or 'smooth_relu' avoids this.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
 
     def _progress(self, step, divergence, kinetic_energy):
         print(

@@ -230,3 +230,11 @@ def test_meanstd_adjuster_bad_input():
         MeanStdAdjuster().fit(X)
     with pytest.raises(ValueError, match="no target"):
         MeanStdAdjuster().fit(X, sample_domain=np.ones(len(X), dtype=int))
+
+
+def test_a_critic_that_went_flat_is_reported():
+    gpa = GPATransporter()
+    kinetic = np.array([[0.1, 0.3], [0.2, 0.1], [0.0, 0.1], [0.0, 0.2], [0.0, 0.0]])
+    with pytest.warns(RuntimeWarning, match="flow 0 went flat at step 2") as caught:
+        gpa._warn_dead_critic(kinetic)
+    assert len(caught) == 1  # flow 1 only reached zero at the last step
