@@ -38,5 +38,7 @@ def test_example_runs_and_saves_a_figure(example, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"{example.name} ran longer than {TIMEOUT_S} s in its fast mode")
     assert result.returncode == 0, f"{example.name} failed:\n{result.stderr[-4000:]}"
+    if "is not installed" in result.stdout:  # an example on optional real data
+        pytest.skip(f"{example.name}: {result.stdout.strip().splitlines()[-1]}")
     figures = list(tmp_path.glob("*.png"))
     assert figures, f"{example.name} saved no PNG figure in its working directory"
