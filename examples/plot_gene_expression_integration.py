@@ -53,7 +53,7 @@ except ImportError:
 
 # %%
 # Load both studies and align the genes by symbol
-# ----------------------------------------------
+# -----------------------------------------------
 if SurvLoader is not None:
     loader = SurvLoader()
     source = loader.load_dataset("gse1992")["df"]
@@ -68,7 +68,7 @@ if SurvLoader is not None:
 
 # %%
 # Integrate: mean/std adjustment and latent GPA, per ER class
-# ------------------------------------------------------------
+# -----------------------------------------------------------
 if SurvLoader is not None:
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
@@ -93,7 +93,7 @@ if SurvLoader is not None:
 
 # %%
 # A 2-D view: the first two principal components of the target study
-# -------------------------------------------------------------------
+# ------------------------------------------------------------------
 if SurvLoader is not None:
     view = make_pipeline(StandardScaler(), PCA(2)).fit(Xt)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True, sharey=True)
