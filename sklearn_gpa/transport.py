@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from numbers import Integral, Real
@@ -64,6 +65,7 @@ GPA_PARAMETER_CONSTRAINTS = {
     "callback": [callable, None],
     "prealign": [StrOptions({"meanstd"}), None],
     "out_of_sample": [StrOptions({"replay", "nearest", "barycentric"})],
+    "warm_start": ["boolean"],
 }
 
 
@@ -184,6 +186,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         mean of those neighbours' end points: closer in distribution on that benchmark
         (W2 / D 0.64 against 0.73 with ``residual="drop"``), but rows lose their own
         deviation from their neighbours.  Generative fits always replay.
+    warm_start : bool, default=False
+        When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
+        more steps from where it stopped (particles, critic weights, Adam state and all);
+        the stored flow and ``history_`` grow accordingly.
 
     Attributes
     ----------
@@ -276,6 +282,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         callback=None,
         prealign=None,
         out_of_sample="replay",
+        warm_start=False,
     ):
         self.f = f
         self.alpha = alpha
@@ -304,6 +311,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.callback = callback
         self.prealign = prealign
         self.out_of_sample = out_of_sample
+        self.warm_start = warm_start
 
     # ----------------------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -362,29 +370,44 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         resolve_dtype(self.dtype)
 
     def _fit(self, X, y, sample_domain):
-        """Fit; return the validated X and the mask of its source rows."""
+        """Fit (or, with ``warm_start``, continue); return the validated X and its source mask."""
         self._validate_params_extra()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        resume = self.warm_start and hasattr(self, "flow_")
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not resume
+        )
         rng = check_random_state(self.random_state)
         if y is not None:
             y = np.asarray(y)
             if y.shape != (X.shape[0],):
                 raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
-        if sample_domain is None:
-            self.mode_ = "generation"
-            source = np.zeros(len(X), dtype=bool)
-        else:
-            self.mode_ = "integration"
+        mode = "generation" if sample_domain is None else "integration"
+        if resume and mode != self.mode_:
+            raise ValueError(
+                f"warm_start=True continues the previous {self.mode_} fit, but this call is "
+                f"a {mode} fit; set warm_start=False to start afresh."
+            )
+        self.mode_ = mode
+        source = np.zeros(len(X), dtype=bool)
+        if mode == "integration":
             source = check_sample_domain(sample_domain, len(X))
-        self._fit_scaler(X)
-        groups = self._flow_groups(X, y, source)
-        starts, targets = self._flow_rows(X, groups, rng)
-        self._fit_flow_assigner(starts)
-        sources = [self._prealign(s, np.full(len(s), k)) for k, s in enumerate(starts)]
-        particles = self._fit_flow(sources, targets, rng)
+        if resume:
+            classes = self.classes_
+            groups = self._flow_groups(X, y, source)
+            sources, targets = self._resume_rows(X, groups, classes)
+        else:
+            self._fit_scaler(X)
+            groups = self._flow_groups(X, y, source)
+            starts, targets = self._flow_rows(X, groups, rng)
+            self._fit_flow_assigner(starts)
+            sources = [self._prealign(s, k) for k, s in enumerate(starts)]
         counts = [len(s) for s in sources]
-        moved = unpack_rows(particles, counts)
-        self._fit_out_of_sample(starts, sources, moved)
+        moved = unpack_rows(self._fit_flow(sources, targets, rng, resume), counts)
+        if resume:
+            self._extend_out_of_sample(sources, moved)
+        else:
+            self._fit_out_of_sample(starts, sources, moved)
+        self._final_particles_ = moved
         particles = self._unscale(np.concatenate(moved))
         labels = None if self.classes_ is None else np.repeat(self.classes_, counts)
         if self.mode_ == "integration":
@@ -397,6 +420,21 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 labels[position] = labels.copy()
         self.particles_, self.particle_labels_ = particles, labels
         return X, source
+
+    def _resume_rows(self, X, groups, classes):
+        """Warm start: the last particles of each flow, and the targets of the same flows."""
+        same = (classes is None and self.classes_ is None) or (
+            classes is not None
+            and self.classes_ is not None
+            and np.array_equal(classes, self.classes_)
+        )
+        if not same or len(groups) != len(self._final_particles_):
+            raise ValueError(
+                "warm_start=True continues the previous flows, but y defines different "
+                "classes now; set warm_start=False to start afresh."
+            )
+        Z = self._scale(X)
+        return list(self._final_particles_), [Z[t] for _, t in groups]
 
     # -- preparation ------------------------------------------------------------------
     def _fit_scaler(self, X):
@@ -445,12 +483,12 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     stacklevel=4,
                 )
             return [(source_rows, target_rows)]
-        self.classes_ = target_classes
         if self.mode_ == "generation":
+            self.classes_ = target_classes
             return [(np.array([], dtype=int), tgt_known[y[tgt_known] == c]) for c in target_classes]
-        return [
-            (src_known[y[src_known] == c], tgt_known[y[tgt_known] == c]) for c in target_classes
-        ]
+        # Target classes without source rows need no flow.
+        self.classes_ = np.intersect1d(target_classes, y[src_known])
+        return [(src_known[y[src_known] == c], tgt_known[y[tgt_known] == c]) for c in self.classes_]
 
     def _flow_rows(self, X, groups, rng):
         """Scaled starting rows (before any pre-alignment) and target rows of each flow.
@@ -460,12 +498,6 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Z = self._scale(X)
         targets = [Z[t] for _, t in groups]
         if self.mode_ == "integration":
-            if self.classes_ is not None:
-                kept = [(s, t) for s, t in groups if len(s) > 0]
-                if len(kept) < len(groups):
-                    self.classes_ = self.classes_[[len(s) > 0 for s, _ in groups]]
-                    groups[:] = kept
-                    targets = [Z[t] for _, t in groups]
             sources = [Z[s] for s, _ in groups]
             self.prealign_ = None
             if self.prealign == "meanstd":
@@ -508,7 +540,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self.prior_["mean"][flow] + shaped
 
     # -- training ---------------------------------------------------------------------
-    def _fit_flow(self, sources, targets, rng):
+    def _fit_flow(self, sources, targets, rng, resume=False):
         device = resolve_device(self.device)
         self.device_ = str(device)
         callback = self.callback or (self._progress if self.verbose else None)
@@ -535,20 +567,24 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             device=device,
             dtype=self.dtype,
             callback=callback,
+            critic_state=self.critic_state_ if resume else None,
         )
-        self.flow_ = flow
-        self.n_steps_ = result.n_steps
-        self.stop_reason_ = result.stop_reason
         weights = np.array([len(s) for s in sources], dtype=float)
         weights /= weights.sum()
-        self.history_ = {
+        history = {
             "divergence": result.divergence @ weights,
             "kinetic_energy": result.kinetic_energy @ weights,
             "divergence_per_flow": result.divergence,
             "kinetic_energy_per_flow": result.kinetic_energy,
             "time": result.time,
         }
-        self.failed_step_ = np.array(result.failed_step)
+        failed = np.array(result.failed_step)
+        if resume:
+            flow, history, failed = self._append_run(flow, history, failed)
+        self.flow_, self.history_, self.failed_step_ = flow, history, failed
+        self.critic_state_ = result.critic_state
+        self.n_steps_ = flow.n_steps
+        self.stop_reason_ = result.stop_reason
         if any(s >= 0 for s in result.failed_step):
             self._warn_non_finite(result.failed_step)
         self._warn_dead_critic(result.kinetic_energy)
@@ -560,6 +596,27 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 stacklevel=4,
             )
         return result.particles.cpu().numpy().astype(np.float64)
+
+    def _append_run(self, flow, history, failed):
+        """Warm start: the new steps follow the stored ones in the flow and the history."""
+        old = self.flow_
+        if old.store_every != flow.store_every or old.n_steps % old.store_every:
+            raise ValueError(
+                "warm_start=True needs the same store_every, and a previous run whose length "
+                f"is a multiple of it ({old.n_steps} steps, store_every={old.store_every})."
+            )
+        flow = dataclasses.replace(
+            flow,
+            states=np.concatenate([old.states, flow.states]),
+            alive=np.concatenate([old.alive, flow.alive & old.alive[-1:]]),
+        )
+        offset = self.history_["time"][-1] if len(self.history_["time"]) else 0.0
+        history = {
+            key: np.concatenate([self.history_[key], value + (offset if key == "time" else 0)])
+            for key, value in history.items()
+        }
+        new_failures = np.where(failed >= 0, failed + old.n_steps, -1)
+        return flow, history, np.where(self.failed_step_ >= 0, self.failed_step_, new_failures)
 
     def _warn_non_finite(self, failed_step):
         where = ", ".join(f"flow {k} at step {s}" for k, s in enumerate(failed_step) if s >= 0)
@@ -606,6 +663,16 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             (NearestNeighbors(n_neighbors=min(5, len(start))).fit(start), end - begin)
             for start, begin, end in zip(starts, sources, moved)
         ]
+
+    def _extend_out_of_sample(self, sources, moved):
+        """Warm start: each training row's displacement grows by its new move."""
+        if self.displacements_ is not None:
+            self.displacements_ = [
+                (neighbours, displacement + (end - begin))
+                for (neighbours, displacement), begin, end in zip(
+                    self.displacements_, sources, moved
+                )
+            ]
 
     def _move(self, Z, flows):
         """Move scaled rows of known flows: replay the flow, or follow the nearest rows."""

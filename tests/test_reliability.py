@@ -238,3 +238,17 @@ def test_a_critic_that_went_flat_is_reported():
     with pytest.warns(RuntimeWarning, match="flow 0 went flat at step 2") as caught:
         gpa._warn_dead_critic(kinetic)
     assert len(caught) == 1  # flow 1 only reached zero at the last step
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_warm_start_continues_the_flow_exactly(conditional):
+    X, _, sd = _pair()
+    y = np.arange(len(X)) % 2 if conditional else None
+    whole = GPATransporter(n_steps=40, random_state=0).fit(X, y, sample_domain=sd)
+    parts = GPATransporter(n_steps=25, warm_start=True, random_state=0).fit(X, y, sample_domain=sd)
+    parts.set_params(n_steps=15).fit(X, y, sample_domain=sd)
+    assert parts.n_steps_ == 40 and len(parts.history_["kinetic_energy"]) == 40
+    np.testing.assert_allclose(parts.particles_, whole.particles_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(parts.transform(X), whole.transform(X), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="warm_start"):
+        parts.fit(X)  # a generative fit cannot continue an integration flow

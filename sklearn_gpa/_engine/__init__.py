@@ -57,11 +57,14 @@ def run_gpa(
     device="cpu",
     dtype="float32",
     callback=None,
+    critic_state=None,
 ):
     """Run Algorithm 1 for K flows at once.
 
     ``sources`` and ``targets`` are lists of K NumPy arrays (rows of flow k).  Returns the
-    ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.
+    ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.  ``critic_state`` (a
+    previous ``FlowResult.critic_state``) continues a run: weights, Adam moments and power-
+    iteration vectors carry on as if the run had never stopped.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -83,6 +86,8 @@ def run_gpa(
             dtype=torch_dtype,
             device=torch_device,
         )
+        if critic_state is not None:
+            critic.load_state(critic_state)
         y, w_y = pack_rows(sources, torch_dtype, torch_device)
         x, w_x = pack_rows(targets, torch_dtype, torch_device)
         result = train_flow(
@@ -102,6 +107,7 @@ def run_gpa(
             generator=generator,
             callback=callback,
         )
+        result.critic_state = critic.state()
     flow = LearnedFlow(
         n_features=layout.n_features,
         hidden_layer_sizes=layout.hidden_layer_sizes,

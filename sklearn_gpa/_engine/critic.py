@@ -100,6 +100,27 @@ class Critic:
                 for _ in range(_POWER_ITERATIONS_AT_START):
                     self._power_iteration()
 
+    # -- persistence (warm start) -------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything that persists across particle steps, as NumPy arrays."""
+        return {
+            "params": self.params.cpu().numpy().copy(),
+            "exp_avg": self.exp_avg.cpu().numpy().copy(),
+            "exp_avg_sq": self.exp_avg_sq.cpu().numpy().copy(),
+            "n_updates": float(self.n_updates),
+            "left_vectors": [u.cpu().numpy().copy() for u in self._left_vectors or []],
+            "exact_left": self._exact_left,
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state()`` of a critic with the same layout."""
+        for name in ("params", "exp_avg", "exp_avg_sq"):
+            getattr(self, name).copy_(torch.as_tensor(state[name]))
+        self.n_updates.fill_(state["n_updates"])
+        for u, saved in zip(self._left_vectors or [], state["left_vectors"]):
+            u.copy_(torch.as_tensor(saved))
+        self._exact_left = state["exact_left"]
+
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):
         """One power iteration per layer with persistent vectors; the norms per weight group,

@@ -49,6 +49,7 @@ class FlowResult:
     n_steps: int
     stop_reason: str
     failed_step: list = field(default_factory=list)  # per flow, first non-finite step or -1
+    critic_state: dict = field(default_factory=dict)  # to continue the run (warm start)
 
 
 @dataclass
