@@ -45,7 +45,9 @@ class ReLU(Activation):
     name = "relu"
 
     def forward(self, a):
-        h = torch.relu(a)
+        # In place: ``a`` is a fresh product nobody else holds, and the backward pass needs
+        # only the output.
+        h = torch.relu_(a) if not a.requires_grad else torch.relu(a)
         return h, h
 
     def backward(self, g, saved):
@@ -60,10 +62,12 @@ class LeakyReLU(Activation):
         self.negative_slope = negative_slope
 
     def forward(self, a):
-        return torch.nn.functional.leaky_relu(a, self.negative_slope), a
+        h = torch.nn.functional.leaky_relu(a, self.negative_slope, inplace=not a.requires_grad)
+        return h, h
 
     def backward(self, g, saved):
-        return torch.ops.aten.leaky_relu_backward(g, saved, self.negative_slope, False)
+        # The output has the sign of the input, so it tells the slope as well.
+        return torch.ops.aten.leaky_relu_backward(g, saved, self.negative_slope, True)
 
 
 class SmoothReLU(Activation):
