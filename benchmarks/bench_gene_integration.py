@@ -47,29 +47,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.utils import stack_domains
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-
-
-def load_studies():
-    """GSE1992 (source) and GSE4335 (target) with ER labels, genes aligned by symbol."""
-    from SurvSet.data import SurvLoader
-
-    loader = SurvLoader()
-    source = loader.load_dataset("gse1992")["df"]
-    target = loader.load_dataset("gse4335")["df"]
-    genes = [c for c in source.columns if c.startswith("num_HS_") and c in set(target.columns)]
-    ys = source["fac_er_positive"].astype(str).to_numpy()
-    yt = target["fac_er_status"].astype(str).to_numpy()
-    keep_s, keep_t = np.isin(ys, ["0", "1"]), np.isin(yt, ["0", "1"])
-    return (
-        source.loc[keep_s, genes].to_numpy(float),
-        ys[keep_s].astype(int),
-        target.loc[keep_t, genes].to_numpy(float),
-        yt[keep_t].astype(int),
-        genes,
-    )
 
 
 def w2(a, b):
@@ -239,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--paper-steps", type=int, default=5000)
     args = parser.parse_args(argv)
     try:
-        Xs, ys, Xt, yt, genes = load_studies()
+        Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
     except ImportError:
         print("survset is not installed: pip install survset")
         return 0

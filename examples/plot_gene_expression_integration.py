@@ -32,7 +32,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
@@ -40,36 +39,30 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.metrics import sinkhorn_w2
 from sklearn_gpa.utils import stack_domains
 
 FAST = os.environ.get("SKLEARN_GPA_EXAMPLES_FAST") == "1"
 
 try:
-    from SurvSet.data import SurvLoader
+    Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
 except ImportError:
-    SurvLoader = None
+    genes = None
     print("survset is not installed (pip install survset): nothing to integrate.")
 
 # %%
-# Load both studies and align the genes by symbol
-# -----------------------------------------------
-if SurvLoader is not None:
-    loader = SurvLoader()
-    source = loader.load_dataset("gse1992")["df"]
-    target = loader.load_dataset("gse4335")["df"]
-    genes = [c for c in source.columns if c.startswith("num_HS_") and c in set(target.columns)]
-    ys = source["fac_er_positive"].astype(str).to_numpy()
-    yt = target["fac_er_status"].astype(str).to_numpy()
-    keep_s, keep_t = np.isin(ys, ["0", "1"]), np.isin(yt, ["0", "1"])
-    Xs, ys = source.loc[keep_s, genes].to_numpy(float), ys[keep_s].astype(int)
-    Xt, yt = target.loc[keep_t, genes].to_numpy(float), yt[keep_t].astype(int)
+# The two studies, genes aligned by symbol
+# ----------------------------------------
+# ``load_breast_cancer_studies`` keeps the genes both studies measure and the patients with
+# a known ER status; for your own studies, build ``Xs, ys, Xt, yt`` the same way.
+if genes is not None:
     print(f"source {Xs.shape}, target {Xt.shape}, {len(genes)} shared genes")
 
 # %%
 # Integrate: mean/std adjustment and latent GPA, per ER class
 # -----------------------------------------------------------
-if SurvLoader is not None:
+if genes is not None:
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
     gpa = LatentGPA(n_steps=200 if FAST else 1000, random_state=0)
@@ -82,7 +75,7 @@ if SurvLoader is not None:
 # %%
 # How close is each version to the target, and can a target-trained classifier read it?
 # -------------------------------------------------------------------------------------
-if SurvLoader is not None:
+if genes is not None:
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
     classifier.fit(Xt, yt)
     print(f"{'':>22} {'2-Wasserstein (ER-, ER+)':>28} {'ER balanced accuracy':>22}")
@@ -94,7 +87,7 @@ if SurvLoader is not None:
 # %%
 # A 2-D view: the first two principal components of the target study
 # ------------------------------------------------------------------
-if SurvLoader is not None:
+if genes is not None:
     view = make_pipeline(StandardScaler(), PCA(2)).fit(Xt)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharex=True, sharey=True)
     for ax, (title, rows) in zip(

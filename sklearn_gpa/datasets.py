@@ -28,6 +28,7 @@ from sklearn import datasets as _sk_datasets
 from sklearn.utils import check_random_state
 
 __all__ = [
+    "load_breast_cancer_studies",
     "make_batch_effect",
     "make_gaussian_mixture",
     "make_generalized_gaussian",
@@ -556,3 +557,60 @@ def make_batch_effect(
         np.asarray(Xt, dtype=np.float64),
         yt,
     )
+
+
+# ER-status columns of the breast-cancer studies in the survset package.
+_ER_COLUMNS = {"gse1992": "fac_er_positive", "gse4335": "fac_er_status"}
+
+
+def load_breast_cancer_studies(source: str = "gse1992", target: str = "gse4335"):
+    """Two breast-cancer microarray studies with ER labels, genes aligned by symbol.
+
+    The studies come from the ``survset`` package (``pip install survset``, part of the
+    ``bench`` extra); gene columns ``num_HS_<SYMBOL>`` shared by both are kept, in the source
+    study's order, and patients without an ER status are dropped.
+
+    Parameters
+    ----------
+    source, target : {"gse1992", "gse4335"}, default="gse1992", "gse4335"
+        The studies: GSE1992 (UNC, 122 patients with ER status, 15,528 genes) and GSE4335
+        (Stanford, 113 patients, 12,793 genes); 11,809 genes are shared.
+
+    Returns
+    -------
+    Xs, ys, Xt, yt : ndarray
+        Expression rows and ER labels (1 positive, 0 negative) of each study.
+    genes : list of str
+        The shared gene columns.
+
+    Raises
+    ------
+    ImportError
+        When ``survset`` is not installed.
+
+    Examples
+    --------
+    >>> from sklearn_gpa.datasets import load_breast_cancer_studies
+    >>> Xs, ys, Xt, yt, genes = load_breast_cancer_studies()  # doctest: +SKIP
+    >>> Xs.shape, Xt.shape  # doctest: +SKIP
+    ((122, 11809), (113, 11809))
+    """
+    for name in (source, target):
+        if name not in _ER_COLUMNS:
+            raise ValueError(f"Unknown study {name!r}; choose one of {sorted(_ER_COLUMNS)}.")
+    try:
+        from SurvSet.data import SurvLoader
+    except ImportError as exc:
+        raise ImportError(
+            "load_breast_cancer_studies needs the survset package: pip install survset"
+        ) from exc
+    loader = SurvLoader()
+    frames = [loader.load_dataset(name)["df"] for name in (source, target)]
+    shared = set(frames[1].columns)
+    genes = [c for c in frames[0].columns if c.startswith("num_HS_") and c in shared]
+    out = []
+    for frame, name in zip(frames, (source, target)):
+        labels = frame[_ER_COLUMNS[name]].astype(str).to_numpy()
+        keep = np.isin(labels, ["0", "1"])
+        out += [frame.loc[keep, genes].to_numpy(float), labels[keep].astype(int)]
+    return (*out, genes)
