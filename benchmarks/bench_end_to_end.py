@@ -20,9 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sklearn.decomposition import PCA
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from bench_gene_integration import papers_settings
 
 from sklearn_gpa import GPATransporter, LatentGPA
 from sklearn_gpa.datasets import (
@@ -42,18 +40,7 @@ def gene_runs():
         print("survset is not installed: gene rows skipped")
         return []
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    papers = LatentGPA(
-        encoder=make_pipeline(StandardScaler(), PCA(50, random_state=0)),
-        prealign=None,
-        residual="drop",
-        standardize=False,
-        latent_scale=0.1,
-        L=1.0,
-        dt=0.2,
-        n_steps=5000,
-        n_critic=5,
-        random_state=0,
-    )
+    papers = LatentGPA(random_state=0, **papers_settings(5000))
     return [
         ("gene integration, papers' setting (PCA-50, both ER classes)", papers, (X, y, sd)),
         ("gene integration, library defaults", LatentGPA(n_steps=1000, random_state=0), (X, y, sd)),

@@ -53,6 +53,21 @@ from sklearn_gpa.utils import stack_domains
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
+def papers_settings(n_steps=5000):
+    """LatentGPA as the papers ran it: PCA-50, codes / 10, KL, L = 1, dt = 0.2, 5 critic steps."""
+    return dict(
+        encoder=make_pipeline(StandardScaler(), PCA(50, random_state=0)),
+        prealign=None,
+        residual="drop",
+        standardize=False,
+        latent_scale=0.1,
+        L=1.0,
+        dt=0.2,
+        n_steps=n_steps,
+        n_critic=5,
+    )
+
+
 def w2(a, b):
     """Exact 2-Wasserstein distance between two point clouds (uniform weights)."""
     cost = ot.dist(a, b)
@@ -244,17 +259,7 @@ def main(argv=None):
     paper = [
         (
             f"(G) LatentGPA as the papers: PCA-50, codes / 10, L=1, dt=0.2, {paper_steps} steps",
-            latent_gpa(
-                encoder=make_pipeline(StandardScaler(), PCA(50, random_state=0)),
-                prealign=None,
-                residual="drop",
-                standardize=False,
-                latent_scale=0.1,
-                L=1.0,
-                dt=0.2,
-                n_steps=paper_steps,
-                n_critic=5,
-            ),
+            latent_gpa(**papers_settings(paper_steps)),
             True,
         )
     ]
