@@ -36,7 +36,7 @@ import numpy as np
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import make_sierpinski_carpet
 from sklearn_gpa.metrics import energy_distance
-from sklearn_gpa.plotting import plot_history
+from sklearn_gpa.plotting import plot_history, plot_particles_3d
 from sklearn_gpa.utils import stack_domains
 
 FAST = os.environ.get("SKLEARN_GPA_EXAMPLES_FAST", "0") == "1"
@@ -104,8 +104,8 @@ fig.savefig("sierpinski_carpet_2d.png", dpi=100)
 # %%
 # The carpet embedded in 3-D (Figure 1)
 # -------------------------------------
-# A 3-D scatter with :mod:`mpl_toolkits.mplot3d`: target in cyan, particles in
-# purple, at the start and at the end of the flow.
+# :func:`~sklearn_gpa.plotting.plot_particles_3d` draws the target (blue) with the
+# particles at the start of the flow (grey) and where the flow leaves them (orange).
 gpa3, source3, target3 = transport_onto_carpet(3, "heun", batch_size=None if FAST else 1024)
 print(
     "root mean square distance of the particles to the plane z = 0: "
@@ -113,26 +113,20 @@ print(
     f"end {np.sqrt(np.mean(gpa3.particles_[:, 2] ** 2)):.3f}"
 )
 
-
-def scatter_3d(ax, target, particles, title):
-    ax.scatter(*target.T, s=0.5, c="c", alpha=0.6, label="target")
-    ax.scatter(*particles.T, s=0.5, c="purple", alpha=0.6, label="particles")
-    ax.set_xlim(-6, 12)
-    ax.set_ylim(-6, 12)
-    ax.set_zlim(-9, 9)
+fig = plt.figure(figsize=(15, 5))
+panels = [
+    (source3, f"start and end of {gpa3.n_steps_} steps (Heun)"),
+    (None, "end, seen closer"),
+]
+for k, (start, title) in enumerate(panels):
+    ax = fig.add_subplot(1, 3, k + 1, projection="3d")
+    plot_particles_3d(target3, gpa3.particles_, source=start, ax=ax, size=0.5)
+    limits = 9.0 if start is not None else 3.0
+    ax.set_xlim(-limits + 3, 7 + limits)
+    ax.set_ylim(-limits + 3, 7 + limits)
+    ax.set_zlim(-limits, limits)
     ax.view_init(elev=20, azim=-60)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small", markerscale=8)
-
-
-fig = plt.figure(figsize=(15, 5))
-scatter_3d(fig.add_subplot(1, 3, 1, projection="3d"), target3, source3, "start")
-scatter_3d(
-    fig.add_subplot(1, 3, 2, projection="3d"),
-    target3,
-    gpa3.particles_,
-    f"after {gpa3.n_steps_} steps (Heun)",
-)
 plot_kinetic_energy(gpa3, fig.add_subplot(1, 3, 3))
 fig.tight_layout()
 fig.savefig("sierpinski_carpet_3d.png", dpi=100)

