@@ -1,0 +1,174 @@
+"""Autoencoder: the torch autoencoder transformer, alone and as LatentGPA's encoder."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_gpa import Autoencoder, LatentGPA
+
+FAST = dict(n_components=2, hidden_layer_sizes=(8,), max_iter=3, random_state=0)
+
+
+@parametrize_with_checks([Autoencoder(**FAST)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits().data / 16
+
+
+def _mse(model, X):
+    return float(np.mean((model.inverse_transform(model.transform(X)) - X) ** 2))
+
+
+@pytest.fixture(scope="module", params=[None, (8, 8)], ids=["dense", "conv"])
+def fitted(request, digits):
+    model = Autoencoder(
+        n_components=8,
+        image_shape=request.param,
+        output_activation="sigmoid",
+        max_iter=20,
+        learning_rate=3e-3,
+        random_state=0,
+    )
+    return model.fit(digits)
+
+
+def test_reconstruction_beats_pca_on_digits(fitted, digits):
+    pca = PCA(n_components=8).fit(digits)
+    pca_mse = float(np.mean((pca.inverse_transform(pca.transform(digits)) - digits) ** 2))
+    mse = _mse(fitted, digits)
+    assert mse < 0.25 * digits.var(axis=0).mean()
+    assert mse < pca_mse
+    assert fitted.loss_curve_[-1] == pytest.approx(mse, rel=0.2)
+
+
+def test_more_epochs_reduce_the_loss(fitted, digits):
+    curve = np.asarray(fitted.loss_curve_)
+    assert fitted.n_iter_ == len(curve) == 20
+    assert curve[-1] < 0.5 * curve[0]
+    assert np.all(curve[5:] < curve[0])
+    short = Autoencoder(**{**fitted.get_params(), "max_iter": 2}).fit(digits)
+    assert _mse(fitted, digits) < _mse(short, digits)
+
+
+def test_sigmoid_output_stays_in_the_training_range(fitted, digits):
+    decoded = fitted.inverse_transform(10 * fitted.transform(digits))
+    assert decoded.min() >= fitted.data_min_ and decoded.max() <= fitted.data_max_
+
+
+@pytest.mark.parametrize("image_shape, expected", [(None, "linear"), ((2, 3), "sigmoid")])
+def test_output_activation_auto_follows_image_shape(image_shape, expected):
+    X = np.random.RandomState(0).uniform(size=(10, 6))
+    model = Autoencoder(image_shape=image_shape, max_iter=1, random_state=0).fit(X)
+    assert model.output_activation_ == expected
+
+
+@pytest.mark.parametrize("image_shape", [(3, 5, 7), (1, 9, 4), (6, 6)])
+def test_convolutions_restore_any_image_size(image_shape):
+    X = np.random.RandomState(0).uniform(size=(20, int(np.prod(image_shape))))
+    model = Autoencoder(n_components=3, image_shape=image_shape, max_iter=2, random_state=0)
+    codes = model.fit_transform(X)
+    assert codes.shape == (20, 3)
+    assert model.inverse_transform(codes).shape == X.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_shapes_dtypes_and_feature_names(dtype):
+    X = (np.random.RandomState(0).uniform(size=(30, 6)) * 10).astype(dtype)
+    model = Autoencoder(n_components=3, max_iter=2, random_state=0).fit(X)
+    codes = model.transform(X)
+    expected = np.float32 if dtype == np.float32 else np.float64
+    assert codes.shape == (30, 3) and codes.dtype == expected
+    decoded = model.inverse_transform(codes)
+    assert decoded.shape == (30, 6) and decoded.dtype == expected
+    names = model.get_feature_names_out().tolist()
+    assert names == ["autoencoder0", "autoencoder1", "autoencoder2"]
+
+
+def test_fixed_random_state_is_deterministic_and_inputs_untouched():
+    X = np.random.RandomState(0).normal(size=(40, 5))
+    before = X.copy()
+    first = Autoencoder(n_components=2, max_iter=3, random_state=7).fit(X)
+    second = Autoencoder(n_components=2, max_iter=3, random_state=7).fit(X)
+    other = Autoencoder(n_components=2, max_iter=3, random_state=8).fit(X)
+    np.testing.assert_array_equal(first.transform(X), second.transform(X))
+    assert first.loss_curve_ == second.loss_curve_
+    assert not np.allclose(first.transform(X), other.transform(X))
+    np.testing.assert_array_equal(X, before)
+
+
+def test_torch_threads_are_restored():
+    threads = torch.get_num_threads()
+    X = np.random.RandomState(0).normal(size=(40, 5))
+    Autoencoder(n_components=2, max_iter=2, random_state=0).fit(X).transform(X)
+    assert torch.get_num_threads() == threads
+
+
+def test_pickle_round_trip_gives_identical_outputs(fitted, digits):
+    restored = pickle.loads(pickle.dumps(fitted))
+    codes = fitted.transform(digits)
+    np.testing.assert_array_equal(restored.transform(digits), codes)
+    np.testing.assert_array_equal(
+        restored.inverse_transform(codes), fitted.inverse_transform(codes)
+    )
+
+
+def test_constant_data_is_reconstructed():
+    X = np.full((10, 4), 3.0)
+    model = Autoencoder(n_components=2, max_iter=20, random_state=0).fit(X)
+    np.testing.assert_allclose(model.inverse_transform(model.transform(X)), X, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "params, X, message",
+    [
+        ({"image_shape": (8, 7)}, np.zeros((5, 64)), "holds 56 values per image"),
+        ({"image_shape": (2, 2, 2, 8)}, np.zeros((5, 64)), "image_shape must be"),
+        ({"image_shape": (8, 8), "conv_channels": ()}, np.zeros((5, 64)), "conv_channels"),
+        ({"hidden_layer_sizes": (4, 0)}, np.zeros((5, 3)), "hidden_layer_sizes"),
+        ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "Input X contains NaN"),
+        ({"n_components": 0}, np.zeros((5, 3)), "'n_components' parameter"),
+        ({"output_activation": "tanh"}, np.zeros((5, 3)), "'output_activation' parameter"),
+    ],
+)
+def test_bad_fit_input_raises_clear_errors(params, X, message):
+    with pytest.raises(ValueError, match=message):
+        Autoencoder(max_iter=1, **params).fit(X)
+
+
+def test_bad_transform_input_raises_clear_errors():
+    X = np.random.RandomState(0).normal(size=(20, 5))
+    model = Autoencoder(n_components=2, max_iter=1, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="X has 4 features, but Autoencoder is expecting 5"):
+        model.transform(X[:, :4])
+    with pytest.raises(ValueError, match=r"is expecting 2 \(n_components\) features"):
+        model.inverse_transform(X)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        model.inverse_transform(np.array([[np.inf, 0.0]]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_unavailable_device_is_a_value_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Autoencoder(device="cuda", max_iter=1).fit(np.zeros((5, 3)))
+
+
+def test_latent_gpa_generates_digits_with_the_autoencoder(digits):
+    X = digits[:300]
+    encoder = Autoencoder(n_components=8, image_shape=(8, 8), max_iter=10, random_state=0)
+    model = LatentGPA(encoder=encoder, n_steps=30, random_state=0)
+    moved = model.fit_transform(X)
+    assert moved.shape == X.shape and np.all(np.isfinite(moved))
+    samples = model.sample(25, random_state=0)
+    assert samples.shape == (25, 64) and np.all(np.isfinite(samples))
+    assert model.n_components_ == 8
+    assert np.isfinite(model.decoder_lipschitz_) and model.decoder_lipschitz_ > 0
+    assert model.reconstruction_error_ < 0.8
