@@ -164,6 +164,9 @@ def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, v
     >>> ax = plot_images(np.random.rand(12, 6), (2, 3), n_cols=5)
     >>> ax.images[0].get_array().shape  # 3 rows and 5 columns of 2 x 3 images, 1-pixel gaps
     (8, 19)
+    >>> ax = plot_images(np.full((2, 4), 0.5), (2, 2), vmin=0, vmax=1)  # grey stays grey
+    >>> float(ax.images[0].get_array().max())
+    0.5
     """
     X = np.asarray(X, dtype=float)
     height, width = image_shape
@@ -176,7 +179,7 @@ def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, v
     vmax = float(X.max()) if vmax is None else vmax
     n_cols = max(1, min(n_cols, len(X)))
     n_rows = -(-len(X) // n_cols)
-    mosaic = np.full((n_rows * (height + 1) - 1, n_cols * (width + 1) - 1), vmin)
+    mosaic = np.full((n_rows * (height + 1) - 1, n_cols * (width + 1) - 1), float(vmin))
     for k, image in enumerate(X.reshape(-1, height, width)):
         top, left = (k // n_cols) * (height + 1), (k % n_cols) * (width + 1)
         mosaic[top : top + height, left : left + width] = image
