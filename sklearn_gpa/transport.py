@@ -112,7 +112,22 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     solver : {"euler", "heun", "rk4"}, default="euler"
         Time integrator; Heun and RK4 retrain the discriminator at every stage.
     hidden_layer_sizes : tuple of int, default=(32, 32, 32)
-        Widths of the discriminator's hidden layers (at least one).
+        Widths of the discriminator's hidden layers (at least one); with
+        ``discriminator="cnn"``, of the dense layers after the convolutions.
+    discriminator : {"mlp", "cnn"}, default="mlp"
+        ``"cnn"`` is the image discriminator of the paper's Table 4b for rows that are
+        flattened images of ``image_shape``: 5 x 5 convolutions of stride 2 with
+        ``conv_channels`` channels, each followed by the activation and (while the
+        discriminator trains) dropout of rate 0.3, then the dense layers.  Every convolution
+        is normalised to its exact operator norm, so the network stays L-Lipschitz.  A CNN
+        costs far more than the MLP per step (about 0.6 s per critic update for 10 classes
+        of 80 MNIST-sized images with ``conv_channels=(8, 16, 32)`` on 2 CPU cores): use a
+        GPU, or ``LatentGPA`` with an ``Autoencoder``, for long runs.
+    image_shape : tuple of int, default=None
+        ``(height, width)`` or ``(channels, height, width)`` of the images whose pixels
+        are the rows' features (channels first, as torch); needed by ``"cnn"``.
+    conv_channels : tuple of int, default=(16, 32, 64)
+        Output channels of the CNN's convolutions.
     activation : {"relu", "leaky_relu", "smooth_relu"}, default="relu"
         ``"smooth_relu"`` is the C^3 activation of the paper (eq. 35, eps=0.5), which lets
         particles slow down smoothly.
@@ -250,7 +265,12 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     __metadata_request__transform = {"sample_domain": True}
     __metadata_request__score = {"sample_domain": True}
 
-    _parameter_constraints = dict(GPA_PARAMETER_CONSTRAINTS)
+    _parameter_constraints = {
+        **GPA_PARAMETER_CONSTRAINTS,
+        "discriminator": [StrOptions({"mlp", "cnn"})],
+        "image_shape": ["array-like", None],
+        "conv_channels": ["array-like"],
+    }
 
     def __init__(
         self,
@@ -262,6 +282,9 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         n_steps=300,
         solver="euler",
         hidden_layer_sizes=(32, 32, 32),
+        discriminator="mlp",
+        image_shape=None,
+        conv_channels=(16, 32, 64),
         activation="relu",
         n_critic=5,
         learning_rate=5e-3,
@@ -291,6 +314,9 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.n_steps = n_steps
         self.solver = solver
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.discriminator = discriminator
+        self.image_shape = image_shape
+        self.conv_channels = conv_channels
         self.activation = activation
         self.n_critic = n_critic
         self.learning_rate = learning_rate
@@ -358,11 +384,18 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return out
 
     def _validate_params_extra(self):
-        sizes = np.asarray(self.hidden_layer_sizes)
-        if sizes.ndim != 1 or sizes.size == 0 or not np.all(sizes >= 1):
+        for name in ("hidden_layer_sizes", "conv_channels"):
+            sizes = np.asarray(getattr(self, name))
+            if sizes.ndim != 1 or sizes.size == 0 or not np.all(sizes >= 1):
+                raise ValueError(
+                    f"{name} must be a non-empty sequence of positive integers, "
+                    f"got {getattr(self, name)!r}."
+                )
+        if self.discriminator == "cnn" and self.image_shape is None:
+            raise ValueError("discriminator='cnn' needs image_shape, e.g. image_shape=(28, 28).")
+        if self.discriminator == "mlp" and self.image_shape is not None:
             raise ValueError(
-                "hidden_layer_sizes must be a non-empty sequence of positive integers, "
-                f"got {self.hidden_layer_sizes!r}."
+                "image_shape is used by discriminator='cnn' only; set both or neither."
             )
         if self.constraint == "soft" and self.L is None:
             raise ValueError("constraint='soft' penalises gradients above L: give a finite L.")
@@ -376,6 +409,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(
             self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not resume
         )
+        self._check_image_shape(X.shape[1])
         rng = check_random_state(self.random_state)
         if y is not None:
             y = np.asarray(y)
@@ -420,6 +454,27 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 labels[position] = labels.copy()
         self.particles_, self.particle_labels_ = particles, labels
         return X, source
+
+    def _check_image_shape(self, n_features):
+        """``image_shape`` as (channels, height, width) of positive ints matching the rows."""
+        self.image_shape_ = None
+        if self.discriminator != "cnn":
+            return
+        shape = np.asarray(self.image_shape)
+        if shape.ndim != 1 or shape.size not in (2, 3) or not np.all(shape >= 1):
+            raise ValueError(
+                "image_shape must be (height, width) or (channels, height, width) of positive "
+                f"integers, got {self.image_shape!r}."
+            )
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(
+                f"image_shape {self.image_shape!r} has {int(np.prod(shape))} pixels but X has "
+                f"{n_features} features."
+            )
+        self.image_shape_ = shape
 
     def _resume_rows(self, X, groups, classes):
         """Warm start: the last particles of each flow, and the targets of the same flows."""
@@ -556,6 +611,8 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             n_steps=self.n_steps,
             solver=self.solver,
             hidden_layer_sizes=tuple(int(h) for h in self.hidden_layer_sizes),
+            image_shape=self.image_shape_,
+            conv_channels=tuple(int(c) for c in self.conv_channels),
             activation=self.activation,
             n_critic=self.n_critic,
             learning_rate=self.learning_rate,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .conv import ConvCritic, ConvLayout
 from .critic import CONSTRAINTS, Critic
 from .device import resolve_device, resolve_dtype, threads_context
 from .divergences import DIVERGENCES, get_divergence
@@ -45,6 +46,8 @@ def run_gpa(
     n_steps=500,
     solver="euler",
     hidden_layer_sizes=(32, 32, 32),
+    image_shape=None,
+    conv_channels=(16, 32, 64),
     activation="relu",
     activation_eps=0.5,
     n_critic=5,
@@ -64,17 +67,26 @@ def run_gpa(
     ``sources`` and ``targets`` are lists of K NumPy arrays (rows of flow k).  Returns the
     ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.  ``critic_state`` (a
     previous ``FlowResult.critic_state``) continues a run: weights, Adam moments and power-
-    iteration vectors carry on as if the run had never stopped.
+    iteration vectors carry on as if the run had never stopped.  With ``image_shape``
+    (channels, height, width) the critics are CNNs (``conv.ConvLayout``) with convolutions
+    of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    layout = MLPLayout(sources[0].shape[1], tuple(hidden_layer_sizes), len(sources))
+    n_features, hidden = sources[0].shape[1], tuple(hidden_layer_sizes)
+    if image_shape is None:
+        layout, critic_class = MLPLayout(n_features, hidden, len(sources)), Critic
+    else:
+        layout = ConvLayout(
+            n_features, tuple(image_shape), tuple(conv_channels), hidden, len(sources)
+        )
+        critic_class = ConvCritic
     rows = max(len(s) for s in sources) + max(len(t) for t in targets)
     if batch_size is not None:
         rows = min(rows, 2 * batch_size)
-    with threads_context(torch_device, rows * len(sources), layout.sizes):
+    with threads_context(torch_device, rows * len(sources), layout.macs_per_row):
         generator = torch.Generator(device=torch_device).manual_seed(int(seed))
-        critic = Critic(
+        critic = critic_class(
             layout,
             make_activation(activation, activation_eps),
             get_divergence(f, alpha),
@@ -109,9 +121,7 @@ def run_gpa(
         )
         result.critic_state = critic.state()
     flow = LearnedFlow(
-        n_features=layout.n_features,
-        hidden_layer_sizes=layout.hidden_layer_sizes,
-        n_flows=layout.n_flows,
+        layout=layout,
         activation=activation,
         activation_eps=activation_eps,
         solver=solver,

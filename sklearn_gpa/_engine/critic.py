@@ -76,29 +76,43 @@ class Critic:
         self.exp_avg = torch.zeros_like(self.params)
         self.exp_avg_sq = torch.zeros_like(self.params)
         self.n_updates = torch.zeros((), dtype=dtype, device=device)
-        self.layers = layout.layers(self.params)
-        self.grad_layers = layout.layers(self.grad)
-        self.nu = layout.nu(self.params)
-        self.grad_nu = layout.nu(self.grad)
+        self.generator = generator
+        self._bind_views()
         self._left_vectors = None
         self._exact_left = _EXACT_UPDATES
         if self.constraint is not None:
             self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
-            self.weight_groups = layout.weight_groups(self.params)
-            self._left_vectors = [
-                torch.nn.functional.normalize(
-                    torch.randn(
-                        w.shape[0], 1, w.shape[2], generator=generator, dtype=dtype, device=device
-                    ),
-                    dim=-1,
-                )
-                for w in self.weight_groups
-            ]
-            for w in self.weight_groups:
-                w.mul_(self.layer_norm / spectral_norm_exact(w)[:, None, None])
-            if self.constraint == "hard":
-                for _ in range(_POWER_ITERATIONS_AT_START):
-                    self._power_iteration()
+            self._init_normalisation(generator)
+
+    def _bind_views(self) -> None:
+        self.layers = self.layout.layers(self.params)
+        self.grad_layers = self.layout.layers(self.grad)
+        self.nu = self.layout.nu(self.params)
+        self.grad_nu = self.layout.nu(self.grad)
+
+    def _init_normalisation(self, generator) -> None:
+        self.weight_groups = self.layout.weight_groups(self.params)
+        self._left_vectors = self._head_vectors(generator)
+        self._init_normalisation_head()
+
+    def _head_vectors(self, generator) -> list:
+        """A random unit left vector per matrix of every weight group."""
+        return [
+            torch.nn.functional.normalize(
+                torch.randn(
+                    w.shape[0], 1, w.shape[2], generator=generator, dtype=w.dtype, device=w.device
+                ),
+                dim=-1,
+            )
+            for w in self.weight_groups
+        ]
+
+    def _init_normalisation_head(self) -> None:
+        for w in self.weight_groups:
+            w.mul_(self.layer_norm / spectral_norm_exact(w)[:, None, None])
+        if self.constraint == "hard":
+            for _ in range(_POWER_ITERATIONS_AT_START):
+                self._power_iteration()
 
     # -- persistence (warm start) -------------------------------------------------------------
     def state(self) -> dict:
@@ -179,6 +193,14 @@ class Critic:
         """
         if self.constraint == "soft":
             return self._train_step_penalised(z, n_particles, w_y, w_x)
+        value = self._write_gradient(z, n_particles, w_y, w_x, with_value)
+        self._adam_ascent()
+        if self.constraint == "hard":
+            self.spectral_normalize()
+        return value
+
+    def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
+        """dJ/dparams into ``self.grad`` by the hand-written backward pass; J if asked."""
         phi, inputs, saved = forward(self.layers, self.activation, z)
         phi_y, phi_x = phi[:, :n_particles], phi[:, n_particles:]
         value = self.divergence.value(phi_y, phi_x, self.nu, w_y, w_x) if with_value else None
@@ -192,23 +214,27 @@ class Critic:
             self.grad_layers,
         )
         self.grad_nu.copy_(grad_nu)
-        self._adam_ascent()
-        if self.constraint == "hard":
-            self.spectral_normalize()
         return value
 
     def _train_step_penalised(self, z, n_particles, w_y, w_x):
         params = self.params.detach().requires_grad_(True)
-        layers, nu = self.layout.layers(params), self.layout.nu(params)
-        phi, _, saved = forward(layers, self.activation, z)
-        value = self.divergence.value(phi[:, :n_particles], phi[:, n_particles:], nu, w_y, w_x)
-        grad_y = input_gradient(layers, self.activation, [s[:, :n_particles] for s in saved])
-        excess = torch.relu(grad_y.square().sum(-1) / self.lipschitz**2 - 1.0)
-        penalty = self.penalty * (w_y * excess).sum(1)
-        (grad,) = torch.autograd.grad((value - penalty).sum(), params)
+        with torch.enable_grad():
+            phi, grad_y = self._phi_and_particle_gradient(params, z, n_particles)
+            nu = self.layout.nu(params)
+            value = self.divergence.value(phi[:, :n_particles], phi[:, n_particles:], nu, w_y, w_x)
+            excess = torch.relu(grad_y.square().sum(-1) / self.lipschitz**2 - 1.0)
+            penalty = self.penalty * (w_y * excess).sum(1)
+            (grad,) = torch.autograd.grad((value - penalty).sum(), params)
         self.grad.copy_(grad)
         self._adam_ascent()
         return value.detach()
+
+    def _phi_and_particle_gradient(self, params, z, n_particles):
+        """phi on every row and grad phi on the particles, differentiable in ``params``."""
+        layers = self.layout.layers(params)
+        phi, _, saved = forward(layers, self.activation, z)
+        grad_y = input_gradient(layers, self.activation, [s[:, :n_particles] for s in saved])
+        return phi, grad_y
 
     def gradient(self, y):
         """``grad phi`` at ``y`` (K, M, d) with the current weights."""

@@ -48,10 +48,17 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def threads_for(n_rows: int, layer_sizes, n_threads=None) -> int:
-    """The number of CPU threads for a problem: 1 for small networks and few rows."""
+    """The number of CPU threads for a problem: 1 for small networks and few rows.
+
+    ``layer_sizes`` is an MLP's widths ``(d, h_1, ..., 1)`` or, for any other network, its
+    number of multiply-adds per row.
+    """
     if n_threads is not None:
         return max(1, int(n_threads))
-    work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    if isinstance(layer_sizes, int):
+        work = n_rows * layer_sizes
+    else:
+        work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     if work < _SINGLE_THREAD_WORK:
         return 1
     return max(1, min(_DEFAULT_THREADS, os.cpu_count() or 1))

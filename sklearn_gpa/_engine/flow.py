@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .networks import forward, input_gradient
-
 __all__ = ["FlowResult", "pack_rows", "replay_flow", "train_flow"]
 
 
@@ -222,9 +220,7 @@ def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_ever
         velocities = []
         for stage in range(tableau.n_stages):
             position = tableau.stage_position(y, dt, velocities)
-            layers = layout.layers(stored[stage])
-            _, _, saved = forward(layers, activation, position, output=False)
-            velocities.append(-input_gradient(layers, activation, saved))
+            velocities.append(-layout.gradient(stored[stage], activation, position))
         y = torch.where(alive[step][:, None, None], y + tableau.increment(dt, velocities), y)
     if path is not None:
         return torch.stack(snapshots + [y])
@@ -235,13 +231,12 @@ def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_ever
 class LearnedFlow:
     """A trained flow in plain NumPy arrays: what an estimator keeps, clones and pickles.
 
-    ``states`` (n_stored, n_stages, n_params) holds the critic weights of every stored step
-    and stage, ``alive`` (n_steps, K) whether each flow still moved at that step.
+    ``layout`` describes the K critics (an ``MLPLayout`` or a ``ConvLayout``), ``states``
+    (n_stored, n_stages, n_params) holds their weights at every stored step and stage,
+    ``alive`` (n_steps, K) whether each flow still moved at that step.
     """
 
-    n_features: int
-    hidden_layer_sizes: tuple
-    n_flows: int
+    layout: object
     activation: str
     activation_eps: float
     solver: str
@@ -266,13 +261,12 @@ class LearnedFlow:
         """
         from .device import threads_context
         from .integrators import get_tableau
-        from .networks import MLPLayout, make_activation
+        from .networks import make_activation
 
-        layout = MLPLayout(self.n_features, tuple(self.hidden_layer_sizes), self.n_flows)
-        with threads_context(device, min(len(y[0]), chunk_rows) * self.n_flows, layout.sizes):
+        rows = min(len(y[0]), chunk_rows) * self.layout.n_flows
+        with threads_context(device, rows, self.layout.macs_per_row):
             return self._replay(
                 y,
-                layout,
                 make_activation(self.activation, self.activation_eps),
                 get_tableau(self.solver),
                 dtype,
@@ -281,7 +275,7 @@ class LearnedFlow:
                 path,
             )
 
-    def _replay(self, y, layout, activation, tableau, dtype, device, chunk_rows, path):
+    def _replay(self, y, activation, tableau, dtype, device, chunk_rows, path):
         states = torch.as_tensor(self.states, dtype=dtype, device=device)
         alive = torch.as_tensor(self.alive, device=device)
         y = torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
@@ -290,7 +284,7 @@ class LearnedFlow:
                 y[:, start : start + chunk_rows],
                 states,
                 alive,
-                layout,
+                self.layout,
                 activation,
                 tableau,
                 dt=self.dt,

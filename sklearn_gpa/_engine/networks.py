@@ -130,6 +130,12 @@ class MLPLayout:
         return len(self.sizes) - 1
 
     @property
+    def macs_per_row(self) -> int:
+        """Multiply-adds of one network evaluation on one row."""
+        s = self.sizes
+        return sum(a * b for a, b in zip(s[:-1], s[1:]))
+
+    @property
     def n_weights(self) -> int:
         s, k = self.sizes, self.n_flows
         return sum(k * (s[i] + 1) * s[i + 1] for i in range(self.depth))
@@ -174,6 +180,12 @@ class MLPLayout:
 
     def nu(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.n_weights :]
+
+    def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
+        """``grad_z phi`` (K, T, d) of the K networks with parameters ``flat``."""
+        layers = self.layers(flat)
+        _, _, saved = forward(layers, activation, z, output=False)
+        return input_gradient(layers, activation, saved)
 
     def initialize(self, generator: torch.Generator, dtype, device) -> torch.Tensor:
         """PyTorch's ``nn.Linear`` initialisation (uniform in +-1/sqrt(fan_in)), nu = 0."""

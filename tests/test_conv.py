@@ -1,0 +1,174 @@
+"""The CNN discriminator (paper 000, Table 4b): operator norms, flows, the estimator."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa._engine.conv import ConvCritic, ConvLayout
+from sklearn_gpa._engine.divergences import get_divergence
+from sklearn_gpa._engine.networks import make_activation
+from sklearn_gpa.metrics import energy_distance
+
+
+def _operator_norm(weight, n_flows, shape, flow, stride=2, padding=2):
+    """The exact norm of flow ``flow``'s convolution on inputs of ``shape``, by SVD."""
+    c, h, w = shape
+    n = c * h * w
+    x = torch.zeros(n, n_flows * c, h, w, dtype=weight.dtype)
+    x[:, flow * c : (flow + 1) * c] = torch.eye(n, dtype=weight.dtype).view(n, c, h, w)
+    y = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding, groups=n_flows)
+    c_out = weight.shape[0] // n_flows
+    return float(
+        torch.linalg.matrix_norm(y[:, flow * c_out : (flow + 1) * c_out].reshape(n, -1), 2)
+    )
+
+
+def _critic(lipschitz=2.0, n_flows=3, constraint="hard", seed=0):
+    layout = ConvLayout(64, (1, 8, 8), (4, 8), (16,), n_flows)
+    critic = ConvCritic(
+        layout,
+        make_activation("leaky_relu"),
+        get_divergence("kl"),
+        lipschitz=lipschitz,
+        constraint=constraint,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
+    return layout, critic
+
+
+def _batch(n_flows=3, n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_flows, 2 * n, 64, generator=g, dtype=torch.float64)
+    z[:, n:] += 1.0
+    w = torch.full((n_flows, n), 1.0 / n, dtype=torch.float64)
+    return z, n, w
+
+
+def test_layout_shapes_and_size():
+    layout = ConvLayout(784, (1, 28, 28), (16, 32, 64), (32,), 10)
+    assert layout.map_shapes == [(1, 28, 28), (16, 14, 14), (32, 7, 7), (64, 4, 4)]
+    assert layout.head.n_features == 64 * 16
+    assert layout.depth == 5
+    critic_weights = 10 * (16 * 25 + 16 + 32 * 16 * 25 + 32 + 64 * 32 * 25 + 64)
+    assert layout.conv_size == critic_weights
+    assert layout.size == critic_weights + layout.head.size
+    with pytest.raises(ValueError, match="image_shape"):
+        ConvLayout(100, (1, 28, 28), (16,), (32,), 1)
+
+
+def test_every_convolution_keeps_its_exact_operator_norm():
+    """After each Adam update every convolution's true norm is L**(1/depth) (block iteration)."""
+    layout, critic = _critic()
+    z, n, w = _batch()
+    worst = 0.0
+    for step in range(60):
+        critic.train_step(z, n, w, w)
+        if step % 15 == 14:
+            for i, (weight, _) in enumerate(layout.convolutions(critic.params)):
+                for flow in range(3):
+                    norm = _operator_norm(weight, 3, layout.map_shapes[i], flow)
+                    worst = max(worst, abs(norm / critic.layer_norm - 1.0))
+    assert worst < 2e-3
+    for group in critic.weight_groups:
+        np.testing.assert_allclose(
+            torch.linalg.matrix_norm(group, 2).numpy(), critic.layer_norm, rtol=2e-3
+        )
+
+
+def test_gradient_is_bounded_by_L_and_flows_are_independent():
+    layout, critic = _critic(lipschitz=2.0)
+    z, n, w = _batch()
+    for _ in range(40):
+        critic.train_step(z, n, w, w)
+    points = torch.randn(
+        3, 400, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    grad = critic.gradient(points)
+    assert grad.shape == points.shape
+    assert float(grad.norm(dim=-1).max()) <= 2.0 * 1.003
+    assert float(grad.norm(dim=-1).mean()) > 0.05
+    moved = points.clone()
+    moved[1] += 3.0
+    phi, phi_moved = (layout.forward(critic.params, critic.activation, p) for p in (points, moved))
+    assert torch.equal(phi[0], phi_moved[0]) and torch.equal(phi[2], phi_moved[2])
+    assert not torch.allclose(phi[1], phi_moved[1])
+
+
+def test_gradient_matches_finite_differences():
+    layout, critic = _critic()
+    point = torch.randn(3, 1, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grad = critic.gradient(point)
+    step = 1e-6
+    for coordinate in (0, 27, 63):
+        shifted = point.clone()
+        shifted[:, 0, coordinate] += step
+        difference = layout.forward(critic.params, critic.activation, shifted)
+        difference -= layout.forward(critic.params, critic.activation, point)
+        np.testing.assert_allclose(
+            (difference[:, 0] / step).numpy(), grad[:, 0, coordinate].numpy(), atol=1e-5
+        )
+
+
+def test_soft_constraint_trains_to_a_finite_critic():
+    layout, critic = _critic(lipschitz=1.0, constraint="soft")
+    z, n, w = _batch()
+    values = [critic.train_step(z, n, w, w) for _ in range(30)]
+    assert all(torch.isfinite(v).all() for v in values)
+    assert float(values[-1].mean()) > float(values[0].mean())
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    keep = np.isin(y, [0, 1])
+    return X[keep][:120] / 16.0, y[keep][:120]
+
+
+def test_cnn_transporter_generates_digits_class_by_class(digits):
+    X, y = digits
+    params = dict(
+        discriminator="cnn",
+        image_shape=(8, 8),
+        conv_channels=(4, 8),
+        hidden_layer_sizes=(32,),
+        activation="leaky_relu",
+        n_steps=150,
+        L=10.0,
+        dt=0.05,
+        n_critic=3,
+        dtype="float64",
+        random_state=0,
+    )
+    gpa = GPATransporter(**params).fit(X, y)
+    assert gpa.image_shape_ == (1, 8, 8)
+    assert np.isfinite(gpa.particles_).all()
+    rng = np.random.RandomState(1)
+    before = [energy_distance(gpa._unscale(gpa._draw_prior(k, 60, rng)), X[y == k]) for k in (0, 1)]
+    after = energy_distance(gpa.particles_[gpa.particle_labels_ == 0], X[y == 0])
+    assert after < 0.6 * before[0]
+    short = {**params, "n_steps": 5}
+    np.testing.assert_array_equal(
+        GPATransporter(**short).fit(X, y).particles_, GPATransporter(**short).fit(X, y).particles_
+    )
+    samples = gpa.sample(20, y=np.repeat([0, 1], 10), random_state=0)
+    assert samples.shape == (20, 64) and np.isfinite(samples).all()
+    assert energy_distance(samples[10:], X[y == 1]) < 0.6 * before[1]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"discriminator": "cnn"}, "needs image_shape"),
+        ({"discriminator": "cnn", "image_shape": (7, 7)}, "has 49 pixels but X has 64"),
+        ({"discriminator": "cnn", "image_shape": (2, 2, 2, 8)}, "image_shape must be"),
+        ({"image_shape": (8, 8)}, "used by discriminator='cnn' only"),
+        ({"discriminator": "cnn", "image_shape": (8, 8), "conv_channels": ()}, "conv_channels"),
+    ],
+)
+def test_bad_cnn_settings_are_named(digits, params, message):
+    X, y = digits
+    with pytest.raises(ValueError, match=message):
+        GPATransporter(n_steps=2, **params).fit(X, y)
