@@ -172,3 +172,22 @@ def test_bad_cnn_settings_are_named(digits, params, message):
     X, y = digits
     with pytest.raises(ValueError, match=message):
         GPATransporter(n_steps=2, **params).fit(X, y)
+
+
+def test_cnn_replay_retraces_the_training_particles(digits):
+    """``transform`` replays the stored CNN flow (no dropout) onto the training rows."""
+    X, _ = digits
+    domain = np.where(np.arange(len(X)) < 60, 1, -1)
+    shifted = X + 0.3 * (domain == 1)[:, None]
+    gpa = GPATransporter(
+        discriminator="cnn",
+        image_shape=(8, 8),
+        conv_channels=(4, 8),
+        hidden_layer_sizes=(16,),
+        n_steps=20,
+        random_state=0,
+    )
+    trained = gpa.fit_transform(shifted, sample_domain=domain)
+    replayed = gpa.transform(shifted, sample_domain=domain)
+    assert np.abs(trained[domain == 1] - shifted[domain == 1]).max() > 0.1
+    np.testing.assert_allclose(replayed, trained, atol=1e-5)
