@@ -228,3 +228,17 @@ def test_euler_step_matches_algorithm_1_by_hand():
     result = train_flow(y, w_y, x, w_x, critic, get_tableau("euler"), dt=0.3, n_steps=1, n_critic=1)
     twin.train_step(torch.cat([y, x], 1), 20, w_y, w_x)
     torch.testing.assert_close(result.particles, y - 0.3 * twin.gradient(y))
+
+
+@pytest.mark.parametrize("load, expected", [(0.0, "all"), (99.0, 1)])
+def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch, load, expected):
+    """Big problems get more threads only where other processes leave cores idle."""
+    import os
+
+    from sklearn_gpa._engine import device
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    big = device._SINGLE_THREAD_WORK * 10
+    assert device.threads_for(10, 1) == 1
+    want = min(device._DEFAULT_THREADS, os.cpu_count() or 1) if expected == "all" else 1
+    assert device.threads_for(big, 1) == want
