@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._engine.device import resolve_device, threads_context
+from .utils import check_image_shape, check_sizes
 
 __all__ = ["Autoencoder"]
 
@@ -26,33 +27,6 @@ __all__ = ["Autoencoder"]
 # networks: 1 797 digits encoded in one pass on two threads of a busy 2-core machine took
 # 10x longer than in batches of 256 on one.
 _PREDICT_BATCH = 256
-
-
-def _check_sizes(sizes, name: str, *, minimum: int = 0) -> tuple[int, ...]:
-    """A tuple of positive ints, or a ValueError naming the parameter."""
-    values = np.asarray(sizes).ravel() if not np.isscalar(sizes) else np.asarray([sizes])
-    if len(values) < minimum or not all(
-        isinstance(v, Integral | np.integer) and v >= 1 for v in values.tolist()
-    ):
-        raise ValueError(f"{name} must be a sequence of positive integers, got {sizes!r}.")
-    return tuple(int(v) for v in values.tolist())
-
-
-def _check_image_shape(image_shape, n_features: int) -> tuple[int, int, int]:
-    """``(channels, height, width)`` from ``(height, width)`` or ``(channels, height, width)``."""
-    shape = _check_sizes(image_shape, "image_shape")
-    if len(shape) not in (2, 3):
-        raise ValueError(
-            "image_shape must be (height, width) or (channels, height, width), "
-            f"got {image_shape!r}."
-        )
-    shape = (1, *shape) if len(shape) == 2 else shape
-    if int(np.prod(shape)) != n_features:
-        raise ValueError(
-            f"image_shape={tuple(image_shape)!r} holds {int(np.prod(shape))} values per image, "
-            f"but X has {n_features} features."
-        )
-    return shape
 
 
 def _dense_stack(sizes) -> list[torch.nn.Module]:
@@ -321,7 +295,7 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self : Autoencoder
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
-        hidden = _check_sizes(self.hidden_layer_sizes, "hidden_layer_sizes")
+        hidden = check_sizes(self.hidden_layer_sizes, "hidden_layer_sizes")
         self.output_activation_ = self.output_activation
         if self.output_activation == "auto":
             self.output_activation_ = "linear" if self.image_shape is None else "sigmoid"
@@ -346,8 +320,8 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             encoder = _dense_stack((n_features, *hidden, self.n_components))
             decoder = _dense_stack((self.n_components, *hidden[::-1], n_features))
         else:
-            shape = _check_image_shape(self.image_shape, n_features)
-            channels = _check_sizes(self.conv_channels, "conv_channels", minimum=1)
+            shape = check_image_shape(self.image_shape, n_features)
+            channels = check_sizes(self.conv_channels, "conv_channels", minimum=1)
             encoder, decoder = _conv_modules(shape, channels, hidden, self.n_components)
         if self.output_activation_ == "sigmoid":
             decoder.append(torch.nn.Sigmoid())

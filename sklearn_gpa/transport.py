@@ -27,7 +27,7 @@ from ._engine import (
     unpack_rows,
 )
 from .baselines import class_router, meanstd_map
-from .utils import check_sample_domain, known_labels
+from .utils import check_image_shape, check_sample_domain, check_sizes, known_labels
 
 __all__ = ["GPATransporter"]
 
@@ -391,13 +391,8 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return out
 
     def _validate_params_extra(self):
-        for name in ("hidden_layer_sizes", "conv_channels"):
-            sizes = np.asarray(getattr(self, name))
-            if sizes.ndim != 1 or sizes.size == 0 or not np.all(sizes >= 1):
-                raise ValueError(
-                    f"{name} must be a non-empty sequence of positive integers, "
-                    f"got {getattr(self, name)!r}."
-                )
+        check_sizes(self.hidden_layer_sizes, "hidden_layer_sizes", minimum=1)
+        check_sizes(self.conv_channels, "conv_channels", minimum=1)
         if self.discriminator == "cnn" and self.image_shape is None:
             raise ValueError("discriminator='cnn' needs image_shape, e.g. image_shape=(28, 28).")
         if self.discriminator == "mlp" and self.image_shape is not None:
@@ -463,25 +458,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return X, source
 
     def _check_image_shape(self, n_features):
-        """``image_shape`` as (channels, height, width) of positive ints matching the rows."""
+        """``image_shape_`` = (channels, height, width) for the CNN, None for the MLP."""
         self.image_shape_ = None
-        if self.discriminator != "cnn":
-            return
-        shape = np.asarray(self.image_shape)
-        if shape.ndim != 1 or shape.size not in (2, 3) or not np.all(shape >= 1):
-            raise ValueError(
-                "image_shape must be (height, width) or (channels, height, width) of positive "
-                f"integers, got {self.image_shape!r}."
-            )
-        shape = tuple(int(s) for s in shape)
-        if len(shape) == 2:
-            shape = (1, *shape)
-        if int(np.prod(shape)) != n_features:
-            raise ValueError(
-                f"image_shape {self.image_shape!r} has {int(np.prod(shape))} pixels but X has "
-                f"{n_features} features."
-            )
-        self.image_shape_ = shape
+        if self.discriminator == "cnn":
+            self.image_shape_ = check_image_shape(self.image_shape, n_features)
 
     def _resume_rows(self, X, groups, classes):
         """Warm start: the last particles of each flow, and the targets of the same flows."""

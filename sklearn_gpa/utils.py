@@ -108,3 +108,30 @@ def check_positive_int(value, name: str) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def check_sizes(sizes, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """A tuple of positive ints, or a ValueError naming the parameter."""
+    values = np.asarray(sizes).ravel() if not np.isscalar(sizes) else np.asarray([sizes])
+    if len(values) < minimum or not all(
+        isinstance(v, numbers.Integral | np.integer) and v >= 1 for v in values.tolist()
+    ):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {sizes!r}.")
+    return tuple(int(v) for v in values.tolist())
+
+
+def check_image_shape(image_shape, n_features: int) -> tuple[int, int, int]:
+    """``(channels, height, width)`` from ``(height, width)`` or ``(channels, height, width)``."""
+    shape = check_sizes(image_shape, "image_shape")
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            "image_shape must be (height, width) or (channels, height, width), "
+            f"got {image_shape!r}."
+        )
+    shape = (1, *shape) if len(shape) == 2 else shape
+    if int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={tuple(image_shape)!r} holds {int(np.prod(shape))} values per image, "
+            f"but X has {n_features} features."
+        )
+    return shape

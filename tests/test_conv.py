@@ -162,7 +162,10 @@ def test_cnn_transporter_generates_digits_class_by_class(digits):
     "params, message",
     [
         ({"discriminator": "cnn"}, "needs image_shape"),
-        ({"discriminator": "cnn", "image_shape": (7, 7)}, "has 49 pixels but X has 64"),
+        (
+            {"discriminator": "cnn", "image_shape": (7, 7)},
+            "holds 49 values per image, but X has 64",
+        ),
         ({"discriminator": "cnn", "image_shape": (2, 2, 2, 8)}, "image_shape must be"),
         ({"image_shape": (8, 8)}, "used by discriminator='cnn' only"),
         ({"discriminator": "cnn", "image_shape": (8, 8), "conv_channels": ()}, "conv_channels"),
