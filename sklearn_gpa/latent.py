@@ -90,6 +90,13 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
       target's (per class) first: useful with ``prealign=None``;
     * ``"drop"``: return ``D(moved code)``, a row on the encoder's manifold (the papers).
 
+    With few rows and many features the encoder fits its training rows far better than new
+    ones (on the gene-expression benchmark a new patient's residual is three times a
+    training patient's).  ``"drop"`` then moves new rows towards their class's centre in
+    the original space: closer in 2-Wasserstein distance to the few target rows of a
+    class, but the moved rows lose their spread (the energy distance to the target grows
+    fourfold there); ``"keep"`` preserves each row's own detail.
+
     Parameters
     ----------
     encoder : transformer with ``inverse_transform`` or None, default=None
@@ -103,9 +110,16 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     prealign : {"meanstd"} or None, default="meanstd"
         Per-feature moment matching of the source rows in the original space before
         encoding (integration only); None runs the latent flow from the raw source.
-    out_of_sample : {"nearest", "barycentric", "replay"}, default="nearest"
-        How new source rows move in the latent space (see :class:`GPATransporter`); the
-        default suits the few-rows, many-dimensions regime of omics studies.
+    out_of_sample : {"auto", "barycentric", "nearest", "replay"}, default="auto"
+        How new source rows move in the latent space (see :class:`GPATransporter`).
+        "auto" chooses per flow by leave-one-out on the training codes: "nearest" (a new
+        row moves like its nearest training codes) where the flow moves neighbouring codes
+        alike, "barycentric" (it goes to the mean of their end points) where it scatters
+        them.  The flow scatters them with few rows in a latent space of a hundred
+        dimensions: on the gene-expression benchmark the correlation of start and end
+        codes is about 0.1, a new row's offset from its neighbours predicts nothing about
+        where it should go, and "auto" picks "barycentric".  Training rows still go
+        exactly to their particles.
     **GPA parameters
         ``f``, ``alpha``, ``L``, ``dt``, ... as in :class:`GPATransporter`, applied to the
         codes.
@@ -185,7 +199,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         verbose=0,
         callback=None,
         prealign="meanstd",
-        out_of_sample="nearest",
+        out_of_sample="auto",
     ):
         self.encoder = encoder
         self.residual = residual

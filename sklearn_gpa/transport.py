@@ -64,7 +64,7 @@ GPA_PARAMETER_CONSTRAINTS = {
     "verbose": ["verbose"],
     "callback": [callable, None],
     "prealign": [StrOptions({"meanstd"}), None],
-    "out_of_sample": [StrOptions({"replay", "nearest", "barycentric"})],
+    "out_of_sample": [StrOptions({"replay", "nearest", "barycentric", "auto"})],
     "warm_start": ["boolean"],
 }
 
@@ -196,7 +196,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         what two moments cannot, so it is short, and class means line up exactly.  The
         same map is applied to new rows in ``transform``.  None starts from the source rows
         themselves (Algorithm 1 as published).
-    out_of_sample : {"replay", "nearest", "barycentric"}, default="replay"
+    out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
         How ``transform`` moves rows of an integration fit.  "replay" pushes them through
         the stored flow (the papers' generated particles): exact for the training rows and
         good where the training rows sample the source densely.  "nearest" moves each row
@@ -207,7 +207,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         far from the target as they started).  "barycentric" sends a row to the weighted
         mean of those neighbours' end points: closer in distribution on that benchmark
         (W2 / D 0.64 against 0.73 with ``residual="drop"``), but rows lose their own
-        deviation from their neighbours.  Generative fits always replay.
+        deviation from their neighbours.  "auto" picks, per flow, the one of the two that
+        predicts the training rows' end points better, each row from its 5 nearest other
+        rows (leave-one-out): "nearest" where the flow moves neighbouring rows alike,
+        "barycentric" where it scatters them.  Generative fits always replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
         more steps from where it stopped (particles, critic weights, Adam state and all);
@@ -699,12 +702,18 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.flow_assigner_ = class_router(np.concatenate(starts), flows)
 
     def _fit_out_of_sample(self, starts, sources, moved):
-        """Per flow, the training starting points and their displacements (``"nearest"``)."""
-        self.displacements_ = None
+        """Per flow, the training starting points, their displacements and the map to use."""
+        self.displacements_ = self.out_of_sample_ = None
         if self.out_of_sample == "replay" or self.mode_ != "integration":
             return
         self.displacements_ = [
             (NearestNeighbors(n_neighbors=min(5, len(start))).fit(start), end - begin)
+            for start, begin, end in zip(starts, sources, moved)
+        ]
+        self.out_of_sample_ = [
+            _leave_one_out_map(start, begin, end)
+            if self.out_of_sample == "auto"
+            else self.out_of_sample
             for start, begin, end in zip(starts, sources, moved)
         ]
 
@@ -732,7 +741,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             # Inverse-distance weights; a training row itself gets exactly its own move.
             weight = 1.0 / np.maximum(distance, 1e-12 * (1.0 + distance.max()))
             weight /= weight.sum(1, keepdims=True)
-            if self.out_of_sample == "barycentric":
+            if self.out_of_sample_[k] == "barycentric":
                 # The weighted mean of the neighbours' end points (an affine pre-alignment
                 # commutes with the mean, so this is their mean start plus mean move).
                 starts = self._prealign(neighbours._fit_X[index].reshape(-1, Z.shape[1]), k)
@@ -933,6 +942,26 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+def _leave_one_out_map(start, begin, end, n_neighbors=5):
+    """``"nearest"`` or ``"barycentric"``: which predicts each training end point better.
+
+    Each training row is predicted from its ``n_neighbors`` nearest other rows (in the
+    starting points ``start``, inverse-distance weights): by its own (pre-aligned) start
+    ``begin`` plus their mean displacement, or by the mean of their end points.
+    """
+    if len(start) < 3:
+        return "nearest"
+    k = min(n_neighbors, len(start) - 1)
+    distance, index = NearestNeighbors(n_neighbors=k + 1).fit(start).kneighbors(start)
+    distance, index = distance[:, 1:], index[:, 1:]
+    weight = 1.0 / np.maximum(distance, 1e-12 * (1.0 + distance.max()))
+    weight /= weight.sum(1, keepdims=True)
+    mean_end = np.einsum("ij,ijd->id", weight, end[index])
+    mean_move = np.einsum("ij,ijd->id", weight, (end - begin)[index])
+    nearest_error = np.sum((begin + mean_move - end) ** 2)
+    return "barycentric" if np.sum((mean_end - end) ** 2) < nearest_error else "nearest"
 
 
 def _robust_scale(X) -> float:

@@ -11,6 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import make_gaussian_mixture, make_student_t
 from sklearn_gpa.metrics import energy_distance
+from sklearn_gpa.transport import _leave_one_out_map
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
@@ -285,3 +286,26 @@ def test_barycentric_out_of_sample_lands_inside_the_target():
     np.testing.assert_allclose(gpa.transform(Xs), gpa.particles_, atol=1e-8)
     moved = gpa.transform(rng.normal(0, 1, (100, 3)))
     assert np.linalg.norm(moved.mean(0) - Xt.mean(0)) < 0.3
+
+
+@pytest.mark.parametrize("scatter, expected", [(False, "nearest"), (True, "barycentric")])
+def test_leave_one_out_picks_the_out_of_sample_map(scatter, expected):
+    rng = np.random.RandomState(0)
+    start = rng.normal(size=(60, 10))
+    # A flow that moves neighbours alike (a shift), or one whose end points owe nothing
+    # to the starts (the latent flow of few rows in many dimensions).
+    end = rng.normal(size=(60, 10)) if scatter else start + 3.0
+    assert _leave_one_out_map(start, start, end) == expected
+
+
+def test_auto_out_of_sample_uses_the_map_it_picked():
+    rng = np.random.RandomState(2)
+    Xs, Xt = rng.normal(0, 1, (80, 3)), rng.normal(0, 1, (80, 3)) + 4
+    X, _, sd = stack_domains(Xs, Xt)
+    new = rng.normal(0, 1, (30, 3))
+    auto = GPATransporter(out_of_sample="auto", n_steps=50, random_state=0)
+    auto.fit(X, sample_domain=sd)
+    (picked,) = auto.out_of_sample_
+    same = GPATransporter(out_of_sample=picked, n_steps=50, random_state=0)
+    same.fit(X, sample_domain=sd)
+    np.testing.assert_allclose(auto.transform(new), same.transform(new), atol=1e-10)
