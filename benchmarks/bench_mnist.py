@@ -75,6 +75,7 @@ import datetime
 import json
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -392,7 +393,8 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def save_grid(samples, data, path, n_show=8):
+def save_grid(samples, data, path, n_show=8, panels_per_row=5):
+    """One panel per method, ``n_show`` images of each digit, one digit per row of a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,14 +403,18 @@ def save_grid(samples, data, path, n_show=8):
     from sklearn_gpa.plotting import plot_images
 
     panels = {"training images": (data["X_train"], data["y_train"]), **samples}
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.2 * 10 / n_show + 0.6))
-    for ax, (name, (X, y)) in zip(np.atleast_1d(axes), panels.items()):
-        # n_show images of each digit, one digit per row.
+    n_rows = -(-len(panels) // panels_per_row)
+    fig, axes = plt.subplots(
+        n_rows, panels_per_row, figsize=(2.6 * panels_per_row, 3.6 * n_rows), squeeze=False
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (name, (X, y)) in zip(axes.flat, panels.items()):
         rows = np.concatenate([np.flatnonzero(y == d)[:n_show] for d in range(10)])
         plot_images(np.clip(X[rows], 0, 1), IMAGE_SHAPE, n_cols=n_show, ax=ax, vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(textwrap.fill(name, 30), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
