@@ -147,6 +147,13 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Prior of the particles in generative mode, in standardised units:
         standard normal, uniform and logistic with unit variance, or ``"gaussian_fit"``, a
         Gaussian with the mean and (Ledoit-Wolf) covariance of each class of the target.
+        In many dimensions prefer ``"gaussian_fit"`` when new samples are wanted from
+        ``sample``: an MLP discriminator's gradient lies in the span of its first layer's
+        weights, so a fresh draw is only moved in the directions that the stored
+        discriminators pushed the training particles in, and keeps its prior noise in the
+        others.  On MNIST from 200 images (``benchmarks/bench_mnist.py``) ``sample()``
+        gave 97 % recognisable digits from ``"gaussian_fit"`` and 36 % from
+        ``"logistic"``, whose trained particles were 99 % recognisable.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses as many as target rows.  More particles than targets keeps the samples
@@ -243,6 +250,14 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         The standardisation (zero and one when ``standardize=False``).
     device_ : str
         Device the flow was trained on.
+    image_shape_ : tuple of int or None
+        (channels, height, width) of the CNN discriminator's input, None for the MLP.
+    out_of_sample_ : list of str or None
+        Per flow, the map ``transform`` uses for new rows of an integration fit ("nearest"
+        or "barycentric"; what "auto" picked), None when rows are replayed.
+    critic_state_ : dict
+        The discriminators' weights, Adam moments and power-iteration vectors at the end
+        of the fit, from which ``warm_start=True`` continues.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Defined when X has string column names.
