@@ -25,10 +25,11 @@ baseline is skipped ("-") where one of its steps would take longer than ``--max-
 a row is skipped where its data would not fit comfortably in memory.
 
 Threads (CPU): the engine's own rule (``threads_for``, as ``run_gpa`` uses it: 1 thread for
-small problems), capped by the cores other processes leave free when the run starts (1-minute
-load average); ``--threads N`` forces N.  Where a row runs with more than one thread, the engine
-is also timed at 1 thread, interleaved.  "K classes cost <= 2x one class" is measured as the
-engine's time(K=10) / time(K=1) at equal per-class size, both timed interleaved.
+small problems, and no more threads than the cores that other processes leave free, from the
+1-minute load average less this process's own share); ``--threads N`` forces N.  Where a row
+runs with more than one thread, the engine is also timed at 1 thread, interleaved.  "K classes
+cost <= 2x one class" is measured as the engine's time(K=10) / time(K=1) at equal per-class
+size, both timed interleaved.
 
 Peak memory is measured in a fresh subprocess per configuration and method (peak RSS above the
 RSS before the method's tensors exist, read from ``/proc/self/status`` after resetting the
@@ -346,10 +347,8 @@ def steps_per_block(seconds_per_step, block_s, max_steps=200) -> int:
 
 
 def thread_cap(args) -> int:
-    """Cores not busy with other processes at start (1-minute load average), at least 1."""
-    if args.threads != "auto":
-        return int(args.threads)
-    return max(1, min(DEFAULT_THREADS, round((os.cpu_count() or 1) - os.getloadavg()[0])))
+    """``--threads``, or all threads: the engine's rule already leaves busy cores alone."""
+    return DEFAULT_THREADS if args.threads == "auto" else int(args.threads)
 
 
 def choose_threads(cfg: Config, device, args):
@@ -515,8 +514,8 @@ def machine_info(device, args) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
-        "thread_rule": "the engine's rule (threads_for, as in run_gpa) capped by the cores"
-        " other processes left free at start"
+        "thread_rule": "the engine's rule (threads_for, as in run_gpa: by problem size and"
+        " the cores other processes leave free)"
         if args.threads == "auto"
         else f"fixed {args.threads}",
         "thread_cap": args.thread_cap,

@@ -20,11 +20,12 @@ __all__ = [
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Below this many multiply-adds per network evaluation, more threads cost more in
-# synchronisation than they gain, and on a busy machine far more: a 2-D run measured 40x
-# slower with 2 threads than with 1 on a loaded 2-core machine, and K = 10 flows of 200
-# rows 80x slower.  Only large problems get more than one thread.
-_SINGLE_THREAD_WORK = 50_000_000
+# Below this many multiply-adds per network evaluation, a second thread gains nothing (the
+# 2-D mixture, 400 rows: 0.61 ms per step with 1 or 2 threads on an idle 2-core machine);
+# above it, on idle cores, it does (K = 10 flows of 400 rows, 8.6e6: 3.8 -> 2.2-2.7 ms;
+# one flow of 2 000 rows, 4.3e6: 1.57 -> 1.22 ms).  On busy cores more threads are far worse
+# than fewer, which ``_free_cores`` guards against.
+_SINGLE_THREAD_WORK = 4_000_000
 
 # torch's own choice at import time (one per physical core), before anyone changed it.
 _DEFAULT_THREADS = torch.get_num_threads()
