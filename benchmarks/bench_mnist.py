@@ -271,8 +271,7 @@ def latent_gpa(X, y, n_per_digit, seed, encoder=None, **overrides):
     if encoder is not None:
         encoder.set_params(random_state=seed)
     model = LatentGPA(encoder=encoder, residual="drop", random_state=seed, **params).fit(X, y)
-    particles = model.encoder_.inverse_transform(model.gpa_.particles_)
-    return _generated(model, particles, n_per_digit, seed + 1)
+    return _generated(model, model.particles_, n_per_digit, seed + 1)
 
 
 def available_methods(quick):

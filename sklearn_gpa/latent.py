@@ -139,6 +139,12 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     decoder_lipschitz_ : float
         ``a_D`` of Theorem 7.1: the latent divergence with Lipschitz bound ``a_D * L``
         bounds the divergence in the original space.
+    particles_ : ndarray of shape (n_particles, n_features)
+        The trained particles in the original space: in generative mode the decoded
+        latent particles (the generated samples), in integration the moved source rows
+        as ``fit_transform`` returns them (residuals treated as ``residual`` says).
+    particle_labels_ : ndarray or None
+        Class of each trained particle.
     history_, n_steps_, classes_ : as in ``gpa_``.
 
     Examples
@@ -273,6 +279,13 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.gpa_ = self._transporter().set_params(prealign=None)
         self.gpa_.fit(codes, y, sample_domain=sample_domain)
         self._fit_residual_adjustment(residuals, y, sample_domain)
+        moved = self.gpa_.particles_
+        if sample_domain is None:
+            self.particles_ = self._decode(moved)
+        else:
+            source = check_sample_domain(sample_domain, len(X))
+            labels = self.gpa_.particle_labels_
+            self.particles_ = self._finish(X[source], codes[source], moved, labels)
         return X, residuals
 
     def _encode(self, X):
@@ -347,14 +360,12 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         X_new : ndarray of shape (n_samples, n_features)
         """
-        X_aligned, _ = self._fit(X, y, sample_domain)
+        self._fit(X, y, sample_domain)
         if sample_domain is None:
             return self.transform(X)
-        source = check_sample_domain(sample_domain, len(X_aligned))
+        source = check_sample_domain(sample_domain, len(X))
         out = np.array(validate_data(self, X, reset=False), dtype=np.float64, copy=True)
-        labels = self.gpa_.particle_labels_
-        codes = self._encode(X_aligned[source])
-        out[source] = self._finish(X_aligned[source], codes, self.gpa_.particles_, labels)
+        out[source] = self.particles_
         return out
 
     def sample(self, n_samples=1, *, y=None, random_state=None):
@@ -394,6 +405,10 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     @property
     def classes_(self):
         return self.gpa_.classes_
+
+    @property
+    def particle_labels_(self):
+        return self.gpa_.particle_labels_
 
     @property
     def flow_(self):

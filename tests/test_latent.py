@@ -175,3 +175,21 @@ def test_default_out_of_sample_is_the_better_map_for_new_rows():
         distance[out_of_sample] = energy_distance(model.transform(new), Xt)
     assert distance["auto"] == pytest.approx(min(distance["nearest"], distance["barycentric"]))
     assert distance["auto"] < 0.25 * energy_distance(new, Xt)
+
+
+def test_particles_are_the_decoded_trained_particles():
+    """``particles_``: generated samples in the original space; in integration, what
+    ``fit_transform`` returns for the source rows."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:150], y[:150]
+    generator = LatentGPA(n_steps=20, n_particles=90, random_state=0).fit(X, y)
+    assert generator.particles_.shape == (90, 64)
+    expected = generator.encoder_.inverse_transform(generator.gpa_.particles_)
+    np.testing.assert_allclose(generator.particles_, expected)
+    assert set(generator.particle_labels_) == set(np.unique(y))
+    domain = np.where(np.arange(150) < 75, 1, -1)
+    integrated = LatentGPA(n_steps=20, random_state=0)
+    out = integrated.fit_transform(X + 2.0 * (domain == 1)[:, None], sample_domain=domain)
+    np.testing.assert_array_equal(out[domain == 1], integrated.particles_)
