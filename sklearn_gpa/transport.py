@@ -122,7 +122,11 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         is normalised to its exact operator norm, so the network stays L-Lipschitz.  A CNN
         costs far more than the MLP per step (about 0.6 s per critic update for 10 classes
         of 80 MNIST-sized images with ``conv_channels=(8, 16, 32)`` on 2 CPU cores): use a
-        GPU, or ``LatentGPA`` with an ``Autoencoder``, for long runs.
+        GPU, or ``LatentGPA`` with an ``Autoencoder``, for long runs.  The divergence in
+        ``history_`` is measured on the training network, dropout included (noisier than the
+        MLP's); particles always move by the network without dropout.  The stored flow holds
+        every step's weights: about 10^6 parameters per step for 10 MNIST classes at the
+        default channels, so long CNN runs want ``store_every``.
     image_shape : tuple of int, default=None
         ``(height, width)`` or ``(channels, height, width)`` of the images whose pixels
         are the rows' features (channels first, as torch); needed by ``"cnn"``.
@@ -429,7 +433,10 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(
             self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not resume
         )
-        self._check_image_shape(X.shape[1])
+        image_shape = self._image_shape(X.shape[1])
+        if resume:
+            self._check_same_architecture(image_shape)
+        self.image_shape_ = image_shape
         rng = check_random_state(self.random_state)
         if y is not None:
             y = np.asarray(y)
@@ -475,11 +482,38 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.particles_, self.particle_labels_ = particles, labels
         return X, source
 
-    def _check_image_shape(self, n_features):
-        """``image_shape_`` = (channels, height, width) for the CNN, None for the MLP."""
-        self.image_shape_ = None
-        if self.discriminator == "cnn":
-            self.image_shape_ = check_image_shape(self.image_shape, n_features)
+    def _image_shape(self, n_features):
+        """(channels, height, width) of the CNN's input, None for the MLP."""
+        if self.discriminator != "cnn":
+            return None
+        return check_image_shape(self.image_shape, n_features)
+
+    def _check_same_architecture(self, image_shape):
+        """Warm start continues the stored discriminators: they must keep their shape."""
+        layout = self.flow_.layout
+        cnn = self.discriminator == "cnn"
+        before = {
+            "discriminator": "cnn" if hasattr(layout, "image_shape") else "mlp",
+            "image_shape": getattr(layout, "image_shape", None),
+            "conv_channels": getattr(layout, "channels", None),
+            "hidden_layer_sizes": tuple(layout.hidden_layer_sizes),
+            "activation": self.flow_.activation,
+            "solver": self.flow_.solver,
+        }
+        now = {
+            "discriminator": self.discriminator,
+            "image_shape": image_shape,
+            "conv_channels": tuple(int(c) for c in self.conv_channels) if cnn else None,
+            "hidden_layer_sizes": tuple(int(h) for h in self.hidden_layer_sizes),
+            "activation": self.activation,
+            "solver": self.solver,
+        }
+        changed = [name for name in before if before[name] != now[name]]
+        if changed:
+            raise ValueError(
+                f"warm_start=True continues the previous fit's discriminators, but "
+                f"{', '.join(changed)} changed; set warm_start=False to start afresh."
+            )
 
     def _resume_rows(self, X, groups, classes):
         """Warm start: the last particles of each flow, and the targets of the same flows."""

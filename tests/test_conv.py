@@ -120,6 +120,9 @@ def test_soft_constraint_trains_to_a_finite_critic():
     assert float(values[-1].mean()) > float(values[0].mean())
 
 
+SMALL_CNN = dict(discriminator="cnn", image_shape=(8, 8), conv_channels=(4, 8))
+
+
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)
@@ -130,9 +133,7 @@ def digits():
 def test_cnn_transporter_generates_digits_class_by_class(digits):
     X, y = digits
     params = dict(
-        discriminator="cnn",
-        image_shape=(8, 8),
-        conv_channels=(4, 8),
+        **SMALL_CNN,
         hidden_layer_sizes=(32,),
         activation="leaky_relu",
         n_steps=150,
@@ -183,9 +184,7 @@ def test_cnn_replay_retraces_the_training_particles(digits):
     domain = np.where(np.arange(len(X)) < 60, 1, -1)
     shifted = X + 0.3 * (domain == 1)[:, None]
     gpa = GPATransporter(
-        discriminator="cnn",
-        image_shape=(8, 8),
-        conv_channels=(4, 8),
+        **SMALL_CNN,
         hidden_layer_sizes=(16,),
         n_steps=20,
         random_state=0,
@@ -194,3 +193,37 @@ def test_cnn_replay_retraces_the_training_particles(digits):
     replayed = gpa.transform(shifted, sample_domain=domain)
     assert np.abs(trained[domain == 1] - shifted[domain == 1]).max() > 0.1
     np.testing.assert_allclose(replayed, trained, atol=1e-5)
+
+
+def test_cnn_warm_start_draws_the_same_dropout_as_one_run(digits):
+    X, y = digits
+    params = {**SMALL_CNN, "hidden_layer_sizes": (16,), "dtype": "float64", "random_state": 0}
+    whole = GPATransporter(n_steps=12, **params).fit(X, y)
+    parts = GPATransporter(n_steps=7, warm_start=True, **params).fit(X, y)
+    parts.set_params(n_steps=5).fit(X, y)
+    np.testing.assert_allclose(parts.particles_, whole.particles_, rtol=1e-12, atol=1e-12)
+    parts.set_params(conv_channels=(4, 4))
+    with pytest.raises(ValueError, match="conv_channels changed"):
+        parts.fit(X, y)
+
+
+def test_small_feature_maps_use_a_smaller_block():
+    """A convolution whose input has fewer than 8 values still gets its exact norm."""
+    layout = ConvLayout(16, (1, 4, 4), (1, 1), (4,), 2)
+    critic = ConvCritic(
+        layout,
+        make_activation("relu"),
+        get_divergence("kl"),
+        lipschitz=1.0,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    z = torch.randn(2, 12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = torch.full((2, 6), 1.0 / 6, dtype=torch.float64)
+    for _ in range(40):
+        critic.train_step(z, 6, w, w)
+    for i, (weight, _) in enumerate(layout.convolutions(critic.params)):
+        for flow in range(2):
+            norm = _operator_norm(weight, 2, layout.map_shapes[i], flow)
+            assert norm == pytest.approx(critic.layer_norm, rel=2e-3)
+    assert layout.forward(critic.params, critic.activation, z[:, :0]).shape == (2, 0)

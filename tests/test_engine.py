@@ -240,5 +240,20 @@ def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch, load, 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     big = device._SINGLE_THREAD_WORK * 10
     assert device.threads_for(10, 1) == 1
-    want = min(device._DEFAULT_THREADS, os.cpu_count() or 1) if expected == "all" else 1
+    want = min(device._DEFAULT_THREADS, device._cores()) if expected == "all" else 1
     assert device.threads_for(big, 1) == want
+
+
+def test_own_share_of_the_load_counts_only_the_last_minute(monkeypatch):
+    """CPU time used long ago does not hide other processes' load (then: fewer threads)."""
+    import time
+
+    from sklearn_gpa._engine import device
+
+    now, cpu = time.monotonic(), time.process_time()
+    # Busy on 2 threads for an hour, idle since: the last look was an hour ago.
+    monkeypatch.setattr(device, "_LAST_LOOK", [now - 3600.0, cpu - 7200.0])
+    assert device._own_recent_load() == 0.0
+    # Busy on one core for the last 10 seconds.
+    monkeypatch.setattr(device, "_LAST_LOOK", [time.monotonic() - 10.0, time.process_time() - 10.0])
+    assert device._own_recent_load() == pytest.approx(1.0, abs=0.05)

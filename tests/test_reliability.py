@@ -252,3 +252,22 @@ def test_warm_start_continues_the_flow_exactly(conditional):
     np.testing.assert_allclose(parts.transform(X), whole.transform(X), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="warm_start"):
         parts.fit(X)  # a generative fit cannot continue an integration flow
+
+
+def test_warm_start_with_mini_batches_draws_what_one_run_draws():
+    """The mini-batch generator's state is part of the critic state."""
+    X, _, sd = _pair()
+    params = dict(batch_size=16, dtype="float64", random_state=0)
+    whole = GPATransporter(n_steps=30, **params).fit(X, sample_domain=sd)
+    parts = GPATransporter(n_steps=20, warm_start=True, **params).fit(X, sample_domain=sd)
+    parts.set_params(n_steps=10).fit(X, sample_domain=sd)
+    np.testing.assert_allclose(parts.particles_, whole.particles_, rtol=1e-12, atol=1e-12)
+
+
+def test_warm_start_refuses_a_changed_discriminator():
+    X, _, sd = _pair()
+    gpa = GPATransporter(n_steps=5, warm_start=True, random_state=0).fit(X, sample_domain=sd)
+    gpa.set_params(hidden_layer_sizes=(8,), solver="heun")
+    with pytest.raises(ValueError, match="hidden_layer_sizes, solver changed"):
+        gpa.fit(X, sample_domain=sd)
+    assert gpa.n_steps_ == 5  # the fitted state is untouched

@@ -108,6 +108,11 @@ class ConvLayout:
         )
         return convs + self.head.macs_per_row
 
+    @property
+    def values_per_row(self) -> int:
+        """Activations one row leaves behind in one network (the memory of a pass)."""
+        return sum(math.prod(shape) for shape in self.map_shapes) + self.head.values_per_row
+
     def convolutions(self, flat: torch.Tensor) -> list:
         """Views ``[(weight, bias), ...]`` of the convolutions in ``flat`` (1-D); no copy."""
         k, size, shapes = self.n_flows, self.kernel_size, self.map_shapes
@@ -149,7 +154,7 @@ class ConvLayout:
                     x.shape, generator=dropout_generator, dtype=x.dtype, device=x.device
                 )
                 x = x * (keep >= self.dropout) / (1.0 - self.dropout)
-        x = x.reshape(t, k, -1).transpose(0, 1)
+        x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
         phi, _, _ = forward(self.head.layers(self.head_params(flat)), activation, x)
         return phi
 
@@ -203,11 +208,15 @@ class ConvCritic(Critic):
         self.weight_groups = layout.head.weight_groups(layout.head_params(self.params))
         self._left_vectors = self._head_vectors(generator)
         self._conv_weights = [w for w, _ in layout.convolutions(self.params)]
-        k, r = layout.n_flows, _CONV_SUBSPACE
+        k = layout.n_flows
         for (c, h, w), weight in zip(layout.map_shapes, self._conv_weights):
-            u = torch.randn(k, c * h * w, r, generator=generator, dtype=weight.dtype)
+            # A block no wider than the input space, where QR would return fewer vectors.
+            r = min(_CONV_SUBSPACE, c * h * w)
+            u = torch.randn(
+                k, c * h * w, r, generator=generator, dtype=weight.dtype, device=weight.device
+            )
             u = torch.linalg.qr(u)[0].permute(2, 0, 1).reshape(r, k * c, h, w)
-            self._left_vectors.append(u.to(weight.device))
+            self._left_vectors.append(u)
         for _ in range(_POWER_ITERATIONS_AT_START):
             sigmas = self._conv_power_iteration()
         self._scale(self._conv_weights, sigmas)
@@ -226,8 +235,9 @@ class ConvCritic(Critic):
             weight.view(k, -1).mul_(self.layer_norm / sigma)
 
     def spectral_normalize(self) -> None:
+        start = self._exact_left > 0  # read before the dense head counts this update
         super().spectral_normalize()
-        for _ in range(_CONV_ITERATIONS_AT_START if self._exact_left > 0 else 1):
+        for _ in range(_CONV_ITERATIONS_AT_START if start else 1):
             sigmas = self._conv_power_iteration()
         self._scale(self._conv_weights, sigmas)
 

@@ -124,6 +124,9 @@ class Critic:
             "n_updates": float(self.n_updates),
             "left_vectors": [u.cpu().numpy().copy() for u in self._left_vectors or []],
             "exact_left": self._exact_left,
+            # Dropout masks and mini-batches come from this generator: a continued run
+            # draws what the uninterrupted run would have drawn.
+            "generator": self.generator.get_state().numpy().copy(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -134,6 +137,8 @@ class Critic:
         for u, saved in zip(self._left_vectors or [], state["left_vectors"]):
             u.copy_(torch.as_tensor(saved))
         self._exact_left = state["exact_left"]
+        if "generator" in state:
+            self.generator.set_state(torch.from_numpy(state["generator"].copy()))
 
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):

@@ -30,8 +30,9 @@ _SINGLE_THREAD_WORK = 4_000_000
 # torch's own choice at import time (one per physical core), before anyone changed it.
 _DEFAULT_THREADS = torch.get_num_threads()
 
-# This process's CPU time and age, to tell its own share of the load average from others'.
-_START_WALL, _START_CPU = time.monotonic(), time.process_time()
+# (wall time, CPU time) of this process when ``_free_cores`` last looked, to tell its own
+# recent share of the load average from other processes'.
+_LAST_LOOK = [time.monotonic(), time.process_time()]
 
 
 def resolve_device(device) -> torch.device:
@@ -70,23 +71,44 @@ def threads_for(n_rows: int, layer_sizes, n_threads=None) -> int:
     return max(1, min(_DEFAULT_THREADS, _free_cores()))
 
 
+def _cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _own_recent_load() -> float:
+    """This process's CPU use (in cores) since the last look, if that was within a minute.
+
+    Older looks say nothing about the last minute, which the load average covers: then 0,
+    which can only make the caller take fewer threads.
+    """
+    now, cpu = time.monotonic(), time.process_time()
+    span = now - _LAST_LOOK[0]
+    if span < 1.0:
+        return max(0.0, (cpu - _LAST_LOOK[1]) / max(span, 1e-9)) if span > 0.05 else 0.0
+    own = (cpu - _LAST_LOOK[1]) / span if span <= 60.0 else 0.0
+    _LAST_LOOK[:] = [now, cpu]
+    return own
+
+
 def _free_cores() -> int:
     """Cores that other processes left idle over the last minute (all where the OS won't say).
 
-    The 1-minute load average counts this process too; its own share is estimated by its CPU
-    time over its age.  A thread more than the free cores is far worse than a thread less:
-    torch's threads meet at every operation, and one that waits for a time slice stalls the
-    others (2 threads on a 2-core machine with 5 runnable processes: 7-9x slower per step
-    than 1 thread, measured on the 2-D mixture with 20 000 particles).
+    The 1-minute load average counts this process too; its own share is its CPU time since
+    the last look (within a minute).  A thread more than the free cores is far worse than a
+    thread less: torch's threads meet at every operation, and one that waits for a time
+    slice stalls the others (2 threads on a 2-core machine with 5 runnable processes: 7-9x
+    slower per step than 1 thread, measured on the 2-D mixture with 20 000 particles).
     """
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
-    age = time.monotonic() - _START_WALL
-    own = (time.process_time() - _START_CPU) / age if age > 1.0 else 0.0
-    others = max(0.0, load - min(own, _DEFAULT_THREADS))
-    return (os.cpu_count() or 1) - math.ceil(max(0.0, others - 0.25))
+        return _cores()
+    others = max(0.0, load - min(_own_recent_load(), _DEFAULT_THREADS))
+    return _cores() - math.ceil(max(0.0, others - 0.25))
 
 
 @contextlib.contextmanager

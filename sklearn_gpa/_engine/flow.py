@@ -263,6 +263,10 @@ class LearnedFlow:
         from .integrators import get_tableau
         from .networks import make_activation
 
+        # Chunks small enough that their activations (kept for the input gradient) stay
+        # within about 512 MiB: 65 536 rows for the MLPs, a few hundred MNIST-sized images.
+        per_row = 16 * self.layout.n_flows * self.layout.values_per_row
+        chunk_rows = max(1, min(chunk_rows, 2**29 // per_row))
         rows = min(len(y[0]), chunk_rows) * self.layout.n_flows
         with threads_context(device, rows, self.layout.macs_per_row):
             return self._replay(

@@ -136,6 +136,11 @@ class MLPLayout:
         return sum(a * b for a, b in zip(s[:-1], s[1:]))
 
     @property
+    def values_per_row(self) -> int:
+        """Activations one row leaves behind in one network (the memory of a pass)."""
+        return sum(self.sizes)
+
+    @property
     def n_weights(self) -> int:
         s, k = self.sizes, self.n_flows
         return sum(k * (s[i] + 1) * s[i + 1] for i in range(self.depth))
