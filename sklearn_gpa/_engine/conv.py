@@ -186,9 +186,15 @@ class ConvLayout:
         back = F.conv_transpose2d(
             v, weight, stride=self.stride, padding=self.padding, output_padding=extra, groups=k
         )
-        basis, _ = torch.linalg.qr(back.reshape(r, k, -1).permute(1, 2, 0))
-        u.copy_(basis.permute(2, 0, 1).reshape(u.shape))
+        u.copy_(_orthonormalize(back, k))
         return sigma[:, None]
+
+
+def _orthonormalize(block: torch.Tensor, n_flows: int) -> torch.Tensor:
+    """Per flow, an orthonormal basis of the span of the r inputs in ``block`` (r, K * c, H, W)."""
+    r = block.shape[0]
+    basis, _ = torch.linalg.qr(block.reshape(r, n_flows, -1).permute(1, 2, 0))
+    return basis.permute(2, 0, 1).reshape(block.shape)
 
 
 class ConvCritic(Critic):
@@ -213,10 +219,9 @@ class ConvCritic(Critic):
             # A block no wider than the input space, where QR would return fewer vectors.
             r = min(_CONV_SUBSPACE, c * h * w)
             u = torch.randn(
-                k, c * h * w, r, generator=generator, dtype=weight.dtype, device=weight.device
+                r, k * c, h, w, generator=generator, dtype=weight.dtype, device=weight.device
             )
-            u = torch.linalg.qr(u)[0].permute(2, 0, 1).reshape(r, k * c, h, w)
-            self._left_vectors.append(u)
+            self._left_vectors.append(_orthonormalize(u, k))
         for _ in range(_POWER_ITERATIONS_AT_START):
             sigmas = self._conv_power_iteration()
         self._scale(self._conv_weights, sigmas)
@@ -248,12 +253,12 @@ class ConvCritic(Critic):
         params = self.params.detach().requires_grad_(True)
         with torch.enable_grad():
             phi = self.layout.forward(params, self.activation, z, self._dropout_generator())
-            phi_y, phi_x = phi[:, :n_particles].detach(), phi[:, n_particles:].detach()
-            value = self.divergence.value(phi_y, phi_x, self.nu, w_y, w_x) if with_value else None
-            grad_x, grad_nu = self.divergence.gradients(phi_x, self.nu, w_x)
-            (grad,) = torch.autograd.grad(phi, params, torch.cat([w_y, grad_x], 1))
-        self.grad.copy_(grad)
-        self.grad_nu.copy_(grad_nu)
+            value, grad_phi = self._objective_gradient(
+                phi.detach(), n_particles, w_y, w_x, with_value
+            )
+            (grad,) = torch.autograd.grad(phi, params, grad_phi)
+        # autograd leaves nu's slot at zero: copy all but nu, whose gradient is already in.
+        self.grad[: self.layout.n_weights].copy_(grad[: self.layout.n_weights])
         return value
 
     def _phi_and_particle_gradient(self, params, z, n_particles):

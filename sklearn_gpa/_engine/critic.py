@@ -207,19 +207,18 @@ class Critic:
     def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
         """dJ/dparams into ``self.grad`` by the hand-written backward pass; J if asked."""
         phi, inputs, saved = forward(self.layers, self.activation, z)
+        value, grad_phi = self._objective_gradient(phi, n_particles, w_y, w_x, with_value)
+        parameter_gradient(self.layers, self.activation, inputs, saved, grad_phi, self.grad_layers)
+        return value
+
+    def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value):
+        """J (if asked) and dJ/dphi (K, M + N) from phi on particles then targets; writes
+        dJ/dnu into the gradient."""
         phi_y, phi_x = phi[:, :n_particles], phi[:, n_particles:]
         value = self.divergence.value(phi_y, phi_x, self.nu, w_y, w_x) if with_value else None
         grad_x, grad_nu = self.divergence.gradients(phi_x, self.nu, w_x)
-        parameter_gradient(
-            self.layers,
-            self.activation,
-            inputs,
-            saved,
-            torch.cat([w_y, grad_x], 1),
-            self.grad_layers,
-        )
         self.grad_nu.copy_(grad_nu)
-        return value
+        return value, torch.cat([w_y, grad_x], 1)
 
     def _train_step_penalised(self, z, n_particles, w_y, w_x):
         params = self.params.detach().requires_grad_(True)
