@@ -16,6 +16,7 @@ from .networks import (
     parameter_gradient,
     spectral_norm_exact,
 )
+from .optim import adam_step
 
 __all__ = ["Critic", "CONSTRAINTS"]
 
@@ -171,22 +172,16 @@ class Critic:
 
     # -- optimisation -----------------------------------------------------------------------
     def _adam_ascent(self) -> None:
-        # One fused kernel (the one torch.optim.Adam(fused=True) uses) for the whole flat
-        # vector; the step count is a tensor, so nothing here needs the host.
-        self.n_updates.add_(1.0)
-        torch._fused_adam_(
+        # One kernel for the whole flat vector of the K critics.
+        adam_step(
             [self.params],
             [self.grad],
             [self.exp_avg],
             [self.exp_avg_sq],
-            [],
             [self.n_updates],
-            lr=self.learning_rate,
-            beta1=self.betas[0],
-            beta2=self.betas[1],
-            weight_decay=0.0,
+            learning_rate=self.learning_rate,
+            betas=self.betas,
             eps=self.adam_eps,
-            amsgrad=False,
             maximize=True,
         )
 
