@@ -169,10 +169,12 @@ def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, v
     0.5
     """
     X = np.asarray(X, dtype=float)
+    if len(image_shape) != 2:
+        raise ValueError(f"image_shape must be (height, width), got {image_shape!r}.")
     height, width = image_shape
-    if X.ndim != 2 or X.shape[1] != height * width:
+    if X.ndim != 2 or len(X) == 0 or X.shape[1] != height * width:
         raise ValueError(
-            f"X must have shape (n_images, {height * width}) for images of shape "
+            f"X must have shape (n_images >= 1, {height * width}) for images of shape "
             f"{tuple(image_shape)}, got {X.shape}."
         )
     vmin = float(X.min()) if vmin is None else vmin

@@ -1,0 +1,33 @@
+"""Plots: the image grid's layout and its errors on bad input."""
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from sklearn_gpa.plotting import plot_images
+
+
+def test_image_grid_tiles_rows_in_order_and_leaves_input_alone():
+    X = np.arange(3 * 4, dtype=float).reshape(3, 4)
+    before = X.copy()
+    mosaic = plot_images(X, (2, 2), n_cols=2).images[0].get_array()
+    assert mosaic.shape == (5, 5)
+    np.testing.assert_array_equal(mosaic[:2, 3:], X[1].reshape(2, 2))
+    np.testing.assert_array_equal(mosaic[3:, :2], X[2].reshape(2, 2))
+    np.testing.assert_array_equal(X, before)
+
+
+@pytest.mark.parametrize(
+    "X, shape, message",
+    [
+        (np.zeros((0, 4)), (2, 2), "n_images >= 1"),
+        (np.zeros((3, 5)), (2, 2), r"shape \(n_images >= 1, 4\)"),
+        (np.zeros(4), (2, 2), "must have shape"),
+        (np.zeros((3, 4)), (1, 2, 2), r"image_shape must be \(height, width\)"),
+    ],
+)
+def test_image_grid_names_bad_input(X, shape, message):
+    with pytest.raises(ValueError, match=message):
+        plot_images(X, shape)
