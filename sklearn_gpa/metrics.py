@@ -394,7 +394,7 @@ def _estimate_divergences(
     single = 1 if rows <= _SINGLE_THREAD_ROWS else None
     threads = threads_for(rows, layout.sizes, n_threads=single)
     cpu = torch_device.type == "cpu"
-    with cpu_threads(threads) if cpu else contextlib.nullcontext(), torch.no_grad():
+    with cpu_threads(threads) if cpu else contextlib.nullcontext(), torch.inference_mode():
         critic = Critic(
             layout,
             make_activation("relu"),

@@ -121,8 +121,9 @@ def test_spectral_normalisation_tracks_true_norm(L):
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(1, 60, 3, generator=gen, dtype=F64)
     w = torch.full((1, 30), 1 / 30, dtype=F64)
-    for _ in range(200):
-        critic.train_step(z, 30, w, w)
+    with critic.no_graph():  # a graph-free critic changes its tensors in inference mode
+        for _ in range(200):
+            critic.train_step(z, 30, w, w)
     target = L ** (1 / critic.layout.depth)
     for weight, _ in critic.layers:
         sigma = torch.linalg.matrix_norm(weight, ord=2)
@@ -144,7 +145,8 @@ def test_lipschitz_bound_holds_after_every_update(dtype):
     z[:, 200:] += 3
     w = torch.full((1, 200), 1 / 200, dtype=dtype)
     for _ in range(60):
-        critic.train_step(z, 200, w, w)
+        with critic.no_graph():
+            critic.train_step(z, 200, w, w)
         bound = math.prod(float(torch.linalg.matrix_norm(W[0], ord=2)) for W, _ in critic.layers)
         assert bound <= 10.0 * (1 + 2e-3)
 
@@ -226,7 +228,8 @@ def test_euler_step_matches_algorithm_1_by_hand():
     critic = _critic(d=2, seed=5)
     twin = _critic(d=2, seed=5)
     result = train_flow(y, w_y, x, w_x, critic, get_tableau("euler"), dt=0.3, n_steps=1, n_critic=1)
-    twin.train_step(torch.cat([y, x], 1), 20, w_y, w_x)
+    with twin.no_graph():
+        twin.train_step(torch.cat([y, x], 1), 20, w_y, w_x)
     torch.testing.assert_close(result.particles, y - 0.3 * twin.gradient(y))
 
 
@@ -257,3 +260,42 @@ def test_own_share_of_the_load_counts_only_the_last_minute(monkeypatch):
     # Busy on one core for the last 10 seconds.
     monkeypatch.setattr(device, "_LAST_LOOK", [time.monotonic() - 10.0, time.process_time() - 10.0])
     assert device._own_recent_load() == pytest.approx(1.0, abs=0.05)
+
+
+def test_graph_free_critic_runs_in_inference_mode_and_changes_no_number(monkeypatch):
+    # The MLP critic with the hard constraint (or none) builds no autograd graph, so the
+    # engine runs it in inference mode; the soft penalty and the CNN need autograd.
+    assert not _critic().needs_autograd
+    assert not _critic(L=None).needs_autograd
+    assert _critic(constraint="soft").needs_autograd
+    src, tgt = _gaussians(10, n=30)
+    y, w_y = pack_rows([src], F64, "cpu")
+    x, w_x = pack_rows([tgt], F64, "cpu")
+
+    def run():
+        critic = _critic(d=2, seed=3)
+        seen = []
+        # callback runs inside train_flow's loop: record whether that is inference mode
+        result = train_flow(
+            y,
+            w_y,
+            x,
+            w_x,
+            critic,
+            get_tableau("heun"),
+            dt=0.2,
+            n_steps=20,
+            n_critic=3,
+            log_every=5,
+            callback=lambda *a: seen.append(torch.is_inference_mode_enabled()),
+        )
+        return result, seen, critic.params.is_inference()
+
+    fast, seen, inference = run()
+    assert seen == [True] * 4 and inference
+    monkeypatch.setattr(Critic, "no_graph", lambda self: torch.inference_mode(False))
+    plain, seen, inference = run()
+    assert seen == [False] * 4 and not inference
+    assert torch.equal(fast.particles, plain.particles)
+    assert torch.equal(fast.states, plain.states)
+    np.testing.assert_array_equal(fast.divergence, plain.divergence)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,9 @@ class ConvLayout:
     kernel_size: int = 5
     stride: int = 2
     dropout: float = 0.3
+
+    #: The convolutions' gradients come from autograd.
+    needs_autograd: ClassVar[bool] = True
 
     def __post_init__(self):
         if math.prod(self.image_shape) != self.n_features:

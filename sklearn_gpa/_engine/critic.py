@@ -72,18 +72,32 @@ class Critic:
         self.learning_rate = learning_rate
         self.betas = betas
         self.adam_eps = adam_eps
-        self.params = layout.initialize(generator, dtype, device)
-        self.grad = torch.zeros_like(self.params)
-        self.exp_avg = torch.zeros_like(self.params)
-        self.exp_avg_sq = torch.zeros_like(self.params)
-        self.n_updates = torch.zeros((), dtype=dtype, device=device)
         self.generator = generator
-        self._bind_views()
         self._left_vectors = None
         self._exact_left = _EXACT_UPDATES
-        if self.constraint is not None:
-            self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
-            self._init_normalisation(generator)
+        with self.no_graph():
+            self.params = layout.initialize(generator, dtype, device)
+            self.grad = torch.zeros_like(self.params)
+            self.exp_avg = torch.zeros_like(self.params)
+            self.exp_avg_sq = torch.zeros_like(self.params)
+            self.n_updates = torch.zeros((), dtype=dtype, device=device)
+            self._bind_views()
+            if self.constraint is not None:
+                self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
+                self._init_normalisation(generator)
+
+    @property
+    def needs_autograd(self) -> bool:
+        """Whether training builds autograd graphs (a CNN, or the soft gradient penalty)."""
+        return self.layout.needs_autograd or self.constraint == "soft"
+
+    def no_graph(self):
+        """``torch.inference_mode`` where the critic needs no autograd, else no change.
+
+        A graph-free critic's tensors are created in inference mode and must be changed in
+        place only inside this context (``train_flow`` and the divergence scorer run in it).
+        """
+        return torch.inference_mode(not self.needs_autograd)
 
     def _bind_views(self) -> None:
         self.layers = self.layout.layers(self.params)
@@ -132,11 +146,12 @@ class Critic:
 
     def load_state(self, state: dict) -> None:
         """Continue from ``state()`` of a critic with the same layout."""
-        for name in ("params", "exp_avg", "exp_avg_sq"):
-            getattr(self, name).copy_(torch.as_tensor(state[name]))
-        self.n_updates.fill_(state["n_updates"])
-        for u, saved in zip(self._left_vectors or [], state["left_vectors"]):
-            u.copy_(torch.as_tensor(saved))
+        with self.no_graph():
+            for name in ("params", "exp_avg", "exp_avg_sq"):
+                getattr(self, name).copy_(torch.as_tensor(state[name]))
+            self.n_updates.fill_(state["n_updates"])
+            for u, saved in zip(self._left_vectors or [], state["left_vectors"]):
+                u.copy_(torch.as_tensor(saved))
         self._exact_left = state["exact_left"]
         if "generator" in state:
             self.generator.set_state(torch.from_numpy(state["generator"].copy()))
@@ -168,7 +183,9 @@ class Critic:
             self._exact_left -= 1
             estimates = [spectral_norm_exact(w)[:, None, None] for w in self.weight_groups]
         for w, sigma in zip(self.weight_groups, estimates):
-            w.mul_(self.layer_norm / sigma)
+            # One kernel for the default L = 1 (two otherwise) instead of three for
+            # ``w *= layer_norm / sigma``: sigma is a fresh tensor of this step.
+            w.div_(sigma if self.layer_norm == 1.0 else sigma.div_(self.layer_norm))
 
     # -- optimisation -----------------------------------------------------------------------
     def _adam_ascent(self) -> None:

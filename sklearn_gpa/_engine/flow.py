@@ -10,6 +10,7 @@ that ``replay_flow`` can move particles the fit never saw.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -78,21 +79,24 @@ def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
 def _particle_step(critic, tableau, y, p: _Problem, step, live, record):
     """One step of every flow; records diagnostics and critic states; returns new positions."""
     states, store_every, divergence, kinetic_energy, alive = record
-    velocities, finite = [], torch.ones_like(live)
+    velocities = []
     for stage in range(tableau.n_stages):
         velocity, value, kinetic = _stage_velocity(critic, tableau, y, velocities, p)
         velocities.append(velocity)
-        # The kinetic energy is non-finite exactly when some velocity of the flow is: a
-        # check on K numbers instead of on every coordinate of every particle.
-        finite &= torch.isfinite(kinetic)
         if stage == 0:
             divergence[step] = value
             kinetic_energy[step] = kinetic
+            # The kinetic energy is non-finite exactly when some velocity of the flow is,
+            # and a sum is non-finite exactly when a term is: a check on K numbers instead
+            # of on every coordinate of every particle.
+            health = kinetic + value
+        else:
+            health = health + kinetic
         if step % store_every == 0:
             states[step // store_every, stage].copy_(critic.params)
     increment = tableau.increment(p.dt, velocities)
     # A flow whose step is not finite is frozen where it is, on the device, at once.
-    live &= finite & torch.isfinite(divergence[step])
+    live &= torch.isfinite(health)
     alive[step] = live
     return y.add_(increment.masked_fill_(~live[:, None, None], 0.0))
 
@@ -124,6 +128,18 @@ def _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
     return sample
 
 
+def _graph_free_when_possible(run):
+    """Run ``run(y0, w_y, x, w_x, critic, ...)`` inside ``critic.no_graph()``."""
+
+    @functools.wraps(run)
+    def wrapped(y0, w_y, x, w_x, critic, *args, **kwargs):
+        with critic.no_graph():
+            return run(y0, w_y, x, w_x, critic, *args, **kwargs)
+
+    return wrapped
+
+
+@_graph_free_when_possible
 def train_flow(
     y0,
     w_y,
@@ -150,7 +166,8 @@ def train_flow(
     no flow is finite any more, and to call ``callback(step, divergence, kinetic_energy)``.
     A flow whose step turns non-finite is frozen at its last finite particles at once, on
     the device, without waiting for the host.  Ctrl-C stops the run after the last finished
-    step (``stop_reason="interrupted"``).
+    step (``stop_reason="interrupted"``).  The run is in ``torch.inference_mode`` unless
+    the critic needs autograd (``Critic.no_graph``): its tensors are then inference tensors.
     """
     n_flows, n_particles, _ = y0.shape
     device, dtype = y0.device, y0.dtype
@@ -268,7 +285,10 @@ class LearnedFlow:
         per_row = 16 * self.layout.n_flows * self.layout.values_per_row
         chunk_rows = max(1, min(chunk_rows, 2**29 // per_row))
         rows = min(len(y[0]), chunk_rows) * self.layout.n_flows
-        with threads_context(device, rows, self.layout.macs_per_row):
+        with (
+            threads_context(device, rows, self.layout.macs_per_row),
+            torch.inference_mode(not self.layout.needs_autograd),
+        ):
             return self._replay(
                 y,
                 make_activation(self.activation, self.activation_eps),
