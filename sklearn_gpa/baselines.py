@@ -13,10 +13,23 @@ from .utils import check_sample_domain, known_labels
 __all__ = ["MeanStdAdjuster", "class_router", "meanstd_map"]
 
 
+def _spread(rows):
+    """Per-feature standard deviation, exactly 0 for a feature whose values are all equal.
+
+    ``std`` of identical values is not always 0 in floating point (a gene flat at 7.7 has
+    a std of about 1e-15, 1e-6 in float32); dividing by it would scale new rows by 1e15.
+    """
+    if len(rows) < 2:
+        return np.zeros(rows.shape[1])
+    return np.where(np.ptp(rows, axis=0) > 0, rows.std(0), 0.0)
+
+
 def meanstd_map(source, target):
     """Per-feature ``(a, b)`` such that ``source * a + b`` has the target's mean and std.
 
-    A feature without spread on either side is only shifted.
+    A feature that is constant on the source side (or with fewer than two rows on either
+    side) is only shifted; one that varies in the source but is constant over two or more
+    target rows is mapped onto the target's constant (``a = 0``).
 
     Examples
     --------
@@ -26,9 +39,8 @@ def meanstd_map(source, target):
     >>> (np.array([[0.0], [2.0]]) * a + b).ravel().tolist()
     [10.0, 16.0]
     """
-    src_std = source.std(0) if len(source) > 1 else np.zeros(source.shape[1])
-    tgt_std = target.std(0) if len(target) > 1 else np.zeros(source.shape[1])
-    ok = (src_std > 0) & (tgt_std > 0)
+    src_std, tgt_std = _spread(source), _spread(target)
+    ok = (src_std > 0) & (len(target) > 1)
     a = np.where(ok, tgt_std / np.where(ok, src_std, 1.0), 1.0)
     return a, target.mean(0) - a * source.mean(0)
 
@@ -46,6 +58,10 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     The baseline ``F`` of the papers' Table 3: with labels on both sides, each class of
     the source is adjusted to the same class of the target.  Domains follow skada:
     ``sample_domain >= 0`` marks source rows, ``< 0`` target rows.
+
+    A gene with one value in every source row (of a class) is only shifted to the
+    target's mean; one that varies in the source but has one value in every target row
+    (two or more) is set to that value (see :func:`meanstd_map`).
 
     Parameters
     ----------
@@ -98,7 +114,7 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         if sample_domain is None:
             raise ValueError("MeanStdAdjuster needs sample_domain (>= 0 source, < 0 target).")
-        source = check_sample_domain(sample_domain, len(X))
+        source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
         self.classes_ = self._classes(y, source)
         if self.classes_ is None:
             maps = [meanstd_map(X[source], X[~source])]
@@ -160,7 +176,9 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         move = np.ones(len(X), dtype=bool)
         if sample_domain is not None:
-            move = check_sample_domain(sample_domain, len(X), require_both=False)
+            move = check_sample_domain(
+                sample_domain, len(X), require_both=False, n_features=X.shape[1]
+            )
         out = np.array(X, copy=True)
         if move.any():
             index = self.flow_index(X[move], None if y is None else np.asarray(y)[move])

@@ -40,7 +40,9 @@ def decoder_lipschitz_constant(encoder, codes, *, step=1e-3):
     The decoder's Jacobian is taken by finite differences at up to 20 training codes and its
     largest singular value is returned.  For a linear decoder (PCA, TruncatedSVD, a
     StandardScaler-PCA pipeline) this is exact: 1 for PCA, ``max sigma_i`` after
-    de-standardisation (Remark 7.2); for a nonlinear decoder it is an estimate from below.
+    de-standardisation (Remark 7.2), and the Jacobian is computed once (the decoder is
+    checked to be affine along a random direction at the other codes); for a nonlinear
+    decoder it is an estimate from below.
 
     Examples
     --------
@@ -55,13 +57,33 @@ def decoder_lipschitz_constant(encoder, codes, *, step=1e-3):
     codes = np.asarray(codes, dtype=float)
     points = codes[np.linspace(0, len(codes) - 1, min(20, len(codes))).astype(int)]
     d = codes.shape[1]
-    best = 0.0
-    for z in points:
-        shifted = z + step * np.eye(d)
-        decoded = encoder.inverse_transform(np.vstack([z[None], shifted]))
-        jacobian = (decoded[1:] - decoded[0]) / step
-        best = max(best, float(np.linalg.norm(jacobian, ord=2)))
-    return best
+
+    def jacobian(z):
+        decoded = np.asarray(encoder.inverse_transform(np.vstack([z, z + step * np.eye(d)])))
+        return (decoded[1:] - decoded[0]) / step
+
+    first = jacobian(points[0])
+    # An affine decoder (PCA, TruncatedSVD, a StandardScaler-PCA pipeline) has the same
+    # Jacobian at every code: check that along one random direction at each point (two
+    # decoded rows, not d + 1) and compute the norm once.  With 100 codes of 50 000 genes
+    # the full Jacobian at every point cost 20 decodings and 20 SVDs of a d x 50 000 matrix.
+    direction = np.random.RandomState(0).standard_normal(d)
+    direction *= step / np.linalg.norm(direction)
+    predicted = direction @ first
+    tolerance = 1e-6 * max(float(np.abs(predicted).max()), np.finfo(float).tiny)
+    jacobians = [first]
+    for z in points[1:]:
+        decoded = np.asarray(encoder.inverse_transform(np.vstack([z, z + direction])))
+        if np.abs(decoded[1] - decoded[0] - predicted).max() > tolerance:
+            jacobians += [jacobian(z) for z in points[1:]]
+            break
+    return max(_spectral_norm(j) for j in jacobians)
+
+
+def _spectral_norm(matrix):
+    """Largest singular value, from the eigenvalues of the small Gram matrix (d x d)."""
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    return float(np.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0)))
 
 
 class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -119,7 +141,12 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         dimensions: on the gene-expression benchmark the correlation of start and end
         codes is about 0.1, a new row's offset from its neighbours predicts nothing about
         where it should go, and "auto" picks "barycentric".  Training rows still go
-        exactly to their particles.
+        exactly to their particles.  Without labels one flow carries both classes and
+        "barycentric" averages the end points of neighbours of either class: on
+        GSE1992 -> GSE4335 without labels (300 steps, held-out 30 % of the source, two
+        splits) a classifier trained on the target recognised ER in a balanced 52 % of
+        the moved rows, 70 % with "nearest" and 75 % after mean/std alone.  Pass
+        ``out_of_sample="nearest"`` when new rows must keep their biology.
     **GPA parameters
         ``f``, ``alpha``, ``L``, ``dt``, ... as in :class:`GPATransporter`, applied to the
         codes.
@@ -264,6 +291,8 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _fit(self, X, y, sample_domain):
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        if sample_domain is not None:  # before the encoder: a clear error on a transposed X
+            check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
         self.adjuster_ = None
         if sample_domain is not None and self.prealign == "meanstd":
             self.adjuster_ = MeanStdAdjuster(conditional=self.conditional)
@@ -328,7 +357,9 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         move = np.ones(len(X), dtype=bool)
         if sample_domain is not None:
-            move = check_sample_domain(sample_domain, len(X), require_both=False)
+            move = check_sample_domain(
+                sample_domain, len(X), require_both=False, n_features=X.shape[1]
+            )
         out = np.array(X, dtype=X.dtype if X.dtype == np.float32 else np.float64, copy=True)
         if move.any():
             labels = None if y is None else np.asarray(y)[move]
@@ -364,7 +395,8 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if sample_domain is None:
             return self.transform(X)
         source = check_sample_domain(sample_domain, len(X))
-        out = np.array(validate_data(self, X, reset=False), dtype=np.float64, copy=True)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        out = np.array(X, dtype=X.dtype, copy=True)  # float32 in, float32 out (as transform)
         out[source] = self.particles_
         return out
 

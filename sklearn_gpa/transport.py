@@ -451,7 +451,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.mode_ = mode
         source = np.zeros(len(X), dtype=bool)
         if mode == "integration":
-            source = check_sample_domain(sample_domain, len(X))
+            source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
         if resume:
             classes = self.classes_
             groups = self._flow_groups(X, y, source)
@@ -864,7 +864,9 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         move = np.ones(len(X), dtype=bool)
         if sample_domain is not None:
-            move = check_sample_domain(sample_domain, len(X), require_both=False)
+            move = check_sample_domain(
+                sample_domain, len(X), require_both=False, n_features=X.shape[1]
+            )
         out = np.array(X, dtype=self._output_dtype(X), copy=True)
         if move.any():
             Z = self._scale(X[move])

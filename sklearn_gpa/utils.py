@@ -65,17 +65,27 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     return X, np.concatenate([ys, yt]), sample_domain
 
 
-def check_sample_domain(sample_domain, n_samples: int, *, require_both: bool = True):
+def check_sample_domain(
+    sample_domain, n_samples: int, *, require_both: bool = True, n_features=None
+):
     """Validate ``sample_domain`` and return a boolean mask of the source rows.
 
-    Raises a ValueError naming the problem: wrong length, non-integer values, or (with
-    ``require_both``) no source or no target rows.
+    Raises a ValueError naming the problem: wrong length (with a hint when it matches
+    ``n_features``, the columns of X: a genes x samples matrix passed untransposed),
+    non-integer values, or (with ``require_both``) no source or no target rows.
     """
     values = np.asarray(sample_domain)
     if values.ndim != 1 or values.shape[0] != n_samples:
+        hint = ""
+        if values.ndim == 1 and n_features is not None and values.shape[0] == n_features:
+            hint = (
+                f" It has one entry per column of X ({n_features}): is X transposed? Rows "
+                "must be samples and columns features (genes); pass X.T for a genes x "
+                "samples matrix."
+            )
         raise ValueError(
             f"sample_domain must be a 1-D array with one entry per row of X ({n_samples}), "
-            f"got shape {values.shape}."
+            f"got shape {values.shape}.{hint}"
         )
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.bool_)):
         if not np.issubdtype(values.dtype, np.floating) or not np.all(

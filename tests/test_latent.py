@@ -193,3 +193,65 @@ def test_particles_are_the_decoded_trained_particles():
     integrated = LatentGPA(n_steps=20, random_state=0)
     out = integrated.fit_transform(X + 2.0 * (domain == 1)[:, None], sample_domain=domain)
     np.testing.assert_array_equal(out[domain == 1], integrated.particles_)
+
+
+def test_gene_flat_in_one_study_is_not_blown_up_or_left_spread():
+    # A gene flat at a detection floor in the source: its std is ~1e-15, not 0, and was
+    # divided by (new rows with 8.0 there came out at 1e14).  A gene flat in the target
+    # kept the source's spread; it now takes the target's value.
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    Xs, Xt = Xs.copy(), Xt.copy()
+    Xs[:, 0] = 7.7
+    Xt[:, 1] = 0.3
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    new = Xs[:5].copy()
+    new[:, 0] = 8.0
+    bound = 10 * np.abs(X).max()
+    adjuster = MeanStdAdjuster().fit(X, y, sample_domain=sd)
+    assert np.abs(adjuster.transform(new, ys[:5])).max() < bound
+    np.testing.assert_allclose(adjuster.transform(Xs, ys)[:, 1], 0.3)
+    model = LatentGPA(n_steps=30, random_state=0).fit(X, y, sample_domain=sd)
+    assert np.abs(model.transform(new, ys[:5])).max() < bound
+    np.testing.assert_allclose(model.transform(Xs, ys)[:, 1], 0.3, atol=1e-8)
+
+
+def test_decoder_lipschitz_constant_decodes_an_affine_decoder_once():
+    # The full Jacobian (d + 1 decoded rows and an SVD) was computed at 20 codes even for
+    # PCA, most of the fit's time on 10^4 genes; now once, plus 2 rows per other code.
+    class CountingPCA(PCA):
+        rows = 0
+
+        def inverse_transform(self, X):
+            CountingPCA.rows += len(X)
+            return super().inverse_transform(X)
+
+    X = np.random.RandomState(0).normal(size=(60, 300)) * np.linspace(0.5, 3.0, 300)
+    pca = CountingPCA(30).fit(X)
+    assert decoder_lipschitz_constant(pca, pca.transform(X)) == pytest.approx(1.0)
+    assert CountingPCA.rows <= 31 + 2 * 19
+
+    class Cubic:
+        """A nonlinear decoder: x = z ** 3 (Jacobian 3 z^2, largest at the largest |z|)."""
+
+        def inverse_transform(self, Z):
+            return Z**3
+
+    codes = np.linspace(-2, 2, 20)[:, None] * np.ones((1, 2))
+    expected = 3 * np.sqrt(2 * 4.0**2) / np.sqrt(2)
+    assert decoder_lipschitz_constant(Cubic(), codes) == pytest.approx(expected, rel=1e-2)
+
+
+def test_fit_transform_keeps_float32_as_transform_does():
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs.astype(np.float32), Xt.astype(np.float32), ys, yt)
+    model = LatentGPA(n_steps=10, random_state=0)
+    assert model.fit_transform(X, y, sample_domain=sd).dtype == np.float32
+    assert model.transform(X, y, sample_domain=sd).dtype == np.float32
+
+
+def test_genes_by_samples_matrix_gets_a_transpose_hint():
+    Xs, ys, Xt, yt = _low_rank_batch_pair(n=30, d=80)
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    for prealign in ("meanstd", None):
+        with pytest.raises(ValueError, match="is X transposed"):
+            LatentGPA(n_steps=5, prealign=prealign).fit(X.T, y, sample_domain=sd)

@@ -309,3 +309,17 @@ def test_auto_out_of_sample_uses_the_map_it_picked():
     same = GPATransporter(out_of_sample=picked, n_steps=50, random_state=0)
     same.fit(X, sample_domain=sd)
     np.testing.assert_allclose(auto.transform(new), same.transform(new), atol=1e-10)
+
+
+def test_prealign_leaves_a_flat_feature_shifted_not_blown_up():
+    # In raw units a feature flat at 7.7 has a std of ~1e-15; the mean/std pre-alignment
+    # divided by it and sent new rows to 1e14.
+    rng = np.random.RandomState(0)
+    source, target = rng.normal(0, 1, (60, 3)), rng.normal(2, 1, (60, 3))
+    source[:, 0] = 7.7
+    X, _, sd = stack_domains(source, target)
+    gpa = GPATransporter(prealign="meanstd", standardize=False, n_steps=20, random_state=0)
+    gpa.fit(X, sample_domain=sd)
+    new = source[:4].copy()
+    new[:, 0] = 8.0
+    assert np.abs(gpa.transform(new)).max() < 50
