@@ -134,19 +134,19 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         encoding (integration only); None runs the latent flow from the raw source.
     out_of_sample : {"auto", "barycentric", "nearest", "replay"}, default="auto"
         How new source rows move in the latent space (see :class:`GPATransporter`).
-        "auto" chooses per flow by leave-one-out on the training codes: "nearest" (a new
-        row moves like its nearest training codes) where the flow moves neighbouring codes
-        alike, "barycentric" (it goes to the mean of their end points) where it scatters
-        them.  The flow scatters them with few rows in a latent space of a hundred
-        dimensions: on the gene-expression benchmark the correlation of start and end
-        codes is about 0.1, a new row's offset from its neighbours predicts nothing about
-        where it should go, and "auto" picks "barycentric".  Training rows still go
-        exactly to their particles.  Without labels one flow carries both classes and
-        "barycentric" averages the end points of neighbours of either class: on
-        GSE1992 -> GSE4335 without labels (300 steps, held-out 30 % of the source, two
-        splits) a classifier trained on the target recognised ER in a balanced 52 % of
-        the moved rows, 70 % with "nearest" and 75 % after mean/std alone.  Pass
-        ``out_of_sample="nearest"`` when new rows must keep their biology.
+        With class labels, "auto" chooses per class flow by leave-one-out on the training
+        codes: "nearest" (a new row moves like its nearest training codes) where the flow
+        moves neighbouring codes alike, "barycentric" (it goes to the mean of their end
+        points) where it scatters them.  The flow scatters them with few rows in a latent
+        space of a hundred dimensions: on the gene-expression benchmark the correlation of
+        start and end codes is about 0.1, a new row's offset from its neighbours predicts
+        nothing about where it should go, and "auto" picks "barycentric".  Without labels
+        "auto" is "nearest": one flow carries both classes and "barycentric" would average
+        the end points of neighbours of either class (on GSE1992 -> GSE4335 without labels,
+        300 steps, 30 % of the source held out, two splits, a classifier trained on the
+        target recognised ER in a balanced 52 % of the rows moved by "barycentric", 70 %
+        with "nearest" and 75 % after mean/std alone).  Training rows still go exactly to
+        their particles.
     **GPA parameters
         ``f``, ``alpha``, ``L``, ``dt``, ... as in :class:`GPATransporter`, applied to the
         codes.
@@ -345,7 +345,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,), default=None
             After a conditional fit, the class of each row (picks its flow); None routes
-            each row to the class of its nearest training source rows.
+            each row to the class predicted from the training source codes.
         sample_domain : array-like of shape (n_samples,), default=None
             Target rows (``< 0``) are returned unchanged; None moves every row.
 

@@ -255,3 +255,25 @@ def test_genes_by_samples_matrix_gets_a_transpose_hint():
     for prealign in ("meanstd", None):
         with pytest.raises(ValueError, match="is X transposed"):
             LatentGPA(n_steps=5, prealign=prealign).fit(X.T, y, sample_domain=sd)
+
+
+def test_class_router_picks_the_classifier_that_cross_validates_better():
+    from sklearn.datasets import make_moons
+
+    from sklearn_gpa.baselines import class_router
+
+    rng = np.random.RandomState(0)
+    # Few rows in many dimensions, classes apart along one direction: the ridge.
+    wide = rng.normal(size=(60, 300))
+    labels = np.repeat([0, 1], 30)
+    wide[labels == 1] += 0.35
+    router = class_router(wide, labels)
+    assert type(router).__name__ == "RidgeClassifierCV"
+    new = rng.normal(size=(200, 300)) + 0.35 * np.repeat([0, 1], 100)[:, None]
+    assert np.mean(router.predict(new) == np.repeat([0, 1], 100)) > 0.9
+    # Interleaved half-moons in 2-D: the nearest-neighbour vote.
+    moons, moon_labels = make_moons(300, noise=0.1, random_state=0)
+    assert type(class_router(moons, moon_labels)).__name__ == "KNeighborsClassifier"
+    # A class with one row cannot be cross-validated: the vote; one class: no router.
+    assert type(class_router(wide[:31], labels[:31])).__name__ == "KNeighborsClassifier"
+    assert class_router(wide[:30], labels[:30]) is None

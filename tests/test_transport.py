@@ -323,3 +323,20 @@ def test_prealign_leaves_a_flat_feature_shifted_not_blown_up():
     new = source[:4].copy()
     new[:, 0] = 8.0
     assert np.abs(gpa.transform(new)).max() < 50
+
+
+def test_auto_out_of_sample_without_labels_keeps_each_rows_own_offset(monkeypatch):
+    # Without class flows, "auto" is "nearest": the mean of a new row's neighbours' end
+    # points would mix groups of rows that one label-free flow carries together.  With
+    # labels, each class flow decides by leave-one-out.
+    from sklearn_gpa import transport
+
+    monkeypatch.setattr(transport, "_leave_one_out_map", lambda *a: "barycentric")
+    rng = np.random.RandomState(3)
+    Xs = np.vstack([rng.normal(0, 0.3, (40, 2)), rng.normal(0, 0.3, (40, 2)) + [3, 0]])
+    Xt = Xs + [0, 5]
+    X, y, sd = stack_domains(Xs, Xt, np.repeat([0, 1], 40), np.repeat([0, 1], 40))
+    free = GPATransporter(out_of_sample="auto", n_steps=30, random_state=0)
+    assert free.fit(X, sample_domain=sd).out_of_sample_ == ["nearest"]
+    labelled = GPATransporter(out_of_sample="auto", n_steps=30, random_state=0)
+    assert labelled.fit(X, y, sample_domain=sd).out_of_sample_ == ["barycentric"] * 2
