@@ -233,13 +233,56 @@ def test_euler_step_matches_algorithm_1_by_hand():
     torch.testing.assert_close(result.particles, y - 0.3 * twin.gradient(y))
 
 
+@pytest.mark.parametrize("busy, expected", [(0.0, "all"), (99.0, 1)])
+def test_threads_follow_the_cores_other_processes_keep_busy(monkeypatch, busy, expected):
+    """Big problems get more threads only where other processes leave cores idle: measured
+    from the machine's CPU time, less this process's own."""
+    import time
+
+    from sklearn_gpa._engine import device
+
+    # The last look was 10 s ago; since then the machine spent `busy` cores' worth of CPU
+    # time, plus whatever this process used (which does not count against it).
+    then, own = time.monotonic() - 10.0, time.process_time()
+    monkeypatch.setattr(device, "_LAST_STAT", (then, 0.0, own))
+    monkeypatch.setattr(
+        device, "_machine_busy_seconds", lambda: 10.0 * busy + time.process_time() - own
+    )
+    big = device._SINGLE_THREAD_WORK * 10
+    assert device.threads_for(10, 1) == 1
+    want = min(device._DEFAULT_THREADS, device._cores()) if expected == "all" else 1
+    assert device.threads_for(big, 1) == want
+
+
+def test_machine_cpu_time_is_read_and_windows_are_sampled_when_stale(monkeypatch):
+    import time
+
+    from sklearn_gpa._engine import device
+
+    busy = device._machine_busy_seconds()
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert 0 < busy < time.clock_gettime(time.CLOCK_BOOTTIME) * device._cores() + 1
+    # A look an hour old says nothing about now: a fresh 0.05 s sample is taken instead.
+    monkeypatch.setattr(device, "_LAST_STAT", (time.monotonic() - 3600.0, 0.0, 0.0))
+    monkeypatch.setattr(device, "_LAST_READING", None)
+    start = time.monotonic()
+    first = device._other_busy_cores()
+    assert 0.0 <= first <= device._cores()
+    assert time.monotonic() - start >= device._SAMPLE_S
+    # Right after a look, its reading is reused rather than sampled again.
+    start = time.monotonic()
+    assert device._other_busy_cores() == first
+    assert time.monotonic() - start < device._SAMPLE_S
+
+
 @pytest.mark.parametrize("load, expected", [(0.0, "all"), (99.0, 1)])
-def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch, load, expected):
-    """Big problems get more threads only where other processes leave cores idle."""
+def test_threads_follow_the_load_average_where_cpu_time_is_unknown(monkeypatch, load, expected):
     import os
 
     from sklearn_gpa._engine import device
 
+    monkeypatch.setattr(device, "_machine_busy_seconds", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     big = device._SINGLE_THREAD_WORK * 10
     assert device.threads_for(10, 1) == 1

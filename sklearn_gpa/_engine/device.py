@@ -30,9 +30,16 @@ _SINGLE_THREAD_WORK = 4_000_000
 # torch's own choice at import time (one per physical core), before anyone changed it.
 _DEFAULT_THREADS = torch.get_num_threads()
 
-# (wall time, CPU time) of this process when ``_free_cores`` last looked, to tell its own
-# recent share of the load average from other processes'.
+# (wall time, CPU time) of this process when the load-average fallback last looked, to tell
+# its own recent share of the load average from other processes'.
 _LAST_LOOK = [time.monotonic(), time.process_time()]
+
+# (wall time, busy CPU seconds of the machine, CPU seconds of this process) when
+# ``_other_busy_cores`` last looked; None before the first look.
+_LAST_STAT = None
+_LAST_READING = None
+_SAMPLE_S = 0.05
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def resolve_device(device) -> torch.device:
@@ -94,20 +101,66 @@ def _own_recent_load() -> float:
     return own
 
 
-def _free_cores() -> int:
-    """Cores that other processes left idle over the last minute (all where the OS won't say).
+def _machine_busy_seconds():
+    """CPU seconds all cores spent busy since boot (Linux ``/proc/stat``), or None.
 
-    The 1-minute load average counts this process too; its own share is its CPU time since
-    the last look (within a minute).  A thread more than the free cores is far worse than a
-    thread less: torch's threads meet at every operation, and one that waits for a time
-    slice stalls the others (2 threads on a 2-core machine with 5 runnable processes: 7-9x
-    slower per step than 1 thread, measured on the 2-D mixture with 20 000 particles).
+    Busy is user, nice, system, interrupts and steal (time a hypervisor gave to other
+    machines); idle and I/O wait are not.
     """
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return _cores()
-    others = max(0.0, load - min(_own_recent_load(), _DEFAULT_THREADS))
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]) / _CLOCK_TICKS
+
+
+def _other_busy_cores():
+    """Cores that other processes kept busy since the last look, or None where unknown.
+
+    The window is the time since the previous look when that was 0.05 s to a minute ago;
+    within 0.05 s of it, that look's reading is reused; else a 0.05 s sample is taken now.
+    This process's own CPU time is left out.
+    """
+    global _LAST_STAT, _LAST_READING
+    busy = _machine_busy_seconds()
+    if busy is None:
+        return None
+    now, own = time.monotonic(), time.process_time()
+    if _LAST_STAT is not None and now - _LAST_STAT[0] < _SAMPLE_S and _LAST_READING is not None:
+        return _LAST_READING
+    if _LAST_STAT is None or now - _LAST_STAT[0] > 60.0:
+        time.sleep(_SAMPLE_S)
+        _LAST_STAT = (now, busy, own)
+        now, busy, own = time.monotonic(), _machine_busy_seconds(), time.process_time()
+    then, busy_then, own_then = _LAST_STAT
+    _LAST_STAT = (now, busy, own)
+    _LAST_READING = max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-9)
+    return _LAST_READING
+
+
+def _free_cores() -> int:
+    """Cores that other processes leave idle (all where the OS won't say).
+
+    Measured from the machine's CPU time (``/proc/stat``) where there is one: the 1-minute
+    load average also counts tasks that are runnable for an instant, and read about 1 on an
+    idle virtual machine here, which kept fits at one thread on two idle cores.  Elsewhere
+    the load average, less this process's own CPU time since the last look (within a
+    minute).  A thread more than the free cores is far worse than a thread less: torch's
+    threads meet at every operation, and one that waits for a time slice stalls the others
+    (2 threads on a 2-core machine with 5 runnable processes: 7-9x slower per step than 1
+    thread, measured on the 2-D mixture with 20 000 particles).
+    """
+    others = _other_busy_cores()
+    if others is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return _cores()
+        others = max(0.0, load - min(_own_recent_load(), _DEFAULT_THREADS))
     return _cores() - math.ceil(max(0.0, others - 0.25))
 
 
