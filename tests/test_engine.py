@@ -342,3 +342,28 @@ def test_graph_free_critic_runs_in_inference_mode_and_changes_no_number(monkeypa
     assert torch.equal(fast.particles, plain.particles)
     assert torch.equal(fast.states, plain.states)
     np.testing.assert_array_equal(fast.divergence, plain.divergence)
+
+
+def test_flows_in_cache_sized_groups_match_one_batch(monkeypatch):
+    # Beyond a core's cache the critic runs its flows in groups; the numbers must not change.
+    from sklearn_gpa._engine import critic as critic_module
+
+    groups = [_gaussians(seed, n=40) for seed in range(3)]
+    y, w_y = pack_rows([g[0] for g in groups], F64, "cpu")
+    x, w_x = pack_rows([g[1][: 30 + 5 * i] for i, g in enumerate(groups)], F64, "cpu")
+
+    def run():
+        critic = _critic(d=2, n_flows=3, seed=4)
+        result = train_flow(
+            y, w_y, x, w_x, critic, get_tableau("heun"), dt=0.2, n_steps=8, n_critic=2
+        )
+        return result, critic
+
+    one, critic = run()
+    assert len(critic._flow_chunks(80)) == 1
+    monkeypatch.setattr(critic_module, "_CACHE_BYTES", 1)  # one flow per group
+    split, critic = run()
+    assert [flows for flows, _, _ in critic._flow_chunks(80)] == [slice(i, i + 1) for i in range(3)]
+    torch.testing.assert_close(split.particles, one.particles, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(split.states, one.states, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(split.divergence, one.divergence, rtol=1e-12)

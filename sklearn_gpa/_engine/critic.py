@@ -28,6 +28,10 @@ _POWER_ITERATIONS_AT_START = 50
 # 1.08 L with three): the first updates normalise by the exact norm (an SVD) instead.
 _EXACT_UPDATES = 30
 
+# Flows run in one batch while their activations (rows x widest layer) fit in about this
+# many bytes, a core's L2 cache on the machines measured (AMD EPYC: 1 MiB per core).
+_CACHE_BYTES = 1 << 20
+
 
 class Critic:
     """K Lipschitz MLP critics trained together.
@@ -100,6 +104,7 @@ class Critic:
         return torch.inference_mode(not self.needs_autograd)
 
     def _bind_views(self) -> None:
+        self._chunks = {}
         self.layers = self.layout.layers(self.params)
         self.grad_layers = self.layout.layers(self.grad)
         self.nu = self.layout.nu(self.params)
@@ -216,20 +221,61 @@ class Critic:
             self.spectral_normalize()
         return value
 
+    def _flow_chunks(self, n_rows):
+        """Groups of flows to run together on ``n_rows`` rows each, as (flows, layers,
+        gradient layers) with ``flows`` a slice (None: all flows) and views of their layers.
+
+        All K flows go in one batch while their activations fit in a core's cache; beyond,
+        each op would stream every flow's activations through memory, and flows go in
+        groups that fit (10 flows of 4 000 rows in 2-D on 2 cores: 37-39 ms per step in one
+        batch, 21-22 ms in groups of two; 50-D: 37-60 ms against 20-29 ms in single flows).
+        """
+        chunks = self._chunks.get(n_rows)
+        if chunks is None:
+            k = self.layout.n_flows
+            per_flow = n_rows * max(self.layout.sizes) * self.params.element_size()
+            size = max(1, _CACHE_BYTES // per_flow)
+            if size >= k:
+                chunks = [(None, self.layers, self.grad_layers)]
+            else:
+                chunks = [
+                    (
+                        flows,
+                        [(w[flows], b[flows]) for w, b in self.layers],
+                        [(w[flows], b[flows]) for w, b in self.grad_layers],
+                    )
+                    for flows in (slice(i, min(i + size, k)) for i in range(0, k, size))
+                ]
+            self._chunks[n_rows] = chunks
+        return chunks
+
     def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
         """dJ/dparams into ``self.grad`` by the hand-written backward pass; J if asked."""
-        phi, inputs, saved = forward(self.layers, self.activation, z)
-        value, grad_phi = self._objective_gradient(phi, n_particles, w_y, w_x, with_value)
-        parameter_gradient(self.layers, self.activation, inputs, saved, grad_phi, self.grad_layers)
+        chunks = self._flow_chunks(z.shape[1])
+        if len(chunks) == 1:
+            return self._chunk_gradient(z, n_particles, w_y, w_x, with_value, *chunks[0])
+        values = [
+            self._chunk_gradient(z[f], n_particles, w_y[f], w_x[f], with_value, f, *views)
+            for f, *views in chunks
+        ]
+        return torch.cat(values) if with_value else None
+
+    def _chunk_gradient(self, z, n_particles, w_y, w_x, with_value, flows, layers, grad_layers):
+        phi, inputs, saved = forward(layers, self.activation, z)
+        value, grad_phi = self._objective_gradient(phi, n_particles, w_y, w_x, with_value, flows)
+        parameter_gradient(layers, self.activation, inputs, saved, grad_phi, grad_layers)
         return value
 
-    def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value):
+    def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value, flows=None):
         """J (if asked) and dJ/dphi (K, M + N) from phi on particles then targets; writes
-        dJ/dnu into the gradient."""
+        dJ/dnu into the gradient (of the flows in the slice ``flows``; None: all)."""
+        nu, grad_nu_out = (
+            (self.nu, self.grad_nu) if flows is None else (self.nu[flows], self.grad_nu[flows])
+        )
         phi_y, phi_x = phi[:, :n_particles], phi[:, n_particles:]
-        value = self.divergence.value(phi_y, phi_x, self.nu, w_y, w_x) if with_value else None
-        grad_x, grad_nu = self.divergence.gradients(phi_x, self.nu, w_x)
-        self.grad_nu.copy_(grad_nu)
+        value = self.divergence.value(phi_y, phi_x, nu, w_y, w_x) if with_value else None
+        grad_x, grad_nu = self.divergence.gradients(phi_x, nu, w_x)
+        grad_nu_out.copy_(grad_nu)
         return value, torch.cat([w_y, grad_x], 1)
 
     def _train_step_penalised(self, z, n_particles, w_y, w_x):
@@ -254,5 +300,9 @@ class Critic:
 
     def gradient(self, y):
         """``grad phi`` at ``y`` (K, M, d) with the current weights."""
-        _, _, saved = forward(self.layers, self.activation, y, output=False)
-        return input_gradient(self.layers, self.activation, saved)
+        grads = []
+        for flows, layers, _ in self._flow_chunks(y.shape[1]):
+            rows = y if flows is None else y[flows]
+            _, _, saved = forward(layers, self.activation, rows, output=False)
+            grads.append(input_gradient(layers, self.activation, saved))
+        return grads[0] if len(grads) == 1 else torch.cat(grads)
