@@ -89,8 +89,11 @@ def test_smooth_relu_is_c1_with_slope_in_unit_interval():
     torch.testing.assert_close(h[a >= 0.5], a[a >= 0.5] - 0.25)
 
 
+@pytest.mark.parametrize("graph_free", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "smooth_relu"])
-def test_hand_written_backward_matches_autograd(activation):
+def test_hand_written_backward_matches_autograd(activation, graph_free):
+    # graph_free: as the engine runs it, in inference mode, where the backward pass
+    # overwrites its own intermediate products in place.
     critic = _critic(activation=activation, n_flows=2)
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(2, 9, 3, generator=gen, dtype=F64)
@@ -101,18 +104,20 @@ def test_hand_written_backward_matches_autograd(activation):
     phi, _, _ = forward(layers, critic.activation, zz)
     auto_params, auto_z = torch.autograd.grad((phi * g_out).sum(), [params, zz])
 
-    phi, inputs, saved = forward(critic.layers, critic.activation, z)
-    grad = torch.zeros_like(critic.params)
-    parameter_gradient(
-        critic.layers, critic.activation, inputs, saved, g_out, critic.layout.layers(grad)
-    )
+    with torch.inference_mode(graph_free):
+        phi, inputs, saved = forward(critic.layers, critic.activation, z)
+        grad = torch.zeros_like(critic.params)
+        parameter_gradient(
+            critic.layers, critic.activation, inputs, saved, g_out, critic.layout.layers(grad)
+        )
+        unit = input_gradient(critic.layers, critic.activation, saved)
     n_w = critic.layout.n_weights
     torch.testing.assert_close(grad[:n_w], auto_params[:n_w])
     # input_gradient is d phi / dz with unit output weights
     _, auto_unit = torch.autograd.grad(
         forward(layers, critic.activation, zz)[0].sum(), [params, zz]
     )
-    torch.testing.assert_close(input_gradient(critic.layers, critic.activation, saved), auto_unit)
+    torch.testing.assert_close(unit, auto_unit)
 
 
 @pytest.mark.parametrize("L", [0.5, 1.0, 4.0])

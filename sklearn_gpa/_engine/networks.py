@@ -30,7 +30,10 @@ __all__ = [
 class Activation:
     """A 1-Lipschitz activation.
 
-    ``forward(a) -> (h, saved)`` and ``backward(g, saved) -> g * act'(a)``.
+    ``forward(a) -> (h, saved)`` and ``backward(g, saved) -> g * act'(a)``; with
+    ``inplace=True`` the backward pass may write its result into ``g`` (a fresh product that
+    nobody else holds, outside autograd): no new buffer, which for large batches saves
+    allocating and first touching megabytes of memory at every layer.
     """
 
     name = "base"
@@ -38,7 +41,7 @@ class Activation:
     def forward(self, a):
         raise NotImplementedError
 
-    def backward(self, g, saved):
+    def backward(self, g, saved, inplace=False):
         raise NotImplementedError
 
 
@@ -51,8 +54,10 @@ class ReLU(Activation):
         h = torch.relu_(a) if not a.requires_grad else torch.relu(a)
         return h, h
 
-    def backward(self, g, saved):
+    def backward(self, g, saved, inplace=False):
         # One kernel for "g where h > 0 else 0", the op autograd itself uses for ReLU.
+        if inplace:
+            return torch.ops.aten.threshold_backward.grad_input(g, saved, 0.0, grad_input=g)
         return torch.ops.aten.threshold_backward(g, saved, 0.0)
 
 
@@ -66,8 +71,12 @@ class LeakyReLU(Activation):
         h = torch.nn.functional.leaky_relu(a, self.negative_slope, inplace=not a.requires_grad)
         return h, h
 
-    def backward(self, g, saved):
+    def backward(self, g, saved, inplace=False):
         # The output has the sign of the input, so it tells the slope as well.
+        if inplace:
+            return torch.ops.aten.leaky_relu_backward.grad_input(
+                g, saved, self.negative_slope, True, grad_input=g
+            )
         return torch.ops.aten.leaky_relu_backward(g, saved, self.negative_slope, True)
 
 
@@ -93,8 +102,8 @@ class SmoothReLU(Activation):
         above = a >= 2.0 * eps
         return torch.where(above, a - eps, ramp), torch.where(above, 1.0, slope)
 
-    def backward(self, g, saved):
-        return g * saved
+    def backward(self, g, saved, inplace=False):
+        return g.mul_(saved) if inplace else g * saved
 
 
 ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "smooth_relu": SmoothReLU}
@@ -230,19 +239,23 @@ def forward(layers, activation, z, output=True):
 def parameter_gradient(layers, activation, inputs, saved, grad_output, grad_layers) -> None:
     """Back-propagate ``grad_output`` = dJ/dphi (K, T) into ``grad_layers`` (views, in place)."""
     g = grad_output.unsqueeze(-1)
+    inplace = not torch.is_grad_enabled()  # the products below are ours to overwrite
     for i in range(len(layers) - 1, -1, -1):
         grad_w, grad_b = grad_layers[i]
         torch.bmm(inputs[i].transpose(1, 2), g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
         if i > 0:
-            g = activation.backward(torch.bmm(g, layers[i][0].transpose(1, 2)), saved[i - 1])
+            g = torch.bmm(g, layers[i][0].transpose(1, 2))
+            g = activation.backward(g, saved[i - 1], inplace)
 
 
 def input_gradient(layers, activation, saved):
     """``grad_z phi`` (K, T, d) from a forward pass (at least one hidden layer)."""
     g = layers[-1][0].transpose(1, 2).expand(-1, saved[-1].shape[1], -1)
+    inplace = False  # the first g is a view of the last layer's weights
     for i in range(len(layers) - 1, 0, -1):
-        g = torch.bmm(activation.backward(g, saved[i - 1]), layers[i - 1][0].transpose(1, 2))
+        g = torch.bmm(activation.backward(g, saved[i - 1], inplace), layers[i - 1][0].mT)
+        inplace = not torch.is_grad_enabled()  # from here on g is a product of ours
     return g
 
 
