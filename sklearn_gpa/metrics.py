@@ -392,8 +392,8 @@ def _estimate_divergences(
     layout = MLPLayout(y.shape[2], hidden_layer_sizes, len(samples_p))
     rows = 2 * layout.n_flows * (max(y.shape[1], x.shape[1]) if batch_size is None else batch_size)
     single = 1 if rows <= _SINGLE_THREAD_ROWS else None
-    threads = threads_for(rows, layout.sizes, n_threads=single)
     cpu = torch_device.type == "cpu"
+    threads = threads_for(rows, layout.sizes, n_threads=single) if cpu else None
     with cpu_threads(threads) if cpu else contextlib.nullcontext(), torch.inference_mode():
         critic = Critic(
             layout,

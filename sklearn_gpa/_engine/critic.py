@@ -234,7 +234,8 @@ class Critic:
         if chunks is None:
             k = self.layout.n_flows
             per_flow = n_rows * max(self.layout.sizes) * self.params.element_size()
-            size = max(1, _CACHE_BYTES // per_flow)
+            # A GPU has no such cache to fit, and every group costs kernel launches.
+            size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else k
             if size >= k:
                 chunks = [(None, self.layers, self.grad_layers)]
             else:

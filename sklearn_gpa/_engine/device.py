@@ -38,8 +38,21 @@ _LAST_LOOK = [time.monotonic(), time.process_time()]
 # ``_other_busy_cores`` last looked; None before the first look.
 _LAST_STAT = None
 _LAST_READING = None
-_SAMPLE_S = 0.05
+_SAMPLE_S = 0.05  # the window when there is no recent look
+_REUSE_S = 0.25  # a look younger than this is reused: 10 ms clock ticks make shorter windows noisy
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _forget_looks() -> None:
+    """A forked child starts its own clocks: the parent's looks would count the parent's CPU
+    time as other processes' load."""
+    global _LAST_STAT, _LAST_READING
+    _LAST_STAT = _LAST_READING = None
+    _LAST_LOOK[:] = [time.monotonic(), time.process_time()]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_looks)
 
 
 def resolve_device(device) -> torch.device:
@@ -101,28 +114,40 @@ def _own_recent_load() -> float:
     return own
 
 
-def _machine_busy_seconds():
-    """CPU seconds all cores spent busy since boot (Linux ``/proc/stat``), or None.
+def _machine_busy_seconds(path="/proc/stat"):
+    """CPU seconds that the cores this process may use spent busy since boot (Linux
+    ``/proc/stat``), or None.
 
     Busy is user, nice, system, interrupts and steal (time a hypervisor gave to other
-    machines); idle and I/O wait are not.
+    machines); idle and I/O wait are not.  Cores outside the affinity mask (a cpuset, a
+    batch scheduler's allocation) do not count: their load takes nothing from this process.
     """
     try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
+        with open(path) as stat:
+            lines = [line.split() for line in stat if line.startswith("cpu")]
     except OSError:
         return None
-    if len(fields) < 5 or fields[0] != "cpu":
+    try:
+        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        allowed = None
+    rows = [f for f in lines if f[0] != "cpu" and (allowed is None or f[0] in allowed)]
+    if not rows:
+        rows = [f for f in lines if f[0] == "cpu"]
+    if not rows or any(len(f) < 5 for f in rows):
         return None
-    ticks = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))
-    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]) / _CLOCK_TICKS
+    busy = 0
+    for fields in rows:
+        ticks = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))
+        busy += ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+    return busy / _CLOCK_TICKS
 
 
 def _other_busy_cores():
     """Cores that other processes kept busy since the last look, or None where unknown.
 
-    The window is the time since the previous look when that was 0.05 s to a minute ago;
-    within 0.05 s of it, that look's reading is reused; else a 0.05 s sample is taken now.
+    The window is the time since the previous look when that was 0.25 s to a minute ago;
+    within 0.25 s of it, that look's reading is reused; else a 0.05 s sample is taken now.
     This process's own CPU time is left out.
     """
     global _LAST_STAT, _LAST_READING
@@ -130,7 +155,7 @@ def _other_busy_cores():
     if busy is None:
         return None
     now, own = time.monotonic(), time.process_time()
-    if _LAST_STAT is not None and now - _LAST_STAT[0] < _SAMPLE_S and _LAST_READING is not None:
+    if _LAST_STAT is not None and now - _LAST_STAT[0] < _REUSE_S and _LAST_READING is not None:
         return _LAST_READING
     if _LAST_STAT is None or now - _LAST_STAT[0] > 60.0:
         time.sleep(_SAMPLE_S)

@@ -105,7 +105,9 @@ def _check_progress(step, live, divergence, kinetic_energy, tol, callback):
     """The host's look at the device every ``log_every`` steps; returns a stop reason."""
     live_host = live.cpu().numpy()
     if callback is not None:
-        callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
+        # The user's code runs as it would outside the fit, autograd included.
+        with torch.inference_mode(False):
+            callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
     if not live_host.any():
         return "non-finite"
     if tol is not None and np.all(kinetic_energy[step].cpu().numpy()[live_host] < tol):
