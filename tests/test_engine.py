@@ -257,6 +257,9 @@ def test_threads_follow_the_cores_other_processes_keep_busy(monkeypatch, busy, e
     assert device.threads_for(10, 1) == 1
     want = min(device._DEFAULT_THREADS, device._cores()) if expected == "all" else 1
     assert device.threads_for(big, 1) == want
+    # The user's torch.set_num_threads is a cap (one thread: load-independent results).
+    with device.cpu_threads(1):
+        assert device.threads_for(big, 1) == 1
 
 
 def test_machine_cpu_time_is_read_and_windows_are_sampled_when_stale(monkeypatch):

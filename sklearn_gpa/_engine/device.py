@@ -78,7 +78,9 @@ def threads_for(n_rows: int, layer_sizes, n_threads=None) -> int:
     """The number of CPU threads for a problem: 1 for small networks and few rows.
 
     ``layer_sizes`` is an MLP's widths ``(d, h_1, ..., 1)`` or, for any other network, its
-    number of multiply-adds per row.
+    number of multiply-adds per row.  Never more than ``torch.get_num_threads()``: a user
+    who sets ``torch.set_num_threads(1)`` gets one thread, and with it results that do not
+    depend on the machine's load (multi-threaded sums round differently).
     """
     if n_threads is not None:
         return max(1, int(n_threads))
@@ -88,7 +90,7 @@ def threads_for(n_rows: int, layer_sizes, n_threads=None) -> int:
         work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
     if work < _SINGLE_THREAD_WORK:
         return 1
-    return max(1, min(_DEFAULT_THREADS, _free_cores()))
+    return max(1, min(_DEFAULT_THREADS, torch.get_num_threads(), _free_cores()))
 
 
 def _cores() -> int:
