@@ -153,12 +153,12 @@ def _other_busy_cores():
     This process's own CPU time is left out.
     """
     global _LAST_STAT, _LAST_READING
-    busy = _machine_busy_seconds()
+    now = time.monotonic()
+    if _LAST_STAT is not None and _LAST_READING is not None and now - _LAST_STAT[0] < _REUSE_S:
+        return _LAST_READING
+    busy, own = _machine_busy_seconds(), time.process_time()
     if busy is None:
         return None
-    now, own = time.monotonic(), time.process_time()
-    if _LAST_STAT is not None and now - _LAST_STAT[0] < _REUSE_S and _LAST_READING is not None:
-        return _LAST_READING
     if _LAST_STAT is None or now - _LAST_STAT[0] > 60.0:
         time.sleep(_SAMPLE_S)
         _LAST_STAT = (now, busy, own)

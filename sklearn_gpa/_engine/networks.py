@@ -254,7 +254,8 @@ def input_gradient(layers, activation, saved):
     g = layers[-1][0].transpose(1, 2).expand(-1, saved[-1].shape[1], -1)
     inplace = False  # the first g is a view of the last layer's weights
     for i in range(len(layers) - 1, 0, -1):
-        g = torch.bmm(activation.backward(g, saved[i - 1], inplace), layers[i - 1][0].mT)
+        g = activation.backward(g, saved[i - 1], inplace)
+        g = torch.bmm(g, layers[i - 1][0].transpose(1, 2))
         inplace = not torch.is_grad_enabled()  # from here on g is a product of ours
     return g
 
