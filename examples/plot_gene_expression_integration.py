@@ -13,11 +13,15 @@ columns, give the ER (or any) labels you trust, and call ``fit_transform``.
 How to choose the settings:
 
 * ``encoder`` / d': the default standardises genes and keeps the principal components that
-  explain 90 % of the variance (here 129 of them); ``reconstruction_error_`` tells how much the
+  explain 90 % of the variance (here 141 of them); ``reconstruction_error_`` tells how much the
   latent space discards.  Fewer components (``PCA(50)``) run faster and lose more detail.
 * ``L`` and ``dt``: in the default standardised units the cloud of codes has radius about one
   whatever d'; ``L=10, dt=0.01`` moves a row at most a tenth of that per step.  Keep ``L * dt``
   near 0.1 and raise ``n_steps`` until ``history_["kinetic_energy"]`` has fallen.
+* ``n_steps``: the default 300 is enough here.  More steps move the source closer to the
+  target *sample* and start to fit its noise: on these studies 1 000 steps lower the
+  2-Wasserstein distance further but make the ER accuracy below depend on the seed
+  (0.950-1.000 over five seeds, against 0.990-1.000 after 300 steps).
 * ``prealign="meanstd"`` (default) first matches each gene's mean and spread per class, so the
   flow only corrects what two moments cannot.
 
@@ -65,7 +69,7 @@ if genes is not None:
 if genes is not None:
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
-    gpa = LatentGPA(n_steps=200 if FAST else 1000, random_state=0)
+    gpa = LatentGPA(n_steps=100 if FAST else 300, random_state=0)
     moved = gpa.fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
     print(
         f"latent dimension {gpa.n_components_}, reconstruction error "
