@@ -336,7 +336,7 @@ def main(argv=None):
     # The defaults are the library's (300 steps); --quick runs every flow for 100 steps.
     steps = {"n_steps": 100} if args.quick else {}
     label = f"{steps['n_steps']} steps" if steps else f"{LatentGPA().n_steps} steps"
-    long = {"n_steps": 100} if args.quick else {"n_steps": 1000}
+    long = {"n_steps": 300} if args.quick else {"n_steps": 1000}
     long_label = f"{long['n_steps']} steps"
     methods = [
         ("(S) mean/std per class (papers' F)", meanstd, True),

@@ -12,6 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._engine.device import limit_blas_threads
 from .utils import check_sample_domain, known_labels
 
 __all__ = ["MeanStdAdjuster", "class_router", "meanstd_map"]
@@ -165,6 +166,7 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __init__(self, conditional="auto"):
         self.conditional = conditional
 
+    @limit_blas_threads
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, sample_domain=None):
         """Learn one affine map per class from source and target rows.
@@ -225,6 +227,7 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return np.searchsorted(self.classes_, y)
         return np.searchsorted(self.classes_, self.router_.predict(X))
 
+    @limit_blas_threads
     def transform(self, X, y=None, *, sample_domain=None):
         """Adjust source rows; target rows (``sample_domain < 0``) are returned unchanged.
 
@@ -254,6 +257,7 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             out[move] = X[move] * self.scale_[index] + self.shift_[index]
         return out
 
+    @limit_blas_threads
     def fit_transform(self, X, y=None, *, sample_domain=None):
         """``fit`` then ``transform`` with the fitting labels.
 

@@ -10,6 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._engine.device import limit_blas_threads
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPA_PARAMETER_CONSTRAINTS, GPATransporter
 from .utils import check_sample_domain, known_labels
@@ -271,6 +272,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return GPATransporter(**{k: v for k, v in params.items() if k in names})
 
     # ----------------------------------------------------------------------------- fit
+    @limit_blas_threads
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None, *, sample_domain=None):
         """Fit the encoder on all rows, then the flow on the codes.
@@ -337,6 +339,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.residual_maps_ = [meanstd_map(residuals[s], residuals[t]) for s, t in groups]
 
     # ---------------------------------------------------------------------- transform
+    @limit_blas_threads
     def transform(self, X, y=None, *, sample_domain=None):
         """Move rows through (pre-alignment,) encoder, latent flow and decoder.
 
@@ -382,6 +385,7 @@ class LatentGPA(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 residual[flows == k] = residual[flows == k] * a + b
         return decoded + residual
 
+    @limit_blas_threads
     def fit_transform(self, X, y=None, *, sample_domain=None):
         """Fit; return ``X`` with source rows replaced by the trained particles, decoded.
 

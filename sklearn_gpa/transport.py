@@ -26,6 +26,7 @@ from ._engine import (
     run_gpa,
     unpack_rows,
 )
+from ._engine.device import limit_blas_threads
 from .baselines import class_router, meanstd_map
 from .utils import check_image_shape, check_sample_domain, check_sizes, known_labels
 
@@ -377,6 +378,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.warm_start = warm_start
 
     # ----------------------------------------------------------------------------- fit
+    @limit_blas_threads
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, sample_domain=None):
         """Learn the flow.
@@ -398,6 +400,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._fit(X, y, sample_domain)
         return self
 
+    @limit_blas_threads
     def fit_transform(self, X, y=None, *, sample_domain=None):
         """Fit, then return ``X`` with the rows moved by the flow.
 
@@ -855,6 +858,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             )
         return np.searchsorted(self.classes_, y)
 
+    @limit_blas_threads
     def transform(self, X, y=None, *, sample_domain=None):
         """Move rows along the learned flow.
 

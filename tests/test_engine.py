@@ -423,3 +423,71 @@ def test_cores_outside_the_affinity_mask_do_not_count(monkeypatch, tmp_path):
     assert device._machine_busy_seconds(busy) == 0.0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert device._machine_busy_seconds(busy) == 200 / device._CLOCK_TICKS
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_blas_threads_drop_to_the_free_cores_for_big_arrays_on_a_busy_machine(monkeypatch):
+    """numpy's BLAS gets no more threads than the cores other processes leave free, for the
+    estimators' big arrays; it is restored afterwards, and small arrays are left alone."""
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_gpa._engine import device
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    monkeypatch.setattr(device, "_cores", lambda: 4)
+    monkeypatch.setattr(device, "_free_cores", lambda: 1)
+    with threadpool_limits(3, user_api="blas"):
+        with device.blas_threads(device._BLAS_ELEMENTS):
+            assert set(_blas_threads()) == {1}
+            with device.blas_threads(device._BLAS_ELEMENTS):  # nested: still one
+                assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {3}
+        with device.blas_threads(device._BLAS_ELEMENTS - 1):
+            assert set(_blas_threads()) == {3}
+        # An idle machine: nothing changes.
+        monkeypatch.setattr(device, "_free_cores", lambda: 4)
+        with device.blas_threads(device._BLAS_ELEMENTS):
+            assert set(_blas_threads()) == {3}
+        # The user's lower limit is never raised.
+        monkeypatch.setattr(device, "_free_cores", lambda: 2)
+        with threadpool_limits(1, user_api="blas"):
+            with device.blas_threads(device._BLAS_ELEMENTS):
+                assert set(_blas_threads()) == {1}
+
+
+def test_estimators_run_their_numpy_work_on_the_free_cores(monkeypatch):
+    """LatentGPA's encoder fit (the SVD of all rows) sees one BLAS thread on a busy machine."""
+    from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_gpa import LatentGPA
+    from sklearn_gpa._engine import device
+    from sklearn_gpa.utils import stack_domains
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    seen = []
+
+    class RecordingPCA(PCA):
+        def fit(self, X, y=None):
+            seen.append(_blas_threads())
+            return super().fit(X, y)
+
+    monkeypatch.setattr(device, "_cores", lambda: 4)
+    monkeypatch.setattr(device, "_free_cores", lambda: 1)
+    rng = np.random.RandomState(0)
+    X, _, sd = stack_domains(rng.normal(size=(40, 12_500)), rng.normal(size=(40, 12_500)) + 1)
+    with threadpool_limits(2, user_api="blas"):
+        model = LatentGPA(RecordingPCA(3), n_steps=2, random_state=0)
+        model.fit(X, sample_domain=sd)
+        assert set(seen[-1]) == {1}
+        assert set(_blas_threads()) == {2}
+        monkeypatch.setattr(device, "_free_cores", lambda: 4)
+        model.fit(X, sample_domain=sd)
+        assert set(seen[-1]) == {2}
