@@ -431,9 +431,11 @@ def _blas_threads():
     return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
 
-def test_blas_threads_drop_to_the_free_cores_for_big_arrays_on_a_busy_machine(monkeypatch):
-    """numpy's BLAS gets no more threads than the cores other processes leave free, for the
-    estimators' big arrays; it is restored afterwards, and small arrays are left alone."""
+def test_blas_threads_one_for_moderate_data_free_cores_for_large(monkeypatch):
+    """numpy's BLAS runs the estimators' moderate-size work on one thread whatever the load
+    (fast next to other processes, rounding independent of them), large work on the cores
+    other processes leave free; limits are restored afterwards, and small data and a lower
+    limit set by the user are left alone."""
     from threadpoolctl import threadpool_limits
 
     from sklearn_gpa._engine import device
@@ -441,33 +443,37 @@ def test_blas_threads_drop_to_the_free_cores_for_big_arrays_on_a_busy_machine(mo
     if not _blas_threads():
         pytest.skip("numpy has no BLAS that threadpoolctl can see")
     monkeypatch.setattr(device, "_cores", lambda: 4)
-    monkeypatch.setattr(device, "_free_cores", lambda: 1)
+    monkeypatch.setattr(device, "_free_cores", lambda: 4)  # idle
+    genes, huge = (235, 11_809), (2_000, 100_000)
+    assert 235**2 * 11_809 < device._BLAS_SINGLE_THREAD_WORK < 2_000**2 * 100_000
     with threadpool_limits(3, user_api="blas"):
-        with device.blas_threads(device._BLAS_ELEMENTS):
+        with device.blas_threads(*genes):
             assert set(_blas_threads()) == {1}
-            with device.blas_threads(device._BLAS_ELEMENTS):  # nested: still one
+            with device.blas_threads(*huge):  # nested: left as it is
                 assert set(_blas_threads()) == {1}
         assert set(_blas_threads()) == {3}
-        with device.blas_threads(device._BLAS_ELEMENTS - 1):
+        with device.blas_threads(100, 999):  # small: OpenBLAS's own business
             assert set(_blas_threads()) == {3}
-        # An idle machine: nothing changes.
-        monkeypatch.setattr(device, "_free_cores", lambda: 4)
-        with device.blas_threads(device._BLAS_ELEMENTS):
+        with device.blas_threads(*huge):  # large on an idle machine: every core
             assert set(_blas_threads()) == {3}
-        # The user's lower limit is never raised.
-        monkeypatch.setattr(device, "_free_cores", lambda: 2)
-        with threadpool_limits(1, user_api="blas"):
-            with device.blas_threads(device._BLAS_ELEMENTS):
+        monkeypatch.setattr(device, "_free_cores", lambda: 2)  # busy
+        with device.blas_threads(*huge):
+            assert set(_blas_threads()) == {2}
+        with device.blas_threads(*genes):
+            assert set(_blas_threads()) == {1}
+        with threadpool_limits(1, user_api="blas"):  # the user's lower limit stays
+            with device.blas_threads(*huge):
                 assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {3}
 
 
-def test_estimators_run_their_numpy_work_on_the_free_cores(monkeypatch):
-    """LatentGPA's encoder fit (the SVD of all rows) sees one BLAS thread on a busy machine."""
+def test_estimators_run_moderate_numpy_work_on_one_blas_thread():
+    """LatentGPA's encoder fit (the SVD of all rows) sees one BLAS thread, whatever the load;
+    the caller's setting is back afterwards."""
     from sklearn.decomposition import PCA
     from threadpoolctl import threadpool_limits
 
     from sklearn_gpa import LatentGPA
-    from sklearn_gpa._engine import device
     from sklearn_gpa.utils import stack_domains
 
     if not _blas_threads():
@@ -479,15 +485,9 @@ def test_estimators_run_their_numpy_work_on_the_free_cores(monkeypatch):
             seen.append(_blas_threads())
             return super().fit(X, y)
 
-    monkeypatch.setattr(device, "_cores", lambda: 4)
-    monkeypatch.setattr(device, "_free_cores", lambda: 1)
     rng = np.random.RandomState(0)
-    X, _, sd = stack_domains(rng.normal(size=(40, 12_500)), rng.normal(size=(40, 12_500)) + 1)
+    X, _, sd = stack_domains(rng.normal(size=(40, 2_000)), rng.normal(size=(40, 2_000)) + 1)
     with threadpool_limits(2, user_api="blas"):
-        model = LatentGPA(RecordingPCA(3), n_steps=2, random_state=0)
-        model.fit(X, sample_domain=sd)
+        LatentGPA(RecordingPCA(3), n_steps=2, random_state=0).fit(X, sample_domain=sd)
         assert set(seen[-1]) == {1}
         assert set(_blas_threads()) == {2}
-        monkeypatch.setattr(device, "_free_cores", lambda: 4)
-        model.fit(X, sample_domain=sd)
-        assert set(seen[-1]) == {2}

@@ -216,44 +216,60 @@ def threads_context(device, n_rows: int, layer_sizes):
     return cpu_threads(threads_for(n_rows, layer_sizes))
 
 
-# numpy / scipy work on arrays of fewer elements than this is left alone: looking at the
-# machine's load can cost a 0.05 s sample, and small BLAS calls barely use a second thread.
-_BLAS_ELEMENTS = 1_000_000
-_BLAS_LIMITED = [False]  # inside a limit already: nested estimators do not look again
+# The estimators' numpy work on fewer values than this is left alone: OpenBLAS runs small
+# products on one thread anyway.
+_BLAS_MIN_VALUES = 100_000
+# Below this many multiply-adds for an SVD of the data (min(n, d)^2 max(n, d)), numpy's BLAS
+# runs on one thread whatever the load: the gene studies (235 x 11 809, 6.5e8) fit in 1.0 s
+# with one or two threads on an idle 2-core machine, and one thread rounds the same way
+# whatever else runs.  Above it, on the cores other processes leave idle.
+_BLAS_SINGLE_THREAD_WORK = 4_000_000_000
+_BLAS_LIMITED = [False]  # inside a limit already: nested estimators leave it as it is
+_BLAS_CONTROLLER = []  # threadpoolctl's view of the BLAS libraries, found once (4 ms a look)
+
+
+def _blas_controller():
+    if not _BLAS_CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER.append(ThreadpoolController().select(user_api="blas"))
+    return _BLAS_CONTROLLER[0]
 
 
 @contextlib.contextmanager
-def blas_threads(n_elements: int):
-    """Cap numpy's and scipy's BLAS threads at the free cores, for big arrays on a busy CPU.
+def blas_threads(n_rows: int, n_features: int):
+    """numpy's and scipy's BLAS threads for the estimators' work on an n_rows x n_features X.
 
     The estimators' numpy work (standardisation, the encoder's SVD, ridge cross-validation
     in ``class_router``, decoding) runs on OpenBLAS, which starts one thread per core
-    whatever the load, and its threads spin at every barrier: with another process busy on
-    a 2-core machine, a 100-step ``LatentGPA`` fit of 235 x 11 809 genes took 5-19 s with
-    two BLAS threads and 1.3-1.7 s with one.  On an idle machine nothing changes, and a
-    lower limit set by the user (``threadpoolctl``, ``OMP_NUM_THREADS``) is never raised.
+    whatever the load, and its threads spin at every barrier: next to a process doing numpy
+    matrix products on a 2-core machine, a ``LatentGPA`` fit of 235 x 11 809 genes took
+    6.9 s with two BLAS threads and 2.5 s with one (``benchmarks/bench_busy_machine.py``;
+    idle, the one thread costs about 10 %).  So data of moderate size (an SVD
+    under ``_BLAS_SINGLE_THREAD_WORK`` multiply-adds) get one thread, always, which also
+    keeps their rounding independent of the load (one or two threads changed the encoder's
+    components by 3e-14, enough to change a long flow); larger data get the free cores, as
+    the torch engine's large problems do.  A lower limit set by the user
+    (``threadpoolctl``, ``OMP_NUM_THREADS``) is never raised.
     """
-    if n_elements < _BLAS_ELEMENTS or _BLAS_LIMITED[0]:
+    if n_rows * n_features < _BLAS_MIN_VALUES or _BLAS_LIMITED[0]:
         yield
         return
-    free = max(1, _free_cores())
-    if free >= _cores():
-        yield
-        return
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()
-    above = [
-        lib.filepath
-        for lib in controller.select(user_api="blas").lib_controllers
-        if lib.num_threads > free
-    ]
+    if min(n_rows, n_features) ** 2 * max(n_rows, n_features) < _BLAS_SINGLE_THREAD_WORK:
+        limit = 1
+    else:
+        limit = max(1, _free_cores())
+        if limit >= _cores():
+            yield
+            return
+    controller = _blas_controller()
+    above = [lib.filepath for lib in controller.lib_controllers if lib.num_threads > limit]
     if not above:
         yield
         return
     _BLAS_LIMITED[0] = True
     try:
-        with controller.select(filepath=above).limit(limits=free):
+        with controller.select(filepath=above).limit(limits=limit):
             yield
     finally:
         _BLAS_LIMITED[0] = False
@@ -265,8 +281,8 @@ def limit_blas_threads(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         shape = getattr(args[0] if args else kwargs.get("X"), "shape", ())
-        size = int(shape[0]) * int(shape[1]) if len(shape) == 2 else 0
-        with blas_threads(size):
+        rows, features = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
+        with blas_threads(rows, features):
             return method(self, *args, **kwargs)
 
     return wrapper
