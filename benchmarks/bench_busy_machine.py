@@ -5,9 +5,11 @@ cross-validation of ``class_router``, decoding) runs on OpenBLAS, which starts o
 core whatever the load.  Since this version the estimators run that work on one BLAS thread
 for data of moderate size and on the free cores for large data
 (``sklearn_gpa._engine.device.blas_threads``).  This script measures what that buys: each
-fit is timed with the rule and with it switched off, interleaved in one process, while
-``--spinners`` other processes keep cores busy (a pure-Python loop each), and again with the
-machine left alone.
+fit is timed with the rule and with it switched off, interleaved in one process (the order
+alternates from one repeat to the next), while ``--spinners`` other processes keep cores
+busy, first with a pure-Python loop each (one core apiece), then with numpy matrix products
+on numpy's default threads (as many cores as its BLAS takes), and again with the machine
+left alone.
 
 Run: ``python benchmarks/bench_busy_machine.py [--repeats 5] [--spinners 1]``.  The gene
 rows need ``survset``.  Writes ``results/bench_busy_machine.{json,md}``.
@@ -134,8 +136,8 @@ def main(argv=None):
         with spinners(n_spin, kind):
             for name, fn in cases:
                 times = {True: [], False: []}
-                for _ in range(args.repeats):
-                    for enabled in (True, False):
+                for repeat in range(args.repeats):
+                    for enabled in (True, False) if repeat % 2 == 0 else (False, True):
                         with cap(enabled):
                             times[enabled].append(timed(fn))
                 capped, uncapped = np.median(times[True]), np.median(times[False])

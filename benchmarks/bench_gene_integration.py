@@ -205,8 +205,30 @@ def seed_spread(scorer, base, name, params, labels=True, n_seeds=5):
     return {"method": label, "seconds": time.perf_counter() - start, **mean}
 
 
-def in_sample(scorer, methods, paper, seeds=()):
+def kinetic_windows(model, windows=((1, 100), (101, 300), (301, 600), (601, 1000))):
+    """Mean, min and max kinetic energy per particle over windows of steps of a fitted flow
+    (the trace is noisy step to step: a window mean shows where it is going)."""
+    energy = np.asarray(model.history_["kinetic_energy"], dtype=float)
+    out = []
+    for first, last in windows:
+        part = energy[first - 1 : min(last, len(energy))]
+        if len(part):
+            out.append(
+                {
+                    "steps": f"{first}-{first + len(part) - 1}",
+                    "mean": float(part.mean()),
+                    "min": float(part.min()),
+                    "max": float(part.max()),
+                }
+            )
+    return {"peak_step": int(energy.argmax()) + 1, "peak": float(energy.max()), "windows": out}
+
+
+def in_sample(scorer, methods, paper, seeds=(), trace=None):
+    """The in-sample table; with ``trace`` (a method's name), also that fit's kinetic energy
+    (:func:`kinetic_windows`)."""
     Xs, ys, Xt, yt = scorer.Xs, scorer.ys, scorer.Xt, scorer.yt
+    kinetic = None
     base = scorer.distances(Xs, ys)
     rows = [scorer.row("(D) raw source", Xs, ys, base)]
     rows[0].update({"gene_D_er0": base[0][0], "gene_D_er1": base[1][0]})
@@ -223,9 +245,11 @@ def in_sample(scorer, methods, paper, seeds=()):
     )
     for name, method, labels in methods + paper:
         start = time.perf_counter()
-        moved, _ = method(Xs, ys, Xt, yt, Xs, ys, labels=labels)
+        moved, model = method(Xs, ys, Xt, yt, Xs, ys, labels=labels)
         rows.append(scorer.row(name, moved, ys, base, time.perf_counter() - start))
         print(_format_row(rows[-1]), flush=True)
+        if name == trace:
+            kinetic = {"method": name, **kinetic_windows(model)}
     for name, params, labels in seeds:
         rows.append(seed_spread(scorer, base, name, params, labels))
         print(_format_row(rows[-1]), flush=True)
@@ -235,7 +259,22 @@ def in_sample(scorer, methods, paper, seeds=()):
         seconds = time.perf_counter() - start
         rows.append(scorer.row("ComBat (ER covariate)", adjusted, ys, base, seconds))
         print(_format_row(rows[-1]), flush=True)
-    return rows
+    return rows, kinetic
+
+
+def _format_kinetic(kinetic):
+    lines = [
+        f"Kinetic energy per particle of {kinetic['method']}, random_state=0 (peak "
+        f"{kinetic['peak']:.1f} at step {kinetic['peak_step']}):",
+        "",
+        "| steps | mean | min | max |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {w['steps']} | {w['mean']:.1f} | {w['min']:.1f} | {w['max']:.1f} |"
+        for w in kinetic["windows"]
+    ]
+    return "\n".join(lines)
 
 
 def held_out(scorer, methods, n_splits):
@@ -378,7 +417,7 @@ def main(argv=None):
         )
     ]
     start = time.perf_counter()
-    rows_in = []
+    rows_in, kinetic = [], None
     if not args.held_out_only:
         print("\nIn-sample (all source rows), relative to (D):\n" + HEADER)
         seeds = [
@@ -386,7 +425,10 @@ def main(argv=None):
             (f"(G) LatentGPA, {long_label}", long, True),
             (f"LatentGPA label-free ({label})", steps, False),
         ]
-        rows_in = in_sample(scorer, methods, paper, seeds)
+        rows_in, kinetic = in_sample(
+            scorer, methods, paper, seeds, trace=f"(G) LatentGPA, {long_label}"
+        )
+        print("\n" + _format_kinetic(kinetic))
     print("\nHeld-out source rows (5-fold), relative to (D) of the held-out rows:\n" + HEADER)
     reference = [("target class mean (reference: W2 rewards collapse)", class_mean, True)]
     rows_out, rows_pooled = held_out(scorer, methods + reference, 3 if args.quick else 5)
@@ -400,6 +442,7 @@ def main(argv=None):
         "in_sample": rows_in,
         "held_out": rows_out,
         "held_out_pooled": rows_pooled,
+        "kinetic_energy": kinetic,
         "seconds": total,
     }
     suffix = ("_quick" if args.quick else "") + ("_held_out" if args.held_out_only else "")
@@ -409,6 +452,8 @@ def main(argv=None):
         f.write(f"GSE1992 -> GSE4335, {len(genes)} genes, {time.strftime('%Y-%m-%d')}, ")
         f.write(f"{os.cpu_count()} CPUs, total {total:.0f} s.\n\nIn-sample:\n\n{HEADER}\n")
         f.write("\n".join(_format_row(r) for r in rows_in))
+        if kinetic is not None:
+            f.write("\n\n" + _format_kinetic(kinetic))
         f.write(f"\n\nHeld-out source rows (5-fold):\n\n{HEADER}\n")
         f.write("\n".join(_format_row(r) for r in rows_out) + "\n")
         f.write(f"\nHeld-out source rows, pooled over the folds:\n\n{HEADER}\n")

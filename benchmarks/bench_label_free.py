@@ -15,7 +15,8 @@ trained on the target study (``Scorer`` of ``bench_gene_integration``).  Four me
 2. Class balance: a source subsample with the target's ER- share (all ER+ rows and a random
    draw of the ER- rows, seed 0; the labels are used only to draw it), raw vs label-free
    mean/std, Sinkhorn and LatentGPA.  If the label shift were the cause, balancing the classes
-   would remove the loss.
+   would remove the loss.  The subsample also has fewer rows (99 of 122) and is a single
+   draw: it tells whether balance removes the loss, not by exactly how much.
 3. Where ER lies in each study: the share of the standardised variance explained by ER
    (between-class over total sum of squares after standardising each study's genes), the ER
    AUC of each study's own first 5 principal components; then, in the shared latent space of

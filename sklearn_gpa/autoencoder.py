@@ -195,8 +195,11 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     Notes
     -----
-    Codes and reconstructions are computed in float32; ``transform`` and
-    ``inverse_transform`` return float32 for float32 input and float64 otherwise.
+    The networks are trained in float32.  ``transform`` and ``inverse_transform`` compute
+    and return float32 for float32 input, float64 otherwise: in float32 a row's code
+    depends in its last bits on how many rows share its batch (the matrix-product kernels
+    differ), so float64 input is encoded with float64 copies of the weights, which makes
+    each row's result independent of the others to about 1e-15.
 
     Examples
     --------
@@ -330,7 +333,7 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     def _train(self, encoder, decoder, X, generator):
         device = next(encoder.parameters()).device
-        data = torch.as_tensor(self._scaled(X), device=device)
+        data = torch.as_tensor(self._scaled(X).astype(np.float32, copy=False), device=device)
         optimizer = _Adam(
             [*encoder.parameters(), *decoder.parameters()], self.learning_rate, self.weight_decay
         )
@@ -351,7 +354,7 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return loss_curve
 
     def _scaled(self, X):
-        return ((X - self.offset_) / self.scale_).astype(np.float32)
+        return ((X - self.offset_) / self.scale_).astype(X.dtype, copy=False)
 
     # ------------------------------------------------------------------- encode/decode
     def transform(self, X):
@@ -388,14 +391,18 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 f"X has {codes.shape[1]} features, but {type(self).__name__}.inverse_transform "
                 f"is expecting {self.n_components} (n_components) features as input."
             )
-        decoded = self._apply(self.decoder_, codes.astype(np.float32))
+        decoded = self._apply(self.decoder_, codes)
         return (decoded * self.scale_ + self.offset_).astype(codes.dtype, copy=False)
 
     def _apply(self, module, rows: np.ndarray) -> np.ndarray:
-        """``module`` on float32 ``rows``, in batches, on ``device``, without autograd."""
+        """``module`` on ``rows`` (float32, or float64 with a float64 copy of the weights), in
+        batches, on ``device``, without autograd."""
         device = resolve_device(self.device)
-        if device.type != "cpu":
-            module = copy.deepcopy(module).to(device)
+        dtype = torch.float64 if rows.dtype == np.float64 else torch.float32
+        if dtype == torch.float32:
+            rows = rows.astype(np.float32, copy=False)
+        if device.type != "cpu" or dtype != torch.float32:
+            module = copy.deepcopy(module).to(device=device, dtype=dtype)
         outputs = []
         with (
             torch.inference_mode(),

@@ -1,11 +1,16 @@
 """The torch engine against autograd, closed forms and the papers' algorithm."""
 
 import math
+import os
+import time
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from sklearn_gpa import GPATransporter, LatentGPA
 from sklearn_gpa._engine import pack_rows, run_gpa
 from sklearn_gpa._engine.critic import Critic
 from sklearn_gpa._engine.divergences import DIVERGENCES, get_divergence
@@ -491,3 +496,121 @@ def test_estimators_run_moderate_numpy_work_on_one_blas_thread():
         LatentGPA(RecordingPCA(3), n_steps=2, random_state=0).fit(X, sample_domain=sd)
         assert set(seen[-1]) == {1}
         assert set(_blas_threads()) == {2}
+
+
+def test_blas_limit_set_and_restored_by_the_main_thread_only():
+    """Fits in worker threads (joblib's threading backend) neither set nor restore the
+    process-wide BLAS limit: OpenBLAS ignores a worker's calls once the main thread has set
+    one, and two threads restoring in turn left one thread for good.  A fit in the main
+    thread limits and restores around workers that come and go."""
+    import threading
+
+    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_gpa._engine import device
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    genes = (235, 11_809)
+
+    def fit(i):
+        with device.blas_threads(*genes):
+            time.sleep(0.001 * (i % 3))
+            return set(_blas_threads()), device._BLAS_STATE[0]
+
+    with threadpool_limits(2, user_api="blas"):
+        for _ in range(3):
+            inside = Parallel(n_jobs=8, backend="threading")(delayed(fit)(i) for i in range(32))
+            assert inside == [({2}, 0)] * 32
+            assert set(_blas_threads()) == {2}
+        worker_in, main_out, seen = threading.Event(), threading.Event(), []
+
+        def worker():
+            with device.blas_threads(*genes):
+                worker_in.set()
+                main_out.wait(5)
+                seen.append(set(_blas_threads()))
+
+        with device.blas_threads(*genes):
+            thread = threading.Thread(target=worker)
+            thread.start()
+            worker_in.wait(5)
+            assert set(_blas_threads()) == {1} and device._BLAS_STATE[0] == 1
+        main_out.set()
+        thread.join(5)
+        assert seen == [{2}]  # the main thread's fit ended: its limit with it
+        assert set(_blas_threads()) == {2} and device._BLAS_STATE == [0, None]
+
+
+def test_blas_limit_reads_the_shape_of_lists_and_frames():
+    """The shape that decides the limit is read as the estimators will read it: a list of
+    rows or a DataFrame is limited like the array, input without a shape is left alone."""
+    import pandas as pd
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_gpa._engine import device
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+
+    class Estimator:
+        @device.limit_blas_threads
+        def fit(self, X, y=None):
+            return set(_blas_threads())
+
+    X = np.zeros((200, 600))
+    with threadpool_limits(2, user_api="blas"):
+        assert Estimator().fit(X) == {1}
+        assert Estimator().fit(X.tolist()) == {1}
+        assert Estimator().fit(X=pd.DataFrame(X)) == {1}
+        assert Estimator().fit(np.zeros((20, 600))) == {2}  # 12 000 values: left alone
+        assert Estimator().fit("not data") == {2}
+        assert Estimator().fit(np.zeros(200 * 600)) == {2}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_during_a_fit_starts_its_own_blas_bookkeeping():
+    """A process forked inside a fit (multiprocessing's fork start method) keeps the fit's
+    limit but not its count of running fits: its own fits limit and restore."""
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_gpa._engine import device
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    with threadpool_limits(2, user_api="blas"):
+        with device.blas_threads(235, 11_809):
+            assert device._BLAS_STATE[0] == 1
+            with warnings.catch_warnings():  # Python 3.12 warns of forking with threads
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child: report through the exit code, never return to pytest
+                code = 1
+                try:
+                    if device._BLAS_STATE == [0, None] and set(_blas_threads()) == {1}:
+                        with threadpool_limits(2, user_api="blas"):
+                            with device.blas_threads(235, 11_809):
+                                limited = set(_blas_threads()) == {1}
+                                code = 0 if limited and device._BLAS_STATE[0] == 1 else 2
+                            code = code if set(_blas_threads()) == {2} else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert set(_blas_threads()) == {2}
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert device._BLAS_STATE == [0, None]
+
+
+@parametrize_with_checks(
+    [LatentGPA(n_steps=3, random_state=0), GPATransporter(n_steps=3, random_state=0)]
+)
+def test_sklearn_compatible_under_the_blas_limit(estimator, check, monkeypatch):
+    """The estimator checks' data are far below the BLAS rule's 100 000 values; with the
+    rule on for every input (lists, frames, read-only arrays, bad input that raises), the
+    estimators pass them all the same and no limit outlives a call."""
+    from sklearn_gpa._engine import device
+
+    monkeypatch.setattr(device, "_BLAS_MIN_VALUES", 0)
+    check(estimator)
+    assert device._BLAS_STATE == [0, None]

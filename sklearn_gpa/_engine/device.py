@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 import time
 
 import torch
@@ -51,6 +52,10 @@ def _forget_looks() -> None:
     global _LAST_STAT, _LAST_READING
     _LAST_STAT = _LAST_READING = None
     _LAST_LOOK[:] = [time.monotonic(), time.process_time()]
+    # A child forked during a fit keeps the fit's BLAS limit (it is the library's state, as
+    # after threadpoolctl's own limits) but not its count: the parent's fit does not run in
+    # the child, whose own fits must limit and restore.
+    _BLAS_STATE[:] = [0, None]
 
 
 if hasattr(os, "register_at_fork"):
@@ -220,11 +225,14 @@ def threads_context(device, n_rows: int, layer_sizes):
 # products on one thread anyway.
 _BLAS_MIN_VALUES = 100_000
 # Below this many multiply-adds for an SVD of the data (min(n, d)^2 max(n, d)), numpy's BLAS
-# runs on one thread whatever the load: the gene studies (235 x 11 809, 6.5e8) fit in 1.0 s
-# with one or two threads on an idle 2-core machine, and one thread rounds the same way
-# whatever else runs.  Above it, on the cores other processes leave idle.
+# runs on one thread whatever the load: the gene studies (235 x 11 809, 6.5e8) fit in 1.31 s
+# with one thread and 1.16 s with two on an idle 2-core machine, 2.5 s and 6.9 s next to a
+# numpy job, and one thread rounds the same way whatever else runs.  Above it, on the cores
+# other processes leave idle.
 _BLAS_SINGLE_THREAD_WORK = 4_000_000_000
-_BLAS_LIMITED = [False]  # inside a limit already: nested estimators leave it as it is
+# [the main thread's fits inside a limit (nested), the limiter that restores the limits
+# when the outermost one leaves].
+_BLAS_STATE = [0, None]
 _BLAS_CONTROLLER = []  # threadpoolctl's view of the BLAS libraries, found once (4 ms a look)
 
 
@@ -236,6 +244,37 @@ def _blas_controller():
     return _BLAS_CONTROLLER[0]
 
 
+def _enter_blas_limit(n_rows: int, n_features: int) -> bool:
+    """Limit the BLAS threads for one fit; True when the fit counts in ``_BLAS_STATE``."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if _BLAS_STATE[0]:  # an outer fit set the limit
+        _BLAS_STATE[0] += 1
+        return True
+    if n_rows * n_features < _BLAS_MIN_VALUES:
+        return False
+    if min(n_rows, n_features) ** 2 * max(n_rows, n_features) < _BLAS_SINGLE_THREAD_WORK:
+        limit = 1
+    else:
+        limit = max(1, _free_cores())
+        if limit >= _cores():
+            return False
+    controller = _blas_controller()
+    # threadpoolctl reports None for a library whose threads it cannot read.
+    above = [c.filepath for c in controller.lib_controllers if (c.num_threads or 0) > limit]
+    if not above:
+        return False
+    _BLAS_STATE[:] = [1, controller.select(filepath=above).limit(limits=limit)]
+    return True
+
+
+def _leave_blas_limit() -> None:
+    _BLAS_STATE[0] -= 1
+    if _BLAS_STATE[0] == 0:
+        limiter, _BLAS_STATE[1] = _BLAS_STATE[1], None
+        limiter.restore_original_limits()
+
+
 @contextlib.contextmanager
 def blas_threads(n_rows: int, n_features: int):
     """numpy's and scipy's BLAS threads for the estimators' work on an n_rows x n_features X.
@@ -245,34 +284,37 @@ def blas_threads(n_rows: int, n_features: int):
     whatever the load, and its threads spin at every barrier: next to a process doing numpy
     matrix products on a 2-core machine, a ``LatentGPA`` fit of 235 x 11 809 genes took
     6.9 s with two BLAS threads and 2.5 s with one (``benchmarks/bench_busy_machine.py``;
-    idle, the one thread costs about 10 %).  So data of moderate size (an SVD
-    under ``_BLAS_SINGLE_THREAD_WORK`` multiply-adds) get one thread, always, which also
-    keeps their rounding independent of the load (one or two threads changed the encoder's
-    components by 3e-14, enough to change a long flow); larger data get the free cores, as
-    the torch engine's large problems do.  A lower limit set by the user
+    idle, the one thread cost 6-15 %).  So data of moderate size (an SVD under
+    ``_BLAS_SINGLE_THREAD_WORK`` multiply-adds) get one thread, always, which also keeps
+    their rounding independent of the load (one or two threads changed the encoder's
+    components in the last digits, enough to change a long flow); larger data get the free
+    cores, as the torch engine's large problems do.  A lower limit set by the user
     (``threadpoolctl``, ``OMP_NUM_THREADS``) is never raised.
+
+    Only fits in the main thread set a limit; a nested fit keeps its caller's.  BLAS limits
+    are process-wide, so fits in other threads (joblib's threading backend) run under
+    whatever the main thread has: OpenBLAS 0.3.31 ignores ``openblas_set_num_threads`` from
+    other threads once the main thread has called it, so a limit set there could neither
+    be relied on nor restored.  A limit the user changes from another thread while a fit
+    runs in the main thread is overwritten when the fit ends.
     """
-    if n_rows * n_features < _BLAS_MIN_VALUES or _BLAS_LIMITED[0]:
-        yield
-        return
-    if min(n_rows, n_features) ** 2 * max(n_rows, n_features) < _BLAS_SINGLE_THREAD_WORK:
-        limit = 1
-    else:
-        limit = max(1, _free_cores())
-        if limit >= _cores():
-            yield
-            return
-    controller = _blas_controller()
-    above = [lib.filepath for lib in controller.lib_controllers if lib.num_threads > limit]
-    if not above:
-        yield
-        return
-    _BLAS_LIMITED[0] = True
+    counted = _enter_blas_limit(n_rows, n_features)
     try:
-        with controller.select(filepath=above).limit(limits=limit):
-            yield
+        yield
     finally:
-        _BLAS_LIMITED[0] = False
+        if counted:
+            _leave_blas_limit()
+
+
+def _data_shape(X) -> tuple[int, int]:
+    """(rows, features) of array-like X as the estimators will see it; (0, 0) when it has
+    no such shape (validation will say why)."""
+    from sklearn.utils.validation import _num_features, _num_samples
+
+    try:
+        return int(_num_samples(X)), int(_num_features(X))
+    except (TypeError, ValueError, IndexError):
+        return 0, 0
 
 
 def limit_blas_threads(method):
@@ -280,8 +322,7 @@ def limit_blas_threads(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        shape = getattr(args[0] if args else kwargs.get("X"), "shape", ())
-        rows, features = (int(shape[0]), int(shape[1])) if len(shape) == 2 else (0, 0)
+        rows, features = _data_shape(args[0] if args else kwargs.get("X"))
         with blas_threads(rows, features):
             return method(self, *args, **kwargs)
 
