@@ -614,3 +614,58 @@ def test_sklearn_compatible_under_the_blas_limit(estimator, check, monkeypatch):
     monkeypatch.setattr(device, "_BLAS_MIN_VALUES", 0)
     check(estimator)
     assert device._BLAS_STATE == [0, None]
+
+
+def test_flush_denormals_sets_the_flag_and_restores_it():
+    """Engine work runs with subnormals flushed on its thread (a hundredfold slow path on
+    Intel CPUs); the caller's setting comes back afterwards, and one already on stays on."""
+    from sklearn_gpa._engine import device
+
+    subnormal = torch.tensor([1e-39], dtype=torch.float32)
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    assert not device._flushing_denormals() and float(subnormal * 1.0) > 0
+    with device.cpu_threads(1):
+        assert device._flushing_denormals() and float(subnormal * 1.0) == 0.0
+    assert not device._flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        with device.flush_denormals():
+            assert device._flushing_denormals()
+        assert device._flushing_denormals()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("constraint", ["hard", "soft"])
+def test_critic_sets_subnormal_state_to_zero_on_schedule(constraint):
+    """Weights that no longer get a gradient decay into the subnormal range (on other
+    threads than the flagged one, nothing else stops them): every ``_FLUSH_EVERY`` updates
+    the critic's weights, moments and power-iteration vectors lose their subnormal values,
+    and only those."""
+    from sklearn_gpa._engine import critic as critic_module
+
+    critic = _critic(constraint=constraint)
+    tiny = torch.finfo(critic.params.dtype).tiny
+    state = [critic.params, critic.exp_avg, critic.exp_avg_sq, *(critic._left_vectors or ())]
+    state = [t for t in state if t.numel() >= 3]
+    assert len(state) >= 4  # the power-iteration vectors too
+
+    def plant():
+        for t in state:
+            t.view(-1)[:3] = torch.tensor([tiny / 4, -tiny / 1e3, 2 * tiny], dtype=t.dtype)
+
+    rng = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 40, 3, generator=rng, dtype=F64)
+    w = torch.full((1, 20), 1 / 20, dtype=F64)
+    with critic.no_graph():
+        for _ in range(critic_module._FLUSH_EVERY - 1):
+            critic.train_step(z, 20, w, w)
+        plant()
+        assert all(((t != 0) & (t.abs() < tiny)).any() for t in state)
+        critic.train_step(z, 20, w, w)  # the scheduled flush: after this step's update
+        for t in state:
+            assert not ((t != 0) & (t.abs() < tiny)).any()
+        plant()
+        critic._flush_subnormals()
+    assert all(t.view(-1)[:2].eq(0).all() and float(t.view(-1)[2]) == 2 * tiny for t in state)
