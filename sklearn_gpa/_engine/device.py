@@ -256,7 +256,7 @@ def threads_context(device, n_rows: int, layer_sizes):
 _BLAS_MIN_VALUES = 100_000
 # Below this many multiply-adds for an SVD of the data (min(n, d)^2 max(n, d)), numpy's BLAS
 # runs on one thread whatever the load: the gene studies (235 x 11 809, 6.5e8) fit in 1.31 s
-# with one thread and 1.16 s with two on an idle 2-core machine, 2.5 s and 6.9 s next to a
+# with one thread and 1.16 s with two on an idle 2-core AMD EPYC, 2.5 s and 6.9 s next to a
 # numpy job, and one thread rounds the same way whatever else runs.  Above it, on the cores
 # other processes leave idle.
 _BLAS_SINGLE_THREAD_WORK = 4_000_000_000
@@ -313,13 +313,13 @@ def blas_threads(n_rows: int, n_features: int):
     in ``class_router``, decoding) runs on OpenBLAS, which starts one thread per core
     whatever the load, and its threads spin at every barrier: next to a process doing numpy
     matrix products on a 2-core machine, a ``LatentGPA`` fit of 235 x 11 809 genes took
-    6.9 s with two BLAS threads and 2.5 s with one (``benchmarks/bench_busy_machine.py``;
-    idle, the one thread cost 6-15 %).  So data of moderate size (an SVD under
-    ``_BLAS_SINGLE_THREAD_WORK`` multiply-adds) get one thread, always, which also keeps
-    their rounding independent of the load (one or two threads changed the encoder's
-    components in the last digits, enough to change a long flow); larger data get the free
-    cores, as the torch engine's large problems do.  A lower limit set by the user
-    (``threadpoolctl``, ``OMP_NUM_THREADS``) is never raised.
+    6.9 s with two BLAS threads and 2.5 s with one on an AMD EPYC, 4.1 s and 2.2 s on an
+    Intel Xeon (``benchmarks/bench_busy_machine.py``; idle, the one thread cost 2-15 %).  So
+    data of moderate size (an SVD under ``_BLAS_SINGLE_THREAD_WORK`` multiply-adds) get one
+    thread, always, which also keeps their rounding independent of the load (one or two
+    threads changed the encoder's components in the last digits, enough to change a long
+    flow); larger data get the free cores, as the torch engine's large problems do.  A lower
+    limit set by the user (``threadpoolctl``, ``OMP_NUM_THREADS``) is never raised.
 
     Only fits in the main thread set a limit; a nested fit keeps its caller's.  BLAS limits
     are process-wide, so fits in other threads (joblib's threading backend) run under
