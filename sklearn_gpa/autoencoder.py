@@ -195,11 +195,12 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     Notes
     -----
-    The networks are trained in float32.  ``transform`` and ``inverse_transform`` compute
-    and return float32 for float32 input, float64 otherwise: in float32 a row's code
-    depends in its last bits on how many rows share its batch (the matrix-product kernels
-    differ), so float64 input is encoded with float64 copies of the weights, which makes
-    each row's result independent of the others to about 1e-15.
+    The networks are trained in float32.  ``transform`` and ``inverse_transform`` return
+    float32 for float32 input and float64 otherwise.  In float32 a row's code depends in its
+    last bits on how many rows share its batch (the matrix-product kernels differ), so a
+    dense network on the CPU encodes and decodes float64 input with float64 copies of its
+    weights, which makes each row's result independent of the others to about 1e-15;
+    convolutional networks and GPUs compute in float32.
 
     Examples
     --------
@@ -395,10 +396,13 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return (decoded * self.scale_ + self.offset_).astype(codes.dtype, copy=False)
 
     def _apply(self, module, rows: np.ndarray) -> np.ndarray:
-        """``module`` on ``rows`` (float32, or float64 with a float64 copy of the weights), in
-        batches, on ``device``, without autograd."""
+        """``module`` on ``rows``, in batches, on ``device``, without autograd: float64 rows of
+        a dense network on the CPU with a float64 copy of the weights, anything else in
+        float32 (float64 convolutions took five times as long on the CPU, GPUs are slow in
+        float64 or lack it)."""
         device = resolve_device(self.device)
-        dtype = torch.float64 if rows.dtype == np.float64 else torch.float32
+        exact = rows.dtype == np.float64 and device.type == "cpu" and self.image_shape is None
+        dtype = torch.float64 if exact else torch.float32
         if dtype == torch.float32:
             rows = rows.astype(np.float32, copy=False)
         if device.type != "cpu" or dtype != torch.float32:

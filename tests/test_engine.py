@@ -594,6 +594,8 @@ def test_child_forked_during_a_fit_starts_its_own_blas_bookkeeping():
                                 limited = set(_blas_threads()) == {1}
                                 code = 0 if limited and device._BLAS_STATE[0] == 1 else 2
                             code = code if set(_blas_threads()) == {2} else 3
+                        device._leave_blas_limit()  # the parent's fit ending in the child
+                        code = code if device._BLAS_STATE == [0, None] else 4
                 finally:
                     os._exit(code)
             _, status = os.waitpid(pid, 0)
@@ -617,8 +619,9 @@ def test_sklearn_compatible_under_the_blas_limit(estimator, check, monkeypatch):
 
 
 def test_flush_denormals_sets_the_flag_and_restores_it():
-    """Engine work runs with subnormals flushed on its thread (a hundredfold slow path on
-    Intel CPUs); the caller's setting comes back afterwards, and one already on stays on."""
+    """Engine work on one thread runs with subnormals flushed (a hundredfold slow path on
+    Intel CPUs); the caller's setting comes back afterwards, and one already on stays on.
+    Work on several threads does not set the flag."""
     from sklearn_gpa._engine import device
 
     subnormal = torch.tensor([1e-39], dtype=torch.float32)
@@ -628,6 +631,8 @@ def test_flush_denormals_sets_the_flag_and_restores_it():
     with device.cpu_threads(1):
         assert device._flushing_denormals() and float(subnormal * 1.0) == 0.0
     assert not device._flushing_denormals()
+    with device.cpu_threads(2):  # worker threads started here would inherit the flag
+        assert not device._flushing_denormals()
     torch.set_flush_denormal(True)
     try:
         with device.flush_denormals():
@@ -638,11 +643,11 @@ def test_flush_denormals_sets_the_flag_and_restores_it():
 
 
 @pytest.mark.parametrize("constraint", ["hard", "soft"])
-def test_critic_sets_subnormal_state_to_zero_on_schedule(constraint):
-    """Weights that no longer get a gradient decay into the subnormal range (on other
-    threads than the flagged one, nothing else stops them): every ``_FLUSH_EVERY`` updates
-    the critic's weights, moments and power-iteration vectors lose their subnormal values,
-    and only those."""
+def test_critic_sets_subnormal_state_to_zero_on_schedule(constraint, monkeypatch):
+    """Weights that no longer get a gradient decay into the subnormal range (on threads
+    without the CPU flag nothing else stops them): every ``_FLUSH_EVERY`` updates, and only
+    then, the critic's weights, moments and power-iteration vectors lose their subnormal
+    values, and only those; a continued critic keeps the schedule."""
     from sklearn_gpa._engine import critic as critic_module
 
     critic = _critic(constraint=constraint)
@@ -650,22 +655,28 @@ def test_critic_sets_subnormal_state_to_zero_on_schedule(constraint):
     state = [critic.params, critic.exp_avg, critic.exp_avg_sq, *(critic._left_vectors or ())]
     state = [t for t in state if t.numel() >= 3]
     assert len(state) >= 4  # the power-iteration vectors too
+    flushed_after = []
+    real_flush = critic_module.Critic._flush_subnormals
 
-    def plant():
-        for t in state:
-            t.view(-1)[:3] = torch.tensor([tiny / 4, -tiny / 1e3, 2 * tiny], dtype=t.dtype)
+    def counting_flush(self):
+        flushed_after.append(self._updates)
+        real_flush(self)
 
+    monkeypatch.setattr(critic_module.Critic, "_flush_subnormals", counting_flush)
     rng = torch.Generator().manual_seed(0)
     z = torch.randn(1, 40, 3, generator=rng, dtype=F64)
     w = torch.full((1, 20), 1 / 20, dtype=F64)
+    every = critic_module._FLUSH_EVERY
     with critic.no_graph():
-        for _ in range(critic_module._FLUSH_EVERY - 1):
+        for _ in range(2 * every + 5):
             critic.train_step(z, 20, w, w)
-        plant()
-        assert all(((t != 0) & (t.abs() < tiny)).any() for t in state)
-        critic.train_step(z, 20, w, w)  # the scheduled flush: after this step's update
+        assert flushed_after == [every, 2 * every]
+        twin = _critic(constraint=constraint)
+        twin.load_state(critic.state())
+        for _ in range(every - 5):
+            twin.train_step(z, 20, w, w)
+        assert flushed_after == [every, 2 * every, 3 * every]
         for t in state:
-            assert not ((t != 0) & (t.abs() < tiny)).any()
-        plant()
+            t.view(-1)[:3] = torch.tensor([tiny / 4, -tiny / 1e3, 2 * tiny], dtype=t.dtype)
         critic._flush_subnormals()
     assert all(t.view(-1)[:2].eq(0).all() and float(t.view(-1)[2]) == 2 * tiny for t in state)

@@ -201,12 +201,17 @@ def _free_cores() -> int:
 
 @contextlib.contextmanager
 def cpu_threads(n: int):
-    """Run with ``n`` torch CPU threads and subnormal numbers flushed to zero on this
-    thread (:func:`flush_denormals`), restoring the previous settings afterwards."""
+    """Run with ``n`` torch CPU threads, restoring the previous setting afterwards; on one
+    thread, with subnormal numbers flushed to zero (:func:`flush_denormals`).
+
+    Not on more: a thread starts with its creator's floating-point flags, so torch's worker
+    threads started inside the block would keep flushing after it, in the caller's own
+    work.  Fits on several threads rely on the critic's own flushing (``critic.py``).
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        with flush_denormals():
+        with flush_denormals() if n == 1 else contextlib.nullcontext():
             yield
     finally:
         torch.set_num_threads(previous)
@@ -226,9 +231,8 @@ def flush_denormals():
     microcode path a hundred times slower: products of the critic's small weights and
     gradients fall there, and a 100-step fit of the 12-D mixture ran 0.73 s instead of 0.37 s
     with the critic's state flushed in code alone (``critic._FLUSH_EVERY``), 3.4 s with
-    neither.  The CPU flag covers only the calling thread; torch's other threads keep
-    subnormals, which the critic's own flushing bounds.  A setting the caller already has
-    is left as it is.
+    neither.  The flag covers the calling thread only, and threads it starts.  A setting
+    the caller already has is left as it is.  TensorFlow runs its CPU kernels this way.
     """
     if _flushing_denormals() or not torch.set_flush_denormal(True):
         yield
@@ -299,6 +303,8 @@ def _enter_blas_limit(n_rows: int, n_features: int) -> bool:
 
 
 def _leave_blas_limit() -> None:
+    if _BLAS_STATE[0] <= 0:  # a forked child leaving its parent's fit: not its limit
+        return
     _BLAS_STATE[0] -= 1
     if _BLAS_STATE[0] == 0:
         limiter, _BLAS_STATE[1] = _BLAS_STATE[1], None
