@@ -402,10 +402,10 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         float64 or lack it)."""
         device = resolve_device(self.device)
         exact = rows.dtype == np.float64 and device.type == "cpu" and self.image_shape is None
-        dtype = torch.float64 if exact else torch.float32
-        if dtype == torch.float32:
+        if not exact:
             rows = rows.astype(np.float32, copy=False)
-        if device.type != "cpu" or dtype != torch.float32:
+        if device.type != "cpu" or exact:
+            dtype = torch.float64 if exact else torch.float32
             module = copy.deepcopy(module).to(device=device, dtype=dtype)
         outputs = []
         with (

@@ -32,9 +32,10 @@ _EXACT_UPDATES = 30
 # are set to zero.  Weights that no longer get a gradient shrink geometrically under the
 # spectral rescale, and their Adam moments under the betas, into the subnormal range, where
 # every multiplication takes a slow microcode path on Intel CPUs: on a Xeon the 12-D mixture
-# (Heun, 1 000 steps) took 97 s instead of 4 s, with 798 subnormal weights.  Flushing in
-# code, not with the CPU's flush-to-zero flag, reaches every thread and rounds the same
-# everywhere; values under 1.2e-38 (float32) change nothing else.
+# (Heun, 1 000 steps) took 97 s instead of 4 s, with 798 subnormal weights.  Fits on one
+# thread also run with the CPU's flush-to-zero flag (``device.flush_denormals``), which
+# makes this a no-op there; on several threads the flag is off and this is what keeps the
+# state out of the subnormal range.
 _FLUSH_EVERY = 32
 
 # Flows run in one batch while their activations (rows x widest layer) fit in about this
