@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa._engine import device
 from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.utils import stack_domains
@@ -89,11 +89,18 @@ def runs():
     return [
         (
             "LatentGPA defaults, 300 steps (235 x 11 809 genes)",
-            lambda: LatentGPA(random_state=0).fit(X, y, sample_domain=sd),
+            lambda: LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")).fit(
+                X, y, sample_domain=sd
+            ),
         ),
         (
             "LatentGPA transform of 122 source rows",
-            _transform(LatentGPA(random_state=0).fit(X, y, sample_domain=sd), Xs),
+            _transform(
+                LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")).fit(
+                    X, y, sample_domain=sd
+                ),
+                Xs,
+            ),
         ),
         (
             "MeanStdAdjuster fit + transform, routed (no y)",

@@ -43,8 +43,18 @@ def gene_runs():
     papers = LatentGPA(random_state=0, **papers_settings(5000))
     return [
         ("gene integration, papers' setting (PCA-50, both ER classes)", papers, (X, y, sd)),
-        ("gene integration, library defaults (300 steps)", LatentGPA(random_state=0), (X, y, sd)),
-        ("gene integration, 1000 steps", LatentGPA(n_steps=1000, random_state=0), (X, y, sd)),
+        (
+            "gene integration, library defaults (300 steps)",
+            LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")),
+            (X, y, sd),
+        ),
+        (
+            "gene integration, 1000 steps",
+            LatentGPA(
+                transporter=GPATransporter(n_steps=1000, random_state=0, out_of_sample="auto")
+            ),
+            (X, y, sd),
+        ),
     ]
 
 

@@ -58,7 +58,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.metrics import energy_distance, mmd
 from sklearn_gpa.utils import stack_domains
@@ -232,7 +232,7 @@ def in_sample(scorer, methods, paper, seeds=(), trace=None):
     base = scorer.distances(Xs, ys)
     rows = [scorer.row("(D) raw source", Xs, ys, base)]
     rows[0].update({"gene_D_er0": base[0][0], "gene_D_er1": base[1][0]})
-    default = LatentGPA(random_state=0)
+    default = LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto"))
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     default.fit(X, y, sample_domain=sd)
     recon = default.encoder_.inverse_transform(default.encoder_.transform(Xt))

@@ -215,7 +215,7 @@ def latent_geometry(model, Xs, ys, Xt, yt):
     aligned = model.adjuster_.transform(Xs) if model.adjuster_ is not None else Xs
     Zs = model.encoder_.transform(aligned) * scale
     Zt = model.encoder_.transform(Xt) * scale
-    Zm = model.gpa_.particles_  # the source codes at the end of the flow
+    Zm = model.transporter_.particles_  # the source codes at the end of the flow
     target = er_gap(Zt, yt)
     axis = target / np.linalg.norm(target)
     move = Zm - Zs

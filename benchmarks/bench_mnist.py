@@ -252,7 +252,9 @@ def kernel_density(X, y, n_per_digit, seed):
 def _generated(model, particles, n_per_digit, seed):
     """The papers' samples (the trained particles) and fresh draws pushed through the flow."""
     y = np.repeat(np.arange(10), n_per_digit)
-    labels = model.gpa_.particle_labels_ if hasattr(model, "gpa_") else model.particle_labels_
+    labels = (
+        model.transporter_.particle_labels_ if hasattr(model, "gpa_") else model.particle_labels_
+    )
     order = np.argsort(labels, kind="stable")
     return {
         "particles": (particles[order], labels[order]),

@@ -61,7 +61,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa.metrics import energy_distance, sinkhorn_w2
 from sklearn_gpa.utils import stack_domains
 
@@ -174,7 +174,9 @@ def fit_transform(method, Xs, ys, Xt, yt, Xs_new, ys_new, labels, n_steps):
         if method == "MeanStdAdjuster":
             model = MeanStdAdjuster().fit(X, y, sample_domain=sample_domain)
         else:
-            model = LatentGPA(n_steps=n_steps, random_state=0)
+            model = LatentGPA(
+                transporter=GPATransporter(n_steps=n_steps, random_state=0, out_of_sample="auto")
+            )
             model.fit(X, y, sample_domain=sample_domain)
         moved = model.transform(Xs_new, ys_new if labels else None)
         seconds = time.perf_counter() - start
@@ -184,7 +186,7 @@ def fit_transform(method, Xs, ys, Xt, yt, Xs_new, ys_new, labels, n_steps):
         info["warnings"] = messages
     if method == "LatentGPA":
         info["n_components"] = int(model.n_components_)
-        info["out_of_sample"] = list(model.gpa_.out_of_sample_)
+        info["out_of_sample"] = list(model.transporter_.out_of_sample_)
     return moved, info
 
 

@@ -67,7 +67,9 @@ integrators = {
     "none": None,
     "mean/std": MeanStdAdjuster(),
     "GPA": make_pipeline(StandardScaler(), GPATransporter(n_steps=n_steps, random_state=0)),
-    "latent GPA": LatentGPA(n_steps=n_steps, random_state=0),
+    "latent GPA": LatentGPA(
+        transporter=GPATransporter(n_steps=n_steps, random_state=0, out_of_sample="auto")
+    ),
 }
 start = time.perf_counter()
 scores = {}

@@ -43,7 +43,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.metrics import sinkhorn_w2
 from sklearn_gpa.utils import stack_domains
@@ -70,7 +70,11 @@ if genes is not None:
 if genes is not None:
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
-    gpa = LatentGPA(n_steps=100 if FAST else 300, random_state=0)
+    gpa = LatentGPA(
+        transporter=GPATransporter(
+            n_steps=100 if FAST else 300, random_state=0, out_of_sample="auto"
+        )
+    )
     moved = gpa.fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
     print(
         f"latent dimension {gpa.n_components_}, reconstruction error "

@@ -21,7 +21,7 @@ are not copies of the originals (``memorization_ratio_``).
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sklearn_gpa.augment import GPAAugmenter
+from sklearn_gpa import GPAAugmenter, GPATransporter
 from sklearn_gpa.datasets import make_swiss_roll
 from sklearn_gpa.metrics import energy_distance
 
@@ -40,10 +40,9 @@ fresh = make_swiss_roll(2000, random_state=1)  # only to measure fidelity
 # in the flow's standardised units; read it off ``transporter_.history_`` to choose).
 augmenter = GPAAugmenter(
     sampling_strategy={0: 2600, 1: 2600},
-    source="normal",
-    n_steps=1000,
     tolerance=0.01,
     random_state=0,
+    transporter=GPATransporter(source="normal", n_steps=1000),
 )
 X_res, y_res = augmenter.fit_resample(X, y)
 synthetic, labels = X_res[len(X) :], y_res[len(X) :]

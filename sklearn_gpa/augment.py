@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import warnings
 from numbers import Real
 
 import numpy as np
 from imblearn.over_sampling.base import BaseOverSampler
 from scipy import sparse
+from sklearn.base import clone
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-from .transport import GPA_PARAMETER_CONSTRAINTS, GPATransporter
-from .utils import stack_domains
+from ._prior import Prior
+from ._scaling import Standardization
+from .transport import GPATransporter
+from .utils import stack_domains, warn_at_caller
 
 __all__ = ["GPAAugmenter"]
 
 # "auto" treats a feature with at most this many distinct values in X as discrete.
 _MAX_DISCRETE_LEVELS = 10
-
-# GPATransporter parameters that keep their name, meaning and default here; the others
-# (n_particles, conditional, prealign, out_of_sample) are set by the augmenter.
-_SHARED_PARAMETERS = (
-    "f",
-    "alpha",
-    "L",
-    "dt",
-    "n_steps",
-    "solver",
-    "hidden_layer_sizes",
-    "activation",
-    "n_critic",
-    "learning_rate",
-    "constraint",
-    "penalty",
-    "tol",
-    "source",
-    "standardize",
-    "store_every",
-    "batch_size",
-    "device",
-    "dtype",
-    "log_every",
-    "verbose",
-    "callback",
-)
 
 
 class GPAAugmenter(BaseOverSampler):
@@ -87,12 +60,15 @@ class GPAAugmenter(BaseOverSampler):
         a class to its number of rows after resampling; a callable ``y -> dict``.
     random_state : int, RandomState instance or None, default=None
         Seeds the prior draws, the flow and the choice of the kept particles.
-    source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
-        Prior of the particles.  ``"gaussian_fit"`` is a Gaussian with each class's mean and
-        (Ledoit-Wolf) covariance: the particles start with the class's first two moments,
-        so flows are short.  The others are the papers' fixed priors (standard normal,
-        uniform and logistic with unit variance, in the flow's standardised units), shared
-        by all classes: the flow then has to carry the particles much farther.
+    transporter : GPATransporter or None, default=None
+        The flow that moves the particles (cloned); every flow setting (divergence, L,
+        dt, steps, discriminator, device, ...) is its parameter, reachable in a grid
+        search as ``transporter__L``.  None uses ``GPATransporter(source="gaussian_fit")``:
+        the particles start from a Gaussian with each class's mean and (Ledoit-Wolf)
+        covariance, so flows are short; the papers' fixed priors (``"normal"``,
+        ``"uniform"``, ``"logistic"``) make the flow carry them much farther.  The
+        augmenter sets the clone's ``conditional``, ``prealign``, ``out_of_sample``,
+        ``warm_start`` and ``random_state`` (from its own ``random_state``).
     oversampling_factor : float >= 1, default=3.0
         Minimum number of particles per original row of a class (the papers' ``M / N``;
         3 in paper 000 App. E and paper 002 Fig. 13).  Each flow has at least as many
@@ -118,11 +94,6 @@ class GPAAugmenter(BaseOverSampler):
         class-constant feature should stay on its levels, as SMOTE's interpolation between
         equal values keeps it).  "auto": the features with at most 10 distinct values in
         ``X``; an array of feature indices or a boolean mask; None snaps nothing.
-    f, alpha, L, dt, n_steps, solver, hidden_layer_sizes, activation, n_critic, \
-learning_rate, constraint, penalty, tol, standardize, store_every, batch_size, device, \
-dtype, log_every, verbose, callback
-        As in :class:`GPATransporter`, with the same defaults.  ``n_particles``,
-        ``conditional`` and ``prealign`` are set by the augmenter.
 
     Attributes
     ----------
@@ -186,7 +157,9 @@ dtype, log_every, verbose, callback
     >>> rng = np.random.RandomState(0)
     >>> X = np.vstack([rng.normal(0, 1, (90, 2)), rng.normal(4, 1, (10, 2))])
     >>> y = np.array([0] * 90 + [1] * 10)
-    >>> X_res, y_res = GPAAugmenter(n_steps=100, random_state=0).fit_resample(X, y)
+    >>> from sklearn_gpa import GPATransporter
+    >>> augmenter = GPAAugmenter(transporter=GPATransporter(n_steps=100), random_state=0)
+    >>> X_res, y_res = augmenter.fit_resample(X, y)
     >>> np.bincount(y_res).tolist()
     [90, 90]
     >>> bool(np.all(X_res[:100] == X))
@@ -197,7 +170,7 @@ dtype, log_every, verbose, callback
 
     _parameter_constraints: dict = {
         **BaseOverSampler._parameter_constraints,
-        **{name: GPA_PARAMETER_CONSTRAINTS[name] for name in _SHARED_PARAMETERS},
+        "transporter": [HasMethods(["fit", "replay"]), None],
         "oversampling_factor": [Interval(Real, 1, None, closed="left")],
         "tolerance": [Interval(Real, 0, None, closed="left"), None],
         "scale_features": ["boolean"],
@@ -209,61 +182,19 @@ dtype, log_every, verbose, callback
         *,
         sampling_strategy="auto",
         random_state=None,
-        source="gaussian_fit",
+        transporter=None,
         oversampling_factor=3.0,
         tolerance=None,
         scale_features=True,
         discrete_features="auto",
-        f="kl",
-        alpha=None,
-        L=10.0,
-        dt=0.01,
-        n_steps=300,
-        solver="euler",
-        hidden_layer_sizes=(32, 32, 32),
-        activation="relu",
-        n_critic=5,
-        learning_rate=5e-3,
-        constraint="hard",
-        penalty=10.0,
-        tol=None,
-        standardize=True,
-        store_every=1,
-        batch_size=None,
-        device="auto",
-        dtype="float32",
-        log_every=50,
-        verbose=0,
-        callback=None,
     ):
         super().__init__(sampling_strategy=sampling_strategy)
         self.random_state = random_state
-        self.source = source
+        self.transporter = transporter
         self.oversampling_factor = oversampling_factor
         self.tolerance = tolerance
         self.scale_features = scale_features
         self.discrete_features = discrete_features
-        self.f = f
-        self.alpha = alpha
-        self.L = L
-        self.dt = dt
-        self.n_steps = n_steps
-        self.solver = solver
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.n_critic = n_critic
-        self.learning_rate = learning_rate
-        self.constraint = constraint
-        self.penalty = penalty
-        self.tol = tol
-        self.standardize = standardize
-        self.store_every = store_every
-        self.batch_size = batch_size
-        self.device = device
-        self.dtype = dtype
-        self.log_every = log_every
-        self.verbose = verbose
-        self.callback = callback
 
     def _fit_resample(self, X, y):
         rng = check_random_state(self.random_state)
@@ -284,8 +215,10 @@ dtype, log_every, verbose, callback
             for n, t in zip(n_new, targets)
         ]
         scaled = [self._scale(t) for t in targets]
-        starts = self._draw_starts(scaled, counts, rng)
-        self.transporter_ = self._fit_transporter(starts, scaled, rng)
+        transporter = self._transporter()
+        starts = _draw_starts(transporter, scaled, counts, rng)
+        transporter.set_params(random_state=rng.randint(np.iinfo(np.int32).max))
+        self.transporter_ = _fit_flows(transporter, starts, scaled)
         particles = self._particles_at_termination(np.concatenate(starts), counts)
         kept = _uniform_subsets(counts, n_new, rng)
         labels = np.repeat(self.augmented_classes_, n_new)
@@ -340,38 +273,18 @@ dtype, log_every, verbose, callback
                     "out of sampling_strategy (e.g. a dict) or collect more samples."
                 )
 
-    def _draw_starts(self, targets, counts, rng):
-        """Prior draws of each flow, exactly as GPATransporter's generative mode draws them."""
-        prior = GPATransporter(source=self.source, standardize=self.standardize)
-        prior.n_features_in_ = targets[0].shape[1]
-        prior._fit_scaler(np.concatenate(targets))
-        prior._fit_prior([prior._scale(t) for t in targets])
-        return [prior._unscale(prior._draw_prior(k, n, rng)) for k, n in enumerate(counts)]
-
-    def _transporter(self, random_state):
-        params = {name: getattr(self, name) for name in _SHARED_PARAMETERS}
-        # The truncated flow is replayed from the particles' own starting points.
-        params.update(
-            random_state=random_state, conditional=True, prealign=None, out_of_sample="replay"
+    def _transporter(self):
+        transporter = GPATransporter(source="gaussian_fit")
+        if self.transporter is not None:
+            transporter = clone(self.transporter)
+        # The flows are replayed from the particles' own starting points (the tolerance's
+        # early stop), so every particle keeps its own path.
+        return transporter.set_params(
+            conditional=True,
+            prealign=None,
+            out_of_sample="replay",
+            warm_start=False,
         )
-        return GPATransporter(**params)
-
-    # -- the flows --------------------------------------------------------------------
-    def _fit_transporter(self, starts, targets, rng):
-        """One flow per class: the prior draws are the source rows, the class rows the target.
-
-        Integration mode with the draws as source rows gives each flow exactly the number
-        of particles asked for, and keeps their starting points for replay.
-        """
-        flows = np.arange(len(starts))
-        X, flow_labels, sample_domain = stack_domains(
-            np.concatenate(starts),
-            np.concatenate(targets),
-            np.repeat(flows, [len(s) for s in starts]),
-            np.repeat(flows, [len(t) for t in targets]),
-        )
-        transporter = self._transporter(rng.randint(np.iinfo(np.int32).max))
-        return transporter.fit(X, flow_labels, sample_domain=sample_domain)
 
     def _particles_at_termination(self, starts, counts):
         """Particles of each flow at its termination step ``T_k`` (eq. 37)."""
@@ -388,14 +301,9 @@ dtype, log_every, verbose, callback
         if not early.any():
             return transporter.particles_
         # Replaying the stored critics up to T_k moves the starting points along the
-        # training trajectories; a flow marked not alive from T_k on stops there.
-        alive = transporter.flow_.alive.copy()
-        for k, stop in enumerate(stops):
-            alive[stop:, k] = False
-        truncated = copy.copy(transporter)
-        truncated.flow_ = dataclasses.replace(transporter.flow_, alive=alive)
+        # training trajectories.
         flow_of_row = np.repeat(np.arange(len(counts)), counts)
-        replayed = truncated.transform(starts, y=flow_of_row)
+        replayed = transporter.replay(starts, y=flow_of_row, stop_steps=stops)
         return np.where(early[flow_of_row][:, None], replayed, transporter.particles_)
 
     def _termination_steps(self, divergence):
@@ -408,12 +316,11 @@ dtype, log_every, verbose, callback
         missed = above[-1]
         if missed.any():
             names = self.augmented_classes_[missed].tolist()
-            warnings.warn(
+            warn_at_caller(
                 f"The divergence estimate of classes {names} ended above tolerance="
                 f"{self.tolerance} (last values {divergence[-1, missed].round(4).tolist()}); "
-                "their particles after the last step are used. Raise n_steps or tolerance.",
-                UserWarning,
-                stacklevel=4,
+                "their particles after the last step are used. Raise the transporter's "
+                "n_steps or the tolerance."
             )
         return last_above + 1
 
@@ -482,3 +389,26 @@ def _uniform_subsets(counts, n_keep, rng):
             for offset, count, keep in zip(offsets, counts, n_keep)
         ]
     )
+
+
+def _draw_starts(transporter, targets, counts, rng):
+    """Prior draws of each flow, as ``transporter``'s generative mode would draw them."""
+    scaling = Standardization.fit(np.concatenate(targets), transporter.standardize)
+    prior = Prior.fit(transporter.source, [scaling.transform(t) for t in targets])
+    return [scaling.inverse_transform(prior.draw(k, n, rng)) for k, n in enumerate(counts)]
+
+
+def _fit_flows(transporter, starts, targets):
+    """One flow per class: the prior draws are the source rows, the class rows the target.
+
+    Integration mode with the draws as source rows gives each flow exactly the number of
+    particles asked for, and keeps their starting points for replay.
+    """
+    flows = np.arange(len(starts))
+    X, flow_labels, sample_domain = stack_domains(
+        np.concatenate(starts),
+        np.concatenate(targets),
+        np.repeat(flows, [len(s) for s in starts]),
+        np.repeat(flows, [len(t) for t in targets]),
+    )
+    return transporter.fit(X, flow_labels, sample_domain=sample_domain)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
 from sklearn.linear_model import RidgeClassifierCV
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine.device import limit_blas_threads
-from .utils import check_sample_domain, known_labels
+from ._base import DomainTransformer, class_index
+from ._grouping import group_rows
 
 __all__ = ["MeanStdAdjuster", "class_router", "meanstd_map"]
 
@@ -119,7 +117,7 @@ def _ridge_routes_better(rows, labels, counts, vote, cv, max_rows=2000):
     return bool(scores[1] > scores[0])
 
 
-class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class MeanStdAdjuster(DomainTransformer):
     """Match each source feature's mean and standard deviation to the target's.
 
     The baseline ``F`` of the papers' Table 3: with labels on both sides, each class of
@@ -158,113 +156,43 @@ class MeanStdAdjuster(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     True
     """
 
-    __metadata_request__fit = {"sample_domain": True}
-    __metadata_request__transform = {"sample_domain": True}
-
     _parameter_constraints = {"conditional": [StrOptions({"auto"}), "boolean"]}
 
     def __init__(self, conditional="auto"):
         self.conditional = conditional
 
-    @limit_blas_threads
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, sample_domain=None):
-        """Learn one affine map per class from source and target rows.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,), default=None
-        sample_domain : array-like of shape (n_samples,)
-
-        Returns
-        -------
-        self : MeanStdAdjuster
-        """
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
-        if sample_domain is None:
+    def _fit(self, X, y, source):
+        """One affine map per class from source and target rows; the moved source rows."""
+        if source is None:
             raise ValueError("MeanStdAdjuster needs sample_domain (>= 0 source, < 0 target).")
-        source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-        self.classes_ = self._classes(y, source)
-        if self.classes_ is None:
-            maps = [meanstd_map(X[source], X[~source])]
-            self.router_ = None
-        else:
-            y = np.asarray(y)
-            maps = [meanstd_map(X[source & (y == c)], X[~source & (y == c)]) for c in self.classes_]
+        groups = group_rows(y, source, conditional=self.conditional)
+        self.classes_ = groups.classes
+        maps = [meanstd_map(X[s], X[t]) for s, t in zip(groups.sources, groups.targets)]
+        self.router_ = None
+        if self.classes_ is not None:
             self.router_ = class_router(X[source], y[source])
         self.scale_ = np.array([a for a, _ in maps])
         self.shift_ = np.array([b for _, b in maps])
-        return self
-
-    def _classes(self, y, source):
-        if y is None or self.conditional is False:
-            if self.conditional is True:
-                raise ValueError("conditional=True needs class labels y.")
-            return None
-        y = np.asarray(y)
-        known = known_labels(y)
-        src, tgt = np.unique(y[source & known]), np.unique(y[~source & known])
-        usable = known[source].all() and len(src) > 0 and np.isin(src, tgt).all()
-        if not usable:
-            if self.conditional is True:
-                raise ValueError(
-                    "conditional=True needs a label on every source row and every source "
-                    "class among the target rows."
-                )
-            return None
-        return src
+        return self._move(X[source], None if self.classes_ is None else y[source])
 
     def flow_index(self, X, y=None):
-        """Class index (row of ``scale_``) of each row: from ``y`` if given, else routed."""
-        if self.classes_ is None:
-            return np.zeros(len(X), dtype=int)
-        if y is not None:
-            y = np.asarray(y)
-            unknown = ~np.isin(y, self.classes_)
-            if unknown.any():
-                raise ValueError(f"y holds classes {np.unique(y[unknown]).tolist()} not fitted.")
-            return np.searchsorted(self.classes_, y)
-        return np.searchsorted(self.classes_, self.router_.predict(X))
-
-    @limit_blas_threads
-    def transform(self, X, y=None, *, sample_domain=None):
-        """Adjust source rows; target rows (``sample_domain < 0``) are returned unchanged.
+        """Class index (row of ``scale_``) of each row: from ``y`` if given, else routed.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,), default=None
-            Class of each row; None routes rows to a class predicted from the source rows
-            (``router_``).
-        sample_domain : array-like of shape (n_samples,), default=None
-            None treats every row as a source row.
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features)
+        flows : ndarray of int of shape (n_samples,)
         """
-        check_is_fitted(self, "scale_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        move = np.ones(len(X), dtype=bool)
-        if sample_domain is not None:
-            move = check_sample_domain(
-                sample_domain, len(X), require_both=False, n_features=X.shape[1]
-            )
-        out = np.array(X, copy=True)
-        if move.any():
-            index = self.flow_index(X[move], None if y is None else np.asarray(y)[move])
-            out[move] = X[move] * self.scale_[index] + self.shift_[index]
-        return out
+        if self.classes_ is None:
+            return np.zeros(len(X), dtype=int)
+        if y is not None:
+            return class_index(self.classes_, y, len(X))
+        return np.searchsorted(self.classes_, self.router_.predict(X))
 
-    @limit_blas_threads
-    def fit_transform(self, X, y=None, *, sample_domain=None):
-        """``fit`` then ``transform`` with the fitting labels.
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_samples, n_features)
-        """
-        self.fit(X, y, sample_domain=sample_domain)
-        labels = None if self.classes_ is None else y
-        return self.transform(X, labels, sample_domain=sample_domain)
+    def _move(self, X, y):
+        index = self.flow_index(X, y)
+        return X * self.scale_[index] + self.shift_[index]

@@ -7,6 +7,9 @@ Source and target rows travel together in one ``X``, as in skada: an integer arr
 from __future__ import annotations
 
 import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
 from sklearn.utils import check_array, column_or_1d
@@ -145,3 +148,25 @@ def check_image_shape(image_shape, n_features: int) -> tuple[int, int, int]:
             f"but X has {n_features} features."
         )
     return shape
+
+
+# Frames in these packages are not the user's: a warning points at the first frame outside
+# them (the caller's line), as pandas' ``find_stack_level`` does.
+_LIBRARIES = ("sklearn_gpa", "sklearn", "imblearn")
+
+
+def _library_dirs():
+    return tuple(
+        os.path.dirname(sys.modules[name].__file__) + os.sep
+        for name in _LIBRARIES
+        if name in sys.modules
+    )
+
+
+def warn_at_caller(message: str, category=UserWarning) -> None:
+    """Warn with the stack level of the first frame outside sklearn-gpa and scikit-learn."""
+    dirs = _library_dirs()
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(dirs):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

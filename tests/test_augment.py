@@ -20,7 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.augment import GPAAugmenter
 
-FAST = dict(n_steps=5, random_state=0)
+FAST = dict(transporter=GPATransporter(source="gaussian_fit", n_steps=5), random_state=0)
 
 
 @parametrize_with_checks([GPAAugmenter(**FAST)])
@@ -40,11 +40,16 @@ def test_imblearn_param_validation_and_column_names():
         check_dataframe_column_names_consistency("GPAAugmenter", GPAAugmenter(**FAST))
 
 
-def test_shared_parameters_keep_the_transporters_defaults():
-    ours, theirs = GPAAugmenter().get_params(), GPATransporter().get_params()
-    shared = (set(ours) & set(theirs)) - {"source"}  # "gaussian_fit" here: short flows
-    assert len(shared) >= 20
-    assert {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
+def test_flow_settings_live_on_the_transporter():
+    X, y, _ = _three_classes()
+    sampler = GPAAugmenter(transporter=GPATransporter(n_steps=7, L=3.0), random_state=0)
+    assert sampler.get_params()["transporter__L"] == 3.0
+    sampler.set_params(transporter__n_steps=4).fit_resample(X, y)
+    assert sampler.transporter_.n_steps_ == 4 and sampler.transporter_.L == 3.0
+    assert sampler.transporter_.conditional is True  # the augmenter's own settings
+    assert not hasattr(sampler.transporter, "flow_")  # the parameter is cloned, not fitted
+    default = GPAAugmenter(random_state=0).fit_resample(X, y)
+    assert GPAAugmenter(random_state=0).transporter is None and len(default[0]) > len(X)
 
 
 def _three_classes(seed=0, sizes=(60, 25, 10), n_features=3):
@@ -103,9 +108,15 @@ def test_already_balanced_returns_data_as_is():
 
 def test_reproducible_with_random_state():
     X, y, _ = _three_classes()
-    first = GPAAugmenter(n_steps=30, random_state=3).fit_resample(X, y)[0]
-    again = GPAAugmenter(n_steps=30, random_state=3).fit_resample(X, y)[0]
-    other = GPAAugmenter(n_steps=30, random_state=4).fit_resample(X, y)[0]
+    first = GPAAugmenter(
+        random_state=3, transporter=GPATransporter(source="gaussian_fit", n_steps=30)
+    ).fit_resample(X, y)[0]
+    again = GPAAugmenter(
+        random_state=3, transporter=GPATransporter(source="gaussian_fit", n_steps=30)
+    ).fit_resample(X, y)[0]
+    other = GPAAugmenter(
+        random_state=4, transporter=GPATransporter(source="gaussian_fit", n_steps=30)
+    ).fit_resample(X, y)[0]
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first[len(X) :], other[len(X) :])
 
@@ -113,7 +124,7 @@ def test_reproducible_with_random_state():
 @pytest.mark.parametrize("source", ["gaussian_fit", "normal"])
 def test_synthetic_rows_belong_to_their_class(source):
     X, y, centers = _three_classes()
-    sampler = GPAAugmenter(source=source, random_state=0)
+    sampler = GPAAugmenter(random_state=0, transporter=GPATransporter(source=source))
     X_res, y_res = sampler.fit_resample(X, y)
     synthetic, labels = X_res[len(X) :], y_res[len(X) :]
     for c in (1, 2):
@@ -132,12 +143,18 @@ def test_discrete_features_stay_on_their_levels():
     X = np.column_stack([rng.normal(size=80), rng.randint(0, 2, 80), np.full(80, 0.5)])
     X[60:, 2] = 1.0  # constant within each class
     y = np.repeat([0, 1], [60, 20])
-    X_res, y_res = GPAAugmenter(n_steps=20, random_state=0).fit_resample(X, y)
+    X_res, y_res = GPAAugmenter(
+        random_state=0, transporter=GPATransporter(source="gaussian_fit", n_steps=20)
+    ).fit_resample(X, y)
     synthetic = X_res[len(X) :]
     assert set(np.unique(synthetic[:, 1])) <= {0.0, 1.0}
     assert np.all(synthetic[:, 2] == 1.0)
     assert len(np.unique(synthetic[:, 0])) == len(synthetic)  # continuous stays continuous
-    raw = GPAAugmenter(n_steps=20, random_state=0, discrete_features=None).fit_resample(X, y)[0]
+    raw = GPAAugmenter(
+        random_state=0,
+        discrete_features=None,
+        transporter=GPATransporter(source="gaussian_fit", n_steps=20),
+    ).fit_resample(X, y)[0]
     assert len(np.unique(raw[len(X) :, 1])) > 2
 
 
@@ -170,12 +187,15 @@ def test_long_flows_memorise_and_the_tolerance_stops_before():
     # originals; stopping once the divergence is within tolerance keeps them apart.
     X, y = _five_dimensional_class()
 
-    def fit(**params):
-        sampler = GPAAugmenter(sampling_strategy={1: 100}, random_state=0, **params)
+    def fit(n_steps, tolerance=None):
+        flow = GPATransporter(source="gaussian_fit", n_steps=n_steps)
+        sampler = GPAAugmenter(
+            sampling_strategy={1: 100}, random_state=0, transporter=flow, tolerance=tolerance
+        )
         sampler.fit_resample(X, y)
         return sampler
 
-    short, long, stopped = fit(n_steps=100), fit(n_steps=1000), fit(n_steps=1000, tolerance=0.05)
+    short, long, stopped = fit(100), fit(1000), fit(1000, tolerance=0.05)
     assert long.memorization_ratio_[1] < 0.2 and short.memorization_ratio_[1] > 0.5
     divergence = stopped.transporter_.history_["divergence_per_flow"][:, 0]
     stop = stopped.termination_step_[1]
@@ -190,7 +210,9 @@ def test_long_flows_memorise_and_the_tolerance_stops_before():
 
 def test_unreachable_tolerance_warns_and_uses_the_last_step():
     X, y = _five_dimensional_class()
-    sampler = GPAAugmenter(source="normal", tolerance=1e-6, **FAST)
+    sampler = GPAAugmenter(
+        transporter=GPATransporter(source="normal", n_steps=5), tolerance=1e-6, random_state=0
+    )
     with pytest.warns(UserWarning, match=r"classes \[1\] ended above tolerance=1e-06"):
         sampler.fit_resample(X, y)
     assert sampler.termination_step_ == {1: 5}
@@ -199,11 +221,17 @@ def test_unreachable_tolerance_warns_and_uses_the_last_step():
 def test_pipeline_cross_validate_and_grid_search():
     X, y, _ = _three_classes(sizes=(80, 16, 0), n_features=4)
     X += np.random.RandomState(1).normal(scale=2.5, size=X.shape)  # overlapping classes
-    pipe = make_pipeline(GPAAugmenter(n_steps=30, random_state=0), LogisticRegression())
+    pipe = make_pipeline(
+        GPAAugmenter(random_state=0, transporter=GPATransporter(source="gaussian_fit", n_steps=30)),
+        LogisticRegression(),
+    )
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     scores = cross_validate(pipe, X, y, cv=cv, scoring="balanced_accuracy")["test_score"]
     assert np.all(np.isfinite(scores)) and scores.mean() > 0.6
-    knn = make_pipeline(GPAAugmenter(n_steps=10, random_state=0), KNeighborsClassifier())
+    knn = make_pipeline(
+        GPAAugmenter(random_state=0, transporter=GPATransporter(source="gaussian_fit", n_steps=10)),
+        KNeighborsClassifier(),
+    )
     grid = {"gpaaugmenter__oversampling_factor": [1, 3]}
     search = GridSearchCV(knn, grid, cv=cv, scoring="balanced_accuracy").fit(X, y)
     assert search.best_params_["gpaaugmenter__oversampling_factor"] in (1, 3)

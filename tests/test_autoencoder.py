@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_gpa import Autoencoder, LatentGPA
+from sklearn_gpa import Autoencoder, GPATransporter, LatentGPA
 
 FAST = dict(n_components=2, hidden_layer_sizes=(8,), max_iter=3, random_state=0)
 
@@ -187,7 +187,10 @@ def test_unavailable_device_is_a_value_error():
 def test_latent_gpa_generates_digits_with_the_autoencoder(digits):
     X = digits[:300]
     encoder = Autoencoder(n_components=8, image_shape=(8, 8), max_iter=10, random_state=0)
-    model = LatentGPA(encoder=encoder, n_steps=30, random_state=0)
+    model = LatentGPA(
+        encoder=encoder,
+        transporter=GPATransporter(n_steps=30, random_state=0, out_of_sample="auto"),
+    )
     moved = model.fit_transform(X)
     assert moved.shape == X.shape and np.all(np.isfinite(moved))
     samples = model.sample(25, random_state=0)

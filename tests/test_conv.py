@@ -147,7 +147,10 @@ def test_cnn_transporter_generates_digits_class_by_class(digits):
     assert gpa.image_shape_ == (1, 8, 8)
     assert np.isfinite(gpa.particles_).all()
     rng = np.random.RandomState(1)
-    before = [energy_distance(gpa._unscale(gpa._draw_prior(k, 60, rng)), X[y == k]) for k in (0, 1)]
+    before = [
+        energy_distance(gpa.center_ + gpa.scale_ * gpa.prior_.draw(k, 60, rng), X[y == k])
+        for k in (0, 1)
+    ]
     after = energy_distance(gpa.particles_[gpa.particle_labels_ == 0], X[y == 0])
     assert after < 0.6 * before[0]
     short = {**params, "n_steps": 5}

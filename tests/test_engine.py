@@ -493,7 +493,10 @@ def test_estimators_run_moderate_numpy_work_on_one_blas_thread():
     rng = np.random.RandomState(0)
     X, _, sd = stack_domains(rng.normal(size=(40, 2_000)), rng.normal(size=(40, 2_000)) + 1)
     with threadpool_limits(2, user_api="blas"):
-        LatentGPA(RecordingPCA(3), n_steps=2, random_state=0).fit(X, sample_domain=sd)
+        LatentGPA(
+            RecordingPCA(3),
+            transporter=GPATransporter(n_steps=2, random_state=0, out_of_sample="auto"),
+        ).fit(X, sample_domain=sd)
         assert set(seen[-1]) == {1}
         assert set(_blas_threads()) == {2}
 
@@ -605,7 +608,10 @@ def test_child_forked_during_a_fit_starts_its_own_blas_bookkeeping():
 
 
 @parametrize_with_checks(
-    [LatentGPA(n_steps=3, random_state=0), GPATransporter(n_steps=3, random_state=0)]
+    [
+        LatentGPA(transporter=GPATransporter(n_steps=3, random_state=0, out_of_sample="auto")),
+        GPATransporter(n_steps=3, random_state=0),
+    ]
 )
 def test_sklearn_compatible_under_the_blas_limit(estimator, check, monkeypatch):
     """The estimator checks' data are far below the BLAS rule's 100 000 values; with the

@@ -8,13 +8,15 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_gpa import LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa.latent import decoder_lipschitz_constant
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
 
 
-@parametrize_with_checks([LatentGPA(n_steps=15, random_state=0)])
+@parametrize_with_checks(
+    [LatentGPA(transporter=GPATransporter(n_steps=15, random_state=0, out_of_sample="auto"))]
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -39,7 +41,9 @@ def _low_rank_batch_pair(n=120, d=60, rank=4, seed=0):
 def test_default_encoder_keeps_ninety_percent_and_reports_floor():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    model = LatentGPA(n_steps=20, random_state=0).fit(X, y, sample_domain=sd)
+    model = LatentGPA(
+        transporter=GPATransporter(n_steps=20, random_state=0, out_of_sample="auto")
+    ).fit(X, y, sample_domain=sd)
     pca = model.encoder_[-1]
     assert pca.explained_variance_ratio_.sum() >= 0.9
     assert model.n_components_ == pca.n_components_
@@ -65,7 +69,10 @@ def test_decoder_lipschitz_constant_of_linear_decoders():
 def test_integration_brings_source_onto_target(residual):
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    model = LatentGPA(residual=residual, n_steps=150, random_state=0)
+    model = LatentGPA(
+        residual=residual,
+        transporter=GPATransporter(n_steps=150, random_state=0, out_of_sample="auto"),
+    )
     out = model.fit_transform(X, y, sample_domain=sd)
     np.testing.assert_array_equal(out[sd < 0], X[sd < 0])
     before = energy_distance(Xs, Xt)
@@ -79,7 +86,11 @@ def test_integration_brings_source_onto_target(residual):
 def test_drop_returns_rows_on_the_encoder_manifold():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    model = LatentGPA(residual="drop", prealign=None, n_steps=20, random_state=0)
+    model = LatentGPA(
+        residual="drop",
+        prealign=None,
+        transporter=GPATransporter(n_steps=20, random_state=0, out_of_sample="auto"),
+    )
     out = model.fit(X, y, sample_domain=sd).transform(Xs, ys)
     again = model.encoder_.inverse_transform(model.encoder_.transform(out))
     np.testing.assert_allclose(out, again, atol=1e-8)
@@ -88,7 +99,9 @@ def test_drop_returns_rows_on_the_encoder_manifold():
 def test_labels_in_transform_pick_the_flow():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    model = LatentGPA(n_steps=100, random_state=0).fit(X, y, sample_domain=sd)
+    model = LatentGPA(
+        transporter=GPATransporter(n_steps=100, random_state=0, out_of_sample="auto")
+    ).fit(X, y, sample_domain=sd)
     trained = model.fit_transform(X, y, sample_domain=sd)[sd >= 0]
     with_labels = model.transform(Xs, ys)
     np.testing.assert_allclose(with_labels, trained, atol=1e-3 * np.abs(trained).max())
@@ -97,7 +110,9 @@ def test_labels_in_transform_pick_the_flow():
 def test_label_free_integration_runs_one_flow():
     Xs, _, Xt, _ = _low_rank_batch_pair()
     X, _, sd = stack_domains(Xs, Xt)
-    model = LatentGPA(n_steps=100, random_state=0).fit(X, sample_domain=sd)
+    model = LatentGPA(
+        transporter=GPATransporter(n_steps=100, random_state=0, out_of_sample="auto")
+    ).fit(X, sample_domain=sd)
     assert model.classes_ is None
     out = model.transform(X, sample_domain=sd)
     assert energy_distance(out[sd >= 0], Xt) < 0.2 * energy_distance(Xs, Xt)
@@ -105,7 +120,9 @@ def test_label_free_integration_runs_one_flow():
 
 def test_generation_decodes_samples():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
-    model = LatentGPA(n_steps=100, random_state=0).fit(Xt, yt)
+    model = LatentGPA(
+        transporter=GPATransporter(n_steps=100, random_state=0, out_of_sample="auto")
+    ).fit(Xt, yt)
     samples = model.sample(60, y=np.repeat([0, 1], 30), random_state=0)
     assert samples.shape == (60, Xt.shape[1])
     for c, rows in ((0, slice(0, 30)), (1, slice(30, 60))):
@@ -117,7 +134,17 @@ def test_last_step_of_a_pipeline_with_routing():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     with config_context(enable_metadata_routing=True):
-        pipe = Pipeline([("pca", PCA(8)), ("gpa", LatentGPA(n_steps=30, random_state=0))])
+        pipe = Pipeline(
+            [
+                ("pca", PCA(8)),
+                (
+                    "gpa",
+                    LatentGPA(
+                        transporter=GPATransporter(n_steps=30, random_state=0, out_of_sample="auto")
+                    ),
+                ),
+            ]
+        )
         out = pipe.fit(X, y, sample_domain=sd).transform(X, sample_domain=sd)
         assert np.isfinite(pipe.score(X, sample_domain=sd))
     assert out.shape == (len(X), 8)
@@ -170,7 +197,9 @@ def test_default_out_of_sample_is_the_better_map_for_new_rows():
     X, _, sd = stack_domains(train, Xt)
     distance = {}
     for out_of_sample in ("auto", "nearest", "barycentric"):
-        model = LatentGPA(out_of_sample=out_of_sample, n_steps=200, random_state=0)
+        model = LatentGPA(
+            transporter=GPATransporter(out_of_sample=out_of_sample, n_steps=200, random_state=0)
+        )
         model.fit(X, sample_domain=sd)
         distance[out_of_sample] = energy_distance(model.transform(new), Xt)
     assert distance["auto"] == pytest.approx(min(distance["nearest"], distance["barycentric"]))
@@ -184,13 +213,17 @@ def test_particles_are_the_decoded_trained_particles():
 
     X, y = load_digits(return_X_y=True)
     X, y = X[:150], y[:150]
-    generator = LatentGPA(n_steps=20, n_particles=90, random_state=0).fit(X, y)
+    generator = LatentGPA(
+        transporter=GPATransporter(n_steps=20, n_particles=90, random_state=0, out_of_sample="auto")
+    ).fit(X, y)
     assert generator.particles_.shape == (90, 64)
-    expected = generator.encoder_.inverse_transform(generator.gpa_.particles_)
+    expected = generator.encoder_.inverse_transform(generator.transporter_.particles_)
     np.testing.assert_allclose(generator.particles_, expected)
     assert set(generator.particle_labels_) == set(np.unique(y))
     domain = np.where(np.arange(150) < 75, 1, -1)
-    integrated = LatentGPA(n_steps=20, random_state=0)
+    integrated = LatentGPA(
+        transporter=GPATransporter(n_steps=20, random_state=0, out_of_sample="auto")
+    )
     out = integrated.fit_transform(X + 2.0 * (domain == 1)[:, None], sample_domain=domain)
     np.testing.assert_array_equal(out[domain == 1], integrated.particles_)
 
@@ -210,7 +243,9 @@ def test_gene_flat_in_one_study_is_not_blown_up_or_left_spread():
     adjuster = MeanStdAdjuster().fit(X, y, sample_domain=sd)
     assert np.abs(adjuster.transform(new, ys[:5])).max() < bound
     np.testing.assert_allclose(adjuster.transform(Xs, ys)[:, 1], 0.3)
-    model = LatentGPA(n_steps=30, random_state=0).fit(X, y, sample_domain=sd)
+    model = LatentGPA(
+        transporter=GPATransporter(n_steps=30, random_state=0, out_of_sample="auto")
+    ).fit(X, y, sample_domain=sd)
     assert np.abs(model.transform(new, ys[:5])).max() < bound
     np.testing.assert_allclose(model.transform(Xs, ys)[:, 1], 0.3, atol=1e-8)
 
@@ -244,7 +279,7 @@ def test_decoder_lipschitz_constant_decodes_an_affine_decoder_once():
 def test_fit_transform_keeps_float32_as_transform_does():
     Xs, ys, Xt, yt = _low_rank_batch_pair()
     X, y, sd = stack_domains(Xs.astype(np.float32), Xt.astype(np.float32), ys, yt)
-    model = LatentGPA(n_steps=10, random_state=0)
+    model = LatentGPA(transporter=GPATransporter(n_steps=10, random_state=0, out_of_sample="auto"))
     assert model.fit_transform(X, y, sample_domain=sd).dtype == np.float32
     assert model.transform(X, y, sample_domain=sd).dtype == np.float32
 
@@ -254,7 +289,9 @@ def test_genes_by_samples_matrix_gets_a_transpose_hint():
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     for prealign in ("meanstd", None):
         with pytest.raises(ValueError, match="is X transposed"):
-            LatentGPA(n_steps=5, prealign=prealign).fit(X.T, y, sample_domain=sd)
+            LatentGPA(
+                prealign=prealign, transporter=GPATransporter(n_steps=5, out_of_sample="auto")
+            ).fit(X.T, y, sample_domain=sd)
 
 
 def test_class_router_picks_the_classifier_that_cross_validates_better():

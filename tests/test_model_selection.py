@@ -198,8 +198,17 @@ def test_grid_search_without_routing_explains_what_to_enable(batch_pair):
 
 def test_randomized_search_tunes_latent_gpa_in_a_pipeline(routing, batch_pair):
     X, y, sd = batch_pair
-    pipeline = make_pipeline(StandardScaler(), LatentGPA(n_steps=30, prealign=None, random_state=0))
-    distributions = {"latentgpa__L": loguniform(1.0, 30.0), "latentgpa__dt": loguniform(1e-3, 0.1)}
+    pipeline = make_pipeline(
+        StandardScaler(),
+        LatentGPA(
+            prealign=None,
+            transporter=GPATransporter(n_steps=30, random_state=0, out_of_sample="auto"),
+        ),
+    )
+    distributions = {
+        "latentgpa__transporter__L": loguniform(1.0, 30.0),
+        "latentgpa__transporter__dt": loguniform(1e-3, 0.1),
+    }
     search = RandomizedSearchCV(
         pipeline,
         distributions,

@@ -9,9 +9,9 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import GPATransporter
+from sklearn_gpa._out_of_sample import leave_one_out_map
 from sklearn_gpa.datasets import make_gaussian_mixture, make_student_t
 from sklearn_gpa.metrics import energy_distance
-from sklearn_gpa.transport import _leave_one_out_map
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
@@ -295,7 +295,7 @@ def test_leave_one_out_picks_the_out_of_sample_map(scatter, expected):
     # A flow that moves neighbours alike (a shift), or one whose end points owe nothing
     # to the starts (the latent flow of few rows in many dimensions).
     end = rng.normal(size=(60, 10)) if scatter else start + 3.0
-    assert _leave_one_out_map(start, start, end) == expected
+    assert leave_one_out_map(start, start, end) == expected
 
 
 def test_auto_out_of_sample_uses_the_map_it_picked():
@@ -329,9 +329,9 @@ def test_auto_out_of_sample_without_labels_keeps_each_rows_own_offset(monkeypatc
     # Without class flows, "auto" is "nearest": the mean of a new row's neighbours' end
     # points would mix groups of rows that one label-free flow carries together.  With
     # labels, each class flow decides by leave-one-out.
-    from sklearn_gpa import transport
+    from sklearn_gpa import _out_of_sample
 
-    monkeypatch.setattr(transport, "_leave_one_out_map", lambda *a: "barycentric")
+    monkeypatch.setattr(_out_of_sample, "leave_one_out_map", lambda *a: "barycentric")
     rng = np.random.RandomState(3)
     Xs = np.vstack([rng.normal(0, 0.3, (40, 2)), rng.normal(0, 0.3, (40, 2)) + [3, 0]])
     Xt = Xs + [0, 5]

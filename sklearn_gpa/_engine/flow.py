@@ -10,6 +10,7 @@ that ``replay_flow`` can move particles the fit never saw.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -272,6 +273,38 @@ class LearnedFlow:
     def nbytes(self) -> int:
         """Memory held by the stored critic states."""
         return self.states.nbytes + self.alive.nbytes
+
+    def architecture(self) -> dict:
+        """The critics' shape: what a continuation of this flow must keep."""
+        return {
+            "hidden_layer_sizes": tuple(self.layout.hidden_layer_sizes),
+            "image_shape": getattr(self.layout, "image_shape", None),
+            "conv_channels": getattr(self.layout, "channels", None),
+        }
+
+    def extend(self, later: LearnedFlow) -> LearnedFlow:
+        """This flow followed by ``later``, a continuation of it (a warm-started run).
+
+        A flow that had stopped stays stopped.  The continuation must store every
+        ``store_every``-th step like this one, and this one's length must be a multiple of it.
+        """
+        if later.store_every != self.store_every or self.n_steps % self.store_every:
+            raise ValueError(
+                "warm_start=True needs the same store_every, and a previous run whose length "
+                f"is a multiple of it ({self.n_steps} steps, store_every={self.store_every})."
+            )
+        return dataclasses.replace(
+            later,
+            states=np.concatenate([self.states, later.states]),
+            alive=np.concatenate([self.alive, later.alive & self.alive[-1:]]),
+        )
+
+    def truncate(self, stops) -> LearnedFlow:
+        """The same flow with flow k stopped after ``stops[k]`` steps."""
+        alive = self.alive.copy()
+        for k, stop in enumerate(stops):
+            alive[int(stop) :, k] = False
+        return dataclasses.replace(self, alive=alive)
 
     def replay(self, y, *, dtype=torch.float32, device="cpu", chunk_rows=65536, path=None):
         """Move packed particles ``y`` (K, M, d) (NumPy or tensor) along the flow; NumPy out.

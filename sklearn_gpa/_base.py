@@ -1,0 +1,197 @@
+"""The base of the estimators that move source rows onto target rows.
+
+Domains follow skada: one ``X`` holds source and target rows, an integer ``sample_domain``
+marks them (``>= 0`` source, ``< 0`` target).  The base validates ``X``, ``y`` and
+``sample_domain`` once per public call and hands the checked arrays to the subclass's
+hooks, as imbalanced-learn's ``fit_resample`` hands them to ``_fit_resample``:
+
+* ``_fit(X, y, source)``: learn; ``source`` is the boolean mask of source rows, or None
+  without ``sample_domain`` (generative mode).  Returns the moved source rows (None in
+  generative mode), which ``fit_transform`` puts in place;
+* ``_move(X, y)``: the moved version of rows that ``transform`` was asked to move.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._engine.device import limit_blas_threads
+from .utils import check_sample_domain
+
+__all__ = ["DomainTransformer", "class_index"]
+
+_FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def class_index(classes, y, n_samples):
+    """Index into ``classes`` of each label of ``y``, with named errors."""
+    y = np.asarray(y)
+    if y.shape != (n_samples,):
+        raise ValueError(f"y must have shape ({n_samples},), got {y.shape}.")
+    unknown = ~np.isin(y, classes)
+    if unknown.any():
+        raise ValueError(
+            f"y holds classes {np.unique(y[unknown]).tolist()} that were not fitted; "
+            f"known classes: {classes.tolist()}."
+        )
+    return np.searchsorted(classes, y)
+
+
+class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Validation, ``fit``, ``fit_transform``, ``transform`` and ``score`` for the hooks."""
+
+    __metadata_request__fit = {"sample_domain": True}
+    __metadata_request__transform = {"sample_domain": True}
+    __metadata_request__score = {"sample_domain": True}
+
+    def _continues_fit(self) -> bool:
+        """Whether ``fit`` continues a previous fit (keeps ``n_features_in_``)."""
+        return False
+
+    def _validate_fit_data(self, X, y, sample_domain):
+        X = validate_data(
+            self, X, dtype=_FLOAT_DTYPES, ensure_min_samples=2, reset=not self._continues_fit()
+        )
+        source = None
+        if sample_domain is not None:
+            source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (X.shape[0],):
+                raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
+        return X, y, source
+
+    @limit_blas_threads
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None, *, sample_domain=None):
+        """Learn the map from source rows to target rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Source and target rows marked by ``sample_domain`` (integration); for the
+            generative estimators, without ``sample_domain``, the rows to learn to generate.
+        y : array-like of shape (n_samples,), default=None
+            Class labels; -1 or NaN marks an unknown label (skada's convention).
+        sample_domain : array-like of shape (n_samples,), default=None
+            ``>= 0`` for source rows, ``< 0`` for target rows.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        self._fit(*self._validate_fit_data(X, y, sample_domain))
+        return self
+
+    @limit_blas_threads
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_transform(self, X, y=None, *, sample_domain=None):
+        """Fit, then return ``X`` with its source rows moved as the fit moved them.
+
+        Target rows are returned unchanged.  Without ``sample_domain`` (generative mode)
+        every row is moved, as ``fit(X).transform(X)``.
+
+        Parameters
+        ----------
+        X, y, sample_domain : see ``fit``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+        """
+        X, y, source = self._validate_fit_data(X, y, sample_domain)
+        moved = self._fit(X, y, source)
+        if source is None:
+            return self.transform(X)
+        out = np.array(X, copy=True)
+        out[source] = moved
+        return out
+
+    @limit_blas_threads
+    def transform(self, X, y=None, *, sample_domain=None):
+        """Move rows with the fitted map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows to move.
+        y : array-like of shape (n_samples,), default=None
+            After a fit with class labels, the class of each row, which picks its map.
+            None routes each row to the class a classifier of the training source rows
+            predicts.
+        sample_domain : array-like of shape (n_samples,), default=None
+            When given, only source rows (``>= 0``) move; target rows (``< 0``) are returned
+            unchanged, bit for bit.  None moves every row: in a ``Pipeline``, which passes
+            no ``sample_domain`` unless metadata routing is enabled, every row is treated
+            as a new source row.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+            In the dtype of ``X`` (float64 for integer input).
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        move = np.ones(len(X), dtype=bool)
+        if sample_domain is not None:
+            move = check_sample_domain(
+                sample_domain, len(X), require_both=False, n_features=X.shape[1]
+            )
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (len(X),):
+                raise ValueError(f"y must have shape ({len(X)},), got {y.shape}.")
+        out = np.array(X, copy=True)
+        if move.any():
+            out[move] = self._move(X[move], None if y is None else y[move])
+        return out
+
+    def score(self, X, y=None, *, sample_weight=None, sample_domain=None):
+        """Minus the energy distance between moved rows and target rows (higher is better).
+
+        In integration, the source rows of ``X`` are moved and compared with its target
+        rows; after a generative fit, without ``sample_domain``, ``len(X)`` new samples are
+        compared with ``X``.  The energy distance has no parameter, so the score does not
+        depend on the fitted L and grid searches over L and dt compare like with like.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows of ``X``.
+        sample_domain : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        score : float
+        """
+        from .metrics import energy_distance
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        if weights is not None and weights.shape != (len(X),):
+            raise ValueError(f"sample_weight must have shape ({len(X)},), got {weights.shape}.")
+        if sample_domain is None and getattr(self, "mode_", None) == "generation":
+            moved, target = self.sample(len(X), random_state=0), X
+            w_moved, w_target = None, weights
+        else:
+            if sample_domain is None:
+                raise ValueError(
+                    "score() of an integration fit needs sample_domain to tell source from "
+                    "target rows (enable metadata routing to pass it through a search)."
+                )
+            source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
+            moved, target = self.transform(X[source]), X[~source]
+            w_moved = None if weights is None else weights[source]
+            w_target = None if weights is None else weights[~source]
+        return -energy_distance(moved, target, sample_weight_x=w_moved, sample_weight_y=w_target)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,87 @@
+"""Moving rows an integration flow never saw by the moves of their nearest training rows."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+__all__ = ["NeighbourMap", "leave_one_out_map"]
+
+N_NEIGHBORS = 5
+
+
+def _inverse_distance_weights(distance):
+    """Row-normalised ``1 / distance``; a training row itself gets all of its own weight."""
+    weight = 1.0 / np.maximum(distance, 1e-12 * (1.0 + distance.max()))
+    return weight / weight.sum(1, keepdims=True)
+
+
+class NeighbourMap:
+    """Per flow, the training rows' starting points and moves, and how new rows follow them.
+
+    ``"nearest"`` moves a new row by the inverse-distance-weighted displacement of its
+    ``N_NEIGHBORS`` nearest training starting points (as POT's out-of-sample maps do);
+    ``"barycentric"`` sends it to the weighted mean of their end points.
+    """
+
+    def __init__(self, starts, begins, ends, methods):
+        self.starts = [np.asarray(s) for s in starts]
+        self.methods = list(methods)
+        self.neighbours = [
+            NearestNeighbors(n_neighbors=min(N_NEIGHBORS, len(s))).fit(s) for s in self.starts
+        ]
+        self.displacements = [end - begin for begin, end in zip(begins, ends)]
+
+    @classmethod
+    def fit(cls, starts, begins, ends, method):
+        """``method`` is "nearest", "barycentric", or "auto" (per flow, by leave-one-out)."""
+        if method == "auto":
+            methods = [leave_one_out_map(s, b, e) for s, b, e in zip(starts, begins, ends)]
+        else:
+            methods = [method] * len(starts)
+        return cls(starts, begins, ends, methods)
+
+    def extend(self, begins, ends):
+        """A continued flow (warm start): each training row's move grows by its new move."""
+        for k, (begin, end) in enumerate(zip(begins, ends)):
+            self.displacements[k] = self.displacements[k] + (end - begin)
+
+    def move(self, Z, aligned, flows, prealign):
+        """New positions of rows ``Z`` (their pre-aligned versions ``aligned``) of ``flows``.
+
+        ``prealign(rows, k)`` applies flow k's pre-alignment (barycentres of neighbours'
+        starting points are pre-aligned like the rows themselves).
+        """
+        out = aligned.copy()
+        for k, neighbours in enumerate(self.neighbours):
+            rows = flows == k
+            if not rows.any():
+                continue
+            distance, index = neighbours.kneighbors(Z[rows])
+            weight = _inverse_distance_weights(distance)
+            if self.methods[k] == "barycentric":
+                # The weighted mean of the neighbours' end points (an affine pre-alignment
+                # commutes with the mean, so this is their mean start plus mean move).
+                starts = prealign(self.starts[k][index.ravel()], k).reshape(index.shape + (-1,))
+                out[rows] = np.einsum("ij,ijd->id", weight, starts)
+            out[rows] += np.einsum("ij,ijd->id", weight, self.displacements[k][index])
+        return out
+
+
+def leave_one_out_map(start, begin, end, n_neighbors=N_NEIGHBORS):
+    """``"nearest"`` or ``"barycentric"``: which predicts each training end point better.
+
+    Each training row is predicted from its ``n_neighbors`` nearest other rows (in the
+    starting points ``start``, inverse-distance weights): by its own (pre-aligned) start
+    ``begin`` plus their mean displacement, or by the mean of their end points.
+    """
+    if len(start) < 3:
+        return "nearest"
+    k = min(n_neighbors, len(start) - 1)
+    distance, index = NearestNeighbors(n_neighbors=k + 1).fit(start).kneighbors(start)
+    weight = _inverse_distance_weights(distance[:, 1:])
+    index = index[:, 1:]
+    mean_end = np.einsum("ij,ijd->id", weight, end[index])
+    mean_move = np.einsum("ij,ijd->id", weight, (end - begin)[index])
+    nearest_error = np.sum((begin + mean_move - end) ** 2)
+    return "barycentric" if np.sum((mean_end - end) ** 2) < nearest_error else "nearest"
