@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine.device import limit_blas_threads
+from ._threadpool import limit_blas_threads
 from .utils import check_sample_domain, known_labels
 
 __all__ = ["MeanStdAdjuster", "class_router", "meanstd_map"]

@@ -10,7 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine.device import limit_blas_threads
+from ._threadpool import limit_blas_threads
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPA_PARAMETER_CONSTRAINTS, GPATransporter
 from .utils import check_sample_domain, known_labels

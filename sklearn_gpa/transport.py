@@ -26,7 +26,7 @@ from ._engine import (
     run_gpa,
     unpack_rows,
 )
-from ._engine.device import limit_blas_threads
+from ._threadpool import limit_blas_threads
 from .baselines import class_router, meanstd_map
 from .utils import check_image_shape, check_sample_domain, check_sizes, known_labels
 
