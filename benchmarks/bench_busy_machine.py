@@ -1,18 +1,23 @@
-"""Whole fits next to other busy processes: the estimators' BLAS thread rule, or none.
+"""Whole fits next to a busy process and on an idle machine: the old load-based thread rule
+against the size rule that replaced it, interleaved in one process.
 
-The estimators' numpy and scipy work (standardisation, the encoder's SVD, the ridge
-cross-validation of ``class_router``, decoding) runs on OpenBLAS, which starts one thread per
-core whatever the load.  Since this version the estimators run that work on one BLAS thread
-for data of moderate size and on the free cores for large data
-(``sklearn_gpa._engine.device.blas_threads``).  This script measures what that buys: each
-fit is timed with the rule and with it switched off, interleaved in one process (the order
-alternates from one repeat to the next), while ``--spinners`` other processes keep cores
-busy, first with a pure-Python loop each (one core apiece), then with numpy matrix products
-on numpy's default threads (as many cores as its BLAS takes), and again with the machine
-left alone.
+Until this version the engine and the estimators chose threads from the machine's load:
+torch threads for large problems were capped at the cores other processes left idle (read
+from ``/proc/stat`` in 0.05 s samples, or the load average), and numpy's BLAS threads for
+large data likewise.  Now both follow the problem's size only: one torch thread below
+``device._SINGLE_THREAD_WORK`` multiply-adds per evaluation, torch's own setting above; one
+BLAS thread for data of moderate size (``_threadpool.blas_limit``), BLAS's own setting for
+small and large data.  The old rule is kept in this script only (``OldRule``), for this
+comparison.  Data of moderate size (the gene studies) get one BLAS thread and small
+problems one torch thread under both rules, so only large problems are timed here.
 
-Run: ``python benchmarks/bench_busy_machine.py [--repeats 5] [--spinners 1]``.  The gene
-rows need ``survset``.  Writes ``results/bench_busy_machine.{json,md}``.
+Each fit is timed with the old and the new rule, the order alternating from one repeat to
+the next, next to ``--spinners`` other processes doing numpy matrix products on numpy's
+default threads (another scientific job), next to as many pure-Python loops (one core each),
+and on the machine left alone.  Each row also gives the threads the old rule chose.
+
+Run: ``python benchmarks/bench_busy_machine.py [--repeats 3] [--spinners 1]``.  Writes
+``results/bench_busy_machine.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,20 +25,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 import warnings
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
+from sklearn.decomposition import PCA
+
+from sklearn_gpa import GPATransporter, LatentGPA, _threadpool
 from sklearn_gpa._engine import device
-from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.utils import stack_domains
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -52,8 +61,7 @@ def _spin(stop, kind):
 
 @contextlib.contextmanager
 def spinners(n, kind="python"):
-    """``n`` processes that keep cores busy until the block ends: a pure-Python loop each
-    (one core), or numpy matrix products (as many cores as numpy's BLAS takes)."""
+    """``n`` processes that keep cores busy until the block ends."""
     stop = multiprocessing.Event()
     procs = [
         multiprocessing.Process(target=_spin, args=(stop, kind), daemon=True) for _ in range(n)
@@ -69,48 +77,133 @@ def spinners(n, kind="python"):
             p.join()
 
 
-@contextlib.contextmanager
-def cap(enabled):
-    """The estimators' BLAS rule as shipped, or switched off."""
-    if enabled:
-        yield
-        return
-    saved = device._BLAS_MIN_VALUES
-    device._BLAS_MIN_VALUES = float("inf")
-    try:
-        yield
-    finally:
-        device._BLAS_MIN_VALUES = saved
+class OldRule:
+    """The load-based rule of sklearn-gpa up to this version (``_engine/device.py`` at
+    145558c), reduced to what chooses the thread counts: the cores other processes kept
+    busy, from ``/proc/stat`` (a 0.05 s sample when the last look is stale, a look reused
+    for 0.25 s), else the load average less this process's own recent CPU time."""
+
+    def __init__(self):
+        self.default_threads = torch.get_num_threads()
+        self.last_stat = None
+        self.last_reading = None
+        self.last_look = [time.monotonic(), time.process_time()]
+        self.blas_depth = 0
+        self.chosen = {"torch": [], "blas": []}
+
+    @staticmethod
+    def cores():
+        try:
+            return len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
+
+    @staticmethod
+    def busy_seconds():
+        try:
+            with open("/proc/stat") as stat:
+                lines = [line.split() for line in stat if line.startswith("cpu")]
+        except OSError:
+            return None
+        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        rows = [f for f in lines if f[0] != "cpu" and f[0] in allowed] or [
+            f for f in lines if f[0] == "cpu"
+        ]
+        busy = 0
+        for fields in rows:
+            ticks = [int(x) for x in fields[1:9]] + [0] * (9 - len(fields))
+            busy += ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def other_busy_cores(self):
+        now = time.monotonic()
+        if self.last_stat is not None and now - self.last_stat[0] < 0.25:
+            return self.last_reading
+        busy, own = self.busy_seconds(), time.process_time()
+        if busy is None:
+            return None
+        if self.last_stat is None or now - self.last_stat[0] > 60.0:
+            time.sleep(0.05)
+            self.last_stat = (now, busy, own)
+            now, busy, own = time.monotonic(), self.busy_seconds(), time.process_time()
+        then, busy_then, own_then = self.last_stat
+        self.last_stat = (now, busy, own)
+        self.last_reading = max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-9)
+        return self.last_reading
+
+    def free_cores(self):
+        others = self.other_busy_cores()
+        if others is None:
+            now, cpu = time.monotonic(), time.process_time()
+            span = max(now - self.last_look[0], 1e-9)
+            own = (cpu - self.last_look[1]) / span if span <= 60.0 else 0.0
+            self.last_look = [now, cpu]
+            others = max(0.0, os.getloadavg()[0] - min(own, self.default_threads))
+        return self.cores() - math.ceil(max(0.0, others - 0.25))
+
+    def threads_for(self, n_rows, layer_sizes, n_threads=None):
+        if n_threads is not None:
+            return max(1, int(n_threads))
+        if isinstance(layer_sizes, int):
+            work = n_rows * layer_sizes
+        else:
+            work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+        if work < device._SINGLE_THREAD_WORK:
+            return 1
+        n = max(1, min(self.default_threads, torch.get_num_threads(), self.free_cores()))
+        self.chosen["torch"].append(n)
+        return n
+
+    @contextlib.contextmanager
+    def blas_threads(self, n_rows, n_features):
+        """Moderate data: 1 thread (as now); large data: the free cores."""
+        limit = _threadpool.blas_limit(n_rows, n_features)
+        large = limit is None and n_rows * n_features >= _threadpool._BLAS_MIN_VALUES
+        if self.blas_depth or threading.current_thread() is not threading.main_thread():
+            limit = None  # a nested fit keeps its caller's limit
+        elif large:
+            limit = max(1, self.free_cores())
+            self.chosen["blas"].append(limit)
+            limit = None if limit >= self.cores() else limit
+        self.blas_depth += 1
+        try:
+            if limit is None:
+                yield
+            else:
+                with _threadpool._get_threadpool_controller().limit(limits=limit, user_api="blas"):
+                    yield
+        finally:
+            self.blas_depth -= 1
+
+    @contextlib.contextmanager
+    def installed(self):
+        saved = device.threads_for, _threadpool.blas_threads
+        device.threads_for, _threadpool.blas_threads = self.threads_for, self.blas_threads
+        try:
+            yield
+        finally:
+            device.threads_for, _threadpool.blas_threads = saved
 
 
 def runs():
-    Xs, ys, Xt, yt, _ = load_breast_cancer_studies("gse1992", "gse4335")
-    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    rng = np.random.RandomState(0)
+    X, _, sd = stack_domains(rng.normal(size=(5_000, 2)), rng.normal(size=(5_000, 2)) + 2)
+    wide, _, wide_sd = stack_domains(
+        rng.normal(size=(500, 6_000)), rng.normal(size=(500, 6_000)) + 1
+    )
     return [
         (
-            "LatentGPA defaults, 300 steps (235 x 11 809 genes)",
-            lambda: LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")).fit(
-                X, y, sample_domain=sd
-            ),
+            "GPATransporter 2-D, 5 000 + 5 000 rows, 60 steps (torch: 2.1e7 multiply-adds)",
+            lambda: GPATransporter(n_steps=60, random_state=0).fit(X, sample_domain=sd),
         ),
         (
-            "LatentGPA transform of 122 source rows",
-            _transform(
-                LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")).fit(
-                    X, y, sample_domain=sd
-                ),
-                Xs,
-            ),
-        ),
-        (
-            "MeanStdAdjuster fit + transform, routed (no y)",
-            lambda: MeanStdAdjuster().fit(X, y, sample_domain=sd).transform(Xs),
+            "LatentGPA PCA(20), 1 000 x 6 000, 20 steps (BLAS: SVD 6e9 multiply-adds)",
+            lambda: LatentGPA(
+                PCA(20),
+                transporter=GPATransporter(n_steps=20, random_state=0, out_of_sample="auto"),
+            ).fit(wide, sample_domain=wide_sd),
         ),
     ]
-
-
-def _transform(model, rows):
-    return lambda: model.transform(rows)
 
 
 def timed(fn):
@@ -119,70 +212,74 @@ def timed(fn):
     return time.perf_counter() - start
 
 
+def _fmt_threads(values):
+    return "/".join(str(v) for v in sorted(set(values))) if values else "-"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spinners", type=int, default=1)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    try:
-        cases = runs()
-    except ImportError:
-        print("survset is not installed: pip install survset")
-        return 0
+    cases = runs()
+    old = OldRule()
     for _, fn in cases:  # warm-up: imports, first allocations
         fn()
     rows = []
     header = (
-        "| fit | machine | rule on s (median) | rule off s (median) | off / on |\n"
-        "|---|---|---:|---:|---:|"
+        "| fit | machine | load avg at start | new rule s (median) | old rule s (median) "
+        "| old / new | old rule's threads (torch; BLAS) |\n|---|---|---:|---:|---:|---:|---|"
     )
-    print(header)
-    loads = [("python", args.spinners), ("numpy", args.spinners), ("idle", 0)]
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs\n{header}")
+    loads = [("numpy", args.spinners), ("python", args.spinners), ("idle", 0)]
     for kind, n_spin in loads:
         with spinners(n_spin, kind):
+            load = os.getloadavg()[0]
             for name, fn in cases:
-                times = {True: [], False: []}
+                times = {"new": [], "old": []}
+                old.chosen = {"torch": [], "blas": []}
                 for repeat in range(args.repeats):
-                    for enabled in (True, False) if repeat % 2 == 0 else (False, True):
-                        with cap(enabled):
-                            times[enabled].append(timed(fn))
-                capped, uncapped = np.median(times[True]), np.median(times[False])
+                    for rule in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
+                        with old.installed() if rule == "old" else contextlib.nullcontext():
+                            times[rule].append(timed(fn))
+                new, was = float(np.median(times["new"])), float(np.median(times["old"]))
+                chosen = f"{_fmt_threads(old.chosen['torch'])}; {_fmt_threads(old.chosen['blas'])}"
                 row = {
                     "fit": name,
                     "machine": "idle"
                     if not n_spin
                     else f"{n_spin} other process{'es' * (n_spin != 1)}: {LOADS[kind]}",
-                    "capped_s": float(capped),
-                    "uncapped_s": float(uncapped),
-                    "capped_all": times[True],
-                    "uncapped_all": times[False],
-                    "ratio": float(uncapped / capped),
+                    "load_average": load,
+                    "new_s": new,
+                    "old_s": was,
+                    "new_all": times["new"],
+                    "old_all": times["old"],
+                    "ratio": was / new,
+                    "old_threads": old.chosen,
                 }
                 rows.append(row)
-                print(
-                    f"| {name} | {row['machine']} | {capped:.2f} | {uncapped:.2f} "
-                    f"| {row['ratio']:.1f}x |",
-                    flush=True,
+                line = (
+                    f"| {name} | {row['machine']} | {load:.1f} | {new:.2f} | {was:.2f} "
+                    f"| {row['ratio']:.2f}x | {chosen} |"
                 )
+                row["line"] = line
+                print(line, flush=True)
     os.makedirs(RESULTS, exist_ok=True)
     meta = {
         "platform": platform.platform(),
+        "processor": platform.processor(),
         "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "repeats": args.repeats,
     }
     with open(os.path.join(RESULTS, "bench_busy_machine.json"), "w") as f:
         json.dump({"machine": meta, "rows": rows}, f, indent=1)
     with open(os.path.join(RESULTS, "bench_busy_machine.md"), "w") as f:
-        f.write(f"{meta['date']}, {meta['cpus']} CPUs, ")
-        f.write(f"median of {args.repeats} interleaved runs\n\n")
-        f.write(header + "\n")
-        for r in rows:
-            f.write(
-                f"| {r['fit']} | {r['machine']} | {r['capped_s']:.2f} | {r['uncapped_s']:.2f} "
-                f"| {r['ratio']:.1f}x |\n"
-            )
+        f.write(f"{meta['date']}, {meta['cpus']} CPUs, {meta['torch_threads']} torch threads, ")
+        f.write(f"median of {args.repeats} interleaved runs of each rule\n\n{header}\n")
+        f.write("".join(r["line"] + "\n" for r in rows))
     print(f"wrote {RESULTS}/bench_busy_machine.md")
     return 0
 

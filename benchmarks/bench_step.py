@@ -25,11 +25,11 @@ baseline is skipped ("-") where one of its steps would take longer than ``--max-
 a row is skipped where its data would not fit comfortably in memory.
 
 Threads (CPU): the engine's own rule (``threads_for``, as ``run_gpa`` uses it: 1 thread for
-small problems, and no more threads than the cores that other processes leave free, from the
-machine's CPU time less this process's own); ``--threads N`` forces N.  Where a row runs with
-more than one thread, the engine is also timed at 1 thread, interleaved.  "K classes cost <= 2x
-one class" is measured as the engine's time(K=10) / time(K=1) at equal per-class size, both
-timed interleaved, each with the threads the rule gives it.
+small problems, torch's own setting, the process default here, above); ``--threads N``
+forces N.  Where a row runs with more than one thread, the engine is also timed at 1 thread,
+interleaved.  "K classes cost <= 2x one class" is measured as the engine's time(K=10) /
+time(K=1) at equal per-class size, both timed interleaved, each with the threads the rule gives
+it.
 
 Peak memory is measured in a fresh subprocess per configuration and method (peak RSS above the
 RSS before the method's tensors exist, read from ``/proc/self/status`` after resetting the
@@ -347,14 +347,15 @@ def steps_per_block(seconds_per_step, block_s, max_steps=200) -> int:
 
 
 def thread_cap(args) -> int:
-    """``--threads``, or all threads: the engine's rule already leaves busy cores alone."""
+    """``--threads``, or torch's default: the engine's rule takes at most torch's setting."""
     return DEFAULT_THREADS if args.threads == "auto" else int(args.threads)
 
 
 def choose_threads(cfg: Config, device, args):
-    """``--threads`` if given, else run_gpa's choice for this problem capped by the free cores.
+    """``--threads`` if given, else run_gpa's choice for this problem.
 
-    ``threads_for`` answers "all" as the current setting, so ask it at the process default.
+    ``threads_for`` answers torch's current setting for large problems, so ask it at the
+    process default.
     """
     if torch.device(device).type != "cpu":
         return None
@@ -515,7 +516,7 @@ def machine_info(device, args) -> dict:
         "platform": platform.platform(),
         "device": device,
         "thread_rule": "the engine's rule (threads_for, as in run_gpa: by problem size and"
-        " the cores other processes leave free)"
+        " torch's setting)"
         if args.threads == "auto"
         else f"fixed {args.threads}",
         "thread_cap": args.thread_cap,

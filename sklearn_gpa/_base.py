@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine.device import limit_blas_threads
+from ._threadpool import limit_blas_threads
 from .utils import check_sample_domain
 
 __all__ = ["DomainTransformer", "class_index"]
