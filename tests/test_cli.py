@@ -373,3 +373,26 @@ def test_demo_saves_a_figure_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "kinetic energy" in printed and str(out) in printed
     assert out.stat().st_size > 10_000
+
+
+def test_library_warnings_print_as_one_line(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from sklearn_gpa.transport import GPATransporter
+
+    fit_transform = GPATransporter.fit_transform
+
+    def warning_fit_transform(self, *args, **kwargs):
+        warnings.warn("the critic went flat;\n  try a smaller L", RuntimeWarning, stacklevel=2)
+        return fit_transform(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPATransporter, "fit_transform", warning_fit_transform)
+    rng = np.random.RandomState(0)
+    args = _files(
+        tmp_path, rng.normal(size=(20, 2)).tolist(), ["a", "b"],
+        rng.normal(size=(20, 2)).tolist(), ["a", "b"],
+    )  # fmt: skip
+    assert _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv"), "--n-steps", "3") == 0
+    err = capsys.readouterr().err
+    assert "sklearn-gpa: warning: the critic went flat; try a smaller L\n" in err
+    assert "RuntimeWarning" not in err
