@@ -17,7 +17,6 @@ import numbers
 import warnings
 
 import numpy as np
-import ot
 import torch
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import wasserstein_distance
@@ -913,6 +912,8 @@ def sinkhorn_w2(X, Y, *, reg: float = 0.01, exact_below: int = 5000) -> float:
     >>> round(sinkhorn_w2(X, X + [3.0, 4.0]), 6)
     5.0
     """
+    import ot  # POT takes half a second to import: only when needed
+
     X, Y = _check_pair(X, Y)
     reg = _check_real(reg, "reg")
     exact_below = _check_int(exact_below, "exact_below", low=0)
@@ -930,6 +931,8 @@ def sinkhorn_w2(X, Y, *, reg: float = 0.01, exact_below: int = 5000) -> float:
 
 def _sinkhorn_cost(a, b, cost, reg):
     """Transport cost of the entropic plan with epsilon = reg * mean cost."""
+    import ot  # POT takes half a second to import: only when needed
+
     epsilon = reg * float(cost.mean())
     if epsilon == 0.0:  # every row of X and Y is one and the same point
         return 0.0
@@ -973,6 +976,8 @@ def wasserstein1(X, Y) -> float:
     >>> round(wasserstein1(X, X + [3.0, 4.0]), 6)
     5.0
     """
+    import ot  # POT takes half a second to import: only when needed
+
     X, Y = _check_pair(X, Y)
     if X.shape[1] == 1:
         return float(wasserstein_distance(X[:, 0], Y[:, 0]))

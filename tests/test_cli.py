@@ -1,19 +1,372 @@
-"""The sklearn-gpa command."""
+"""The sklearn-gpa command: round trips on real tables, column handling, errors, help."""
 
+import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_breast_cancer, load_wine
 
+import sklearn_gpa
+from sklearn_gpa import cli
 from sklearn_gpa.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(path, rows, header=None, delimiter=","):
-    with open(path, "w") as handle:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
         if header:
-            handle.write(delimiter.join(header) + "\n")
-        for row in rows:
-            handle.write(delimiter.join(str(v) for v in row) + "\n")
+            writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _read(path, delimiter=","):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle, delimiter=delimiter))
+
+
+def _split_study(X, y, names, seed=0):
+    """A source study (shifted and scaled) with IDs and labels, and a target study."""
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(X))
+    s, t = order[: len(X) // 2], order[len(X) // 2 :]
+    Xs = X[s] * 1.2 + X.std(0)  # a batch effect the flow must remove
+    return Xs, y[s], [f"P{i:03d}" for i in s], X[t], y[t], names
+
+
+def _transport(tmp_path, *extra):
+    return main(["transport", *extra, "--quiet"])
+
+
+def test_wine_round_trip_keeps_ids_and_labels_in_place(tmp_path, capsys):
+    data = load_wine()
+    names = [n.replace("/", "_") for n in data.feature_names]
+    Xs, ys, ids, Xt, yt, names = _split_study(data.data, data.target, names)
+    # Source: ID first, label between features; target: other column order, tab-separated,
+    # with an extra column the source does not have.
+    s_header = ["patient", *names[:4], "cultivar", *names[4:]]
+    s_rows = [
+        [pid, *row[:4].tolist(), f"c{label}", *row[4:].tolist()]
+        for pid, row, label in zip(ids, Xs, ys)
+    ]
+    _write(tmp_path / "s.csv", s_rows, s_header)
+    t_header = ["cultivar", *names[::-1], "site"]
+    t_rows = [[f"c{label}", *row[::-1].tolist(), "B"] for row, label in zip(Xt, yt)]
+    _write(tmp_path / "t.tsv", t_rows, t_header, delimiter="\t")
+    out = tmp_path / "out.csv"
+    code = main([
+        "transport", "--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.tsv"),
+        "--labels", "cultivar", "--id-column", "patient", "-o", str(out), "--n-steps", "200",
+    ])  # fmt: skip
+    assert code == 0
+    notes = " ".join(capsys.readouterr().err.split())
+    assert "13 features, comma-separated; labels 'cultivar'; kept as they are" in notes
+    assert "tab-separated" in notes and "ignoring target columns" in notes and "'site'" in notes
+    # Wine's features span four orders of magnitude (proline against hue): the CLI says so.
+    assert "feature spreads differ by a factor of" in notes and "--latent" in notes
+    table = _read(out)
+    assert table[0] == s_header
+    body = table[1:]
+    assert [row[0] for row in body] == ids
+    assert [row[5] for row in body] == [f"c{label}" for label in ys]
+    feature_idx = [1, 2, 3, 4, *range(6, 6 + len(names) - 4)]
+    moved = np.array([[float(row[j]) for j in feature_idx] for row in body])
+    assert moved.shape == Xs.shape
+    assert not np.allclose(moved, Xs)
+    # Class by class, the moved rows' means are much closer to the target's than before
+    # (in raw units: one common scale moves the large features, see the note).
+    for label in np.unique(ys):
+        goal = Xt[yt == label].mean(0)
+        before = np.linalg.norm(Xs[ys == label].mean(0) - goal)
+        after = np.linalg.norm(moved[ys == label].mean(0) - goal)
+        assert after < 0.2 * before
+
+
+def test_breast_cancer_latent_tsv_round_trip(tmp_path):
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    Xs, ys, ids, Xt, yt, names = _split_study(data.data, data.target, names, seed=1)
+    header = ["id", "diagnosis", *names]
+    _write(
+        tmp_path / "s.tsv",
+        [[pid, label, *row.tolist()] for pid, label, row in zip(ids, ys, Xs)],
+        header,
+        delimiter="\t",
+    )
+    # The target is a .txt file with tabs, and carries no ID column.
+    _write(
+        tmp_path / "t.txt",
+        [[label, *row.tolist()] for label, row in zip(yt, Xt)],
+        ["diagnosis", *names],
+        delimiter="\t",
+    )
+    out = tmp_path / "out.tsv"
+    code = _transport(
+        tmp_path, "--source", str(tmp_path / "s.tsv"), "--target", str(tmp_path / "t.txt"),
+        "--labels", "diagnosis", "--id-column", "id", "--latent", "--n-steps", "60",
+        "-o", str(out),
+    )  # fmt: skip
+    assert code == 0
+    table = _read(out, delimiter="\t")
+    assert table[0] == header
+    assert [row[0] for row in table[1:]] == ids
+    assert [int(row[1]) for row in table[1:]] == ys.tolist()
+    moved = np.array([[float(v) for v in row[2:]] for row in table[1:]])
+    # LatentGPA standardises each feature: every feature's mean moves to the target's.
+    scale = Xt.std(0)
+    for label in (0, 1):
+        goal = Xt[yt == label].mean(0)
+        before = np.abs(Xs[ys == label].mean(0) - goal) / scale
+        after = np.abs(moved[ys == label].mean(0) - goal) / scale
+        assert after.max() < 0.2 * before.min()
+
+
+def test_unnamed_index_column_is_carried(tmp_path):
+    # pandas' to_csv writes the row index under an empty header name.
+    rng = np.random.RandomState(0)
+    rows_s = [[i, *rng.normal(0, 1, 2).tolist()] for i in range(40)]
+    rows_t = [[i, *rng.normal(3, 1, 2).tolist()] for i in range(40)]
+    _write(tmp_path / "s.csv", rows_s, ["", "a", "b"])
+    _write(tmp_path / "t.csv", rows_t, ["", "a", "b"])
+    out = tmp_path / "o.csv"
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    assert _transport(tmp_path, *args, "-o", str(out), "--n-steps", "30") == 0
+    body = _read(out)[1:]
+    assert [row[0] for row in body] == [str(i) for i in range(40)]
+    assert np.mean([float(row[1]) for row in body]) > 1.0
+
+
+def test_transport_tsv_without_header_and_id_by_number(tmp_path):
+    rng = np.random.RandomState(1)
+    source = [[f"s{i}", *rng.normal(0, 1, 3).tolist()] for i in range(20)]
+    _write(tmp_path / "s.tsv", source, delimiter="\t")
+    target = [[f"t{i}", *rng.normal(2, 1, 3).tolist()] for i in range(20)]
+    _write(tmp_path / "t.tsv", target, delimiter="\t")
+    out = tmp_path / "out.tsv"
+    args = ["--source", str(tmp_path / "s.tsv"), "--target", str(tmp_path / "t.tsv")]
+    assert _transport(tmp_path, *args, "--id-column", "1", "-o", str(out), "--n-steps", "5") == 0
+    table = _read(out, delimiter="\t")
+    assert len(table) == 20 and [row[0] for row in table] == [f"s{i}" for i in range(20)]
+    assert all(len(row) == 4 for row in table)
+
+
+@pytest.mark.parametrize(
+    "name, text, delimiter",
+    [
+        ("a.csv", "x,y\n1,2\n3,4\n", ","),
+        ("a.tsv", "x\ty\n1\t2\n3\t4\n", "\t"),
+        ("a.txt", "x\ty\n1\t2\n3\t4\n", "\t"),
+        ("a.csv", "x\ty\n1\t2\n3\t4\n", "\t"),  # a .csv that holds tabs
+        ("a.csv", "x;y\n1.5;2.5\n3;4\n", ";"),
+        ("a.txt", "x  y\n1  2\n 3 4\n", " "),
+        ("a.csv", '"a, b",y\n1,2\n3,4\n', ","),  # a quoted separator
+    ],
+)
+def test_separator_detection(tmp_path, name, text, delimiter):
+    (tmp_path / name).write_text(text)
+    table = cli.read_table(str(tmp_path / name))
+    assert table.delimiter == delimiter
+    assert table.width == 2 and len(table.rows) == 2
+
+
+def test_byte_order_mark_and_blank_lines(tmp_path):
+    (tmp_path / "a.csv").write_bytes("\ufeffid,x\n\nA,1\n\nB,2\n".encode())
+    table = cli.read_table(str(tmp_path / "a.csv"))
+    assert table.header == ["id", "x"] and table.lines == [3, 5]
+
+
+def _files(tmp_path, source_rows, source_header=None, target_rows=None, target_header=None):
+    source = tmp_path / "s.csv"
+    if source_rows is not None:
+        _write(source, source_rows, source_header)
+    target_rows = target_rows or [[0, 1], [1, 0], [2, 2], [1, 1]]
+    _write(tmp_path / "t.csv", target_rows, target_header)
+    return ["--source", str(source), "--target", str(tmp_path / "t.csv")]
+
+
+def _error(capsys, code):
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("sklearn-gpa: error:") and "\n" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "rows, header, message",
+    [
+        (None, None, "no such file"),
+        ([], None, "empty"),
+        ([], ["a", "b"], "header but no data rows"),
+        ([[1, "x"], [2, 3]], ["a", "b"], "line 2, column 'b': 'x' is not a number"),
+        ([[1, ""], [2, 3]], ["a", "b"], "line 2, column 'b': empty cell"),
+        ([[1, 2], [2, 3], [4, 5, 6]], ["a", "b"], "line 4: 3 cells where the header has 2"),
+        ([[1, 2, 3], [4, 5, 6]], None, "source has 3 feature columns but the target has 2"),
+        ([[1, "nan"], [2, 3]], None, "line 1, column 2: 'nan' is not a finite number"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path, capsys, rows, header, message):
+    args = _files(tmp_path, rows, header)
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+    assert message in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_undeclared_label_column_gets_a_hint(tmp_path, capsys):
+    args = _files(
+        tmp_path, [[1, 2, "ER+"], [3, 4, "ER-"]], ["g1", "g2", "er"], [[1, 2, "ER+"]],
+        ["g1", "g2", "er"],
+    )  # fmt: skip
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+    assert "column 'er': 'ER+' is not a number" in err
+    assert "--labels er" in err and "--id-column er" in err
+
+
+def test_missing_and_extra_columns_are_named(tmp_path, capsys):
+    args = _files(
+        tmp_path, [[1, 2, 3], [4, 5, 6]], ["g1", "g2", "g3"], [[1, 2, 3], [3, 4, 5]],
+        ["g1", "g2", "G3"],
+    )  # fmt: skip
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+    assert "missing from the target: 'g3'" in err and "only in the target: 'G3'" in err
+
+
+def test_extra_target_columns_are_ignored_with_a_note(tmp_path, capsys):
+    rng = np.random.RandomState(0)
+    args = _files(
+        tmp_path, rng.normal(size=(20, 2)).tolist(), ["g2", "g1"],
+        rng.normal(size=(20, 3)).tolist(), ["g1", "g2", "g9"],
+    )  # fmt: skip
+    code = main(["transport", *args, "-o", str(tmp_path / "o.csv"), "--n-steps", "3"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "ignoring target columns that the source does not have: 'g9'" in err
+    assert "matched to the source's by name" in err
+    assert _read(tmp_path / "o.csv")[0] == ["g2", "g1"]
+
+
+def test_label_column_in_one_file_only(tmp_path, capsys):
+    args = _files(tmp_path, [[1, 2, "a"], [3, 4, "b"]], ["g1", "g2", "y"], None, None)
+    code = _transport(tmp_path, *args, "--source-labels", "y", "-o", str(tmp_path / "o.csv"))
+    assert "labels given for one file only" in _error(capsys, code)
+
+
+def test_unknown_columns_are_named(tmp_path, capsys):
+    args = _files(tmp_path, [[1, 2], [3, 4]], ["g1", "g2"], [[1, 2], [3, 4]], ["g1", "g2"])
+    err = _error(capsys, _transport(tmp_path, *args, "--labels", "er", "-o", "o.csv"))
+    assert "no column named 'er' for --source-labels (columns: 'g1', 'g2')" in err
+    err = _error(capsys, _transport(tmp_path, *args, "--id-column", "pid", "-o", "o.csv"))
+    assert "--id-column pid: no such column" in err
+
+
+def test_output_never_overwrites_an_input(tmp_path, capsys):
+    args = _files(tmp_path, [[1, 2], [3, 4]], ["g1", "g2"], [[1, 2], [3, 4]], ["g1", "g2"])
+    before = (tmp_path / "s.csv").read_text()
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "s.csv")))
+    assert "would overwrite an input file" in err
+    assert (tmp_path / "s.csv").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "option, value, rule",
+    [
+        ("--n-steps", "0", "an int in the range [1, inf)"),
+        ("--L", "-1", "a float in the range (0"),
+        ("--L", "0", "a float in the range (0"),
+        ("--dt", "-0.01", "a float in the range (0"),
+        ("--alpha", "0.5", "a float in the range (1"),
+        ("--tol", "-1", "a float in the range [0"),
+    ],
+)
+def test_bad_parameters_are_named(tmp_path, capsys, option, value, rule):
+    args = _files(tmp_path, [[1, 2], [3, 4]])
+    code = _transport(tmp_path, *args, option, value, "-o", str(tmp_path / "o.csv"))
+    err = _error(capsys, code)
+    assert err.startswith(f"sklearn-gpa: error: {option} must be {rule}")
+    assert err.endswith((f"got {value}", f"got {float(value)}"))
+
+
+def test_decimal_commas_get_a_hint(tmp_path, capsys):
+    (tmp_path / "s.csv").write_text("a;b\n1,5;2\n3;4\n")
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "s.csv")]
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+    assert "line 2, column 'a': '1,5' is not a number: write decimals with a point" in err
+
+
+@pytest.mark.parametrize("option, value", [("--L", "inf"), ("--dt", "nan"), ("--n-steps", "1.5")])
+def test_non_finite_and_non_integer_options_are_refused_by_argparse(capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transport", "--source", "s", "--target", "t", "-o", "o", option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: not a" in capsys.readouterr().err
+
+
+def test_make_estimator_latent_and_standardize():
+    parse = cli._parser().parse_args
+    base = ["transport", "--source", "s", "--target", "t", "-o", "o"]
+    gpa = cli._make_estimator(parse(base + ["--n-steps", "7", "--no-standardize"]))
+    assert type(gpa).__name__ == "GPATransporter"
+    assert gpa.n_steps == 7 and gpa.standardize is False
+    latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
+    assert type(latent).__name__ == "LatentGPA"
+    flow = latent.transporter
+    assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize is True
+    assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
+
+
+def test_choices_match_the_engine():
+    from sklearn_gpa._engine import DIVERGENCES, SOLVERS
+
+    assert set(cli.F_CHOICES) == set(DIVERGENCES)
+    assert set(cli.SOLVER_CHOICES) == set(SOLVERS)
+
+
+def _run(*code):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-c", "\n".join(code)], capture_output=True, text=True, env=env
+    )
+
+
+def test_help_shows_defaults_and_every_choice_without_heavy_imports():
+    result = _run(
+        "import sys",
+        "from sklearn_gpa.cli import main",
+        "try:",
+        "    main(['transport', '--help'])",
+        "except SystemExit as exc:",
+        "    assert exc.code == 0",
+        "print('loaded:', sorted(m for m in ('torch', 'sklearn', 'numpy') if m in sys.modules))",
+    )
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "{kl,kl_dv,alpha,chi2,reverse_kl,js}" in out
+    assert "(default: 300)" in out and "(default: 10.0)" in out and "(default: 0.01)" in out
+    assert "--standardize, --no-standardize" in out and "--latent" in out
+    assert "loaded: []" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sklearn-gpa {sklearn_gpa.__version__}"
+
+
+def test_progress_and_summary_on_stderr(tmp_path, capsys):
+    rng = np.random.RandomState(0)
+    args = _files(
+        tmp_path, rng.normal(size=(30, 2)).tolist(), ["a", "b"],
+        rng.normal(2, 1, size=(30, 2)).tolist(), ["a", "b"],
+    )  # fmt: skip
+    assert main(["transport", *args, "-o", str(tmp_path / "o.csv"), "--n-steps", "20"]) == 0
+    captured = capsys.readouterr()
+    summary = [line for line in captured.err.splitlines() if line.startswith("GPATransporter: ")]
+    assert summary and summary[-1].startswith("GPATransporter: 20/20 steps (ran all steps)")
+    assert "wrote 30 rows" in captured.out and "GPATransporter" not in captured.out
 
 
 def test_demo_saves_a_figure_and_reports(tmp_path, capsys):
@@ -24,58 +377,24 @@ def test_demo_saves_a_figure_and_reports(tmp_path, capsys):
     assert out.stat().st_size > 10_000
 
 
-def test_transport_csv_with_labels(tmp_path):
+def test_library_warnings_print_as_one_line(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from sklearn_gpa.transport import GPATransporter
+
+    fit_transform = GPATransporter.fit_transform
+
+    def warning_fit_transform(self, *args, **kwargs):
+        warnings.warn("the critic went flat;\n  try a smaller L", RuntimeWarning, stacklevel=2)
+        return fit_transform(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPATransporter, "fit_transform", warning_fit_transform)
     rng = np.random.RandomState(0)
-    source = np.column_stack([rng.normal(0, 1, (60, 2)), np.repeat([0, 1], 30)])
-    target = np.column_stack([rng.normal(4, 1, (50, 2)), np.repeat([0, 1], 25)])
-    _write(tmp_path / "s.csv", source.tolist(), ["g1", "g2", "er"])
-    _write(tmp_path / "t.csv", target.tolist(), ["g1", "g2", "er"])
-    out = tmp_path / "out.csv"
-    code = main(
-        [
-            "transport", "--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv"),
-            "--source-labels", "er", "--target-labels", "er", "-o", str(out), "--n-steps", "100",
-            "--quiet",
-        ]
+    args = _files(
+        tmp_path, rng.normal(size=(20, 2)).tolist(), ["a", "b"],
+        rng.normal(size=(20, 2)).tolist(), ["a", "b"],
     )  # fmt: skip
-    assert code == 0
-    lines = out.read_text().splitlines()
-    assert lines[0] == "g1,g2"
-    moved = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
-    assert moved.shape == (60, 2)
-    assert np.linalg.norm(moved.mean(0) - target[:, :2].mean(0)) < 1.0
-
-
-def test_transport_tsv_without_header(tmp_path):
-    rng = np.random.RandomState(1)
-    _write(tmp_path / "s.tsv", rng.normal(0, 1, (20, 3)).tolist(), delimiter="\t")
-    _write(tmp_path / "t.tsv", rng.normal(2, 1, (20, 3)).tolist(), delimiter="\t")
-    out = tmp_path / "out.tsv"
-    args = ["transport", "--source", str(tmp_path / "s.tsv"), "--target", str(tmp_path / "t.tsv")]
-    assert main(args + ["-o", str(out), "--n-steps", "5", "--quiet"]) == 0
-    assert len(out.read_text().splitlines()) == 20
-
-
-@pytest.mark.parametrize(
-    "source_rows, message",
-    [
-        (None, "no such file"),
-        ([], "empty"),
-        ([["a", "b"], [1, "x"]], "non-numeric"),
-        ([[1, 2, 3], [4, 5]], "different numbers of columns"),
-        ([[1, 2, 3], [4, 5, 6]], "3 columns but target has 2"),
-        ([[1, "nan"], [2, 3]], "NaN"),
-    ],
-)
-def test_bad_files_give_one_line_errors(tmp_path, capsys, source_rows, message):
-    source = tmp_path / "s.csv"
-    if source_rows is not None:
-        _write(source, source_rows)
-    _write(tmp_path / "t.csv", [[0, 1], [1, 0], [2, 2]])
-    code = main(
-        ["transport", "--source", str(source), "--target", str(tmp_path / "t.csv"), "-o",
-         os.fspath(tmp_path / "o.csv"), "--quiet"]
-    )  # fmt: skip
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("sklearn-gpa: error:") and message in err and "\n" not in err
+    assert _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv"), "--n-steps", "3") == 0
+    err = capsys.readouterr().err
+    assert "sklearn-gpa: warning: the critic went flat; try a smaller L\n" in err
+    assert "RuntimeWarning" not in err
