@@ -80,9 +80,11 @@ class GPATransporter(DomainTransformer):
         are the rows' features (channels first, as torch); needed by ``"cnn"``.
     conv_channels : tuple of int, default=(16, 32, 64)
         Output channels of the CNN's convolutions.
-    activation : {"relu", "leaky_relu", "smooth_relu"}, default="relu"
-        ``"smooth_relu"`` is the C^3 activation of the paper (eq. 35), which lets
-        particles slow down smoothly.
+    activation : {"relu", "leaky_relu", "smooth_relu", "groupsort"}, default="relu"
+        ``"smooth_relu"`` is the C^3 activation of the paper (eq. 35, eps=0.5), which lets
+        particles slow down smoothly.  ``"groupsort"`` is the tight Lipschitz network
+        (MaxMin activations, orthonormal weights; even hidden widths), whose gradient norm
+        can reach ``L``; dense critics only.
     n_critic : int, default=5
         Discriminator updates per particle step.
     learning_rate : float, default=5e-3

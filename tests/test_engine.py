@@ -90,7 +90,7 @@ def test_smooth_relu_is_c1_with_slope_in_unit_interval():
 
 
 @pytest.mark.parametrize("graph_free", [False, True])
-@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "smooth_relu"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "smooth_relu", "groupsort"])
 def test_hand_written_backward_matches_autograd(activation, graph_free):
     # graph_free: as the engine runs it, in inference mode, where the backward pass
     # overwrites its own intermediate products in place.
@@ -135,12 +135,14 @@ def test_spectral_normalisation_tracks_true_norm(L):
         torch.testing.assert_close(sigma, torch.full_like(sigma, target), rtol=2e-3, atol=0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "groupsort"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lipschitz_bound_holds_after_every_update(dtype):
-    # Early Adam updates outrun a power iteration; the critic must stay L-Lipschitz anyway.
+def test_lipschitz_bound_holds_after_every_update(dtype, activation):
+    # Early Adam updates outrun a power iteration (or a few Bjorck iterations); the critic
+    # must stay L-Lipschitz anyway.
     critic = Critic(
         MLPLayout(2, (32, 32, 32), 1),
-        make_activation("relu"),
+        make_activation(activation),
         get_divergence("kl"),
         lipschitz=10.0,
         generator=torch.Generator().manual_seed(0),
@@ -156,11 +158,68 @@ def test_lipschitz_bound_holds_after_every_update(dtype):
         assert bound <= 10.0 * (1 + 2e-3)
 
 
-def test_lipschitz_bound_holds_for_gradients():
-    critic = _critic(L=2.0)
+@pytest.mark.parametrize("activation", ["relu", "groupsort"])
+def test_lipschitz_bound_holds_for_gradients(activation):
+    critic = _critic(L=2.0, activation=activation)
     z = torch.randn(1, 500, 3, dtype=F64) * 3
     grad = critic.gradient(z)
     assert float(grad.norm(dim=-1).max()) <= 2.0 * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("L", [0.5, 1.0, 4.0])
+def test_orthonormalisation_keeps_every_singular_value_at_the_layer_norm(L):
+    critic = _critic(L=L, activation="groupsort", n_flows=2)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 60, 3, generator=gen, dtype=F64)
+    z[:, 30:] += 1.0
+    w = torch.full((2, 30), 1 / 30, dtype=F64)
+    with critic.no_graph():
+        for _ in range(200):
+            critic.train_step(z, 30, w, w)
+    target = L ** (1 / critic.layout.depth)
+    for weight, _ in critic.layers:
+        sigma = torch.linalg.svdvals(weight)
+        torch.testing.assert_close(sigma, torch.full_like(sigma, target), rtol=1e-6, atol=0)
+
+
+def test_groupsort_reaches_its_gradient_bound():
+    # Trained towards the linear critic -x_1 (a translation along x_1), the tight network's
+    # gradient norm comes close to L = 1 on the rows.
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 400, 3, generator=gen, dtype=F64)
+    z[:, 200:, 0] += 4.0
+    w = torch.full((1, 200), 1 / 200, dtype=F64)
+    critic = _critic(L=1.0, activation="groupsort", f="kl")
+    with critic.no_graph():
+        for _ in range(500):
+            critic.train_step(z, 200, w, w)
+        norms = critic.gradient(z).norm(dim=-1)
+    assert 0.95 < float(norms.median()) and float(norms.max()) <= 1.0 + 1e-6
+
+
+def test_maxmin_sorts_pairs_and_preserves_norms():
+    act = make_activation("groupsort")
+    a = torch.tensor([[[1.0, 3.0, -2.0, -5.0]]], dtype=F64)
+    h, swapped = act.forward(a.clone())
+    torch.testing.assert_close(h, torch.tensor([[[3.0, 1.0, -2.0, -5.0]]], dtype=F64))
+    g = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]], dtype=F64)
+    torch.testing.assert_close(
+        act.backward(g, swapped), torch.tensor([[[2.0, 1.0, 3.0, 4.0]]], dtype=F64)
+    )
+
+
+def test_groupsort_needs_even_widths_and_dense_critics():
+    with pytest.raises(ValueError, match="even width"):
+        Critic(
+            MLPLayout(2, (5, 4), 1),
+            make_activation("groupsort"),
+            get_divergence("kl"),
+            lipschitz=1.0,
+            generator=torch.Generator().manual_seed(0),
+        )
+    src = np.zeros((4, 16))
+    with pytest.raises(ValueError, match="dense critics"):
+        run_gpa([src], [src + 1], image_shape=(1, 4, 4), activation="groupsort", n_steps=1)
 
 
 def _gaussians(seed, n=60, shift=3.0, d=2):

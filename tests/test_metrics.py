@@ -22,7 +22,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
 
-from sklearn_gpa import metrics
+from sklearn_gpa import _two_sample
+from sklearn_gpa._engine import estimate as estimate_module
+from sklearn_gpa._engine import estimate_divergence
 from sklearn_gpa.metrics import (
     LipschitzFDivergence,
     LipschitzWitness,
@@ -133,7 +135,7 @@ def test_other_divergences_finite_and_non_negative(f, alpha):
 def test_alpha_increasing_in_shift_batched():
     # Three pairs with one L train as three flows of one batched critic.
     pairs = [gaussians(shift, n=200, seed=2) for shift in (0.5, 1.0, 2.0)]
-    values, witnesses = metrics._estimate_divergences(
+    result = estimate_divergence(
         [p for p, _ in pairs],
         [q for _, q in pairs],
         f="alpha",
@@ -148,7 +150,8 @@ def test_alpha_increasing_in_shift_batched():
         device="cpu",
         dtype="float64",
     )
-    assert len(witnesses) == 3
+    assert len(result.layers) == 3 and result.converged
+    values = result.values
     assert np.all(values > 0) and np.all(np.diff(values) > 0), values
 
 
@@ -204,7 +207,7 @@ def test_non_finite_objective_raises(monkeypatch):
         def value(self, phi_y, phi_x, nu, w_y, w_x):
             return super().value(phi_y, phi_x, nu, w_y, w_x) * np.inf
 
-    monkeypatch.setattr(metrics, "get_divergence", lambda f, alpha=None: BrokenKL())
+    monkeypatch.setattr(estimate_module, "get_divergence", lambda f, alpha=None: BrokenKL())
     P, Q = gaussians(1.0, n=50)
     with pytest.raises(FloatingPointError, match="'kl' divergence.*finite"):
         lipschitz_f_divergence(P, Q)
@@ -409,7 +412,7 @@ def test_energy_distance_chunked_equals_direct(monkeypatch):
     rng = np.random.RandomState(0)
     X, Y = rng.normal(0, 1, (97, 3)), rng.normal(0.3, 1, (64, 3))
     direct = energy_distance(X, Y)
-    monkeypatch.setattr(metrics, "_CHUNK_BYTES", 8 * 64 * 5)  # blocks of 5 rows
+    monkeypatch.setattr(_two_sample, "_CHUNK_BYTES", 8 * 64 * 5)  # blocks of 5 rows
     assert energy_distance(X, Y) == pytest.approx(direct, rel=1e-12)
 
 
@@ -489,3 +492,90 @@ def test_wasserstein_order_free(X, seed):
     permuted = X[np.random.RandomState(seed).permutation(len(X))]
     for metric in (wasserstein1, sinkhorn_w2):
         assert metric(permuted, Y) == pytest.approx(metric(X, Y), rel=1e-7, abs=1e-9)
+
+
+# ------------------------------------------------- tight network and cross-fitted estimates
+def test_groupsort_witness_is_L_lipschitz_and_reproduces_the_value():
+    P, Q = gaussians(1.0, n=200, d=2)
+    value, witness = lipschitz_f_divergence(
+        P, Q, L=0.5, activation="groupsort", return_witness=True, random_state=0
+    )
+    assert witness.activation == "groupsort"
+    rng = np.random.RandomState(1)
+    A, B = rng.normal(0, 2, (500, 2)), rng.normal(0, 2, (500, 2))
+    slopes = np.abs(witness(A) - witness(B)) / np.linalg.norm(A - B, axis=1)
+    assert slopes.max() <= 0.5 * (1 + 1e-9)
+    phi_p, phi_q = witness(P), witness(Q)
+    assert value == pytest.approx(phi_p.mean() - logsumexp(phi_q) + np.log(len(Q)), rel=1e-6)
+
+
+def test_groupsort_small_L_limit_reaches_W1():
+    # 2-D Gaussians 1.5 apart: D / L at small L within a few % of the empirical W1 and
+    # never above it.
+    rng = np.random.RandomState(0)
+    P, Q = rng.normal(0, 1, (200, 2)), rng.normal(0, 1, (200, 2)) + [1.5, 0.0]
+    w1 = wasserstein1(P, Q)
+    ratio = lipschitz_f_divergence(P, Q, L=0.01, activation="groupsort", random_state=0) / 0.01
+    assert 0.93 * w1 <= ratio <= w1 * (1 + 1e-6)
+
+
+def test_cross_fit_close_to_closed_form_with_standard_error():
+    # N(0, 1) vs N(1, 1) under KL with L = 10 >= 1: D = KL = 0.5.
+    P, Q = gaussians(1.0, n=400, seed=3)
+    value, se = lipschitz_f_divergence(
+        P,
+        Q,
+        L=10.0,
+        cross_fit=5,
+        return_std=True,
+        learning_rate=5e-4,
+        tol=None,
+        n_iter=1000,
+        random_state=0,
+    )
+    # The Q-side terms exp(phi - nu - 1) are skewed (their mean is usually below its
+    # expectation, rarely far above): one draw is checked within 3 standard errors.
+    assert 0.0 < se < 0.25
+    assert abs(value - 0.5) < 3 * se
+    in_sample = lipschitz_f_divergence(P, Q, L=10.0, random_state=0)
+    assert value < in_sample
+
+
+@pytest.mark.parametrize("activation", ["relu", "groupsort"])
+def test_cross_fit_is_about_zero_for_one_distribution(activation):
+    P, Q = gaussians(0.0, n=300, d=2, seed=4)
+    value, se = lipschitz_f_divergence(
+        P, Q, L=1.0, cross_fit=5, return_std=True, activation=activation, random_state=0
+    )
+    assert se > 0 and abs(value) <= 2 * se
+    # The in-sample supremum is positive on two samples of one distribution.
+    assert lipschitz_f_divergence(P, Q, L=1.0, activation=activation, random_state=0) > 0
+
+
+def test_scorer_with_cross_fit_prefers_the_better_transport():
+    X, sample_domain = integration_data()
+    scorer = LipschitzFDivergence(cross_fit=3, activation="groupsort")
+    good = scorer(ShiftTransporter(MU), X, sample_domain=sample_domain)
+    bad = scorer(ShiftTransporter(0.0), X, sample_domain=sample_domain)
+    assert good > bad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"activation": "tanh"}, "Unknown activation"),
+        ({"activation": "groupsort", "hidden_layer_sizes": (8, 5)}, "even"),
+        ({"cross_fit": 1}, "cross_fit"),
+        ({"cross_fit": 2.5}, "cross_fit"),
+        ({"return_std": True}, "return_std=True needs"),
+        ({"cross_fit": 2, "return_witness": True}, "return_witness=True needs"),
+        ({"cross_fit": 20}, "minimum of 40"),
+    ],
+)
+def test_bad_cross_fit_and_network_parameters(kwargs, match):
+    P, Q = gaussians(1.0, n=20)
+    with pytest.raises(ValueError, match=match):
+        lipschitz_f_divergence(P, Q, n_iter=10, **kwargs)
+    if "return" not in str(kwargs) and "minimum" not in match:
+        with pytest.raises(ValueError, match=match):
+            LipschitzFDivergence(**kwargs)

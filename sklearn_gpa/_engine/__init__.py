@@ -1,7 +1,10 @@
 """The torch engine of sklearn-gpa: no scikit-learn in here.
 
 ``run_gpa`` builds the batched critic for K flows and runs Algorithm 1; ``LearnedFlow``
-holds what is needed to replay the flow on new particles.
+holds what is needed to replay the flow on new particles.  ``estimate_divergence`` and
+``cross_fit_divergence`` train critics to convergence on fixed samples (the divergence
+estimates of ``sklearn_gpa.metrics``).  ``activation="groupsort"`` selects the tight
+Lipschitz network (MaxMin activations, orthonormal weights) for both.
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ from .conv import ConvCritic, ConvLayout
 from .critic import CONSTRAINTS, Critic
 from .device import resolve_device, resolve_dtype, threads_context
 from .divergences import DIVERGENCES, get_divergence
+from .estimate import (
+    CrossFitEstimate,
+    DivergenceEstimate,
+    cross_fit_divergence,
+    estimate_divergence,
+)
 from .flow import FlowResult, LearnedFlow, pack_rows, replay_flow, train_flow
 from .integrators import SOLVERS, get_tableau
 from .networks import ACTIVATIONS, MLPLayout, make_activation
@@ -22,8 +31,12 @@ __all__ = [
     "CONSTRAINTS",
     "DIVERGENCES",
     "SOLVERS",
+    "CrossFitEstimate",
+    "DivergenceEstimate",
     "FlowResult",
     "LearnedFlow",
+    "cross_fit_divergence",
+    "estimate_divergence",
     "pack_rows",
     "replay_flow",
     "resolve_device",

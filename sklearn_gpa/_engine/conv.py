@@ -209,6 +209,14 @@ class ConvCritic(Critic):
     the critic trains and off when it moves particles, as in the papers' Table 4b.
     """
 
+    def __init__(self, layout, activation, *args, **kwargs):
+        if activation.orthonormal:
+            raise ValueError(
+                f"activation={activation.name!r} is for dense critics; a CNN critic "
+                "(image_shape) takes 'relu', 'leaky_relu' or 'smooth_relu'."
+            )
+        super().__init__(layout, activation, *args, **kwargs)
+
     def _bind_views(self):
         self.nu = self.layout.nu(self.params)
         self.grad_nu = self.layout.nu(self.grad)

@@ -13,6 +13,8 @@ from .networks import (
     MLPLayout,
     forward,
     input_gradient,
+    orthonormal_init,
+    orthonormalize,
     parameter_gradient,
     spectral_norm_exact,
 )
@@ -27,6 +29,11 @@ _POWER_ITERATIONS_AT_START = 50
 # network's Lipschitz bound reached 1.35 L in the first steps with one iteration per update,
 # 1.08 L with three): the first updates normalise by the exact norm (an SVD) instead.
 _EXACT_UPDATES = 30
+# Bjorck iterations per update for orthonormal weights: an Adam step moves a singular value
+# by up to about ``learning_rate * width`` and each iteration squares that error, so three
+# bring it below rounding; more while Adam's first, largest steps are taken.
+_BJORCK_ITERATIONS = 3
+_BJORCK_ITERATIONS_AT_START = 8
 
 # Every this many updates, values of the persistent state below the smallest normal number
 # are set to zero.  Weights that no longer get a gradient shrink geometrically under the
@@ -56,8 +63,10 @@ class Critic:
         The bound L; ``None`` leaves the network unconstrained.
     constraint : {"hard", "soft"}
         ``"hard"``: every weight matrix is rescaled to spectral norm ``L ** (1 / depth)``
-        after each optimiser step.  ``"soft"``: a gradient penalty
-        ``penalty * mean(relu(|grad phi|^2 / L^2 - 1))`` on the particles.
+        after each optimiser step, or, for an ``orthonormal`` activation (GroupSort), has
+        all its singular values moved to ``L ** (1 / depth)`` (Bjorck iterations).
+        ``"soft"``: a gradient penalty ``penalty * mean(relu(|grad phi|^2 / L^2 - 1))`` on
+        the particles.
     learning_rate, betas, adam_eps : Adam settings (ascent on the objective).
     """
 
@@ -82,6 +91,12 @@ class Critic:
         self.divergence = divergence
         self.lipschitz = lipschitz
         self.constraint = constraint if lipschitz is not None else None
+        self.orthonormal = activation.orthonormal and self.constraint == "hard"
+        if activation.orthonormal and any(h % 2 for h in layout.hidden_layer_sizes):
+            raise ValueError(
+                f"activation={activation.name!r} sorts pairs of units: every hidden layer "
+                f"needs an even width, got hidden_layer_sizes={layout.hidden_layer_sizes}."
+            )
         self.penalty = penalty
         self.learning_rate = learning_rate
         self.betas = betas
@@ -123,6 +138,11 @@ class Critic:
 
     def _init_normalisation(self, generator) -> None:
         self.weight_groups = self.layout.weight_groups(self.params)
+        if self.orthonormal:
+            self._left_vectors = []
+            for w in self.weight_groups:
+                orthonormal_init(w, self.layer_norm, generator)
+            return
         self._left_vectors = self._head_vectors(generator)
         self._init_normalisation_head()
 
@@ -204,6 +224,34 @@ class Critic:
             # ``w *= layer_norm / sigma``: sigma is a fresh tensor of this step.
             w.div_(sigma if self.layer_norm == 1.0 else sigma.div_(self.layer_norm))
 
+    def orthonormalize(self) -> None:
+        """Move every singular value of every weight matrix to ``L ** (1 / depth)``."""
+        start = self._exact_left > 0
+        self._exact_left -= start
+        n_iterations = _BJORCK_ITERATIONS_AT_START if start else _BJORCK_ITERATIONS
+        for w in self.weight_groups:
+            orthonormalize(w, self.layer_norm, n_iterations)
+
+    def project(self) -> None:
+        """Put the weights back into the hard constraint's set after an optimiser step."""
+        if self.orthonormal:
+            self.orthonormalize()
+        else:
+            self.spectral_normalize()
+
+    def enforce_exact_lipschitz(self) -> None:
+        """Shrink any weight matrix whose exact spectral norm exceeds ``L ** (1 / depth)``.
+
+        Power and Bjorck iterations leave norms a little off; after this the network is
+        L-Lipschitz for sure (an SVD per matrix: for final evaluations, not every step).
+        """
+        if self.orthonormal:
+            for w in self.weight_groups:
+                orthonormalize(w, self.layer_norm, _BJORCK_ITERATIONS_AT_START)
+        for w, _ in self.layers:
+            shrink = torch.clamp(self.layer_norm / spectral_norm_exact(w), max=1.0)
+            w.mul_(shrink[:, None, None])
+
     # -- optimisation -----------------------------------------------------------------------
     def _adam_ascent(self) -> None:
         # One kernel for the whole flat vector of the K critics.
@@ -231,7 +279,7 @@ class Critic:
             value = self._write_gradient(z, n_particles, w_y, w_x, with_value)
             self._adam_ascent()
             if self.constraint == "hard":
-                self.spectral_normalize()
+                self.project()
         self._updates += 1
         if self._updates % _FLUSH_EVERY == 0:
             self._flush_subnormals()

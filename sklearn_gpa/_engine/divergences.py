@@ -45,6 +45,10 @@ class Divergence:
         shifted = phi_x - nu[:, None]
         return (w_y * phi_y).sum(1) - (w_x * self.conjugate(shifted)).sum(1) - nu
 
+    def target_terms(self, phi_x, nu):
+        """Per-row terms ``t`` (K, N) with ``J = E_P[phi] + E_Q[t]`` for the shift ``nu``."""
+        return -(nu[:, None] + self.conjugate(phi_x - nu[:, None]))
+
     def gradients(self, phi_x, nu, w_x):
         """``(dJ/dphi_x, dJ/dnu)``; dJ/dphi_y is ``w_y`` itself and needs no computing."""
         slope = w_x * self.conjugate_derivative(phi_x - nu[:, None])
@@ -74,6 +78,10 @@ class KLDonskerVaradhan(Divergence):
     def value(self, phi_y, phi_x, nu, w_y, w_x):
         # log(0) = -inf on padding rows drops them out of the logsumexp.
         return (w_y * phi_y).sum(1) - torch.logsumexp(phi_x + torch.log(w_x), dim=1)
+
+    def target_terms(self, phi_x, nu):
+        # log E_Q e^phi = min over nu of nu + E_Q e^(phi - nu) - 1, attained at its value.
+        return 1.0 - nu[:, None] - torch.exp(phi_x - nu[:, None])
 
     def gradients(self, phi_x, nu, w_x):
         return -torch.softmax(phi_x + torch.log(w_x), dim=1), torch.zeros_like(nu)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["FlowResult", "pack_rows", "replay_flow", "train_flow"]
+__all__ = ["FlowResult", "minibatch_sampler", "pack_rows", "replay_flow", "train_flow"]
 
 
 def pack_rows(groups, dtype, device):
@@ -116,7 +116,7 @@ def _check_progress(step, live, divergence, kinetic_energy, tol, callback):
     return None
 
 
-def _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
+def minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
     """Per flow, draw ``batch_size`` particle and target rows uniformly with replacement."""
 
     def sample(z):
@@ -180,7 +180,7 @@ def train_flow(
     if batch_size is not None and batch_size < max(n_particles, x.shape[1]):
         counts_y = (w_y > 0).sum(1).to(dtype)
         counts_x = (w_x > 0).sum(1).to(dtype)
-        batch = _minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator)
+        batch = minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator)
 
     n_stored = -(-n_steps // store_every)
     states = torch.empty(

@@ -22,6 +22,8 @@ __all__ = [
     "forward",
     "input_gradient",
     "make_activation",
+    "orthonormalize",
+    "orthonormal_init",
     "parameter_gradient",
     "spectral_norm_exact",
 ]
@@ -30,6 +32,10 @@ __all__ = [
 class Activation:
     """A 1-Lipschitz activation.
 
+    ``orthonormal`` tells the critic how to hold its weights under the hard constraint:
+    False, every weight matrix is rescaled to spectral norm ``L ** (1 / depth)``; True, every
+    singular value is set to ``L ** (1 / depth)`` (``orthonormalize``).
+
     ``forward(a) -> (h, saved)`` and ``backward(g, saved) -> g * act'(a)``; with
     ``inplace=True`` the backward pass may write its result into ``g`` (a fresh product that
     nobody else holds, outside autograd): no new buffer, which for large batches saves
@@ -37,6 +43,7 @@ class Activation:
     """
 
     name = "base"
+    orthonormal = False
 
     def forward(self, a):
         raise NotImplementedError
@@ -106,7 +113,37 @@ class SmoothReLU(Activation):
         return g.mul_(saved) if inplace else g * saved
 
 
-ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "smooth_relu": SmoothReLU}
+class MaxMin(Activation):
+    """GroupSort with groups of two: each pair of units ``(a_2i, a_2i+1)`` is sorted.
+
+    Anil, Lucas & Grosse (2019), "Sorting out Lipschitz function approximation".  The
+    output is a permutation of the input, so the activation preserves gradient norms; with
+    orthonormal weights the network's gradient norm can reach its bound ``L`` everywhere,
+    which a spectrally normalised ReLU network cannot (ReLU drops the negative half of the
+    gradient at every layer).  Hidden widths must be even.
+    """
+
+    name = "groupsort"
+    orthonormal = True
+
+    def forward(self, a):
+        pairs = a.unflatten(-1, (-1, 2))
+        first, second = pairs.unbind(-1)
+        swapped = first < second
+        h = torch.stack([torch.maximum(first, second), torch.minimum(first, second)], -1)
+        return h.flatten(-2), swapped
+
+    def backward(self, g, saved, inplace=False):
+        pairs = g.unflatten(-1, (-1, 2))
+        return torch.where(saved.unsqueeze(-1), pairs.flip(-1), pairs).flatten(-2)
+
+
+ACTIVATIONS = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "smooth_relu": SmoothReLU,
+    "groupsort": MaxMin,
+}
 
 
 def make_activation(name: str, eps: float = 0.5) -> Activation:
@@ -263,3 +300,37 @@ def input_gradient(layers, activation, saved):
 def spectral_norm_exact(w: torch.Tensor) -> torch.Tensor:
     """Largest singular value of each matrix in a stack (..., m, n), by SVD."""
     return torch.linalg.matrix_norm(w, ord=2)
+
+
+def orthonormalize(w: torch.Tensor, scale: float, n_iterations: int) -> None:
+    """Move every singular value of each matrix of the stack ``w`` (n, m, p) towards
+    ``scale``, in place, by ``n_iterations`` Bjorck-Bowie iterations.
+
+    ``W <- 3/2 W - 1/2 W W^T W / scale^2`` converges to ``scale`` times the orthonormal
+    polar factor of ``W`` (quadratically near it) when every singular value lies in
+    ``(0, sqrt(3) scale)``.  The Gram matrix is taken on the smaller side.  A single column
+    (the output layer) is normalised exactly.
+    """
+    if w.shape[-1] == 1:
+        w.mul_(scale / torch.linalg.vector_norm(w, dim=(-2, -1), keepdim=True))
+        return
+    tall = w.shape[-2] >= w.shape[-1]
+    for _ in range(n_iterations):
+        if tall:
+            cubic = torch.bmm(w, torch.bmm(w.transpose(1, 2), w))
+        else:
+            cubic = torch.bmm(torch.bmm(w, w.transpose(1, 2)), w)
+        w.mul_(1.5).sub_(cubic, alpha=0.5 / scale**2)
+
+
+def orthonormal_init(w: torch.Tensor, scale: float, generator: torch.Generator) -> None:
+    """Fill the stack ``w`` (n, m, p) with random matrices whose singular values are all
+    ``scale`` (QR of Gaussian matrices), in place."""
+    n, m, p = w.shape
+    gaussian = torch.randn(
+        n, max(m, p), min(m, p), generator=generator, dtype=w.dtype, device=w.device
+    )
+    basis, triangle = torch.linalg.qr(gaussian)
+    # Signs from the diagonal make the draw uniform over orthonormal frames.
+    basis = basis * torch.sign(torch.diagonal(triangle, dim1=-2, dim2=-1)).unsqueeze(-2)
+    w.copy_((basis if m >= p else basis.transpose(1, 2)) * scale)

@@ -1,0 +1,399 @@
+"""Estimate Lipschitz-regularised f-divergences between samples with trained critics.
+
+``estimate_divergence`` trains the critic of Algorithm 1 from scratch to convergence on K
+pairs of samples at once (one flow per pair) and returns the attained objective on the
+same rows: the supremum over the empirical measures.  ``cross_fit_divergence`` trains one
+critic per fold on the other folds and evaluates it on its own fold only, so the estimate
+is an average of values of fixed functions on rows they never saw: it does not exceed the
+population divergence on average, and it comes with a standard error.
+
+Rows are standardised with one centre and one scale for all pairs (and ``L`` converted),
+which is the same problem, better conditioned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .critic import Critic
+from .device import resolve_device, resolve_dtype, threads_context
+from .divergences import get_divergence
+from .flow import minibatch_sampler, pack_rows
+from .networks import MLPLayout, forward, make_activation
+
+__all__ = [
+    "CrossFitEstimate",
+    "DivergenceEstimate",
+    "cross_fit_divergence",
+    "estimate_divergence",
+]
+
+# Convergence is judged on the mean of J over consecutive windows of this many steps.
+_WINDOW = 50
+# Cross-fitting validates each critic on this share (1 / 3) of its training rows, and stops
+# after this many windows without a better validation score.
+_VALIDATION_SHARE = 3
+_VALIDATE_EVERY = 10
+_PATIENCE = 20
+
+
+@dataclass
+class DivergenceEstimate:
+    """K in-sample estimates and the critics that attain them (NumPy).
+
+    ``layers[k]`` lists flow k's ``(W, b)`` with ``W`` (fan_in, fan_out), acting on
+    ``(x - center) / scale``; ``nu[k]`` is its optimal shift; ``converged`` whether the
+    stopping rule was met within ``n_iter`` steps.
+    """
+
+    values: np.ndarray
+    layers: list
+    nu: np.ndarray
+    center: np.ndarray
+    scale: float
+    converged: bool
+
+
+@dataclass
+class CrossFitEstimate:
+    """A cross-fitted estimate: ``value`` with its ``std_error`` and the per-fold values."""
+
+    value: float
+    std_error: float
+    fold_values: np.ndarray
+    converged: bool
+
+
+@dataclass
+class _Settings:
+    f: str = "kl"
+    alpha: float | None = None
+    L: float | None = 1.0
+    activation: str = "relu"
+    hidden_layer_sizes: tuple = (32, 32, 32)
+    n_iter: int = 3000
+    learning_rate: float = 2e-3
+    batch_size: int | None = None
+    tol: float | None = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+
+
+def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
+    """Train K critics at once, one per pair ``(samples_p[k], samples_q[k])``, same ``L``.
+
+    ``settings``: ``f``, ``alpha``, ``L`` (data units; None: unconstrained),
+    ``activation`` (``"groupsort"``: the tight network), ``hidden_layer_sizes``, ``n_iter``,
+    ``learning_rate``, ``batch_size`` (None: every row every step), ``tol`` (None: always
+    ``n_iter`` steps), ``seed``, ``device``, ``dtype``.  The value of each pair is the
+    objective of its final critic, made exactly L-Lipschitz, with the exact optimal shift,
+    on all rows.  Raises ``FloatingPointError`` when the objective turns non-finite.
+    """
+    s = _Settings(**settings)
+    samples_p = [np.asarray(p, dtype=np.float64) for p in samples_p]
+    samples_q = [np.asarray(q, dtype=np.float64) for q in samples_q]
+    center, scale = _standardization(samples_p + samples_q)
+    with _trained_critics(samples_p, samples_q, center, scale, s) as trained:
+        critic = trained.critic
+        values = objective(critic, trained.z, trained.n_particles, trained.w_y, trained.w_x)
+        values = values.cpu().numpy()
+        if not np.all(np.isfinite(values)):
+            raise FloatingPointError(_non_finite_message(s.f, s.L, "at the final evaluation"))
+        layers = [(w.cpu().numpy(), b.cpu().numpy()) for w, b in critic.layers]
+        nu = critic.nu.cpu().numpy() if critic.divergence.uses_nu else np.zeros(len(values))
+    return DivergenceEstimate(
+        values=values,
+        layers=[[(w[k], b[k, 0]) for w, b in layers] for k in range(len(values))],
+        nu=nu,
+        center=center,
+        scale=scale,
+        converged=trained.converged,
+    )
+
+
+def cross_fit_divergence(X_p, X_q, *, n_folds: int = 2, **settings) -> CrossFitEstimate:
+    """Cross-fitted estimate of the divergence between the samples ``X_p`` and ``X_q``.
+
+    The rows of each sample are split at random (``settings["seed"]``) into ``n_folds``
+    folds.  Critic k (all folds' critics train as one batch) sees every fold but k: it
+    trains on two thirds of those rows and keeps the weights that scored best on the third
+    (checked every 10 steps), which stops it from fitting the rows themselves.  It is then
+    evaluated on fold k with the shift ``nu`` fitted on its training rows: a mean of
+    per-row terms, ``phi(x)`` on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a
+    function fixed before it saw them, whose expectation is the population objective of
+    that function, at most the population divergence.  The estimate is the mean of all
+    held-out terms, its standard error ``sqrt(var_P / n_P + var_Q / n_Q)`` of those terms.
+    Each sample needs at least ``2 * n_folds`` rows.
+    """
+    s = _Settings(**settings)
+    X_p, X_q = np.asarray(X_p, dtype=np.float64), np.asarray(X_q, dtype=np.float64)
+    rng = np.random.default_rng(s.seed)
+    folds_p = np.array_split(rng.permutation(len(X_p)), n_folds)
+    folds_q = np.array_split(rng.permutation(len(X_q)), n_folds)
+    # Each critic's training rows, the rows it is validated on last.
+    train_p = [np.delete(X_p, fold, 0) for fold in folds_p]
+    train_q = [np.delete(X_q, fold, 0) for fold in folds_q]
+    n_fit_p = [len(t) - max(1, len(t) // _VALIDATION_SHARE) for t in train_p]
+    n_fit_q = [len(t) - max(1, len(t) // _VALIDATION_SHARE) for t in train_q]
+    center, scale = _standardization([X_p, X_q])
+    with _trained_critics(train_p, train_q, center, scale, s, (n_fit_p, n_fit_q)) as trained:
+        dtype, device = trained.z.dtype, trained.z.device
+        held_p, _ = pack_rows([X_p[f] for f in folds_p], dtype, device)
+        held_q, _ = pack_rows([X_q[f] for f in folds_q], dtype, device)
+        terms_p = trained.phi(held_p).cpu().numpy()
+        terms_q = trained.target_terms(held_q).cpu().numpy()
+    terms_p = [terms_p[k, : len(f)] for k, f in enumerate(folds_p)]
+    terms_q = [terms_q[k, : len(f)] for k, f in enumerate(folds_q)]
+    fold_values = np.array([p.mean() + q.mean() for p, q in zip(terms_p, terms_q)])
+    all_p, all_q = np.concatenate(terms_p), np.concatenate(terms_q)
+    if not (np.all(np.isfinite(all_p)) and np.all(np.isfinite(all_q))):
+        raise FloatingPointError(_non_finite_message(s.f, s.L, "on the held-out rows"))
+    std_error = math.sqrt(all_p.var(ddof=1) / len(all_p) + all_q.var(ddof=1) / len(all_q))
+    return CrossFitEstimate(
+        value=float(all_p.mean() + all_q.mean()),
+        std_error=std_error,
+        fold_values=fold_values,
+        converged=trained.converged,
+    )
+
+
+@dataclass
+class _Trained:
+    """Critics trained on packed, standardised rows (tensors on the run's device)."""
+
+    critic: Critic
+    z: torch.Tensor  # (K, M + N, d): P rows then Q rows
+    n_particles: int
+    w_y: torch.Tensor
+    w_x: torch.Tensor
+    center: torch.Tensor
+    scale: float
+    converged: bool
+
+    def phi(self, rows):
+        """The K critics on unstandardised packed rows (K, T, d)."""
+        return _phi(self.critic, (rows - self.center) / self.scale)
+
+    def target_terms(self, rows):
+        """The Q-row terms of the objective (K, T) at the critics' shift ``nu``."""
+        return self.critic.divergence.target_terms(self.phi(rows), self.critic.nu)
+
+
+def _fit_weights(w, n_fit):
+    """Row weights ``w`` (K, T) split into the first ``n_fit[k]`` rows of each flow and the
+    rest, each part's weights summing to one."""
+    position = torch.arange(w.shape[1], device=w.device)[None, :]
+    fit = (position < torch.as_tensor(n_fit, device=w.device)[:, None]) & (w > 0)
+    rest = ~fit & (w > 0)
+    fit, rest = fit.to(w.dtype), rest.to(w.dtype)
+    return fit / fit.sum(1, keepdim=True), rest / rest.sum(1, keepdim=True)
+
+
+@contextlib.contextmanager
+def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validation=None):
+    """Train one critic per pair to convergence, exactly L-Lipschitz with the optimal shift;
+    the context keeps the engine's thread setting and graph-free mode for evaluating them.
+
+    With ``validation = (n_fit_p, n_fit_q)``, flow k trains on the first ``n_fit_p[k]`` and
+    ``n_fit_q[k]`` rows and keeps the weights that did best on the rest (early stopping).
+    """
+    device, dtype = resolve_device(s.device), resolve_dtype(s.dtype)
+    y, w_y = pack_rows([(p - center) / scale for p in samples_p], dtype, device)
+    x, w_x = pack_rows([(q - center) / scale for q in samples_q], dtype, device)
+    held_out = None
+    if validation is not None:
+        (w_y, v_y), (w_x, v_x) = _fit_weights(w_y, validation[0]), _fit_weights(w_x, validation[1])
+        held_out = (v_y, v_x)
+    n_particles = y.shape[1]
+    layout = MLPLayout(y.shape[2], tuple(s.hidden_layer_sizes), len(samples_p))
+    rows = n_particles + x.shape[1] if s.batch_size is None else 2 * s.batch_size
+    threads = threads_context(
+        device, min(rows, y.shape[1] + x.shape[1]) * len(samples_p), layout.macs_per_row
+    )
+    with threads, torch.inference_mode():
+        generator = torch.Generator(device=device).manual_seed(int(s.seed))
+        critic = Critic(
+            layout,
+            make_activation(s.activation),
+            get_divergence(s.f, s.alpha),
+            # phi(x) = psi((x - center) / scale) is L-Lipschitz iff psi is (L * scale)-Lipschitz.
+            lipschitz=None if s.L is None else s.L * scale,
+            learning_rate=s.learning_rate,
+            generator=generator,
+            dtype=dtype,
+            device=device,
+        )
+        z = torch.cat([y, x], 1)
+        batch = None
+        if s.batch_size is not None and s.batch_size < max(n_particles, x.shape[1]):
+            counts_y, counts_x = (w_y > 0).sum(1).to(dtype), (w_x > 0).sum(1).to(dtype)
+            batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
+        problem = (z, n_particles, w_y, w_x)
+        converged = _train_critic(critic, problem, batch, s, held_out)
+        if critic.constraint is not None:
+            critic.enforce_exact_lipschitz()
+        set_optimal_shift(critic, z, n_particles, w_x)
+        shift = torch.as_tensor(center, dtype=dtype, device=device)
+        yield _Trained(critic, z, n_particles, w_y, w_x, shift, scale, converged)
+
+
+def _phi(critic, z):
+    phi, _, _ = forward(critic.layers, critic.activation, z)
+    return phi
+
+
+def _standardization(samples):
+    """One centre and one scale for all rows, so a single L serves every flow."""
+    rows = np.concatenate(samples)
+    center = rows.mean(0)
+    scale = float(np.sqrt(np.mean(rows.var(0))))
+    if not (np.all(np.isfinite(center)) and math.isfinite(scale)):
+        raise ValueError(
+            "The samples are too large in magnitude to standardise in float64; rescale them."
+        )
+    return center, (scale if scale > 0 else 1.0)
+
+
+def _train_critic(critic, problem, batch, s: _Settings, held_out=None) -> bool:
+    """Adam ascent on J until the windowed mean of J stops improving by more than tol.
+
+    With ``held_out = (v_y, v_x)`` (validation row weights), every window also scores each
+    critic on its validation rows; training stops once no critic improved that score for
+    ``_PATIENCE`` windows, and each critic returns to its best-scoring weights.  Returns
+    whether a stopping rule was met within ``n_iter`` steps (always True with ``tol=None``).
+    """
+    z, n_particles, w_y, w_x = problem
+    history = torch.empty(s.n_iter, critic.layout.n_flows, dtype=z.dtype, device=z.device)
+    previous = None
+    early = None if held_out is None else _EarlyStopping(critic, problem, held_out)
+    set_optimal_shift(critic, z, n_particles, w_x)
+    converged = s.tol is None
+    for step in range(s.n_iter):
+        data = problem if batch is None else batch(z)
+        history[step] = critic.train_step(*data, with_value=True)
+        if early is not None and (step + 1) % _VALIDATE_EVERY == 0:
+            set_optimal_shift(critic, z, n_particles, w_x)
+            if early.stalled():
+                converged = True
+                break
+        if (step + 1) % _WINDOW and step + 1 < s.n_iter:
+            continue
+        window = history[max(0, step + 1 - _WINDOW) : step + 1].cpu().numpy()
+        if not np.all(np.isfinite(window)):
+            raise FloatingPointError(_non_finite_message(s.f, s.L, f"after {step + 1} steps"))
+        set_optimal_shift(critic, z, n_particles, w_x)
+        mean = window.mean(0)
+        if s.tol is not None and previous is not None:
+            if np.all(mean - previous <= s.tol * np.abs(mean)):
+                converged = True
+                break
+        previous = mean
+    if early is not None:
+        early.restore_best()
+    return converged
+
+
+class _EarlyStopping:
+    """The best weights of each critic by its objective on validation rows."""
+
+    def __init__(self, critic, problem, held_out):
+        self.critic, self.problem, self.held_out = critic, problem, held_out
+        self.best = critic.params.clone()
+        self.best_score = torch.full_like(critic.nu, -math.inf)
+        self.stale = 0
+
+    def score(self):
+        """Each critic's objective on its validation rows, at the shift of its fit rows."""
+        z, n_particles, _, _ = self.problem
+        v_y, v_x = self.held_out
+        critic = self.critic
+        phi = _phi(critic, z)
+        terms_q = critic.divergence.target_terms(phi[:, n_particles:], critic.nu)
+        return (v_y * phi[:, :n_particles]).sum(1) + (v_x * terms_q).sum(1)
+
+    def stalled(self) -> bool:
+        """Record the current weights where they score best; True after ``_PATIENCE``
+        windows without any critic improving."""
+        score = self.score()
+        improved = score > self.best_score
+        self.best_score = torch.where(improved, score, self.best_score)
+        _copy_flows(self.best, self.critic.params, self.critic.layout, improved)
+        self.stale = 0 if bool(improved.any()) else self.stale + 1
+        return self.stale >= _PATIENCE
+
+    def restore_best(self) -> None:
+        self.critic.params.copy_(self.best)
+
+
+def _copy_flows(destination, source, layout, flows) -> None:
+    """Copy the parameters of the flows where ``flows`` (K,) is True, in place."""
+    for (w_to, b_to), (w_from, b_from) in zip(layout.layers(destination), layout.layers(source)):
+        w_to.copy_(torch.where(flows[:, None, None], w_from, w_to))
+        b_to.copy_(torch.where(flows[:, None, None], b_from, b_to))
+    nu_to = layout.nu(destination)
+    nu_to.copy_(torch.where(flows, layout.nu(source), nu_to))
+
+
+def _log_mean_exp(phi, w):
+    return torch.logsumexp(phi + torch.log(w), dim=1)
+
+
+def _non_finite_message(f, L, when):
+    return (
+        f"The estimate of the {f!r} divergence (L={L}) became non-finite {when}. This happens "
+        "when the divergence is infinite or nearly so: an unconstrained or very steep critic "
+        "on samples whose supports barely overlap, or heavy tails under KL. Use a finite (or "
+        "smaller) L, or the alpha-divergence (f='alpha')."
+    )
+
+
+def _shift_slope(divergence, phi_x, w_x, nu):
+    """``E_Q f*'(phi - nu) - 1``: minus the nu-derivative of ``nu + E_Q f*(phi - nu)``.
+
+    Non-increasing in nu (f* is convex); the optimal shift is its root.
+    """
+    slope = torch.where(w_x > 0, w_x * divergence.conjugate_derivative(phi_x - nu[:, None]), 0.0)
+    return slope.sum(1) - 1.0
+
+
+def _optimal_shift(divergence, phi_x, w_x):
+    """The nu minimising ``nu + E_Q f*(phi - nu)`` for each flow, by bisection."""
+    real = w_x > 0
+    low = torch.where(real, phi_x, math.inf).min(1).values - 1.0
+    high = torch.where(real, phi_x, -math.inf).max(1).values + 1.0
+    width = torch.ones_like(low)
+    for _ in range(64):  # widen until the root is bracketed
+        low = torch.where(_shift_slope(divergence, phi_x, w_x, low) < 0, low - width, low)
+        high = torch.where(_shift_slope(divergence, phi_x, w_x, high) > 0, high + width, high)
+        width = 2.0 * width
+    for _ in range(100):
+        mid = 0.5 * (low + high)
+        above = _shift_slope(divergence, phi_x, w_x, mid) > 0
+        low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+    return 0.5 * (low + high)
+
+
+def set_optimal_shift(critic, z, n_particles, w_x) -> None:
+    """Set the critic's shift ``nu`` to its exact optimum for the current network.
+
+    The Donsker-Varadhan form has no shift in its objective; its ``nu`` is set to
+    ``log E_Q e^phi``, the shift that makes its per-row terms (``target_terms``) exact.
+    """
+    phi_x = _phi(critic, z)[:, n_particles:]
+    if critic.divergence.uses_nu:
+        critic.nu.copy_(_optimal_shift(critic.divergence, phi_x, w_x))
+    else:
+        critic.nu.copy_(_log_mean_exp(phi_x, w_x))
+
+
+def objective(critic, z, n_particles, w_y, w_x) -> torch.Tensor:
+    """J (K,) of the current network with the exact optimal shift, on all rows."""
+    set_optimal_shift(critic, z, n_particles, w_x)
+    phi = _phi(critic, z)
+    return critic.divergence.value(phi[:, :n_particles], phi[:, n_particles:], critic.nu, w_y, w_x)
