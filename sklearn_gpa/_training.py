@@ -7,10 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._engine import run_gpa
-from .utils import warn_at_caller
+from ._engine import resolve_device, resolve_dtype, run_gpa
+from ._progress import FitProgress
+from .utils import check_image_shape, check_sizes, warn_at_caller
 
-__all__ = ["TrainedFlows", "append_history", "engine_arguments", "train_flows"]
+__all__ = [
+    "TrainedFlows",
+    "append_history",
+    "check_continuation",
+    "check_flow_settings",
+    "engine_arguments",
+    "train_flows",
+]
 
 # The estimator parameters that the engine takes under the same name.
 _ENGINE_PARAMETERS = frozenset(inspect.signature(run_gpa).parameters) - {
@@ -45,18 +53,77 @@ class TrainedFlows:
     particles: list  # per flow, the final positions of its particles (standardised units)
 
 
-def train_flows(params, sources, targets, *, image_shape, device, seed, callback, critic_state):
-    """Run the engine on K flows; warn about what went wrong in a way a user can act on."""
+def check_flow_settings(params, n_features):
+    """Check what parameter constraints cannot; return the CNN's input shape (None: MLP)."""
+    check_sizes(params["hidden_layer_sizes"], "hidden_layer_sizes", minimum=1)
+    check_sizes(params["conv_channels"], "conv_channels", minimum=1)
+    cnn = params["discriminator"] == "cnn"
+    if cnn and params["image_shape"] is None:
+        raise ValueError("discriminator='cnn' needs image_shape, e.g. image_shape=(28, 28).")
+    if not cnn and params["image_shape"] is not None:
+        raise ValueError("image_shape is used by discriminator='cnn' only; set both or neither.")
+    if params["constraint"] == "soft" and params["L"] is None:
+        raise ValueError("constraint='soft' penalises gradients above L: give a finite L.")
+    resolve_device(params["device"])
+    resolve_dtype(params["dtype"])
+    return check_image_shape(params["image_shape"], n_features) if cnn else None
+
+
+def check_continuation(fitted, params, mode, classes, image_shape):
+    """Warm start continues ``fitted``'s flows: same mode, classes and discriminators."""
+    if mode != fitted.mode_:
+        raise ValueError(
+            f"warm_start=True continues the previous {fitted.mode_} fit, but this call is "
+            f"a {mode} fit; set warm_start=False to start afresh."
+        )
+    if (classes is None) != (fitted.classes_ is None) or (
+        classes is not None and not np.array_equal(classes, fitted.classes_)
+    ):
+        raise ValueError(
+            "warm_start=True continues the previous flows, but y defines different "
+            "classes now; set warm_start=False to start afresh."
+        )
+    cnn = params["discriminator"] == "cnn"
+    now = {
+        "hidden_layer_sizes": tuple(int(h) for h in params["hidden_layer_sizes"]),
+        "image_shape": image_shape,
+        "conv_channels": tuple(int(c) for c in params["conv_channels"]) if cnn else None,
+        "activation": params["activation"],
+        "solver": params["solver"],
+    }
+    flow = fitted.flow_
+    before = {**flow.architecture(), "activation": flow.activation, "solver": flow.solver}
+    changed = [name for name in now if before[name] != now[name]]
+    if changed:
+        raise ValueError(
+            f"warm_start=True continues the previous fit's discriminators, but "
+            f"{', '.join(changed)} changed; set warm_start=False to start afresh."
+        )
+
+
+def train_flows(params, sources, targets, *, name, image_shape, seed, critic_state=None):
+    """Run the engine on K flows; show progress; warn in a way a user can act on.
+
+    ``params`` are the estimator's parameters: the engine's settings, ``device``,
+    ``callback`` (the user's, called every ``log_every`` steps) and ``verbose`` (a progress
+    bar named ``name``, closed by a one-line summary).
+    """
+    progress = None
+    callback = params["callback"]
+    if callback is None and params["verbose"]:
+        progress = callback = FitProgress(name, total=params["n_steps"], verbose=params["verbose"])
     result, flow = run_gpa(
         sources,
         targets,
         **engine_arguments(params),
         image_shape=image_shape,
-        device=device,
+        device=resolve_device(params["device"]),
         seed=seed,
         callback=callback,
         critic_state=critic_state,
     )
+    if progress is not None:
+        progress.close(stop_reason=result.stop_reason, n_steps=result.n_steps)
     counts = [len(s) for s in sources]
     weights = np.asarray(counts, dtype=float) / sum(counts)
     history = {

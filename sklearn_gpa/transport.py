@@ -5,20 +5,19 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import DomainTransformer, class_index
-from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, pack_rows, resolve_device, resolve_dtype
+from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device
 from ._grouping import group_rows
 from ._out_of_sample import NeighbourMap
 from ._prior import SOURCES, Prior, split_counts
 from ._scaling import Standardization
-from ._training import append_history, train_flows
+from ._training import append_history, check_continuation, check_flow_settings, train_flows
 from .baselines import class_router, meanstd_map
-from .utils import check_image_shape, check_sizes, warn_at_caller
+from .utils import warn_at_caller
 
 __all__ = ["GPATransporter"]
 
@@ -133,10 +132,12 @@ class GPATransporter(DomainTransformer):
     random_state : int, RandomState instance or None, default=None
         Seeds the discriminator initialisation and the prior draws.
     verbose : int, default=0
-        Print the divergence and kinetic energy every ``log_every`` steps.
+        1: a progress bar (steps, rate, elapsed time, divergence and kinetic energy,
+        updated every ``log_every`` steps) closed by a one-line summary, on stderr; 2: also
+        a line per update.
     callback : callable or None, default=None
         Called as ``callback(step, divergence, kinetic_energy)`` every ``log_every`` steps
-        (arrays over flows); replaces the ``verbose`` printout.
+        (arrays over flows); replaces the ``verbose`` progress bar.
     prealign : {"meanstd"} or None, default=None
         Integration only.  "meanstd" first maps each flow's source rows by the per-feature
         affine map that matches their mean and standard deviation to the flow's target rows
@@ -333,107 +334,44 @@ class GPATransporter(DomainTransformer):
 
     def _fit(self, X, y, source):
         """Learn the flow (or continue it); return the moved source rows in integration."""
-        self._check_settings()
+        params = self.get_params(deep=False)
+        image_shape = check_flow_settings(params, X.shape[1])
         mode = "generation" if source is None else "integration"
         source = np.zeros(len(X), dtype=bool) if source is None else source
+        groups = group_rows(
+            y, source, conditional=self.conditional, generative=mode == "generation"
+        )
         rng = check_random_state(self.random_state)
         resume = self._continues_fit()
         if resume:
-            groups = self._check_continuation(mode, y, source)
+            check_continuation(self, params, mode, groups.classes, image_shape)
             sources = self._final_particles_
         else:
-            self.mode_ = mode
-            self.image_shape_ = self._image_shape(X.shape[1])
-            self._scaling = Standardization.fit(X, self.standardize)
-            groups = group_rows(
-                y, source, conditional=self.conditional, generative=mode == "generation"
-            )
             if groups.ignored is not None and mode == "integration":
                 warn_at_caller(f"Labels ignored, one flow for all classes: {groups.ignored}.")
+            self.mode_, self.image_shape_ = mode, image_shape
             self.classes_, self.n_flows_ = groups.classes, len(groups)
+            self._scaling = Standardization.fit(X, self.standardize)
             starts = self._starting_points(X, groups, rng)
             self.flow_assigner_ = _flow_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
         Z = self._scaling.transform(X)
-        targets = [Z[t] for t in groups.targets]
-        trained = self._train(sources, targets, rng, resume)
-        moved = trained.particles
-        if resume:
-            if self.neighbour_map_ is not None:
-                self.neighbour_map_.extend(sources, moved)
-        else:
+        moved = self._train(sources, [Z[t] for t in groups.targets], rng, resume).particles
+        if not resume:
             self.neighbour_map_ = self._neighbour_map(starts, sources, moved)
+        elif self.neighbour_map_ is not None:
+            self.neighbour_map_.extend(sources, moved)
         self._final_particles_ = moved
-        counts = [len(s) for s in sources]
         particles = self._scaling.inverse_transform(np.concatenate(moved))
-        labels = None if self.classes_ is None else np.repeat(self.classes_, counts)
+        labels = None
+        if self.classes_ is not None:
+            labels = np.repeat(self.classes_, [len(s) for s in sources])
         if mode == "integration":
             # Back to the order of the source rows in X.
             order = np.argsort(np.concatenate(groups.sources), kind="stable")
-            particles = particles[order]
-            labels = None if labels is None else labels[order]
+            particles, labels = particles[order], None if labels is None else labels[order]
         self.particles_, self.particle_labels_ = particles, labels
         return particles if mode == "integration" else None
-
-    def _check_settings(self):
-        check_sizes(self.hidden_layer_sizes, "hidden_layer_sizes", minimum=1)
-        check_sizes(self.conv_channels, "conv_channels", minimum=1)
-        if self.discriminator == "cnn" and self.image_shape is None:
-            raise ValueError("discriminator='cnn' needs image_shape, e.g. image_shape=(28, 28).")
-        if self.discriminator == "mlp" and self.image_shape is not None:
-            raise ValueError(
-                "image_shape is used by discriminator='cnn' only; set both or neither."
-            )
-        if self.constraint == "soft" and self.L is None:
-            raise ValueError("constraint='soft' penalises gradients above L: give a finite L.")
-        resolve_device(self.device)
-        resolve_dtype(self.dtype)
-
-    def _image_shape(self, n_features):
-        """(channels, height, width) of the CNN's input, None for the MLP."""
-        if self.discriminator != "cnn":
-            return None
-        return check_image_shape(self.image_shape, n_features)
-
-    def _check_continuation(self, mode, y, source):
-        """Warm start continues the stored flows: same mode, classes and architecture."""
-        if mode != self.mode_:
-            raise ValueError(
-                f"warm_start=True continues the previous {self.mode_} fit, but this call is "
-                f"a {mode} fit; set warm_start=False to start afresh."
-            )
-        groups = group_rows(
-            y, source, conditional=self.conditional, generative=mode == "generation"
-        )
-        same = (groups.classes is None and self.classes_ is None) or (
-            groups.classes is not None
-            and self.classes_ is not None
-            and np.array_equal(groups.classes, self.classes_)
-        )
-        if not same:
-            raise ValueError(
-                "warm_start=True continues the previous flows, but y defines different "
-                "classes now; set warm_start=False to start afresh."
-            )
-        before = (self.flow_.architecture(), self.flow_.activation, self.flow_.solver)
-        cnn = self.discriminator == "cnn"
-        now = (
-            {
-                "hidden_layer_sizes": tuple(int(h) for h in self.hidden_layer_sizes),
-                "image_shape": self._image_shape(self.n_features_in_),
-                "conv_channels": tuple(int(c) for c in self.conv_channels) if cnn else None,
-            },
-            self.activation,
-            self.solver,
-        )
-        changed = [name for name in before[0] if before[0][name] != now[0][name]]
-        changed += [n for n, a, b in zip(("activation", "solver"), before[1:], now[1:]) if a != b]
-        if changed:
-            raise ValueError(
-                f"warm_start=True continues the previous fit's discriminators, but "
-                f"{', '.join(changed)} changed; set warm_start=False to start afresh."
-            )
-        return groups
 
     def _starting_points(self, X, groups, rng):
         """Standardised starting rows of each flow (before any pre-alignment).
@@ -455,16 +393,14 @@ class GPATransporter(DomainTransformer):
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
 
     def _train(self, sources, targets, rng, resume):
-        device = resolve_device(self.device)
-        self.device_ = str(device)
+        self.device_ = str(resolve_device(self.device))
         trained = train_flows(
             self.get_params(deep=False),
             sources,
             targets,
+            name=type(self).__name__,
             image_shape=self.image_shape_,
-            device=device,
             seed=rng.randint(np.iinfo(np.int32).max),
-            callback=self.callback or (self._print_progress if self.verbose else None),
             critic_state=self.critic_state_ if resume else None,
         )
         flow, history, failed = trained.flow, trained.history, trained.failed_step
@@ -480,12 +416,6 @@ class GPATransporter(DomainTransformer):
         self.critic_state_, self.stop_reason_ = trained.critic_state, trained.stop_reason
         self.n_steps_ = flow.n_steps
         return trained
-
-    def _print_progress(self, step, divergence, kinetic_energy):
-        print(
-            f"[{type(self).__name__}] step {step + 1}/{self.n_steps}  "
-            f"divergence {np.mean(divergence):.4g}  kinetic energy {np.mean(kinetic_energy):.4g}"
-        )
 
     def _neighbour_map(self, starts, sources, moved):
         """The map of new rows by their nearest training rows (None when rows replay)."""
@@ -557,18 +487,7 @@ class GPATransporter(DomainTransformer):
 
     def _replay(self, Z, flows, path=None, flow=None):
         """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
-        groups = [np.flatnonzero(flows == k) for k in range(self.n_flows_)]
-        # Replay in float64 whatever the training precision: a row's result then does not
-        # depend (beyond 1e-12) on which other rows share its batch.
-        packed, _ = pack_rows([Z[g] if len(g) else Z[:1] for g in groups], torch.float64, "cpu")
-        device = self.device_
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            device = "cpu"  # a GPU fit loaded on a machine without one
-        moved = (flow or self.flow_).replay(packed, dtype=torch.float64, device=device, path=path)
-        out = np.empty(moved.shape[:-3] + Z.shape)
-        for k, g in enumerate(groups):
-            out[..., g, :] = moved[..., k, : len(g), :]
-        return out
+        return (flow or self.flow_).replay_rows(Z, flows, device=self.device_, path=path)
 
     def replay(self, X, y=None, *, stop_steps=None):
         """Push rows through the stored flow, whatever ``out_of_sample`` says.

@@ -306,6 +306,26 @@ class LearnedFlow:
             alive[int(stop) :, k] = False
         return dataclasses.replace(self, alive=alive)
 
+    def replay_rows(self, rows, flows, *, device="cpu", path=None):
+        """Move rows ``rows`` (n, d) whose flow index is ``flows`` (n,); NumPy out.
+
+        The replay runs in float64 whatever the training precision, so a row's result does
+        not depend (beyond 1e-12) on which other rows share its batch.  A flow trained on a
+        GPU replays on the CPU where CUDA is missing.  With ``path`` = k, returns the
+        positions every k steps, shaped (n_snapshots, n, d).
+        """
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        groups = [np.flatnonzero(flows == k) for k in range(self.layout.n_flows)]
+        packed, _ = pack_rows(
+            [rows[g] if len(g) else rows[:1] for g in groups], torch.float64, "cpu"
+        )
+        moved = self.replay(packed, dtype=torch.float64, device=device, path=path)
+        out = np.empty(moved.shape[:-3] + rows.shape)
+        for k, g in enumerate(groups):
+            out[..., g, :] = moved[..., k, : len(g), :]
+        return out
+
     def replay(self, y, *, dtype=torch.float32, device="cpu", chunk_rows=65536, path=None):
         """Move packed particles ``y`` (K, M, d) (NumPy or tensor) along the flow; NumPy out.
 
