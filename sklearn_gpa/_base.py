@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_sample_domain
+from .utils import check_magnitude, check_sample_domain
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -54,6 +54,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(
             self, X, dtype=_FLOAT_DTYPES, ensure_min_samples=2, reset=not self._continues_fit()
         )
+        check_magnitude(X)
         source = None
         if sample_domain is not None:
             source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
@@ -62,6 +63,11 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if y.shape != (X.shape[0],):
                 raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
         return X, y, source
+
+    def _validate_rows(self, X):
+        """New rows for a fitted estimator: checked like the training rows."""
+        check_is_fitted(self)
+        return check_magnitude(validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False))
 
     @limit_blas_threads
     @_fit_context(prefer_skip_nested_validation=False)
@@ -133,8 +139,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X_new : ndarray of shape (n_samples, n_features)
             In the dtype of ``X`` (float64 for integer input).
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        X = self._validate_rows(X)
         move = np.ones(len(X), dtype=bool)
         if sample_domain is not None:
             move = check_sample_domain(
@@ -171,8 +176,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """
         from .metrics import energy_distance
 
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=_FLOAT_DTYPES, reset=False)
+        X = self._validate_rows(X)
         weights = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
         if weights is not None and weights.shape != (len(X),):
             raise ValueError(f"sample_weight must have shape ({len(X)},), got {weights.shape}.")

@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from ._prior import Prior
 from ._scaling import Standardization
 from .transport import GPATransporter
-from .utils import stack_domains, warn_at_caller
+from .utils import check_magnitude, stack_domains, warn_at_caller
 
 __all__ = ["GPAAugmenter"]
 
@@ -201,7 +201,7 @@ class GPAAugmenter(BaseOverSampler):
         requested = {c: n for c, n in self.sampling_strategy_.items() if n > 0}
         self.augmented_classes_ = np.array(list(requested), dtype=y.dtype)
         # The flow runs on dense rows; a sparse X gets its synthetic rows appended sparse.
-        dense = X.toarray() if sparse.issparse(X) else X
+        dense = check_magnitude(X.toarray() if sparse.issparse(X) else X)
         self._fit_feature_scaling(dense)
         self._fit_discrete_features(dense)
         if not requested:

@@ -7,7 +7,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import DomainTransformer, class_index
 from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device
@@ -454,8 +454,7 @@ class GPATransporter(DomainTransformer):
         -------
         flows : ndarray of int of shape (n_samples,)
         """
-        check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validate_rows(X)
         return self._flows_of(self._scaling.transform(X), y)
 
     def _flows_of(self, Z, y):
@@ -509,8 +508,7 @@ class GPATransporter(DomainTransformer):
         -------
         X_new : ndarray of shape (n_samples, n_features)
         """
-        check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validate_rows(X)
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, y)
         flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
@@ -532,8 +530,7 @@ class GPATransporter(DomainTransformer):
         path : ndarray of shape (n_snapshots, n_samples, n_features)
             Snapshots before steps 0, every, 2 * every, ... and after the last step.
         """
-        check_is_fitted(self, "flow_")
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validate_rows(X)
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, None)
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))

@@ -107,6 +107,21 @@ def check_sample_domain(
     return source
 
 
+# Squared distances between rows must stay finite in float64.
+_MAX_MAGNITUDE = 1e150
+
+
+def check_magnitude(X, name: str = "X"):
+    """Raise a named error when values are so large that squared distances overflow."""
+    largest = float(np.max(np.abs(X))) if np.size(X) else 0.0
+    if largest > _MAX_MAGNITUDE:
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g} in magnitude; squared distances between "
+            f"rows would overflow. Rescale the data (e.g. divide by a power of ten) first."
+        )
+    return X
+
+
 def known_labels(y) -> np.ndarray:
     """Mask of the labels that are known: not NaN, not None, and not skada's -1 marker."""
     y = np.asarray(y)

@@ -1,0 +1,112 @@
+"""Bad input through every public entry point: a named error, never a torch traceback or NaN."""
+
+import numpy as np
+import pytest
+
+from sklearn_gpa import (
+    GPAAugmenter,
+    GPATransporter,
+    LatentGPA,
+    MeanStdAdjuster,
+    lipschitz_f_divergence,
+)
+from sklearn_gpa.utils import stack_domains
+
+RNG = np.random.RandomState(0)
+XS, XT = RNG.normal(0, 1, (30, 3)), RNG.normal(2, 1, (30, 3))
+X, Y, SD = stack_domains(XS, XT, np.arange(30) % 2, np.arange(30) % 2)
+
+BAD_X = {
+    "nan": (np.where(np.eye(60, 3, dtype=bool), np.nan, X), "NaN"),
+    "inf": (np.where(np.eye(60, 3, dtype=bool), np.inf, X), "infinity"),
+    "1-D": (X[:, 0], "2D array"),
+    "3-D": (X[:, :, None], "dim 3"),
+    "no rows": (X[:0], "0 sample"),
+    "no features": (X[:, :0], "0 feature"),
+    "text": (np.full((60, 3), "a", dtype=object), "could not convert"),
+    "complex": (X + 1j, "omplex"),
+    "huge": (X * 1e300, "overflow"),
+}
+BAD_DOMAIN = {
+    "short": (SD[:-1], "one entry per row"),
+    "2-D": (SD[:, None], "1-D array"),
+    "fractional": (SD + 0.5, "integers"),
+    "text": (SD.astype(str), "integers"),
+    "one side": (np.ones(60, dtype=int), "no target"),
+}
+
+
+def _estimators():
+    flow = GPATransporter(n_steps=2, random_state=0)
+    return [flow, LatentGPA(transporter=flow), MeanStdAdjuster()]
+
+
+def _entry_points(estimator, bad):
+    fitted = estimator.__class__(**estimator.get_params(deep=False)).fit(X, Y, sample_domain=SD)
+    return {
+        "fit": lambda: estimator.fit(bad, sample_domain=SD),
+        "fit_transform": lambda: estimator.fit_transform(bad, sample_domain=SD),
+        "transform": lambda: fitted.transform(bad),
+        "score": lambda: fitted.score(bad, sample_domain=SD),
+    }
+
+
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("kind", list(BAD_X))
+@pytest.mark.parametrize("entry", ["fit", "fit_transform", "transform", "score"])
+def test_bad_rows_get_a_named_error_everywhere(estimator, kind, entry):
+    bad, message = BAD_X[kind]
+    before = np.array(bad, copy=True)
+    with pytest.raises(ValueError, match=message):
+        _entry_points(estimator, bad)[entry]()
+    np.testing.assert_array_equal(np.asarray(bad), before)  # the caller's array is untouched
+
+
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("kind", list(BAD_DOMAIN))
+def test_bad_sample_domain_gets_a_named_error(estimator, kind):
+    domain, message = BAD_DOMAIN[kind]
+    with pytest.raises(ValueError, match=message):
+        estimator.fit(X, Y, sample_domain=domain)
+    if kind != "one side":  # transform moves source rows only: one side is fine there
+        fitted = estimator.fit(X, Y, sample_domain=SD)
+        with pytest.raises(ValueError, match=message):
+            fitted.transform(X, sample_domain=domain)
+
+
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+def test_labels_of_the_wrong_shape_are_named(estimator):
+    with pytest.raises(ValueError, match="y must have shape"):
+        estimator.fit(X, Y[:-1], sample_domain=SD)
+    fitted = estimator.fit(X, Y, sample_domain=SD)
+    with pytest.raises(ValueError, match="y must have shape"):
+        fitted.transform(X, Y[:, None])
+
+
+@pytest.mark.parametrize("n_samples", [0, -1, 2.5, "3", None, True])
+def test_sample_count_is_checked(n_samples):
+    generator = GPATransporter(n_steps=2, random_state=0).fit(XT)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        generator.sample(n_samples)
+
+
+def test_sample_classes_are_checked():
+    generator = GPATransporter(n_steps=2, random_state=0).fit(XT, np.arange(30) % 2)
+    with pytest.raises(ValueError, match="not fitted"):
+        generator.sample(3, y=[0, 1, 5])
+    with pytest.raises(ValueError, match="shape"):
+        generator.sample(3, y=[0, 1])
+    unconditional = GPATransporter(n_steps=2, random_state=0).fit(XT)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        unconditional.sample(3, y=[0, 1, 0])
+
+
+@pytest.mark.parametrize("kind", list(BAD_X))
+def test_augmenter_and_divergence_name_bad_rows(kind):
+    bad, message = BAD_X[kind]
+    labels = np.r_[np.zeros(45, dtype=int), np.ones(15, dtype=int)][: len(bad)]
+    augmenter = GPAAugmenter(transporter=GPATransporter(n_steps=2), random_state=0)
+    with pytest.raises(ValueError):
+        augmenter.fit_resample(bad, labels)
+    with pytest.raises(ValueError):
+        lipschitz_f_divergence(bad, XT, n_iter=2)
