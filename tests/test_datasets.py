@@ -7,6 +7,7 @@ import hashlib
 import io
 import itertools
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from sklearn_gpa import datasets
 from sklearn_gpa.datasets import (
     fetch_mnist,
+    load_breast_cancer_studies,
     make_batch_effect,
     make_gaussian_mixture,
     make_generalized_gaussian,
@@ -449,8 +451,29 @@ def test_bad_parameters_raise_value_error_naming_parameter(func, kwargs, name):
 
 @pytest.mark.parametrize("bad", [True, "3", None])
 def test_n_samples_must_be_an_integer(bad):
-    with pytest.raises(ValueError, match="n_samples"):
+    message = (
+        r"The 'n_samples' parameter of make_gaussian_mixture must be an int in the range "
+        r"\[1, inf\)\. Got " + re.escape(repr(bad))
+    )
+    with pytest.raises(ValueError, match=message):
         make_gaussian_mixture(bad)
+
+
+@pytest.mark.parametrize(
+    "func, kwargs, name",
+    [
+        (make_gaussian_mixture, {"std": True}, "std"),
+        (make_gaussian_mixture, {"std": np.inf}, "std"),
+        (make_student_t, {"loc": np.nan}, "loc"),
+        (make_sierpinski_carpet, {"n_features": 2.0}, "n_features"),
+        (make_batch_effect, {"noise": np.inf}, "noise"),
+        (make_swiss_roll, {"random_state": "seed"}, "random_state"),
+        (load_breast_cancer_studies, {"source": "gse0"}, "source"),
+    ],
+)
+def test_bools_non_finite_values_and_unknown_options_are_named(func, kwargs, name):
+    with pytest.raises(ValueError, match=f"The '{name}' parameter of {func.__name__} must be"):
+        func(**kwargs)
 
 
 # --------------------------------------------------------------------------- #

@@ -9,7 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
-from sklearn_gpa.latent import decoder_lipschitz_constant
+from sklearn_gpa.latent import decoder_lipschitz_constant, default_encoder
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
 
@@ -274,6 +274,31 @@ def test_decoder_lipschitz_constant_decodes_an_affine_decoder_once():
     codes = np.linspace(-2, 2, 20)[:, None] * np.ones((1, 2))
     expected = 3 * np.sqrt(2 * 4.0**2) / np.sqrt(2)
     assert decoder_lipschitz_constant(Cubic(), codes) == pytest.approx(expected, rel=1e-2)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: default_encoder(1.5), "'variance' parameter of default_encoder"),
+        (lambda: default_encoder(True), "'variance' parameter of default_encoder"),
+        (
+            lambda: decoder_lipschitz_constant(StandardScaler(), np.zeros((3, 2)), step=0.0),
+            "'step' parameter of decoder_lipschitz_constant",
+        ),
+        (
+            lambda: decoder_lipschitz_constant(object(), np.zeros((3, 2))),
+            "'encoder' parameter of decoder_lipschitz_constant",
+        ),
+        (
+            lambda: decoder_lipschitz_constant(StandardScaler(), np.zeros(3)),
+            "Expected 2D array",
+        ),
+    ],
+)
+def test_latent_helpers_name_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+    assert default_encoder(3)[-1].n_components == 3  # a number of components is fine
 
 
 def test_fit_transform_keeps_float32_as_transform_does():

@@ -21,6 +21,7 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_gpa import _two_sample
 from sklearn_gpa._engine import estimate as estimate_module
@@ -216,12 +217,16 @@ def test_non_finite_objective_raises(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"f": "hellinger"}, "Unknown f-divergence"),
-        ({"L": 0.0}, "L must be"),
-        ({"L": -1.0}, "L must be"),
-        ({"L": np.inf}, "L must be"),
+        ({"f": "hellinger"}, "'f' parameter of lipschitz_f_divergence must be a str among"),
+        (
+            {"L": 0.0},
+            r"'L' parameter of lipschitz_f_divergence must be a float in the range \(0.0, inf\)",
+        ),
+        ({"L": -1.0}, "'L' parameter"),
+        ({"L": np.inf}, "'L' parameter"),
+        ({"L": True}, "'L' parameter"),
         ({"alpha": 3.0}, "only used with f='alpha'"),
-        ({"f": "alpha", "alpha": 0.5}, "alpha must be"),
+        ({"f": "alpha", "alpha": 0.5}, "'alpha' parameter"),
         ({"hidden_layer_sizes": ()}, "hidden_layer_sizes"),
         ({"hidden_layer_sizes": (8, 0)}, "hidden_layer_sizes"),
         ({"n_iter": 0}, "n_iter"),
@@ -456,6 +461,8 @@ def test_two_sample_bad_input(metric, X, Y, match):
         (lambda X: mmd(X[:1], X), "minimum of 2"),
         (lambda X: sinkhorn_w2(X, X, reg=-1.0), "reg"),
         (lambda X: sinkhorn_w2(X, X, exact_below=-1), "exact_below"),
+        (lambda X: sinkhorn_w2(X, X, exact_below=True), "'exact_below' parameter"),
+        (lambda X: mmd(X, X, unbiased=1), "'unbiased' parameter of mmd must be"),
     ],
 )
 def test_bad_options(call, match):
@@ -563,7 +570,7 @@ def test_scorer_with_cross_fit_prefers_the_better_transport():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"activation": "tanh"}, "Unknown activation"),
+        ({"activation": "tanh"}, "'activation' parameter of"),
         ({"activation": "groupsort", "hidden_layer_sizes": (8, 5)}, "even"),
         ({"cross_fit": 1}, "cross_fit"),
         ({"cross_fit": 2.5}, "cross_fit"),
@@ -579,3 +586,13 @@ def test_bad_cross_fit_and_network_parameters(kwargs, match):
     if "return" not in str(kwargs) and "minimum" not in match:
         with pytest.raises(ValueError, match=match):
             LipschitzFDivergence(**kwargs)
+
+
+def test_scorer_checks_its_settings_like_the_function_and_names_itself():
+    message = "The 'n_iter' parameter of LipschitzFDivergence must be an int in the range"
+    with pytest.raises(InvalidParameterError, match=message):
+        LipschitzFDivergence(n_iter=0)
+    with pytest.raises(InvalidParameterError, match="'dtype' parameter of LipschitzFDivergence"):
+        LipschitzFDivergence(dtype="float16")
+    with pytest.raises(InvalidParameterError, match="'n_iter' parameter of lipschitz_f_divergence"):
+        lipschitz_f_divergence(np.zeros((4, 1)), np.ones((4, 1)), n_iter=0)

@@ -6,7 +6,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from sklearn_gpa.plotting import plot_images
+from sklearn_gpa.plotting import plot_history, plot_images, plot_particles_3d, plot_trajectories
 
 
 def test_image_grid_tiles_rows_in_order_and_leaves_input_alone():
@@ -31,3 +31,27 @@ def test_image_grid_tiles_rows_in_order_and_leaves_input_alone():
 def test_image_grid_names_bad_input(X, shape, message):
     with pytest.raises(ValueError, match=message):
         plot_images(X, shape)
+
+
+@pytest.mark.parametrize(
+    "plot, kwargs, name",
+    [
+        (plot_images, {"X": np.zeros((2, 4)), "image_shape": (2, 2), "n_cols": 0}, "n_cols"),
+        (plot_images, {"X": np.zeros((2, 4)), "image_shape": (2, 2), "vmin": np.nan}, "vmin"),
+        (
+            plot_particles_3d,
+            {"target": np.zeros((2, 3)), "moved": np.zeros((2, 3)), "size": -1},
+            "size",
+        ),
+        (plot_trajectories, {"path": np.zeros((2, 3, 2)), "max_paths": 2.5}, "max_paths"),
+        (plot_history, {"history": {"divergence": [1.0]}, "log": "yes"}, "log"),
+    ],
+)
+def test_plots_name_bad_options(plot, kwargs, name):
+    with pytest.raises(ValueError, match=f"The '{name}' parameter of {plot.__name__} must be"):
+        plot(**kwargs)
+
+
+def test_plot_history_names_a_missing_series():
+    with pytest.raises(ValueError, match="history has no 'divergence' series; its keys are"):
+        plot_history({"kinetic_energy": [1.0, 0.5]}, key="divergence")
