@@ -87,6 +87,18 @@ def now():
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
 
+def command():
+    """The command line that ran this script, from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO)
+    return " ".join(["python", script, *sys.argv[1:]])
+
+
+def run_record():
+    """``{"command", "machine", "date"}`` of this run, taken now (at the start of a run, the
+    load average is the one the run started under)."""
+    return {"command": command(), "machine": machine_info(), "date": now()}
+
+
 # -- timing -----------------------------------------------------------------------------
 def timed(function, *args, **kwargs):
     """``(function(*args, **kwargs), seconds)`` by the wall clock."""

@@ -24,11 +24,11 @@ import sys
 
 import _common
 import numpy as np
-from bench_gene_integration import papers_settings
+from bench_gene_integration import load_studies, papers_settings
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import critic, device
-from sklearn_gpa.datasets import load_breast_cancer_studies, make_gaussian_mixture
+from sklearn_gpa.datasets import make_gaussian_mixture
 from sklearn_gpa.utils import stack_domains
 
 MODES = {
@@ -78,11 +78,10 @@ def runs():
             (X12, None, sd12),
         )
     ]
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: gene row skipped")
+    studies = load_studies("the gene row")
+    if studies is None:
         return out
+    Xs, ys, Xt, yt, _ = studies
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     out.append(
         (

@@ -14,11 +14,10 @@ import sys
 
 import _common
 import numpy as np
-from bench_gene_integration import papers_settings
+from bench_gene_integration import load_studies, papers_settings
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import (
-    load_breast_cancer_studies,
     make_gaussian_mixture,
     make_sierpinski_carpet,
 )
@@ -26,11 +25,10 @@ from sklearn_gpa.utils import stack_domains
 
 
 def gene_runs():
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies()
-    except ImportError:
-        print("survset is not installed: gene rows skipped")
+    studies = load_studies("the gene rows")
+    if studies is None:
         return []
+    Xs, ys, Xt, yt, _ = studies
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     papers = _common.latent_gpa(random_state=0, **papers_settings(5000))
     return [

@@ -20,12 +20,10 @@ import sys
 import time
 
 import _common
-from bench_gene_integration import Scorer, meanstd, papers_settings, seed_spread
+from bench_gene_integration import Scorer, load_studies, meanstd, papers_settings, seed_spread
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from sklearn_gpa.datasets import load_breast_cancer_studies
 
 N_SEEDS = 3  # random_state 0-2
 
@@ -52,11 +50,10 @@ def variants():
 
 def main(argv=None):
     _common.parser(__doc__).parse_args(argv)
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: pip install survset")
+    studies = load_studies("bench_gene_ablation")
+    if studies is None:
         return 0
+    Xs, ys, Xt, yt, _ = studies
     scorer = Scorer(Xs, ys, Xt, yt)
     base = scorer.distances(Xs, ys)
     header = (

@@ -75,6 +75,16 @@ def papers_settings(n_steps=5000):
     )
 
 
+def load_studies(what):
+    """GSE1992 -> GSE4335 as ``(Xs, ys, Xt, yt, genes)``, or None (with a note naming
+    ``what`` is skipped) when ``survset`` is not installed."""
+    try:
+        return load_breast_cancer_studies("gse1992", "gse4335")
+    except ImportError:
+        print(f"survset is not installed (pip install survset): {what} skipped.")
+        return None
+
+
 def w2(a, b):
     """Exact 2-Wasserstein distance between two point clouds (uniform weights)."""
     cost = ot.dist(a, b)
@@ -372,11 +382,10 @@ def main(argv=None):
     parser.add_argument("--paper-steps", type=int, default=5000)
     parser.add_argument("--held-out-only", action="store_true", help="skip the in-sample table")
     args = parser.parse_args(argv)
-    try:
-        Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: pip install survset")
+    studies = load_studies("bench_gene_integration")
+    if studies is None:
         return 0
+    Xs, ys, Xt, yt, genes = studies
     print(f"source GSE1992 {Xs.shape}, target GSE4335 {Xt.shape}, {len(genes)} shared genes")
     scorer = Scorer(Xs, ys, Xt, yt)
     # The defaults are the library's (300 steps); --quick runs every flow for 100 steps.

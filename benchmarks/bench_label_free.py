@@ -47,13 +47,12 @@ import time
 import _common
 import numpy as np
 import ot
-from bench_gene_integration import Scorer, latent_method, meanstd, sinkhorn
+from bench_gene_integration import Scorer, latent_method, load_studies, meanstd, sinkhorn
 from sklearn.decomposition import PCA
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import MeanStdAdjuster
-from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.latent import default_encoder
 from sklearn_gpa.utils import stack_domains
 
@@ -382,12 +381,12 @@ def format_ot_row(r):
 def main(argv=None):
     parser = _common.parser(__doc__, quick="random_state 0-1 instead of 0-4")
     args = parser.parse_args(argv)
-    try:
-        Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping bench_label_free.")
+    studies = load_studies("bench_label_free")
+    if studies is None:
         return 0
-    info = _common.machine_info()
+    Xs, ys, Xt, yt, genes = studies
+    run = _common.run_record()
+    info = run["machine"]
     seeds = list(range(2 if args.quick else 5))
     print(
         f"source GSE1992 {Xs.shape} ({np.mean(ys == 0):.3f} ER-), target GSE4335 {Xt.shape} "
@@ -403,11 +402,9 @@ def main(argv=None):
     total = time.perf_counter() - start
 
     stem = _common.result_stem("bench_label_free", args.quick)
-    command = "python benchmarks/bench_label_free.py" + (" --quick" if args.quick else "")
+    command = run["command"]
     result = {
-        "command": command,
-        "machine": info,
-        "date": _common.now(),
+        **run,
         "source": list(Xs.shape),
         "target": list(Xt.shape),
         "random_states": seeds,

@@ -355,7 +355,8 @@ def main(argv=None):
     except ImportError:
         print("survset is not installed (pip install survset): skipping bench_study_pairs.")
         return 0
-    info = _common.machine_info()
+    run = _common.run_record()
+    info = run["machine"]
     n_steps = 100 if args.quick else 300
     sweep = (1, 100, 300) if args.quick else (1, 100, 300, 1000)
     names = QUICK_PAIRS if args.quick else tuple(PAIRS)
@@ -389,11 +390,9 @@ def main(argv=None):
     total = time.perf_counter() - start
 
     stem = _common.result_stem("bench_study_pairs", args.quick)
-    command = "python benchmarks/bench_study_pairs.py" + (" --quick" if args.quick else "")
+    command = run["command"]
     result = {
-        "command": command,
-        "machine": info,
-        "date": _common.now(),
+        **run,
         "n_steps": n_steps,
         "held_out": {"size": HELD_OUT_SIZE, "seeds": list(HELD_OUT_SEEDS)},
         "pairs": pairs_rows,
