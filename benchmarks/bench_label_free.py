@@ -214,7 +214,7 @@ def latent_geometry(model, Xs, ys, Xt, yt):
     axis = target / np.linalg.norm(target)
     move = Zm - Zs
     return {
-        "random_state": model.random_state,
+        "random_state": model.transporter.random_state,
         "n_components": int(model.n_components_),
         "cos_before": cosine(er_gap(Zs, ys), target),
         "cos_after": cosine(er_gap(Zm, ys), target),
