@@ -52,20 +52,11 @@ Results go to ``benchmarks/results/bench_augment.{json,md}`` (``bench_augment_qu
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import re
-import sys
 import time
 import warnings
-from pathlib import Path
 
+import _common
 import numpy as np
-import sklearn
-import torch
 from imblearn.over_sampling import ADASYN, SMOTE, RandomOverSampler
 from sklearn.datasets import load_breast_cancer, load_wine, make_classification
 from sklearn.ensemble import RandomForestClassifier
@@ -75,12 +66,6 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from sklearn_gpa.augment import GPAAugmenter
-
-RESULTS = Path(__file__).resolve().parent / "results"
 KEEL = ("yeast4", "glass2", "ecoli1", "abalone19", "glass4", "new_thyroid1", "vehicle0", "vowel0")
 SCARCE = ("breast_cancer_scarce", "wine_scarce")
 QUICK = ("glass2", "ecoli1", "wine_scarce")
@@ -127,7 +112,7 @@ def make_sampler(name, seed):
         return SMOTE(random_state=seed)
     if name == "ADASYN":
         return ADASYN(random_state=seed)
-    return GPAAugmenter(random_state=seed)
+    return _common.gpa_augmenter(random_state=seed)
 
 
 def make_classifier(name, seed):
@@ -148,9 +133,9 @@ def evaluate_dataset(X, y, *, repeats, seed=0):
         scaler = StandardScaler().fit(X[train])
         X_train, X_test = scaler.transform(X[train]), scaler.transform(X[test])
         for sampler_name in SAMPLERS:
-            start = time.perf_counter()
-            resampled, note = _resample(sampler_name, fold, X_train, y[train])
-            resample_s = time.perf_counter() - start
+            (resampled, note), resample_s = _common.timed(
+                _resample, sampler_name, fold, X_train, y[train]
+            )
             for classifier_name in CLASSIFIERS:
                 record = dict(fold=fold, sampler=sampler_name, classifier=classifier_name)
                 record.update(resample_s=resample_s, note=note)
@@ -239,11 +224,10 @@ def time_three_class_problem(repeats=3):
     X, y = make_classification(
         n_samples=1000, n_classes=3, n_informative=4, weights=[0.2, 0.3, 0.5], random_state=0
     )
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        GPAAugmenter(random_state=seed).fit_resample(X, y)
-        times.append(time.perf_counter() - start)
+    times = [
+        _common.timed(_common.gpa_augmenter(random_state=seed).fit_resample, X, y)[1]
+        for seed in range(repeats)
+    ]
     return float(np.median(times)), np.bincount(y).tolist()
 
 
@@ -252,7 +236,8 @@ def markdown(summaries, info):
     lines = [
         f"Balanced accuracy / F1 of the minority class, mean over stratified 5-fold x "
         f"{info['repeats']} repeats; samplers balance every class to the majority; "
-        f"{info['cpu']}, torch {info['torch']}, scikit-learn {info['sklearn']}, "
+        f"{info['cpu']} ({info['cpus']} cores), torch {info['torch']}, "
+        f"scikit-learn {info['sklearn']}, "
         f"{info['date']}.  Total run time {info['total_s']:.0f} s.",
         "",
         "| data set | clf | " + " | ".join(SAMPLERS) + " |",
@@ -314,27 +299,8 @@ def verdict(summaries, info):
     return lines
 
 
-def environment(repeats):
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            found = re.search(r"model name\s*:\s*(.+)", info.read())
-            cpu = found.group(1).strip() if found else cpu
-    return dict(
-        repeats=repeats,
-        python=platform.python_version(),
-        platform=platform.platform(),
-        load_average_at_start=os.getloadavg(),
-        cpu=f"{cpu} ({os.cpu_count()} cores)",
-        torch=torch.__version__,
-        sklearn=sklearn.__version__,
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 small data sets, 1 repeat")
+    parser = _common.parser(__doc__, quick="3 small data sets, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None, help="CV repeats (default 2)")
     parser.add_argument("--datasets", default=None, help="comma-separated names")
     args = parser.parse_args(argv)
@@ -342,7 +308,7 @@ def main(argv=None):
     if args.datasets:
         names = tuple(args.datasets.split(","))
     repeats = args.repeats or (1 if args.quick else 2)
-    info = environment(repeats)
+    info = _common.machine_info(repeats=repeats, date=_common.now())
     start = time.perf_counter()
     summaries, records, skipped = [], {}, []
     for name in names:
@@ -366,11 +332,9 @@ def main(argv=None):
     info["skipped"] = skipped
     table = markdown(summaries, info)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    stem = "bench_augment_quick" if args.quick else "bench_augment"
-    (RESULTS / f"{stem}.md").write_text(table)
     payload = dict(info=info, summaries=summaries, records=records)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    stem = _common.result_stem("bench_augment", args.quick)
+    _common.write_results(stem, payload, table, machine=False)
     return summaries
 
 

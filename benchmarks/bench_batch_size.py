@@ -20,23 +20,16 @@ Writes ``results/bench_batch_size.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
-import time
 
+import _common
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import make_gaussian_mixture
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 WELLS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
 EVAL_ROWS = 2000
 
@@ -78,9 +71,8 @@ def run(problem, n, batch_sizes, n_steps):
     pick = np.random.RandomState(5).choice(n, EVAL_ROWS, replace=False)
     for batch in batch_sizes:
         gpa = GPATransporter(n_steps=n_steps, batch_size=batch, random_state=0, **settings)
-        start = time.perf_counter()
-        moved = gpa.fit_transform(X, sample_domain=domain)[domain == 1]
-        seconds = time.perf_counter() - start
+        moved, seconds = _common.timed(gpa.fit_transform, X, sample_domain=domain)
+        moved = moved[domain == 1]
         per_step = 1000 * gpa.history_["time"][-1] / gpa.n_steps_
         reference = per_step if batch is None else reference
         row = {
@@ -121,27 +113,21 @@ def table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 2 000, 100 steps")
+    parser = _common.parser(__doc__, quick="N = 2 000, 100 steps")
     args = parser.parse_args(argv)
     n, n_steps = (2000, 100) if args.quick else (20000, 300)
     batch_sizes = [None, 5000, 2000, 500, 100] if not args.quick else [None, 500, 100]
     rows = []
     for problem in (mixture_problem(n), gaussian_problem(n)):
         rows += run(problem, n, batch_sizes, n_steps)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     text = (
         f"`python benchmarks/bench_batch_size.py{' --quick' if args.quick else ''}` "
-        f"({time.strftime('%Y-%m-%d %H:%M')}, {machine}), {n_steps} steps, "
+        f"({_common.now()}, {_common.machine_line()}), {n_steps} steps, "
         f"energy distance on {EVAL_ROWS} rows.\n\n{table(rows)}\n"
     )
     print("\n" + text)
-    os.makedirs(RESULTS, exist_ok=True)
-    base = os.path.join(RESULTS, "bench_batch_size" + ("_quick" if args.quick else ""))
-    with open(base + ".json", "w") as handle:
-        json.dump({"machine": machine, "n_steps": n_steps, "rows": rows}, handle, indent=1)
-    with open(base + ".md", "w") as handle:
-        handle.write(text)
+    stem = _common.result_stem("bench_batch_size", args.quick)
+    _common.write_results(stem, {"n_steps": n_steps, "rows": rows}, text)
     return 0
 
 

@@ -22,30 +22,25 @@ Run: ``python benchmarks/bench_busy_machine.py [--repeats 3] [--spinners 1]``.  
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import functools
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import threading
 import time
 import warnings
 
+import _common
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 from sklearn.decomposition import PCA
 
-from sklearn_gpa import GPATransporter, LatentGPA, _threadpool
+from sklearn_gpa import GPATransporter, _threadpool
 from sklearn_gpa._engine import device
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 LOADS = {"python": "pure-Python loop", "numpy": "numpy matrix products"}
 
 
@@ -198,18 +193,17 @@ def runs():
         ),
         (
             "LatentGPA PCA(20), 1 000 x 6 000, 20 steps (BLAS: SVD 6e9 multiply-adds)",
-            lambda: LatentGPA(
-                PCA(20),
-                transporter=GPATransporter(n_steps=20, random_state=0, out_of_sample="auto"),
-            ).fit(wide, sample_domain=wide_sd),
+            lambda: _common.latent_gpa(encoder=PCA(20), n_steps=20, random_state=0).fit(
+                wide, sample_domain=wide_sd
+            ),
         ),
     ]
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def under_old_rule(old, fn):
+    """``fn()`` with the old thread rule installed."""
+    with old.installed():
+        fn()
 
 
 def _fmt_threads(values):
@@ -217,7 +211,7 @@ def _fmt_threads(values):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spinners", type=int, default=1)
     args = parser.parse_args(argv)
@@ -237,13 +231,11 @@ def main(argv=None):
         with spinners(n_spin, kind):
             load = os.getloadavg()[0]
             for name, fn in cases:
-                times = {"new": [], "old": []}
                 old.chosen = {"torch": [], "blas": []}
-                for repeat in range(args.repeats):
-                    for rule in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
-                        with old.installed() if rule == "old" else contextlib.nullcontext():
-                            times[rule].append(timed(fn))
-                new, was = float(np.median(times["new"])), float(np.median(times["old"]))
+                candidates = {"new": fn, "old": functools.partial(under_old_rule, old, fn)}
+                times = _common.interleaved(candidates, args.repeats, alternate=True)
+                median = _common.medians(times)
+                new, was = median["new"], median["old"]
                 chosen = f"{_fmt_threads(old.chosen['torch'])}; {_fmt_threads(old.chosen['blas'])}"
                 row = {
                     "fit": name,
@@ -265,22 +257,11 @@ def main(argv=None):
                 )
                 row["line"] = line
                 print(line, flush=True)
-    os.makedirs(RESULTS, exist_ok=True)
-    meta = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "repeats": args.repeats,
-    }
-    with open(os.path.join(RESULTS, "bench_busy_machine.json"), "w") as f:
-        json.dump({"machine": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, "bench_busy_machine.md"), "w") as f:
-        f.write(f"{meta['date']}, {meta['cpus']} CPUs, {meta['torch_threads']} torch threads, ")
-        f.write(f"median of {args.repeats} interleaved runs of each rule\n\n{header}\n")
-        f.write("".join(r["line"] + "\n" for r in rows))
-    print(f"wrote {RESULTS}/bench_busy_machine.md")
+    text = f"{_common.now()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+    text += f"median of {args.repeats} interleaved runs of each rule\n\n{header}\n"
+    text += "".join(r["line"] + "\n" for r in rows)
+    _common.write_results("bench_busy_machine", {"repeats": args.repeats, "rows": rows}, text)
+    print(f"wrote {_common.RESULTS}/bench_busy_machine.md")
     return 0
 
 

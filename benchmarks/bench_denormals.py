@@ -17,26 +17,20 @@ Writes ``results/bench_denormals.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import functools
 import os
-import platform
 import sys
-import time
 
+import _common
 import numpy as np
+from bench_gene_integration import load_studies, papers_settings
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from bench_gene_integration import papers_settings
-
-from sklearn_gpa import GPATransporter, LatentGPA
+from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import critic, device
-from sklearn_gpa.datasets import load_breast_cancer_studies, make_gaussian_mixture
+from sklearn_gpa.datasets import make_gaussian_mixture
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 MODES = {
     "both guards (shipped)": (True, True),
     "state flush only": (False, True),
@@ -58,6 +52,13 @@ def guards(cpu_flag, state_flush):
         device.flush_denormals, critic._FLUSH_EVERY = saved
 
 
+def fit_guarded(mode, make, data, particles):
+    """Fit ``make()`` on ``data`` under ``MODES[mode]``; its particles go to ``particles``."""
+    X, y, sd = data
+    with guards(*MODES[mode]):
+        particles[mode] = np.asarray(make().fit(X, y, sample_domain=sd).particles_)
+
+
 def runs():
     target = make_gaussian_mixture(600, n_features=12, random_state=0)
     source = 8.0 + 0.5 * np.random.RandomState(1).standard_normal((600, 12))
@@ -77,16 +78,15 @@ def runs():
             (X12, None, sd12),
         )
     ]
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: gene row skipped")
+    studies = load_studies("the gene row")
+    if studies is None:
         return out
+    Xs, ys, Xt, yt, _ = studies
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     out.append(
         (
             "gene integration, papers' setting (PCA-50), 2000 steps",
-            lambda: LatentGPA(random_state=0, **papers_settings(2000)),
+            lambda: _common.latent_gpa(random_state=0, **papers_settings(2000)),
             (X, y, sd),
         )
     )
@@ -94,7 +94,7 @@ def runs():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     header = (
@@ -104,19 +104,13 @@ def main(argv=None):
     )
     print(header)
     rows = []
-    for name, make, (X, y, sd) in runs():
-        times = {mode: [] for mode in MODES}
+    for name, make, data in runs():
         particles = {}
-        for repeat in range(args.repeats):
-            order = list(MODES) if repeat % 2 == 0 else list(reversed(MODES))
-            for mode in order:
-                with guards(*MODES[mode]):
-                    model = make()
-                    start = time.perf_counter()
-                    model.fit(X, y, sample_domain=sd)
-                    times[mode].append(time.perf_counter() - start)
-                particles[mode] = np.asarray(model.particles_)
-        median = {mode: float(np.median(t)) for mode, t in times.items()}
+        candidates = {
+            mode: functools.partial(fit_guarded, mode, make, data, particles) for mode in MODES
+        }
+        times = _common.interleaved(candidates, args.repeats, alternate=True)
+        median = _common.medians(times)
         shipped = median["both guards (shipped)"]
         diff = float(np.max(np.abs(particles["neither"] - particles["both guards (shipped)"])))
         row = {
@@ -129,21 +123,11 @@ def main(argv=None):
         }
         rows.append(row)
         print(format_row(row), flush=True)
-    meta = {
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "repeats": args.repeats,
-    }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "bench_denormals.json"), "w") as f:
-        json.dump({"machine": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, "bench_denormals.md"), "w") as f:
-        f.write(f"{meta['date']}, {meta['cpu']}, {meta['cpus']} CPUs, ")
-        f.write(f"median of {args.repeats} interleaved run(s)\n\n{header}\n")
-        f.write("\n".join(format_row(r) for r in rows) + "\n")
-    print(f"wrote {RESULTS}/bench_denormals.md")
+    text = f"{_common.now()}, {_common.cpu_name()}, {os.cpu_count()} CPUs, "
+    text += f"median of {args.repeats} interleaved run(s)\n\n{header}\n"
+    text += "\n".join(format_row(r) for r in rows)
+    _common.write_results("bench_denormals", {"repeats": args.repeats, "rows": rows}, text)
+    print(f"wrote {_common.RESULTS}/bench_denormals.md")
     return 0
 
 
@@ -153,17 +137,6 @@ def format_row(row):
         f"| {row['fit']} | {seconds} | {row['neither_over_shipped']:.1f}x "
         f"| {row['state_only_over_shipped']:.1f}x | {row['max_abs_particle_difference']:.2g} |"
     )
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

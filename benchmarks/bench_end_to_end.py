@@ -10,49 +10,37 @@ Run: ``python benchmarks/bench_end_to_end.py``.  Writes ``results/bench_end_to_e
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
-import time
 
+import _common
 import numpy as np
+from bench_gene_integration import load_studies, papers_settings
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from bench_gene_integration import papers_settings
-
-from sklearn_gpa import GPATransporter, LatentGPA
+from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import (
-    load_breast_cancer_studies,
     make_gaussian_mixture,
     make_sierpinski_carpet,
 )
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
-
 
 def gene_runs():
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies()
-    except ImportError:
-        print("survset is not installed: gene rows skipped")
+    studies = load_studies("the gene rows")
+    if studies is None:
         return []
+    Xs, ys, Xt, yt, _ = studies
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
-    papers = LatentGPA(random_state=0, **papers_settings(5000))
+    papers = _common.latent_gpa(random_state=0, **papers_settings(5000))
     return [
         ("gene integration, papers' setting (PCA-50, both ER classes)", papers, (X, y, sd)),
         (
             "gene integration, library defaults (300 steps)",
-            LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto")),
+            _common.latent_gpa(random_state=0),
             (X, y, sd),
         ),
         (
             "gene integration, 1000 steps",
-            LatentGPA(
-                transporter=GPATransporter(n_steps=1000, random_state=0, out_of_sample="auto")
-            ),
+            _common.latent_gpa(n_steps=1000, random_state=0),
             (X, y, sd),
         ),
     ]
@@ -87,12 +75,11 @@ def demo_runs():
     ]
 
 
-def main():
+def main(argv=None):
+    _common.parser(__doc__).parse_args(argv)
     rows = []
     for name, estimator, (X, y, sd) in gene_runs() + demo_runs():
-        start = time.perf_counter()
-        estimator.fit(X, y, sample_domain=sd)
-        seconds = time.perf_counter() - start
+        _, seconds = _common.timed(estimator.fit, X, y, sample_domain=sd)
         steps = estimator.n_steps_
         flow = estimator.history_["time"][-1]
         rows.append(
@@ -111,14 +98,9 @@ def main():
         f"| {r['ms_per_step']:.2f} |"
         for r in rows
     ]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    text = f"{time.strftime('%Y-%m-%d %H:%M')}, {machine}.\n\n{header}\n" + "\n".join(lines) + "\n"
+    text = f"{_common.now()}, {_common.machine_line()}.\n\n{header}\n" + "\n".join(lines)
     print("\n" + text)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "bench_end_to_end.json"), "w") as handle:
-        json.dump({"machine": machine, "rows": rows}, handle, indent=1)
-    with open(os.path.join(RESULTS, "bench_end_to_end.md"), "w") as handle:
-        handle.write(text)
+    _common.write_results("bench_end_to_end", {"rows": rows}, text)
     return 0
 
 

@@ -15,22 +15,16 @@ Run: ``python benchmarks/bench_gene_ablation.py`` (needs ``survset``).  Writes
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from bench_gene_integration import Scorer, meanstd, papers_settings, seed_spread
+import _common
+from bench_gene_integration import Scorer, load_studies, meanstd, papers_settings, seed_spread
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa.datasets import load_breast_cancer_studies
-
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 N_SEEDS = 3  # random_state 0-2
 
 
@@ -54,12 +48,12 @@ def variants():
     ]
 
 
-def main():
-    try:
-        Xs, ys, Xt, yt, _ = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: pip install survset")
+def main(argv=None):
+    _common.parser(__doc__).parse_args(argv)
+    studies = load_studies("bench_gene_ablation")
+    if studies is None:
         return 0
+    Xs, ys, Xt, yt, _ = studies
     scorer = Scorer(Xs, ys, Xt, yt)
     base = scorer.distances(Xs, ys)
     header = (
@@ -76,23 +70,14 @@ def main():
         rows[-1]["seconds"] /= N_SEEDS
         print(format_row(rows[-1]), flush=True)
     total = time.perf_counter() - start
-    meta = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "seeds": list(range(N_SEEDS)),
-        "seconds": total,
-    }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "bench_gene_ablation.json"), "w") as f:
-        json.dump({"machine": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(RESULTS, "bench_gene_ablation.md"), "w") as f:
-        f.write(
-            f"GSE1992 -> GSE4335, in-sample, ER labels given; {meta['date']}, {meta['cpus']} "
-            f"CPUs, total {total:.0f} s.\n\n"
-        )
-        f.write(header + "\n" + "\n".join(format_row(r) for r in rows) + "\n")
-    print(f"total {total:.0f} s; wrote {RESULTS}/bench_gene_ablation.md")
+    meta = {"seeds": list(range(N_SEEDS)), "seconds": total}
+    text = (
+        f"GSE1992 -> GSE4335, in-sample, ER labels given; {_common.now()}, {os.cpu_count()} "
+        f"CPUs, total {total:.0f} s.\n\n"
+    )
+    text += header + "\n" + "\n".join(format_row(r) for r in rows)
+    _common.write_results("bench_gene_ablation", {**meta, "rows": rows}, text)
+    print(f"total {total:.0f} s; wrote {_common.RESULTS}/bench_gene_ablation.md")
     return 0
 
 

@@ -37,18 +37,13 @@ Writes ``benchmarks/results/bench_gene_integration.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 import warnings
 
+import _common
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 import ot
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
@@ -58,16 +53,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
+from sklearn_gpa import GPATransporter, MeanStdAdjuster
 from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.metrics import energy_distance, mmd
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
-
 
 def papers_settings(n_steps=5000):
-    """LatentGPA as the papers ran it: PCA-50, codes / 10, KL, L = 1, dt = 0.2, 5 critic steps."""
+    """LatentGPA as the papers ran it: PCA-50, codes / 10, KL, L = 1, dt = 0.2, 5 critic steps
+    (flat settings for ``_common.latent_gpa``)."""
     return dict(
         encoder=make_pipeline(StandardScaler(), PCA(50, random_state=0)),
         prealign=None,
@@ -81,6 +75,16 @@ def papers_settings(n_steps=5000):
     )
 
 
+def load_studies(what):
+    """GSE1992 -> GSE4335 as ``(Xs, ys, Xt, yt, genes)``, or None (with a note naming
+    ``what`` is skipped) when ``survset`` is not installed."""
+    try:
+        return load_breast_cancer_studies("gse1992", "gse4335")
+    except ImportError:
+        print(f"survset is not installed (pip install survset): {what} skipped.")
+        return None
+
+
 def w2(a, b):
     """Exact 2-Wasserstein distance between two point clouds (uniform weights)."""
     cost = ot.dist(a, b)
@@ -88,12 +92,14 @@ def w2(a, b):
 
 
 # ---------------------------------------------------------------------------- methods
-def latent_gpa(**params):
-    params = {"random_state": 0, **params}
+def latent_method(**settings):
+    """A method (same signature as :func:`meanstd`) fitting ``_common.latent_gpa(**settings)``
+    (``random_state`` 0 unless given)."""
+    settings = {"random_state": 0, **settings}
 
     def run(Xs, ys, Xt, yt, Xs_new, ys_new, labels=True, route=False):
         X, y, sd = stack_domains(Xs, Xt, ys if labels else None, yt if labels else None)
-        model = LatentGPA(**params).fit(X, y, sample_domain=sd)
+        model = _common.latent_gpa(**settings).fit(X, y, sample_domain=sd)
         given = ys_new if (labels and not route) else None
         return model.transform(Xs_new, given), model
 
@@ -186,13 +192,13 @@ class Scorer:
 
 
 def seed_spread(scorer, base, name, params, labels=True, n_seeds=5):
-    """LatentGPA(**params) at ``random_state`` 0..n_seeds-1: the mean of each score (the
-    seconds are the total).  A long flow amplifies rounding (1 ulp in the spectral rescale
-    moved the in-sample ER accuracy of seed 0 after 1000 steps from 1.000 to 0.950), so one
+    """``_common.latent_gpa(**params)`` at ``random_state`` 0..n_seeds-1: the mean of each
+    score (the seconds are the total).  A long flow amplifies rounding (1 ulp in the spectral
+    rescale moved the in-sample ER accuracy of seed 0 after 1000 steps from 1.000 to 0.950), so one
     seed is one draw."""
     rows, start = [], time.perf_counter()
     for seed in range(n_seeds):
-        moved, _ = latent_gpa(**params, random_state=seed)(
+        moved, _ = latent_method(**params, random_state=seed)(
             scorer.Xs, scorer.ys, scorer.Xt, scorer.yt, scorer.Xs, scorer.ys, labels=labels
         )
         rows.append(scorer.row(name, moved, scorer.ys, base))
@@ -232,7 +238,7 @@ def in_sample(scorer, methods, paper, seeds=(), trace=None):
     base = scorer.distances(Xs, ys)
     rows = [scorer.row("(D) raw source", Xs, ys, base)]
     rows[0].update({"gene_D_er0": base[0][0], "gene_D_er1": base[1][0]})
-    default = LatentGPA(transporter=GPATransporter(random_state=0, out_of_sample="auto"))
+    default = _common.latent_gpa(random_state=0)
     X, y, sd = stack_domains(Xs, Xt, ys, yt)
     default.fit(X, y, sample_domain=sd)
     recon = default.encoder_.inverse_transform(default.encoder_.transform(Xt))
@@ -372,37 +378,35 @@ HEADER = (
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps, 3 folds")
+    parser = _common.parser(__doc__, quick="fewer steps, 3 folds")
     parser.add_argument("--paper-steps", type=int, default=5000)
     parser.add_argument("--held-out-only", action="store_true", help="skip the in-sample table")
     args = parser.parse_args(argv)
-    try:
-        Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed: pip install survset")
+    studies = load_studies("bench_gene_integration")
+    if studies is None:
         return 0
+    Xs, ys, Xt, yt, genes = studies
     print(f"source GSE1992 {Xs.shape}, target GSE4335 {Xt.shape}, {len(genes)} shared genes")
     scorer = Scorer(Xs, ys, Xt, yt)
     # The defaults are the library's (300 steps); --quick runs every flow for 100 steps.
     steps = {"n_steps": 100} if args.quick else {}
-    label = f"{steps['n_steps']} steps" if steps else f"{LatentGPA().n_steps} steps"
+    label = f"{steps['n_steps']} steps" if steps else f"{GPATransporter().n_steps} steps"
     long = {"n_steps": 300} if args.quick else {"n_steps": 1000}
     long_label = f"{long['n_steps']} steps"
     methods = [
         ("(S) mean/std per class (papers' F)", meanstd, True),
         ("mean/std, label-free", meanstd, False),
-        (f"(G) LatentGPA defaults ({label})", latent_gpa(**steps), True),
-        (f"LatentGPA label-free ({label})", latent_gpa(**steps), False),
-        (f"(G) LatentGPA, {long_label}", latent_gpa(**long), True),
+        (f"(G) LatentGPA defaults ({label})", latent_method(**steps), True),
+        (f"LatentGPA label-free ({label})", latent_method(**steps), False),
+        (f"(G) LatentGPA, {long_label}", latent_method(**long), True),
         (
             f"LatentGPA, out_of_sample='nearest' ({label})",
-            latent_gpa(**steps, out_of_sample="nearest"),
+            latent_method(**steps, out_of_sample="nearest"),
             True,
         ),
         (
             f"(G) LatentGPA, residual='drop', out_of_sample='barycentric' ({label})",
-            latent_gpa(**steps, residual="drop", out_of_sample="barycentric"),
+            latent_method(**steps, residual="drop", out_of_sample="barycentric"),
             True,
         ),
         ("Sinkhorn OT per class (POT)", sinkhorn, True),
@@ -412,7 +416,7 @@ def main(argv=None):
     paper = [
         (
             f"(G) LatentGPA as the papers: PCA-50, codes / 10, L=1, dt=0.2, {paper_steps} steps",
-            latent_gpa(**papers_settings(paper_steps)),
+            latent_method(**papers_settings(paper_steps)),
             True,
         )
     ]
@@ -433,10 +437,7 @@ def main(argv=None):
     reference = [("target class mean (reference: W2 rewards collapse)", class_mean, True)]
     rows_out, rows_pooled = held_out(scorer, methods + reference, 3 if args.quick else 5)
     total = time.perf_counter() - start
-    os.makedirs(RESULTS, exist_ok=True)
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d %H:%M"),
         "source": list(Xs.shape),
         "target": list(Xt.shape),
         "in_sample": rows_in,
@@ -445,20 +446,19 @@ def main(argv=None):
         "kinetic_energy": kinetic,
         "seconds": total,
     }
-    suffix = ("_quick" if args.quick else "") + ("_held_out" if args.held_out_only else "")
-    with open(os.path.join(RESULTS, f"bench_gene_integration{suffix}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(RESULTS, f"bench_gene_integration{suffix}.md"), "w") as f:
-        f.write(f"GSE1992 -> GSE4335, {len(genes)} genes, {time.strftime('%Y-%m-%d')}, ")
-        f.write(f"{os.cpu_count()} CPUs, total {total:.0f} s.\n\nIn-sample:\n\n{HEADER}\n")
-        f.write("\n".join(_format_row(r) for r in rows_in))
-        if kinetic is not None:
-            f.write("\n\n" + _format_kinetic(kinetic))
-        f.write(f"\n\nHeld-out source rows (5-fold):\n\n{HEADER}\n")
-        f.write("\n".join(_format_row(r) for r in rows_out) + "\n")
-        f.write(f"\nHeld-out source rows, pooled over the folds:\n\n{HEADER}\n")
-        f.write("\n".join(_format_row(r) for r in rows_pooled) + "\n")
-    print(f"\ntotal {total:.0f} s; wrote {RESULTS}/bench_gene_integration{suffix}.md")
+    suffix = "_held_out" if args.held_out_only else ""
+    stem = _common.result_stem("bench_gene_integration", args.quick, suffix)
+    text = f"GSE1992 -> GSE4335, {len(genes)} genes, {time.strftime('%Y-%m-%d')}, "
+    text += f"{os.cpu_count()} CPUs, total {total:.0f} s.\n\nIn-sample:\n\n{HEADER}\n"
+    text += "\n".join(_format_row(r) for r in rows_in)
+    if kinetic is not None:
+        text += "\n\n" + _format_kinetic(kinetic)
+    text += f"\n\nHeld-out source rows (5-fold):\n\n{HEADER}\n"
+    text += "\n".join(_format_row(r) for r in rows_out) + "\n"
+    text += f"\nHeld-out source rows, pooled over the folds:\n\n{HEADER}\n"
+    text += "\n".join(_format_row(r) for r in rows_pooled) + "\n"
+    _common.write_results(stem, result, text)
+    print(f"\ntotal {total:.0f} s; wrote {_common.RESULTS}/{stem}.md")
     return 0
 
 

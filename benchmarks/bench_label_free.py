@@ -41,33 +41,25 @@ Writes ``benchmarks/results/bench_label_free{_quick}.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 
+import _common
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 import ot
-from bench_gene_integration import Scorer, latent_gpa, meanstd, sinkhorn
-from bench_study_pairs import machine_info
+from bench_gene_integration import Scorer, latent_method, load_studies, meanstd, sinkhorn
 from sklearn.decomposition import PCA
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import MeanStdAdjuster
-from sklearn_gpa.datasets import load_breast_cancer_studies
 from sklearn_gpa.latent import default_encoder
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 SUBSAMPLE_SEED = 0
 N_PCS = 5
 
-# (name, LatentGPA parameters, ER labels given to fit and transform)
+# (name, flat LatentGPA settings for _common.latent_gpa, ER labels given to fit and transform)
 GPA_ROWS = [
     ("LatentGPA label-free, defaults", {}, False),
     ("  n_steps=100", {"n_steps": 100}, False),
@@ -124,7 +116,7 @@ def in_sample(scorer, seeds):
         runs, seconds = [], 0.0
         for seed in seeds:
             start = time.perf_counter()
-            moved, model = latent_gpa(**params, random_state=seed)(
+            moved, model = latent_method(**params, random_state=seed)(
                 Xs, ys, Xt, yt, Xs, ys, labels=labels
             )
             seconds += time.perf_counter() - start
@@ -167,7 +159,9 @@ def class_balance(scorer, seeds, full_rows):
         ("Sinkhorn label-free", lambda seed: sinkhorn(S, ysub, Xt, yt, S, ysub, labels=False)[0]),
         (
             "LatentGPA label-free",
-            lambda seed: latent_gpa(random_state=seed)(S, ysub, Xt, yt, S, ysub, labels=False)[0],
+            lambda seed: latent_method(random_state=seed)(S, ysub, Xt, yt, S, ysub, labels=False)[
+                0
+            ],
         ),
     ]
     rows = []
@@ -220,7 +214,7 @@ def latent_geometry(model, Xs, ys, Xt, yt):
     axis = target / np.linalg.norm(target)
     move = Zm - Zs
     return {
-        "random_state": model.random_state,
+        "random_state": model.transporter.random_state,
         "n_components": int(model.n_components_),
         "cos_before": cosine(er_gap(Zs, ys), target),
         "cos_after": cosine(er_gap(Zm, ys), target),
@@ -385,15 +379,14 @@ def format_ot_row(r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="random_state 0-1 instead of 0-4")
+    parser = _common.parser(__doc__, quick="random_state 0-1 instead of 0-4")
     args = parser.parse_args(argv)
-    try:
-        Xs, ys, Xt, yt, genes = load_breast_cancer_studies("gse1992", "gse4335")
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping bench_label_free.")
+    studies = load_studies("bench_label_free")
+    if studies is None:
         return 0
-    info = machine_info()
+    Xs, ys, Xt, yt, genes = studies
+    run = _common.run_record()
+    info = run["machine"]
     seeds = list(range(2 if args.quick else 5))
     print(
         f"source GSE1992 {Xs.shape} ({np.mean(ys == 0):.3f} ER-), target GSE4335 {Xt.shape} "
@@ -408,13 +401,10 @@ def main(argv=None):
     couplings = coupling(scorer, models[0])
     total = time.perf_counter() - start
 
-    os.makedirs(RESULTS, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    command = "python benchmarks/bench_label_free.py" + (" --quick" if args.quick else "")
+    stem = _common.result_stem("bench_label_free", args.quick)
+    command = run["command"]
     result = {
-        "command": command,
-        "machine": info,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **run,
         "source": list(Xs.shape),
         "target": list(Xt.shape),
         "random_states": seeds,
@@ -424,14 +414,12 @@ def main(argv=None):
         "coupling": couplings,
         "seconds": total,
     }
-    with open(os.path.join(RESULTS, f"bench_label_free{suffix}.json"), "w") as f:
-        json.dump(result, f, indent=1)
     sub = balance["subsample"]
     genes_cos = where["gene_space"]
-    load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
+    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
     text = [
         f"`{command}`: GSE1992 -> GSE4335, {len(genes)} genes, {result['date']}, "
-        f"{info['cpu_model']}, {info['cpu_count']} CPUs, load average at start {load}, "
+        f"{info['cpu']}, {info['cpus']} CPUs, load average at start {load}, "
         f"total {total:.0f} s. No ER label is given to the transport; ER is predicted on the "
         "moved source rows by a classifier trained on the target study.",
         "",
@@ -469,9 +457,8 @@ def main(argv=None):
         OT_HEADER,
         *[format_ot_row(r) for r in couplings],
     ]
-    with open(os.path.join(RESULTS, f"bench_label_free{suffix}.md"), "w") as f:
-        f.write("\n".join(text) + "\n")
-    print(f"\ntotal {total:.0f} s; wrote {RESULTS}/bench_label_free{suffix}.md")
+    _common.write_results(stem, result, "\n".join(text), machine=False)
+    print(f"\ntotal {total:.0f} s; wrote {_common.RESULTS}/{stem}.md")
     return 0
 
 

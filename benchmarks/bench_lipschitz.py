@@ -14,12 +14,9 @@ Run: ``python benchmarks/bench_lipschitz.py [--quick]``; writes
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
+import _common
 import numpy as np
 
 from sklearn_gpa import GPATransporter
@@ -27,7 +24,6 @@ from sklearn_gpa.metrics import lipschitz_f_divergence, wasserstein1
 
 NETWORKS = ("relu", "groupsort")
 SHIFT = 1.5
-RESULTS = Path(__file__).parent / "results"
 
 
 def gaussians(d, n, seed, shift=SHIFT):
@@ -125,9 +121,7 @@ def flow_rows(seeds, n_steps=None):
             if n_steps is not None:
                 params["n_steps"] = n_steps
             gpa = GPATransporter(**params)
-            start = time.perf_counter()
-            gpa.fit(X, sample_domain=sample_domain)
-            seconds = time.perf_counter() - start
+            _, seconds = _common.timed(gpa.fit, X, sample_domain=sample_domain)
             moved = gpa.transform(source, sample_domain=np.ones(len(source), dtype=int))
             distance = np.linalg.norm(moved[:, None] - wells[None], axis=-1)
             near = distance.min(1) < 1.5
@@ -175,10 +169,9 @@ def markdown(title, rows, keys):
     return f"### {title}\n\n{header}{body}\n"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer dimensions")
-    args = parser.parse_args()
+def main(argv=None):
+    parser = _common.parser(__doc__, quick="one seed, fewer dimensions")
+    args = parser.parse_args(argv)
     seeds = (0,) if args.quick else (0, 1)
     start = time.perf_counter()
     w1 = w1_rows((2, 3, 10), seeds)
@@ -194,11 +187,8 @@ def main():
         [np.mean([r["well_shares"] for r in flows if r["network"] == net], 0) for net in NETWORKS],
     ):
         row["min_well_share"] = float(min(shares))
-    machine = f"{platform.processor() or platform.machine()}, {platform.system()}"
-    name = "bench_lipschitz_quick" if args.quick else "bench_lipschitz"
-    RESULTS.mkdir(exist_ok=True)
+    machine = _common.machine_line()
     result = dict(
-        machine=machine,
         seeds=list(seeds),
         seconds=time.perf_counter() - start,
         w1=w1,
@@ -208,7 +198,6 @@ def main():
         kl_table=kl_table,
         flow_table=flow_table,
     )
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     text = (
         f"# bench_lipschitz{' --quick' if args.quick else ''}\n\nMachine: {machine}; "
         f"seeds {list(seeds)} (means); {result['seconds']:.0f} s.\n\n"
@@ -237,7 +226,7 @@ def main():
             ("network", "within_1_5", "min_well_share", "ms_per_step"),
         )
     )
-    (RESULTS / f"{name}.md").write_text(text)
+    _common.write_results(_common.result_stem("bench_lipschitz", args.quick), result, text)
     print(text)
 
 

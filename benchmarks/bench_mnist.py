@@ -70,15 +70,11 @@ Results go to ``benchmarks/results/bench_mnist.{json,md}`` and a grid of generat
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
-import sys
 import textwrap
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import torch
 from sklearn.datasets import get_data_home
@@ -86,14 +82,10 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity, NearestNeighbors
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from sklearn_gpa import GPATransporter, LatentGPA
+from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import fetch_mnist
 from sklearn_gpa.metrics import mmd
 
-RESULTS = REPO / "benchmarks" / "results"
 SEED = 0
 N_PER_DIGIT = 20
 IMAGE_SHAPE = (28, 28)
@@ -252,9 +244,7 @@ def kernel_density(X, y, n_per_digit, seed):
 def _generated(model, particles, n_per_digit, seed):
     """The papers' samples (the trained particles) and fresh draws pushed through the flow."""
     y = np.repeat(np.arange(10), n_per_digit)
-    labels = (
-        model.transporter_.particle_labels_ if hasattr(model, "gpa_") else model.particle_labels_
-    )
+    labels = model.particle_labels_
     order = np.argsort(labels, kind="stable")
     return {
         "particles": (particles[order], labels[order]),
@@ -268,11 +258,12 @@ def gpa_pixels(X, y, n_per_digit, seed, **overrides):
     return _generated(model, model.particles_, n_per_digit, seed + 1)
 
 
-def latent_gpa(X, y, n_per_digit, seed, encoder=None, **overrides):
+def latent_codes(X, y, n_per_digit, seed, encoder=None, **overrides):
     params = {**GPA_SETTINGS, "n_particles": 10 * n_per_digit, **overrides}
     if encoder is not None:
         encoder.set_params(random_state=seed)
-    model = LatentGPA(encoder=encoder, residual="drop", random_state=seed, **params).fit(X, y)
+    model = _common.latent_gpa(encoder=encoder, residual="drop", random_state=seed, **params)
+    model.fit(X, y)
     return _generated(model, model.particles_, n_per_digit, seed + 1)
 
 
@@ -289,12 +280,12 @@ def available_methods(quick):
     if "discriminator" in GPATransporter().get_params():
         cnn = {**CNN_SETTINGS, **({"n_steps": 30} if quick else {})}
         methods["GPA (pixels, CNN)"] = lambda X, y, n, s: gpa_pixels(X, y, n, s, **cnn)
-    methods["LatentGPA (default encoder)"] = lambda X, y, n, s: latent_gpa(X, y, n, s, **steps)
+    methods["LatentGPA (default encoder)"] = lambda X, y, n, s: latent_codes(X, y, n, s, **steps)
     try:
         from sklearn_gpa.autoencoder import Autoencoder
     except ImportError:
         return methods
-    methods["LatentGPA (autoencoder)"] = lambda X, y, n, s: latent_gpa(
+    methods["LatentGPA (autoencoder)"] = lambda X, y, n, s: latent_codes(
         X,
         y,
         n,
@@ -420,8 +411,7 @@ def save_grid(samples, data, path, n_show=8, panels_per_row=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run")
+    parser = _common.parser(__doc__, quick="a fast smoke run")
     parser.add_argument("--n-generated", type=int, default=None, help="images per digit")
     parser.add_argument("--n-held-out", type=int, default=None, help="real images per digit")
     parser.add_argument("--methods", nargs="*", default=None, help="names of methods to run")
@@ -447,9 +437,9 @@ def main(argv=None):
     for name, method in methods.items():
         if args.methods and name not in args.methods:
             continue
-        start = time.perf_counter()
-        outputs = method(data["X_train"], data["y_train"], n_generated, SEED)
-        seconds = time.perf_counter() - start
+        outputs, seconds = _common.timed(
+            method, data["X_train"], data["y_train"], n_generated, SEED
+        )
         if isinstance(outputs, tuple):
             outputs = {"": outputs}
         for variant, (X, y) in outputs.items():
@@ -464,12 +454,12 @@ def main(argv=None):
     table = markdown_table(rows)
     print()
     print(table)
-    stem = "bench_mnist_quick" if args.quick else "bench_mnist"
-    RESULTS.mkdir(exist_ok=True)
-    save_grid(samples, data, RESULTS / f"{stem}.png")
+    stem = _common.result_stem("bench_mnist", args.quick)
+    _common.RESULTS.mkdir(exist_ok=True)
+    save_grid(samples, data, _common.RESULTS / f"{stem}.png")
     record = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "date": _common.now(),
+        "machine": _common.machine_info(),
         "command": "python benchmarks/bench_mnist.py" + (" --quick" if args.quick else ""),
         "n_generated_per_digit": n_generated,
         "n_held_out_per_digit": n_held_out,
@@ -478,13 +468,12 @@ def main(argv=None):
         "selected_hyperparameters": notes,
         "results": rows,
     }
-    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     header = (
         f"# MNIST from 200 training images\n\n`{record['command']}` ({record['date']}, "
-        f"{record['machine']}); classifier test accuracy {test_accuracy:.2%}; "
+        f"{_common.machine_line()}); classifier test accuracy {test_accuracy:.2%}; "
         f"{n_generated} generated and {n_held_out} held-out real images per digit.\n\n"
     )
-    (RESULTS / f"{stem}.md").write_text(header + table + "\n")
+    _common.write_results(stem, record, header + table, machine=False, indent=2)
 
 
 def _repeat_training(data, n_per_digit):

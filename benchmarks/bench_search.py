@@ -40,36 +40,26 @@ to ``benchmarks/results/bench_search.{json,md}`` (``bench_search_quick.*`` with 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import _common
 import joblib
 import numpy as np
 import psutil
 import sklearn
-import torch
 from joblib.externals.loky import get_reusable_executor
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.datasets import make_batch_effect
 from sklearn_gpa.model_selection import DomainStratifiedKFold
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = REPO / "benchmarks" / "results"
 GRID = {"gpatransporter__L": [1.0, 3.0, 10.0], "gpatransporter__dt": [0.003, 0.01, 0.03, 0.1]}
 N_FOLDS = 3
 
@@ -157,16 +147,13 @@ def run(args) -> dict:
         row["speedup"] = summary["sequential"]["wall_s"] / row["wall_s"]
     return {
         "config": vars(args) | {"n_candidates": 12, "n_folds": N_FOLDS},
-        "machine": {
-            "cores": cores(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "scikit-learn": sklearn.__version__,
-            "joblib": joblib.__version__,
-            "load_average_1min_before": load_before,
-            "load_average_1min_after": load_after,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        },
+        "machine": _common.machine_info(
+            cores=cores(),
+            joblib=joblib.__version__,
+            load_average_1min_before=load_before,
+            load_average_1min_after=load_after,
+        ),
+        "date": _common.now(),
         "runs": {name: [dataclasses.asdict(t) for t in timings] for name, timings in runs.items()},
         "summary": summary,
         **extra,
@@ -206,8 +193,8 @@ def write_results(result: dict, name: str) -> str:
     lines = [
         f"12-candidate GridSearchCV (L x dt), {N_FOLDS} domain-stratified folds, "
         f"GPATransporter n_steps={c['n_steps']} on {2 * c['n_rows']} rows x "
-        f"{c['n_features']} features; {m['cores']} cores ({m['processor']}), torch "
-        f"{m['torch']}, joblib {m['joblib']}, {m['date']}. 1-minute load average "
+        f"{c['n_features']} features; {m['cores']} cores ({m['cpu']}), torch "
+        f"{m['torch']}, joblib {m['joblib']}, {result['date']}. 1-minute load average "
         f"{m['load_average_1min_before']:.2f} before, {m['load_average_1min_after']:.2f} after. "
         f"Median of {c['repeats']} alternated runs (sequential, loky warm). 'cores used' = "
         "CPU seconds of the process tree / wall seconds: what the machine gave the search.",
@@ -233,15 +220,12 @@ def write_results(result: dict, name: str) -> str:
         f"{result['largest_score_difference_between_runs']:.1e} (same candidates, same scores).",
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(text)
+    _common.write_results(name, result, text, machine=False, indent=2)
     return text
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller fits")
+    parser = _common.parser(__doc__, quick="smaller fits")
     parser.add_argument("--dask", action="store_true", help="also on a Dask LocalCluster")
     parser.add_argument("--repeats", type=int, default=2, help="at least 1")
     parser.add_argument("--n-rows", type=int, default=None, help="rows per domain")
@@ -255,7 +239,7 @@ def main(argv=None):
     if args.dask:
         import distributed  # noqa: F401  (fail now, not after the loky runs)
     result = run(args)
-    print(write_results(result, "bench_search_quick" if args.quick else "bench_search"))
+    print(write_results(result, _common.result_stem("bench_search", args.quick)))
     if result["largest_score_difference_between_runs"] > 1e-6:
         raise SystemExit("The parallel runs did not reproduce the sequential scores.")
 

@@ -57,26 +57,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import itertools
 import json
 import math
-import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import _common
 import numpy as np
 import torch
 from torch import nn
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from sklearn_gpa._engine.critic import Critic
 from sklearn_gpa._engine.device import threads_for
@@ -85,7 +78,7 @@ from sklearn_gpa._engine.flow import pack_rows, train_flow
 from sklearn_gpa._engine.integrators import get_tableau
 from sklearn_gpa._engine.networks import MLPLayout, make_activation
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = _common.RESULTS
 HIDDEN = (32, 32, 32)
 LIPSCHITZ = 1.0
 LEARNING_RATE = 0.005
@@ -412,7 +405,7 @@ def bench_config(cfg: Config, device, args) -> dict:
     runners, estimates = build_runners(cfg, device, args)
     plan, n_steps, repeats = timing_plan(runners, estimates, threads, args)
     times = interleave(plan, n_steps, repeats, device)
-    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    median = {name: 1e3 * t for name, t in _common.medians(times).items()}
     row = dataclasses.asdict(cfg) | {
         "batch_size": cfg.batch_size,
         "threads": threads,
@@ -503,26 +496,14 @@ def add_memory(rows, configs, device):
 
 
 def machine_info(device, args) -> dict:
-    cpu = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            found = re.search(r"model name\s*:\s*(.+)", info.read())
-            cpu = found.group(1).strip() if found else cpu
-    info = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "thread_rule": "the engine's rule (threads_for, as in run_gpa: by problem size and"
-        " torch's setting)"
+    rule = (
+        "the engine's rule (threads_for, as in run_gpa: by problem size and torch's setting)"
         if args.threads == "auto"
-        else f"fixed {args.threads}",
-        "thread_cap": args.thread_cap,
-        "load_average_at_start": os.getloadavg(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+        else f"fixed {args.threads}"
+    )
+    info = _common.machine_info(
+        device=device, thread_rule=rule, thread_cap=args.thread_cap, date=_common.now()
+    )
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -565,7 +546,7 @@ def bench_class_scaling(cfg: Config, device, args) -> dict:
     n_steps = {name: steps_per_block(t, args.block_s) for name, t in estimates.items()}
     plan = {"k1": (runners["k1"], threads_one), f"k{cfg.k}": (runners[f"k{cfg.k}"], threads)}
     times = interleave(plan, n_steps, args.repeats, device)
-    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    median = {name: 1e3 * t for name, t in _common.medians(times).items()}
     return {
         "n": cfg.n,
         "d": cfg.d,
@@ -624,7 +605,7 @@ def table_row(row) -> str:
 def markdown(rows, scaling, info) -> str:
     lines = [
         f"Per particle step, {N_CRITIC} critic updates, MLP {'-'.join(map(str, HIDDEN))}, float32,"
-        f" device {info['device']}, {info['cpu_model']} ({info['cpu_count']} cores),"
+        f" device {info['device']}, {info['cpu']} ({info['cpus']} cores),"
         f" torch {info['torch']}, {info['date']}. N = M rows per class; median of interleaved"
         " blocks; '-' = not run (baseline slower than the cut-off, or data too large);"
         f" threads: {info['thread_rule']} (cap {info['thread_cap']}), the same for both methods;"
@@ -759,7 +740,7 @@ def check(device) -> list:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.parser(__doc__)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="only the headline group")
     size.add_argument("--full", action="store_true", help="the whole grid")
@@ -850,7 +831,6 @@ def run_grid(configs, device, args) -> list:
 
 
 def write_results(rows, scaling, info, name):
-    RESULTS.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, scaling, info)
     payload = {
         "machine": info,
@@ -867,8 +847,7 @@ def write_results(rows, scaling, info, name):
         "class_scaling_interleaved": scaling,
         "class_ratios_from_rows": class_ratios(rows),
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(text)
+    _common.write_results(name, payload, text, machine=False, indent=2)
     return text
 
 
@@ -893,7 +872,7 @@ def main(argv=None):
     if args.check:
         torch.set_num_threads(1 if args.threads == "auto" else int(args.threads))
         result = check(args.device)
-        (RESULTS / "bench_step_check.json").write_text(json.dumps(result, indent=2) + "\n")
+        _common.write_results("bench_step_check", result, None, machine=False, indent=2)
         print(json.dumps(result, indent=2))
         return
     configs = args.config or (QUICK if args.quick else full_grid() if args.full else MEDIUM)

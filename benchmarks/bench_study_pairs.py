@@ -39,33 +39,22 @@ sweep to 300 steps).  Writes ``benchmarks/results/bench_study_pairs{_quick}.{jso
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import re
 import sys
 import time
 import warnings
 
+import _common
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import sklearn
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
+from sklearn_gpa import MeanStdAdjuster
 from sklearn_gpa.metrics import energy_distance, sinkhorn_w2
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 HELD_OUT_SEEDS = (0, 1)
 HELD_OUT_SIZE = 0.3
 BATCH_SEED = 0
@@ -174,9 +163,7 @@ def fit_transform(method, Xs, ys, Xt, yt, Xs_new, ys_new, labels, n_steps):
         if method == "MeanStdAdjuster":
             model = MeanStdAdjuster().fit(X, y, sample_domain=sample_domain)
         else:
-            model = LatentGPA(
-                transporter=GPATransporter(n_steps=n_steps, random_state=0, out_of_sample="auto")
-            )
+            model = _common.latent_gpa(n_steps=n_steps, random_state=0)
             model.fit(X, y, sample_domain=sample_domain)
         moved = model.transform(Xs_new, ys_new if labels else None)
         seconds = time.perf_counter() - start
@@ -360,36 +347,16 @@ def table(rows, columns, group="pair"):
     return "\n".join(lines)
 
 
-def machine_info():
-    cpu = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            found = re.search(r"model name\s*:\s*(.+)", info.read())
-            cpu = found.group(1).strip() if found else cpu
-    return {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "scikit-learn": sklearn.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="three pairs, 100 steps, sweep 1/100/300 steps"
-    )
+    parser = _common.parser(__doc__, quick="three pairs, 100 steps, sweep 1/100/300 steps")
     args = parser.parse_args(argv)
     try:
         studies = Studies()
     except ImportError:
         print("survset is not installed (pip install survset): skipping bench_study_pairs.")
         return 0
-    info = machine_info()
+    run = _common.run_record()
+    info = run["machine"]
     n_steps = 100 if args.quick else 300
     sweep = (1, 100, 300) if args.quick else (1, 100, 300, 1000)
     names = QUICK_PAIRS if args.quick else tuple(PAIRS)
@@ -422,12 +389,10 @@ def main(argv=None):
             sweep_rows = step_sweep(pair, sweep)
     total = time.perf_counter() - start
 
-    os.makedirs(RESULTS, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    command = "python benchmarks/bench_study_pairs.py" + (" --quick" if args.quick else "")
+    stem = _common.result_stem("bench_study_pairs", args.quick)
+    command = run["command"]
     result = {
-        "command": command,
-        "machine": info,
+        **run,
         "n_steps": n_steps,
         "held_out": {"size": HELD_OUT_SIZE, "seeds": list(HELD_OUT_SEEDS)},
         "pairs": pairs_rows,
@@ -436,11 +401,9 @@ def main(argv=None):
         "step_sweep": {"pair": SWEEP_PAIR, "labels": False, "rows": sweep_rows},
         "seconds": total,
     }
-    with open(os.path.join(RESULTS, f"bench_study_pairs{suffix}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
+    load = ", ".join(f"{x:.2f}" for x in info["load_average"])
     text = [
-        f"`{command}` ({info['date']}, {info['cpu_model']}, {info['cpu_count']} CPUs, "
+        f"`{command}` ({result['date']}, {info['cpu']}, {info['cpus']} CPUs, "
         f"torch {info['torch']}, load average at start {load}), total {total:.0f} s. "
         f"LatentGPA: library defaults, n_steps={n_steps}, random_state=0. W2/D and energy/D: "
         "distance of the moved source rows to the target study over the raw source's; ER "
@@ -470,9 +433,8 @@ def main(argv=None):
             "",
             table(sweep_rows, SWEEP_COLUMNS, group=None),
         ]
-    with open(os.path.join(RESULTS, f"bench_study_pairs{suffix}.md"), "w") as f:
-        f.write("\n".join(text) + "\n")
-    print(f"\ntotal {total:.0f} s; wrote {RESULTS}/bench_study_pairs{suffix}.md")
+    _common.write_results(stem, result, "\n".join(text), machine=False)
+    print(f"\ntotal {total:.0f} s; wrote {_common.RESULTS}/{stem}.md")
     return 0
 
 
