@@ -25,8 +25,8 @@ more: the estimators pickle, and each worker starts with ``OMP_NUM_THREADS`` set
 to ``n_cores // n_jobs``, which torch adopts.  On top of that, a fit runs small networks
 on one torch thread (more threads only cost synchronisation there), so ``n_jobs`` workers
 use at most the ``n_cores`` the machine has.  Starting the workers (importing torch in
-each) costs seconds (about 3 s on two idle cores), once per session: joblib reuses them.
-``benchmarks/bench_search.py`` measures the speed-up.
+each) costs seconds, once per session: joblib reuses them.  ``benchmarks/bench_search.py``
+measures the start-up and the speed-up (``benchmarks/README.md``).
 
 The same search runs on a Dask cluster through joblib::
 
