@@ -253,7 +253,9 @@ def _generated(model, particles, n_per_digit, seed):
     """The papers' samples (the trained particles) and fresh draws pushed through the flow."""
     y = np.repeat(np.arange(10), n_per_digit)
     labels = (
-        model.transporter_.particle_labels_ if hasattr(model, "gpa_") else model.particle_labels_
+        model.transporter_.particle_labels_
+        if hasattr(model, "transporter_")
+        else model.particle_labels_
     )
     order = np.argsort(labels, kind="stable")
     return {
@@ -272,7 +274,8 @@ def latent_gpa(X, y, n_per_digit, seed, encoder=None, **overrides):
     params = {**GPA_SETTINGS, "n_particles": 10 * n_per_digit, **overrides}
     if encoder is not None:
         encoder.set_params(random_state=seed)
-    model = LatentGPA(encoder=encoder, residual="drop", random_state=seed, **params).fit(X, y)
+    flow = GPATransporter(random_state=seed, **params)
+    model = LatentGPA(encoder=encoder, transporter=flow, residual="drop").fit(X, y)
     return _generated(model, model.particles_, n_per_digit, seed + 1)
 
 
