@@ -1,16 +1,12 @@
 """Sphinx configuration of the sklearn-gpa documentation (build: ``make -C doc html``)."""
 
-import importlib
 import os
-from pathlib import Path
 
 import sklearn_gpa
 
 # The gallery runs every example in its fast mode, on a non-interactive backend.
 os.environ["SKLEARN_GPA_EXAMPLES_FAST"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-DOC_DIR = Path(__file__).resolve().parent
 
 project = "sklearn-gpa"
 author = "sklearn-gpa developers"
@@ -27,10 +23,8 @@ extensions = [
 ]
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "README.md", "_api_optional.rst"]
-# _api_optional.rst (written below) is included into api.rst, not a page of its own;
-# autosummary must still read it to write the pages of the names it lists.
-autosummary_generate = ["api.rst", "_api_optional.rst"]
+exclude_patterns = ["_build", "README.md"]
+autosummary_generate = ["api.rst"]
 autosummary_imported_members = False
 autodoc_typehints = "none"
 autodoc_default_options = {"members": True, "inherited-members": True}
@@ -70,44 +64,6 @@ sphinx_gallery_conf = {
     "backreferences_dir": "generated/backreferences",
     "show_memory": False,
 }
-
-# Names documented only when their module imports in this checkout (modules that are being
-# written may be absent): each entry is (section title, module, names).
-OPTIONAL_API = [
-    ("Augmentation", "sklearn_gpa.augment", ["GPAAugmenter"]),
-    (
-        "Model selection",
-        "sklearn_gpa.model_selection",
-        ["DomainStratifiedKFold", "DomainStratifiedShuffleSplit", "IntegratedClassifier"],
-    ),
-]
-
-
-def _importable(module_name, names):
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return []
-    return [name for name in names if hasattr(module, name)]
-
-
-def write_optional_api():
-    """Write the autosummary of the optional names that import (included by api.rst)."""
-    lines = []
-    for title, module_name, names in OPTIONAL_API:
-        found = _importable(module_name, names)
-        if not found:
-            continue
-        lines += [title, "-" * len(title), "", f".. currentmodule:: {module_name}", ""]
-        lines += [".. autosummary::", "   :toctree: generated", ""]
-        lines += [*(f"   {name}" for name in found), ""]
-    target = DOC_DIR / "_api_optional.rst"
-    text = "\n".join(lines) + "\n"
-    if not target.is_file() or target.read_text() != text:
-        target.write_text(text)
-
-
-write_optional_api()
 
 
 def setup(app):

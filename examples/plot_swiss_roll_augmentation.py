@@ -9,7 +9,7 @@ particles at the time when the flow's divergence estimate is below a tolerance (
 eq. 37) become the augmented data.
 
 Here the roll is split into its inner and outer half (two classes of 100 points), so
-:class:`~sklearn_gpa.augment.GPAAugmenter` learns one flow per half, both batched in one
+:class:`~sklearn_gpa.GPAAugmenter` learns one flow per half, both batched in one
 computation, and adds 2,500 rows to each.  We check that the new rows lie on the roll (their
 energy distance to 2,000 fresh points of the roll is that of the 200 originals) and that they
 are not copies of the originals (``memorization_ratio_``).

@@ -398,8 +398,8 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     def _apply(self, module, rows: np.ndarray) -> np.ndarray:
         """``module`` on ``rows``, in batches, on ``device``, without autograd: float64 rows of
         a dense network on the CPU with a float64 copy of the weights, anything else in
-        float32 (float64 convolutions took five times as long on the CPU, GPUs are slow in
-        float64 or lack it)."""
+        float32 (float64 convolutions are much slower on the CPU, GPUs are slow in float64 or
+        lack it)."""
         device = resolve_device(self.device)
         exact = rows.dtype == np.float64 and device.type == "cpu" and self.image_shape is None
         if not exact:

@@ -38,8 +38,10 @@ __all__ = ["LatentGPA", "default_encoder", "decoder_lipschitz_constant"]
 def default_encoder(variance=0.9):
     """The papers' encoder: standardise every feature, then PCA keeping ``variance``.
 
-    PCA runs on the thin SVD of the (n_samples x n_features) matrix, so 500 samples of
-    55 000 genes take seconds and about 2 x 220 MB of memory.
+    PCA runs on the thin SVD of the (n_samples x n_features) matrix: time and memory grow
+    with the matrix's size (about two copies of it), not with ``n_features`` squared, so
+    wide data such as gene expression are fine.  See the :ref:`User Guide <user_guide>`,
+    section "Measurements behind the defaults".
 
     Parameters
     ----------

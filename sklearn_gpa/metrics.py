@@ -243,8 +243,8 @@ def lipschitz_f_divergence(
         Rows of each sample per step, drawn with replacement.  None uses every row at every
         step: deterministic and the most accurate.  The final value always uses every row.
         Minibatch critics are noisier, so their value comes out slightly lower; for large
-        samples they are much faster (measured on CPU, 5000 rows per sample in 2-D: 20 s
-        with None, 1 s and 2 % lower with ``batch_size=1000``).
+        samples (thousands of rows) they are much faster: try ``batch_size=1000`` (timings
+        in the :ref:`User Guide <user_guide>`, section "Measurements behind the defaults").
     tol : float or None, default=1e-4
         Relative improvement of the windowed mean objective below which training stops.
         None always runs ``n_iter`` steps.

@@ -25,8 +25,8 @@ more: the estimators pickle, and each worker starts with ``OMP_NUM_THREADS`` set
 to ``n_cores // n_jobs``, which torch adopts.  On top of that, a fit runs small networks
 on one torch thread (more threads only cost synchronisation there), so ``n_jobs`` workers
 use at most the ``n_cores`` the machine has.  Starting the workers (importing torch in
-each) costs seconds (about 3 s on two idle cores), once per session: joblib reuses them.
-``benchmarks/bench_search.py`` measures the speed-up.
+each) costs seconds, once per session: joblib reuses them.  ``benchmarks/bench_search.py``
+measures the start-up and the speed-up (``benchmarks/README.md``).
 
 The same search runs on a Dask cluster through joblib::
 
@@ -59,7 +59,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clo
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import BaseCrossValidator
 from sklearn.utils import _safe_indexing, check_random_state
-from sklearn.utils.validation import _num_samples, check_is_fitted
+from sklearn.utils.validation import _num_samples, check_is_fitted, column_or_1d, validate_data
 
 from .utils import check_sample_domain, known_labels
 
@@ -399,8 +399,19 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
                 "IntegratedClassifier.fit needs sample_domain to tell the new study (source, "
                 ">= 0) from the labelled reference (target, < 0)."
             )
-        y = np.asarray(y)
-        source = check_sample_domain(sample_domain, _num_samples(X))
+        if y is None:
+            raise ValueError(
+                "IntegratedClassifier requires y to be passed, but the target y is None."
+            )
+        # n_features_in_ and feature_names_in_; X itself goes to the integrator unchanged.
+        validate_data(self, X, skip_check_array=True)
+        n_samples = _num_samples(X)
+        if n_samples < 2:
+            raise ValueError(
+                f"IntegratedClassifier needs source and target rows; got {n_samples} sample."
+            )
+        y = column_or_1d(y, warn=True)
+        source = check_sample_domain(sample_domain, n_samples)
         if y.shape != source.shape:
             raise ValueError(f"y must have shape {source.shape}, got {y.shape}.")
         if self.integrator is None:
@@ -418,6 +429,12 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _integrate(self, X, sample_domain):
         check_is_fitted(self, "classifier_")
+        if len(getattr(X, "shape", ())) == 1:
+            raise ValueError(
+                "Expected a 2D array of rows, got a 1D array. Reshape your data with "
+                "X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single row."
+            )
+        validate_data(self, X, skip_check_array=True, reset=False)
         if self.integrator_ is None:
             return X
         if sample_domain is None:
@@ -437,7 +454,8 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         -------
         y_pred : ndarray of shape (n_samples,)
         """
-        return self.classifier_.predict(self._integrate(X, sample_domain))
+        integrated = self._integrate(X, sample_domain)
+        return self.classifier_.predict(integrated)
 
     def score(self, X, y, *, sample_weight=None, sample_domain=None) -> float:
         """Balanced accuracy on the source rows of ``X`` with a known label.

@@ -9,28 +9,14 @@ from imblearn.utils.estimator_checks import (
     check_dataframe_column_names_consistency,
     check_param_validation,
 )
-from imblearn.utils.estimator_checks import (
-    parametrize_with_checks as parametrize_with_imblearn_checks,
-)
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.augment import GPAAugmenter
 
 FAST = dict(transporter=GPATransporter(source="gaussian_fit", n_steps=5), random_state=0)
-
-
-@parametrize_with_checks([GPAAugmenter(**FAST)])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
-@parametrize_with_imblearn_checks([GPAAugmenter(**FAST)])
-def test_imblearn_compatible(estimator, check):
-    check(estimator)
 
 
 def test_imblearn_param_validation_and_column_names():

@@ -7,16 +7,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import Autoencoder, GPATransporter, LatentGPA
-
-FAST = dict(n_components=2, hidden_layer_sizes=(8,), max_iter=3, random_state=0)
-
-
-@parametrize_with_checks([Autoencoder(**FAST)])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 @pytest.fixture(scope="module")

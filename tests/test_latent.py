@@ -6,19 +6,11 @@ from sklearn import config_context
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa.latent import decoder_lipschitz_constant, default_encoder
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
-
-
-@parametrize_with_checks(
-    [LatentGPA(transporter=GPATransporter(n_steps=15, random_state=0, out_of_sample="auto"))]
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def _low_rank_batch_pair(n=120, d=60, rank=4, seed=0):

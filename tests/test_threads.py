@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sklearn_gpa import GPATransporter, LatentGPA, _threadpool
@@ -233,19 +232,3 @@ def test_blas_limit_reads_the_shape_of_lists_and_frames():
         assert Estimator().fit(np.zeros((20, 600))) == {2}  # 12 000 values: left alone
         assert Estimator().fit("not data") == {2}
         assert Estimator().fit(np.zeros(200 * 600)) == {2}
-
-
-@parametrize_with_checks(
-    [
-        LatentGPA(transporter=GPATransporter(n_steps=3, random_state=0, out_of_sample="auto")),
-        GPATransporter(n_steps=3, random_state=0),
-    ]
-)
-def test_sklearn_compatible_under_the_blas_limit(estimator, check, monkeypatch):
-    """The estimator checks' data are far below the BLAS rule's 100 000 values; with the
-    rule on for every input (lists, frames, read-only arrays, bad input that raises), the
-    estimators pass them all the same and no limit outlives a call."""
-    monkeypatch.setattr(_threadpool, "_BLAS_MIN_VALUES", 0)
-    before = _blas_threads()
-    check(estimator)
-    assert _blas_threads() == before

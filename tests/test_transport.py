@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._out_of_sample import leave_one_out_map
@@ -15,11 +14,6 @@ from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[0.0, 4.0], [4.0, 0.0], [4.0, 4.0], [0.0, 0.0]])
-
-
-@parametrize_with_checks([GPATransporter(n_steps=20, random_state=0)])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 def _distance_to_wells(points):

@@ -176,8 +176,9 @@ class ConvLayout:
         ``u`` (r, K * c_in, H, W) holds, per flow, r orthonormal inputs; it is replaced by
         the orthonormalised ``conv^T conv u``.  The norm estimate is the largest singular
         value of ``conv`` restricted to their span.  A convolution's top singular values lie
-        close together (ratios 0.98-0.995 measured), where a single power vector locks onto
-        the wrong one and under-estimates the norm by up to 10 %; a block of vectors does not.
+        close together, where a single power vector locks onto the wrong one and
+        under-estimates the norm; a block of vectors does not (``benchmarks/README.md``,
+        "Measurements quoted from the code").
         """
         k, r = self.n_flows, u.shape[0]
         v = F.conv2d(u, weight, stride=self.stride, padding=self.padding, groups=k)

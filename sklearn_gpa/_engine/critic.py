@@ -297,8 +297,8 @@ class Critic:
 
         All K flows go in one batch while their activations fit in a core's cache; beyond,
         each op would stream every flow's activations through memory, and flows go in
-        groups that fit (10 flows of 4 000 rows in 2-D on 2 cores: 37-39 ms per step in one
-        batch, 21-22 ms in groups of two; 50-D: 37-60 ms against 20-29 ms in single flows).
+        groups that fit (about twice as fast for 10 flows of 4 000 rows: ``bench_step.py``,
+        ``benchmarks/README.md``).
         """
         chunks = self._chunks.get(n_rows)
         if chunks is None:

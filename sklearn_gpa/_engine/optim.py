@@ -1,8 +1,9 @@
 """Adam in torch's fused kernel, without ``torch.optim``.
 
 ``torch.optim.Adam`` runs the same kernel with ``fused=True``, but constructing it imports
-``torch._dynamo`` (3.4 s before the first step of a new process), and its per-step Python
-bookkeeping costs more than the kernel on the small networks here.
+``torch._dynamo`` (seconds before the first step of a new process; ``benchmarks/README.md``,
+"Measurements quoted from the code"), and its per-step Python bookkeeping costs more than
+the kernel on the small networks here.
 """
 
 from __future__ import annotations
