@@ -52,6 +52,7 @@ GPA_PARAMETER_CONSTRAINTS = {
     "constraint": [StrOptions({"hard", "soft"})],
     "penalty": [Interval(Real, 0, None, closed="left")],
     "tol": [Interval(Real, 0, None, closed="left"), None],
+    "stop": [StrOptions({"auto"}), None],
     "source": [StrOptions(set(SOURCES))],
     "n_particles": [Interval(Integral, 1, None, closed="left"), None],
     "conditional": [StrOptions({"auto"}), "boolean"],
@@ -329,6 +330,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         constraint="hard",
         penalty=10.0,
         tol=None,
+        stop="auto",
         source="normal",
         n_particles=None,
         conditional="auto",
@@ -361,6 +363,7 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.constraint = constraint
         self.penalty = penalty
         self.tol = tol
+        self.stop = stop
         self.source = source
         self.n_particles = n_particles
         self.conditional = conditional
@@ -675,6 +678,8 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             dtype=self.dtype,
             callback=callback,
             critic_state=self.critic_state_ if resume else None,
+            stop=self.stop,
+            frozen=(self.history_["stop_step"] >= 0) | (self.failed_step_ >= 0) if resume else None,
         )
         weights = np.array([len(s) for s in sources], dtype=float)
         weights /= weights.sum()
@@ -684,7 +689,15 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             "divergence_per_flow": result.divergence,
             "kinetic_energy_per_flow": result.kinetic_energy,
             "time": result.time,
+            "stop_step": np.array(result.stop_step),
         }
+        if result.stop_statistic is not None:
+            history.update(
+                stop_check_step=result.stop_check_step,
+                stop_score=result.stop_score,
+                stop_statistic=result.stop_statistic,
+                stop_floor=np.broadcast_to(result.stop_floor, result.stop_statistic.shape),
+            )
         failed = np.array(result.failed_step)
         if resume:
             flow, history, failed = self._append_run(flow, history, failed)
@@ -715,13 +728,22 @@ class GPATransporter(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         flow = dataclasses.replace(
             flow,
             states=np.concatenate([old.states, flow.states]),
-            alive=np.concatenate([old.alive, flow.alive & old.alive[-1:]]),
+            alive=np.concatenate([old.alive, flow.alive]),
         )
         offset = self.history_["time"][-1] if len(self.history_["time"]) else 0.0
+        offsets = {"time": offset, "stop_check_step": old.n_steps}
+        stop = history.pop("stop_step")
+        stop = np.where(stop >= 0, stop + old.n_steps, -1)
         history = {
-            key: np.concatenate([self.history_[key], value + (offset if key == "time" else 0)])
-            for key, value in history.items()
+            key: np.concatenate(
+                [self.history_[key]] * (key in self.history_)
+                + ([history[key] + offsets.get(key, 0)] if key in history else [])
+            )
+            for key in dict.fromkeys([*self.history_, *history])
+            if key != "stop_step"
         }
+        before = self.history_["stop_step"]
+        history["stop_step"] = np.where(before >= 0, before, stop)
         new_failures = np.where(failed >= 0, failed + old.n_steps, -1)
         return flow, history, np.where(self.failed_step_ >= 0, self.failed_step_, new_failures)
 
