@@ -350,9 +350,14 @@ dtype, log_every, verbose, callback
 
     def _transporter(self, random_state):
         params = {name: getattr(self, name) for name in _SHARED_PARAMETERS}
-        # The truncated flow is replayed from the particles' own starting points.
+        # The truncated flow is replayed from the particles' own starting points.  The flows
+        # run n_steps: the termination step T_k (eq. 37) is chosen from their divergence.
         params.update(
-            random_state=random_state, conditional=True, prealign=None, out_of_sample="replay"
+            random_state=random_state,
+            conditional=True,
+            prealign=None,
+            out_of_sample="replay",
+            stop=None,
         )
         return GPATransporter(**params)
 
