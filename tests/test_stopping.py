@@ -45,9 +45,7 @@ def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_par
     floors, fresh = [], []
     for _ in range(40):
         x, w_x = pack_rows([_wells(n_target, rng)], torch.float64, "cpu")
-        rule = EnergyStopping(
-            w_y, x, w_x, max_rows=1000, factor=1.0, patience=None, generator=torch.Generator()
-        )
+        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
         floors.append(rule.floor[:, 0])
         y, _ = pack_rows([_wells(n_particles, rng)], torch.float64, "cpu")
         fresh.append(rule.statistics(y)[:, 0])

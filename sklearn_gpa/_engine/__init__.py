@@ -67,7 +67,6 @@ def run_gpa(
     callback=None,
     critic_state=None,
     stop=None,
-    stop_patience=None,
     frozen=None,
 ):
     """Run Algorithm 1 for K flows at once.
@@ -80,9 +79,8 @@ def run_gpa(
     of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
 
     ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
-    sample of the target would be (``stopping.EnergyStopping``; ``stop_patience`` checks
-    without progress also stop a flow); None runs ``n_steps``.  ``frozen`` (K,) marks flows
-    that do not move (those a continued run had stopped).
+    sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
+    ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -123,7 +121,6 @@ def run_gpa(
                 w_x,
                 max_rows=rows_compared(n_features),
                 factor=1.0,
-                patience=stop_patience,
                 # Its own stream: the particles' path does not depend on the rule.
                 generator=torch.Generator().manual_seed(int(seed) + 1),
             )

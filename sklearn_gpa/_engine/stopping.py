@@ -16,11 +16,12 @@ as ``1 / m + 1 / n``: halves of sizes ``a, b`` are rescaled by
 A flow's *score* is the larger of its two statistic / floor ratios.  A fresh sample of the
 target scores about -1 to 1; the flow stops (is frozen) at the first check where its score
 is at most ``factor`` (1: as close as a fresh sample typically is, and before the particles
-get closer to the target rows than a fresh sample would, i.e. start to copy them), or, with
-``patience``, when its score has not fallen by more than one over that many checks.
-Everything is batched over the K flows on the run's device; the target's distances are
-computed once, each check costs the particle-target and particle-particle distances of at
-most ``max_rows`` rows per side.
+get closer to the target rows than a fresh sample would, i.e. start to copy them).  There is
+no patience rule: a flow whose score stalls far above its floor may still be on its way
+(four-well flows stalled for 1300 steps, then went on to the wells).  Everything is batched
+over the K flows on the run's device; the target's distances are computed once, each check
+costs the particle-target and particle-particle distances of at most ``max_rows`` rows per
+side.
 """
 
 from __future__ import annotations
@@ -133,25 +134,20 @@ class EnergyStopping:
         Rows per side and flow compared at each check (a fixed random subsample).
     factor : float
         A flow stops when each statistic is at most ``factor`` times its floor.
-    patience : int or None
-        A flow also stops when its score (the largest statistic / floor ratio) has not
-        fallen by more than one over this many checks; None disables it.
     generator : torch.Generator
         A CPU generator for the subsamples and splits (kept apart from the critic's, so
         the particles' path does not depend on whether the rule is on).
     """
 
-    def __init__(self, w_y, x, w_x, *, max_rows, factor, patience, generator):
+    def __init__(self, w_y, x, w_x, *, max_rows, factor, generator):
         device = x.device
         # float64 where the device has it: the U-statistic is a small difference of means.
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.factor, self.patience = factor, patience
+        self.factor = factor
         counts_y = (w_y > 0).sum(1).tolist()
         counts_x = (w_x > 0).sum(1).tolist()
         index_y, mask_y = _subsample(counts_y, max_rows, generator)
-        # Up to twice max_rows target rows for the floor's halves, the first max_rows of
-        # them (in random order already) for the comparison.
-        index_x, mask_x = _subsample(counts_x, 2 * max_rows, generator)
+        index_x, mask_x = _subsample(counts_x, max_rows, generator)
         self.index_y = index_y.to(device)
         self.mask_y = mask_y.to(device, self.dtype)
         pool = _gather(x, index_x.to(device)).to(self.dtype)
@@ -159,23 +155,19 @@ class EnergyStopping:
         # Centre on the target's mean: the distances' expansion then loses no precision.
         count = pool_mask.sum(1)[:, None, None]
         self.center = (pool * pool_mask[..., None]).sum(1, keepdim=True) / count
-        pool = pool - self.center
-        width = min(pool.shape[1], max_rows)
-        self.target, self.mask_x = pool[:, :width], pool_mask[:, :width]
+        self.target, self.mask_x = pool - self.center, pool_mask
         distances = _distances(self.target, self.target)
         self.bandwidth = _local_bandwidth(distances, self.mask_x)
-        self.within_target = _within_mean(_kernels(distances, self.bandwidth), self.mask_x)
-        self.floor = self._floor(pool, pool_mask, self.mask_y.sum(1), generator)
-        self.best = torch.full_like(self.floor[0], math.inf)
-        self.since_best = torch.zeros(len(self.best), dtype=torch.long, device=device)
+        kernel = _kernels(distances, self.bandwidth)
+        self.within_target = _within_mean(kernel, self.mask_x)
+        self.floor = self._floor(kernel, self.mask_x, self.mask_y.sum(1), generator)
 
-    def _floor(self, pool, pool_mask, n_particles, generator):
-        """RMS (2, K) of the statistics between random halves of the target pool, rescaled."""
-        kernel = _kernels(_distances(pool, pool), self.bandwidth)
+    def _floor(self, kernel, pool_mask, n_particles, generator):
+        """RMS (2, K) of the statistics between random halves of the target rows, rescaled."""
         n_pool = pool_mask.sum(1)
         # Random halves of each flow's real rows: rank random keys, real rows first.
         keys = torch.rand(_N_SPLITS, *pool_mask.shape, generator=generator, dtype=self.dtype)
-        rank = (keys.to(pool.device) + 2.0 * (1.0 - pool_mask)).argsort(-1).argsort(-1)
+        rank = (keys.to(kernel.device) + 2.0 * (1.0 - pool_mask)).argsort(-1).argsort(-1)
         half = torch.floor(n_pool / 2)
         first = (rank < half[:, None]).to(self.dtype) * pool_mask  # (splits, K, rows)
         second = pool_mask - first
@@ -211,15 +203,9 @@ class EnergyStopping:
     def check(self, y):
         """(statistics (2, K), score (K,), converged (K,)) for particles ``y``.
 
-        The score is the largest ratio of a statistic to its floor; a flow has converged
-        when its score is at most ``factor`` or (with ``patience``) has stalled.
+        The score is the larger ratio of a statistic to its floor; a flow has converged
+        when its score is at most ``factor``.
         """
         values = self.statistics(y)
         score = (values / self.floor).max(0).values
-        improved = score < self.best - 1.0
-        self.since_best = torch.where(improved, 0, self.since_best + 1)
-        self.best = torch.where(improved, score, torch.minimum(self.best, score))
-        converged = score <= self.factor
-        if self.patience is not None:
-            converged |= self.since_best >= self.patience
-        return values, score, converged
+        return values, score, score <= self.factor
