@@ -33,6 +33,7 @@ import torch
 __all__ = ["EnergyStopping", "rows_compared", "two_sample_statistics"]
 
 _N_SPLITS = 64
+_MEDIAN_ROWS = 300
 
 
 def rows_compared(n_features: int) -> int:
@@ -42,34 +43,47 @@ def rows_compared(n_features: int) -> int:
 
 def _distances(a, b):
     """Euclidean distances (K, m, n) between rows of a (K, m, d) and b (K, n, d)."""
-    squared = (
-        a.square().sum(-1, keepdim=True) - 2.0 * a @ b.transpose(1, 2) + b.square().sum(-1)[:, None]
-    )
+    squared = torch.baddbmm(b.square().sum(-1)[:, None], a, b.transpose(1, 2), alpha=-2.0)
+    squared += a.square().sum(-1, keepdim=True)
     return squared.clamp_min_(0.0).sqrt_()
+
+
+def _gaussian(distances, bandwidth):
+    return (distances / bandwidth[:, None, None]).square_().mul_(-0.5).exp_()
 
 
 def _kernels(distances, bandwidth):
     """Kernel values (2, K, m, n): the energy kernel -|a - b| and a Gaussian of ``bandwidth``."""
-    gaussian = torch.exp(-0.5 * (distances / bandwidth[:, None, None]).square())
-    return torch.stack([-distances, gaussian])
+    return torch.stack([-distances, _gaussian(distances, bandwidth)])
 
 
-def _within_mean(kernel, mask):
-    """Mean kernel value over pairs i != j of the masked rows: (n_kernels, K)."""
-    count = mask.sum(1)
-    total = torch.einsum("ki,skij,kj->sk", mask, kernel, mask)
-    diagonal = torch.einsum("ki,skii->sk", mask, kernel)
-    return (total - diagonal) / (count * (count - 1)).clamp_min(1.0)
+def _pair_sum(kernel, mask_a, mask_b):
+    """Sum of kernel values (..., K, m, n) over the pairs of masked rows: (..., K)."""
+    return ((kernel @ mask_b[..., None]).squeeze(-1) * mask_a).sum(-1)
 
 
-def _cross_mean(kernel, mask_a, mask_b):
-    total = torch.einsum("ki,skij,kj->sk", mask_a, kernel, mask_b)
-    return total / (mask_a.sum(1) * mask_b.sum(1)).clamp_min(1.0)
+def _kernel_means(distances, bandwidth, mask_a, mask_b=None):
+    """Means (2, K) of the two kernels over the pairs of masked rows of a and b.
+
+    With ``mask_b`` None, ``distances`` are within one sample and the pairs i != j count.
+    The two kernels are reduced one after the other: no (2, K, m, n) copy.
+    """
+    within = mask_b is None
+    mask_b = mask_a if within else mask_b
+    sums = []
+    for sign, kernel in ((-1.0, distances), (1.0, _gaussian(distances, bandwidth))):
+        total = _pair_sum(kernel, mask_a, mask_b)
+        if within:
+            total = total - (torch.diagonal(kernel, dim1=-2, dim2=-1) * mask_a).sum(-1)
+        sums.append(sign * total)
+    count_a, count_b = mask_a.sum(1), mask_b.sum(1)
+    pairs = count_a * (count_a - 1) if within else count_a * count_b
+    return torch.stack(sums) / pairs.clamp_min(1.0)
 
 
 def _statistics(a, mask_a, b, mask_b, bandwidth, within_b):
-    cross = _cross_mean(_kernels(_distances(a, b), bandwidth), mask_a, mask_b)
-    within_a = _within_mean(_kernels(_distances(a, a), bandwidth), mask_a)
+    cross = _kernel_means(_distances(a, b), bandwidth, mask_a, mask_b)
+    within_a = _kernel_means(_distances(a, a), bandwidth, mask_a)
     return within_a + within_b - 2.0 * cross
 
 
@@ -82,7 +96,7 @@ def two_sample_statistics(a, mask_a, b, mask_b, bandwidth):
     itself, so the expectation is the population value (zero for two samples of one law)
     and a value can be negative.
     """
-    within_b = _within_mean(_kernels(_distances(b, b), bandwidth), mask_b)
+    within_b = _kernel_means(_distances(b, b), bandwidth, mask_b)
     return _statistics(a, mask_a, b, mask_b, bandwidth, within_b)
 
 
@@ -98,7 +112,10 @@ def _local_bandwidth(distances, mask):
     pair = (mask[:, :, None] * mask[:, None, :]).bool() & ~torch.eye(
         n, dtype=torch.bool, device=distances.device
     )
-    median = distances.masked_fill(~pair, math.nan).flatten(1).nanmedian(1).values
+    # The rows are in random order: the median over the first few hundred is as good.
+    block = min(n, _MEDIAN_ROWS)
+    median = distances[:, :block, :block].masked_fill(~pair[:, :block, :block], math.nan)
+    median = median.flatten(1).nanmedian(1).values
     nearest = distances.masked_fill(~pair, math.inf).min(2).values
     nearest = nearest.masked_fill(~mask.bool(), math.nan).nanmedian(1).values
     bandwidth = torch.maximum(median / 4.0, nearest)
@@ -158,8 +175,8 @@ class EnergyStopping:
         self.target, self.mask_x = pool - self.center, pool_mask
         distances = _distances(self.target, self.target)
         self.bandwidth = _local_bandwidth(distances, self.mask_x)
+        self.within_target = _kernel_means(distances, self.bandwidth, self.mask_x)
         kernel = _kernels(distances, self.bandwidth)
-        self.within_target = _within_mean(kernel, self.mask_x)
         self.floor = self._floor(kernel, self.mask_x, self.mask_y.sum(1), generator)
 
     def _floor(self, kernel, pool_mask, n_particles, generator):
@@ -169,24 +186,24 @@ class EnergyStopping:
         keys = torch.rand(_N_SPLITS, *pool_mask.shape, generator=generator, dtype=self.dtype)
         rank = (keys.to(kernel.device) + 2.0 * (1.0 - pool_mask)).argsort(-1).argsort(-1)
         half = torch.floor(n_pool / 2)
-        first = (rank < half[:, None]).to(self.dtype) * pool_mask  # (splits, K, rows)
-        second = pool_mask - first
-        # Sums of the kernel over pairs within and across the halves, as matrix products.
-        kernel_first = torch.einsum("skij,nkj->nski", kernel, first)
+        # Halves as columns (K, rows, splits); kernel sums within and across them as
+        # matrix products: (2, K, splits) each.
+        first = ((rank < half[:, None]).to(self.dtype) * pool_mask).permute(1, 2, 0)
+        second = pool_mask[..., None] - first
+        kernel_first = kernel @ first
+        sum_11 = (kernel_first * first).sum(-2)
+        sum_12 = (kernel_first * second).sum(-2)
+        sum_22 = _pair_sum(kernel, pool_mask, pool_mask)[..., None] - 2.0 * sum_12 - sum_11
         diagonal = torch.diagonal(kernel, dim1=-2, dim2=-1)  # (2, K, rows)
-        sum_11 = torch.einsum("nski,nki->nsk", kernel_first, first)
-        sum_12 = torch.einsum("nski,nki->nsk", kernel_first, second)
-        sum_all = torch.einsum("ki,skij,kj->sk", pool_mask, kernel, pool_mask)
-        sum_22 = sum_all - 2.0 * sum_12 - sum_11
-        diag_1 = torch.einsum("ski,nki->nsk", diagonal, first)
-        diag_2 = torch.einsum("ski,nki->nsk", diagonal, second)
+        diag_1 = (diagonal[..., None] * first).sum(-2)
+        diag_2 = (diagonal[..., None] * second).sum(-2)
         a, b = half, n_pool - half
         values = (
-            (sum_11 - diag_1) / (a * (a - 1)).clamp_min(1.0)
-            + (sum_22 - diag_2) / (b * (b - 1)).clamp_min(1.0)
-            - 2.0 * sum_12 / (a * b).clamp_min(1.0)
+            (sum_11 - diag_1) / (a * (a - 1)).clamp_min(1.0)[:, None]
+            + (sum_22 - diag_2) / (b * (b - 1)).clamp_min(1.0)[:, None]
+            - 2.0 * sum_12 / (a * b).clamp_min(1.0)[:, None]
         )
-        rms = values.square().mean(0).sqrt()
+        rms = values.square().mean(-1).sqrt()
         # The spread of the statistic for two samples of one law scales as 1/m + 1/n.
         sizes = 1.0 / n_particles.clamp_min(1.0) + 1.0 / self.mask_x.sum(1).clamp_min(1.0)
         halves = 1.0 / a.clamp_min(1.0) + 1.0 / b.clamp_min(1.0)
