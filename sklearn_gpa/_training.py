@@ -27,6 +27,7 @@ _ENGINE_PARAMETERS = frozenset(inspect.signature(run_gpa).parameters) - {
     "seed",
     "callback",
     "critic_state",
+    "frozen",
     "image_shape",
     "device",
 }
@@ -101,7 +102,9 @@ def check_continuation(fitted, params, mode, classes, image_shape):
         )
 
 
-def train_flows(params, sources, targets, *, name, image_shape, seed, critic_state=None):
+def train_flows(
+    params, sources, targets, *, name, image_shape, seed, critic_state=None, frozen=None
+):
     """Run the engine on K flows; show progress; warn in a way a user can act on.
 
     ``params`` are the estimator's parameters: the engine's settings, ``device``,
@@ -121,6 +124,7 @@ def train_flows(params, sources, targets, *, name, image_shape, seed, critic_sta
         seed=seed,
         callback=callback,
         critic_state=critic_state,
+        frozen=frozen,
     )
     if progress is not None:
         progress.close(stop_reason=result.stop_reason, n_steps=result.n_steps)
@@ -132,7 +136,15 @@ def train_flows(params, sources, targets, *, name, image_shape, seed, critic_sta
         "divergence_per_flow": result.divergence,
         "kinetic_energy_per_flow": result.kinetic_energy,
         "time": result.time,
+        "stop_step": np.array(result.stop_step),
     }
+    if result.stop_statistic is not None:
+        history.update(
+            stop_check_step=result.stop_check_step,
+            stop_score=result.stop_score,
+            stop_statistic=result.stop_statistic,
+            stop_floor=np.tile(result.stop_floor, (len(result.stop_statistic), 1)),
+        )
     _warn_about(result, params["n_steps"])
     particles = result.particles.cpu().numpy().astype(np.float64)
     return TrainedFlows(
@@ -145,13 +157,25 @@ def train_flows(params, sources, targets, *, name, image_shape, seed, critic_sta
     )
 
 
-def append_history(before: dict, after: dict) -> dict:
-    """The history of a run continued by ``after`` (times offset by the earlier run's)."""
-    offset = before["time"][-1] if len(before["time"]) else 0.0
-    return {
-        key: np.concatenate([before[key], value + (offset if key == "time" else 0)])
-        for key, value in after.items()
+def append_history(before: dict, after: dict, n_steps_before: int) -> dict:
+    """The history of a run of ``n_steps_before`` steps continued by ``after``.
+
+    Times and the stopping rule's check steps are offset by the earlier run's; a key of
+    one run only keeps its values; each flow keeps the step it stopped at first.
+    """
+    offsets = {
+        "time": before["time"][-1] if len(before["time"]) else 0.0,
+        "stop_check_step": n_steps_before,
     }
+    history = {}
+    for key in dict.fromkeys([*before, *after]):
+        parts = [before[key]] if key in before else []
+        if key in after:
+            parts.append(after[key] + offsets.get(key, 0))
+        history[key] = np.concatenate(parts)
+    later = np.where(after["stop_step"] >= 0, after["stop_step"] + n_steps_before, -1)
+    history["stop_step"] = np.where(before["stop_step"] >= 0, before["stop_step"], later)
+    return history
 
 
 def _warn_about(result, n_steps):

@@ -67,8 +67,9 @@ class GPAAugmenter(BaseOverSampler):
         the particles start from a Gaussian with each class's mean and (Ledoit-Wolf)
         covariance, so flows are short; the papers' fixed priors (``"normal"``,
         ``"uniform"``, ``"logistic"``) make the flow carry them much farther.  The
-        augmenter sets the clone's ``conditional``, ``prealign``, ``out_of_sample``,
-        ``warm_start`` and ``random_state`` (from its own ``random_state``).
+        augmenter sets the clone's ``stop`` (None: ``tolerance`` picks each flow's end),
+        ``conditional``, ``prealign``, ``out_of_sample``, ``warm_start`` and
+        ``random_state`` (from its own ``random_state``).
     oversampling_factor : float >= 1, default=3.0
         Minimum number of particles per original row of a class (the papers' ``M / N``;
         3 in paper 000 App. E and paper 002 Fig. 13).  Each flow has at least as many
@@ -278,8 +279,10 @@ class GPAAugmenter(BaseOverSampler):
         if self.transporter is not None:
             transporter = clone(self.transporter)
         # The flows are replayed from the particles' own starting points (the tolerance's
-        # early stop), so every particle keeps its own path.
+        # early stop), so every particle keeps its own path.  The flows run n_steps: the
+        # termination step T_k (eq. 37) is chosen from their divergence afterwards.
         return transporter.set_params(
+            stop=None,
             conditional=True,
             prealign=None,
             out_of_sample="replay",

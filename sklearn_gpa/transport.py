@@ -61,7 +61,7 @@ class GPATransporter(DomainTransformer):
         Time step.  A particle moves at most ``L * dt`` per step; keep ``L * dt`` about 0.1
         in standardised units (the papers' CFL heuristic).
     n_steps : int, default=300
-        Number of particle steps.
+        Maximum number of particle steps (the number of steps with ``stop=None``).
     solver : {"euler", "heun", "rk4"}, default="euler"
         Time integrator; Heun and RK4 retrain the discriminator at every stage.
     hidden_layer_sizes : tuple of int, default=(32, 32, 32)
@@ -96,6 +96,16 @@ class GPATransporter(DomainTransformer):
     tol : float or None, default=None
         Stop early once the kinetic energy ``mean |grad phi|^2`` of every flow is below
         ``tol`` (checked every ``log_every`` steps).
+    stop : "auto" or None, default="auto"
+        "auto": each flow stops (its particles, and its stored discriminators on replay,
+        are frozen) once its particles are as close to its target rows as a fresh sample of
+        the target would be, checked before the first step and every ``log_every`` steps;
+        the other flows go on.  Closeness is measured by two unbiased two-sample statistics
+        (the energy distance and a Gaussian-kernel MMD at a quarter of the target's median
+        distance) on at most 1000 rows per side, each against its spread between random
+        halves of the target.  A flow whose source is already indistinguishable from its
+        target does not move, and a flow stopped this way has not started to copy the
+        target rows.  None runs every flow for ``n_steps``.
     source : {"normal", "uniform", "logistic", "gaussian_fit"}, default="normal"
         Prior of the particles in generative mode, in standardised units: standard normal,
         uniform and logistic with unit variance, or ``"gaussian_fit"``, a Gaussian with the
@@ -155,6 +165,7 @@ class GPATransporter(DomainTransformer):
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
         more steps from where it stopped (particles, critic weights, Adam state and all).
+        Flows that the stopping rule (or a non-finite step) stopped stay where they are.
 
     Attributes
     ----------
@@ -162,15 +173,21 @@ class GPATransporter(DomainTransformer):
         The stored discriminators; ``flow_.nbytes`` is its memory.
     history_ : dict of ndarray
         Per step: ``"divergence"`` and ``"kinetic_energy"`` (mean over flows, weighted by
-        particles), their ``"_per_flow"`` versions ``(n_steps_, n_flows)``, and ``"time"``
-        (seconds since the start).
+        particles), their ``"_per_flow"`` versions ``(n_steps_, n_flows)``, ``"time"``
+        (seconds since the start), and ``"stop_step"`` (per flow, the step at which the
+        stopping rule froze it, -1 if it did not).  With ``stop="auto"``, per check of the
+        rule: ``"stop_check_step"`` (steps run), and per check and flow ``"stop_score"``
+        (the larger statistic / floor ratio; the flow stops at 1 or below),
+        ``"stop_statistic"`` (the unbiased energy distance between particles and target) and
+        ``"stop_floor"`` (its spread for a fresh sample).
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
     failed_step_ : ndarray of shape (n_flows,)
         Per flow, the step at which it turned non-finite and stopped, or -1.
     stop_reason_ : str
-        "n_steps", "tol", "non-finite" or "interrupted" (Ctrl-C during ``fit`` keeps the
-        steps finished so far and leaves a usable estimator).
+        "converged" (the stopping rule froze every flow), "n_steps", "tol", "non-finite" or
+        "interrupted" (Ctrl-C during ``fit`` keeps the steps finished so far and leaves a
+        usable estimator).
     mode_ : str
         "integration" or "generation".
     classes_ : ndarray or None
@@ -244,6 +261,7 @@ class GPATransporter(DomainTransformer):
         "constraint": [StrOptions({"hard", "soft"})],
         "penalty": [Interval(Real, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left"), None],
+        "stop": [StrOptions({"auto"}), None],
         "source": [StrOptions(set(SOURCES))],
         "n_particles": [Interval(Integral, 1, None, closed="left"), None],
         "conditional": [StrOptions({"auto"}), "boolean"],
@@ -280,6 +298,7 @@ class GPATransporter(DomainTransformer):
         constraint="hard",
         penalty=10.0,
         tol=None,
+        stop="auto",
         source="normal",
         n_particles=None,
         conditional="auto",
@@ -312,6 +331,7 @@ class GPATransporter(DomainTransformer):
         self.constraint = constraint
         self.penalty = penalty
         self.tol = tol
+        self.stop = stop
         self.source = source
         self.n_particles = n_particles
         self.conditional = conditional
@@ -402,11 +422,12 @@ class GPATransporter(DomainTransformer):
             image_shape=self.image_shape_,
             seed=rng.randint(np.iinfo(np.int32).max),
             critic_state=self.critic_state_ if resume else None,
+            frozen=(self.history_["stop_step"] >= 0) | (self.failed_step_ >= 0) if resume else None,
         )
         flow, history, failed = trained.flow, trained.history, trained.failed_step
         if resume:
             flow = self.flow_.extend(flow)
-            history = append_history(self.history_, history)
+            history = append_history(self.history_, history, self.flow_.n_steps)
             failed = np.where(
                 self.failed_step_ >= 0,
                 self.failed_step_,

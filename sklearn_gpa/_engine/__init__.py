@@ -25,6 +25,7 @@ from .estimate import (
 from .flow import FlowResult, LearnedFlow, pack_rows, replay_flow, train_flow
 from .integrators import SOLVERS, get_tableau
 from .networks import ACTIVATIONS, MLPLayout, make_activation
+from .stopping import EnergyStopping, rows_compared
 
 __all__ = [
     "ACTIVATIONS",
@@ -33,6 +34,7 @@ __all__ = [
     "SOLVERS",
     "CrossFitEstimate",
     "DivergenceEstimate",
+    "STOPPING_RULES",
     "FlowResult",
     "LearnedFlow",
     "cross_fit_divergence",
@@ -44,6 +46,9 @@ __all__ = [
     "run_gpa",
     "unpack_rows",
 ]
+
+
+STOPPING_RULES = ("auto",)
 
 
 def run_gpa(
@@ -74,6 +79,8 @@ def run_gpa(
     dtype="float32",
     callback=None,
     critic_state=None,
+    stop=None,
+    frozen=None,
 ):
     """Run Algorithm 1 for K flows at once.
 
@@ -83,6 +90,10 @@ def run_gpa(
     iteration vectors carry on as if the run had never stopped.  With ``image_shape``
     (channels, height, width) the critics are CNNs (``conv.ConvLayout``) with convolutions
     of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
+
+    ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
+    sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
+    ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -115,6 +126,17 @@ def run_gpa(
             critic.load_state(critic_state)
         y, w_y = pack_rows(sources, torch_dtype, torch_device)
         x, w_x = pack_rows(targets, torch_dtype, torch_device)
+        stopping = None
+        if stop is not None:
+            stopping = EnergyStopping(
+                w_y,
+                x,
+                w_x,
+                max_rows=rows_compared(n_features),
+                factor=1.0,
+                # Its own stream: the particles' path does not depend on the rule.
+                generator=torch.Generator().manual_seed(int(seed) + 1),
+            )
         result = train_flow(
             y,
             w_y,
@@ -131,6 +153,8 @@ def run_gpa(
             batch_size=batch_size,
             generator=generator,
             callback=callback,
+            stopping=stopping,
+            frozen=frozen,
         )
         result.critic_state = critic.state()
     flow = LearnedFlow(

@@ -42,7 +42,7 @@ class FlowResult:
 
     particles: torch.Tensor  # (K, M, d) final positions
     states: torch.Tensor  # (n_stored, n_stages, n_params) critic weights per stored step
-    alive: torch.Tensor  # (n_steps, K) False from the step a flow turned non-finite
+    alive: torch.Tensor  # (n_steps, K) False from the step a flow turned non-finite or stopped
     divergence: np.ndarray  # (n_steps, K) objective J after critic training, per step
     kinetic_energy: np.ndarray  # (n_steps, K) mean |grad phi|^2 over the particles
     time: np.ndarray  # (n_steps,) seconds since the start, at the end of each step
@@ -50,6 +50,11 @@ class FlowResult:
     stop_reason: str
     failed_step: list = field(default_factory=list)  # per flow, first non-finite step or -1
     critic_state: dict = field(default_factory=dict)  # to continue the run (warm start)
+    stop_step: list = field(default_factory=list)  # per flow, step the rule froze it, or -1
+    stop_check_step: np.ndarray = None  # (n_checks,) steps run at each check of the rule
+    stop_score: np.ndarray = None  # (n_checks, K) the rule's score at each check (<= 1: done)
+    stop_statistic: np.ndarray = None  # (n_checks, K) energy distance particles - target
+    stop_floor: np.ndarray = None  # (K,) the energy distance's fresh-sample floor
 
 
 @dataclass
@@ -77,8 +82,12 @@ def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
     return -grad, value, kinetic
 
 
-def _particle_step(critic, tableau, y, p: _Problem, step, live, record):
-    """One step of every flow; records diagnostics and critic states; returns new positions."""
+def _particle_step(critic, tableau, y, p: _Problem, step, live, running, record):
+    """One step of every flow; records diagnostics and critic states; returns new positions.
+
+    ``live`` (finite so far) is updated in place; flows not ``running`` (stopped by the
+    rule) are frozen like non-finite ones.
+    """
     states, store_every, divergence, kinetic_energy, alive = record
     velocities = []
     for stage in range(tableau.n_stages):
@@ -98,22 +107,52 @@ def _particle_step(critic, tableau, y, p: _Problem, step, live, record):
     increment = tableau.increment(p.dt, velocities)
     # A flow whose step is not finite is frozen where it is, on the device, at once.
     live &= torch.isfinite(health)
-    alive[step] = live
-    return y.add_(increment.masked_fill_(~live[:, None, None], 0.0))
+    moving = live & running
+    alive[step] = moving
+    return y.add_(increment.masked_fill_(~moving[:, None, None], 0.0))
 
 
-def _check_progress(step, live, divergence, kinetic_energy, tol, callback):
+def _check_progress(step, live, running, divergence, kinetic_energy, tol, callback):
     """The host's look at the device every ``log_every`` steps; returns a stop reason."""
-    live_host = live.cpu().numpy()
+    moving = (live & running).cpu().numpy()
     if callback is not None:
         # The user's code runs as it would outside the fit, autograd included.
         with torch.inference_mode(False):
             callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
-    if not live_host.any():
-        return "non-finite"
-    if tol is not None and np.all(kinetic_energy[step].cpu().numpy()[live_host] < tol):
+    if not moving.any():
+        return "non-finite" if running.cpu().numpy().all() else "converged"
+    if tol is not None and np.all(kinetic_energy[step].cpu().numpy()[moving] < tol):
         return "tol"
     return None
+
+
+class _RuleRecord:
+    """The stopping rule's checks on the host: steps, statistics, each flow's stopping step."""
+
+    def __init__(self, stopping, running):
+        self.stopping, self.running = stopping, running
+        self.steps, self.scores, self.values = [], [], []
+        self.stop_step = np.where(running.cpu().numpy(), -1, 0)
+
+    def check(self, steps_run, y, live):
+        """Apply the rule after ``steps_run`` steps: freeze the flows that are done."""
+        if self.stopping is None:
+            return
+        values, score, converged = self.stopping.check(y)
+        newly = (converged & live & self.running).cpu().numpy()
+        self.stop_step[newly] = steps_run
+        self.running &= ~torch.as_tensor(newly, device=self.running.device)
+        self.steps.append(steps_run)
+        self.scores.append(score.cpu().numpy())
+        self.values.append(values[0].cpu().numpy())
+
+    def fill(self, result):
+        result.stop_step = self.stop_step.tolist()
+        if self.stopping is not None:
+            result.stop_check_step = np.array(self.steps, dtype=int)
+            result.stop_score = np.array(self.scores).reshape(len(self.steps), -1)
+            result.stop_statistic = np.array(self.values).reshape(len(self.steps), -1)
+            result.stop_floor = self.stopping.floor[0].cpu().numpy()
 
 
 def minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
@@ -160,6 +199,8 @@ def train_flow(
     batch_size=None,
     generator=None,
     callback=None,
+    stopping=None,
+    frozen=None,
 ) -> FlowResult:
     """Run Algorithm 1 on K packed flows.
 
@@ -171,6 +212,12 @@ def train_flow(
     the device, without waiting for the host.  Ctrl-C stops the run after the last finished
     step (``stop_reason="interrupted"``).  The run is in ``torch.inference_mode`` unless
     the critic needs autograd (``Critic.no_graph``): its tensors are then inference tensors.
+
+    ``stopping`` (a ``stopping.EnergyStopping``) is checked before the first step and at
+    every look of the host: the flows it declares converged are frozen (their particles stop
+    and ``alive`` is False from then on, so replay freezes them too) while the others go
+    on; the run stops when none moves (``stop_reason="converged"``).  ``frozen`` (K,) marks
+    flows that do not move at all (a continued run's flows that had stopped).
     """
     n_flows, n_particles, _ = y0.shape
     device, dtype = y0.device, y0.dtype
@@ -191,16 +238,27 @@ def train_flow(
     kinetic_energy = torch.empty(n_steps, n_flows, dtype=dtype, device=device)
     now = np.empty(n_steps)
     live = torch.ones(n_flows, dtype=torch.bool, device=device)
+    running = torch.ones(n_flows, dtype=torch.bool, device=device)
+    if frozen is not None:
+        running &= ~torch.as_tensor(frozen, dtype=torch.bool, device=device)
+    rule = _RuleRecord(stopping, running)
     start, stop_reason, steps_run = time.perf_counter(), "n_steps", n_steps
 
     problem = _Problem(z, n_particles, w_y, w_x, dt, n_critic, batch)
     record = (states, store_every, divergence, kinetic_energy, alive)
+    step = 0
     try:
-        for step in range(n_steps):
-            y = _particle_step(critic, tableau, y, problem, step, live, record)
+        rule.check(0, y, live)
+        if not running.any():
+            stop_reason, steps_run = "converged", 0
+        for step in range(steps_run):
+            y = _particle_step(critic, tableau, y, problem, step, live, running, record)
             now[step] = time.perf_counter() - start
             if (step + 1) % log_every == 0 or step + 1 == n_steps:
-                reason = _check_progress(step, live, divergence, kinetic_energy, tol, callback)
+                rule.check(step + 1, y, live)
+                reason = _check_progress(
+                    step, live, running, divergence, kinetic_energy, tol, callback
+                )
                 if reason is not None:
                     stop_reason, steps_run = reason, step + 1
                     break
@@ -209,8 +267,11 @@ def train_flow(
         stop_reason, steps_run = "interrupted", step
 
     alive = alive[:steps_run]
-    failed = [int(np.argmin(col)) if not col.all() else -1 for col in alive.cpu().numpy().T]
-    return FlowResult(
+    failed = [
+        _first_non_finite(column, stopped)
+        for column, stopped in zip(alive.cpu().numpy().T, rule.stop_step)
+    ]
+    result = FlowResult(
         particles=y,
         states=states[: -(-steps_run // store_every)],
         alive=alive,
@@ -221,6 +282,16 @@ def train_flow(
         stop_reason=stop_reason,
         failed_step=failed,
     )
+    rule.fill(result)
+    return result
+
+
+def _first_non_finite(alive, stop_step):
+    """The step a flow turned non-finite, or -1: its first frozen step before the rule's."""
+    frozen = np.flatnonzero(~alive)
+    if len(frozen) == 0 or (stop_step >= 0 and frozen[0] >= stop_step):
+        return -1
+    return int(frozen[0])
 
 
 def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_every=1, path=None):

@@ -1,0 +1,317 @@
+"""The stopping rule (``stop="auto"``): does a flow stop when the data says it is done?
+
+Problems, each through the public API:
+
+* four wells: target = 4 Gaussian wells (sd 0.5) at (+-4, +-4), 300 rows; source = a blob
+  (sd 0.5) far away, 300 rows, integration.  Share of particles within 1.5 of a well, the
+  smallest well's share, the stop reason and step;
+* near target: the source is the target shifted by 0.3 sd (2-D wells) or the other random
+  half of one real data set (breast cancer, standardised): the rule must stop early; mean
+  displacement of the rows relative to the shift (or to the median distance from a source
+  row to its nearest target row, for the halves);
+* generation on small data (100 rows of breast cancer / wine, standardised; 100 images of
+  one digit): median distance from a particle to its nearest training row over that of
+  held-out real rows (>= 0.5 wanted: the particles are not copies of the training rows);
+* cost: seconds spent in the rule (set-up and checks, timed around them) over the fit's.
+
+Usage: ``python benchmarks/bench_stopping.py [--quick]``.  Writes
+``results/bench_stopping.json`` and ``.md``.  ``--cost``: only the rule's share of larger
+fits that do not stop early (``results/bench_stopping_cost.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa._engine import stopping
+from sklearn_gpa.utils import stack_domains
+
+RESULTS = Path(__file__).parent / "results"
+WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
+
+
+class RuleTimer:
+    """Seconds spent in the rule's set-up and checks (wrapped around the engine's class)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        init, check = stopping.EnergyStopping.__init__, stopping.EnergyStopping.check
+
+        def timed(function):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - start
+
+            return wrapper
+
+        stopping.EnergyStopping.__init__ = timed(init)
+        stopping.EnergyStopping.check = timed(check)
+
+
+TIMER = RuleTimer()
+
+
+def timed_fit(estimator, *args, **kwargs):
+    before = TIMER.seconds
+    start = time.perf_counter()
+    out = estimator.fit_transform(*args, **kwargs)
+    seconds = time.perf_counter() - start
+    return out, seconds, TIMER.seconds - before
+
+
+def wells(n, rng):
+    return WELLS[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
+
+
+def well_scores(particles):
+    distance = np.linalg.norm(particles[:, None] - WELLS[None], axis=2)
+    near = distance.min(1) < 1.5
+    shares = np.bincount(distance.argmin(1)[near], minlength=4) / len(particles)
+    return float(near.mean()), float(shares.min())
+
+
+def fit_row(problem, setting, gpa, seconds, rule_seconds, **scores):
+    return {
+        "problem": problem,
+        "setting": setting,
+        "stop_reason": gpa.stop_reason_,
+        "n_steps_run": int(gpa.n_steps_),
+        "n_steps": int(gpa.n_steps),
+        "stop_step": gpa.history_["stop_step"].tolist(),
+        "last_score": (
+            float(gpa.history_["stop_score"][-1].max()) if "stop_score" in gpa.history_ else None
+        ),
+        "seconds": seconds,
+        "rule_cost": rule_seconds / seconds,
+        **scores,
+    }
+
+
+def four_wells(settings, seeds, centres):
+    rows = []
+    for centre in centres:
+        for seed in seeds:
+            rng = np.random.RandomState(seed)
+            target = wells(300, rng)
+            source = np.array(centre) + 0.5 * rng.standard_normal((300, 2))
+            X, _, domain = stack_domains(source, target)
+            for name, params in settings.items():
+                gpa = GPATransporter(random_state=seed, **params)
+                out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+                near, smallest = well_scores(out[domain >= 0])
+                rows.append(
+                    fit_row(
+                        f"four wells from {tuple(centre)}, seed {seed}",
+                        name,
+                        gpa,
+                        seconds,
+                        rule,
+                        near_well=near,
+                        smallest_well=smallest,
+                    )
+                )
+                print_row(rows[-1])
+    return rows
+
+
+def near_target(seeds):
+    rows = []
+    for seed in seeds:
+        rng = np.random.RandomState(seed)
+        target = wells(300, rng)
+        shift = 0.3 * target.std(0)
+        source = wells(300, rng) + shift
+        X, _, domain = stack_domains(source, target)
+        gpa = GPATransporter(random_state=seed)
+        out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+        moved = np.linalg.norm(out[domain >= 0] - source, axis=1).mean()
+        rows.append(
+            fit_row(
+                f"wells shifted by 0.3 sd, seed {seed}",
+                "defaults",
+                gpa,
+                seconds,
+                rule,
+                displacement_over_shift=float(moved / np.linalg.norm(shift)),
+            )
+        )
+        print_row(rows[-1])
+
+        data = StandardScaler().fit_transform(load_breast_cancer().data)
+        order = rng.permutation(len(data))
+        source, target = data[order[: len(data) // 2]], data[order[len(data) // 2 :]]
+        X, _, domain = stack_domains(source, target)
+        gpa = GPATransporter(random_state=seed)
+        out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+        moved = np.linalg.norm(out[domain >= 0] - source, axis=1).mean()
+        gap = np.median(NearestNeighbors(n_neighbors=1).fit(target).kneighbors(source)[0])
+        rows.append(
+            fit_row(
+                f"breast cancer halves, seed {seed}",
+                "defaults",
+                gpa,
+                seconds,
+                rule,
+                displacement_over_shift=float(moved / gap),
+            )
+        )
+        print_row(rows[-1])
+    return rows
+
+
+def small_data_sets(rng):
+    cancer = StandardScaler().fit_transform(load_breast_cancer().data)
+    wine = StandardScaler().fit_transform(load_wine().data)
+    digits = load_digits()
+    sevens = digits.data[digits.target == 7]
+    return {
+        "breast cancer (30-D)": cancer[rng.permutation(len(cancer))],
+        "wine (13-D)": wine[rng.permutation(len(wine))],
+        "digit 7 (64-D)": sevens[rng.permutation(len(sevens))],
+    }
+
+
+def generation(settings, seeds, n_train=100):
+    rows = []
+    for seed in seeds:
+        for name, data in small_data_sets(np.random.RandomState(seed)).items():
+            train, held_out = data[:n_train], data[n_train:]
+            neighbours = NearestNeighbors(n_neighbors=1).fit(train)
+            real = np.median(neighbours.kneighbors(held_out)[0])
+            for setting, params in settings.items():
+                gpa = GPATransporter(random_state=seed, **params)
+                before = TIMER.seconds
+                start = time.perf_counter()
+                gpa.fit(train)
+                seconds = time.perf_counter() - start
+                particles = gpa.particles_
+                ratio = np.median(neighbours.kneighbors(particles)[0]) / real
+                rows.append(
+                    fit_row(
+                        f"generation, {name}, {n_train} rows, seed {seed}",
+                        setting,
+                        gpa,
+                        seconds,
+                        TIMER.seconds - before,
+                        nearest_training_over_real=float(ratio),
+                    )
+                )
+                print_row(rows[-1])
+    return rows
+
+
+def cost(seed=0):
+    """Larger fits that do not converge early (the target 5 sd away): the rule's share."""
+    rows = []
+    for n_rows, n_features, n_classes in [(5000, 50, 1), (2000, 20, 5), (1000, 784, 1)]:
+        rng = np.random.RandomState(seed)
+        labels = rng.randint(n_classes, size=n_rows)
+        target = rng.standard_normal((n_rows, n_features)) + labels[:, None]
+        source = rng.standard_normal((n_rows, n_features)) + labels[:, None] + 5.0
+        X, y, domain = stack_domains(source, target, labels, labels)
+        gpa = GPATransporter(n_steps=200, random_state=seed)
+        _, seconds, rule = timed_fit(gpa, X, y, sample_domain=domain)
+        rows.append(
+            fit_row(
+                f"cost, {n_classes} x {n_rows // n_classes} rows, {n_features}-D",
+                "n_steps=200",
+                gpa,
+                seconds,
+                rule,
+            )
+        )
+        print_row(rows[-1])
+    return rows
+
+
+SCORE_KEYS = (
+    "near_well",
+    "smallest_well",
+    "displacement_over_shift",
+    "nearest_training_over_real",
+)
+
+
+def print_row(row):
+    scores = "  ".join(f"{k} {row[k]:.3f}" for k in SCORE_KEYS if k in row)
+    print(
+        f"{row['problem']:<48} {row['setting']:<28} {row['stop_reason']:<10} "
+        f"{row['n_steps_run']:>5}/{row['n_steps']:<5} {row['seconds']:6.2f} s  "
+        f"rule {100 * row['rule_cost']:4.1f} %  {scores}",
+        flush=True,
+    )
+
+
+def markdown(rows):
+    lines = [
+        "| problem | setting | stop reason | steps run / max | seconds | rule cost | "
+        "near a well | smallest well | displacement / shift | NN to training / real |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [f"{row[k]:.3f}" if k in row else "" for k in SCORE_KEYS]
+        lines.append(
+            f"| {row['problem']} | {row['setting']} | {row['stop_reason']} | "
+            f"{row['n_steps_run']} / {row['n_steps']} | {row['seconds']:.2f} | "
+            f"{100 * row['rule_cost']:.1f} % | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+WELL_SETTINGS = {
+    "no rule, 300 steps (old)": {"stop": None},
+    "defaults": {},
+    "defaults, n_steps=3000": {"n_steps": 3000},
+    "dt=0.0025, n_steps=3000": {"dt": 0.0025, "n_steps": 3000},
+    "papers: raw units, L=1, dt=0.5, 3000": {
+        "standardize": False,
+        "L": 1.0,
+        "dt": 0.5,
+        "n_steps": 3000,
+    },
+}
+GENERATION_SETTINGS = {
+    "no rule, 300 steps (old)": {"stop": None},
+    "defaults": {},
+    "n_steps=3000": {"n_steps": 3000},
+    "no rule, 3000 steps": {"stop": None, "n_steps": 3000},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="one seed, one far source")
+    parser.add_argument("--cost", action="store_true", help="only the cost on larger fits")
+    args = parser.parse_args()
+    if args.cost:
+        rows = cost()
+        (RESULTS / "bench_stopping_cost.json").write_text(json.dumps(rows, indent=1))
+        (RESULTS / "bench_stopping_cost.md").write_text(markdown(rows))
+        print(markdown(rows))
+        return
+    seeds = [0] if args.quick else [0, 1, 2]
+    centres = [(-16.0, 0.0)] if args.quick else [(-16.0, 0.0), (20.0, 20.0)]
+    rows = four_wells(WELL_SETTINGS, seeds, centres)
+    rows += near_target(seeds)
+    rows += generation(GENERATION_SETTINGS, seeds)
+    suffix = "_quick" if args.quick else ""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"bench_stopping{suffix}.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / f"bench_stopping{suffix}.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The stopping rule: flows stop when their particles are as close as a fresh sample."""
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa._engine import pack_rows, run_gpa
+from sklearn_gpa._engine.stopping import EnergyStopping, two_sample_statistics
+from sklearn_gpa.utils import stack_domains
+
+WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
+
+
+def _wells(n, rng):
+    return WELLS[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
+
+
+def test_statistics_are_the_unbiased_energy_distance_and_mmd():
+    rng = np.random.RandomState(0)
+    a, b = rng.standard_normal((30, 3)), rng.standard_normal((20, 3)) + 0.5
+    ta, tb = torch.tensor(a)[None], torch.tensor(b)[None]
+    bandwidth = torch.tensor([0.7], dtype=torch.float64)
+    ones = torch.ones(1, 30, dtype=torch.float64), torch.ones(1, 20, dtype=torch.float64)
+    values = two_sample_statistics(ta, ones[0], tb, ones[1], bandwidth)
+
+    def within(kernel, n):
+        return (kernel.sum() - np.trace(kernel)) / (n * (n - 1))
+
+    def distances(u, v):
+        return np.linalg.norm(u[:, None] - v[None], axis=2)
+
+    energy = 2 * distances(a, b).mean() - within(distances(a, a), 30) - within(distances(b, b), 20)
+    gauss = [np.exp(-0.5 * (distances(u, v) / 0.7) ** 2) for u, v in [(a, a), (b, b), (a, b)]]
+    mmd = within(gauss[0], 30) + within(gauss[1], 20) - 2 * gauss[2].mean()
+    np.testing.assert_allclose(values[:, 0].numpy(), [energy, mmd], rtol=1e-10)
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensor work outside a fit: one torch thread (as a fit would on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n_target, n_particles", [(300, 300), (100, 100), (200, 600)])
+def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_particles, one_thread):
+    # Over targets, the floor (from halves of the target, rescaled to the sizes compared) is
+    # the root mean square of the statistics of a fresh sample against the target.
+    rng = np.random.RandomState(0)
+    _, w_y = pack_rows([np.zeros((n_particles, 2))], torch.float64, "cpu")
+    floors, fresh = [], []
+    for _ in range(40):
+        x, w_x = pack_rows([_wells(n_target, rng)], torch.float64, "cpu")
+        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        floors.append(rule.floor[:, 0])
+        y, _ = pack_rows([_wells(n_particles, rng)], torch.float64, "cpu")
+        fresh.append(rule.statistics(y)[:, 0])
+    ratio = (torch.stack(floors).square().mean(0) / torch.stack(fresh).square().mean(0)).sqrt()
+    assert np.all((ratio.numpy() > 0.7) & (ratio.numpy() < 1.4)), ratio
+
+
+def _integration(source_centre, seed=0, **params):
+    rng = np.random.RandomState(seed)
+    target = _wells(200, rng)
+    source = _wells(200, rng) + source_centre
+    X, _, domain = stack_domains(source, target)
+    return X, domain, GPATransporter(random_state=seed, **params)
+
+
+def test_rule_stops_a_near_flow_early_and_lets_a_far_one_run():
+    X, domain, near = _integration(np.array([0.3, 0.0]))
+    near.fit(X, sample_domain=domain)
+    assert near.stop_reason_ == "converged"
+    assert near.n_steps_ <= 100
+    assert near.history_["stop_score"][-1, 0] <= 1.0
+
+    X, domain, far = _integration(np.array([-16.0, 0.0]), n_steps=100)
+    far.fit(X, sample_domain=domain)
+    assert far.stop_reason_ == "n_steps" and far.n_steps_ == 100
+    assert far.history_["stop_step"].tolist() == [-1]
+    assert far.history_["stop_score"][-1, 0] > 1.0
+
+
+def test_a_stopped_flow_is_frozen_while_the_others_go_on():
+    # Class 0: the source is a fresh sample of the target (stops at once); class 1: far.
+    rng = np.random.RandomState(0)
+    target = np.vstack([_wells(150, rng), _wells(150, rng) + 30])
+    source = np.vstack([_wells(150, rng), _wells(150, rng) - 10])
+    labels = np.repeat([0, 1], 150)
+    X, y, domain = stack_domains(source, target, labels, labels)
+    gpa = GPATransporter(n_steps=100, log_every=20, random_state=0)
+    moved = gpa.fit_transform(X, y, sample_domain=domain)[domain >= 0]
+    stop = gpa.history_["stop_step"]
+    assert stop[0] >= 0 and stop[0] < 100 and stop[1] == -1
+    assert not gpa.flow_.alive[stop[0] :, 0].any() and gpa.flow_.alive[:, 1].all()
+    assert gpa.failed_step_.tolist() == [-1, -1]
+    # Replaying the stored flow on the training rows gives the trained particles.
+    np.testing.assert_allclose(gpa.transform(source, y=labels), moved, atol=1e-4)
+    if stop[0] == 0:
+        np.testing.assert_allclose(moved[:150], source[:150], atol=1e-5)  # float32 engine
+
+
+def test_history_keys_and_shapes():
+    X, domain, gpa = _integration(np.array([-16.0, 0.0]), n_steps=120, log_every=50)
+    gpa.fit(X, sample_domain=domain)
+    history = gpa.history_
+    assert history["stop_check_step"].tolist() == [0, 50, 100, 120]
+    for key in ("stop_score", "stop_statistic", "stop_floor"):
+        assert history[key].shape == (4, 1)
+    assert np.all(history["stop_floor"] > 0)
+    assert history["stop_step"].shape == (1,)
+
+    gpa = GPATransporter(stop=None, n_steps=20, random_state=0).fit(X, sample_domain=domain)
+    assert "stop_score" not in gpa.history_ and gpa.history_["stop_step"].tolist() == [-1]
+    assert gpa.stop_reason_ == "n_steps"
+
+
+def test_stop_reason_values():
+    X, domain, gpa = _integration(np.array([0.0, 0.0]))
+    assert gpa.fit(X, sample_domain=domain).stop_reason_ == "converged"
+    X, domain, gpa = _integration(np.array([-16.0, 0.0]), n_steps=30)
+    assert gpa.fit(X, sample_domain=domain).stop_reason_ == "n_steps"
+    gpa.set_params(tol=1e9)
+    assert gpa.fit(X, sample_domain=domain).stop_reason_ == "tol"
+    with pytest.raises(ValueError, match="stop"):
+        GPATransporter(stop="soon").fit(X, sample_domain=domain)
+
+
+def test_rule_is_deterministic_and_leaves_the_path_unchanged():
+    X, domain, gpa = _integration(np.array([3.0, 0.0]), n_steps=400, log_every=25)
+    first = gpa.fit_transform(X, sample_domain=domain)
+    scores = gpa.history_["stop_score"]
+    second = gpa.fit_transform(X, sample_domain=domain)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(gpa.history_["stop_score"], scores)
+    steps = gpa.n_steps_
+    assert gpa.stop_reason_ == "converged" and steps < 400
+    # Without the rule, the same seed moves the particles along the same path.
+    free = gpa.set_params(stop=None, n_steps=steps).fit_transform(X, sample_domain=domain)
+    np.testing.assert_array_equal(first, free)
+
+
+def test_engine_generation_flow_stops_before_copying_the_target():
+    rng = np.random.RandomState(0)
+    target = rng.standard_normal((100, 5))
+    result, _ = run_gpa(
+        [rng.standard_normal((100, 5)) + 2.0], [target], L=10.0, dt=0.01, n_steps=2000, stop="auto"
+    )
+    assert result.stop_reason == "converged" and result.n_steps < 2000
+    particles = result.particles[0].numpy()
+    nearest = np.linalg.norm(particles[:, None] - target[None], axis=2).min(1)
+    fresh = rng.standard_normal((100, 5))
+    nearest_fresh = np.linalg.norm(fresh[:, None] - target[None], axis=2).min(1)
+    assert np.median(nearest) > 0.5 * np.median(nearest_fresh)
+
+
+def test_warm_start_keeps_stopped_flows_frozen():
+    X, domain, gpa = _integration(np.array([0.0, 0.0]), warm_start=True)
+    gpa.fit(X, sample_domain=domain)
+    assert gpa.history_["stop_step"].tolist() == [0]
+    particles = gpa.particles_.copy()
+    gpa.set_params(stop=None, n_steps=20).fit(X, sample_domain=domain)
+    np.testing.assert_array_equal(gpa.particles_, particles)
+    assert gpa.history_["stop_step"].tolist() == [0]
