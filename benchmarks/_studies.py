@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The breast-cancer studies of SurvSet with an ER status, and the column that holds it.
+# The breast-cancer studies of SurvSet with an ER status (read by er_labels).
 ER_STUDIES = ("gse1992", "gse3143", "gse4335")
 
 

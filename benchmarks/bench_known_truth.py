@@ -47,7 +47,8 @@ Scores:
 non-default ``LatentGPA`` settings of :func:`settings_methods` (the search for defaults that
 keep each row's identity) on the same cells.
 
-Run: ``python benchmarks/bench_known_truth.py [--quick] [--settings] [--splits N]``
+Run: ``python benchmarks/bench_known_truth.py [--quick] [--settings] [--splits N]
+[--no-real | --real-only]``
 (``--quick``: one split, two real pairs; a few minutes).  Writes
 ``benchmarks/results/bench_known_truth{_quick}{_settings}.{json,md}``.
 """
@@ -557,6 +558,7 @@ def main(argv=None):
         "--settings", action="store_true", help="also the non-default LatentGPA settings"
     )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
+    parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
     try:
         studies = Studies()
@@ -571,7 +573,7 @@ def main(argv=None):
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(table([], CELL_COLUMNS), flush=True)
-    for study in ER_STUDIES:
+    for study in () if args.real_only else ER_STUDIES:
         X, y, genes = er_study(studies, study)
         for split in range(n_splits):
             for effect in EFFECTS:
@@ -591,7 +593,15 @@ def main(argv=None):
     real_summary = summarise_real(real_rows) if real_rows else []
     total = time.perf_counter() - start
 
-    suffix = ("_quick" if args.quick else "") + ("_settings" if args.settings else "")
+    suffix = "".join(
+        tag
+        for tag, on in (
+            ("_quick", args.quick),
+            ("_settings", args.settings),
+            ("_real", args.real_only),
+        )
+        if on
+    )
     command = "python benchmarks/bench_known_truth.py" + " ".join(
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])]
     )
