@@ -45,6 +45,7 @@ import warnings
 
 import _common
 import numpy as np
+from _studies import Studies, er_labels, real_pair
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
@@ -61,42 +62,6 @@ BATCH_SEED = 0
 
 
 # ------------------------------------------------------------------------------- data
-class Studies:
-    """SurvSet studies, loaded once each."""
-
-    def __init__(self):
-        from SurvSet.data import SurvLoader
-
-        self.loader = SurvLoader()
-        self.frames = {}
-
-    def __call__(self, name):
-        if name not in self.frames:
-            self.frames[name] = self.loader.load_dataset(name)["df"]
-        return self.frames[name]
-
-
-def er_labels(name, frame):
-    """ER status: 1 positive, 0 negative, -1 unknown."""
-    if name == "gse3143":
-        return (frame["fac_erlev"].astype(int).to_numpy() > 0).astype(int)
-    column = {"gse1992": "fac_er_positive", "gse4335": "fac_er_status"}[name]
-    labels = frame[column].astype(str).to_numpy()
-    return np.where(labels == "1", 1, np.where(labels == "0", 0, -1))
-
-
-def real_pair(studies, source, target):
-    frames = studies(source), studies(target)
-    shared = set(frames[1].columns)
-    genes = [c for c in frames[0].columns if c.startswith("num_HS_") and c in shared]
-    out = []
-    for name, frame in zip((source, target), frames):
-        y = er_labels(name, frame)
-        out += [frame.loc[y >= 0, genes].to_numpy(float), y[y >= 0]]
-    Xs, ys, Xt, yt = out
-    return {"Xs": Xs, "ys": ys, "Xt": Xt, "yt": yt, "truth": None, "n_genes": len(genes)}
-
-
 def batch_effect(X, rng, scale_sd=0.3, shift_sd=1.0, noise=0.2):
     """Per-gene scale and shift (in units of the gene's sd) plus noise, about the gene mean."""
     sd = X.std(0)

@@ -1,0 +1,66 @@
+"""Gene-expression studies from the ``survset`` package, shared by the benchmarks.
+
+``Studies`` loads each SurvSet study once; :func:`er_labels` reads the ER status of the three
+breast-cancer studies (GSE1992, GSE3143, GSE4335); :func:`real_pair` aligns two of them by
+gene symbol (``num_HS_<SYMBOL>`` columns); :func:`er_study` returns one study's expression
+rows with a known ER status.  Needs ``pip install survset`` (the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The breast-cancer studies of SurvSet with an ER status (read by er_labels).
+ER_STUDIES = ("gse1992", "gse3143", "gse4335")
+
+
+class Studies:
+    """SurvSet studies, loaded once each."""
+
+    def __init__(self):
+        from SurvSet.data import SurvLoader
+
+        self.loader = SurvLoader()
+        self.frames = {}
+
+    def __call__(self, name):
+        if name not in self.frames:
+            self.frames[name] = self.loader.load_dataset(name)["df"]
+        return self.frames[name]
+
+
+def er_labels(name, frame):
+    """ER status: 1 positive, 0 negative, -1 unknown."""
+    if name == "gse3143":
+        return (frame["fac_erlev"].astype(int).to_numpy() > 0).astype(int)
+    column = {"gse1992": "fac_er_positive", "gse4335": "fac_er_status"}[name]
+    labels = frame[column].astype(str).to_numpy()
+    return np.where(labels == "1", 1, np.where(labels == "0", 0, -1))
+
+
+def gene_columns(frame):
+    """The gene columns (``num_HS_<SYMBOL>``) of a SurvSet study, in its order."""
+    return [c for c in frame.columns if c.startswith("num_HS_")]
+
+
+def er_study(studies, name):
+    """Expression rows (finite, ER known), ER labels and gene columns of one study."""
+    frame = studies(name)
+    genes = gene_columns(frame)
+    X = frame[genes].to_numpy(float)
+    y = er_labels(name, frame)
+    keep = np.isfinite(X).all(1) & (y >= 0)
+    return X[keep], y[keep], genes
+
+
+def real_pair(studies, source, target):
+    """Two studies, genes shared by both (in the source's order), rows with an ER status."""
+    frames = studies(source), studies(target)
+    shared = set(frames[1].columns)
+    genes = [c for c in gene_columns(frames[0]) if c in shared]
+    out = []
+    for name, frame in zip((source, target), frames):
+        y = er_labels(name, frame)
+        out += [frame.loc[y >= 0, genes].to_numpy(float), y[y >= 0]]
+    Xs, ys, Xt, yt = out
+    return {"Xs": Xs, "ys": ys, "Xt": Xt, "yt": yt, "truth": None, "n_genes": len(genes)}
