@@ -124,9 +124,11 @@ class LatentGPA(DomainTransformer):
         a ``Pipeline`` of those, or the package's :class:`~sklearn_gpa.Autoencoder`.
     transporter : GPATransporter or None, default=None
         The flow to run on the codes (cloned).  None uses
-        ``GPATransporter(out_of_sample="auto")``: new source rows then move like their
-        nearest training codes (or to the mean of their end points, per class flow, by
-        leave-one-out), which suits few rows in a latent space of many dimensions.  A
+        ``GPATransporter(out_of_sample="auto", standardize="common")``: new source rows then
+        move like their nearest training codes (or to the mean of their end points, per
+        class flow, by leave-one-out), which suits few rows in a latent space of many
+        dimensions, and one common scale keeps the encoder's geometry (codes share a unit;
+        a per-feature scale would whiten them).  A
         transporter you pass is used as given: set ``out_of_sample="auto"`` on it to keep
         that behaviour.
     residual : {"keep", "adjust", "drop"}, default="keep"
@@ -209,7 +211,7 @@ class LatentGPA(DomainTransformer):
     def _fit(self, X, y, source):
         """Fit the encoder on all rows, then the flow on the codes."""
         transporter = (
-            GPATransporter(out_of_sample="auto")
+            GPATransporter(out_of_sample="auto", standardize="common")
             if self.transporter is None
             else clone(self.transporter)
         )
