@@ -12,8 +12,11 @@ Two geometries:
   different units: with one common scale, a feature of small spread (a ratio next to an
   amount in thousands) is drowned and the flow moves it far out of its range.
 
-``"auto"`` picks per feature when the features' ranges differ by more than
-``UNIT_RATIO`` (see :func:`unit_spread_ratio`), else one common scale.
+``"auto"`` keeps one common scale for data whose features look like they share a unit: at
+least ``SHARED_UNIT_MIN_FEATURES`` features whose ranges agree within ``UNIT_RATIO`` (see
+:func:`unit_spread_ratio`), as pixels, genes and spectra do; it scales per feature otherwise.
+A table of a few features almost always mixes units (an age, a count, a concentration), even
+when their ranges happen to agree.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "SCALINGS",
+    "SHARED_UNIT_MIN_FEATURES",
     "UNIT_RATIO",
     "WARN_RATIO",
     "Standardization",
@@ -36,8 +40,10 @@ __all__ = [
 
 SCALINGS = ("auto", "common", "per_feature")
 
-# "auto" scales per feature when unit_spread_ratio exceeds this.
+# "auto" scales per feature when unit_spread_ratio exceeds this, or with fewer features
+# than SHARED_UNIT_MIN_FEATURES.
 UNIT_RATIO = 10.0
+SHARED_UNIT_MIN_FEATURES = 20
 # A setting that ignores the features' units warns when unit_spread_ratio exceeds this.
 WARN_RATIO = 100.0
 
@@ -88,7 +94,9 @@ def resolve_scaling(standardize, X) -> str | None:
     if standardize is False:
         return None
     if standardize is True or standardize == "auto":
-        return "per_feature" if unit_spread_ratio(X) > UNIT_RATIO else "common"
+        X = np.asarray(X)
+        shared = X.shape[1] >= SHARED_UNIT_MIN_FEATURES and unit_spread_ratio(X) <= UNIT_RATIO
+        return "common" if shared else "per_feature"
     if standardize not in SCALINGS:
         raise ValueError(
             f"standardize must be one of {SCALINGS} or a boolean, got {standardize!r}."

@@ -127,10 +127,10 @@ class LatentGPA(DomainTransformer):
         ``GPATransporter(out_of_sample="auto", standardize="common")``: new source rows then
         move like their nearest training codes (or to the mean of their end points, per
         class flow, by leave-one-out), which suits few rows in a latent space of many
-        dimensions, and one common scale keeps the encoder's geometry (codes share a unit;
-        a per-feature scale would whiten them).  A
-        transporter you pass is used as given: set ``out_of_sample="auto"`` on it to keep
-        that behaviour.
+        dimensions.  A transporter you pass is used as given (set ``out_of_sample="auto"`` on
+        it to keep that behaviour), except that ``standardize="auto"`` (or True) runs with
+        one common scale: codes share the encoder's unit, and a per-feature scale would
+        whiten them.
     residual : {"keep", "adjust", "drop"}, default="keep"
         What happens to the part of each row the encoder does not represent (see above).
     latent_scale : float, default=1.0
@@ -215,6 +215,9 @@ class LatentGPA(DomainTransformer):
             if self.transporter is None
             else clone(self.transporter)
         )
+        if transporter.standardize in ("auto", True):
+            # Codes share the encoder's unit: a per-feature scale would whiten them.
+            transporter.set_params(standardize="common")
         sample_domain = None if source is None else np.where(source, 0, -1)
         self.adjuster_ = None
         if source is not None and self.prealign == "meanstd":

@@ -31,13 +31,13 @@ def _mixed_units(n=120, seed=0):
 def _pixels(n=100, seed=0):
     """Images in [0, 16] whose pixels share a unit; some are almost never lit."""
     rng = np.random.RandomState(seed)
-    X = np.clip(rng.normal(8, 4, (n, 16)), 0, 16)
+    X = np.clip(rng.normal(8, 4, (n, 36)), 0, 16)
     X[:, :3] = 0.0
     X[rng.rand(n) < 0.05, 0] = 16.0  # a rarely lit pixel: tiny spread, full range
     return X
 
 
-def test_auto_scaling_per_feature_for_mixed_units_common_for_pixels():
+def test_auto_scaling_per_feature_for_tables_common_for_pixels():
     X, _ = _mixed_units()
     assert unit_spread_ratio(X) > 100
     assert resolve_scaling("auto", X) == "per_feature"
@@ -47,6 +47,8 @@ def test_auto_scaling_per_feature_for_mixed_units_common_for_pixels():
     assert resolve_scaling("auto", pixels) == "common"
     assert resolve_scaling("per_feature", pixels) == "per_feature"
     assert resolve_scaling(False, X) is None
+    # A few features whose ranges agree are still a table (an age, a count, a year).
+    assert resolve_scaling("auto", pixels[:, 3:10]) == "per_feature"
     with pytest.raises(ValueError, match="standardize must be one of"):
         resolve_scaling("columns", X)
 
@@ -89,11 +91,12 @@ def test_defaults_generate_mixed_units_within_each_features_range():
             np.abs(fake.mean(0) - real.mean(0)), 0.35 * real.std(0), err_msg=f"class {k}"
         )
         np.testing.assert_array_less(fake.std(0), 1.5 * real.std(0))
+        assert np.all((fake >= X.min(0)) & (fake <= X.max(0)))  # clipped to the range
     # The pre-17 defaults (one common scale, normal prior): the small feature is noise.
     old = GPATransporter(source="normal", standardize="common", random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        noisy = old.fit(X, y).sample(200, random_state=1)
+        noisy = old.fit(X, y).sample(200, random_state=1, clip=False)
     assert noisy[:, 3].std() > 10 * X[:, 3].std()
 
 
