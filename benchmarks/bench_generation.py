@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -457,7 +458,8 @@ def markdown(summary, means, args):
             f"| {e['method']} | {e['n_sets']} | {e['c2st']:.3f} | {e['efficacy']:.3f} | "
             f"{e['memorisation']:.2f} ({e['min_memorisation']:.2f}) | {e['seconds']:.1f} |"
         )
-    out += ["", f"Command: `python benchmarks/bench_generation.py {' '.join(sys.argv[1:])}`"]
+    command = shlex.join(["python", "benchmarks/bench_generation.py", *sys.argv[1:]])
+    out += ["", f"Command: `{command}`"]
     return "\n".join(out) + "\n"
 
 
@@ -465,6 +467,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="GPA default, GMM, KDE, one seed")
     parser.add_argument("--seeds", type=int, default=None, help="seeds (1 quick, 3 full)")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--gpa", nargs="*", default=None, choices=list(GPA_VARIANTS))
     parser.add_argument(
         "--extra",
@@ -505,7 +508,8 @@ def main(argv=None):
     if args.no_baselines:
         table = {k: v for k, v in table.items() if k.startswith("GPA")}
     rows = []
-    for seed in range(seeds):
+    seed_list = range(args.first_seed, args.first_seed + seeds)
+    for seed in seed_list:
         for data_name, data, image in datasets(args, seed):
             for name, generate in table.items():
                 if image and name in ("ForestFlow", "CTGAN", "TVAE"):
@@ -524,7 +528,7 @@ def main(argv=None):
                     f"{rec}  {row['seconds']:.1f} s",
                     flush=True,
                 )
-    transport = [transport_check(name, seed) for seed in range(seeds) for name in args.transport]
+    transport = [transport_check(name, seed) for seed in seed_list for name in args.transport]
     summary = summarise(rows)
     means = overall(summary)
     text = markdown(summary, means, args)

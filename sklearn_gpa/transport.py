@@ -128,9 +128,11 @@ class GPATransporter(DomainTransformer):
         * ``"per_feature"``: each feature is divided by its own robust spread (and all by
           the root of the number of features).  It suits tabular data whose features carry
           different units, where one common scale drowns the features of small spread.
-        * ``"auto"`` (or True): ``"per_feature"`` when the features' ranges differ by more
-          than a factor 10 (90th to 10th percentile of the non-constant features' ranges),
-          else ``"common"``.  Pixels and genes share ranges; mixed-unit tables do not.
+        * ``"auto"`` (or True): ``"common"`` for data whose features look like they share
+          a unit, at least 20 features whose ranges agree within a factor 10 (90th to 10th
+          percentile of the non-constant features' ranges): pixels, genes, spectra;
+          ``"per_feature"`` otherwise, since a table of a few features almost always mixes
+          units even when their ranges happen to agree.
 
         Either way the data cloud has a radius of about one whatever its magnitude and
         dimension, so ``L`` and ``dt`` mean the same on every data set.  False runs in raw
