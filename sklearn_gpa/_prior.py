@@ -56,13 +56,26 @@ class Prior:
 
 
 def _gaussian_factor(rows):
+    """Cholesky factor of the class covariance, shrunk towards its diagonal.
+
+    Ledoit-Wolf shrinkage of the correlation matrix (towards the identity), rescaled by
+    the features' standard deviations: a feature that is constant in the class (a pixel
+    that is never lit) gets no variance, where shrinking the covariance towards a multiple
+    of the identity would give it noise that the flow must then remove.
+    """
     d = rows.shape[1]
     if len(rows) < 2:
         return np.zeros(d)
-    if d <= _FULL_COVARIANCE_MAX_FEATURES:
-        cov, _ = ledoit_wolf(rows)
-        return np.linalg.cholesky(cov + 1e-9 * np.eye(d))
-    return rows.std(0)
+    std = rows.std(0)
+    if d > _FULL_COVARIANCE_MAX_FEATURES:
+        return std
+    varying = std > 1e-12 * max(1.0, float(std.max()))
+    factor = np.zeros((d, d))
+    if varying.any():
+        corr, _ = ledoit_wolf(rows[:, varying] / std[varying])
+        inner = np.linalg.cholesky(corr + 1e-9 * np.eye(int(varying.sum())))
+        factor[np.ix_(varying, varying)] = std[varying, None] * inner
+    return factor
 
 
 def split_counts(total, sizes):

@@ -1,4 +1,23 @@
-"""The standardisation a flow runs in: a centre and one common scale, undone on output."""
+"""The standardisation a flow runs in: a centre and a scale, undone on output.
+
+Two geometries:
+
+* ``"common"``: one scale for all features, the root of the total robust variance.  It keeps
+  the Euclidean geometry of the data, which suits features that share a unit (pixels, gene
+  expression, latent codes): a rarely lit pixel stays small instead of being blown up to
+  unit spread.
+* ``"per_feature"``: each feature divided by its own robust spread (then all by the square
+  root of the number of features, so the data cloud keeps a radius of about one and the
+  flow's ``L`` and ``dt`` keep their meaning).  It suits tabular data whose features carry
+  different units: with one common scale, a feature of small spread (a ratio next to an
+  amount in thousands) is drowned and the flow moves it far out of its range.
+
+``"auto"`` keeps one common scale for data whose features look like they share a unit: at
+least ``SHARED_UNIT_MIN_FEATURES`` features whose ranges agree within ``UNIT_RATIO`` (see
+:func:`unit_spread_ratio`), as pixels, genes and spectra do; it scales per feature otherwise.
+A table of a few features almost always mixes units (an age, a count, a concentration), even
+when their ranges happen to agree.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +26,119 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Standardization", "robust_scale"]
+__all__ = [
+    "SCALINGS",
+    "SHARED_UNIT_MIN_FEATURES",
+    "UNIT_RATIO",
+    "WARN_RATIO",
+    "Standardization",
+    "feature_spreads",
+    "resolve_scaling",
+    "robust_scale",
+    "unit_spread_ratio",
+]
+
+SCALINGS = ("auto", "common", "per_feature")
+
+# "auto" scales per feature when unit_spread_ratio exceeds this, or with fewer features
+# than SHARED_UNIT_MIN_FEATURES.
+UNIT_RATIO = 10.0
+SHARED_UNIT_MIN_FEATURES = 20
+# A setting that ignores the features' units warns when unit_spread_ratio exceeds this.
+WARN_RATIO = 100.0
 
 
-def robust_scale(X) -> float:
-    """One scale for all features: the root of the sum of squared per-feature spreads.
+def feature_spreads(X) -> np.ndarray:
+    """Robust spread of each feature: interquartile range / 1.349, else standard deviation.
 
-    The spread of a feature is its interquartile range / 1.349 (the standard deviation for
-    Gaussian data), so a heavy tail does not shrink the bulk of the data to a point; a
-    feature with no interquartile spread falls back to its standard deviation.
+    The interquartile range / 1.349 is the standard deviation for Gaussian data, and a heavy
+    tail does not shrink the bulk of the data to a point; a feature with no interquartile
+    spread (mostly one value) falls back to its standard deviation.
     """
+    X = np.asarray(X, dtype=np.float64)
     q75, q25 = np.percentile(X, [75, 25], axis=0)
     spread = (q75 - q25) / 1.349
     flat = spread == 0
     spread[flat] = X[:, flat].std(0)
-    scale = float(np.sqrt(np.sum(spread**2)))
+    return spread
+
+
+def robust_scale(X) -> float:
+    """One scale for all features: the root of the sum of squared per-feature spreads."""
+    scale = float(np.sqrt(np.sum(feature_spreads(X) ** 2)))
     return scale if scale > 0 and math.isfinite(scale) else 1.0
+
+
+def unit_spread_ratio(X) -> float:
+    """How much the features' magnitudes differ: ratio of the 90th to the 10th percentile
+    of the ranges (max - min) of the non-constant features (1 with fewer than two).
+
+    Ranges, not spreads: a rarely lit pixel has a tiny spread but the same range as the
+    others, so pixels (and other features sharing a unit) score near 1, while tabular
+    features in different units (an amount in thousands next to a ratio) score in the
+    tens to thousands.  The percentiles make one odd feature among many not decide.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    ranges = X.max(0) - X.min(0)
+    ranges = ranges[(ranges > 0) & np.isfinite(ranges)]
+    if len(ranges) < 2:
+        return 1.0
+    return float(np.quantile(ranges, 0.9) / np.quantile(ranges, 0.1))
+
+
+def resolve_scaling(standardize, X) -> str | None:
+    """The scaling a ``standardize`` setting gives on ``X``: "common", "per_feature" or None.
+
+    True is "auto"; False is None (raw units).
+    """
+    if standardize is False:
+        return None
+    if standardize is True or standardize == "auto":
+        X = np.asarray(X)
+        shared = X.shape[1] >= SHARED_UNIT_MIN_FEATURES and unit_spread_ratio(X) <= UNIT_RATIO
+        return "common" if shared else "per_feature"
+    if standardize not in SCALINGS:
+        raise ValueError(
+            f"standardize must be one of {SCALINGS} or a boolean, got {standardize!r}."
+        )
+    return standardize
 
 
 @dataclass(frozen=True)
 class Standardization:
-    """``(X - center) / scale`` and back; the identity when fitted with ``standardize=False``."""
+    """``(X - center) / scale`` and back; the identity when fitted with ``standardize=False``.
+
+    ``scale`` is a float (one common scale) or an array of shape ``(n_features,)``.
+    ``kind`` is "common", "per_feature" or None (raw units); ``low`` and ``high`` are the
+    fitted rows' per-feature minimum and maximum (in original units).
+    """
 
     center: np.ndarray
-    scale: float
+    scale: float | np.ndarray
+    kind: str | None = "common"
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, X, standardize: bool = True) -> Standardization:
-        if not standardize:
-            return cls(np.zeros(X.shape[1]), 1.0)
-        return cls(np.median(X, axis=0), robust_scale(X))
+    def fit(cls, X, standardize="auto") -> Standardization:
+        X = np.asarray(X, dtype=np.float64)
+        kind = resolve_scaling(standardize, X)
+        bounds = {"low": X.min(0), "high": X.max(0)} if len(X) else {}
+        if kind is None:
+            return cls(np.zeros(X.shape[1]), 1.0, None, **bounds)
+        center = np.median(X, axis=0)
+        if kind == "common":
+            return cls(center, robust_scale(X), kind, **bounds)
+        spread = feature_spreads(X)
+        spread = np.where((spread > 0) & np.isfinite(spread), spread, 1.0)
+        return cls(center, spread * math.sqrt(X.shape[1]), kind, **bounds)
 
     def transform(self, X) -> np.ndarray:
         return (np.asarray(X, dtype=np.float64) - self.center) / self.scale
 
     def inverse_transform(self, Z) -> np.ndarray:
         return Z * self.scale + self.center
+
+    def clip(self, X) -> np.ndarray:
+        """``X`` clipped to the fitted rows' range, feature by feature."""
+        return X if self.low is None else np.clip(X, self.low, self.high)

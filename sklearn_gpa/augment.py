@@ -88,7 +88,9 @@ class GPAAugmenter(BaseOverSampler):
         Divide every feature by its standard deviation over all rows of ``X`` before the
         flow (undone on output), so that features of small spread are learned as well as
         large ones; this is what a ``StandardScaler`` before the classifier sees.  False
-        leaves the geometry to ``standardize`` alone (one common scale for all features).
+        leaves the geometry to the transporter's ``standardize`` (whose ``"auto"`` then picks
+        per-feature or common scaling); with True, a transporter's ``"auto"`` runs with one
+        common scale, since the features already share a unit.
     discrete_features : "auto", array-like or None, default="auto"
         Features whose synthetic values are snapped to the nearest value that the class
         takes in ``X`` (the flow moves particles continuously; a binary, ordinal or
@@ -278,6 +280,10 @@ class GPAAugmenter(BaseOverSampler):
         transporter = GPATransporter(source="gaussian_fit")
         if self.transporter is not None:
             transporter = clone(self.transporter)
+        if self.scale_features and transporter.standardize in ("auto", True):
+            # The features are already divided by their spreads: they share a unit now, and
+            # one common scale keeps that geometry.
+            transporter.set_params(standardize="common")
         # The flows are replayed from the particles' own starting points (the tolerance's
         # early stop), so every particle keeps its own path.  The flows run n_steps: the
         # termination step T_k (eq. 37) is chosen from their divergence afterwards.

@@ -334,19 +334,29 @@ def _note_label_like(table, features, values):
 
 
 def _note_scales(table, features, Xs, Xt):
-    """Say when features differ in scale so much that one common scale cannot suit them all."""
+    """Say when features differ in scale so much that one common scale cannot suit them all
+    (the flow then scales each feature by its own spread: ``standardize="auto"``)."""
     import numpy as np
 
-    spread = np.concatenate([Xs, Xt]).std(0)
+    from ._scaling import resolve_scaling
+
+    X = np.concatenate([Xs, Xt])
+    spread = X.std(0)
     if len(spread) < 2 or spread.min() <= 0 or spread.max() / spread.min() < 100:
         return
     big, small = table.names[features[spread.argmax()]], table.names[features[spread.argmin()]]
+    how = (
+        "the flow divides each feature by its own robust spread, so small features move as "
+        "well as large ones"
+        if resolve_scaling("auto", X) == "per_feature"
+        else "most features' ranges agree, so the flow divides all features by one common "
+        "scale and the small ones can move far out of their range: --latent standardises "
+        "each feature, or give the features comparable units"
+    )
     _say(
         "note",
         f"feature spreads differ by a factor of {spread.max() / spread.min():.0f} ({big!r} "
-        f"against {small!r}); the flow divides all features by one common scale, so the "
-        "small ones can move far out of their range: --latent standardises each feature, "
-        "or give the features comparable units",
+        f"against {small!r}); {how}",
     )
 
 
@@ -396,7 +406,11 @@ def _make_estimator(args, callback=None):
     if args.latent:
         from .latent import LatentGPA
 
-        return LatentGPA(transporter=transporter.set_params(out_of_sample="auto"))
+        # Codes share the encoder's unit: one common scale keeps the latent geometry.
+        latent_scaling = "common" if args.standardize else False
+        return LatentGPA(
+            transporter=transporter.set_params(out_of_sample="auto", standardize=latent_scaling)
+        )
     return transporter
 
 
@@ -625,7 +639,8 @@ def _parser():
         "--standardize",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the flow on centred data divided by one robust scale (raw units if not)",
+        help="run the flow on centred, scaled data: each feature by its own robust spread when "
+        "the features' ranges differ by more than 10x, else one common scale (raw units if not)",
     )
     gpa.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1")
     gpa.add_argument("--seed", type=_integer, default=0, help="random seed")

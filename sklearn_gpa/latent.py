@@ -188,12 +188,13 @@ class LatentGPA(DomainTransformer):
         :class:`~sklearn_gpa.Autoencoder` work too.
     transporter : GPATransporter or None, default=None
         The flow to run on the codes (cloned).  None uses
-        ``GPATransporter(n_steps=1000, out_of_sample="auto")`` (its stopping rule usually
-        ends the flow earlier): new source rows then move like their
+        ``GPATransporter(n_steps=1000, out_of_sample="auto", standardize="common")`` (its
+        stopping rule usually ends the flow earlier): new source rows then move like their
         nearest training codes (or to the mean of their end points, per class flow, by
         leave-one-out), which suits few rows in a latent space of many dimensions.  A
-        transporter you pass is used as given: set ``out_of_sample="auto"`` on it to keep
-        that behaviour.
+        transporter you pass is used as given (set ``out_of_sample="auto"`` on it to keep
+        that behaviour), except that ``standardize="auto"`` (or True) runs with one common
+        scale: codes share the encoder's unit, and a per-feature scale would whiten them.
     residual : {"adjust", "keep", "drop"}, default="adjust"
         What happens to the part of each row the encoder does not represent (see above).
     latent_scale : float, default=1.0
@@ -276,10 +277,13 @@ class LatentGPA(DomainTransformer):
     def _fit(self, X, y, source):
         """Fit the encoder on all rows, then the flow on the codes."""
         transporter = (
-            GPATransporter(n_steps=1000, out_of_sample="auto")
+            GPATransporter(n_steps=1000, out_of_sample="auto", standardize="common")
             if self.transporter is None
             else clone(self.transporter)
         )
+        if transporter.standardize in ("auto", True):
+            # Codes share the encoder's unit: a per-feature scale would whiten them.
+            transporter.set_params(standardize="common")
         sample_domain = None if source is None else np.where(source, 0, -1)
         self.adjuster_ = None
         if source is not None and self.prealign == "meanstd":

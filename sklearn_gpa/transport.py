@@ -7,6 +7,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import DomainTransformer, class_index
@@ -14,12 +15,15 @@ from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device
 from ._grouping import group_rows
 from ._out_of_sample import NeighbourMap
 from ._prior import SOURCES, Prior, split_counts
-from ._scaling import Standardization
+from ._scaling import SCALINGS, WARN_RATIO, Standardization, unit_spread_ratio
 from ._training import append_history, check_continuation, check_flow_settings, train_flows
 from .baselines import class_router, meanstd_map
 from .utils import warn_at_caller
 
 __all__ = ["GPATransporter"]
+
+# Particles per target row when n_particles is None (paper 002 uses M = 3 N).
+PARTICLES_PER_TARGET = 3
 
 
 class GPATransporter(DomainTransformer):
@@ -106,26 +110,43 @@ class GPATransporter(DomainTransformer):
         halves of the target.  A flow whose source is already indistinguishable from its
         target does not move, and a flow stopped this way has not started to copy the
         target rows.  None runs every flow for ``n_steps``.
-    source : {"normal", "uniform", "logistic", "gaussian_fit"}, default="normal"
-        Prior of the particles in generative mode, in standardised units: standard normal,
-        uniform and logistic with unit variance, or ``"gaussian_fit"``, a Gaussian with the
-        mean and (Ledoit-Wolf) covariance of each class of the target.  In many dimensions
-        prefer ``"gaussian_fit"`` when new samples are wanted from ``sample``: a fresh draw
+    source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
+        Prior of the particles in generative mode, in standardised units: ``"gaussian_fit"``,
+        a Gaussian with the mean and covariance of each class of the target (Ledoit-Wolf
+        shrinkage of the correlations, so a feature constant in a class gets no variance);
+        or the papers' fixed laws, standard normal, uniform and logistic with unit variance.
+        Keep ``"gaussian_fit"`` when new samples are wanted from ``sample``: a fresh draw
         is only moved in the directions the stored discriminators pushed the training
-        particles in, and keeps its prior noise in the others.
+        particles in, and keeps its prior noise in the others, which from a fixed law is
+        noise.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
-        None uses as many as target rows.  More particles than targets keeps the samples
-        diverse (paper 002, section 4).
+        None uses 3 per target row (paper 002's ``M = 3 N``).  More particles than
+        targets keeps the particles from settling on the target rows (copies) and trains
+        the flow on more of the space that ``sample``'s fresh draws start from.
     conditional : "auto" or bool, default="auto"
         One flow per class.  "auto": when labels are given (on both sides, in
         integration) and every source class occurs among the targets.
-    standardize : bool, default=True
-        Work in standardised units: subtract the median of the training rows and divide by
-        one common scale, the root of the total robust variance (interquartile ranges /
-        1.349).  The data cloud then has a radius of about one whatever its magnitude and
-        dimension, and one scale for all features keeps the Euclidean geometry; results are
-        mapped back to the original units.  False runs in raw units, as the papers do.
+    standardize : {"auto", "common", "per_feature"} or bool, default="auto"
+        The units the flow works in; results are mapped back to the original units.  The
+        median of the training rows is subtracted, then:
+
+        * ``"common"``: all features are divided by one scale, the root of the total robust
+          variance (interquartile ranges / 1.349).  It keeps the Euclidean geometry, which
+          suits features that share a unit: pixels, gene expression, latent codes.
+        * ``"per_feature"``: each feature is divided by its own robust spread (and all by
+          the root of the number of features).  It suits tabular data whose features carry
+          different units, where one common scale drowns the features of small spread.
+        * ``"auto"`` (or True): ``"common"`` for data whose features look like they share
+          a unit, at least 20 features whose ranges agree within a factor 10 (90th to 10th
+          percentile of the non-constant features' ranges): pixels, genes, spectra;
+          ``"per_feature"`` otherwise, since a table of a few features almost always mixes
+          units even when their ranges happen to agree.
+
+        Either way the data cloud has a radius of about one whatever its magnitude and
+        dimension, so ``L`` and ``dt`` mean the same on every data set.  False runs in raw
+        units, as the papers do.  ``"common"`` and False warn when the features' ranges
+        differ by more than a factor 100.
     store_every : int, default=1
         Keep the discriminator of every ``store_every``-th step; replay uses each stored
         one for ``store_every`` steps (less memory, a coarser velocity field).
@@ -197,8 +218,10 @@ class GPATransporter(DomainTransformer):
         The trained particles, in original units (source rows, in integration).
     particle_labels_ : ndarray or None
         Class of each trained particle.
-    center_, scale_ : ndarray and float
-        The standardisation (zero and one when ``standardize=False``).
+    center_, scale_ : ndarray, and float or ndarray
+        The standardisation ``(X - center_) / scale_``: ``scale_`` is one float for a
+        common scale, an array of shape (n_features,) per feature (zero and one when
+        ``standardize=False``).
     prior_ : Prior or None
         The fitted prior of a generative fit.
     prealign_ : list of (ndarray, ndarray) or None
@@ -265,7 +288,7 @@ class GPATransporter(DomainTransformer):
         "source": [StrOptions(set(SOURCES))],
         "n_particles": [Interval(Integral, 1, None, closed="left"), None],
         "conditional": [StrOptions({"auto"}), "boolean"],
-        "standardize": ["boolean"],
+        "standardize": [StrOptions(set(SCALINGS)), "boolean"],
         "store_every": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str, None],
@@ -299,10 +322,10 @@ class GPATransporter(DomainTransformer):
         penalty=10.0,
         tol=None,
         stop="auto",
-        source="normal",
+        source="gaussian_fit",
         n_particles=None,
         conditional="auto",
-        standardize=True,
+        standardize="auto",
         store_every=1,
         batch_size=None,
         device="auto",
@@ -372,6 +395,7 @@ class GPATransporter(DomainTransformer):
             self.mode_, self.image_shape_ = mode, image_shape
             self.classes_, self.n_flows_ = groups.classes, len(groups)
             self._scaling = Standardization.fit(X, self.standardize)
+            self._warn_units(X)
             starts = self._starting_points(X, groups, rng)
             self.flow_assigner_ = _flow_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
@@ -393,6 +417,19 @@ class GPATransporter(DomainTransformer):
         self.particles_, self.particle_labels_ = particles, labels
         return particles if mode == "integration" else None
 
+    def _warn_units(self, X):
+        """Warn when a setting that ignores units meets features of very different sizes."""
+        if self._scaling.kind == "per_feature":
+            return
+        ratio = unit_spread_ratio(X)
+        if ratio > WARN_RATIO:
+            warn_at_caller(
+                f"The features' ranges differ by a factor of {ratio:.0f} (90th to 10th "
+                f"percentile), but standardize={self.standardize!r} treats all features "
+                "alike: features of small range will be drowned. Use standardize='auto' or "
+                "'per_feature' unless the features share a unit."
+            )
+
     def _starting_points(self, X, groups, rng):
         """Standardised starting rows of each flow (before any pre-alignment).
 
@@ -408,7 +445,7 @@ class GPATransporter(DomainTransformer):
                 self.prealign_ = [meanstd_map(s, t) for s, t in zip(starts, targets)]
             return starts
         self.prior_ = Prior.fit(self.source, targets)
-        total = self.n_particles or sum(len(t) for t in targets)
+        total = self.n_particles or PARTICLES_PER_TARGET * sum(len(t) for t in targets)
         counts = split_counts(total, [len(t) for t in targets])
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
 
@@ -557,8 +594,12 @@ class GPATransporter(DomainTransformer):
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))
         return self._scaling.inverse_transform(path)
 
-    def sample(self, n_samples=1, *, y=None, random_state=None):
+    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True):
         """Draw new samples: fresh prior draws pushed through the learned flow.
+
+        The draws come from the fitted prior (``prior_``); with the default
+        ``source="gaussian_fit"`` they start near the data and the flow corrects what a
+        Gaussian misses.  The trained particles themselves are ``particles_``.
 
         Parameters
         ----------
@@ -567,10 +608,17 @@ class GPATransporter(DomainTransformer):
             After a conditional fit, the class of each requested sample.  None draws the
             classes in proportion to the training targets.
         random_state : int, RandomState instance or None, default=None
+        clip : bool, default=True
+            Clip each feature to its range in the training rows, as ForestFlow does: a
+            flow moves particles continuously, and a few end slightly past a bound that
+            the data never crosses (a negative count, a pixel below 0).  False returns the
+            flow's end points as they are.
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features)
+        X : ndarray or DataFrame of shape (n_samples, n_features)
+            A DataFrame with the training columns' names when
+            ``set_output(transform="pandas")`` is set.
         """
         check_is_fitted(self, "flow_")
         if self.mode_ != "generation":
@@ -586,7 +634,11 @@ class GPATransporter(DomainTransformer):
         for k in range(self.n_flows_):
             rows = flows == k
             Z[rows] = self.prior_.draw(k, int(rows.sum()), rng)
-        return self._scaling.inverse_transform(self._replay(Z, flows))
+        X_new = self._scaling.inverse_transform(self._replay(Z, flows))
+        if clip:
+            X_new = self._scaling.clip(X_new)
+        # The container of set_output(transform=...) (pandas, polars) with the feature names.
+        return _wrap_data_with_container("transform", X_new, None, self)
 
     def _requested_flows(self, n_samples, y, rng):
         if self.classes_ is None:

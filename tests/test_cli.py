@@ -66,8 +66,9 @@ def test_wine_round_trip_keeps_ids_and_labels_in_place(tmp_path, capsys):
     notes = " ".join(capsys.readouterr().err.split())
     assert "13 features, comma-separated; labels 'cultivar'; kept as they are" in notes
     assert "tab-separated" in notes and "ignoring target columns" in notes and "'site'" in notes
-    # Wine's features span four orders of magnitude (proline against hue): the CLI says so.
-    assert "feature spreads differ by a factor of" in notes and "--latent" in notes
+    # Wine's features span four orders of magnitude (proline against hue): the CLI says so,
+    # and that each feature is scaled by its own spread.
+    assert "feature spreads differ by a factor of" in notes and "its own robust" in notes
     table = _read(out)
     assert table[0] == s_header
     body = table[1:]
@@ -78,7 +79,7 @@ def test_wine_round_trip_keeps_ids_and_labels_in_place(tmp_path, capsys):
     assert moved.shape == Xs.shape
     assert not np.allclose(moved, Xs)
     # Class by class, the moved rows' means are much closer to the target's than before
-    # (in raw units: one common scale moves the large features, see the note).
+    # (in raw units; each feature scaled by its own spread, see the note).
     for label in np.unique(ys):
         goal = Xt[yt == label].mean(0)
         before = np.linalg.norm(Xs[ys == label].mean(0) - goal)
@@ -313,7 +314,7 @@ def test_make_estimator_latent_and_standardize():
     latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
-    assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize is True
+    assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
 
 

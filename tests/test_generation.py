@@ -1,0 +1,162 @@
+"""Generation with default parameters, the scaling rule, its warning and pandas output."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.svm import SVC
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa._prior import Prior
+from sklearn_gpa._scaling import Standardization, resolve_scaling, unit_spread_ratio
+from sklearn_gpa.utils import stack_domains
+
+
+def _mixed_units(n=120, seed=0):
+    """Two classes; one feature in thousands, two in units, one in hundredths."""
+    rng = np.random.RandomState(seed)
+    y = np.repeat([0, 1], n // 2)
+    X = np.column_stack(
+        [
+            rng.normal(1000 + 300 * y, 200),
+            rng.normal(5 + y, 1),
+            rng.normal(2 - y, 1),
+            rng.normal(0.1 + 0.05 * y, 0.01),
+        ]
+    )
+    return X, y
+
+
+def _pixels(n=100, seed=0):
+    """Images in [0, 16] whose pixels share a unit; some are almost never lit."""
+    rng = np.random.RandomState(seed)
+    X = np.clip(rng.normal(8, 4, (n, 36)), 0, 16)
+    X[:, :3] = 0.0
+    X[rng.rand(n) < 0.05, 0] = 16.0  # a rarely lit pixel: tiny spread, full range
+    return X
+
+
+def test_auto_scaling_per_feature_for_tables_common_for_pixels():
+    X, _ = _mixed_units()
+    assert unit_spread_ratio(X) > 100
+    assert resolve_scaling("auto", X) == "per_feature"
+    assert resolve_scaling(True, X) == "per_feature"
+    pixels = _pixels()
+    assert unit_spread_ratio(pixels) == pytest.approx(1.0, abs=0.3)
+    assert resolve_scaling("auto", pixels) == "common"
+    assert resolve_scaling("per_feature", pixels) == "per_feature"
+    assert resolve_scaling(False, X) is None
+    # A few features whose ranges agree are still a table (an age, a count, a year).
+    assert resolve_scaling("auto", pixels[:, 3:10]) == "per_feature"
+    with pytest.raises(ValueError, match="standardize must be one of"):
+        resolve_scaling("columns", X)
+
+
+def test_per_feature_scaling_gives_each_feature_the_same_spread():
+    X, _ = _mixed_units()
+    scaling = Standardization.fit(X, "per_feature")
+    Z = scaling.transform(X)
+    q75, q25 = np.percentile(Z, [75, 25], axis=0)
+    # Each feature's robust spread is 1 / sqrt(d): the cloud keeps a radius of about one.
+    np.testing.assert_allclose((q75 - q25) / 1.349, 0.5, rtol=1e-9)
+    np.testing.assert_allclose(scaling.inverse_transform(Z), X)
+    common = Standardization.fit(X, "common").transform(X)
+    # One common scale leaves the hundredths feature at about 1e-5 of the cloud's radius.
+    assert np.ptp(common[:, 3]) < 1e-3 < np.ptp(Z[:, 3])
+
+
+def test_warns_when_a_common_scale_meets_different_units():
+    X, y = _mixed_units()
+    for setting, data in (("common", X), (False, X / 100)):
+        with pytest.warns(UserWarning, match="ranges differ by a factor of"):
+            GPATransporter(standardize=setting, n_steps=2).fit(data, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpa = GPATransporter(n_steps=2).fit(X, y)
+        GPATransporter(standardize="common", n_steps=2).fit(_pixels())
+    assert gpa._scaling.kind == "per_feature"
+    assert gpa.scale_.shape == (4,)
+
+
+def test_defaults_generate_mixed_units_within_each_features_range():
+    X, y = _mixed_units()
+    gpa = GPATransporter(random_state=0).fit(X, y)
+    assert gpa.source == "gaussian_fit" and len(gpa.particles_) == 3 * len(X)
+    samples = gpa.sample(200, y=np.repeat([0, 1], 100), random_state=1)
+    for k in (0, 1):
+        real, fake = X[y == k], samples[k * 100 : (k + 1) * 100]
+        # Every feature, the hundredths one included, keeps its class mean and spread.
+        np.testing.assert_array_less(
+            np.abs(fake.mean(0) - real.mean(0)), 0.35 * real.std(0), err_msg=f"class {k}"
+        )
+        np.testing.assert_array_less(fake.std(0), 1.5 * real.std(0))
+        assert np.all((fake >= X.min(0)) & (fake <= X.max(0)))  # clipped to the range
+    # The pre-17 defaults (one common scale, normal prior): the small feature is noise.
+    old = GPATransporter(source="normal", standardize="common", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        noisy = old.fit(X, y).sample(200, random_state=1, clip=False)
+    assert noisy[:, 3].std() > 10 * X[:, 3].std()
+
+
+def test_defaults_generate_digits():
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.RandomState(0)
+    classes = [0, 1, 3]
+    train = np.concatenate([rng.choice(np.flatnonzero(y == c), 20, replace=False) for c in classes])
+    others = np.setdiff1d(np.flatnonzero(np.isin(y, classes)), train)
+    recogniser = SVC().fit(X[others], y[others])
+    gpa = GPATransporter(random_state=0).fit(X[train], y[train])
+    asked = np.repeat(classes, 30)
+    samples = gpa.sample(90, y=asked, random_state=0)
+    recognised = np.mean(recogniser.predict(np.clip(samples, 0, 16)) == asked)
+    assert recognised >= 0.9
+    noise = rng.uniform(0, 16, (90, 64))
+    real = X[others[:90]]
+
+    def nearest(A):
+        return np.sqrt(((A[:, None] - X[train][None]) ** 2).sum(-1)).min(1)
+
+    # Samples are about as far from the training digits as unseen real digits are, and far
+    # nearer than noise of the same range.
+    assert np.median(nearest(samples)) < 1.5 * np.median(nearest(real))
+    assert np.median(nearest(samples)) < 0.5 * np.median(nearest(noise))
+
+
+def test_gaussian_fit_prior_gives_constant_features_no_variance():
+    rng = np.random.RandomState(0)
+    rows = np.column_stack([rng.normal(size=(30, 3)), np.zeros(30)])
+    prior = Prior.fit("gaussian_fit", [rows])
+    draws = prior.draw(0, 500, rng)
+    assert np.all(draws[:, 3] == 0.0)
+    np.testing.assert_allclose(draws[:, :3].std(0), rows[:, :3].std(0), rtol=0.2)
+
+
+def test_sample_returns_pandas_with_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = _mixed_units()
+    frame = pd.DataFrame(X, columns=["amount", "a", "b", "ratio"])
+    gpa = GPATransporter(n_steps=5, random_state=0).set_output(transform="pandas")
+    out = gpa.fit(frame, y).sample(7, y=np.zeros(7, dtype=int), random_state=0)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == ["amount", "a", "b", "ratio"] and out.shape == (7, 4)
+    plain = GPATransporter(n_steps=5, random_state=0).fit(frame, y).sample(7, random_state=0)
+    assert isinstance(plain, np.ndarray)
+
+
+def test_transport_with_defaults_keeps_mixed_units():
+    """Integration with a per-feature batch effect on mixed-unit data: the default scaling
+    brings the source to the target per feature; one common scale leaves the small
+    feature far off."""
+    X, y = _mixed_units(n=200, seed=1)
+    rng = np.random.RandomState(2)
+    source = rng.rand(len(X)) < 0.5
+    shift = np.array([100.0, 0.5, -0.5, 0.02])
+    Xs, Xt = X[source] * 1.1 + shift, X[~source]
+    Xall, yall, domain = stack_domains(Xs, Xt, y[source], y[~source])
+    moved = GPATransporter(random_state=0).fit_transform(Xall, yall, sample_domain=domain)
+    moved = moved[: len(Xs)]
+    for k in (0, 1):
+        gap = np.abs(moved[y[source] == k].mean(0) - Xt[y[~source] == k].mean(0))
+        np.testing.assert_array_less(gap, 0.3 * Xt.std(0), err_msg=f"class {k}")
