@@ -117,13 +117,18 @@ def test_breast_cancer_latent_tsv_round_trip(tmp_path):
     assert [row[0] for row in table[1:]] == ids
     assert [int(row[1]) for row in table[1:]] == ys.tolist()
     moved = np.array([[float(v) for v in row[2:]] for row in table[1:]])
-    # LatentGPA standardises each feature: every feature's mean moves to the target's.
+    # LatentGPA first matches every feature's mean and spread to the target's (one map for
+    # all rows); the per-gene affine batch effect is then gone, and so is most of each
+    # class's offset.
     scale = Xt.std(0)
+    before = np.abs(Xs.mean(0) - Xt.mean(0)) / scale
+    after = np.abs(moved.mean(0) - Xt.mean(0)) / scale
+    assert after.max() < 0.01 * before.min()
     for label in (0, 1):
         goal = Xt[yt == label].mean(0)
         before = np.abs(Xs[ys == label].mean(0) - goal) / scale
         after = np.abs(moved[ys == label].mean(0) - goal) / scale
-        assert after.max() < 0.2 * before.min()
+        assert after.max() < 0.5 * before.min()
 
 
 def test_unnamed_index_column_is_carried(tmp_path):
