@@ -405,3 +405,32 @@ def test_class_router_is_quiet_on_tiny_classes_and_quick_on_many_rows():
         baselines.cross_val_score = cross_val_score
     assert seen == [2000, 2000]
     assert router.n_features_in_ == 20 and np.mean(router.predict(rows) == labels) > 0.95
+
+
+def test_pipeline_transform_without_labels_routes_rows_and_moves_every_row():
+    # A Pipeline passes no y to transform: rows go to the class flow the router predicts, so
+    # the training source rows come out as fit_transform put them wherever the router is right;
+    # without sample_domain the target rows are moved too.
+    from sklearn import config_context
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    Xs, ys, Xt, yt = _low_rank_batch_pair()
+    X, y, sd = stack_domains(Xs, Xt, ys, yt)
+    flow = GPATransporter(n_steps=50, out_of_sample="auto", random_state=0)
+    with config_context(enable_metadata_routing=True):
+        latent = LatentGPA(default_encoder(0.9), transporter=flow)
+        latent.set_fit_request(sample_domain=True).set_transform_request(sample_domain=True)
+        pipe = make_pipeline(StandardScaler(), latent)
+        fitted = pipe.fit_transform(X, y, sample_domain=sd)
+        routed = pipe.transform(X)
+        kept = pipe.transform(X, sample_domain=sd)
+    model = pipe[-1]
+    scaled = pipe[0].transform(X)
+    right = model.transporter_.flow_index(
+        model.encoder_.transform(model.adjuster_.transform(scaled[sd >= 0]))
+    ) == np.searchsorted(model.classes_, ys)
+    assert right.mean() > 0.8
+    np.testing.assert_allclose(routed[sd >= 0][right], fitted[sd >= 0][right], atol=1e-8)
+    np.testing.assert_allclose(kept[sd < 0], scaled[sd < 0])  # as the scaler left them
+    assert not np.allclose(routed[sd < 0], scaled[sd < 0])
