@@ -154,6 +154,35 @@ def markdown_table(header, rows, align=None):
     return "\n".join(lines)
 
 
+def format_row(row, columns):
+    """A markdown row of ``row[key]`` for each ``(name, key, pattern)`` column ("-" if absent)."""
+    cells = []
+    for _, key, pattern in columns:
+        value = row.get(key)
+        if value is None:
+            cells.append("-")
+        else:
+            cells.append(str(value) if pattern is None else pattern.format(value))
+    return "| " + " | ".join(cells) + " |"
+
+
+def grouped_table(rows, columns, group=None):
+    """Markdown table of dict rows; the ``group`` column is written on each group's first row.
+
+    ``columns`` are ``(name, key, pattern)``: text columns (pattern None) align left.
+    """
+    aligns = ["---" if c[2] is None else "---:" for c in columns]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "|".join(aligns) + "|"]
+    last = None
+    for row in rows:
+        shown = dict(row)
+        if group is not None and row.get(group) == last:
+            shown[group] = ""
+        last = None if group is None else row.get(group)
+        lines.append(format_row(shown, columns))
+    return "\n".join(lines)
+
+
 def write_results(stem, record, markdown, *, machine=True, indent=1):
     """Write ``results/<stem>.json`` (``record``, with ``machine_info()`` under "machine"
     and the date under "date" unless ``record`` has them, or ``machine=False``) and

@@ -148,16 +148,22 @@ def per_class(X, y, n_per_class, rng, exclude=None):
     return np.concatenate([rng.choice(pool, n_per_class, replace=False) for pool in pools])
 
 
-def load_digits_split(n_train, n_held_out, seed):
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.RandomState(seed)
+def _train_and_held_out(X, y, n_train, n_held_out, rng):
+    """Per class, ``n_train`` training and ``n_held_out`` held-out rows; the mask of both."""
     train = per_class(X, y, n_train, rng)
     used = np.zeros(len(y), dtype=bool)
     used[train] = True
     held = per_class(X, y, n_held_out, rng, exclude=used)
     used[held] = True
+    return train, held, used
+
+
+def load_digits_split(n_train, n_held_out, seed):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.RandomState(seed)
+    train, held, used = _train_and_held_out(X, y, n_train, n_held_out, rng)
     recogniser = SVC().fit(X[~used], y[~used])
     return X[train], y[train], X[held], y[held], recogniser
 
@@ -168,11 +174,7 @@ def load_mnist_split(n_train, n_held_out, seed):
     X, y = fetch_mnist(subset="train", return_X_y=True)
     X = np.asarray(X, dtype=np.float64)
     rng = np.random.RandomState(seed)
-    train = per_class(X, y, n_train, rng)
-    used = np.zeros(len(y), dtype=bool)
-    used[train] = True
-    held = per_class(X, y, n_held_out, rng, exclude=used)
-    used[held] = True
+    train, held, used = _train_and_held_out(X, y, n_train, n_held_out, rng)
     other = rng.choice(np.flatnonzero(~used), 10_000, replace=False)
     recogniser = KNeighborsClassifier(3).fit(X[other], y[other])
     return X[train], y[train], X[held], y[held], recogniser

@@ -56,7 +56,6 @@ Run: ``python benchmarks/bench_known_truth.py [--quick] [--settings] [--splits N
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -445,7 +444,7 @@ def run_cell(cell, methods, key, floor=None, columns=None):
         if not name.startswith(("raw", "ref")):
             row["seconds"] = seconds
         rows.append(row)
-        print(format_row(row, columns or CELL_COLUMNS), flush=True)
+        print(_common.format_row(row, columns or CELL_COLUMNS), flush=True)
     return rows
 
 
@@ -476,33 +475,6 @@ REAL_COLUMNS = (
     ("energy/floor", "energy_over_floor", "{:.2f}"),
     ("seconds", "seconds", "{:.1f}"),
 )
-
-
-def format_row(row, columns):
-    cells = []
-    for _, key, pattern in columns:
-        value = row.get(key)
-        if value is None:
-            cells.append("-")
-        elif pattern is None:
-            cells.append(str(value))
-        else:
-            cells.append(pattern.format(value))
-    return "| " + " | ".join(cells) + " |"
-
-
-def table(rows, columns, group=None):
-    names = [c[0] for c in columns]
-    aligns = ["---" if c[2] is None else "---:" for c in columns]
-    lines = ["| " + " | ".join(names) + " |", "|" + "|".join(aligns) + "|"]
-    last = None
-    for row in rows:
-        shown = dict(row)
-        if group is not None and row.get(group) == last:
-            shown[group] = ""
-        last = row.get(group) if group is not None else None
-        lines.append(format_row(shown, columns))
-    return "\n".join(lines)
 
 
 def summarise(rows):
@@ -562,14 +534,13 @@ def main(argv=None):
     except ImportError:
         print("survset is not installed (pip install survset): skipping bench_known_truth.")
         return 0
-    info = _common.machine_info()
     n_splits = args.splits or (1 if args.quick else 2)
     methods = list(METHODS)
     if args.settings:  # per-gene baselines, then the settings
         methods = METHODS[:4] + settings_methods()
     start = time.perf_counter()
     split_rows, real_rows = [], []
-    print(table([], CELL_COLUMNS), flush=True)
+    print(_common.grouped_table([], CELL_COLUMNS), flush=True)
     for study in () if args.real_only else ER_STUDIES:
         X, y, genes = er_study(studies, study)
         for split in range(n_splits):
@@ -579,9 +550,9 @@ def main(argv=None):
                 key = {"study": study, "effect": effect, "split": split, "genes": len(genes)}
                 split_rows += run_cell(cell, methods + refs, key)
     summary = summarise(split_rows)
-    print("\n" + table(summary, SUMMARY_COLUMNS, group="effect"), flush=True)
+    print("\n" + _common.grouped_table(summary, SUMMARY_COLUMNS, group="effect"), flush=True)
     if not args.no_real:
-        print("\nreal pairs:\n" + table([], REAL_COLUMNS), flush=True)
+        print("\nreal pairs:\n" + _common.grouped_table([], REAL_COLUMNS), flush=True)
         for source, target in QUICK_REAL_PAIRS if args.quick else REAL_PAIRS:
             cell = real_pair(studies, source, target)
             floor = fresh_floor(cell["Xt"], len(cell["Xs"]))
@@ -602,10 +573,8 @@ def main(argv=None):
     command = "python benchmarks/bench_known_truth.py" + " ".join(
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])]
     )
-    os.makedirs(RESULTS, exist_ok=True)
     result = {
         "command": command,
-        "machine": info,
         "splits": n_splits,
         "summary": summary,
         "real_summary": real_summary,
@@ -613,12 +582,8 @@ def main(argv=None):
         "real_rows": real_rows,
         "seconds": total,
     }
-    with open(os.path.join(RESULTS, f"bench_known_truth{suffix}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    load = ", ".join(f"{x:.2f}" for x in info["load_average_at_start"])
     text = [
-        f"`{command}` ({info['date']}, {info['cpu_model']}, {info['cpu_count']} CPUs, "
-        f"torch {info['torch']}, load average at start {load}), total {total:.0f} s. "
+        f"`{command}` ({_common.now()}, {_common.machine_line()}), total {total:.0f} s. "
         f"{n_splits} random half-split(s) per study; every method with default parameters "
         "(LatentGPA random_state=0). recovery: RMSE(corrected - truth) / RMSE(distorted - "
         "truth), lower is better; / best per-gene: recovery over the best of mean/std, "
@@ -629,19 +594,18 @@ def main(argv=None):
         "",
         "Mean over studies and splits:",
         "",
-        table(summary, SUMMARY_COLUMNS, group="effect"),
+        _common.grouped_table(summary, SUMMARY_COLUMNS, group="effect"),
     ]
     if real_rows:
         text += [
             "",
             "Real study pairs (no truth):",
             "",
-            table(real_rows + real_summary, REAL_COLUMNS, group="pair"),
+            _common.grouped_table(real_rows + real_summary, REAL_COLUMNS, group="pair"),
         ]
-    text += ["", "Every cell:", "", table(split_rows, CELL_COLUMNS)]
-    with open(os.path.join(RESULTS, f"bench_known_truth{suffix}.md"), "w") as f:
-        f.write("\n".join(text) + "\n")
-    print(f"\ntotal {total:.0f} s; wrote {RESULTS}/bench_known_truth{suffix}.md")
+    text += ["", "Every cell:", "", _common.grouped_table(split_rows, CELL_COLUMNS)]
+    _common.write_results(f"bench_known_truth{suffix}", result, "\n".join(text))
+    print(f"\ntotal {total:.0f} s; wrote {_common.RESULTS}/bench_known_truth{suffix}.md")
     return 0
 
 

@@ -188,7 +188,7 @@ def in_sample(name, pair, classifier, n_steps):
         row.update(score(moved, Xs, truth, ys, Xt, base, classifier))
         row.update(info)
         rows.append(row)
-        print(format_row(row, MAIN_COLUMNS), flush=True)
+        print(_common.format_row(row, MAIN_COLUMNS), flush=True)
     return rows, base
 
 
@@ -234,7 +234,7 @@ def held_out(name, pair, classifier, n_steps):
             else:
                 row[key] = [r[key] for r in runs]
         rows.append(row)
-        print(format_row(row, MAIN_COLUMNS), flush=True)
+        print(_common.format_row(row, MAIN_COLUMNS), flush=True)
     return rows
 
 
@@ -254,7 +254,7 @@ def step_sweep(pair, steps):
         row.update(score(moved, Xs, truth, None, Xt, base, None))
         row.update(info)
         rows.append(row)
-        print(format_row(row, SWEEP_COLUMNS), flush=True)
+        print(_common.format_row(row, SWEEP_COLUMNS), flush=True)
     return rows
 
 
@@ -281,37 +281,6 @@ PAIR_COLUMNS = (
 )
 
 
-def header(columns):
-    names = [c[0] for c in columns]
-    aligns = ["---" if c[2] is None else "---:" for c in columns]
-    return "| " + " | ".join(names) + " |\n|" + "|".join(aligns) + "|"
-
-
-def format_row(row, columns):
-    cells = []
-    for _, key, pattern in columns:
-        value = row.get(key)
-        if value is None:
-            cells.append("-")
-        elif pattern is None:
-            cells.append(str(value))
-        else:
-            cells.append(pattern.format(value))
-    return "| " + " | ".join(cells) + " |"
-
-
-def table(rows, columns, group="pair"):
-    """Markdown table; the group column is written on the first row of each group only."""
-    lines, last = [header(columns)], None
-    for row in rows:
-        shown = dict(row)
-        if group is not None and row.get(group) == last:
-            shown[group] = ""
-        last = None if group is None else row.get(group)
-        lines.append(format_row(shown, columns))
-    return "\n".join(lines)
-
-
 def main(argv=None):
     parser = _common.parser(__doc__, quick="three pairs, 100 steps, sweep 1/100/300 steps")
     args = parser.parse_args(argv)
@@ -332,7 +301,7 @@ def main(argv=None):
         pair = PAIRS[name](studies)
         classifier = target_classifier(pair)
         print(f"\n== {name}: source {pair['Xs'].shape}, target {pair['Xt'].shape}", flush=True)
-        print("in-sample:\n" + header(MAIN_COLUMNS), flush=True)
+        print("in-sample:\n" + _common.grouped_table([], MAIN_COLUMNS), flush=True)
         rows, base = in_sample(name, pair, classifier, n_steps)
         rows_in += rows
         pairs_rows.append(
@@ -347,10 +316,13 @@ def main(argv=None):
                 "D_energy": base[1],
             }
         )
-        print("held-out 30 %:\n" + header(MAIN_COLUMNS), flush=True)
+        print("held-out 30 %:\n" + _common.grouped_table([], MAIN_COLUMNS), flush=True)
         rows_out += held_out(name, pair, classifier, n_steps)
         if name == SWEEP_PAIR:
-            print(f"\nn_steps sweep on {name}, label-free:\n" + header(SWEEP_COLUMNS))
+            print(
+                f"\nn_steps sweep on {name}, label-free:\n"
+                + _common.grouped_table([], SWEEP_COLUMNS)
+            )
             sweep_rows = step_sweep(pair, sweep)
     total = time.perf_counter() - start
 
@@ -378,17 +350,17 @@ def main(argv=None):
         "",
         "Pairs (D: the raw source's distances to the target, in-sample):",
         "",
-        table(pairs_rows, PAIR_COLUMNS),
+        _common.grouped_table(pairs_rows, PAIR_COLUMNS, group="pair"),
         "",
         "In-sample (every source row):",
         "",
-        table(rows_in, MAIN_COLUMNS),
+        _common.grouped_table(rows_in, MAIN_COLUMNS, group="pair"),
         "",
         f"Held-out source rows: fit on {100 - 100 * HELD_OUT_SIZE:.0f} % of the source and all "
         f"of the target, score the other {100 * HELD_OUT_SIZE:.0f} % (D of those rows); mean "
         f"of {len(HELD_OUT_SEEDS)} stratified splits:",
         "",
-        table(rows_out, MAIN_COLUMNS),
+        _common.grouped_table(rows_out, MAIN_COLUMNS, group="pair"),
     ]
     if sweep_rows is not None:
         text += [
@@ -396,7 +368,7 @@ def main(argv=None):
             f"n_steps sweep on the {SWEEP_PAIR}, label-free, in-sample (LatentGPA defaults "
             "otherwise):",
             "",
-            table(sweep_rows, SWEEP_COLUMNS, group=None),
+            _common.grouped_table(sweep_rows, SWEEP_COLUMNS, group=None),
         ]
     _common.write_results(stem, result, "\n".join(text), machine=False)
     print(f"\ntotal {total:.0f} s; wrote {_common.RESULTS}/{stem}.md")
