@@ -10,7 +10,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .utils import check_sample_domain
+from .utils import check_sample_domain, known_labels
 
 __all__ = ["DiscrepancyEncoder"]
 
@@ -33,6 +33,11 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     noise.  A flow on these codes moves rows only where the data show a difference, and
     leaves every row's own deviation in the other directions to it; when no direction
     passes the test the encoder has no component (``n_components_ == 0``).
+
+    With labels ``y`` on target rows, the directions are made orthogonal to the target's
+    class-mean contrasts, so that a flow does not move rows along the axes that separate the
+    target's classes (with labels on the target only, a label-free flow would otherwise
+    carry the classes' different prevalences into the source rows).
 
     It is :class:`LatentGPA`'s encoder for integration; fit it on mean/std-aligned rows.
 
@@ -85,7 +90,9 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+        y : array-like of shape (n_samples,), default=None
+            Class labels; those of target rows (-1 or NaN: unknown) keep the directions
+            orthogonal to the target's class contrasts.
         sample_domain : array-like of shape (n_samples,)
             ``>= 0`` for source rows, ``< 0`` for target rows.
 
@@ -115,11 +122,26 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         order = np.argsort(-np.abs(values))
         keep = order[np.abs(values[order]) > np.quantile(null, 0.95)][: self.max_components]
         directions = vectors[:, keep].T @ basis
+        contrasts = self._class_contrasts(Xt, None if y is None else np.asarray(y)[~source])
+        if len(directions) and len(contrasts):
+            q = np.linalg.qr(contrasts.T)[0]
+            directions = directions - (directions @ q) @ q.T
         if len(directions):
             directions = np.linalg.qr(directions.T)[0].T
         self.components_ = directions.reshape(len(keep), X.shape[1])
         self.n_components_ = len(keep)
         return self
+
+    def _class_contrasts(self, Xt, yt):
+        """The target's standardised class means minus its mean, one row per class."""
+        if yt is None:
+            return np.empty((0, Xt.shape[1]))
+        known = known_labels(yt)
+        classes = np.unique(yt[known])
+        if len(classes) < 2:
+            return np.empty((0, Xt.shape[1]))
+        centre = Xt.mean(0)
+        return np.array([(Xt[known & (yt == c)].mean(0) - centre) / self.scale_ for c in classes])
 
     def transform(self, X):
         """Codes of rows: ``((X - mean_) / scale_) @ components_.T``."""

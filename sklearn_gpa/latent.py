@@ -158,7 +158,8 @@ class LatentGPA(DomainTransformer):
        target's mean and standard deviation (one map for all rows, labels or not);
     2. the encoder is a :class:`DiscrepancyEncoder`: the directions in which the aligned
        source's covariance differs from the target's beyond sampling noise (a permutation
-       test).  When there is none, no flow runs and the result is the mean/std adjustment;
+       test), kept orthogonal to the target's class contrasts when the target rows carry
+       labels.  When there is none, no flow runs and the result is the mean/std adjustment;
     3. the flow (one per class with labels on both sides) runs in those few directions and
        stops once its particles are as close to the target as a fresh sample would be;
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with
@@ -183,7 +184,7 @@ class LatentGPA(DomainTransformer):
     encoder : transformer with ``inverse_transform`` or None, default=None
         None uses a :class:`DiscrepancyEncoder` in integration and ``default_encoder(0.9)``
         (standardise, then PCA keeping 90 % of the variance) in generation.  An encoder
-        whose ``fit`` takes ``sample_domain`` receives it.  ``PCA``, ``TruncatedSVD``,
+        whose ``fit`` takes ``sample_domain`` receives it, and ``y``.  ``PCA``, ``TruncatedSVD``,
         ``KernelPCA(fit_inverse_transform=True)``, a ``Pipeline`` of those, or the package's
         :class:`~sklearn_gpa.Autoencoder` work too.
     transporter : GPATransporter or None, default=None
@@ -291,7 +292,7 @@ class LatentGPA(DomainTransformer):
             # are noisy, and matching them moved rows away from their own truth.
             self.adjuster_ = MeanStdAdjuster(conditional=False)
             X = self.adjuster_.fit_transform(X, sample_domain=sample_domain)
-        self.encoder_ = self._fit_encoder(X, sample_domain)
+        self.encoder_ = self._fit_encoder(X, y, sample_domain)
         codes = self._encode(X)
         self.n_components_ = codes.shape[1]
         residuals = X - self._decode(codes)
@@ -313,7 +314,7 @@ class LatentGPA(DomainTransformer):
         self.particles_ = self._finish(X[source], codes[source], moved, labels)
         return self.particles_
 
-    def _fit_encoder(self, X, sample_domain):
+    def _fit_encoder(self, X, y, sample_domain):
         """The discrepancy encoder in integration, PCA in generation, or the user's."""
         if self.encoder is not None:
             encoder = clone(self.encoder)
@@ -322,7 +323,7 @@ class LatentGPA(DomainTransformer):
         else:
             encoder = DiscrepancyEncoder()
         if sample_domain is not None and "sample_domain" in signature(encoder.fit).parameters:
-            return encoder.fit(X, sample_domain=sample_domain)
+            return encoder.fit(X, y, sample_domain=sample_domain)
         return encoder.fit(X)
 
     def _encode(self, X):
