@@ -52,7 +52,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components_, n_features)
+    components_ : ndarray of shape (n_components, n_features)
         Orthonormal directions, in the standardised units.
     mean_, scale_ : ndarray of shape (n_features,)
         The target's per-feature mean and standard deviation (1 where it is 0).
