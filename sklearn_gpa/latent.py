@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_params,
 )
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import DomainTransformer
 from ._discrepancy import DiscrepancyEncoder
@@ -377,18 +378,13 @@ class LatentGPA(DomainTransformer):
         -------
         X : ndarray of shape (n_samples, n_features)
         """
-        self._check_fitted()
+        check_is_fitted(self, "encoder_")
         if self.transporter_ is None:
             raise ValueError(
                 "sample() needs a generative fit (fit(X) without sample_domain); this "
                 "estimator was fitted for integration: use transform()."
             )
         return self._decode(self.transporter_.sample(n_samples, y=y, random_state=random_state))
-
-    def _check_fitted(self):
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "transporter_")
 
     # The generative/integration switch and diagnostics live on the latent transporter;
     # without one (no direction of discrepancy), there is no flow to describe.
