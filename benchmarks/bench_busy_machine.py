@@ -137,15 +137,11 @@ class OldRule:
         return self.cores() - math.ceil(max(0.0, others - 0.25))
 
     def threads_for(self, n_rows, layer_sizes, n_threads=None):
-        if n_threads is not None:
-            return max(1, int(n_threads))
-        if isinstance(layer_sizes, int):
-            work = n_rows * layer_sizes
-        else:
-            work = n_rows * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
-        if work < device._SINGLE_THREAD_WORK:
-            return 1
-        n = max(1, min(self.default_threads, torch.get_num_threads(), self.free_cores()))
+        # The size rule is the engine's; the old rule only capped its answer by free cores.
+        n = device.threads_for(n_rows, layer_sizes, n_threads)
+        if n_threads is not None or n == 1:
+            return n
+        n = max(1, min(self.default_threads, n, self.free_cores()))
         self.chosen["torch"].append(n)
         return n
 

@@ -203,12 +203,18 @@ def make_gpa(variant):
     return generate
 
 
-def gaussian_mixture(X, y, seed):
+def _per_class(X, y, draw):
+    """``draw(rows)`` new rows for each class, in standardised units; back in X's units,
+    clipped to X's range, in the order of ``y``."""
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
-    out = []
-    for c in np.unique(y):
-        rows = Z[y == c]
+    out = [draw(Z[y == c]) for c in np.unique(y)]
+    samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
+    return _in_class_order(samples, y)
+
+
+def gaussian_mixture(X, y, seed):
+    def draw(rows):
         best = None
         # Full covariances of hundreds of pixels cost minutes per fit and lose on BIC anyway.
         for kind in ("full", "diag") if X.shape[1] <= 100 else ("diag",):
@@ -218,24 +224,20 @@ def gaussian_mixture(X, y, seed):
                 bic = gm.bic(rows)
                 if best is None or bic < best[0]:
                     best = (bic, gm)
-        draws, _ = best[1].sample(int(np.sum(y == c)))
-        out.append(draws[np.random.RandomState(seed).permutation(len(draws))])
-    samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
-    return _in_class_order(samples, y)
+        draws, _ = best[1].sample(len(rows))
+        return draws[np.random.RandomState(seed).permutation(len(draws))]
+
+    return _per_class(X, y, draw)
 
 
 def kernel_density(X, y, seed):
-    scaler = StandardScaler().fit(X)
-    Z = scaler.transform(X)
-    out = []
-    for c in np.unique(y):
-        rows = Z[y == c]
+    def draw(rows):
         search = GridSearchCV(
             KernelDensity(), {"bandwidth": np.geomspace(0.05, 2, 20)}, cv=min(5, len(rows))
         ).fit(rows)
-        out.append(search.best_estimator_.sample(len(rows), random_state=seed))
-    samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
-    return _in_class_order(samples, y)
+        return search.best_estimator_.sample(len(rows), random_state=seed)
+
+    return _per_class(X, y, draw)
 
 
 def _in_class_order(samples, y):

@@ -103,13 +103,13 @@ def check_continuation(fitted, params, mode, classes, image_shape):
 
 
 def train_flows(
-    params, sources, targets, *, name, image_shape, seed, critic_state=None, frozen=None
+    params, sources, targets, *, name, image_shape, device, seed, critic_state=None, frozen=None
 ):
     """Run the engine on K flows; show progress; warn in a way a user can act on.
 
-    ``params`` are the estimator's parameters: the engine's settings, ``device``,
-    ``callback`` (the user's, called every ``log_every`` steps) and ``verbose`` (a progress
-    bar named ``name``, closed by a one-line summary).
+    ``params`` are the estimator's parameters: the engine's settings, ``callback`` (the
+    user's, called every ``log_every`` steps) and ``verbose`` (a progress bar named
+    ``name``, closed by a one-line summary).  ``device`` is the resolved torch device.
     """
     progress = None
     callback = params["callback"]
@@ -120,7 +120,7 @@ def train_flows(
         targets,
         **engine_arguments(params),
         image_shape=image_shape,
-        device=resolve_device(params["device"]),
+        device=device,
         seed=seed,
         callback=callback,
         critic_state=critic_state,

@@ -396,11 +396,13 @@ class GPATransporter(DomainTransformer):
             self.classes_, self.n_flows_ = groups.classes, len(groups)
             self._scaling = Standardization.fit(X, self.standardize)
             self._warn_units(X)
-            starts = self._starting_points(X, groups, rng)
+        Z = self._scaling.transform(X)
+        targets = [Z[t] for t in groups.targets]
+        if not resume:
+            starts = self._starting_points(Z, groups.sources, targets, rng)
             self.flow_assigner_ = _flow_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
-        Z = self._scaling.transform(X)
-        moved = self._train(sources, [Z[t] for t in groups.targets], rng, resume).particles
+        moved = self._train(sources, targets, rng, resume).particles
         if not resume:
             self.neighbour_map_ = self._neighbour_map(starts, sources, moved)
         elif self.neighbour_map_ is not None:
@@ -430,17 +432,16 @@ class GPATransporter(DomainTransformer):
                 "'per_feature' unless the features share a unit."
             )
 
-    def _starting_points(self, X, groups, rng):
+    def _starting_points(self, Z, source_rows, targets, rng):
         """Standardised starting rows of each flow (before any pre-alignment).
 
-        Integration starts from the source rows, generation from prior draws; the
-        pre-alignment (``prealign_``) and the prior (``prior_``) are fitted here.
+        Integration starts from the source rows of ``Z`` (``source_rows[k]`` for flow k),
+        generation from prior draws; the pre-alignment (``prealign_``) and the prior
+        (``prior_``) are fitted here.
         """
-        Z = self._scaling.transform(X)
-        targets = [Z[t] for t in groups.targets]
         self.prior_ = self.prealign_ = None
         if self.mode_ == "integration":
-            starts = [Z[s] for s in groups.sources]
+            starts = [Z[s] for s in source_rows]
             if self.prealign == "meanstd":
                 self.prealign_ = [meanstd_map(s, t) for s, t in zip(starts, targets)]
             return starts
@@ -450,13 +451,15 @@ class GPATransporter(DomainTransformer):
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
 
     def _train(self, sources, targets, rng, resume):
-        self.device_ = str(resolve_device(self.device))
+        device = resolve_device(self.device)
+        self.device_ = str(device)
         trained = train_flows(
             self.get_params(deep=False),
             sources,
             targets,
             name=type(self).__name__,
             image_shape=self.image_shape_,
+            device=device,
             seed=rng.randint(np.iinfo(np.int32).max),
             critic_state=self.critic_state_ if resume else None,
             frozen=(self.history_["stop_step"] >= 0) | (self.failed_step_ >= 0) if resume else None,
