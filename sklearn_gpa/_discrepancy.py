@@ -6,7 +6,7 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -152,7 +152,13 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     def inverse_transform(self, codes):
         """Rows of codes: ``codes @ components_ * scale_ + mean_``."""
         check_is_fitted(self)
-        return (np.asarray(codes, dtype=np.float64) @ self.components_) * self.scale_ + self.mean_
+        codes = check_array(codes, dtype=np.float64, ensure_min_features=0, input_name="codes")
+        if codes.shape[1] != self.n_components_:
+            raise ValueError(
+                f"codes have {codes.shape[1]} columns, but this encoder has "
+                f"{self.n_components_} components."
+            )
+        return (codes @ self.components_) * self.scale_ + self.mean_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -434,3 +434,25 @@ def test_pipeline_transform_without_labels_routes_rows_and_moves_every_row():
     np.testing.assert_allclose(routed[sd >= 0][right], fitted[sd >= 0][right], atol=1e-8)
     np.testing.assert_allclose(kept[sd < 0], scaled[sd < 0])  # as the scaler left them
     assert not np.allclose(routed[sd < 0], scaled[sd < 0])
+
+
+def test_discrepancy_encoder_names_bad_input():
+    from sklearn_gpa.latent import DiscrepancyEncoder
+
+    distorted, _, target = _factor_pair(rank=2)
+    X, _, sd = stack_domains(distorted, target)
+    with pytest.raises(ValueError, match="needs sample_domain"):
+        DiscrepancyEncoder().fit(X)
+    with pytest.raises(ValueError, match="one entry per row"):
+        DiscrepancyEncoder().fit(X, sample_domain=sd[:-1])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        DiscrepancyEncoder().fit(bad, sample_domain=sd)
+    encoder = DiscrepancyEncoder().fit(X, sample_domain=sd)
+    codes = encoder.transform(X)
+    np.testing.assert_allclose(encoder.transform(encoder.inverse_transform(codes)), codes)
+    with pytest.raises(ValueError, match="features"):
+        encoder.transform(X[:, :-1])
+    with pytest.raises(ValueError, match="components"):
+        encoder.inverse_transform(np.zeros((2, encoder.n_components_ + 1)))
