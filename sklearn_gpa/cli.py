@@ -63,8 +63,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
     """The papers' 2-D mixture of four Gaussians (000 Fig. 2-3): KL, L = 1, raw units.
 
-    dt = 0.5, 3 critic updates per step and Adam at 5e-3, as in the authors' configuration
-    of this example.
+    dt = 0.5, 3 critic updates per step and Adam at 5e-3, and a fixed number of steps
+    (``stop=None``), as in the authors' configuration of this example.
     """
     import matplotlib
 
@@ -81,12 +81,14 @@ def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
     target = make_gaussian_mixture(200, random_state=seed)
     source = 0.5 * np.random.RandomState(seed + 100).standard_normal((200, 2))
     X, _, sample_domain = stack_domains(source, target)
+    print(f"GPA demo: 200 particles from N(0, 0.5^2) onto 4 Gaussian wells, {n_steps} steps")
     progress = FitProgress("GPATransporter", total=n_steps)
     gpa = GPATransporter(
         f="kl",
         L=1.0,
         dt=0.5,
         n_steps=n_steps,
+        stop=None,
         n_critic=3,
         learning_rate=5e-3,
         standardize=False,
@@ -94,7 +96,6 @@ def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
         random_state=seed,
         callback=progress,
     )
-    print(f"GPA demo: 200 particles from N(0, 0.5^2) onto 4 Gaussian wells, {n_steps} steps")
     gpa.fit(X, sample_domain=sample_domain)
     progress.close(stop_reason=gpa.stop_reason_, n_steps=gpa.n_steps_)
     path = gpa.trajectories(source, every=max(1, n_steps // 50))
