@@ -41,6 +41,17 @@ class NeighbourMap:
             methods = [method] * len(starts)
         return cls(starts, begins, ends, methods)
 
+    @classmethod
+    def for_fit(cls, out_of_sample, mode, classes, starts, begins, ends):
+        """The map an estimator's ``out_of_sample`` asks for (None: new rows replay)."""
+        if out_of_sample == "replay" or mode != "integration":
+            return None
+        # Without class flows one flow carries every kind of row: the mean of a row's
+        # neighbours' end points would mix groups the fit never saw.
+        if out_of_sample == "auto" and classes is None:
+            out_of_sample = "nearest"
+        return cls.fit(starts, begins, ends, out_of_sample)
+
     def extend(self, begins, ends):
         """A continued flow (warm start): each training row's move grows by its new move."""
         for k, (begin, end) in enumerate(zip(begins, ends)):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .utils import warn_at_caller
+
 __all__ = [
     "SCALINGS",
     "SHARED_UNIT_MIN_FEATURES",
@@ -36,6 +38,7 @@ __all__ = [
     "resolve_scaling",
     "robust_scale",
     "unit_spread_ratio",
+    "warn_units_ignored",
 ]
 
 SCALINGS = ("auto", "common", "per_feature")
@@ -84,6 +87,20 @@ def unit_spread_ratio(X) -> float:
     if len(ranges) < 2:
         return 1.0
     return float(np.quantile(ranges, 0.9) / np.quantile(ranges, 0.1))
+
+
+def warn_units_ignored(X, kind, standardize):
+    """Warn when a scaling that ignores units meets features of very different sizes."""
+    if kind == "per_feature":
+        return
+    ratio = unit_spread_ratio(X)
+    if ratio > WARN_RATIO:
+        warn_at_caller(
+            f"The features' ranges differ by a factor of {ratio:.0f} (90th to 10th "
+            f"percentile), but standardize={standardize!r} treats all features "
+            "alike: features of small range will be drowned. Use standardize='auto' or "
+            "'per_feature' unless the features share a unit."
+        )
 
 
 def resolve_scaling(standardize, X) -> str | None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._engine import resolve_device, resolve_dtype, run_gpa
+from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device, resolve_dtype, run_gpa
+from ._prior import SOURCES
 from ._progress import FitProgress
+from ._scaling import SCALINGS
 from .utils import check_image_shape, check_sizes, warn_at_caller
 
 __all__ = [
+    "FLOW_CONSTRAINTS",
     "TrainedFlows",
     "append_history",
     "check_continuation",
@@ -19,6 +24,43 @@ __all__ = [
     "engine_arguments",
     "train_flows",
 ]
+
+# The valid values of every flow parameter: GPATransporter's constraints.  LatentGPA and
+# GPAAugmenter hold a GPATransporter, so these are declared once.
+FLOW_CONSTRAINTS = {
+    "f": [StrOptions(set(DIVERGENCES))],
+    "alpha": [Interval(Real, 1, None, closed="neither"), None],
+    "L": [Interval(Real, 0, None, closed="neither"), None],
+    "dt": [Interval(Real, 0, None, closed="neither")],
+    "n_steps": [Interval(Integral, 1, None, closed="left")],
+    "solver": [StrOptions(set(SOLVERS))],
+    "hidden_layer_sizes": ["array-like"],
+    "discriminator": [StrOptions({"mlp", "cnn"})],
+    "image_shape": ["array-like", None],
+    "conv_channels": ["array-like"],
+    "activation": [StrOptions(set(ACTIVATIONS))],
+    "n_critic": [Interval(Integral, 1, None, closed="left")],
+    "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "constraint": [StrOptions({"hard", "soft"})],
+    "penalty": [Interval(Real, 0, None, closed="left")],
+    "tol": [Interval(Real, 0, None, closed="left"), None],
+    "stop": [StrOptions({"auto"}), None],
+    "source": [StrOptions(set(SOURCES))],
+    "n_particles": [Interval(Integral, 1, None, closed="left"), None],
+    "conditional": [StrOptions({"auto"}), "boolean"],
+    "standardize": [StrOptions(set(SCALINGS)), "boolean"],
+    "store_every": [Interval(Integral, 1, None, closed="left")],
+    "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "device": [str, None],
+    "dtype": [StrOptions({"float32", "float64"})],
+    "log_every": [Interval(Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+    "callback": [callable, None],
+    "prealign": [StrOptions({"meanstd"}), None],
+    "out_of_sample": [StrOptions({"replay", "nearest", "barycentric", "auto"})],
+    "warm_start": ["boolean"],
+}
 
 # The estimator parameters that the engine takes under the same name.
 _ENGINE_PARAMETERS = frozenset(inspect.signature(run_gpa).parameters) - {
@@ -52,6 +94,20 @@ class TrainedFlows:
     stop_reason: str
     critic_state: dict
     particles: list  # per flow, the final positions of its particles (standardised units)
+
+    def continuing(self, flow, history, failed_step):
+        """This run as the continuation of an earlier one (its flow, history, failures)."""
+        failed = np.where(
+            failed_step >= 0,
+            failed_step,
+            np.where(self.failed_step >= 0, self.failed_step + flow.n_steps, -1),
+        )
+        return replace(
+            self,
+            flow=flow.extend(self.flow),
+            history=append_history(history, self.history, flow.n_steps),
+            failed_step=failed,
+        )
 
 
 def check_flow_settings(params, n_features):

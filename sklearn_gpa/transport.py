@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
-
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils._set_output import _wrap_data_with_container
-from sklearn.utils.validation import check_is_fitted
 
-from ._base import DomainTransformer, class_index
-from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device
+from ._base import DomainTransformer
+from ._engine import resolve_device
+from ._fitted_flow import FittedFlowMixin, flow_router
 from ._grouping import group_rows
 from ._out_of_sample import NeighbourMap
-from ._prior import SOURCES, Prior, split_counts
-from ._scaling import SCALINGS, WARN_RATIO, Standardization, unit_spread_ratio
-from ._training import append_history, check_continuation, check_flow_settings, train_flows
-from .baselines import class_router, meanstd_map
+from ._prior import Prior, split_counts
+from ._scaling import Standardization, warn_units_ignored
+from ._training import FLOW_CONSTRAINTS, check_continuation, check_flow_settings, train_flows
+from .baselines import meanstd_map
 from .utils import warn_at_caller
 
 __all__ = ["GPATransporter"]
@@ -26,7 +22,7 @@ __all__ = ["GPATransporter"]
 PARTICLES_PER_TARGET = 3
 
 
-class GPATransporter(DomainTransformer):
+class GPATransporter(FittedFlowMixin, DomainTransformer):
     """Move samples onto a target distribution with a Lipschitz-regularised gradient flow.
 
     The generative particle algorithm (GPA) of Gu et al. transports particles along
@@ -72,12 +68,10 @@ class GPATransporter(DomainTransformer):
         Widths of the discriminator's hidden layers (at least one); with
         ``discriminator="cnn"``, of the dense layers after the convolutions.
     discriminator : {"mlp", "cnn"}, default="mlp"
-        ``"cnn"`` is the image discriminator of the paper's Table 4b for rows that are
-        flattened images of ``image_shape``: 5 x 5 convolutions of stride 2 with
-        ``conv_channels`` channels, dropout while it trains, then the dense layers; every
-        convolution is normalised to its exact operator norm.  A CNN costs far more per
-        step than the MLP: use a GPU, or :class:`LatentGPA` with an ``Autoencoder``, for
-        long runs, and ``store_every`` to keep the stored flow small.
+        ``"cnn"`` is the image discriminator of the paper's Table 4b (5 x 5 convolutions of
+        stride 2 with ``conv_channels`` channels, each normalised to its exact operator
+        norm, then the dense layers) for rows that are flattened images of ``image_shape``.
+        It costs far more per step: see the :ref:`user guide <user_guide_images>`.
     image_shape : tuple of int, default=None
         ``(height, width)`` or ``(channels, height, width)`` of the images whose pixels
         are the rows' features (channels first, as torch); needed by ``"cnn"``.
@@ -101,52 +95,32 @@ class GPATransporter(DomainTransformer):
         Stop early once the kinetic energy ``mean |grad phi|^2`` of every flow is below
         ``tol`` (checked every ``log_every`` steps).
     stop : "auto" or None, default="auto"
-        "auto": each flow stops (its particles, and its stored discriminators on replay,
-        are frozen) once its particles are as close to its target rows as a fresh sample of
-        the target would be, checked before the first step and every ``log_every`` steps;
-        the other flows go on.  Closeness is measured by two unbiased two-sample statistics
-        (the energy distance and a Gaussian-kernel MMD at a quarter of the target's median
-        distance) on at most 1000 rows per side, each against its spread between random
-        halves of the target.  A flow whose source is already indistinguishable from its
-        target does not move, and a flow stopped this way has not started to copy the
-        target rows.  None runs every flow for ``n_steps``.
+        "auto": each flow stops (is frozen, also on replay) once its particles are as close
+        to its target rows as a fresh sample of the target would be, by two two-sample
+        statistics checked every ``log_every`` steps; the other flows go on.  None runs
+        every flow for ``n_steps``.  See the :ref:`user guide <user_guide_stopping>`.
     source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
-        Prior of the particles in generative mode, in standardised units: ``"gaussian_fit"``,
-        a Gaussian with the mean and covariance of each class of the target (Ledoit-Wolf
-        shrinkage of the correlations, so a feature constant in a class gets no variance);
-        or the papers' fixed laws, standard normal, uniform and logistic with unit variance.
-        Keep ``"gaussian_fit"`` when new samples are wanted from ``sample``: a fresh draw
-        is only moved in the directions the stored discriminators pushed the training
-        particles in, and keeps its prior noise in the others, which from a fixed law is
-        noise.
+        Prior of the particles in generative mode, in standardised units: a Gaussian with
+        each target class's mean and (Ledoit-Wolf shrunk) covariance, or the papers' fixed
+        laws with unit variance.  Keep ``"gaussian_fit"`` for ``sample``: a fresh draw keeps
+        its prior noise in the directions the flow never pushed in.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
-        None uses 3 per target row (paper 002's ``M = 3 N``).  More particles than
-        targets keeps the particles from settling on the target rows (copies) and trains
-        the flow on more of the space that ``sample``'s fresh draws start from.
+        None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
+        settling on the target rows (copies).
     conditional : "auto" or bool, default="auto"
         One flow per class.  "auto": when labels are given (on both sides, in
         integration) and every source class occurs among the targets.
     standardize : {"auto", "common", "per_feature"} or bool, default="auto"
-        The units the flow works in; results are mapped back to the original units.  The
-        median of the training rows is subtracted, then:
-
-        * ``"common"``: all features are divided by one scale, the root of the total robust
-          variance (interquartile ranges / 1.349).  It keeps the Euclidean geometry, which
-          suits features that share a unit: pixels, gene expression, latent codes.
-        * ``"per_feature"``: each feature is divided by its own robust spread (and all by
-          the root of the number of features).  It suits tabular data whose features carry
-          different units, where one common scale drowns the features of small spread.
-        * ``"auto"`` (or True): ``"common"`` for data whose features look like they share
-          a unit, at least 20 features whose ranges agree within a factor 10 (90th to 10th
-          percentile of the non-constant features' ranges): pixels, genes, spectra;
-          ``"per_feature"`` otherwise, since a table of a few features almost always mixes
-          units even when their ranges happen to agree.
-
-        Either way the data cloud has a radius of about one whatever its magnitude and
-        dimension, so ``L`` and ``dt`` mean the same on every data set.  False runs in raw
-        units, as the papers do.  ``"common"`` and False warn when the features' ranges
-        differ by more than a factor 100.
+        The units the flow works in (results come back in the original units): the median
+        is subtracted, then ``"common"`` divides all features by one robust scale (keeps
+        the Euclidean geometry: pixels, genes, codes), ``"per_feature"`` each feature by its
+        own robust spread (tabular data in mixed units), and ``"auto"`` (or True) picks
+        ``"common"`` for at least 20 features whose ranges agree within a factor 10,
+        ``"per_feature"`` otherwise.  ``L`` and ``dt`` then mean the same on every data
+        set.  False runs in raw units, as the papers.  ``"common"`` and False warn when the
+        ranges differ by more than a factor 100.  See the
+        :ref:`user guide <user_guide_units>`.
     store_every : int, default=1
         Keep the discriminator of every ``store_every``-th step; replay uses each stored
         one for ``store_every`` steps (less memory, a coarser velocity field).
@@ -175,13 +149,11 @@ class GPATransporter(DomainTransformer):
         (the papers' baseline F), and starts the flow there, so the flow only fixes what
         two moments cannot.  The same map is applied to new rows in ``transform``.
     out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
-        How ``transform`` moves rows of an integration fit.  "replay" pushes them through
-        the stored flow (the papers' generated particles).  "nearest" moves each row by the
-        inverse-distance-weighted displacement of its 5 nearest training source rows (as
-        POT's out-of-sample maps do): robust with few rows in many dimensions.
-        "barycentric" sends a row to the weighted mean of those neighbours' end points.
-        "auto" picks, per class flow, the one of the two that predicts the training rows'
-        end points better (leave-one-out); without class flows it is "nearest".
+        How ``transform`` moves rows of an integration fit: "replay" pushes them through
+        the stored flow; "nearest" moves each by the inverse-distance-weighted displacement
+        of its 5 nearest training source rows (robust with few rows in many dimensions);
+        "barycentric" sends it to the weighted mean of their end points; "auto" picks, per
+        class flow, the better of the two by leave-one-out ("nearest" without class flows).
         Generative fits always replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
@@ -193,22 +165,18 @@ class GPATransporter(DomainTransformer):
     flow_ : LearnedFlow
         The stored discriminators; ``flow_.nbytes`` is its memory.
     history_ : dict of ndarray
-        Per step: ``"divergence"`` and ``"kinetic_energy"`` (mean over flows, weighted by
-        particles), their ``"_per_flow"`` versions ``(n_steps_, n_flows)``, ``"time"``
-        (seconds since the start), and ``"stop_step"`` (per flow, the step at which the
-        stopping rule froze it, -1 if it did not).  With ``stop="auto"``, per check of the
-        rule: ``"stop_check_step"`` (steps run), and per check and flow ``"stop_score"``
-        (the larger statistic / floor ratio; the flow stops at 1 or below),
-        ``"stop_statistic"`` (the unbiased energy distance between particles and target) and
-        ``"stop_floor"`` (its spread for a fresh sample).
+        Per step ``"divergence"``, ``"kinetic_energy"`` (and their ``"_per_flow"``
+        versions) and ``"time"``; per flow ``"stop_step"`` (-1 if the rule did not stop
+        it); per check of the stopping rule ``"stop_check_step"``, ``"stop_score"``,
+        ``"stop_statistic"`` and ``"stop_floor"``.  See the
+        :ref:`user guide <user_guide_history>`.
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
     failed_step_ : ndarray of shape (n_flows,)
         Per flow, the step at which it turned non-finite and stopped, or -1.
     stop_reason_ : str
         "converged" (the stopping rule froze every flow), "n_steps", "tol", "non-finite" or
-        "interrupted" (Ctrl-C during ``fit`` keeps the steps finished so far and leaves a
-        usable estimator).
+        "interrupted" (Ctrl-C during ``fit``: the steps finished so far are kept).
     mode_ : str
         "integration" or "generation".
     classes_ : ndarray or None
@@ -219,9 +187,7 @@ class GPATransporter(DomainTransformer):
     particle_labels_ : ndarray or None
         Class of each trained particle.
     center_, scale_ : ndarray, and float or ndarray
-        The standardisation ``(X - center_) / scale_``: ``scale_`` is one float for a
-        common scale, an array of shape (n_features,) per feature (zero and one when
-        ``standardize=False``).
+        The standardisation ``(X - center_) / scale_`` (``scale_`` one float or per feature).
     prior_ : Prior or None
         The fitted prior of a generative fit.
     prealign_ : list of (ndarray, ndarray) or None
@@ -231,14 +197,12 @@ class GPATransporter(DomainTransformer):
     image_shape_ : tuple of int or None
         (channels, height, width) of the CNN discriminator's input, None for the MLP.
     out_of_sample_ : list of str or None
-        Per flow, the map ``transform`` uses for new rows of an integration fit ("nearest"
-        or "barycentric"; what "auto" picked), None when rows are replayed.
+        Per flow, the map ``transform`` uses for new rows (None when rows are replayed).
     flow_assigner_ : classifier or None
         Sends rows given without ``y`` to class flows
         (:func:`~sklearn_gpa.baselines.class_router`); None for a single flow.
     critic_state_ : dict
-        The discriminators' weights, Adam moments and power-iteration vectors at the end
-        of the fit, from which ``warm_start=True`` continues.
+        The discriminators' weights and optimiser state, for ``warm_start=True``.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Defined when X has string column names.
@@ -267,40 +231,7 @@ class GPATransporter(DomainTransformer):
     True
     """
 
-    _parameter_constraints = {
-        "f": [StrOptions(set(DIVERGENCES))],
-        "alpha": [Interval(Real, 1, None, closed="neither"), None],
-        "L": [Interval(Real, 0, None, closed="neither"), None],
-        "dt": [Interval(Real, 0, None, closed="neither")],
-        "n_steps": [Interval(Integral, 1, None, closed="left")],
-        "solver": [StrOptions(set(SOLVERS))],
-        "hidden_layer_sizes": ["array-like"],
-        "discriminator": [StrOptions({"mlp", "cnn"})],
-        "image_shape": ["array-like", None],
-        "conv_channels": ["array-like"],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "n_critic": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "constraint": [StrOptions({"hard", "soft"})],
-        "penalty": [Interval(Real, 0, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left"), None],
-        "stop": [StrOptions({"auto"}), None],
-        "source": [StrOptions(set(SOURCES))],
-        "n_particles": [Interval(Integral, 1, None, closed="left"), None],
-        "conditional": [StrOptions({"auto"}), "boolean"],
-        "standardize": [StrOptions(set(SCALINGS)), "boolean"],
-        "store_every": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "device": [str, None],
-        "dtype": [StrOptions({"float32", "float64"})],
-        "log_every": [Interval(Integral, 1, None, closed="left")],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-        "callback": [callable, None],
-        "prealign": [StrOptions({"meanstd"}), None],
-        "out_of_sample": [StrOptions({"replay", "nearest", "barycentric", "auto"})],
-        "warm_start": ["boolean"],
-    }
+    _parameter_constraints = FLOW_CONSTRAINTS
 
     def __init__(
         self,
@@ -395,16 +326,18 @@ class GPATransporter(DomainTransformer):
             self.mode_, self.image_shape_ = mode, image_shape
             self.classes_, self.n_flows_ = groups.classes, len(groups)
             self._scaling = Standardization.fit(X, self.standardize)
-            self._warn_units(X)
+            warn_units_ignored(X, self._scaling.kind, self.standardize)
         Z = self._scaling.transform(X)
         targets = [Z[t] for t in groups.targets]
         if not resume:
             starts = self._starting_points(Z, groups.sources, targets, rng)
-            self.flow_assigner_ = _flow_router(starts)
+            self.flow_assigner_ = flow_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
         moved = self._train(sources, targets, rng, resume).particles
         if not resume:
-            self.neighbour_map_ = self._neighbour_map(starts, sources, moved)
+            self.neighbour_map_ = NeighbourMap.for_fit(
+                self.out_of_sample, mode, self.classes_, starts, sources, moved
+            )
         elif self.neighbour_map_ is not None:
             self.neighbour_map_.extend(sources, moved)
         self._final_particles_ = moved
@@ -418,19 +351,6 @@ class GPATransporter(DomainTransformer):
             particles, labels = particles[order], None if labels is None else labels[order]
         self.particles_, self.particle_labels_ = particles, labels
         return particles if mode == "integration" else None
-
-    def _warn_units(self, X):
-        """Warn when a setting that ignores units meets features of very different sizes."""
-        if self._scaling.kind == "per_feature":
-            return
-        ratio = unit_spread_ratio(X)
-        if ratio > WARN_RATIO:
-            warn_at_caller(
-                f"The features' ranges differ by a factor of {ratio:.0f} (90th to 10th "
-                f"percentile), but standardize={self.standardize!r} treats all features "
-                "alike: features of small range will be drowned. Use standardize='auto' or "
-                "'per_feature' unless the features share a unit."
-            )
 
     def _starting_points(self, Z, source_rows, targets, rng):
         """Standardised starting rows of each flow (before any pre-alignment).
@@ -464,197 +384,10 @@ class GPATransporter(DomainTransformer):
             critic_state=self.critic_state_ if resume else None,
             frozen=(self.history_["stop_step"] >= 0) | (self.failed_step_ >= 0) if resume else None,
         )
-        flow, history, failed = trained.flow, trained.history, trained.failed_step
         if resume:
-            flow = self.flow_.extend(flow)
-            history = append_history(self.history_, history, self.flow_.n_steps)
-            failed = np.where(
-                self.failed_step_ >= 0,
-                self.failed_step_,
-                np.where(failed >= 0, failed + self.flow_.n_steps, -1),
-            )
-        self.flow_, self.history_, self.failed_step_ = flow, history, failed
+            trained = trained.continuing(self.flow_, self.history_, self.failed_step_)
+        self.flow_, self.history_ = trained.flow, trained.history
+        self.failed_step_ = trained.failed_step
         self.critic_state_, self.stop_reason_ = trained.critic_state, trained.stop_reason
-        self.n_steps_ = flow.n_steps
+        self.n_steps_ = trained.flow.n_steps
         return trained
-
-    def _neighbour_map(self, starts, sources, moved):
-        """The map of new rows by their nearest training rows (None when rows replay)."""
-        if self.out_of_sample == "replay" or self.mode_ != "integration":
-            return None
-        # Without class flows one flow carries every kind of row: the mean of a row's
-        # neighbours' end points would mix groups the fit never saw.
-        method = "nearest" if self.out_of_sample == "auto" and self.classes_ is None else None
-        return NeighbourMap.fit(starts, sources, moved, method or self.out_of_sample)
-
-    # ---------------------------------------------------------------------- transform
-    @property
-    def center_(self):
-        return self._scaling.center
-
-    @property
-    def scale_(self):
-        return self._scaling.scale
-
-    @property
-    def out_of_sample_(self):
-        return None if self.neighbour_map_ is None else list(self.neighbour_map_.methods)
-
-    def flow_index(self, X, y=None):
-        """Index of the flow that carries each row of ``X``.
-
-        From the class ``y`` when given (after a conditional fit), else the class that
-        ``flow_assigner_`` predicts from the row.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,), default=None
-
-        Returns
-        -------
-        flows : ndarray of int of shape (n_samples,)
-        """
-        X = self._validate_rows(X)
-        return self._flows_of(self._scaling.transform(X), y)
-
-    def _flows_of(self, Z, y):
-        if self.flow_assigner_ is None:
-            return np.zeros(len(Z), dtype=int)
-        if y is not None:
-            return class_index(self.classes_, y, len(Z))
-        return self.flow_assigner_.predict(Z)
-
-    def _prealign(self, Z, flows):
-        """Apply the per-flow pre-alignment (identity without one); ``flows`` per row or one."""
-        if self.prealign_ is None:
-            return Z
-        flows = np.broadcast_to(flows, (len(Z),))
-        out = Z.copy()
-        for k, (a, b) in enumerate(self.prealign_):
-            out[flows == k] = Z[flows == k] * a + b
-        return out
-
-    def _move(self, X, y):
-        Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, y)
-        aligned = self._prealign(Z, flows)
-        if self.neighbour_map_ is None:
-            moved = self._replay(aligned, flows)
-        else:
-            moved = self.neighbour_map_.move(Z, aligned, flows, self._prealign)
-        return self._scaling.inverse_transform(moved)
-
-    def _replay(self, Z, flows, path=None, flow=None):
-        """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
-        return (flow or self.flow_).replay_rows(Z, flows, device=self.device_, path=path)
-
-    def replay(self, X, y=None, *, stop_steps=None):
-        """Push rows through the stored flow, whatever ``out_of_sample`` says.
-
-        These are the papers' generated particles: the training rows of an integration
-        fit, replayed, end exactly at their particles.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Starting points (all rows move, after the pre-alignment of their flow).
-        y : array-like of shape (n_samples,), default=None
-            Class of each row (picks its flow); None routes rows as ``transform`` does.
-        stop_steps : array-like of int of shape (n_flows,), default=None
-            Flow k stops after ``stop_steps[k]`` steps (an early stop chosen after the fit,
-            as :class:`GPAAugmenter`'s ``tolerance`` does); None runs every flow to the end.
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_samples, n_features)
-        """
-        X = self._validate_rows(X)
-        Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, y)
-        flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
-        return self._scaling.inverse_transform(
-            self._replay(self._prealign(Z, flows), flows, flow=flow)
-        )
-
-    def trajectories(self, X, *, every=10):
-        """Positions of rows along the learned flow, every ``every`` steps.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Starting points (all rows move).
-        every : int, default=10
-
-        Returns
-        -------
-        path : ndarray of shape (n_snapshots, n_samples, n_features)
-            Snapshots before steps 0, every, 2 * every, ... and after the last step.
-        """
-        X = self._validate_rows(X)
-        Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, None)
-        path = self._replay(self._prealign(Z, flows), flows, path=int(every))
-        return self._scaling.inverse_transform(path)
-
-    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True):
-        """Draw new samples: fresh prior draws pushed through the learned flow.
-
-        The draws come from the fitted prior (``prior_``); with the default
-        ``source="gaussian_fit"`` they start near the data and the flow corrects what a
-        Gaussian misses.  The trained particles themselves are ``particles_``.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        y : array-like of shape (n_samples,), default=None
-            After a conditional fit, the class of each requested sample.  None draws the
-            classes in proportion to the training targets.
-        random_state : int, RandomState instance or None, default=None
-        clip : bool, default=True
-            Clip each feature to its range in the training rows, as ForestFlow does: a
-            flow moves particles continuously, and a few end slightly past a bound that
-            the data never crosses (a negative count, a pixel below 0).  False returns the
-            flow's end points as they are.
-
-        Returns
-        -------
-        X : ndarray or DataFrame of shape (n_samples, n_features)
-            A DataFrame with the training columns' names when
-            ``set_output(transform="pandas")`` is set.
-        """
-        check_is_fitted(self, "flow_")
-        if self.mode_ != "generation":
-            raise ValueError(
-                "sample() needs a generative fit (fit(X) without sample_domain); this "
-                "estimator was fitted for integration: use transform()."
-            )
-        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        rng = check_random_state(random_state)
-        flows = self._requested_flows(n_samples, y, rng)
-        Z = np.empty((n_samples, self.n_features_in_))
-        for k in range(self.n_flows_):
-            rows = flows == k
-            Z[rows] = self.prior_.draw(k, int(rows.sum()), rng)
-        X_new = self._scaling.inverse_transform(self._replay(Z, flows))
-        if clip:
-            X_new = self._scaling.clip(X_new)
-        # The container of set_output(transform=...) (pandas, polars) with the feature names.
-        return _wrap_data_with_container("transform", X_new, None, self)
-
-    def _requested_flows(self, n_samples, y, rng):
-        if self.classes_ is None:
-            if y is not None:
-                raise ValueError("y was given but the fit was not class-conditional.")
-            return np.zeros(n_samples, dtype=int)
-        if y is None:
-            freq = np.bincount(np.searchsorted(self.classes_, self.particle_labels_))
-            return rng.choice(self.n_flows_, size=n_samples, p=freq / freq.sum())
-        return class_index(self.classes_, y, n_samples)
-
-
-def _flow_router(starts):
-    """A classifier of the flows' starting points routes new rows to flows (None for one)."""
-    flows = np.repeat(np.arange(len(starts)), [len(s) for s in starts])
-    return class_router(np.concatenate(starts), flows)

@@ -58,6 +58,12 @@ def test_sklearn_compatible(estimator, check, blas_rule_always_on):
     check(estimator)
 
 
-@parametrize_with_imblearn_checks([fast_augmenter()])
+# imbalanced-learn passes pytest a generator of checks, which pytest deprecates: a list.
+_imblearn_checks = parametrize_with_imblearn_checks([fast_augmenter()])
+
+
+@pytest.mark.parametrize(
+    _imblearn_checks.args[0], list(_imblearn_checks.args[1]), **_imblearn_checks.kwargs
+)
 def test_imblearn_compatible(estimator, check):
     check(estimator)

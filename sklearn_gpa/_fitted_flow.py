@@ -1,0 +1,195 @@
+"""What a fitted :class:`GPATransporter` does with rows: route, replay, sample.
+
+The fitting half (scaling, grouping, the prior, training) is in ``transport.py``; this
+half only reads the fitted attributes ``_scaling``, ``flow_``, ``flow_assigner_``,
+``prealign_``, ``neighbour_map_``, ``prior_``, ``classes_`` and ``device_``.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils import check_random_state
+from sklearn.utils._set_output import _wrap_data_with_container
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import class_index
+from .baselines import class_router
+
+__all__ = ["FittedFlowMixin", "flow_router"]
+
+
+def flow_router(starts):
+    """A classifier of the flows' starting points routes new rows to flows (None for one)."""
+    flows = np.repeat(np.arange(len(starts)), [len(s) for s in starts])
+    return class_router(np.concatenate(starts), flows)
+
+
+class FittedFlowMixin:
+    """Transform, replay, trajectories and sampling of a fitted flow."""
+
+    @property
+    def center_(self):
+        return self._scaling.center
+
+    @property
+    def scale_(self):
+        return self._scaling.scale
+
+    @property
+    def out_of_sample_(self):
+        return None if self.neighbour_map_ is None else list(self.neighbour_map_.methods)
+
+    def flow_index(self, X, y=None):
+        """Index of the flow that carries each row of ``X``.
+
+        From the class ``y`` when given (after a conditional fit), else the class that
+        ``flow_assigner_`` predicts from the row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        flows : ndarray of int of shape (n_samples,)
+        """
+        X = self._validate_rows(X)
+        return self._flows_of(self._scaling.transform(X), y)
+
+    def _flows_of(self, Z, y):
+        if self.flow_assigner_ is None:
+            return np.zeros(len(Z), dtype=int)
+        if y is not None:
+            return class_index(self.classes_, y, len(Z))
+        return self.flow_assigner_.predict(Z)
+
+    def _prealign(self, Z, flows):
+        """Apply the per-flow pre-alignment (identity without one); ``flows`` per row or one."""
+        if self.prealign_ is None:
+            return Z
+        flows = np.broadcast_to(flows, (len(Z),))
+        out = Z.copy()
+        for k, (a, b) in enumerate(self.prealign_):
+            out[flows == k] = Z[flows == k] * a + b
+        return out
+
+    def _move(self, X, y):
+        Z = self._scaling.transform(X)
+        flows = self._flows_of(Z, y)
+        aligned = self._prealign(Z, flows)
+        if self.neighbour_map_ is None:
+            moved = self._replay(aligned, flows)
+        else:
+            moved = self.neighbour_map_.move(Z, aligned, flows, self._prealign)
+        return self._scaling.inverse_transform(moved)
+
+    def _replay(self, Z, flows, path=None, flow=None):
+        """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
+        return (flow or self.flow_).replay_rows(Z, flows, device=self.device_, path=path)
+
+    def replay(self, X, y=None, *, stop_steps=None):
+        """Push rows through the stored flow, whatever ``out_of_sample`` says.
+
+        These are the papers' generated particles: the training rows of an integration
+        fit, replayed, end exactly at their particles.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Starting points (all rows move, after the pre-alignment of their flow).
+        y : array-like of shape (n_samples,), default=None
+            Class of each row (picks its flow); None routes rows as ``transform`` does.
+        stop_steps : array-like of int of shape (n_flows,), default=None
+            Flow k stops after ``stop_steps[k]`` steps (an early stop chosen after the fit,
+            as :class:`GPAAugmenter`'s ``tolerance`` does); None runs every flow to the end.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+        """
+        X = self._validate_rows(X)
+        Z = self._scaling.transform(X)
+        flows = self._flows_of(Z, y)
+        flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
+        return self._scaling.inverse_transform(
+            self._replay(self._prealign(Z, flows), flows, flow=flow)
+        )
+
+    def trajectories(self, X, *, every=10):
+        """Positions of rows along the learned flow, every ``every`` steps.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Starting points (all rows move).
+        every : int, default=10
+
+        Returns
+        -------
+        path : ndarray of shape (n_snapshots, n_samples, n_features)
+            Snapshots before steps 0, every, 2 * every, ... and after the last step.
+        """
+        X = self._validate_rows(X)
+        Z = self._scaling.transform(X)
+        flows = self._flows_of(Z, None)
+        path = self._replay(self._prealign(Z, flows), flows, path=int(every))
+        return self._scaling.inverse_transform(path)
+
+    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True):
+        """Draw new samples: fresh prior draws pushed through the learned flow.
+
+        The draws come from the fitted prior (``prior_``); with the default
+        ``source="gaussian_fit"`` they start near the data and the flow corrects what a
+        Gaussian misses.  The trained particles themselves are ``particles_``.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        y : array-like of shape (n_samples,), default=None
+            After a conditional fit, the class of each requested sample.  None draws the
+            classes in proportion to the training targets.
+        random_state : int, RandomState instance or None, default=None
+        clip : bool, default=True
+            Clip each feature to its range in the training rows, as ForestFlow does: a
+            flow moves particles continuously, and a few end slightly past a bound that
+            the data never crosses (a negative count, a pixel below 0).  False returns the
+            flow's end points as they are.
+
+        Returns
+        -------
+        X : ndarray or DataFrame of shape (n_samples, n_features)
+            A DataFrame with the training columns' names when
+            ``set_output(transform="pandas")`` is set.
+        """
+        check_is_fitted(self, "flow_")
+        if self.mode_ != "generation":
+            raise ValueError(
+                "sample() needs a generative fit (fit(X) without sample_domain); this "
+                "estimator was fitted for integration: use transform()."
+            )
+        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        rng = check_random_state(random_state)
+        flows = self._requested_flows(n_samples, y, rng)
+        Z = np.empty((n_samples, self.n_features_in_))
+        for k in range(self.n_flows_):
+            rows = flows == k
+            Z[rows] = self.prior_.draw(k, int(rows.sum()), rng)
+        X_new = self._scaling.inverse_transform(self._replay(Z, flows))
+        if clip:
+            X_new = self._scaling.clip(X_new)
+        # The container of set_output(transform=...) (pandas, polars) with the feature names.
+        return _wrap_data_with_container("transform", X_new, None, self)
+
+    def _requested_flows(self, n_samples, y, rng):
+        if self.classes_ is None:
+            if y is not None:
+                raise ValueError("y was given but the fit was not class-conditional.")
+            return np.zeros(n_samples, dtype=int)
+        if y is None:
+            freq = np.bincount(np.searchsorted(self.classes_, self.particle_labels_))
+            return rng.choice(self.n_flows_, size=n_samples, p=freq / freq.sum())
+        return class_index(self.classes_, y, n_samples)
