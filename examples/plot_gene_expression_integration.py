@@ -12,8 +12,9 @@ columns, give the ER (or any) labels you trust, and call ``fit_transform``.
 
 What the defaults do, and how to change them:
 
-* ``prealign="meanstd"`` first matches each gene's mean and spread (one map for all rows), so
-  the flow only corrects what two moments cannot.
+* ``prealign="shrunk"`` first matches each gene's mean and spread (one map for all rows,
+  shrunk towards the common shift and scale as ComBat does), so the flow only corrects what
+  two moments cannot.
 * The encoder is a :class:`~sklearn_gpa.latent.DiscrepancyEncoder`: the few directions in
   which the aligned source's covariance still differs from the target's beyond sampling noise
   (here a handful).  The flow moves rows only along them, and every row keeps the rest of its

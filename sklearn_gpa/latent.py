@@ -155,12 +155,14 @@ class LatentGPA(DomainTransformer):
     Integration by default keeps each row's identity and moves it only where the data show
     a difference between the two sides:
 
-    1. ``prealign="meanstd"``: the source rows are adjusted feature by feature to the
-       target's mean and standard deviation (one map for all rows, labels or not);
+    1. ``prealign="shrunk"``: the source rows are adjusted feature by feature to the
+       target's mean and standard deviation (one map for all rows, labels or not), each
+       feature's shift and scale shrunk towards the common ones by empirical Bayes, as
+       ComBat does;
     2. the encoder is a :class:`DiscrepancyEncoder`: the directions in which the aligned
        source's covariance differs from the target's beyond sampling noise (a permutation
        test), kept orthogonal to the target's class contrasts when the target rows carry
-       labels.  When there is none, no flow runs and the result is the mean/std adjustment;
+       labels.  When there is none, no flow runs and the result is that adjustment;
     3. the flow (one per class with labels on both sides) runs in those few directions and
        stops once its particles are as close to the target as a fresh sample would be;
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with
@@ -202,10 +204,12 @@ class LatentGPA(DomainTransformer):
     latent_scale : float, default=1.0
         Codes are multiplied by this before the flow runs (useful with the transporter's
         ``standardize=False``; the authors divide PCA codes of gene data by 10).
-    prealign : {"meanstd"} or None, default="meanstd"
+    prealign : {"shrunk", "meanstd"} or None, default="shrunk"
         Per-feature moment matching of all source rows to all target rows in the original
-        space before encoding (integration only); None runs the latent flow from the raw
-        source.
+        space before encoding (integration only): ``MeanStdAdjuster(conditional=False,
+        shrink=True)`` for "shrunk" (with at least 10 features; steadier with a few dozen
+        rows per side), exact matching for "meanstd".  ``residual="adjust"`` matches the
+        residuals' moments the same way.  None runs the latent flow from the raw source.
 
     Attributes
     ----------
@@ -258,7 +262,7 @@ class LatentGPA(DomainTransformer):
         "transporter": [HasMethods(["fit", "transform"]), None],
         "residual": [StrOptions({"adjust", "drop", "keep"})],
         "latent_scale": [Interval(Real, 0, None, closed="neither")],
-        "prealign": [StrOptions({"meanstd"}), None],
+        "prealign": [StrOptions({"shrunk", "meanstd"}), None],
     }
 
     def __init__(
@@ -268,7 +272,7 @@ class LatentGPA(DomainTransformer):
         *,
         residual="adjust",
         latent_scale=1.0,
-        prealign="meanstd",
+        prealign="shrunk",
     ):
         self.encoder = encoder
         self.transporter = transporter
@@ -288,10 +292,10 @@ class LatentGPA(DomainTransformer):
             transporter.set_params(standardize="common")
         sample_domain = None if source is None else np.where(source, 0, -1)
         self.adjuster_ = None
-        if source is not None and self.prealign == "meanstd":
+        if source is not None and self.prealign is not None:
             # One map for all rows even with labels: per-class moments of a few dozen rows
             # are noisy, and matching them moved rows away from their own truth.
-            self.adjuster_ = MeanStdAdjuster(conditional=False)
+            self.adjuster_ = MeanStdAdjuster(conditional=False, shrink=self.prealign == "shrunk")
             X = self.adjuster_.fit_transform(X, sample_domain=sample_domain)
         self.encoder_ = self._fit_encoder(X, y, sample_domain)
         codes = self._encode(X)
@@ -341,7 +345,8 @@ class LatentGPA(DomainTransformer):
         groups = [(source, ~source)]
         if classes is not None:
             groups = [(source & (y == c), ~source & (y == c)) for c in classes]
-        return [meanstd_map(residuals[s], residuals[t]) for s, t in groups]
+        shrink = self.prealign == "shrunk"
+        return [meanstd_map(residuals[s], residuals[t], shrink=shrink) for s, t in groups]
 
     def _move(self, X, y):
         """Move rows through (pre-alignment,) encoder, latent flow and decoder."""
