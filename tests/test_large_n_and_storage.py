@@ -201,3 +201,27 @@ def test_default_wine_fit_replays_its_trained_particles(wine_fits):
     assert np.median(errors["delta16"]) < 1e-5
     assert np.quantile(errors["delta16"], 0.99) < 1e-3
     assert np.sqrt(np.mean(errors["delta16"] ** 2)) < 0.01
+
+
+# -- out_of_sample="auto" at large N -------------------------------------------------------
+def test_leave_one_out_choice_predicts_a_bounded_number_of_rows(monkeypatch):
+    from sklearn.neighbors import NearestNeighbors
+
+    from sklearn_gpa._out_of_sample import leave_one_out_map
+
+    queried = []
+    kneighbors = NearestNeighbors.kneighbors
+
+    def spy(self, X=None, *args, **kwargs):
+        queried.append(len(X))
+        return kneighbors(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(NearestNeighbors, "kneighbors", spy)
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((400, 5))
+    shifted = start + 1.0 + 0.01 * rng.standard_normal((400, 5))  # a translation: nearest
+    shrunk = 0.2 * start + 0.01 * rng.standard_normal((400, 5))  # a contraction: barycentric
+    for end, expected in ((shifted, "nearest"), (shrunk, "barycentric")):
+        assert leave_one_out_map(start, start, end) == expected
+        assert leave_one_out_map(start, start, end, max_rows=60) == expected
+    assert queried == [400, 60, 400, 60]
