@@ -156,7 +156,7 @@ class GPATransporter(DomainTransformer):
         to half precision.  The delta encodings keep the first discriminator in float32
         and each later one as its change from the previous decoded one, compressed, so
         no error builds up along the flow: "delta16" stores each change in half
-        precision (weights within about 1e-5 of their largest value; a little under half
+        precision (weights within a few 1e-5 of the largest weight; a little under half
         the size of "float32"), "delta8" in 8-bit integers with one scale per block of
         128 weights (about a quarter of the size of "float32", weights within a 254th of
         their block's largest change in that step).  Replay uses the decoded weights, the
@@ -201,7 +201,8 @@ class GPATransporter(DomainTransformer):
         POT's out-of-sample maps do): robust with few rows in many dimensions.
         "barycentric" sends a row to the weighted mean of those neighbours' end points.
         "auto" picks, per class flow, the one of the two that predicts the training rows'
-        end points better (leave-one-out); without class flows it is "nearest".
+        end points better (leave-one-out, on at most 4 096 rows per flow); without class
+        flows it is "nearest".
         Generative fits always replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
