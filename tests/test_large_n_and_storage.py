@@ -225,3 +225,15 @@ def test_leave_one_out_choice_predicts_a_bounded_number_of_rows(monkeypatch):
         assert leave_one_out_map(start, start, end) == expected
         assert leave_one_out_map(start, start, end, max_rows=60) == expected
     assert queried == [400, 60, 400, 60]
+
+
+@pytest.mark.parametrize("encoding", ["float16", "delta16", "delta8"])
+def test_non_finite_or_huge_states_are_kept_in_float32(encoding):
+    states = _walk(20, n_params=300)
+    states[5:, 0, 7] = np.nan  # one weight of a flow that failed at step 5
+    stored = StoredStates.encode(states, encoding)
+    assert stored.segments[0].encoding == "float32"
+    np.testing.assert_array_equal(stored.decode(), states)
+    huge = _walk(5, n_params=10) * 1e6
+    assert StoredStates.encode(huge, encoding).segments[0].encoding == "float32"
+    assert StoredStates.encode(_walk(5), encoding).segments[0].encoding == encoding

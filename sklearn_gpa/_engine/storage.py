@@ -17,6 +17,9 @@ states differ by a few Adam steps; three encodings of the sequence:
   one step's change of the trained one (half a quantisation step, a 254th of its block's
   largest change, for ``"delta8"``).
 
+A sequence with a non-finite value (a flow that failed) or values beyond half precision's
+range is kept in float32 whatever the encoding asked for.
+
 The encoded sequence is what an estimator pickles; ``decode`` gives the float32 array that
 replay uses, the same before and after pickling.  A continued (warm-started) flow appends
 its own encoded segment, so earlier steps are never encoded twice.
@@ -105,6 +108,20 @@ def _decode_delta(first, packed, scales, n_rows, encoding):
     return out
 
 
+def _fits_half_precision(states) -> bool:
+    """Whether the lossy encodings can keep ``states``: every value finite, and every value
+    and change within half precision's range.  Otherwise (a flow that turned non-finite,
+    an unconstrained critic's huge weights) the segment is kept in float32: a non-finite
+    value would spread to the other values of its block, or to every later step."""
+    if not np.all(np.isfinite(states)):
+        return False
+    limit = np.finfo(np.float16).max / 2
+    rows = states.reshape(-1, states.shape[-1]) if states.size else states
+    return bool(np.abs(states).max(initial=0.0) < limit) and (
+        len(rows) < 2 or bool(np.abs(np.diff(rows, axis=0)).max(initial=0.0) < limit)
+    )
+
+
 @dataclass
 class _Segment:
     """One encoded run of states, shaped (n_stored, n_stages, n_params) when decoded."""
@@ -117,6 +134,8 @@ class _Segment:
     def encode(cls, states, encoding):
         states = np.ascontiguousarray(states, dtype=np.float32)
         shape = states.shape
+        if encoding != "float32" and not _fits_half_precision(states):
+            encoding = "float32"
         if encoding == "float32":
             data = (states,)
         elif encoding == "float16":
