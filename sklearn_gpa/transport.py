@@ -577,7 +577,9 @@ class GPATransporter(DomainTransformer):
         """Push rows through the stored flow, whatever ``out_of_sample`` says.
 
         These are the papers' generated particles: the training rows of an integration
-        fit, replayed, end exactly at their particles.
+        fit, replayed, end at their particles (to rounding with
+        ``store_encoding="float32"``; the smaller default encoding replays a few of them,
+        those near where a discriminator unit switches, along another path).
 
         Parameters
         ----------
