@@ -12,9 +12,12 @@ and how close the moved particles come to the target:
   the error of the moved particles' mean and standard deviations.
 
 Both report the energy distance between 2 000 moved particles and 2 000 fresh target rows
-(0 = indistinguishable; the last row gives the value for two target samples).
+(0 = indistinguishable; the last row gives the value for two target samples, the floor),
+and the energy distance between the same 2 000 particles moved with this batch size and
+with the full batch ("vs full").  ``"auto"`` is the default rule (every row up to 16 384
+rows per flow and side, 16 384 above; at N = 20 000 it trains on 16 384 rows).
 
-Run: ``python benchmarks/bench_batch_size.py [--quick]``.
+Run: ``python benchmarks/bench_batch_size.py [--quick] [--batch-sizes full auto 500]``.
 Writes ``results/bench_batch_size.{json,md}``.
 """
 
@@ -67,7 +70,7 @@ def gaussian_problem(n, d=50, seed=0):
 def run(problem, n, batch_sizes, n_steps):
     name, source, target, fresh, settings, quality = problem
     X, _, domain = stack_domains(source, target)
-    rows, reference = [], None
+    rows, reference, full_moved = [], None, None
     pick = np.random.RandomState(5).choice(n, EVAL_ROWS, replace=False)
     for batch in batch_sizes:
         gpa = GPATransporter(n_steps=n_steps, batch_size=batch, random_state=0, **settings)
@@ -75,6 +78,7 @@ def run(problem, n, batch_sizes, n_steps):
         moved = moved[domain == 1]
         per_step = 1000 * gpa.history_["time"][-1] / gpa.n_steps_
         reference = per_step if batch is None else reference
+        full_moved = moved[pick] if batch is None else full_moved
         row = {
             "problem": name,
             "N": n,
@@ -82,6 +86,7 @@ def run(problem, n, batch_sizes, n_steps):
             "ms_per_step": per_step,
             "time_vs_full": per_step / reference,
             "energy_distance": energy_distance(moved[pick], fresh),
+            "vs_full": None if full_moved is None else energy_distance(moved[pick], full_moved),
             "seconds": seconds,
             **quality(moved),
         }
@@ -98,15 +103,21 @@ def run(problem, n, batch_sizes, n_steps):
     return rows
 
 
+def _batch(text):
+    return None if text == "full" else text if text == "auto" else int(text)
+
+
 def table(rows):
     keys = sorted({k for r in rows for k in r} - {"problem", "N", "batch_size", "seconds"})
-    order = ["ms_per_step", "time_vs_full", "energy_distance"]
+    order = ["ms_per_step", "time_vs_full", "energy_distance", "vs_full"]
     keys = order + [k for k in keys if k not in order]
     head = "| problem | N | batch | " + " | ".join(keys) + " |"
     rule = "|---|---:|---:|" + "---:|" * len(keys)
     lines = [head, rule]
     for r in rows:
-        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys]
+        cells = [
+            f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k) or "-") for k in keys
+        ]
         batch = r["batch_size"] if r["batch_size"] is not None else "full"
         lines.append(f"| {r['problem']} | {r['N']} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -114,19 +125,28 @@ def table(rows):
 
 def main(argv=None):
     parser = _common.parser(__doc__, quick="N = 2 000, 100 steps")
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        default=None,
+        help="batch sizes to run: 'full' (None), 'auto' or integers; the first must be full",
+    )
     args = parser.parse_args(argv)
     n, n_steps = (2000, 100) if args.quick else (20000, 300)
-    batch_sizes = [None, 5000, 2000, 500, 100] if not args.quick else [None, 500, 100]
+    batch_sizes = [None, "auto", 5000, 2000, 500, 100] if not args.quick else [None, 500, 100]
+    if args.batch_sizes:
+        batch_sizes = [_batch(b) for b in args.batch_sizes]
     rows = []
     for problem in (mixture_problem(n), gaussian_problem(n)):
         rows += run(problem, n, batch_sizes, n_steps)
     text = (
-        f"`python benchmarks/bench_batch_size.py{' --quick' if args.quick else ''}` "
+        f"`python benchmarks/{' '.join(['bench_batch_size.py', *(argv or sys.argv[1:])])}` "
         f"({_common.now()}, {_common.machine_line()}), {n_steps} steps, "
         f"energy distance on {EVAL_ROWS} rows.\n\n{table(rows)}\n"
     )
     print("\n" + text)
-    stem = _common.result_stem("bench_batch_size", args.quick)
+    suffix = "" if not args.batch_sizes else "_" + "_".join(args.batch_sizes)
+    stem = _common.result_stem("bench_batch_size", args.quick, suffix)
     _common.write_results(stem, {"n_steps": n_steps, "rows": rows}, text)
     return 0
 

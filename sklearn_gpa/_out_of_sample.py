@@ -8,6 +8,8 @@ from sklearn.neighbors import NearestNeighbors
 __all__ = ["NeighbourMap", "leave_one_out_map"]
 
 N_NEIGHBORS = 5
+# "auto" judges the two maps on at most this many training rows per flow.
+LEAVE_ONE_OUT_ROWS = 4096
 
 
 def _inverse_distance_weights(distance):
@@ -79,20 +81,27 @@ class NeighbourMap:
         return out
 
 
-def leave_one_out_map(start, begin, end, n_neighbors=N_NEIGHBORS):
+def leave_one_out_map(start, begin, end, n_neighbors=N_NEIGHBORS, max_rows=LEAVE_ONE_OUT_ROWS):
     """``"nearest"`` or ``"barycentric"``: which predicts each training end point better.
 
     Each training row is predicted from its ``n_neighbors`` nearest other rows (in the
     starting points ``start``, inverse-distance weights): by its own (pre-aligned) start
-    ``begin`` plus their mean displacement, or by the mean of their end points.
+    ``begin`` plus their mean displacement, or by the mean of their end points.  With more
+    than ``max_rows`` rows, a fixed random ``max_rows`` of them are predicted (from all
+    rows): the neighbour search costs about rows x predicted rows in many dimensions, which
+    would grow with the square of the rows.
     """
     if len(start) < 3:
         return "nearest"
     k = min(n_neighbors, len(start) - 1)
-    distance, index = NearestNeighbors(n_neighbors=k + 1).fit(start).kneighbors(start)
+    rows = np.arange(len(start))
+    if len(start) > max_rows:
+        rows = np.sort(np.random.default_rng(0).choice(len(start), max_rows, replace=False))
+    search = NearestNeighbors(n_neighbors=k + 1).fit(start)
+    distance, index = search.kneighbors(start[rows])
     weight = _inverse_distance_weights(distance[:, 1:])
     index = index[:, 1:]
     mean_end = np.einsum("ij,ijd->id", weight, end[index])
     mean_move = np.einsum("ij,ijd->id", weight, (end - begin)[index])
-    nearest_error = np.sum((begin + mean_move - end) ** 2)
-    return "barycentric" if np.sum((mean_end - end) ** 2) < nearest_error else "nearest"
+    nearest_error = np.sum((begin[rows] + mean_move - end[rows]) ** 2)
+    return "barycentric" if np.sum((mean_end - end[rows]) ** 2) < nearest_error else "nearest"

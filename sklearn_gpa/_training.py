@@ -9,7 +9,15 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._engine import ACTIVATIONS, DIVERGENCES, SOLVERS, resolve_device, resolve_dtype, run_gpa
+from ._engine import (
+    ACTIVATIONS,
+    DIVERGENCES,
+    SOLVERS,
+    STATE_ENCODINGS,
+    resolve_device,
+    resolve_dtype,
+    run_gpa,
+)
 from ._prior import SOURCES
 from ._progress import FitProgress
 from ._scaling import SCALINGS
@@ -50,7 +58,8 @@ FLOW_CONSTRAINTS = {
     "conditional": [StrOptions({"auto"}), "boolean"],
     "standardize": [StrOptions(set(SCALINGS)), "boolean"],
     "store_every": [Interval(Integral, 1, None, closed="left")],
-    "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "store_encoding": [StrOptions({"auto", *STATE_ENCODINGS})],
+    "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"}), None],
     "device": [str, None],
     "dtype": [StrOptions({"float32", "float64"})],
     "log_every": [Interval(Integral, 1, None, closed="left")],

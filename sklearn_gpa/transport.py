@@ -41,9 +41,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
 
     The sequence of discriminators *is* the fitted model: ``transform`` and ``sample``
     replay it on particles the fit never saw.  :class:`LatentGPA` and
-    :class:`GPAAugmenter` take a ``GPATransporter`` as their ``transporter``.
-
-    Read more in the :ref:`User Guide <user_guide>`.
+    :class:`GPAAugmenter` take a ``GPATransporter`` as their ``transporter``.  Read more
+    in the :ref:`User Guide <user_guide>`.
 
     Parameters
     ----------
@@ -124,10 +123,15 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     store_every : int, default=1
         Keep the discriminator of every ``store_every``-th step; replay uses each stored
         one for ``store_every`` steps (less memory, a coarser velocity field).
-    batch_size : int or None, default=None
-        Rows per flow and side in each discriminator update (sampled with replacement);
-        None uses all rows.  Every particle still moves at every step.  Keep a few hundred
-        rows or more per flow.
+    store_encoding : {"auto", "delta16", "delta8", "float16", "float32"}, default="auto"
+        How the stored discriminators are kept: as trained ("float32"), rounded, or as
+        compressed changes between steps (about 1/2 and 1/4 of the size); the smaller ones
+        replay a few rows along another path.  "auto": "delta16" in generation, "float32"
+        in integration.  See the :ref:`user guide <user_guide_memory>`.
+    batch_size : "auto", int or None, default="auto"
+        Rows per flow and side in each discriminator update (drawn with replacement; None:
+        all); every particle still moves at every step.  "auto": all rows up to 16 384 per
+        flow and side, 16 384 drawn rows above, so a step's cost is linear in the rows.
     device : str, default="auto"
         "auto" uses CUDA when available, else the CPU.
     dtype : {"float32", "float64"}, default="float32"
@@ -144,21 +148,21 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         Called as ``callback(step, divergence, kinetic_energy)`` every ``log_every`` steps
         (arrays over flows); replaces the ``verbose`` progress bar.
     prealign : {"meanstd"} or None, default=None
-        Integration only.  "meanstd" first maps each flow's source rows by the per-feature
-        affine map that matches their mean and standard deviation to the flow's target rows
-        (the papers' baseline F), and starts the flow there, so the flow only fixes what
-        two moments cannot.  The same map is applied to new rows in ``transform``.
+        Integration only.  "meanstd" starts each flow from its source rows with their
+        per-feature mean and std matched to its target rows' (the papers' baseline F), so
+        the flow only fixes what two moments cannot; ``transform`` applies the same map.
     out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
         How ``transform`` moves rows of an integration fit: "replay" pushes them through
         the stored flow; "nearest" moves each by the inverse-distance-weighted displacement
         of its 5 nearest training source rows (robust with few rows in many dimensions);
         "barycentric" sends it to the weighted mean of their end points; "auto" picks, per
-        class flow, the better of the two by leave-one-out ("nearest" without class flows).
+        class flow, the better of the two by leave-one-out on at most 4 096 rows ("nearest"
+        without class flows).
         Generative fits always replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
-        more steps from where it stopped (particles, critic weights, Adam state and all).
-        Flows that the stopping rule (or a non-finite step) stopped stay where they are.
+        more steps from where it stopped (particles, critic weights, Adam state and all);
+        flows that the stopping rule (or a non-finite step) stopped stay where they are.
 
     Attributes
     ----------
@@ -258,7 +262,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         conditional="auto",
         standardize="auto",
         store_every=1,
-        batch_size=None,
+        store_encoding="auto",
+        batch_size="auto",
         device="auto",
         dtype="float32",
         log_every=50,
@@ -291,6 +296,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         self.conditional = conditional
         self.standardize = standardize
         self.store_every = store_every
+        self.store_encoding = store_encoding
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -353,12 +359,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         return particles if mode == "integration" else None
 
     def _starting_points(self, Z, source_rows, targets, rng):
-        """Standardised starting rows of each flow (before any pre-alignment).
-
-        Integration starts from the source rows of ``Z`` (``source_rows[k]`` for flow k),
-        generation from prior draws; the pre-alignment (``prealign_``) and the prior
-        (``prior_``) are fitted here.
-        """
+        """Standardised starting rows of each flow: source rows (``source_rows[k]`` of flow k)
+        or prior draws; fits ``prealign_`` and ``prior_``."""
         self.prior_ = self.prealign_ = None
         if self.mode_ == "integration":
             starts = [Z[s] for s in source_rows]
@@ -373,8 +375,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     def _train(self, sources, targets, rng, resume):
         device = resolve_device(self.device)
         self.device_ = str(device)
+        params = self.get_params(deep=False)
+        if params["store_encoding"] == "auto":  # transform replays an integration's rows
+            params["store_encoding"] = "delta16" if self.mode_ == "generation" else "float32"
         trained = train_flows(
-            self.get_params(deep=False),
+            params,
             sources,
             targets,
             name=type(self).__name__,

@@ -22,25 +22,38 @@ from .estimate import (
     cross_fit_divergence,
     estimate_divergence,
 )
-from .flow import FlowResult, LearnedFlow, pack_rows, replay_flow, train_flow
+from .flow import (
+    AUTO_BATCH_ROWS,
+    FlowResult,
+    LearnedFlow,
+    pack_rows,
+    replay_flow,
+    resolve_batch_size,
+    train_flow,
+)
 from .integrators import SOLVERS, get_tableau
 from .networks import ACTIVATIONS, MLPLayout, make_activation
 from .stopping import EnergyStopping, rows_compared
+from .storage import STATE_ENCODINGS, StoredStates
 
 __all__ = [
     "ACTIVATIONS",
+    "AUTO_BATCH_ROWS",
     "CONSTRAINTS",
     "DIVERGENCES",
     "SOLVERS",
+    "STATE_ENCODINGS",
     "CrossFitEstimate",
     "DivergenceEstimate",
     "STOPPING_RULES",
+    "StoredStates",
     "FlowResult",
     "LearnedFlow",
     "cross_fit_divergence",
     "estimate_divergence",
     "pack_rows",
     "replay_flow",
+    "resolve_batch_size",
     "resolve_device",
     "resolve_dtype",
     "run_gpa",
@@ -72,6 +85,7 @@ def run_gpa(
     learning_rate=5e-3,
     tol=None,
     store_every=1,
+    store_encoding="float32",
     batch_size=None,
     log_every=50,
     seed=0,
@@ -91,6 +105,12 @@ def run_gpa(
     (channels, height, width) the critics are CNNs (``conv.ConvLayout``) with convolutions
     of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
 
+    ``batch_size`` is the critic's rows per flow and side (None: every row; "auto": every
+    row up to ``AUTO_BATCH_ROWS``, that many above, see ``flow.resolve_batch_size``).
+
+    ``store_encoding`` (``storage.STATE_ENCODINGS``) is how the ``LearnedFlow`` keeps the
+    critic states: replay uses the decoded states, the same before and after pickling.
+
     ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
     sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
     ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
@@ -105,6 +125,9 @@ def run_gpa(
             n_features, tuple(image_shape), tuple(conv_channels), hidden, len(sources)
         )
         critic_class = ConvCritic
+    batch_size = resolve_batch_size(
+        batch_size, max(len(s) for s in sources), max(len(t) for t in targets)
+    )
     rows = max(len(s) for s in sources) + max(len(t) for t in targets)
     if batch_size is not None:
         rows = min(rows, 2 * batch_size)
@@ -164,7 +187,7 @@ def run_gpa(
         solver=solver,
         dt=dt,
         store_every=store_every,
-        states=result.states.cpu().numpy(),
+        stored=StoredStates.encode(result.states.cpu().numpy(), store_encoding),
         alive=result.alive.cpu().numpy(),
     )
     return result, flow

@@ -281,5 +281,5 @@ class ConvCritic(Critic):
         (grad_y,) = torch.autograd.grad(phi[:, :n_particles].sum(), y, create_graph=True)
         return phi, grad_y
 
-    def gradient(self, y):
+    def _gradient(self, y):
         return self.layout.gradient(self.params, self.activation, y)

@@ -49,6 +49,11 @@ _FLUSH_EVERY = 32
 # many bytes, a core's L2 cache on the machines measured (AMD EPYC: 1 MiB per core).
 _CACHE_BYTES = 1 << 20
 
+# The velocity of more particles per flow than this is evaluated in chunks of this many, so
+# the activations it keeps (rows x layer widths) stay bounded whatever the number of
+# particles; fewer particles go in one piece, as they always did.
+VELOCITY_ROWS = 32768
+
 
 class Critic:
     """K Lipschitz MLP critics trained together.
@@ -370,7 +375,20 @@ class Critic:
         return phi, grad_y
 
     def gradient(self, y):
-        """``grad phi`` at ``y`` (K, M, d) with the current weights."""
+        """``grad phi`` at ``y`` (K, M, d) with the current weights.
+
+        More than ``VELOCITY_ROWS`` rows per flow are evaluated in chunks of that many.
+        """
+        if y.shape[1] <= VELOCITY_ROWS:
+            return self._gradient(y)
+        out = torch.empty_like(y)
+        for start in range(0, y.shape[1], VELOCITY_ROWS):
+            out[:, start : start + VELOCITY_ROWS] = self._gradient(
+                y[:, start : start + VELOCITY_ROWS]
+            )
+        return out
+
+    def _gradient(self, y):
         grads = []
         for flows, layers, _ in self._flow_chunks(y.shape[1]):
             rows = y if flows is None else y[flows]

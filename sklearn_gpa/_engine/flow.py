@@ -18,7 +18,34 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["FlowResult", "minibatch_sampler", "pack_rows", "replay_flow", "train_flow"]
+from .storage import StoredStates
+
+__all__ = [
+    "AUTO_BATCH_ROWS",
+    "FlowResult",
+    "minibatch_sampler",
+    "pack_rows",
+    "replay_flow",
+    "resolve_batch_size",
+    "train_flow",
+]
+
+# batch_size="auto": the critic trains on every row while no flow has more than this many
+# particle or target rows, and on this many rows per flow and side (drawn with replacement)
+# above.  The cost of a critic update is then bounded, and a particle step costs the
+# velocity on every particle (linear in N) plus a constant.
+AUTO_BATCH_ROWS = 16384
+
+
+def resolve_batch_size(batch_size, n_particles, n_targets):
+    """The critic's rows per flow and side: an int, or None for every row.
+
+    ``batch_size`` is an int, None (every row) or "auto": None while ``n_particles`` and
+    ``n_targets`` (the largest flow's rows) are at most ``AUTO_BATCH_ROWS``, that many above.
+    """
+    if batch_size == "auto":
+        return None if max(n_particles, n_targets) <= AUTO_BATCH_ROWS else AUTO_BATCH_ROWS
+    return batch_size
 
 
 def pack_rows(groups, dtype, device):
@@ -224,6 +251,7 @@ def train_flow(
     z = torch.cat([y0, x], 1)
     y = y0.clone()
     batch = None
+    batch_size = resolve_batch_size(batch_size, n_particles, x.shape[1])
     if batch_size is not None and batch_size < max(n_particles, x.shape[1]):
         counts_y = (w_y > 0).sum(1).to(dtype)
         counts_x = (w_x > 0).sum(1).to(dtype)
@@ -322,9 +350,10 @@ def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_ever
 class LearnedFlow:
     """A trained flow in plain NumPy arrays: what an estimator keeps, clones and pickles.
 
-    ``layout`` describes the K critics (an ``MLPLayout`` or a ``ConvLayout``), ``states``
-    (n_stored, n_stages, n_params) holds their weights at every stored step and stage,
-    ``alive`` (n_steps, K) whether each flow still moved at that step.
+    ``layout`` describes the K critics (an ``MLPLayout`` or a ``ConvLayout``), ``stored``
+    (``storage.StoredStates``) their weights at every stored step and stage, encoded
+    (``states`` decodes them: (n_stored, n_stages, n_params)), ``alive`` (n_steps, K)
+    whether each flow still moved at that step.
     """
 
     layout: object
@@ -333,8 +362,13 @@ class LearnedFlow:
     solver: str
     dt: float
     store_every: int
-    states: np.ndarray
+    stored: StoredStates
     alive: np.ndarray
+
+    @property
+    def states(self) -> np.ndarray:
+        """The critic states (n_stored, n_stages, n_params), float32, as replay uses them."""
+        return self.stored.decode()
 
     @property
     def n_steps(self) -> int:
@@ -342,8 +376,8 @@ class LearnedFlow:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the stored critic states."""
-        return self.states.nbytes + self.alive.nbytes
+        """Bytes held by the stored (encoded) critic states and the alive flags."""
+        return self.stored.nbytes + self.alive.nbytes
 
     def architecture(self) -> dict:
         """The critics' shape: what a continuation of this flow must keep."""
@@ -366,7 +400,7 @@ class LearnedFlow:
             )
         return dataclasses.replace(
             later,
-            states=np.concatenate([self.states, later.states]),
+            stored=self.stored.append(later.stored),
             alive=np.concatenate([self.alive, later.alive & self.alive[-1:]]),
         )
 
