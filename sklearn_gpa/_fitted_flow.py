@@ -94,7 +94,9 @@ class FittedFlowMixin:
         """Push rows through the stored flow, whatever ``out_of_sample`` says.
 
         These are the papers' generated particles: the training rows of an integration
-        fit, replayed, end exactly at their particles.
+        fit, replayed, end at their particles (to rounding with the float32 storage that
+        ``store_encoding="auto"`` uses in integration; a lossy encoding replays a few rows,
+        near where a discriminator unit switches, along another path).
 
         Parameters
         ----------
