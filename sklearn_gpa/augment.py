@@ -190,8 +190,7 @@ class GPAAugmenter(BaseOverSampler):
     >>> rng = np.random.RandomState(0)
     >>> X = np.vstack([rng.normal(0, 1, (90, 2)), rng.normal(4, 1, (10, 2))])
     >>> y = np.array([0] * 90 + [1] * 10)
-    >>> from sklearn_gpa import GPATransporter
-    >>> augmenter = GPAAugmenter(transporter=GPATransporter(n_steps=100), random_state=0)
+    >>> augmenter = GPAAugmenter(random_state=0)
     >>> X_res, y_res = augmenter.fit_resample(X, y)
     >>> np.bincount(y_res).tolist()
     [90, 90]
@@ -199,6 +198,14 @@ class GPAAugmenter(BaseOverSampler):
     True
     >>> bool(np.linalg.norm(X_res[100:].mean(0) - 4) < 1)
     True
+
+    A longer flow, for a class of complex shape (slower in proportion to its steps):
+
+    >>> from sklearn_gpa import GPATransporter
+    >>> longer = GPATransporter(source="gaussian_fit", n_steps=200)
+    >>> X_res, y_res = GPAAugmenter(transporter=longer, random_state=0).fit_resample(X, y)
+    >>> len(X_res)
+    180
     """
 
     _parameter_constraints: dict = {
