@@ -13,6 +13,7 @@ from scipy import sparse
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
+from threadpoolctl import threadpool_limits
 
 from ._engine.device import cpu_threads
 from ._prior import Prior
@@ -288,11 +289,19 @@ class GPAAugmenter(BaseOverSampler):
             rows = [np.concatenate(pair) for pair in zip(rows, fresh)]
         return rows
 
+    @contextlib.contextmanager
     def _torch_threads(self):
-        """The torch CPU threads the flows may use: one unless ``n_jobs`` says otherwise."""
+        """The CPU threads the flows may use: one unless ``n_jobs`` says otherwise.
+
+        torch's threads, and the OpenMP and BLAS threads of the numpy and scikit-learn work
+        around the flows (the transporter's class router: neighbour searches, a ridge).
+        """
         if self.n_jobs == -1:
-            return contextlib.nullcontext()
-        return cpu_threads(1 if self.n_jobs is None else min(self.n_jobs, torch.get_num_threads()))
+            yield
+            return
+        n = 1 if self.n_jobs is None else min(self.n_jobs, torch.get_num_threads())
+        with cpu_threads(n), threadpool_limits(limits=n):
+            yield
 
     # -- preparation ------------------------------------------------------------------
     def _fit_discrete_features(self, X):
