@@ -116,7 +116,8 @@ class GPAAugmenter(BaseOverSampler):
         ``X``; an array of feature indices or a boolean mask; None snaps nothing.
 
     n_jobs : int or None, default=None
-        Torch CPU threads for the flows.  None: one, as scikit-learn's ``n_jobs=None``; an
+        CPU threads for the flows (torch's, and the OpenMP and BLAS threads of the work
+        around them).  None: one, as scikit-learn's ``n_jobs=None``; an
         augmenter runs once per fold of a cross-validation, which parallelises over folds
         (``cross_validate(..., n_jobs=...)``), and next to other busy processes several
         threads wait for each other at every step (a fit can take ten times longer).  A

@@ -13,6 +13,7 @@ from imblearn.utils.estimator_checks import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from threadpoolctl import threadpool_info
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa.augment import GPAAugmenter, default_transporter
@@ -59,10 +60,15 @@ def test_default_flow_is_short_and_cheap():
 def test_flows_run_on_one_torch_thread_unless_n_jobs_says_otherwise():
     # Large enough that the engine's size rule would take every thread (2.4e7 multiply-adds).
     X, y, _ = _three_classes(sizes=(3000, 1000, 0), n_features=20)
-    seen = {}
+    seen, openmp = {}, {}
+
+    def record_threads(n_jobs):
+        seen.setdefault(n_jobs, torch.get_num_threads())
+        pools = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+        openmp.setdefault(n_jobs, max(pools, default=1))
 
     def fit(n_jobs):
-        record = lambda step, divergence, kinetic: seen.setdefault(n_jobs, torch.get_num_threads())  # noqa: E731
+        record = lambda step, divergence, kinetic: record_threads(n_jobs)  # noqa: E731
         flow = GPATransporter(source="gaussian_fit", n_steps=2, log_every=1, callback=record)
         GPAAugmenter(transporter=flow, n_jobs=n_jobs, random_state=0).fit_resample(X, y)
 
@@ -70,6 +76,7 @@ def test_flows_run_on_one_torch_thread_unless_n_jobs_says_otherwise():
     for n_jobs in (None, 1, -1):
         fit(n_jobs)
     assert seen == {None: 1, 1: 1, -1: before} and torch.get_num_threads() == before
+    assert openmp[None] == openmp[1] == 1
 
 
 def _three_classes(seed=0, sizes=(60, 25, 10), n_features=3):
