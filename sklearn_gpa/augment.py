@@ -73,9 +73,10 @@ class GPAAugmenter(BaseOverSampler):
         cheap flow made for augmentation inside cross-validation: the particles start from a
         Gaussian with each class's mean and (Ledoit-Wolf) covariance
         (``source="gaussian_fit"``), so the flow only has to correct what two moments miss,
-        in 50 steps of 2 critic updates.  For a closer fit to a class of complex shape, pass
-        a longer flow, e.g. ``GPATransporter(source="gaussian_fit", n_steps=300)``
-        (slower in proportion); the papers' fixed priors (``"normal"``, ``"uniform"``,
+        in 50 steps of 2 critic updates.  For a closer fit to a class of complex shape, or
+        classes that overlap strongly, pass a longer flow, e.g.
+        ``GPATransporter(source="gaussian_fit", n_steps=300)`` (slower in proportion), or
+        let a grid search choose; the papers' fixed priors (``"normal"``, ``"uniform"``,
         ``"logistic"``) make the flow carry the particles much farther.  The augmenter sets
         the clone's ``stop`` (None: the flows run ``n_steps``, and ``tolerance`` picks each
         flow's end), ``conditional``, ``prealign``, ``out_of_sample``, ``warm_start`` and
