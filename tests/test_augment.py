@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from imblearn.pipeline import make_pipeline
 from imblearn.utils.estimator_checks import (
     check_dataframe_column_names_consistency,
@@ -11,10 +12,11 @@ from imblearn.utils.estimator_checks import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_validate
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from threadpoolctl import threadpool_info
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa.augment import GPAAugmenter
+from sklearn_gpa.augment import GPAAugmenter, default_transporter
 
 FAST = dict(transporter=GPATransporter(source="gaussian_fit", n_steps=5), random_state=0)
 
@@ -36,6 +38,45 @@ def test_flow_settings_live_on_the_transporter():
     assert not hasattr(sampler.transporter, "flow_")  # the parameter is cloned, not fitted
     default = GPAAugmenter(random_state=0).fit_resample(X, y)
     assert GPAAugmenter(random_state=0).transporter is None and len(default[0]) > len(X)
+
+
+def test_default_flow_is_short_and_cheap():
+    # Issue 18: the default flow must cost no more than a 100-tree forest in cross-validation;
+    # 300 steps of 5 critic updates (the former default) cost 3-6 forests.
+    X, y, _ = _three_classes()
+    sampler = GPAAugmenter(random_state=0)
+    sampler.fit_resample(X, y)
+    flow = sampler.transporter_
+    assert (flow.source, flow.n_steps, flow.n_critic, flow.stop) == ("gaussian_fit", 50, 2, None)
+    assert flow.n_steps_ == 50 and flow.n_steps_ * flow.n_critic <= 100
+    assert (
+        default_transporter().get_params()
+        == GPATransporter(source="gaussian_fit", n_steps=50, n_critic=2, stop=None).get_params()
+    )
+    assert GPAAugmenter().max_particles == 1000
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two torch threads to limit")
+def test_flows_run_on_one_torch_thread_unless_n_jobs_says_otherwise():
+    # Large enough that the engine's size rule would take every thread (2.4e7 multiply-adds).
+    X, y, _ = _three_classes(sizes=(3000, 1000, 0), n_features=20)
+    seen, openmp = {}, {}
+
+    def record_threads(n_jobs):
+        seen.setdefault(n_jobs, torch.get_num_threads())
+        pools = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+        openmp.setdefault(n_jobs, max(pools, default=1))
+
+    def fit(n_jobs):
+        record = lambda step, divergence, kinetic: record_threads(n_jobs)  # noqa: E731
+        flow = GPATransporter(source="gaussian_fit", n_steps=2, log_every=1, callback=record)
+        GPAAugmenter(transporter=flow, n_jobs=n_jobs, random_state=0).fit_resample(X, y)
+
+    before = torch.get_num_threads()
+    for n_jobs in (None, 1, -1):
+        fit(n_jobs)
+    assert seen == {None: 1, 1: 1, -1: before} and torch.get_num_threads() == before
+    assert openmp[None] == openmp[1] == 1
 
 
 def _three_classes(seed=0, sizes=(60, 25, 10), n_features=3):
@@ -158,6 +199,30 @@ def test_oversampling_factor_sets_particles_per_original_row(factor, expected):
     sampler = GPAAugmenter(sampling_strategy={1: 60}, oversampling_factor=factor, **FAST)
     sampler.fit_resample(X, y)
     assert sampler.n_particles_ == {1: expected}  # max(10 requested, factor * 50)
+
+
+def test_rows_beyond_max_particles_are_replayed_draws_of_the_class():
+    X, y, centers = _three_classes(sizes=(400, 12, 0))
+    flow = GPATransporter(source="gaussian_fit", n_steps=30)
+    capped = GPAAugmenter(max_particles=100, transporter=flow, random_state=0)
+    X_res, y_res = capped.fit_resample(X, y)
+    assert np.bincount(y_res).tolist() == [400, 400]
+    assert capped.n_particles_ == {1: 100}  # max(3 * 12, min(388, 100))
+    synthetic = X_res[len(X) :]
+    trained, replayed = synthetic[:100], synthetic[100:]
+    # The replayed rows come from the same flow: same place, same spread as the particles.
+    np.testing.assert_allclose(replayed.mean(0), trained.mean(0), atol=0.35)
+    np.testing.assert_allclose(replayed.std(0), trained.std(0), rtol=0.3)
+    assert np.linalg.norm(replayed.mean(0) - centers[1]) < 0.8
+    assert len(np.unique(replayed, axis=0)) == len(replayed)  # no copies
+    # The diagnostics measure every synthetic row against its class's rows.
+    nearest = NearestNeighbors(n_neighbors=1).fit(X[y == 1]).kneighbors(synthetic)[0][:, 0]
+    np.testing.assert_allclose(capped.nearest_original_distance_, nearest, rtol=1e-9)
+    uncapped = GPAAugmenter(max_particles=None, transporter=flow, random_state=0)
+    uncapped.fit_resample(X, y)
+    assert uncapped.n_particles_ == {1: 388}  # every requested row a trained particle
+    again = GPAAugmenter(max_particles=100, transporter=flow, random_state=0)
+    np.testing.assert_array_equal(again.fit_resample(X, y)[0], X_res)
 
 
 def _five_dimensional_class(seed=100):
