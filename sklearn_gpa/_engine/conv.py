@@ -14,7 +14,7 @@ reshaped to a matrix does not bound the operator norm, so it would not make phi 
 The gradients of a CNN are left to autograd: the hand-written passes of ``networks`` pay off
 for the tiny MLPs, while a convolution's cost is in the convolution itself.  What is around
 the convolutions is kept cheap (``benchmarks/bench_images.py``): feature maps are channels-last
-(NHWC), which oneDNN's grouped convolutions run faster on the CPU; autograd differentiates
+(NHWC), which oneDNN's grouped convolutions run at least as fast on the CPU; autograd differentiates
 with respect to separate views of each layer's weights, not the flat vector (each slice of
 which would otherwise cost a zero-filled copy of the whole vector in the backward pass); a
 convolution's norm is read from the small Gram matrix of its power-iteration block instead of
@@ -161,7 +161,8 @@ class ConvLayout:
         return self.forward_views(*self.views(flat), activation, z, dropout_generator)
 
     def forward_views(self, convolutions, head_layers, activation, z, dropout_generator=None):
-        """``forward`` with the layers given as ``views`` returns them (or leaves of autograd).
+        """``forward`` with the layers given as lists of ``(weight, bias)``, as ``views``
+        returns them (or as autograd leaves made from those views).
 
         The images enter channels-last: ``(T, K * C, H, W)`` with the channels innermost in
         memory, in one copy of ``z``; the last feature map is flattened in (c, h, w) order
@@ -239,8 +240,8 @@ def _top_singular_value(rows: torch.Tensor) -> torch.Tensor:
     """The largest singular value of each (r, n) matrix of the stack ``rows`` (K, r, n), r small.
 
     From the eigenvalues of the (r, r) Gram matrix ``rows rows^T``: for r = 8 and n in the
-    thousands this is a matrix product and an 8 x 8 eigenproblem, where an SVD of the (r, n)
-    matrix costs a hundred times more on the CPU (``bench_images.py``).  The top eigenvalue
+    thousands this is a matrix product and an 8 x 8 eigenproblem, where the SVD of the (r, n)
+    matrices took a third of a profiled critic update on the CPU.  The top eigenvalue
     of a symmetric matrix is exact to rounding relative to itself, so the norm is too.
     """
     gram = torch.bmm(rows, rows.transpose(1, 2))
