@@ -231,3 +231,111 @@ def test_small_feature_maps_use_a_smaller_block():
             norm = _operator_norm(weight, 2, layout.map_shapes[i], flow)
             assert norm == pytest.approx(critic.layer_norm, rel=2e-3)
     assert layout.forward(critic.params, critic.activation, z[:, :0]).shape == (2, 0)
+
+
+# -- the fast paths against the straightforward formulation they replaced ----------------
+def _reference_forward(layout, flat, activation, z, generator=None):
+    """phi of the K CNNs with contiguous (NCHW) maps and the dropout mask as a bool product."""
+    k, t, _ = z.shape
+    x = z.transpose(0, 1).reshape(t, k * layout.image_shape[0], *layout.image_shape[1:])
+    for weight, bias in layout.convolutions(flat):
+        x = torch.nn.functional.conv2d(
+            x, weight, bias, stride=layout.stride, padding=layout.padding, groups=k
+        )
+        x, _ = activation.forward(x)
+        if generator is not None:
+            keep = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+            x = x * (keep >= layout.dropout) / (1.0 - layout.dropout)
+    x = x.reshape(t, k, -1).transpose(0, 1)
+    head = layout.head.layers(layout.head_params(flat))
+    from sklearn_gpa._engine.networks import forward
+
+    return forward(head, activation, x)[0]
+
+
+@pytest.mark.parametrize("image_shape", [(1, 8, 8), (2, 5, 7)])
+def test_channels_last_forward_matches_contiguous_maps(image_shape):
+    """Same phi and the same dropout masks as contiguous maps, for several channels too."""
+    n_features = int(np.prod(image_shape))
+    layout = ConvLayout(n_features, image_shape, (4, 6), (8,), 3)
+    critic = ConvCritic(
+        layout,
+        make_activation("leaky_relu"),
+        get_divergence("kl"),
+        lipschitz=1.0,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    z = torch.randn(
+        3, 5, n_features, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    new = layout.forward(critic.params, critic.activation, z)
+    old = _reference_forward(layout, critic.params, critic.activation, z)
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12)
+    seeded = [torch.Generator().manual_seed(2) for _ in range(2)]
+    new = layout.forward(critic.params, critic.activation, z, seeded[0])
+    old = _reference_forward(layout, critic.params, critic.activation, z, seeded[1])
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12)
+    # Dropout is on: it changes phi.
+    assert not torch.allclose(new, layout.forward(critic.params, critic.activation, z))
+
+
+def test_per_layer_gradient_matches_the_flat_vector_gradient():
+    """dJ/dparams from per-layer leaves equals autograd on the whole flat vector."""
+    layout, critic = _critic()
+    z, n, w = _batch()
+    critic.generator.manual_seed(5)
+    critic._write_gradient(z, n, w, w, False)
+    new = critic.grad.clone()
+    params = critic.params.detach().requires_grad_(True)
+    with torch.enable_grad():
+        phi = _reference_forward(
+            layout, params, critic.activation, z, torch.Generator().manual_seed(5)
+        )
+        _, grad_phi = critic._objective_gradient(phi.detach(), n, w, w, False)
+        (old,) = torch.autograd.grad(phi, params, grad_phi)
+    torch.testing.assert_close(new[: layout.n_weights], old[: layout.n_weights])
+    assert new[: layout.n_weights].abs().max() > 0
+    # nu's gradient, written by the objective, is the reference's too.
+    torch.testing.assert_close(new[layout.n_weights :], critic.grad_nu)
+
+
+def test_gram_norm_matches_svd():
+    from sklearn_gpa._engine.conv import _top_singular_value
+
+    rows = torch.randn(4, 8, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows[1] *= 1e-3
+    expected = torch.linalg.matrix_norm(rows, ord=2)
+    torch.testing.assert_close(_top_singular_value(rows), expected, rtol=1e-12, atol=0)
+    single = torch.randn(2, 8, 300, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        _top_singular_value(single), torch.linalg.matrix_norm(single, ord=2), rtol=1e-5, atol=0
+    )
+
+
+def test_power_iteration_adjoint_matches_transposed_convolution():
+    """conv_norm's autograd adjoint is conv_transpose2d with the restoring output padding."""
+    from sklearn_gpa._engine.conv import _orthonormalize
+
+    layout = ConvLayout(2 * 5 * 7, (2, 5, 7), (3, 4), (8,), 2)
+    _, critic = _critic()
+    flat = layout.initialize(torch.Generator().manual_seed(0), torch.float64, "cpu")
+    for index, (weight, _) in enumerate(layout.convolutions(flat)):
+        c, h, w = layout.map_shapes[index]
+        u = _orthonormalize(
+            torch.randn(
+                4, 2 * c, h, w, generator=torch.Generator().manual_seed(index), dtype=torch.float64
+            ),
+            2,
+        )
+        v = torch.nn.functional.conv2d(u, weight, stride=2, padding=2, groups=2)
+        extra = [s - ((m - 1) * 2 - 4 + 5) for s, m in zip((h, w), v.shape[2:])]
+        back = torch.nn.functional.conv_transpose2d(
+            v, weight, stride=2, padding=2, output_padding=extra, groups=2
+        )
+        expected_u = _orthonormalize(back, 2)
+        expected_sigma = torch.linalg.matrix_norm(v.reshape(4, 2, -1).transpose(0, 1), ord=2)
+        sigma = layout.conv_norm(index, weight, u)
+        torch.testing.assert_close(sigma[:, 0], expected_sigma)
+        torch.testing.assert_close(u, expected_u)
+        assert u.is_contiguous()

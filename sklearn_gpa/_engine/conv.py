@@ -12,7 +12,13 @@ and its adjoint (the transposed convolution).  The common shortcut of normalisin
 reshaped to a matrix does not bound the operator norm, so it would not make phi L-Lipschitz.
 
 The gradients of a CNN are left to autograd: the hand-written passes of ``networks`` pay off
-for the tiny MLPs, while a convolution's cost is in the convolution itself.
+for the tiny MLPs, while a convolution's cost is in the convolution itself.  What is around
+the convolutions is kept cheap (``benchmarks/bench_images.py``): feature maps are channels-last
+(NHWC), which oneDNN's grouped convolutions run at least as fast on the CPU; autograd differentiates
+with respect to separate views of each layer's weights, not the flat vector (each slice of
+which would otherwise cost a zero-filled copy of the whole vector in the backward pass); a
+convolution's norm is read from the small Gram matrix of its power-iteration block instead of
+an SVD of the block's images.
 """
 
 from __future__ import annotations
@@ -146,20 +152,50 @@ class ConvLayout:
         self.head_params(flat).copy_(self.head.initialize(generator, dtype, device))
         return flat
 
+    def views(self, flat: torch.Tensor) -> tuple:
+        """``(convolutions, head layers)``: views of every layer's weight and bias in ``flat``."""
+        return self.convolutions(flat), self.head.layers(self.head_params(flat))
+
     def forward(self, flat, activation, z, dropout_generator=None):
         """``phi`` (K, T) of the K networks on ``z`` (K, T, d); dropout when given a generator."""
+        return self.forward_views(*self.views(flat), activation, z, dropout_generator)
+
+    def forward_views(self, convolutions, head_layers, activation, z, dropout_generator=None):
+        """``forward`` with the layers given as lists of ``(weight, bias)``, as ``views``
+        returns them (or as autograd leaves made from those views).
+
+        The images enter channels-last: ``(T, K * C, H, W)`` with the channels innermost in
+        memory, in one copy of ``z``; the last feature map is flattened in (c, h, w) order
+        for the head, as a contiguous map would be.
+        """
         k, t, _ = z.shape
-        x = z.transpose(0, 1).reshape(t, k * self.image_shape[0], *self.image_shape[1:])
-        for weight, bias in self.convolutions(flat):
-            x = F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding, groups=k)
+        c, h, w = self.image_shape
+        x = (
+            z.reshape(k, t, c, h, w)
+            .permute(1, 3, 4, 0, 2)
+            .reshape(t, h, w, k * c)
+            .permute(0, 3, 1, 2)
+        )
+        channels_last = torch.channels_last
+        for weight, bias in convolutions:
+            x = F.conv2d(
+                x,
+                weight.contiguous(memory_format=channels_last),
+                bias,
+                stride=self.stride,
+                padding=self.padding,
+                groups=k,
+            )
             x, _ = activation.forward(x)
             if dropout_generator is not None and self.dropout > 0:
+                # The draws of a contiguous map, in its order: the masks do not depend on
+                # the memory format.  One float mask, already scaled.
                 keep = torch.rand(
                     x.shape, generator=dropout_generator, dtype=x.dtype, device=x.device
                 )
-                x = x * (keep >= self.dropout) / (1.0 - self.dropout)
+                x = x * keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
         x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
-        phi, _, _ = forward(self.head.layers(self.head_params(flat)), activation, x)
+        phi, _, _ = forward(head_layers, activation, x)
         return phi
 
     def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
@@ -181,18 +217,35 @@ class ConvLayout:
         "Measurements quoted from the code").
         """
         k, r = self.n_flows, u.shape[0]
-        v = F.conv2d(u, weight, stride=self.stride, padding=self.padding, groups=k)
-        sigma = torch.linalg.matrix_norm(v.reshape(r, k, -1).transpose(0, 1), ord=2)
-        height, width = self.map_shapes[index][1:]
-        extra = [
-            size - ((n - 1) * self.stride - 2 * self.padding + self.kernel_size)
-            for size, n in zip((height, width), v.shape[2:])
-        ]
-        back = F.conv_transpose2d(
-            v, weight, stride=self.stride, padding=self.padding, output_padding=extra, groups=k
-        )
+        channels_last = torch.channels_last
+        with torch.enable_grad():
+            # The adjoint as autograd's input gradient: oneDNN's backward-data primitive is
+            # the transposed convolution with the right output size, and on these batches
+            # of r images it runs faster than ``conv_transpose2d``, channels-last faster still.
+            u_in = u.detach().contiguous(memory_format=channels_last).requires_grad_(True)
+            v = F.conv2d(
+                u_in,
+                weight.detach().contiguous(memory_format=channels_last),
+                stride=self.stride,
+                padding=self.padding,
+                groups=k,
+            )
+            (back,) = torch.autograd.grad(v, u_in, v.detach())
+        sigma = _top_singular_value(v.detach().reshape(r, k, -1).transpose(0, 1))
         u.copy_(_orthonormalize(back, k))
         return sigma[:, None]
+
+
+def _top_singular_value(rows: torch.Tensor) -> torch.Tensor:
+    """The largest singular value of each (r, n) matrix of the stack ``rows`` (K, r, n), r small.
+
+    From the eigenvalues of the (r, r) Gram matrix ``rows rows^T``: for r = 8 and n in the
+    thousands this is a matrix product and an 8 x 8 eigenproblem, where the SVD of the (r, n)
+    matrices took a third of a profiled critic update on the CPU.  The top eigenvalue
+    of a symmetric matrix is exact to rounding relative to itself, so the norm is too.
+    """
+    gram = torch.bmm(rows, rows.transpose(1, 2))
+    return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0.0).sqrt()
 
 
 def _orthonormalize(block: torch.Tensor, n_flows: int) -> torch.Tensor:
@@ -221,6 +274,9 @@ class ConvCritic(Critic):
     def _bind_views(self):
         self.nu = self.layout.nu(self.params)
         self.grad_nu = self.layout.nu(self.grad)
+        self._grad_views = [
+            t for part in self.layout.views(self.grad) for pair in part for t in pair
+        ]
 
     def _init_normalisation(self, generator):
         layout = self.layout
@@ -263,15 +319,23 @@ class ConvCritic(Critic):
         return self.generator if self.layout.dropout > 0 else None
 
     def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
-        params = self.params.detach().requires_grad_(True)
+        # Each layer's weight and bias is its own leaf: autograd writes each gradient once,
+        # where the backward pass of a slice of the flat vector would fill a zero vector of
+        # its full size and add into it, for every one of the layers.
+        convolutions, head = self.layout.views(self.params)
+        leaves = [
+            [(w.detach().requires_grad_(True), b.detach().requires_grad_(True)) for w, b in part]
+            for part in (convolutions, head)
+        ]
         with torch.enable_grad():
-            phi = self.layout.forward(params, self.activation, z, self._dropout_generator())
+            phi = self.layout.forward_views(*leaves, self.activation, z, self._dropout_generator())
             value, grad_phi = self._objective_gradient(
                 phi.detach(), n_particles, w_y, w_x, with_value
             )
-            (grad,) = torch.autograd.grad(phi, params, grad_phi)
-        # autograd leaves nu's slot at zero: copy all but nu, whose gradient is already in.
-        self.grad[: self.layout.n_weights].copy_(grad[: self.layout.n_weights])
+            flat_leaves = [t for part in leaves for pair in part for t in pair]
+            grads = torch.autograd.grad(phi, flat_leaves, grad_phi)
+        # nu's gradient is already in place (``_objective_gradient``).
+        torch._foreach_copy_(self._grad_views, list(grads))
         return value
 
     def _phi_and_particle_gradient(self, params, z, n_particles):

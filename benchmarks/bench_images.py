@@ -1,0 +1,390 @@
+"""The image path on the CPU: the CNN critic and the Autoencoder, old implementation against new.
+
+What is measured
+----------------
+Per-step wall-clock time of the previous implementation (kept in this script, below) and of
+the current one, in one process, interleaved repeat by repeat so a busy spell of a shared
+machine hits both alike; the table gives the medians and old / new.
+
+* **CNN critic update**: one ``ConvCritic.train_step`` (forward with dropout, autograd
+  backward, Adam, spectral normalisation of the dense head and one block power iteration per
+  convolution) for K = 10 flows of 80 particles and 80 target images of 28 x 28, with the
+  constraint's steady state (after the 30 first updates, which both implementations run
+  alike with more iterations).  Two settings: the library's default CNN (``conv_channels``
+  (16, 32, 64), dense head (32, 32, 32), ReLU) and the one of ``bench_mnist.py`` ((8, 16,
+  32), head (64,), leaky ReLU).  Images are uniform noise in [0, 1]: dense convolutions cost
+  the same on any values.
+* **CNN velocity**: ``ConvCritic.gradient`` on the 80 particles of each flow (the particle
+  step's other cost).
+* **Autoencoder step**: one Adam step of ``Autoencoder(image_shape=(28, 28))`` with its
+  defaults (``conv_channels`` (32, 64), dense (256, 128), 16 codes, batch 128).
+
+Both implementations start from the same weights and draw the same dropout masks; the
+script checks that their outputs agree (``max |diff|`` column) after the timed steps.
+
+With ``--mnist`` it also fits end to end on MNIST-200 (20 training images per digit x 10
+digits = 200 images, as ``bench_mnist.py``): ``GPATransporter`` with ``bench_mnist``'s CNN
+settings (one flow per digit, 10 x ``--n-generated`` particles, ``stop=None``: a run of
+fixed length) and the 16-code
+``Autoencoder`` of ``bench_mnist`` (300 epochs), each once with the old implementation
+patched in and once as it is now; ``--mnist-steps``, ``--n-generated`` and ``--ae-epochs``
+shorten them (the row names say what ran).
+
+How to run (from the repository root)
+-------------------------------------
+::
+
+    python benchmarks/bench_images.py --quick          # fewer repeats
+    python benchmarks/bench_images.py --threads 1      # per-step rows on one torch thread
+    python benchmarks/bench_images.py --mnist          # and MNIST-200 end to end
+    python benchmarks/bench_images.py --mnist-only --n-generated 8 --mnist-steps 10 --ae-epochs 30
+
+Results go to ``benchmarks/results/bench_images{_quick}{_mnist}{_only}{_Nthread}.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from unittest import mock
+
+import _common
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sklearn_gpa._engine as engine
+from sklearn_gpa import autoencoder as autoencoder_module
+from sklearn_gpa._engine.conv import ConvCritic, ConvLayout
+from sklearn_gpa._engine.divergences import get_divergence
+from sklearn_gpa._engine.networks import forward, make_activation
+from sklearn_gpa._engine.optim import adam_step
+from sklearn_gpa.autoencoder import Autoencoder, _Adam, _initialize, _train_step
+
+K, ROWS = 10, 80
+CRITIC_SETTINGS = {
+    "default CNN": {"channels": (16, 32, 64), "hidden": (32, 32, 32), "activation": "relu"},
+    "bench_mnist CNN": {"channels": (8, 16, 32), "hidden": (64,), "activation": "leaky_relu"},
+}
+
+
+# ------------------------------------------------------------- the previous implementation
+class OldConvLayout(ConvLayout):
+    """``ConvLayout`` as it was: contiguous (NCHW) maps, dropout mask as a bool product, the
+    norm of a convolution from an SVD of its power-iteration block."""
+
+    def forward(self, flat, activation, z, dropout_generator=None):
+        k, t, _ = z.shape
+        x = z.transpose(0, 1).reshape(t, k * self.image_shape[0], *self.image_shape[1:])
+        for weight, bias in self.convolutions(flat):
+            x = F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding, groups=k)
+            x, _ = activation.forward(x)
+            if dropout_generator is not None and self.dropout > 0:
+                keep = torch.rand(
+                    x.shape, generator=dropout_generator, dtype=x.dtype, device=x.device
+                )
+                x = x * (keep >= self.dropout) / (1.0 - self.dropout)
+        x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
+        phi, _, _ = forward(self.head.layers(self.head_params(flat)), activation, x)
+        return phi
+
+    def conv_norm(self, index, weight, u):
+        from sklearn_gpa._engine.conv import _orthonormalize
+
+        k, r = self.n_flows, u.shape[0]
+        v = F.conv2d(u, weight, stride=self.stride, padding=self.padding, groups=k)
+        sigma = torch.linalg.matrix_norm(v.reshape(r, k, -1).transpose(0, 1), ord=2)
+        height, width = self.map_shapes[index][1:]
+        extra = [
+            size - ((n - 1) * self.stride - 2 * self.padding + self.kernel_size)
+            for size, n in zip((height, width), v.shape[2:])
+        ]
+        back = F.conv_transpose2d(
+            v, weight, stride=self.stride, padding=self.padding, output_padding=extra, groups=k
+        )
+        u.copy_(_orthonormalize(back, k))
+        return sigma[:, None]
+
+
+class OldConvCritic(ConvCritic):
+    """``ConvCritic`` as it was: autograd with respect to the whole flat parameter vector."""
+
+    def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
+        params = self.params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            phi = self.layout.forward(params, self.activation, z, self._dropout_generator())
+            value, grad_phi = self._objective_gradient(
+                phi.detach(), n_particles, w_y, w_x, with_value
+            )
+            (grad,) = torch.autograd.grad(phi, params, grad_phi)
+        self.grad[: self.layout.n_weights].copy_(grad[: self.layout.n_weights])
+        return value
+
+
+class OldAdam(_Adam):
+    """The Autoencoder's Adam as it was: gradients zeroed after each step."""
+
+    def step(self):
+        grads = [p.grad for p in self.parameters]
+        adam_step(
+            self.parameters,
+            grads,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.steps,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+        )
+        torch._foreach_zero_(grads)
+
+
+def old_train_step(encoder, decoder, optimizer, rows):
+    """The Autoencoder's training step as it was (loss as mean of squares)."""
+    loss = torch.mean((decoder(encoder(rows)) - rows) ** 2)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@contextlib.contextmanager
+def _contiguous_layout(*modules):
+    """The Autoencoder's previous training layout: the modules as they are (NCHW)."""
+    yield
+
+
+# ------------------------------------------------------------------------ per step
+def interleaved(candidates, repeats):
+    """Medians of wall-clock and CPU seconds (this process) of each candidate, in turn.
+
+    On a shared machine the CPU time is the steadier measure: waiting for a core does not
+    count in it (with several torch threads it counts their spinning at barriers).
+    """
+    wall = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
+    names = list(candidates)
+    for repeat in range(repeats):
+        for name in names[::-1] if repeat % 2 else names:
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            candidates[name]()
+            wall[name].append(time.perf_counter() - start_wall)
+            cpu[name].append(time.process_time() - start_cpu)
+    return _common.medians(wall), _common.medians(cpu)
+
+
+def make_critic(layout_class, critic_class, setting):
+    layout = layout_class(784, (1, 28, 28), setting["channels"], setting["hidden"], K)
+    critic = critic_class(
+        layout,
+        make_activation(setting["activation"]),
+        get_divergence("kl", None),
+        lipschitz=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    critic._exact_left = 0  # the steady state: one power iteration per update
+    return critic
+
+
+def critic_rows(name, setting, repeats):
+    data = torch.rand(K, 2 * ROWS, 784, generator=torch.Generator().manual_seed(1))
+    w = torch.full((K, ROWS), 1.0 / ROWS)
+    critics = {
+        "old": make_critic(OldConvLayout, OldConvCritic, setting),
+        "new": make_critic(ConvLayout, ConvCritic, setting),
+    }
+    for critic in critics.values():  # warm-up (oneDNN primitive creation)
+        critic.train_step(data, ROWS, w, w)
+    update = interleaved(
+        {n: (lambda c=c: c.train_step(data, ROWS, w, w)) for n, c in critics.items()}, repeats
+    )
+    velocity = interleaved(
+        {n: (lambda c=c: c.gradient(data[:, :ROWS])) for n, c in critics.items()}, repeats
+    )
+    # Both took 1 + repeats updates from the same start with the same dropout draws.
+    params = max(float((critics["old"].params - critics["new"].params).abs().max()), 0.0)
+    grads = [c.gradient(data[:, :ROWS]) for c in critics.values()]
+    return [
+        row(f"CNN critic update ({name})", update, params),
+        row(f"CNN velocity ({name})", velocity, float((grads[0] - grads[1]).abs().max())),
+    ]
+
+
+def autoencoder_row(repeats):
+    estimator = Autoencoder(image_shape=(28, 28))
+    estimator.output_activation_ = "sigmoid"
+    rows = torch.rand(128, 784, generator=torch.Generator().manual_seed(1))
+    models = {}
+    for name in ("old", "new"):
+        encoder, decoder = estimator._build(784, (256, 128))
+        generator = torch.Generator().manual_seed(0)
+        _initialize(encoder, generator)
+        _initialize(decoder, generator)
+        models[name] = (encoder, decoder)
+    stack = contextlib.ExitStack()
+    new = (autoencoder_module._training_layout, _Adam, _train_step)
+    implementations = {"old": (_contiguous_layout, OldAdam, old_train_step), "new": new}
+    steps = {}
+    with stack:
+        for name, (encoder, decoder) in models.items():
+            layout, adam, train_step = implementations[name]
+            stack.enter_context(layout(encoder, decoder))
+            optimizer = adam([*encoder.parameters(), *decoder.parameters()], 1e-3, 0.0)
+            steps[name] = lambda e=encoder, d=decoder, o=optimizer, t=train_step: t(e, d, o, rows)
+            steps[name]()
+        times = interleaved(steps, repeats)
+        losses = [float(step()) for step in steps.values()]
+    return row("Autoencoder training step", times, abs(losses[0] - losses[1]))
+
+
+def row(name, times, difference):
+    """A result row from ``(wall, cpu)`` medians (or wall only) and the old - new difference."""
+    wall, cpu = times if isinstance(times, tuple) else (times, None)
+    out = {
+        "step": name,
+        "old_s": wall["old"],
+        "new_s": wall["new"],
+        "ratio": wall["old"] / wall["new"],
+        "max_abs_diff": difference,
+    }
+    if cpu is not None:
+        out.update(old_cpu_s=cpu["old"], new_cpu_s=cpu["new"], cpu_ratio=cpu["old"] / cpu["new"])
+    return out
+
+
+# ----------------------------------------------------------------------- end to end
+def mnist_rows(n_generated, n_steps, ae_epochs):
+    from bench_mnist import CNN_SETTINGS, GPA_SETTINGS, IMAGE_SHAPE, N_PER_DIGIT, SEED
+
+    from sklearn_gpa import GPATransporter
+    from sklearn_gpa.datasets import fetch_mnist
+
+    X_all, y_all = fetch_mnist(subset="train", return_X_y=True)
+    rng = np.random.RandomState(SEED)
+    train = np.concatenate(
+        [rng.choice(np.flatnonzero(y_all == d), N_PER_DIGIT, replace=False) for d in range(10)]
+    )
+    X, y = X_all[train].astype(np.float64), y_all[train]
+    settings = {
+        **GPA_SETTINGS,
+        **CNN_SETTINGS,
+        "n_particles": 10 * n_generated,
+        "random_state": SEED,
+        # A fixed-length run: the stopping rule's first check (before step 1) would freeze
+        # flows and time nothing of the flow.
+        "stop": None,
+    }
+    if n_steps is not None:
+        settings["n_steps"] = n_steps
+    old_engine = mock.patch.multiple(engine, ConvLayout=OldConvLayout, ConvCritic=OldConvCritic)
+    old_ae = mock.patch.multiple(
+        autoencoder_module,
+        _training_layout=_contiguous_layout,
+        _Adam=OldAdam,
+        _train_step=old_train_step,
+    )
+    out, results = [], {}
+    for name, patch in (("old", old_engine), ("new", contextlib.nullcontext())):
+        with patch:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model = GPATransporter(**settings).fit(X, y)
+            results[name] = (
+                time.perf_counter() - start,
+                time.process_time() - start_cpu,
+                model.particles_,
+            )
+    difference = float(np.abs(results["old"][2] - results["new"][2]).max())
+    times = ({n: r[0] for n, r in results.items()}, {n: r[1] for n, r in results.items()})
+    label = (
+        f"MNIST-200 GPATransporter CNN fit ({settings['n_steps']} steps, "
+        f"{settings['n_particles']} particles per digit), s"
+    )
+    out.append(row(label, times, difference))
+    codes = {}
+    for name, patch in (("old", old_ae), ("new", contextlib.nullcontext())):
+        with patch:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            ae = Autoencoder(16, image_shape=IMAGE_SHAPE, max_iter=ae_epochs, random_state=SEED)
+            fitted = ae.fit_transform(X)
+            codes[name] = (
+                time.perf_counter() - start,
+                time.process_time() - start_cpu,
+                fitted,
+                ae.loss_curve_[-1],
+            )
+    out.append(
+        row(
+            f"MNIST-200 Autoencoder fit ({ae_epochs} epochs), s",
+            ({n: c[0] for n, c in codes.items()}, {n: c[1] for n, c in codes.items()}),
+            float(np.abs(codes["old"][2] - codes["new"][2]).max()),
+        )
+    )
+    out[-1]["final_loss"] = {n: c[3] for n, c in codes.items()}
+    return out
+
+
+def main():
+    parser = _common.parser(__doc__, quick="3 repeats instead of 7")
+    parser.add_argument("--mnist", action="store_true", help="also fit MNIST-200 end to end")
+    parser.add_argument(
+        "--mnist-only", action="store_true", help="only the MNIST-200 fits (implies --mnist)"
+    )
+    parser.add_argument("--n-generated", type=int, default=60, help="images per digit (60)")
+    parser.add_argument(
+        "--mnist-steps", type=int, default=None, help="flow steps (bench_mnist's 150)"
+    )
+    parser.add_argument(
+        "--ae-epochs", type=int, default=300, help="Autoencoder epochs (bench_mnist's 300)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the per-step rows (default: torch's); fits choose their own",
+    )
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    record = _common.run_record()
+    repeats = 3 if args.quick else 7
+    rows = []
+    args.mnist = args.mnist or args.mnist_only
+    if not args.mnist_only:
+        for name, setting in CRITIC_SETTINGS.items():
+            rows += critic_rows(name, setting, repeats)
+            print(rows[-2], rows[-1], flush=True)
+        rows.append(autoencoder_row(5 * repeats))
+        print(rows[-1], flush=True)
+    if args.mnist:
+        rows += mnist_rows(args.n_generated, args.mnist_steps, args.ae_epochs)
+        print(rows[-2], rows[-1], flush=True)
+    table = _common.markdown_table(
+        ["step", "old s", "new s", "old / new", "old CPU s", "new CPU s", "CPU old / new"]
+        + ["max abs diff"],
+        [
+            [r["step"], f"{r['old_s']:.4f}", f"{r['new_s']:.4f}", f"{r['ratio']:.2f}"]
+            + [f"{r['old_cpu_s']:.4f}", f"{r['new_cpu_s']:.4f}", f"{r['cpu_ratio']:.2f}"]
+            + [f"{r['max_abs_diff']:.1e}"]
+            for r in rows
+        ],
+    )
+    markdown = (
+        f"# The image path, old implementation against new\n\n`{record['command']}` "
+        f"({record['date']}, {_common.machine_line()}, {torch.get_num_threads()} torch "
+        f"threads, load average {record['machine']['load_average']}); medians of "
+        f"{repeats} interleaved repeats (Autoencoder: {5 * repeats}); wall-clock and CPU "
+        f"seconds of this process; max abs diff: largest difference of the two "
+        f"implementations' results (weights after the timed updates, velocities, last loss, "
+        f"particles, codes).\n\n{table}\n"
+    )
+    print(markdown)
+    suffix = (
+        ("_mnist" if args.mnist else "")
+        + ("_only" if args.mnist_only else "")
+        + (f"_{args.threads}thread" if args.threads else "")
+    )
+    stem = _common.result_stem("bench_images", args.quick, suffix)
+    _common.write_results(stem, {**record, "rows": rows}, markdown, machine=False)
+
+
+if __name__ == "__main__":
+    main()
