@@ -64,8 +64,10 @@ class GPATransporter(DomainTransformer):
     dt : float, default=0.01
         Time step.  A particle moves at most ``L * dt`` per step; keep ``L * dt`` about 0.1
         in standardised units (the papers' CFL heuristic).
-    n_steps : int, default=300
-        Maximum number of particle steps (the number of steps with ``stop=None``).
+    n_steps : int, default=2000
+        Maximum number of particle steps (the number of steps with ``stop=None``).  With
+        the default ``stop="auto"`` most flows stop well before it; a flow that reaches it
+        has not become indistinguishable from its target (see ``history_["stop_score"]``).
     solver : {"euler", "heun", "rk4"}, default="euler"
         Time integrator; Heun and RK4 retrain the discriminator at every stage.
     hidden_layer_sizes : tuple of int, default=(32, 32, 32)
@@ -104,12 +106,15 @@ class GPATransporter(DomainTransformer):
         "auto": each flow stops (its particles, and its stored discriminators on replay,
         are frozen) once its particles are as close to its target rows as a fresh sample of
         the target would be, checked before the first step and every ``log_every`` steps;
-        the other flows go on.  Closeness is measured by two unbiased two-sample statistics
-        (the energy distance and a Gaussian-kernel MMD at a quarter of the target's median
-        distance) on at most 1000 rows per side, each against its spread between random
-        halves of the target.  A flow whose source is already indistinguishable from its
-        target does not move, and a flow stopped this way has not started to copy the
-        target rows.  None runs every flow for ``n_steps``.
+        the other flows go on.  Closeness is measured on at most 1000 rows per side by two
+        unbiased two-sample statistics (the energy distance and a Gaussian-kernel MMD at a
+        quarter of the target's median distance), each against its spread between random
+        halves of the target, and by the share of particles farther from every target row
+        than 90 % of the target rows are from their nearest neighbour (strays between the
+        target's clusters), against its binomial spread for a fresh sample.  A flow whose
+        source is already indistinguishable from its target does not move, and a flow
+        stopped this way has not started to copy the target rows.  None runs every flow
+        for ``n_steps``.
     source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
         Prior of the particles in generative mode, in standardised units: ``"gaussian_fit"``,
         a Gaussian with the mean and covariance of each class of the target (Ledoit-Wolf
@@ -198,7 +203,7 @@ class GPATransporter(DomainTransformer):
         (seconds since the start), and ``"stop_step"`` (per flow, the step at which the
         stopping rule froze it, -1 if it did not).  With ``stop="auto"``, per check of the
         rule: ``"stop_check_step"`` (steps run), and per check and flow ``"stop_score"``
-        (the larger statistic / floor ratio; the flow stops at 1 or below),
+        (the largest statistic / floor ratio; the flow stops at 1 or below),
         ``"stop_statistic"`` (the unbiased energy distance between particles and target) and
         ``"stop_floor"`` (its spread for a fresh sample).
     n_steps_ : int
@@ -309,7 +314,7 @@ class GPATransporter(DomainTransformer):
         alpha=None,
         L=10.0,
         dt=0.01,
-        n_steps=300,
+        n_steps=2000,
         solver="euler",
         hidden_layer_sizes=(32, 32, 32),
         discriminator="mlp",

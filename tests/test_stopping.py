@@ -165,3 +165,32 @@ def test_warm_start_keeps_stopped_flows_frozen():
     gpa.set_params(stop=None, n_steps=20).fit(X, sample_domain=domain)
     np.testing.assert_array_equal(gpa.particles_, particles)
     assert gpa.history_["stop_step"].tolist() == [0]
+
+
+def _ring(n, radius, rng):
+    """Rows at ``radius`` from a random well: between the wells, not in them."""
+    angle = rng.uniform(0.0, 2.0 * np.pi, n)
+    return WELLS[rng.randint(4, size=n)] + radius * np.c_[np.cos(angle), np.sin(angle)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rule_sees_particles_between_wells(seed, one_thread):
+    # A flow's particles in the wells sit close to the target rows, which drives the kernel
+    # statistics below their fresh-sample floor and hid 15 % of the particles 2 away from
+    # every well (four-well fits stopped with 63-86 % of the particles near a well). The
+    # share of strays (particles farther from every target row than most target rows are
+    # from their neighbours) is not averaged away.
+    rng = np.random.RandomState(seed)
+    target = _wells(300, rng)
+    x, w_x = pack_rows([target], torch.float64, "cpu")
+    _, w_y = pack_rows([np.zeros((300, 2))], torch.float64, "cpu")
+    settled = target[rng.permutation(300)] + 0.2 * rng.standard_normal((300, 2))
+    strays = np.vstack([settled[:255], _ring(45, 2.0, rng)])
+    rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+    values, score, converged = rule.check(pack_rows([strays], torch.float64, "cpu")[0])
+    assert not converged.item() and score.item() > 2.0
+    ratios = (values / rule.floor)[:, 0]
+    assert np.all(ratios[:-1].numpy() <= 1.0)  # the kernel statistics alone would stop
+    assert values[-1, 0].item() > 0.05  # 15 % strays over the 10 % a fresh sample has
+    _, score, converged = rule.check(pack_rows([settled], torch.float64, "cpu")[0])
+    assert converged.item() and score.item() <= 1.0
