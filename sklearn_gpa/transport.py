@@ -111,10 +111,10 @@ class GPATransporter(DomainTransformer):
         quarter of the target's median distance), each against its spread between random
         halves of the target, and by the share of particles farther from every target row
         than 90 % of the target rows are from their nearest neighbour (strays between the
-        target's clusters), against its binomial spread for a fresh sample.  A flow whose
-        source is already indistinguishable from its target does not move, and a flow
-        stopped this way has not started to copy the target rows.  None runs every flow
-        for ``n_steps``.
+        target's clusters; at most 20 features), against its spread for a fresh sample.
+        A flow whose source is already indistinguishable from its target does not move,
+        and a flow stopped this way has not started to copy the target rows.  None runs
+        every flow for ``n_steps``.
     source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
         Prior of the particles in generative mode, in standardised units: ``"gaussian_fit"``,
         a Gaussian with the mean and covariance of each class of the target (Ledoit-Wolf
