@@ -6,7 +6,7 @@ import torch
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import pack_rows, run_gpa
-from sklearn_gpa._engine.stopping import EnergyStopping, two_sample_statistics
+from sklearn_gpa._engine.stopping import STRAY_TOLERANCE, EnergyStopping, two_sample_statistics
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
@@ -48,14 +48,15 @@ def one_thread():
 @pytest.mark.parametrize("n_target, n_particles", [(300, 300), (100, 100), (200, 600)])
 def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_particles, one_thread):
     # Over targets, the floor (from halves of the target, rescaled to the sizes compared) is
-    # the root mean square of the statistics of a fresh sample against the target.
+    # the root mean square of the statistics of a fresh sample against the target (the
+    # strays' floor is STRAY_TOLERANCE binomial spreads).
     rng = np.random.RandomState(0)
     _, w_y = pack_rows([np.zeros((n_particles, 2))], torch.float64, "cpu")
     floors, fresh = [], []
     for _ in range(40):
         x, w_x = pack_rows([_wells(n_target, rng)], torch.float64, "cpu")
         rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
-        floors.append(rule.floor[:, 0])
+        floors.append(rule.floor[:, 0] / torch.tensor([1.0, 1.0, STRAY_TOLERANCE]))
         y, _ = pack_rows([_wells(n_particles, rng)], torch.float64, "cpu")
         fresh.append(rule.statistics(y)[:, 0])
     ratio = (torch.stack(floors).square().mean(0) / torch.stack(fresh).square().mean(0)).sqrt()
