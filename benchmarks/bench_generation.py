@@ -106,6 +106,7 @@ GPA_VARIANTS = {
     "normal prior": {"source": "normal"},
     "M=N": {"n_particles": "N"},
     "M=10N": {"n_particles": "10N"},
+    "steps=300": {"n_steps": 300},
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
 }

@@ -75,11 +75,50 @@ def wells(n, rng):
     return WELLS[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
 
 
-def well_scores(particles):
-    distance = np.linalg.norm(particles[:, None] - WELLS[None], axis=2)
+def well_scores(particles, wells=WELLS):
+    distance = np.linalg.norm(particles[:, None] - wells[None], axis=2)
     near = distance.min(1) < 1.5
-    shares = np.bincount(distance.argmin(1)[near], minlength=4) / len(particles)
+    shares = np.bincount(distance.argmin(1)[near], minlength=len(wells)) / len(particles)
     return float(near.mean()), float(shares.min())
+
+
+LINE = np.array([[-12.0, 0.0], [-4.0, 0.0], [4.0, 0.0], [12.0, 0.0]])
+# Four wells (sd 0.5, 8 apart) and a blob (sd 0.5) a few well spacings away, 300 + 300 rows.
+PLACEMENTS = {
+    "square at 0, blob at (-16, 0)": (WELLS, (-16.0, 0.0)),
+    "square at 0, blob at (20, 20)": (WELLS, (20.0, 20.0)),
+    "square at 0, blob at (0, 24)": (WELLS, (0.0, 24.0)),
+    "square at (30, -10), blob at 0": (WELLS + [30.0, -10.0], (0.0, 0.0)),
+    "line, blob at (0, 16)": (LINE, (0.0, 16.0)),
+    "line, blob at (-28, 0)": (LINE, (-28.0, 0.0)),
+}
+
+
+def well_placements(seeds, placements=PLACEMENTS):
+    """The checker's problem: all defaults, several placements and seeds."""
+    rows = []
+    for name, (centres, blob) in placements.items():
+        for seed in seeds:
+            rng = np.random.RandomState(seed)
+            target = centres[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+            source = np.array(blob) + 0.5 * rng.standard_normal((300, 2))
+            X, _, domain = stack_domains(source, target)
+            gpa = GPATransporter(random_state=seed)
+            out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+            near, smallest = well_scores(out[domain >= 0], centres)
+            rows.append(
+                fit_row(
+                    f"{name}, seed {seed}",
+                    "defaults",
+                    gpa,
+                    seconds,
+                    rule,
+                    near_well=near,
+                    smallest_well=smallest,
+                )
+            )
+            print_row(rows[-1])
+    return rows
 
 
 def fit_row(problem, setting, gpa, seconds, rule_seconds, **scores):
@@ -294,7 +333,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one seed, one far source")
     parser.add_argument("--cost", action="store_true", help="only the cost on larger fits")
+    parser.add_argument(
+        "--wells", action="store_true", help="only the four wells, defaults, 6 placements"
+    )
     args = parser.parse_args()
+    if args.wells:
+        rows = well_placements([0, 1, 2])
+        (RESULTS / "bench_stopping_wells.json").write_text(json.dumps(rows, indent=1))
+        (RESULTS / "bench_stopping_wells.md").write_text(markdown(rows))
+        print(markdown(rows))
+        return
     if args.cost:
         rows = cost()
         (RESULTS / "bench_stopping_cost.json").write_text(json.dumps(rows, indent=1))

@@ -59,8 +59,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     dt : float, default=0.01
         Time step.  A particle moves at most ``L * dt`` per step; keep ``L * dt`` about 0.1
         in standardised units (the papers' CFL heuristic).
-    n_steps : int, default=300
-        Maximum number of particle steps (the number of steps with ``stop=None``).
+    n_steps : int, default=2000
+        Maximum number of particle steps (the number of steps with ``stop=None``); a flow
+        that reaches it has not become indistinguishable from its target.
     solver : {"euler", "heun", "rk4"}, default="euler"
         Time integrator; Heun and RK4 retrain the discriminator at every stage.
     hidden_layer_sizes : tuple of int, default=(32, 32, 32)
@@ -96,8 +97,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     stop : "auto" or None, default="auto"
         "auto": each flow stops (is frozen, also on replay) once its particles are as close
         to its target rows as a fresh sample of the target would be, by two two-sample
-        statistics checked every ``log_every`` steps; the other flows go on.  None runs
-        every flow for ``n_steps``.  See the :ref:`user guide <user_guide_stopping>`.
+        statistics and the share of stray particles, checked every ``log_every`` steps; the
+        other flows go on.  None runs every flow for ``n_steps``.  See the
+        :ref:`user guide <user_guide_stopping>`.
     source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
         Prior of the particles in generative mode, in standardised units: a Gaussian with
         each target class's mean and (Ledoit-Wolf shrunk) covariance, or the papers' fixed
@@ -244,7 +246,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         alpha=None,
         L=10.0,
         dt=0.01,
-        n_steps=300,
+        n_steps=2000,
         solver="euler",
         hidden_layer_sizes=(32, 32, 32),
         discriminator="mlp",

@@ -6,7 +6,7 @@ import torch
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import pack_rows, run_gpa
-from sklearn_gpa._engine.stopping import EnergyStopping, two_sample_statistics
+from sklearn_gpa._engine.stopping import STRAY_TOLERANCE, EnergyStopping, two_sample_statistics
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
@@ -48,14 +48,15 @@ def one_thread():
 @pytest.mark.parametrize("n_target, n_particles", [(300, 300), (100, 100), (200, 600)])
 def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_particles, one_thread):
     # Over targets, the floor (from halves of the target, rescaled to the sizes compared) is
-    # the root mean square of the statistics of a fresh sample against the target.
+    # the root mean square of the statistics of a fresh sample against the target (the
+    # strays' floor is STRAY_TOLERANCE binomial spreads).
     rng = np.random.RandomState(0)
     _, w_y = pack_rows([np.zeros((n_particles, 2))], torch.float64, "cpu")
     floors, fresh = [], []
     for _ in range(40):
         x, w_x = pack_rows([_wells(n_target, rng)], torch.float64, "cpu")
         rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
-        floors.append(rule.floor[:, 0])
+        floors.append(rule.floor[:, 0] / torch.tensor([1.0, 1.0, STRAY_TOLERANCE]))
         y, _ = pack_rows([_wells(n_particles, rng)], torch.float64, "cpu")
         fresh.append(rule.statistics(y)[:, 0])
     ratio = (torch.stack(floors).square().mean(0) / torch.stack(fresh).square().mean(0)).sqrt()
@@ -167,3 +168,46 @@ def test_warm_start_keeps_stopped_flows_frozen():
     gpa.set_params(stop=None, n_steps=20).fit(X, sample_domain=domain)
     np.testing.assert_array_equal(gpa.particles_, particles)
     assert gpa.history_["stop_step"].tolist() == [0]
+
+
+def _ring(n, radius, rng):
+    """Rows at ``radius`` from a random well: between the wells, not in them."""
+    angle = rng.uniform(0.0, 2.0 * np.pi, n)
+    return WELLS[rng.randint(4, size=n)] + radius * np.c_[np.cos(angle), np.sin(angle)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rule_sees_particles_between_wells(seed, one_thread):
+    # A flow's particles in the wells sit close to the target rows, which drives the kernel
+    # statistics below their fresh-sample floor and hid 15 % of the particles 2 away from
+    # every well (four-well fits stopped with 63-86 % of the particles near a well). The
+    # share of strays (particles farther from every target row than most target rows are
+    # from their neighbours) is not averaged away.
+    rng = np.random.RandomState(seed)
+    target = _wells(300, rng)
+    x, w_x = pack_rows([target], torch.float64, "cpu")
+    _, w_y = pack_rows([np.zeros((300, 2))], torch.float64, "cpu")
+    settled = target[rng.permutation(300)] + 0.2 * rng.standard_normal((300, 2))
+    strays = np.vstack([settled[:255], _ring(45, 2.0, rng)])
+    rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+    values, score, converged = rule.check(pack_rows([strays], torch.float64, "cpu")[0])
+    assert not converged.item() and score.item() > 1.5
+    ratios = (values / rule.floor)[:, 0]
+    assert np.all(ratios[:-1].numpy() <= 1.0)  # the kernel statistics alone would stop
+    assert values[-1, 0].item() > 0.05  # 15 % strays over the 10 % a fresh sample has
+    _, score, converged = rule.check(pack_rows([settled], torch.float64, "cpu")[0])
+    assert converged.item() and score.item() <= 1.0
+
+
+def test_strays_count_in_few_features_only():
+    # Above 20 features nearest-neighbour distances concentrate: the strays' floor is
+    # infinite there (their ratio is 0) and only the kernel statistics decide.
+    rng = np.random.RandomState(0)
+    for n_features, finite in [(20, True), (21, False)]:
+        x, w_x = pack_rows([rng.standard_normal((100, n_features))], torch.float64, "cpu")
+        _, w_y = pack_rows([np.zeros((100, n_features))], torch.float64, "cpu")
+        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        assert rule.floor.shape == (3, 1)
+        assert bool(torch.isfinite(rule.floor[-1, 0])) is finite
+        far = pack_rows([rng.standard_normal((100, n_features)) + 3.0], torch.float64, "cpu")[0]
+        assert rule.check(far)[1].item() > 1.0
