@@ -118,12 +118,13 @@ def test_breast_cancer_latent_tsv_round_trip(tmp_path):
     assert [int(row[1]) for row in table[1:]] == ys.tolist()
     moved = np.array([[float(v) for v in row[2:]] for row in table[1:]])
     # LatentGPA first matches every feature's mean and spread to the target's (one map for
-    # all rows); the per-gene affine batch effect is then gone, and so is most of each
-    # class's offset.
+    # all rows, shrunk by empirical Bayes: no mean moves by more than its standard error,
+    # about 0.08 pooled sd here); the per-gene affine batch effect is then gone, and so is
+    # most of each class's offset.
     scale = Xt.std(0)
     before = np.abs(Xs.mean(0) - Xt.mean(0)) / scale
     after = np.abs(moved.mean(0) - Xt.mean(0)) / scale
-    assert after.max() < 0.01 * before.min()
+    assert before.min() > 0.8 and after.max() < 0.15
     for label in (0, 1):
         goal = Xt[yt == label].mean(0)
         before = np.abs(Xs[ys == label].mean(0) - goal) / scale
