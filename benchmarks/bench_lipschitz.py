@@ -4,9 +4,14 @@
    of length 1.5) and the exact empirical W1 (POT ``emd2``, Euclidean cost), 400 rows a
    side, in 2, 3 and 10 dimensions.
 2. Cross-fitted KL at L = 10 (5 folds, learning rate 5e-4) against the closed form
-   |shift|^2 / 2 = 1.125, and for two samples of one distribution (0), 400 rows a side.
+   |shift|^2 / 2 = 1.125, and for two samples of one distribution (0), 400 rows a side,
+   five seeds (one with --quick).
 3. The four-well problem with GPATransporter (default parameters but the activation):
    fraction of particles within 1.5 of a well, each well's share, time per step.
+4. Model selection with a known answer: GridSearchCV over GPATransporter's n_steps, scored
+   by LipschitzFDivergence, on a target 3.0 away from the source.  A particle moves at most
+   L * dt = 0.1 per step, so the smallest grid value that can reach the target is known
+   (60 of 5, 15, 60, 240); the search should pick it.
 
 Run: ``python benchmarks/bench_lipschitz.py [--quick]``; writes
 ``benchmarks/results/bench_lipschitz[_quick].{json,md}``.
@@ -18,9 +23,12 @@ import time
 
 import _common
 import numpy as np
+import sklearn
+from sklearn.model_selection import GridSearchCV
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa.metrics import lipschitz_f_divergence, wasserstein1
+from sklearn_gpa.metrics import LipschitzFDivergence, lipschitz_f_divergence, wasserstein1
+from sklearn_gpa.model_selection import DomainStratifiedKFold
 
 NETWORKS = ("relu", "groupsort")
 SHIFT = 1.5
@@ -145,6 +153,45 @@ def flow_rows(seeds, n_steps=None):
     return rows
 
 
+def selection_rows(seeds, n=100, distance=3.0, grid=(5, 15, 60, 240)):
+    rows = []
+    reach = distance / (10.0 * 0.01)  # steps at the top speed L * dt of the defaults
+    right = min(g for g in grid if g >= reach)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        X = np.vstack([rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + [distance, 0.0]])
+        sample_domain = np.repeat([1, -2], n)
+        for cross_fit in (None, 5):
+            search = GridSearchCV(
+                GPATransporter(random_state=seed),
+                {"n_steps": list(grid)},
+                scoring=LipschitzFDivergence(cross_fit=cross_fit),
+                cv=DomainStratifiedKFold(2, shuffle=True, random_state=seed),
+                error_score="raise",
+            )
+            start = time.perf_counter()
+            with sklearn.config_context(enable_metadata_routing=True):
+                search.fit(X, sample_domain=sample_domain)
+            picked = search.best_params_["n_steps"]
+            scores = search.cv_results_["mean_test_score"]
+            rows.append(
+                dict(
+                    seed=seed,
+                    scorer="in-sample" if cross_fit is None else f"cross_fit={cross_fit}",
+                    picked=picked,
+                    right=right,
+                    correct=float(picked == right),
+                    scores=[float(v) for v in scores],
+                    seconds=time.perf_counter() - start,
+                )
+            )
+            print(
+                f"selection seed={seed} cross_fit={cross_fit} picked n_steps={picked} "
+                f"(right {right}) scores {np.round(scores, 3)}"
+            )
+    return rows
+
+
 def summarise(rows, keys, group=("d", "network")):
     table = {}
     for row in rows:
@@ -175,8 +222,9 @@ def main(argv=None):
     seeds = (0,) if args.quick else (0, 1)
     start = time.perf_counter()
     w1 = w1_rows((2, 3, 10), seeds)
-    kl = kl_rows((2, 10) if args.quick else (2, 3, 5, 10), seeds)
+    kl = kl_rows((2, 10) if args.quick else (2, 3, 5, 10), seeds if args.quick else range(5))
     flows = flow_rows(seeds, n_steps=100 if args.quick else None)
+    selection = selection_rows(seeds)
     w1_table = summarise(w1, ("ratio", "empirical_w1", "vs_population", "vs_empirical"))
     kl_table = summarise(
         kl, ("cross_fit", "std_error", "relative_error", "in_sample", "same", "same_std_error")
@@ -194,6 +242,7 @@ def main(argv=None):
         w1=w1,
         kl=kl,
         flows=flows,
+        selection=selection,
         w1_table=w1_table,
         kl_table=kl_table,
         flow_table=flow_table,
@@ -225,6 +274,14 @@ def main(argv=None):
             flow_table,
             ("network", "within_1_5", "min_well_share", "ms_per_step"),
         )
+    )
+    text += "### Model selection: GridSearchCV over n_steps (right answer 60)\n\n"
+    text += "| seed | scorer | picked | scores (5, 15, 60, 240) |\n|---|---|---|---|\n"
+    text += "".join(
+        f"| {r['seed']} | {r['scorer']} | {r['picked']} | "
+        + ", ".join(f"{v:.3f}" for v in r["scores"])
+        + " |\n"
+        for r in selection
     )
     _common.write_results(_common.result_stem("bench_lipschitz", args.quick), result, text)
     print(text)

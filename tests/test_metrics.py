@@ -585,3 +585,31 @@ def test_scorer_checks_its_settings_like_the_function_and_names_itself():
         LipschitzFDivergence(dtype="float16")
     with pytest.raises(InvalidParameterError, match="'n_iter' parameter of lipschitz_f_divergence"):
         lipschitz_f_divergence(np.zeros((4, 1)), np.ones((4, 1)), n_iter=0)
+
+
+def test_grid_search_picks_the_smallest_n_steps_that_reaches_the_target():
+    # The target is the source moved by 3.0; a particle moves at most L * dt = 0.1 per step,
+    # so 5 and 15 steps cannot reach it (0.5 and 1.5 at most) and 60 is the smallest grid
+    # value that can.  With stop="auto" the flows of 60 and 240 steps stop at the same step,
+    # score the same, and GridSearchCV keeps the first of equal scores.
+    from sklearn_gpa import GPATransporter
+    from sklearn_gpa.model_selection import DomainStratifiedKFold
+
+    rng = np.random.default_rng(0)
+    n = 100
+    X = np.vstack([rng.normal(size=(n, 2)), rng.normal(size=(n, 2)) + [3.0, 0.0]])
+    sample_domain = np.repeat([1, -2], n)
+    search = GridSearchCV(
+        GPATransporter(random_state=0),
+        {"n_steps": [5, 15, 60, 240]},
+        scoring=LipschitzFDivergence(n_iter=300, tol=None),
+        cv=DomainStratifiedKFold(2, shuffle=True, random_state=0),
+        error_score="raise",
+    )
+    with sklearn.config_context(enable_metadata_routing=True):
+        search.fit(X, sample_domain=sample_domain)
+    scores = search.cv_results_["mean_test_score"]
+    assert search.best_params_ == {"n_steps": 60}
+    assert scores[0] < scores[1] < scores[2]
+    moved = search.best_estimator_.transform(X[:n], sample_domain=sample_domain[:n])
+    assert abs(moved[:, 0].mean() - 3.0) < 0.5

@@ -36,8 +36,10 @@ __all__ = [
 # Convergence is judged on the mean of J over consecutive windows of this many steps.
 _WINDOW = 50
 # Cross-fitting validates each critic on this share (1 / 3) of its training rows, and stops
-# after this many windows without a better validation score.
+# after this many checks without a better validation score.
 _VALIDATION_SHARE = 3
+# Cross-fitted critics are trained with the bounds L times these, the best kept per fold.
+_LADDER = (1.0, 0.3, 0.1)
 _VALIDATE_EVERY = 10
 _PATIENCE = 20
 
@@ -117,37 +119,75 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
     )
 
 
-def cross_fit_divergence(X_p, X_q, *, n_folds: int = 2, **settings) -> CrossFitEstimate:
+def cross_fit_divergence(
+    X_p, X_q, *, n_folds: int = 2, clip: bool = True, ladder=_LADDER, **settings
+) -> CrossFitEstimate:
     """Cross-fitted estimate of the divergence between the samples ``X_p`` and ``X_q``.
 
     The rows of each sample are split at random (``settings["seed"]``) into ``n_folds``
-    folds.  Critic k (all folds' critics train as one batch) sees every fold but k: it
-    trains on two thirds of those rows and keeps the weights that scored best on the third
-    (checked every 10 steps), which stops it from fitting the rows themselves.  It is then
-    evaluated on fold k with the shift ``nu`` fitted on its training rows: a mean of
-    per-row terms, ``phi(x)`` on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a
-    function fixed before it saw them, whose expectation is the population objective of
-    that function, at most the population divergence.  The estimate is the mean of all
-    held-out terms, its standard error ``sqrt(var_P / n_P + var_Q / n_Q)`` of those terms.
-    Each sample needs at least ``2 * n_folds`` rows.
+    folds.  Fold k's critic trains on the other folds: on two thirds of those rows, keeping
+    the weights that scored best on the last third (checked every 10 steps), which stops it
+    from fitting the rows themselves.  One network per rung ``c`` of ``ladder`` is trained
+    (all folds and rungs as one batch), bounded by ``c * L`` (its rows squeezed by ``c``
+    towards the centre), and the fold keeps the rung with the best validation score: every
+    rung is L-Lipschitz, and the lower ones fit the rows less.  With ``clip``, the critic is
+    capped below at its lowest value on the training rows of P and above at its highest on
+    those of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row
+    cannot reach values of ``f*`` that no training row of Q had.  The critic is evaluated on
+    fold k with the shift ``nu`` optimal on its training rows: a mean of per-row terms,
+    ``phi(x)`` on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed
+    before it saw them, whose expectation is the population objective of that function, at
+    most the population divergence.  The estimate is the mean of all held-out terms, its
+    standard error ``sqrt(var_P / n_P + var_Q / n_Q)`` of those terms.  Each sample needs at
+    least ``2 * n_folds`` rows.
     """
     s = _Settings(**settings)
     X_p, X_q = np.asarray(X_p, dtype=np.float64), np.asarray(X_q, dtype=np.float64)
     rng = np.random.default_rng(s.seed)
     folds_p = np.array_split(rng.permutation(len(X_p)), n_folds)
     folds_q = np.array_split(rng.permutation(len(X_q)), n_folds)
-    # Each critic's training rows, the rows it is validated on last.
     train_p = [np.delete(X_p, fold, 0) for fold in folds_p]
     train_q = [np.delete(X_q, fold, 0) for fold in folds_q]
-    n_fit_p = [len(t) - max(1, len(t) // _VALIDATION_SHARE) for t in train_p]
-    n_fit_q = [len(t) - max(1, len(t) // _VALIDATION_SHARE) for t in train_q]
     center, scale = _standardization([X_p, X_q])
-    with _trained_critics(train_p, train_q, center, scale, s, (n_fit_p, n_fit_q)) as trained:
+    # A network fed (x - center) * c + center is (c * L)-Lipschitz in x: rung c.
+    rungs = tuple(ladder) if s.L is not None else (1.0,)
+    n_rungs = len(rungs)
+
+    def per_rung(groups):
+        """Rows of network (k, r): fold k's rows squeezed by rung r."""
+        return [center + (g - center) * c for g in groups for c in rungs]
+
+    # Each training set shuffled, a third of it (the first of three parts) moved last: the
+    # validation rows.
+    train_p, n_fit_p = _validation_last(train_p, rng)
+    train_q, n_fit_q = _validation_last(train_q, rng)
+    n_fit_p = [n for n in n_fit_p for _ in rungs]
+    n_fit_q = [n for n in n_fit_q for _ in rungs]
+    nets_p, nets_q = per_rung(train_p), per_rung(train_q)
+    with _trained_critics(nets_p, nets_q, center, scale, s, (n_fit_p, n_fit_q)) as trained:
         dtype, device = trained.z.dtype, trained.z.device
-        held_p, _ = pack_rows([X_p[f] for f in folds_p], dtype, device)
-        held_q, _ = pack_rows([X_q[f] for f in folds_q], dtype, device)
-        terms_p = trained.phi(held_p).cpu().numpy()
-        terms_q = trained.target_terms(held_q).cpu().numpy()
+        best = trained.validation_score.reshape(n_folds, n_rungs).argmax(1)
+
+        def critic_on(groups):
+            """Fold k's critic (its best rung) on ``groups[k]``, and the row weights."""
+            rows, weights = pack_rows(per_rung(groups), dtype, device)
+            phi = trained.phi(rows).reshape(n_folds, n_rungs, -1)
+            return phi[torch.arange(n_folds, device=device), best], weights[::n_rungs]
+
+        phi_p, w_p = critic_on(train_p)
+        phi_q, w_q = critic_on(train_q)
+        held_p, _ = critic_on([X_p[f] for f in folds_p])
+        held_q, _ = critic_on([X_q[f] for f in folds_q])
+        if clip:
+            low, high = _masked(phi_p, w_p, min), _masked(phi_q, w_q, max)
+            high = torch.maximum(high, low)
+            held_p = torch.clamp(held_p, low[:, None], high[:, None])
+            held_q = torch.clamp(held_q, low[:, None], high[:, None])
+            phi_q = torch.clamp(phi_q, low[:, None], high[:, None])
+        divergence = trained.critic.divergence
+        nu = _shift_for(divergence, phi_q, w_q)
+        terms_p = held_p.cpu().numpy()
+        terms_q = divergence.target_terms(held_q, nu).cpu().numpy()
     terms_p = [terms_p[k, : len(f)] for k, f in enumerate(folds_p)]
     terms_q = [terms_q[k, : len(f)] for k, f in enumerate(folds_q)]
     fold_values = np.array([p.mean() + q.mean() for p, q in zip(terms_p, terms_q)])
@@ -163,6 +203,30 @@ def cross_fit_divergence(X_p, X_q, *, n_folds: int = 2, **settings) -> CrossFitE
     )
 
 
+def _validation_last(samples, rng):
+    """Each sample shuffled with its validation third last, and the rows before it."""
+    shuffled, n_fit = [], []
+    for rows in samples:
+        parts = np.array_split(rng.permutation(len(rows)), _VALIDATION_SHARE)
+        shuffled.append(rows[np.concatenate([*parts[1:], parts[0]])])
+        n_fit.append(len(rows) - len(parts[0]))
+    return shuffled, n_fit
+
+
+def _masked(phi, w, reduce):
+    """Min or max of each flow's ``phi`` over its real rows (``w > 0``)."""
+    fill = math.inf if reduce is min else -math.inf
+    values = torch.where(w > 0, phi, fill)
+    return values.min(1).values if reduce is min else values.max(1).values
+
+
+def _shift_for(divergence, phi_x, w_x):
+    """The optimal shift of fixed critic values ``phi_x`` on Q rows with weights ``w_x``."""
+    if divergence.uses_nu:
+        return _optimal_shift(divergence, phi_x, w_x)
+    return _log_mean_exp(phi_x, w_x)
+
+
 @dataclass
 class _Trained:
     """Critics trained on packed, standardised rows (tensors on the run's device)."""
@@ -175,6 +239,7 @@ class _Trained:
     center: torch.Tensor
     scale: float
     converged: bool
+    validation_score: torch.Tensor | None = None  # (K,) best score on validation rows
 
     def phi(self, rows):
         """The K critics on unstandardised packed rows (K, T, d)."""
@@ -235,12 +300,12 @@ def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validati
             counts_y, counts_x = (w_y > 0).sum(1).to(dtype), (w_x > 0).sum(1).to(dtype)
             batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
         problem = (z, n_particles, w_y, w_x)
-        converged = _train_critic(critic, problem, batch, s, held_out)
+        converged, validation_score = _train_critic(critic, problem, batch, s, held_out)
         if critic.constraint is not None:
             critic.enforce_exact_lipschitz()
         set_optimal_shift(critic, z, n_particles, w_x)
         shift = torch.as_tensor(center, dtype=dtype, device=device)
-        yield _Trained(critic, z, n_particles, w_y, w_x, shift, scale, converged)
+        yield _Trained(critic, z, n_particles, w_y, w_x, shift, scale, converged, validation_score)
 
 
 def _phi(critic, z):
@@ -266,7 +331,8 @@ def _train_critic(critic, problem, batch, s: _Settings, held_out=None) -> bool:
     With ``held_out = (v_y, v_x)`` (validation row weights), every window also scores each
     critic on its validation rows; training stops once no critic improved that score for
     ``_PATIENCE`` windows, and each critic returns to its best-scoring weights.  Returns
-    whether a stopping rule was met within ``n_iter`` steps (always True with ``tol=None``).
+    whether a stopping rule was met within ``n_iter`` steps (always True with ``tol=None``),
+    and the best validation scores (K,) (None without ``held_out``).
     """
     z, n_particles, w_y, w_x = problem
     history = torch.empty(s.n_iter, critic.layout.n_flows, dtype=z.dtype, device=z.device)
@@ -294,9 +360,10 @@ def _train_critic(critic, problem, batch, s: _Settings, held_out=None) -> bool:
                 converged = True
                 break
         previous = mean
-    if early is not None:
-        early.restore_best()
-    return converged
+    if early is None:
+        return converged, None
+    early.restore_best()
+    return converged, early.best_score
 
 
 class _EarlyStopping:
