@@ -109,6 +109,7 @@ GPA_VARIANTS = {
     "steps=300": {"n_steps": 300},
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
+    "no snap": {"_snap": False},
 }
 
 TABULAR = [
@@ -197,9 +198,9 @@ def make_gpa(variant):
             params["n_particles"] = _resolve_particles(params["n_particles"], len(X))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            clip = params.pop("_clip", True)
+            clip, snap = params.pop("_clip", True), params.pop("_snap", True)
             gpa = GPATransporter(random_state=seed, **params).fit(X, y)
-            return gpa.sample(len(y), y=y, random_state=seed, clip=clip), y
+            return gpa.sample(len(y), y=y, random_state=seed, clip=clip, snap=snap), y
 
     return generate
 

@@ -15,6 +15,7 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
+from ._discrete import FeatureLevels, few_levels
 from .baselines import class_router
 
 __all__ = ["FittedFlowMixin", "flow_router"]
@@ -28,6 +29,11 @@ def flow_router(starts):
 
 class FittedFlowMixin:
     """Transform, replay, trajectories and sampling of a fitted flow."""
+
+    def _fit_levels(self, X, target_rows):
+        """The values ``sample`` snaps few-valued features to: per flow, its target rows'."""
+        features = np.flatnonzero(few_levels(X))
+        self._levels = FeatureLevels.fit(features, [X[rows] for rows in target_rows])
 
     @property
     def center_(self):
@@ -140,7 +146,7 @@ class FittedFlowMixin:
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))
         return self._scaling.inverse_transform(path)
 
-    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True):
+    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True, snap=True):
         """Draw new samples: fresh prior draws pushed through the learned flow.
 
         The draws come from the fitted prior (``prior_``); with the default
@@ -159,6 +165,10 @@ class FittedFlowMixin:
             flow moves particles continuously, and a few end slightly past a bound that
             the data never crosses (a negative count, a pixel below 0).  False returns the
             flow's end points as they are.
+        snap : bool, default=True
+            Move each feature that takes at most 10 distinct values in the training
+            rows (binary, ordinal, small counts) onto the nearest value that the sample's
+            class takes there: the flow moves particles continuously, between the levels.
 
         Returns
         -------
@@ -183,6 +193,8 @@ class FittedFlowMixin:
         X_new = self._scaling.inverse_transform(self._replay(Z, flows))
         if clip:
             X_new = self._scaling.clip(X_new)
+        if snap:
+            X_new = self._levels.snap(X_new, flows)
         # The container of set_output(transform=...) (pandas, polars) with the feature names.
         return _wrap_data_with_container("transform", X_new, None, self)
 

@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 from threadpoolctl import threadpool_limits
 
+from ._discrete import FeatureLevels, few_levels
 from ._engine.device import cpu_threads
 from ._prior import Prior
 from ._scaling import Standardization
@@ -22,9 +23,6 @@ from .transport import GPATransporter
 from .utils import check_magnitude, stack_domains, warn_at_caller
 
 __all__ = ["GPAAugmenter", "default_transporter"]
-
-# "auto" treats a feature with at most this many distinct values in X as discrete.
-_MAX_DISCRETE_LEVELS = 10
 
 
 class GPAAugmenter(BaseOverSampler):
@@ -311,21 +309,17 @@ class GPAAugmenter(BaseOverSampler):
         if self.discrete_features is None:
             mask = np.zeros(n_features, dtype=bool)
         elif isinstance(self.discrete_features, str):
-            levels = [len(np.unique(X[:, j])) for j in range(n_features)]
-            mask = np.array(levels) <= _MAX_DISCRETE_LEVELS
+            mask = few_levels(X)
         else:
             mask = _feature_mask(self.discrete_features, n_features)
         self.discrete_features_ = np.flatnonzero(mask)
 
     def _snap_discrete(self, synthetic, targets, labels):
         """Move each discrete feature of a synthetic row to the nearest level of its class."""
-        for c, t in zip(self.augmented_classes_, targets):
-            rows = labels == c
-            for j in self.discrete_features_:
-                levels = np.unique(t[:, j])
-                nearest = np.abs(synthetic[rows, j, None] - levels).argmin(1)
-                synthetic[rows, j] = levels[nearest]
-        return synthetic
+        group = np.zeros(len(labels), dtype=int)
+        for k, c in enumerate(self.augmented_classes_):
+            group[labels == c] = k
+        return FeatureLevels.fit(self.discrete_features_, targets).snap(synthetic, group)
 
     def _fit_feature_scaling(self, X):
         X = np.asarray(X, dtype=np.float64)

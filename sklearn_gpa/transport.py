@@ -87,13 +87,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     learning_rate : float, default=5e-3
         Adam step of the discriminator.
     constraint : {"hard", "soft"}, default="hard"
-        Spectral normalisation after every update, or a gradient penalty of weight
-        ``penalty``.
+        Spectral normalisation after every update, or a gradient penalty (``penalty``).
     penalty : float, default=10.0
         Weight of the gradient penalty when ``constraint="soft"``.
     tol : float or None, default=None
-        Stop early once the kinetic energy ``mean |grad phi|^2`` of every flow is below
-        ``tol`` (checked every ``log_every`` steps).
+        Stop once every flow's kinetic energy ``mean |grad phi|^2`` is below ``tol``.
     stop : "auto" or None, default="auto"
         "auto": each flow stops (is frozen, also on replay) once its particles are as close
         to its target rows as a fresh sample of the target would be, by two two-sample
@@ -335,6 +333,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             self.classes_, self.n_flows_ = groups.classes, len(groups)
             self._scaling = Standardization.fit(X, self.standardize)
             warn_units_ignored(X, self._scaling.kind, self.standardize)
+            self._fit_levels(X, groups.targets)
         Z = self._scaling.transform(X)
         targets = [Z[t] for t in groups.targets]
         if not resume:

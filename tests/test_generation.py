@@ -160,3 +160,25 @@ def test_transport_with_defaults_keeps_mixed_units():
     for k in (0, 1):
         gap = np.abs(moved[y[source] == k].mean(0) - Xt[y[~source] == k].mean(0))
         np.testing.assert_array_less(gap, 0.3 * Xt.std(0), err_msg=f"class {k}")
+
+
+def test_sample_snaps_few_valued_features_to_their_class_levels():
+    rng = np.random.RandomState(0)
+    n = 60
+    y = np.repeat([0, 1], n)
+    binary = rng.randint(0, 2, 2 * n).astype(float)
+    ordinal = np.where(y == 0, rng.choice([1.0, 2.0, 3.0], 2 * n), 7.0)  # constant in class 1
+    continuous = rng.normal(size=2 * n) + 3 * y
+    X = np.column_stack([binary, ordinal, continuous])
+    gpa = GPATransporter(n_steps=20, stop=None, random_state=0).fit(X, y)
+    labels = np.repeat([0, 1], 50)
+    snapped = gpa.sample(100, y=labels, random_state=1)
+    assert set(np.unique(snapped[:, 0])) <= {0.0, 1.0}
+    assert set(np.unique(snapped[labels == 0, 1])) <= {1.0, 2.0, 3.0}
+    np.testing.assert_array_equal(snapped[labels == 1, 1], 7.0)
+    raw = gpa.sample(100, y=labels, random_state=1, snap=False)
+    # The flow's end points lie between the levels; the continuous feature is never snapped.
+    assert len(np.unique(raw[:, 0])) > 2
+    np.testing.assert_array_equal(snapped[:, 2], raw[:, 2])
+    # Snapping moves each value to its nearest level.
+    assert np.all(np.abs(snapped[:, 0] - raw[:, 0]) <= 0.5 + 1e-12)
