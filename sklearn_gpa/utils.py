@@ -86,9 +86,16 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
 
 
 def check_pair(X, Y, names=("X", "Y"), *, dtype=np.float64, min_samples=1):
-    """Validate two samples: finite numeric 2-D arrays with the same number of columns."""
+    """Validate two samples: finite numeric 2-D arrays with the same number of columns.
+
+    Float64 samples (those distances are computed on) must also be small enough that squared
+    distances between rows do not overflow.
+    """
     X = check_array(X, dtype=dtype, input_name=names[0], ensure_min_samples=min_samples)
     Y = check_array(Y, dtype=dtype, input_name=names[1], ensure_min_samples=min_samples)
+    if dtype is np.float64:
+        check_magnitude(X, names[0])
+        check_magnitude(Y, names[1])
     if X.shape[1] != Y.shape[1]:
         raise ValueError(
             f"{names[0]} has {X.shape[1]} features but {names[1]} has {Y.shape[1]}; "
