@@ -17,8 +17,8 @@ MAX_LEVELS = 10
 
 def few_levels(X, max_levels=MAX_LEVELS) -> np.ndarray:
     """Boolean mask of the features of ``X`` with at most ``max_levels`` distinct values."""
-    X = np.asarray(X)
-    return np.array([len(np.unique(X[:, j])) <= max_levels for j in range(X.shape[1])], bool)
+    X = np.sort(np.asarray(X), axis=0)
+    return (np.diff(X, axis=0) != 0).sum(0) + 1 <= max_levels
 
 
 class FeatureLevels:
@@ -36,6 +36,8 @@ class FeatureLevels:
 
     def snap(self, X, group_of_rows):
         """``X`` with each discrete feature moved to the nearest level of the row's group."""
+        if not len(self.features):
+            return X
         X = np.array(X, dtype=np.float64)
         for k, levels in enumerate(self.levels):
             rows = group_of_rows == k

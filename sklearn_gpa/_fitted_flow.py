@@ -31,9 +31,12 @@ class FittedFlowMixin:
     """Transform, replay, trajectories and sampling of a fitted flow."""
 
     def _fit_levels(self, X, target_rows):
-        """The values ``sample`` snaps few-valued features to: per flow, its target rows'."""
-        features = np.flatnonzero(few_levels(X))
-        self._levels = FeatureLevels.fit(features, [X[rows] for rows in target_rows])
+        """The values ``sample`` snaps few-valued features to: per flow, its target rows'
+        (None in integration, which never samples)."""
+        self._levels = None
+        if self.mode_ == "generation":
+            features = np.flatnonzero(few_levels(X))
+            self._levels = FeatureLevels.fit(features, [X[rows] for rows in target_rows])
 
     @property
     def center_(self):
