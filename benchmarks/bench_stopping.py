@@ -94,15 +94,22 @@ PLACEMENTS = {
 }
 
 
+def placement_problem(centres, blob, seed):
+    """Stacked rows and ``sample_domain`` of one placement: 300 target rows in the wells
+    ``centres`` (sd 0.5), 300 source rows in a blob (sd 0.5) at ``blob``."""
+    rng = np.random.RandomState(seed)
+    target = centres[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+    source = np.array(blob) + 0.5 * rng.standard_normal((300, 2))
+    X, _, domain = stack_domains(source, target)
+    return X, domain
+
+
 def well_placements(seeds, placements=PLACEMENTS):
     """The checker's problem: all defaults, several placements and seeds."""
     rows = []
     for name, (centres, blob) in placements.items():
         for seed in seeds:
-            rng = np.random.RandomState(seed)
-            target = centres[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
-            source = np.array(blob) + 0.5 * rng.standard_normal((300, 2))
-            X, _, domain = stack_domains(source, target)
+            X, domain = placement_problem(centres, blob, seed)
             gpa = GPATransporter(random_state=seed)
             out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
             near, smallest = well_scores(out[domain >= 0], centres)

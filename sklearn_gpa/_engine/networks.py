@@ -298,8 +298,17 @@ def input_gradient(layers, activation, saved):
 
 
 def spectral_norm_exact(w: torch.Tensor) -> torch.Tensor:
-    """Largest singular value of each matrix in a stack (..., m, n), by SVD."""
-    return torch.linalg.matrix_norm(w, ord=2)
+    """Largest singular value of each matrix in a stack (..., m, n), by SVD.
+
+    A matrix with a non-finite entry gets NaN (the SVD would raise): its flow's step turns
+    non-finite, and the flow is frozen like any other that blows up.
+    """
+    finite = torch.isfinite(w).all(-1).all(-1)
+    if bool(finite.all()):
+        return torch.linalg.matrix_norm(w, ord=2)
+    norms = torch.full(w.shape[:-2], float("nan"), dtype=w.dtype, device=w.device)
+    norms[finite] = torch.linalg.matrix_norm(w[finite], ord=2)
+    return norms
 
 
 def orthonormalize(w: torch.Tensor, scale: float, n_iterations: int) -> None:
