@@ -140,6 +140,7 @@ class Critic:
         self.adam_eps = adam_eps
         self.generator = generator
         self._left_vectors = None
+        self._power_plan = None
         self._exact_left = _EXACT_UPDATES
         self._updates = 0  # n_updates on the host, for _flush_subnormals' schedule
         with self.no_graph():
@@ -269,12 +270,20 @@ class Critic:
 
         A single-column layer is a vector, whose spectral norm is its Euclidean norm.
         """
+        plan = self._power_plan
+        if plan is None:
+            # The views each iteration needs, taken once: the weights and vectors are
+            # changed only in place.
+            plan = self._power_plan = [
+                (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
+                for w, u in zip(self.weight_groups, self._left_vectors)
+            ]
         norms = []
-        for w, u in zip(self.weight_groups, self._left_vectors):
-            if w.shape[2] == 1:
+        for w, w_t, u in plan:
+            if w_t is None:
                 norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
                 continue
-            v = torch.bmm(u, w.transpose(1, 2))
+            v = torch.bmm(u, w_t)
             v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True))
             wv = torch.bmm(v, w)
             sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
@@ -445,13 +454,16 @@ class Critic:
             (self.nu, self.grad_nu) if flows is None else (self.nu[flows], self.grad_nu[flows])
         )
         phi_y, phi_x, grad_y, grad_x = passes.split(n_particles)
-        value = self.divergence.value(phi_y, phi_x, nu, w_y, w_x) if with_value else None
         if passes.w_y is not w_y:
             # dJ/dphi_y is w_y itself: written again only when other weights come.
             grad_y.copy_(w_y)
             passes.w_y = w_y
+        if with_value:
+            return self.divergence.value_and_gradients_into(
+                phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu
+            )
         self.divergence.gradients_into(phi_x, nu, w_x, grad_x, grad_nu)
-        return value
+        return None
 
     def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value, flows=None):
         """J (if asked) and dJ/dphi (K, M + N) from phi on particles then targets; writes

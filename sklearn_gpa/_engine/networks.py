@@ -396,7 +396,10 @@ class MLPPass:
         self._last_input_t = self.acts[-2].transpose(1, 2) if len(layers) > 1 else None
         # (K, 1, T) with the strides MKL takes for a transposed column (``unsqueeze(1)``'s
         # differ, and so did the last bit of some sums).
-        self._grad_phi_t = self.grad_phi.unsqueeze(-1).transpose(1, 2)
+        self._grad_phi_col = self.grad_phi.unsqueeze(-1)
+        self._grad_phi_t = self._grad_phi_col.transpose(1, 2)
+        last = grad_layers[-1][0]
+        self._grad_w_last_t = last.transpose(1, 2) if last.shape[-1] == 1 else None
         self._splits = {}
         self.w_y = None  # the row weights last written into grad_phi
 
@@ -430,11 +433,11 @@ class MLPPass:
         if n == 1:
             parameter_gradient(layers, self.activation, [z], [], self.grad_phi, grad_layers)
             return
-        g = self.grad_phi.unsqueeze(-1)
+        g = self._grad_phi_col
         grad_w, grad_b = grad_layers[-1]
-        if grad_w.shape[-1] == 1:
+        if self._grad_w_last_t is not None:
             # (g^T h)^T: the same product, about 5 times faster for 10 flows.
-            torch.bmm(self._grad_phi_t, self.acts[-2], out=grad_w.transpose(1, 2))
+            torch.bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
         else:
             torch.bmm(self._last_input_t, g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
