@@ -73,13 +73,16 @@ class _Chunk:
     ``flows`` is a slice (None: all flows); ``layers`` and ``grad_layers`` are views of
     their weights and gradients, ``weights_t`` contiguous transposed copies of the hidden
     layers' weights (None per layer without one); ``passes`` the preallocated passes over
-    these rows (``networks.MLPPass``), or None where the critic allocates per call.
+    its ``n_rows`` rows (``networks.MLPPass``), made at their first use in inference mode
+    where they ``fit``; the critic allocates per call otherwise.
     """
 
     flows: slice | None
     layers: list
     grad_layers: list
     weights_t: list | None
+    n_rows: int = 0
+    fits: bool = False  # whether its buffers are small enough to keep (``_WORKSPACE_BYTES``)
     passes: MLPPass | None = None
 
 
@@ -400,23 +403,42 @@ class Critic:
                 ]
             widths = self.layout.sizes[1:]
             workspace = (2 * sum(widths) + 1) * n_rows * k * self.params.element_size()
-            if (
+            fits = (
                 self.activation.inplace
                 and not self.needs_autograd
                 and self.layout.depth > 1
                 and workspace <= _WORKSPACE_BYTES
-            ):
-                for c in chunks:
-                    c.passes = MLPPass(
-                        c.layers, c.grad_layers, c.weights_t, self.activation, n_rows
-                    )
+            )
+            for c in chunks:
+                c.n_rows, c.fits = n_rows, fits
             self._chunks[n_rows] = chunks
         return chunks
+
+    def _passes(self, chunk: _Chunk) -> MLPPass | None:
+        """The preallocated passes of ``chunk`` where they can run, else None.
+
+        They write into inference tensors: only in inference mode (``train_flow`` and the
+        divergence estimates run there); a call outside takes the allocating path.
+        """
+        if not chunk.fits or not torch.is_inference_mode_enabled():
+            return None
+        if chunk.passes is None:
+            chunk.passes = MLPPass(
+                chunk.layers, chunk.grad_layers, chunk.weights_t, self.activation, chunk.n_rows
+            )
+        return chunk.passes
+
+    def _weights_t(self, chunk: _Chunk):
+        """The chunk's transposed weights, refreshed, in inference mode; else None."""
+        if chunk.weights_t is None or not torch.is_inference_mode_enabled():
+            return None
+        return chunk.weights_t
 
     def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
         """dJ/dparams into ``self.grad`` by the hand-written backward pass; J if asked."""
         chunks = self._flow_chunks(z.shape[1])
-        self._transpose_weights()
+        if self.weights_t is not None and torch.is_inference_mode_enabled():
+            self._transpose_weights()
         if len(chunks) == 1:
             return self._chunk_gradient(z, n_particles, w_y, w_x, with_value, chunks[0])
         values = [
@@ -426,7 +448,7 @@ class Critic:
         return torch.cat(values) if with_value else None
 
     def _chunk_gradient(self, z, n_particles, w_y, w_x, with_value, chunk: _Chunk):
-        passes = chunk.passes
+        passes = self._passes(chunk)
         if passes is not None:
             passes.forward(z)
             value = self._objective_into(passes, n_particles, w_y, w_x, with_value, chunk)
@@ -443,7 +465,7 @@ class Critic:
             saved,
             grad_phi,
             chunk.grad_layers,
-            chunk.weights_t,
+            self._weights_t(chunk),
         )
         return value
 
@@ -454,10 +476,7 @@ class Critic:
             (self.nu, self.grad_nu) if flows is None else (self.nu[flows], self.grad_nu[flows])
         )
         phi_y, phi_x, grad_y, grad_x = passes.split(n_particles)
-        if passes.w_y is not w_y:
-            # dJ/dphi_y is w_y itself: written again only when other weights come.
-            grad_y.copy_(w_y)
-            passes.w_y = w_y
+        grad_y.copy_(w_y)  # dJ/dphi_y is w_y itself
         if with_value:
             return self.divergence.value_and_gradients_into(
                 phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu
@@ -514,12 +533,14 @@ class Critic:
     def _gradient(self, y):
         grads = []
         chunks = self._flow_chunks(y.shape[1])
-        self._transpose_weights()
+        if self.weights_t is not None and torch.is_inference_mode_enabled():
+            self._transpose_weights()
         for c in chunks:
             rows = y if c.flows is None else y[c.flows]
-            if c.passes is not None:
-                grads.append(c.passes.input_gradient(rows))
+            passes = self._passes(c)
+            if passes is not None:
+                grads.append(passes.input_gradient(rows))
                 continue
             _, _, saved = forward(c.layers, self.activation, rows, output=False)
-            grads.append(input_gradient(c.layers, self.activation, saved, c.weights_t))
+            grads.append(input_gradient(c.layers, self.activation, saved, self._weights_t(c)))
         return grads[0] if len(grads) == 1 else torch.cat(grads)

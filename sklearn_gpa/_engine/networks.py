@@ -401,7 +401,6 @@ class MLPPass:
         last = grad_layers[-1][0]
         self._grad_w_last_t = last.transpose(1, 2) if last.shape[-1] == 1 else None
         self._splits = {}
-        self.w_y = None  # the row weights last written into grad_phi
 
     def split(self, n_particles):
         """Views (phi_y, phi_x, dJ/dphi_y, dJ/dphi_x) of the rows of particles and targets."""
