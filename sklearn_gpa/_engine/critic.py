@@ -58,11 +58,10 @@ _CACHE_BYTES = 1 << 20
 VELOCITY_ROWS = 32768
 
 # A graph-free critic keeps, per number of rows it meets, buffers for its activations and
-# the gradients of its backward pass while they take at most this many bytes: reused from
-# update to update they stay in cache and save an allocation per layer, where a fresh
-# product would be allocated and first touched every time (about 20 % of a product's time
-# for 10 flows of 400 rows).  Larger problems allocate per call, as their cost is the
-# arithmetic.
+# the gradients of its backward pass while they take at most this many bytes (``MLPPass``):
+# reused from update to update they stay in cache and save an allocation and a few views
+# per layer, which on small problems cost as much as the arithmetic.  Larger problems
+# allocate per call, as their cost is the arithmetic.
 _WORKSPACE_BYTES = 32 << 20
 
 
@@ -182,7 +181,7 @@ class Critic:
         """Buffers for contiguous transposed copies of the hidden-to-hidden weights.
 
         The backward passes multiply by every hidden layer's transposed weights; ``bmm`` is
-        about 20 % faster on a contiguous factor than on a transposed view (same result to
+        faster on a contiguous factor than on a transposed view (same result to
         the bit).  ``_transpose_weights`` refreshes the copies, one kernel per run of layers
         of one shape, before every pass that uses them.
         """

@@ -292,8 +292,8 @@ def forward(layers, activation, z, output=True, out=None):
     if out is None:
         phi = torch.baddbmm(b, h, w)
     else:
-        # The same numbers as ``baddbmm``, which is slow for a single output column with
-        # many flows (55 against 37 us for 10 flows of 400 rows).
+        # The same numbers as ``baddbmm``, which is slower for a single output column with
+        # many flows (``benchmarks/README.md``, per particle step).
         phi = torch.bmm(h, w, out=out[-1]).add_(b)
     return phi.squeeze(-1), inputs, saved
 
@@ -311,8 +311,8 @@ def parameter_gradient(
     """Back-propagate ``grad_output`` = dJ/dphi (K, T) into ``grad_layers`` (views, in place).
 
     ``weights_t`` (optional) gives per layer a contiguous copy of its transposed weights, or
-    None (a transposed view is used): ``bmm`` is about 20 % faster on a contiguous right
-    factor than on a transposed one, with the same result to the bit.  ``out`` (outside
+    None (a transposed view is used): ``bmm`` is faster on a contiguous right factor than
+    on a transposed one, with the same result to the bit.  ``out`` (outside
     autograd only) holds a ``(K, T, fan_out)`` buffer per hidden layer for the gradient
     flowing back through it.
     """
@@ -322,8 +322,8 @@ def parameter_gradient(
         grad_w, grad_b = grad_layers[i]
         if grad_w.shape[-1] == 1:
             # A single output column: (g^T h)^T is the same product to the bit, and a row
-            # times a matrix is about 5 times faster in ``bmm`` than a matrix times a column
-            # for 10 flows.
+            # times a matrix is much faster in ``bmm`` than a matrix times a column when
+            # there are many flows.
             torch.bmm(g.transpose(1, 2), inputs[i], out=grad_w.transpose(1, 2))
         else:
             torch.bmm(inputs[i].transpose(1, 2), g, out=grad_w)
@@ -359,9 +359,8 @@ class MLPPass:
     and targets) is taken once, so a pass runs its arithmetic ops and little else.  It
     computes the same numbers as ``forward``, ``parameter_gradient`` and
     ``input_gradient`` (the same ops in the same order; tested to the bit).  Reused from
-    update to update, the buffers stay in cache; on small problems, where most of a step
-    is the cost of calling ops, about a third of the calls of a pass were views and
-    allocations.
+    update to update, the buffers stay in cache; on small problems most of a step is the
+    cost of calling ops, and views and allocations were a good share of the calls.
 
     ``layers`` and ``grad_layers`` are views ``[(W, b), ...]`` of the weights and of their
     gradient; ``weights_t`` per layer a contiguous copy of ``W`` transposed or None.
@@ -421,8 +420,8 @@ class MLPPass:
             h = a
         if output:
             w, b = self.layers[-1]
-            # The same numbers as ``baddbmm``, which is slow for a single output column
-            # with many flows (55 against 37 us for 10 flows of 400 rows).
+            # The same numbers as ``baddbmm``, which is slower for a single output column
+            # with many flows.
             torch.bmm(h, w, out=self.acts[-1]).add_(b)
 
     def parameter_gradient(self, z) -> None:
@@ -435,7 +434,7 @@ class MLPPass:
         g = self._grad_phi_col
         grad_w, grad_b = grad_layers[-1]
         if self._grad_w_last_t is not None:
-            # (g^T h)^T: the same product, about 5 times faster for 10 flows.
+            # (g^T h)^T: the same product, faster (see ``parameter_gradient``).
             torch.bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
         else:
             torch.bmm(self._last_input_t, g, out=grad_w)
