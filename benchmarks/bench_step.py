@@ -80,12 +80,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sklearn_gpa._engine.critic import Critic
+from sklearn_gpa._engine import critic as critic_module
+from sklearn_gpa._engine import divergences as divergences_module
+from sklearn_gpa._engine import flow as flow_module
+from sklearn_gpa._engine import integrators as integrators_module
+from sklearn_gpa._engine import networks as networks_module
 from sklearn_gpa._engine.device import threads_for
-from sklearn_gpa._engine.divergences import get_divergence
-from sklearn_gpa._engine.flow import pack_rows, train_flow
-from sklearn_gpa._engine.integrators import get_tableau
-from sklearn_gpa._engine.networks import MLPLayout, make_activation
 
 RESULTS = _common.RESULTS
 HIDDEN = (32, 32, 32)
@@ -259,28 +259,40 @@ class EagerGPA:
 
 
 class EngineGPA:
-    """The library's batched engine, driven as the estimators drive it."""
+    """The library's batched engine, driven as the estimators drive it.
+
+    ``parts`` holds the engine's modules by name (``load_engine`` gives another checkout's).
+    """
+
+    parts = {
+        "critic": critic_module,
+        "divergences": divergences_module,
+        "flow": flow_module,
+        "integrators": integrators_module,
+        "networks": networks_module,
+    }
 
     def __init__(self, cfg: Config, sources, targets, device, seed=0, dtype=DTYPE):
+        m = self.parts
         self.cfg = cfg
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.y, self.w_y = pack_rows(sources, dtype, device)
-        self.x, self.w_x = pack_rows(targets, dtype, device)
-        layout = MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
-        self.critic = Critic(
+        self.y, self.w_y = m["flow"].pack_rows(sources, dtype, device)
+        self.x, self.w_x = m["flow"].pack_rows(targets, dtype, device)
+        layout = m["networks"].MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
+        self.critic = m["critic"].Critic(
             layout,
-            make_activation("relu"),
-            get_divergence("kl"),
+            m["networks"].make_activation("relu"),
+            m["divergences"].get_divergence("kl"),
             lipschitz=LIPSCHITZ,
             learning_rate=LEARNING_RATE,
             generator=self.generator,
             dtype=dtype,
             device=device,
         )
-        self.tableau = get_tableau(cfg.solver)
+        self.tableau = m["integrators"].get_tableau(cfg.solver)
 
     def run(self, n_steps):
-        result = train_flow(
+        result = self.parts["flow"].train_flow(
             self.y,
             self.w_y,
             self.x,
@@ -316,58 +328,16 @@ def load_engine(root):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return {
-        part: importlib.import_module(f"{name}.{part}")
-        for part in ("critic", "divergences", "flow", "integrators", "networks")
-    }
+    return {part: importlib.import_module(f"{name}.{part}") for part in EngineGPA.parts}
 
 
 class ReferenceEngineGPA(EngineGPA):
-    """``EngineGPA`` on another checkout's engine modules (``load_engine``)."""
-
-    modules = None
-
-    def __init__(self, cfg: Config, sources, targets, device, seed=0, dtype=DTYPE):
-        m = self.modules
-        self.cfg = cfg
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.y, self.w_y = m["flow"].pack_rows(sources, dtype, device)
-        self.x, self.w_x = m["flow"].pack_rows(targets, dtype, device)
-        layout = m["networks"].MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
-        self.critic = m["critic"].Critic(
-            layout,
-            m["networks"].make_activation("relu"),
-            m["divergences"].get_divergence("kl"),
-            lipschitz=LIPSCHITZ,
-            learning_rate=LEARNING_RATE,
-            generator=self.generator,
-            dtype=dtype,
-            device=device,
-        )
-        self.tableau = m["integrators"].get_tableau(cfg.solver)
-        self.train_flow = m["flow"].train_flow
-
-    def run(self, n_steps):
-        result = self.train_flow(
-            self.y,
-            self.w_y,
-            self.x,
-            self.w_x,
-            self.critic,
-            self.tableau,
-            dt=DT,
-            n_steps=n_steps,
-            n_critic=self.cfg.n_critic,
-            batch_size=self.cfg.batch_size,
-            generator=self.generator,
-        )
-        self.y = result.particles
-        return result
+    """``EngineGPA`` on another checkout's engine (``parts`` set from ``load_engine``)."""
 
 
 def bench_against(configs, device, args) -> tuple:
     """Baseline, the reference checkout's engine and this one's, interleaved per row."""
-    ReferenceEngineGPA.modules = load_engine(args.against)
+    ReferenceEngineGPA.parts = load_engine(args.against)
     rows = []
     for cfg in configs:
         threads = choose_threads(cfg, device, args)
