@@ -366,7 +366,8 @@ def test_default_prealignment_is_one_map_and_robust_to_heavy_tails():
     target[:, 1] = rng.normal(-3.0, 2.0, 200)  # an ordinary feature
     y = np.tile([0, 1], 200)
     X, y, sd = stack_domains(source, target, y[:200], y[200:])
-    gpa = GPATransporter(n_steps=1, stop=None, random_state=0).fit(X, y, sample_domain=sd)
+    gpa = GPATransporter(f="alpha", n_steps=1, stop=None, random_state=0)
+    gpa.fit(X, y, sample_domain=sd)
     (a0, b0), (a1, b1) = gpa.prealign_  # one map shared by both class flows
     np.testing.assert_array_equal(a0, a1)
     aligned = gpa._scaling.inverse_transform(gpa._scaling.transform(source) * a0 + b0)
