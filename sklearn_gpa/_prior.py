@@ -27,6 +27,9 @@ _MIXTURE_MAX_COMPONENTS = 5
 _MIXTURE_MAX_FEATURES = 50
 _MIXTURE_ROWS_PER_COMPONENT = 10
 _MIXTURE_REG = 1e-3
+# Above this many rows, the mixtures are fitted on a random subset of this size: a prior
+# needs the clusters' rough shape, and EM with full covariances costs n k d^2 per iteration.
+_MIXTURE_MAX_ROWS = 2000
 
 # A full covariance for the moment-matched prior is kept up to this many features;
 # above it the prior is diagonal (a d x d factor per class would dominate memory).
@@ -111,15 +114,18 @@ def _mixture(rows, seed):
     """The Gaussian mixture of lowest BIC for ``rows``, or None when one Gaussian is best.
 
     Candidates: 1 .. ``_MIXTURE_MAX_COMPONENTS`` components with full covariances (one
-    initialisation each, seeded), at most one per ``_MIXTURE_ROWS_PER_COMPONENT`` rows;
-    none above ``_MIXTURE_MAX_FEATURES`` features (images, genes), where a few rows cannot
-    support several full covariances.  When one component wins, the flow keeps the shrunk
-    Gaussian of ``"gaussian_fit"``; a candidate whose fit fails (rows all alike) is skipped.
+    initialisation each, seeded; on ``_MIXTURE_MAX_ROWS`` random rows of more), at most one
+    per ``_MIXTURE_ROWS_PER_COMPONENT`` rows; none above ``_MIXTURE_MAX_FEATURES`` features
+    (images, genes), where a few rows cannot support several full covariances.  When one
+    component wins, the flow keeps the shrunk Gaussian of ``"gaussian_fit"``; a candidate
+    whose fit fails (rows all alike) is skipped.
     """
     n, d = rows.shape
     most = min(_MIXTURE_MAX_COMPONENTS, n // _MIXTURE_ROWS_PER_COMPONENT)
     if d > _MIXTURE_MAX_FEATURES or most < 2:
         return None
+    if n > _MIXTURE_MAX_ROWS:
+        rows = rows[np.random.RandomState(seed).choice(n, _MIXTURE_MAX_ROWS, replace=False)]
     reg = _MIXTURE_REG * max(float(rows.var(0).mean()), 1e-12)
     best, best_bic = None, np.inf
     with one_thread(), warnings.catch_warnings():
