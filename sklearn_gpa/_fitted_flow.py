@@ -200,8 +200,9 @@ class FittedFlowMixin:
         """Draw new samples: fresh prior draws pushed through the learned flow.
 
         The draws come from the fitted prior (``prior_``); with the default
-        ``source="gaussian_fit"`` they start near the data and the flow corrects what a
-        Gaussian misses.  The trained particles themselves are ``particles_``.
+        ``source="mixture_fit"`` (or ``"gaussian_fit"``) they start near the data and the
+        flow corrects what the fitted Gaussians miss.  The trained particles themselves are
+        ``particles_``.
 
         Parameters
         ----------

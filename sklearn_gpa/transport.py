@@ -97,11 +97,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         statistics and the share of stray particles, checked every ``log_every`` steps; the
         other flows go on.  None runs every flow for ``n_steps``.  See the
         :ref:`user guide <user_guide_stopping>`.
-    source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
-        Prior of the particles in generative mode, in standardised units: a Gaussian with
-        each target class's mean and (Ledoit-Wolf shrunk) covariance, or the papers' fixed
-        laws with unit variance.  Keep ``"gaussian_fit"`` for ``sample``: a fresh draw keeps
-        its prior noise in the directions the flow never pushed in.
+    source : {"mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}, default="mixture_fit"
+        Prior of the particles in generative mode, in standardised units: per class, the
+        Gaussian mixture (full covariances, up to 50 features) that BIC prefers, else one
+        Gaussian (Ledoit-Wolf shrunk, ``"gaussian_fit"``), or the papers' fixed laws.  Keep a
+        fitted prior for ``sample``: a fresh draw keeps its noise where the flow never pushed.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
@@ -258,7 +258,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         penalty=10.0,
         tol=None,
         stop="auto",
-        source="gaussian_fit",
+        source="mixture_fit",
         n_particles=None,
         conditional="auto",
         standardize="auto",
@@ -369,7 +369,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             starts = [Z[s] for s in source_rows]
             self.prealign_ = self._fit_prealign(starts, targets)
             return starts
-        self.prior_ = Prior.fit(self.source, targets)
+        self.prior_ = Prior.fit(self.source, targets, rng)
         total = self.n_particles or PARTICLES_PER_TARGET * sum(len(t) for t in targets)
         counts = split_counts(total, [len(t) for t in targets])
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
