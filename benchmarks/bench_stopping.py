@@ -73,8 +73,8 @@ def timed_fit(estimator, *args, **kwargs):
     return out, seconds, TIMER.seconds - before
 
 
-def wells(n, rng):
-    return WELLS[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
+def wells(n, rng, centres=WELLS):
+    return centres[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
 
 
 def well_scores(particles, wells=WELLS):
@@ -100,7 +100,7 @@ def placement_problem(centres, blob, seed):
     """Stacked rows and ``sample_domain`` of one placement: 300 target rows in the wells
     ``centres`` (sd 0.5), 300 source rows in a blob (sd 0.5) at ``blob``."""
     rng = np.random.RandomState(seed)
-    target = centres[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+    target = wells(300, rng, centres)
     source = np.array(blob) + 0.5 * rng.standard_normal((300, 2))
     X, _, domain = stack_domains(source, target)
     return X, domain
@@ -151,10 +151,7 @@ def four_wells(settings, seeds, centres):
     rows = []
     for centre in centres:
         for seed in seeds:
-            rng = np.random.RandomState(seed)
-            target = wells(300, rng)
-            source = np.array(centre) + 0.5 * rng.standard_normal((300, 2))
-            X, _, domain = stack_domains(source, target)
+            X, domain = placement_problem(WELLS, centre, seed)
             for name, params in settings.items():
                 gpa = GPATransporter(random_state=seed, **params)
                 out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
