@@ -97,11 +97,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         statistics and the share of stray particles, checked every ``log_every`` steps; the
         other flows go on.  None runs every flow for ``n_steps``.  See the
         :ref:`user guide <user_guide_stopping>`.
-    source : {"mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}, default="mixture_fit"
-        Prior of the particles in generative mode, in standardised units: per class, the
-        Gaussian mixture (full covariances, up to 50 features) that BIC prefers, else one
-        Gaussian (Ledoit-Wolf shrunk, ``"gaussian_fit"``), or the papers' fixed laws.  Keep a
-        fitted prior for ``sample``: a fresh draw keeps its noise where the flow never pushed.
+    source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
+        Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
+        features, each feature's own quantiles joined by the BIC-best Gaussian mixture of the
+        normal scores ("mixture_fit": the mixture on the values), else one shrunk Gaussian
+        ("gaussian_fit"); or the papers' fixed laws (fresh ``sample`` draws keep their noise).
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
@@ -258,7 +258,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         penalty=10.0,
         tol=None,
         stop="auto",
-        source="mixture_fit",
+        source="copula_fit",
         n_particles=None,
         conditional="auto",
         standardize="auto",
