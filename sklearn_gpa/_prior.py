@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special, stats
+from scipy.linalg import solve_triangular
+from scipy.special import logsumexp
 from sklearn.covariance import ledoit_wolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -42,6 +44,8 @@ _MIXTURE_MAX_ROWS = 2000
 # A full covariance for the moment-matched prior is kept up to this many features;
 # above it the prior is diagonal (a d x d factor per class would dominate memory).
 _FULL_COVARIANCE_MAX_FEATURES = 500
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
@@ -113,6 +117,36 @@ class Prior:
         spreads = np.linalg.norm(factors, axis=2)
         return _from_normal_scores(draws, self.quantiles[flow], means, spreads, weights)
 
+    def log_density(self, flow: int, Z) -> np.ndarray:
+        """Log density of flow ``flow``'s law at the rows ``Z``, up to a constant that all
+        flows share (so comparable across flows, not across priors).
+
+        A fixed law is the same for every flow: zero.  The fitted Gaussian's covariance gets
+        ``_MIXTURE_REG`` times the flows' mean feature variance added to its diagonal, as the
+        mixtures' do: a feature constant in a class (a pixel never lit) has no variance.  A
+        copula is represented by the Gaussian of its rows' values (its own density is zero
+        outside each feature's range and infinite on tied values, no basis for a vote).
+        """
+        Z = np.asarray(Z, dtype=np.float64)
+        if self.source not in ("gaussian_fit", "mixture_fit", "copula_fit"):
+            return np.zeros(len(Z))
+        if self.mixture and self.mixture[flow] is not None and not self.quantiles:
+            weights, means, factors = self.mixture[flow]
+            terms = [
+                math.log(w) + _gaussian_log_density(Z, m, f)
+                for w, m, f in zip(weights, means, factors)
+            ]
+            return logsumexp(terms, axis=0)
+        factor, reg = self.factor[flow], _MIXTURE_REG * self._mean_variance()
+        if factor.ndim == 1:
+            return _gaussian_log_density(Z, self.mean[flow], np.sqrt(factor**2 + reg))
+        covariance = factor @ factor.T + reg * np.eye(len(factor))
+        return _gaussian_log_density(Z, self.mean[flow], np.linalg.cholesky(covariance))
+
+    def _mean_variance(self) -> float:
+        """The fitted Gaussians' feature variance, averaged over features and flows."""
+        return max(float(np.mean([np.sum(np.square(f)) / len(f) for f in self.factor])), 1e-12)
+
 
 def _copula(scores, seed):
     """The ``(weights, means, cholesky_factors)`` of the copula's Gaussian mixture on the
@@ -171,6 +205,18 @@ def _from_normal_scores(scores, table, means, spreads, weights):
     return np.column_stack(
         [_quantile_function(probabilities[:, j], table[:, j]) for j in range(scores.shape[1])]
     )
+
+
+def _gaussian_log_density(Z, mean, factor):
+    """Log density at the rows ``Z`` of the Gaussian of ``mean`` and covariance ``factor
+    factor^T`` (a lower Cholesky factor, or per-feature standard deviations)."""
+    centred = Z - mean
+    if factor.ndim == 1:
+        whitened, diagonal = centred / factor, factor
+    else:
+        whitened, diagonal = solve_triangular(factor, centred.T, lower=True).T, np.diag(factor)
+    log_det = np.sum(np.log(diagonal))
+    return -0.5 * np.einsum("ij,ij->i", whitened, whitened) - log_det - 0.5 * Z.shape[1] * LOG_2PI
 
 
 def _gaussian_factor(rows):

@@ -7,7 +7,7 @@ from sklearn.utils import check_random_state
 
 from ._base import DomainTransformer
 from ._engine import resolve_device
-from ._fitted_flow import FittedFlowMixin, flow_router
+from ._fitted_flow import FittedFlowMixin
 from ._grouping import group_rows
 from ._out_of_sample import NeighbourMap
 from ._prior import Prior, split_counts
@@ -203,9 +203,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         (channels, height, width) of the CNN discriminator's input, None for the MLP.
     out_of_sample_ : list of str or None
         Per flow, the map ``transform`` uses for new rows (None when rows are replayed).
-    flow_assigner_ : classifier or None
-        Sends rows given without ``y`` to class flows
-        (:func:`~sklearn_gpa.baselines.class_router`); None for a single flow.
+    flow_assigner_ : object with ``predict`` or None
+        Sends rows given without ``y`` to class flows: the Bayes rule of the prior in
+        generation, :func:`~sklearn_gpa.baselines.class_router` in integration; None for one.
     critic_state_ : dict
         The discriminators' weights and optimiser state, for ``warm_start=True``.
     n_features_in_ : int
@@ -340,7 +340,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         targets = [Z[t] for t in groups.targets]
         if not resume:
             starts = self._starting_points(Z, groups.sources, targets, rng)
-            self.flow_assigner_ = flow_router(starts)
+            self.flow_assigner_ = self._fit_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
         moved = self._train(sources, targets, rng, resume).particles
         if not resume:
