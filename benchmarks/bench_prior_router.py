@@ -4,10 +4,11 @@ A ``GPATransporter`` with several flows sends rows given to ``transform`` withou
 flow.  Until issue 18 every fit trained ``baselines.class_router`` (a cross-validated choice
 between a 5-nearest-neighbour vote and a ridge classifier) on the flows' starting points, also
 in generation, where they are prior draws, and inside ``GPAAugmenter``, which never routes.
-Now a fit whose starting points come from a fitted prior (``source="mixture_fit"`` /
-``"gaussian_fit"``, and ``GPAAugmenter``'s draws) routes by that prior: the flow whose prior
-density times its share of the particles is highest (``sklearn_gpa/_routing.py``).  The old
-rule is kept here only (``old_rule``), installed for the comparison.
+Now a fit whose starting points come from a fitted prior (``source="copula_fit"`` /
+``"mixture_fit"`` / ``"gaussian_fit"``, and ``GPAAugmenter``'s draws) routes by that prior (a
+copula by the Gaussian of its rows' values): the flow whose prior density times its share of
+the particles is highest (``sklearn_gpa/_routing.py``).  The old rule is kept here only
+(``old_rule``), installed for the comparison.
 
 Part 1, routing (generation, ``fit(X_train, y_train)``, a stratified half of each data set held
 out): per data set and prior, agreement of the two routers on the held-out rows, each one's
@@ -159,7 +160,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     routing = []
     for name, X, y in routing_problems():
-        for source in ("mixture_fit", "gaussian_fit"):
+        for source in ("copula_fit", "mixture_fit", "gaussian_fit"):
             row = routing_row(name, X, y, source, args.n_steps)
             routing.append(row)
             print(row, flush=True)
