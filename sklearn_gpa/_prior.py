@@ -154,7 +154,9 @@ def _copula(scores, seed):
     mixture = _mixture(scores, seed)
     if mixture is not None:
         return mixture
-    return np.ones(1), scores.mean(0)[None], _gaussian_factor(scores)[None]
+    factor = _gaussian_factor(scores)  # per-feature spreads (zero) for a single row
+    factor = np.diag(factor) if factor.ndim == 1 else factor
+    return np.ones(1), scores.mean(0)[None], factor[None]
 
 
 def _normal_scores(rows):
