@@ -111,7 +111,10 @@ class Prior:
             return self.mean[flow] + shaped
         weights, means, factors = self.mixture[flow]
         component = rng.choice(len(weights), size=n, p=weights)
-        draws = means[component] + np.einsum("nij,nj->ni", factors[component], noise)
+        draws = np.empty((n, d))
+        for c, (mean, factor) in enumerate(zip(means, factors)):
+            rows = component == c  # per component: no (n, d, d) stack of factors
+            draws[rows] = mean + noise[rows] @ factor.T
         if not self.quantiles:
             return draws
         spreads = np.linalg.norm(factors, axis=2)
