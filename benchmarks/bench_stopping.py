@@ -85,6 +85,9 @@ def well_scores(particles, wells=WELLS):
 
 
 LINE = np.array([[-12.0, 0.0], [-4.0, 0.0], [4.0, 0.0], [12.0, 0.0]])
+# The square turned by 45 degrees: wells on the axes, 8 apart (side), so each coordinate has
+# a central mode holding about half of the rows and two outer ones.
+DIAMOND = np.array([[0.0, 5.66], [0.0, -5.66], [5.66, 0.0], [-5.66, 0.0]])
 # Four wells (sd 0.5, 8 apart) and a blob (sd 0.5) a few well spacings away, 300 + 300 rows.
 PLACEMENTS = {
     "square at 0, blob at (-16, 0)": (WELLS, (-16.0, 0.0)),
@@ -93,6 +96,7 @@ PLACEMENTS = {
     "square at (30, -10), blob at 0": (WELLS + [30.0, -10.0], (0.0, 0.0)),
     "line, blob at (0, 16)": (LINE, (0.0, 16.0)),
     "line, blob at (-28, 0)": (LINE, (-28.0, 0.0)),
+    "diamond at 0, blob at (40, 40)": (DIAMOND, (40.0, 40.0)),
 }
 
 

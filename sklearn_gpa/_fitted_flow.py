@@ -23,21 +23,53 @@ from .baselines import class_router, meanstd_map
 __all__ = ["FittedFlowMixin", "flow_router"]
 
 # prealign="auto" matches medians and robust spreads instead of means and stds where a
-# feature's std exceeds this many robust spreads (Gaussian: 1; lognormal, sigma 1: 2).
+# feature's std exceeds HEAVY_TAIL_RATIO robust spreads (Gaussian: 1; lognormal, sigma 1: 2)
+# and MODES_RATIO times the std of its central rows (Gaussian: 1; Student t, 3 degrees of
+# freedom: 1.4; four wells on a diamond: 0.9): a tail of a few extreme rows, not modes.
 HEAVY_TAIL_RATIO = 3.0
+MODES_RATIO = 1.5
+# The central rows: between these percentiles; their std over _TRIMMED_NORMAL_STD is the
+# std for Gaussian data.
+_CENTRAL_PERCENTILES = (5.0, 95.0)
+_TRIMMED_NORMAL_STD = 0.79
+
+
+def central_spread(X) -> np.ndarray:
+    """Per feature, the std of the rows between its 5th and 95th percentiles, scaled to be
+    the std for Gaussian data.
+
+    It tells a heavy tail (a few extreme rows set the std) from several modes: a feature
+    with most of its rows in a central mode and the rest in two outer ones (four wells on a
+    diamond) has a small interquartile range but keeps its outer modes among the central
+    rows.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    low, high = np.percentile(X, _CENTRAL_PERCENTILES, axis=0, method="nearest")
+    central = (X >= low) & (X <= high)
+    count = central.sum(0)
+    mean = np.where(central, X, 0.0).sum(0) / count
+    variance = np.where(central, (X - mean) ** 2, 0.0).sum(0) / count
+    return np.sqrt(variance) / _TRIMMED_NORMAL_STD
+
+
+def _heavy_tailed(X) -> np.ndarray:
+    """Features whose std a few extreme rows set: over ``HEAVY_TAIL_RATIO`` robust spreads
+    (interquartile) and over ``MODES_RATIO`` times the std of the central rows.  The second
+    test keeps features with several modes (a central one holding half of the rows has a
+    small interquartile range, but its outer modes are among the central rows) on moments."""
+    std = X.std(0)
+    return (std > HEAVY_TAIL_RATIO * feature_spreads(X)) & (std > MODES_RATIO * central_spread(X))
 
 
 def _robust_where_heavy(a, b, source, target):
     """The map ``z * a + b`` with median and robust spread in place of mean and std for the
-    features whose std is over ``HEAVY_TAIL_RATIO`` robust spreads on either side: where a
-    few extreme rows set the moments (a Student t of 1/2 degree of freedom sent every source
+    features that are heavy-tailed (:func:`_heavy_tailed`) on either side: where a few
+    extreme rows set the moments (a Student t of 1/2 degree of freedom sent every source
     row thousands of spreads out), the bulk is matched instead."""
-    spreads = feature_spreads(source), feature_spreads(target)
-    heavy = (source.std(0) > HEAVY_TAIL_RATIO * spreads[0]) | (
-        target.std(0) > HEAVY_TAIL_RATIO * spreads[1]
-    )
+    heavy = _heavy_tailed(source) | _heavy_tailed(target)
     if not heavy.any():
         return a, b
+    spreads = feature_spreads(source), feature_spreads(target)
     ratio = np.where(spreads[0] > 0, spreads[1] / np.where(spreads[0] > 0, spreads[0], 1.0), 1.0)
     shift = np.median(target, axis=0) - ratio * np.median(source, axis=0)
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)

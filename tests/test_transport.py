@@ -378,6 +378,47 @@ def test_default_prealignment_is_one_map_and_robust_to_heavy_tails():
     assert np.abs(aligned).max() < 100  # mean/std would send rows thousands of spreads out
 
 
+def test_heavy_tail_test_tells_tails_from_modes():
+    from sklearn_gpa._fitted_flow import _heavy_tailed
+
+    rng = np.random.RandomState(1)
+    wells = np.array([[0, 5.66], [0, -5.66], [5.66, 0], [-5.66, 0]])
+    diamond = wells[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+    # Half of the rows in the central well of a coordinate: a small interquartile range
+    # (std over 3 robust spreads) but modes, not a tail.
+    from sklearn_gpa._scaling import feature_spreads
+
+    assert (diamond.std(0) / feature_spreads(diamond)).max() > 3.0
+    assert not _heavy_tailed(diamond).any()
+    tails = np.column_stack(
+        [
+            make_student_t(300, df=0.5, n_features=1, random_state=0)[:, 0],
+            rng.lognormal(0.0, 2.0, 300),
+            rng.normal(size=300),
+            rng.standard_t(3, 300),
+        ]
+    )
+    assert _heavy_tailed(tails).tolist() == [True, True, False, False]
+
+
+def test_four_wells_on_a_diamond_fill_every_well():
+    # Wells on the axes: with the interquartile test alone, the coordinate whose central
+    # well held over half of the rows was taken for heavy-tailed, the blob was pre-aligned
+    # onto that well's spread, and the flow left one well with 3 % of the particles.
+    rng = np.random.RandomState(1)
+    wells = np.array([[0, 5.66], [0, -5.66], [5.66, 0], [-5.66, 0]])
+    target = wells[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+    source = np.array([40.0, 40.0]) + 0.5 * rng.standard_normal((300, 2))
+    X, _, sd = stack_domains(source, target)
+    gpa = GPATransporter(random_state=1)
+    moved = gpa.fit_transform(X, sample_domain=sd)[:300]
+    distance = np.linalg.norm(moved[:, None] - wells[None], axis=2)
+    near = distance.min(1) < 1.5
+    shares = np.bincount(distance.argmin(1)[near], minlength=4) / 300
+    assert near.mean() >= 0.9 and shares.min() >= 0.15, (near.mean(), shares)
+    assert gpa.stop_reason_ == "converged"
+
+
 def test_auto_out_of_sample_without_labels_keeps_each_rows_own_offset(monkeypatch):
     # Without class flows, "auto" is "nearest": the mean of a new row's neighbours' end
     # points would mix groups of rows that one label-free flow carries together.  With
