@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 
 import sklearn_gpa
-from sklearn_gpa import cli
+from sklearn_gpa import GPATransporter, cli
 from sklearn_gpa.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,9 +317,12 @@ def test_make_estimator_latent_and_standardize():
     gpa = cli._make_estimator(parse(base + ["--n-steps", "7", "--no-standardize"]))
     assert type(gpa).__name__ == "GPATransporter"
     assert gpa.n_steps == 7 and gpa.standardize is False
+    # Without --n-steps, the estimators' own maxima (the stopping rule ends flows earlier).
+    assert cli._make_estimator(parse(base)).n_steps == GPATransporter().n_steps == 2000
     latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
+    assert flow.n_steps == 1000 and flow.stop == "auto"
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
     assert latent.prealign == "shrunk" and flow.prealign is None  # aligned once, in gene space
@@ -364,7 +367,8 @@ def test_help_shows_defaults_and_every_choice_without_heavy_imports():
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "{kl,kl_dv,alpha,chi2,reverse_kl,js}" in out
-    assert "(default: 300)" in out and "(default: 10.0)" in out and "(default: 0.01)" in out
+    assert "(default: 2000, 1000 with --latent)" in out
+    assert "(default: 10.0)" in out and "(default: 0.01)" in out
     assert "--standardize, --no-standardize" in out and "--latent" in out
     assert "loaded: []" in out
 
