@@ -194,10 +194,14 @@ def train_flows(
     if progress is not None:
         progress.close(stop_reason=result.stop_reason, n_steps=result.n_steps)
     counts = [len(s) for s in sources]
-    weights = np.asarray(counts, dtype=float) / sum(counts)
+    # Flows done before their first step get no critic (NaN per step): the means are over
+    # the trained flows, weighted by their rows.
+    trained = ~np.isnan(result.divergence).all(0) if len(result.divergence) else slice(None)
+    weights = np.asarray(counts, dtype=float)[trained]
+    weights /= weights.sum()
     history = {
-        "divergence": result.divergence @ weights,
-        "kinetic_energy": result.kinetic_energy @ weights,
+        "divergence": result.divergence[:, trained] @ weights,
+        "kinetic_energy": result.kinetic_energy[:, trained] @ weights,
         "divergence_per_flow": result.divergence,
         "kinetic_energy_per_flow": result.kinetic_energy,
         "time": result.time,

@@ -101,7 +101,10 @@ def test_a_stopped_flow_is_frozen_while_the_others_go_on():
     moved = gpa.fit_transform(X, y, sample_domain=domain)[domain >= 0]
     stop = gpa.history_["stop_step"]
     assert stop[0] >= 0 and stop[0] < 100 and stop[1] == -1
-    assert not gpa.flow_.alive[stop[0] :, 0].any() and gpa.flow_.alive[:, 1].all()
+    if gpa.flow_.slots is None:
+        assert not gpa.flow_.alive[stop[0] :, 0].any() and gpa.flow_.alive[:, 1].all()
+    else:  # class 0 was done before its first step: only class 1's critic was trained
+        assert stop[0] == 0 and gpa.flow_.slots.tolist() == [1] and gpa.flow_.alive.all()
     assert gpa.failed_step_.tolist() == [-1, -1]
     # Replaying the stored flow on the training rows gives the trained particles.
     np.testing.assert_allclose(gpa.transform(source, y=labels), moved, atol=1e-4)
@@ -214,3 +217,53 @@ def test_strays_count_in_few_features_only():
         assert bool(torch.isfinite(rule.floor[-1, 0])) is finite
         far = pack_rows([rng.standard_normal((100, n_features)) + 3.0], torch.float64, "cpu")[0]
         assert rule.check(far)[1].item() > 1.0
+
+
+def _one_done_one_far(rng):
+    """Flow 0 starts where its target is (done before the first step), flow 1 far away."""
+    near_src, near_tgt = rng.standard_normal((80, 2)), rng.standard_normal((80, 2))
+    far_src, far_tgt = rng.standard_normal((60, 2)) + 6.0, rng.standard_normal((60, 2))
+    return [near_src, far_src], [near_tgt, far_tgt]
+
+
+def test_flows_done_before_the_first_step_get_no_critic():
+    sources, targets = _one_done_one_far(np.random.RandomState(0))
+    kw = dict(n_steps=60, dt=0.05, stop="auto", seed=3, dtype="float64", log_every=10)
+    result, flow = run_gpa(sources, targets, **kw)
+    assert flow.slots.tolist() == [1] and flow.layout.n_flows == 1
+    assert result.stop_step[0] == 0 and not result.alive[:, 0].any()
+    assert np.isnan(result.divergence[:, 0]).all() and np.isfinite(result.divergence[:, 1]).all()
+    np.testing.assert_array_equal(result.particles[0, :80].numpy(), sources[0])
+    # Flow 1 runs as it would alone: same critic draws, same rule, same particles.
+    alone, _ = run_gpa(sources[1:], targets[1:], **kw)
+    np.testing.assert_array_equal(result.particles[1, :60].numpy(), alone.particles[0].numpy())
+    assert result.stop_step[1] == alone.stop_step[0]
+    # Replay by flow index: flow 0's rows stay, flow 1's follow its critic.
+    rows = np.vstack(sources)
+    moved = flow.replay_rows(rows, np.repeat([0, 1], [80, 60]))
+    np.testing.assert_array_equal(moved[:80], sources[0])
+    np.testing.assert_allclose(moved[80:], alone.particles[0].numpy(), atol=1e-9)
+    truncated = flow.truncate([0, 5]).replay_rows(rows, np.repeat([0, 1], [80, 60]))
+    assert np.abs(truncated[80:] - moved[80:]).max() > 0
+
+
+def test_transporter_with_an_untrained_flow_fits_samples_and_continues():
+    sources, targets = _one_done_one_far(np.random.RandomState(1))
+    X, y, domain = stack_domains(
+        np.vstack(sources),
+        np.vstack(targets),
+        np.repeat([0, 1], [80, 60]),
+        np.repeat([0, 1], [80, 60]),
+    )
+    gpa = GPATransporter(prealign=None, n_steps=40, warm_start=True, random_state=0)
+    moved = gpa.fit_transform(X, y, sample_domain=domain)
+    assert gpa.flow_.slots.tolist() == [1] and gpa.history_["stop_step"][0] == 0
+    np.testing.assert_allclose(moved[:80], sources[0], atol=1e-5)  # never moved (float32)
+    assert np.isfinite(gpa.history_["divergence"]).all()  # the mean over trained flows
+    np.testing.assert_allclose(gpa.transform(X[:140], y[:140]), moved[:140], atol=1e-4)
+    path = gpa.trajectories(X[:140], every=10)
+    assert path.shape[1:] == (140, 2)
+    gpa.set_params(n_steps=20).fit(X, y, sample_domain=domain)  # continues flow 1 only
+    assert gpa.n_steps_ >= 40 and gpa.flow_.slots.tolist() == [1]
+    assert gpa.history_["stop_step"][0] == 0
+    np.testing.assert_allclose(gpa.particles_[:80], sources[0], atol=1e-5)

@@ -9,6 +9,9 @@ Lipschitz network (MaxMin activations, orthonormal weights) for both.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import torch
 
@@ -64,7 +67,142 @@ __all__ = [
 STOPPING_RULES = ("auto",)
 
 
-def run_gpa(
+def run_gpa(sources, targets, **settings):
+    """Run Algorithm 1 for K flows at once.
+
+    ``sources`` and ``targets`` are lists of K NumPy arrays (rows of flow k).  Returns the
+    ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.  ``critic_state`` (a
+    previous ``FlowResult.critic_state``) continues a run: weights, Adam moments and power-
+    iteration vectors carry on as if the run had never stopped.  With ``image_shape``
+    (channels, height, width) the critics are CNNs (``conv.ConvLayout``) with convolutions
+    of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
+
+    ``batch_size`` is the critic's rows per flow and side (None: every row; "auto": every
+    row up to ``AUTO_BATCH_ROWS``, that many above, see ``flow.resolve_batch_size``).
+
+    ``store_encoding`` (``storage.STATE_ENCODINGS``) is how the ``LearnedFlow`` keeps the
+    critic states: replay uses the decoded states, the same before and after pickling.
+
+    ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
+    sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
+    ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
+
+    With ``stop="auto"``, flows that are done before their first step (their particles as
+    close to their targets as a fresh sample: a fitted prior often is) get no critic: the
+    others run alone, and the ``LearnedFlow`` keeps their critics with ``slots`` naming
+    their flows, so a fit whose classes mostly start where they should costs and stores
+    what the others need.  The ``FlowResult`` still has K flows: the untrained ones have
+    ``stop_step`` 0, are never alive, and their per-step divergence and kinetic energy
+    are NaN.  A continued run (``critic_state`` of such a run) keeps the same slots.
+    """
+    arguments = inspect.signature(_run_flows).bind(sources, targets, **settings)
+    arguments.apply_defaults()
+    arguments = arguments.arguments
+    slots, start = _trained_slots(arguments)
+    if slots is None:
+        return _run_flows(**arguments)
+    frozen, callback = arguments["frozen"], arguments["callback"]
+    result, flow = _run_flows(
+        **{
+            **arguments,
+            "sources": [sources[k] for k in slots],
+            "targets": [targets[k] for k in slots],
+            "frozen": None if frozen is None else np.asarray(frozen)[slots],
+            "callback": None if callback is None else _widened(callback, slots, len(sources)),
+        }
+    )
+    result.critic_state["slots"] = slots
+    return _widen_result(result, slots, start, sources), dataclasses.replace(flow, slots=slots)
+
+
+def _trained_slots(arguments):
+    """The flows to train (None: all) and the rule's first check of all flows (or None)."""
+    state, n_flows = arguments["critic_state"], len(arguments["sources"])
+    if state is not None:
+        slots = state.get("slots")
+        return (None, None) if slots is None else (np.asarray(slots), None)
+    if arguments["stop"] is None or arguments["frozen"] is not None or n_flows < 2:
+        return None, None
+    device = resolve_device(arguments["device"])
+    dtype = resolve_dtype(arguments["dtype"])
+    with torch.inference_mode():
+        y, w_y = pack_rows(arguments["sources"], dtype, device)
+        x, w_x = pack_rows(arguments["targets"], dtype, device)
+        # The rule as run_gpa builds it (same rows compared, same stream): the same decision
+        # as its check before the first step.
+        rule = EnergyStopping(
+            w_y,
+            x,
+            w_x,
+            max_rows=rows_compared(x.shape[2]),
+            factor=1.0,
+            generator=torch.Generator().manual_seed(int(arguments["seed"]) + 1),
+        )
+        values, score, converged = rule.check(y)
+    done = converged.cpu().numpy()
+    if not done.any() or done.all():
+        return None, None
+    start = (score.cpu().numpy(), values[0].cpu().numpy(), rule.floor[0].cpu().numpy())
+    return np.flatnonzero(~done), start
+
+
+def _widened(callback, slots, n_flows):
+    """``callback`` called with per-flow arrays of all flows (NaN for untrained ones)."""
+
+    def call(step, divergence, kinetic_energy):
+        callback(
+            step,
+            _columns(divergence[None], slots, n_flows)[0],
+            _columns(kinetic_energy[None], slots, n_flows)[0],
+        )
+
+    return call
+
+
+def _columns(values, slots, n_flows, fill=np.nan):
+    """``values`` (rows, len(slots)) spread to (rows, n_flows) columns, ``fill`` elsewhere."""
+    values = np.asarray(values)
+    out = np.full((values.shape[0], n_flows), fill, dtype=np.result_type(values, float))
+    out[:, slots] = values
+    return out
+
+
+def _widen_result(result, slots, start, sources):
+    """The ``FlowResult`` of the trained flows ``slots`` as one of all flows."""
+    n_flows = len(sources)
+    untrained = np.setdiff1d(np.arange(n_flows), slots)
+    particles, _ = pack_rows(sources, result.particles.dtype, result.particles.device)
+    particles[slots, : result.particles.shape[1]] = result.particles
+    alive = torch.zeros(
+        result.alive.shape[0], n_flows, dtype=torch.bool, device=result.alive.device
+    )
+    alive[:, slots] = result.alive
+    stop_step = np.zeros(n_flows, dtype=int)  # untrained: done before their first step
+    stop_step[slots] = result.stop_step
+    failed = np.full(n_flows, -1)
+    failed[slots] = result.failed_step
+    widened = dataclasses.replace(
+        result,
+        particles=particles,
+        alive=alive,
+        divergence=_columns(result.divergence, slots, n_flows),
+        kinetic_energy=_columns(result.kinetic_energy, slots, n_flows),
+        stop_step=stop_step.tolist(),
+        failed_step=failed.tolist(),
+    )
+    if result.stop_score is not None:
+        score = _columns(result.stop_score, slots, n_flows)
+        statistic = _columns(result.stop_statistic, slots, n_flows)
+        floor = _columns(result.stop_floor[None], slots, n_flows)[0]
+        if start is not None and len(score):  # the first check is before the first step
+            score[0, untrained] = start[0][untrained]
+            statistic[0, untrained] = start[1][untrained]
+            floor[untrained] = start[2][untrained]
+        widened.stop_score, widened.stop_statistic, widened.stop_floor = score, statistic, floor
+    return widened
+
+
+def _run_flows(
     sources,
     targets,
     *,
@@ -96,25 +234,7 @@ def run_gpa(
     stop=None,
     frozen=None,
 ):
-    """Run Algorithm 1 for K flows at once.
-
-    ``sources`` and ``targets`` are lists of K NumPy arrays (rows of flow k).  Returns the
-    ``FlowResult`` and the ``LearnedFlow`` (NumPy) that replays it.  ``critic_state`` (a
-    previous ``FlowResult.critic_state``) continues a run: weights, Adam moments and power-
-    iteration vectors carry on as if the run had never stopped.  With ``image_shape``
-    (channels, height, width) the critics are CNNs (``conv.ConvLayout``) with convolutions
-    of ``conv_channels`` channels and a dense head of ``hidden_layer_sizes``.
-
-    ``batch_size`` is the critic's rows per flow and side (None: every row; "auto": every
-    row up to ``AUTO_BATCH_ROWS``, that many above, see ``flow.resolve_batch_size``).
-
-    ``store_encoding`` (``storage.STATE_ENCODINGS``) is how the ``LearnedFlow`` keeps the
-    critic states: replay uses the decoded states, the same before and after pickling.
-
-    ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
-    sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
-    ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
-    """
+    """Algorithm 1 on all K flows given (see ``run_gpa``)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     n_features, hidden = sources[0].shape[1], tuple(hidden_layer_sizes)
@@ -191,6 +311,10 @@ def run_gpa(
         alive=result.alive.cpu().numpy(),
     )
     return result, flow
+
+
+# run_gpa takes _run_flows' keywords (and introspection, e.g. the estimators', sees them).
+run_gpa.__signature__ = inspect.signature(_run_flows)
 
 
 def unpack_rows(packed: np.ndarray, counts) -> list:

@@ -353,7 +353,9 @@ class LearnedFlow:
     ``layout`` describes the K critics (an ``MLPLayout`` or a ``ConvLayout``), ``stored``
     (``storage.StoredStates``) their weights at every stored step and stage, encoded
     (``states`` decodes them: (n_stored, n_stages, n_params)), ``alive`` (n_steps, K)
-    whether each flow still moved at that step.
+    whether each flow still moved at that step.  ``slots`` (K,) is the estimator's flow
+    index of each critic when only some flows were trained (the others were done before
+    their first step and never move); None: critic k is flow k.
     """
 
     layout: object
@@ -364,6 +366,7 @@ class LearnedFlow:
     store_every: int
     stored: StoredStates
     alive: np.ndarray
+    slots: np.ndarray | None = None
 
     @property
     def states(self) -> np.ndarray:
@@ -405,7 +408,9 @@ class LearnedFlow:
         )
 
     def truncate(self, stops) -> LearnedFlow:
-        """The same flow with flow k stopped after ``stops[k]`` steps."""
+        """The same flow with flow k stopped after ``stops[k]`` steps (one per estimator flow)."""
+        if self.slots is not None:
+            stops = np.asarray(stops)[self.slots]
         alive = self.alive.copy()
         for k, stop in enumerate(stops):
             alive[int(stop) :, k] = False
@@ -421,12 +426,14 @@ class LearnedFlow:
         """
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
-        groups = [np.flatnonzero(flows == k) for k in range(self.layout.n_flows)]
+        slots = range(self.layout.n_flows) if self.slots is None else self.slots
+        groups = [np.flatnonzero(flows == k) for k in slots]
         packed, _ = pack_rows(
             [rows[g] if len(g) else rows[:1] for g in groups], torch.float64, "cpu"
         )
         moved = self.replay(packed, dtype=torch.float64, device=device, path=path)
         out = np.empty(moved.shape[:-3] + rows.shape)
+        out[...] = rows  # rows of a flow without a critic never move
         for k, g in enumerate(groups):
             out[..., g, :] = moved[..., k, : len(g), :]
         return out
