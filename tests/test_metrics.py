@@ -548,6 +548,43 @@ def test_cross_fit_is_about_zero_for_one_distribution(activation):
     assert lipschitz_f_divergence(P, Q, L=1.0, activation=activation, random_state=0) > 0
 
 
+def test_committee_members_validate_on_disjoint_thirds():
+    # Member m of a fold's committee fits every training row but those of part m, and
+    # validates on part m: each row validates exactly one member and is fitted by the others.
+    rows = np.arange(31.0)[:, None]
+    copies, n_fit = estimate_module._validation_last([rows], 3, np.random.default_rng(0))
+    validated = [copy[n:, 0] for copy, n in zip(copies[0], n_fit)]
+    assert sorted(np.concatenate(validated)) == list(range(31))
+    for copy, n, held in zip(copies[0], n_fit, validated):
+        assert sorted(copy[:, 0]) == list(range(31))
+        assert set(copy[:n, 0]).isdisjoint(held) and len(held) in (10, 11)
+    with pytest.raises(ValueError, match="n_members must be 1 to 3"):
+        estimate_module.cross_fit_divergence(rows, rows + 1.0, n_members=4)
+
+
+@pytest.mark.parametrize(("f", "alpha"), [("kl", None), ("alpha", 1.5), ("js", None)])
+def test_optimal_shift_solves_its_equation_on_padded_flows(f, alpha):
+    # nu minimises nu + E_Q f*(phi - nu): E_Q f*'(phi - nu) = 1.  For KL it is
+    # log E_Q e^phi - 1.  alpha = 1.5 needs the bracket widened; padding rows are ignored.
+    import torch
+
+    from sklearn_gpa._engine.divergences import get_divergence
+
+    rng = np.random.default_rng(0)
+    phi = torch.as_tensor(rng.normal(0.0, 3.0, (3, 50)) - (5.0 if f == "js" else 0.0))
+    w = torch.full((3, 50), 1 / 50, dtype=torch.float64)
+    w[1, 20:], w[1, :20] = 0.0, 1 / 20
+    phi[1, 20:] = 1e3  # padding: would dominate any mean that counted it
+    divergence = get_divergence(f, alpha)
+    nu = estimate_module._optimal_shift(divergence, phi, w)
+    slope = torch.where(w > 0, w * divergence.conjugate_derivative(phi - nu[:, None]), 0.0)
+    np.testing.assert_allclose(slope.sum(1).numpy(), 1.0, rtol=1e-9)
+    if f == "kl":
+        n_real = [50, 20, 50]
+        expected = [logsumexp(p[:n]) - np.log(n) - 1 for p, n in zip(phi.numpy(), n_real)]
+        np.testing.assert_allclose(nu.numpy(), expected, rtol=1e-12)
+
+
 def test_scorer_with_cross_fit_prefers_the_better_transport():
     X, sample_domain = integration_data()
     scorer = LipschitzFDivergence(cross_fit=3, activation="groupsort")
