@@ -73,7 +73,9 @@ def run(problem, n, batch_sizes, n_steps):
     rows, reference, full_moved = [], None, None
     pick = np.random.RandomState(5).choice(n, EVAL_ROWS, replace=False)
     for batch in batch_sizes:
-        gpa = GPATransporter(n_steps=n_steps, batch_size=batch, random_state=0, **settings)
+        gpa = GPATransporter(
+            n_steps=n_steps, batch_size=batch, prealign=None, random_state=0, **settings
+        )
         moved, seconds = _common.timed(gpa.fit_transform, X, sample_domain=domain)
         moved = moved[domain == 1]
         per_step = 1000 * gpa.history_["time"][-1] / gpa.n_steps_

@@ -185,7 +185,9 @@ def runs():
     return [
         (
             "GPATransporter 2-D, 5 000 + 5 000 rows, 60 steps (torch: 2.1e7 multiply-adds)",
-            lambda: GPATransporter(n_steps=60, random_state=0).fit(X, sample_domain=sd),
+            lambda: GPATransporter(n_steps=60, prealign=None, random_state=0).fit(
+                X, sample_domain=sd
+            ),
         ),
         (
             "LatentGPA PCA(20), 1 000 x 6 000, 20 steps (BLAS: SVD 6e9 multiply-adds)",

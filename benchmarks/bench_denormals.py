@@ -73,6 +73,7 @@ def runs():
                 n_critic=5,
                 solver="heun",
                 standardize=False,
+                prealign=None,
                 random_state=0,
             ),
             (X12, None, sd12),

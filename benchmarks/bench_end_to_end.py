@@ -55,7 +55,7 @@ def demo_runs():
     embedded = stack_domains(source12, target12)
     carpet = make_sierpinski_carpet(1000, random_state=0)
     start = 3.0 * np.random.RandomState(2).standard_normal((1000, 2))
-    raw = dict(standardize=False, random_state=0)
+    raw = dict(standardize=False, prealign=None, random_state=0)
     return [
         (
             "2-D mixture of Gaussians (Fig. 2-3), 500 steps",

@@ -101,6 +101,7 @@ GPA_VARIANTS = {
         "standardize": "common",
         "_clip": False,
     },
+    "gaussian_fit prior": {"source": "gaussian_fit"},  # the default before "mixture_fit"
     "common scale": {"standardize": "common"},
     "per-feature scale": {"standardize": "per_feature"},
     "normal prior": {"source": "normal"},

@@ -47,10 +47,18 @@ How to run (from the repository root)
     python benchmarks/bench_step.py --config 2000,50,10,euler   # chosen rows only
     python benchmarks/bench_step.py --profile [--config N,d,K,solver]  # torch.profiler
     python benchmarks/bench_step.py --check          # engine and baseline agree from one init
+    python benchmarks/bench_step.py --quick --against /path/to/other/checkout
+
+``--against DIR`` times another checkout's engine (its ``sklearn_gpa/_engine``, imported
+under another name) next to this one's and the baseline, interleaved in one process with the
+same data, thread rule and clocks: before/after numbers of an engine change without two
+processes.  Each block alternates the order of the three; medians; the ratios K=10/K=1 of
+each engine from the same run.
 
 Results go to ``benchmarks/results/bench_step.{json,md}`` (default and ``--full``;
 ``bench_step_quick.*`` with ``--quick``, ``bench_step_custom.*`` with ``--config``, a ``_cuda``
-suffix on a GPU), ``bench_step_profile_<problem>_<device>.txt`` and ``bench_step_check.json``.
+suffix on a GPU), ``bench_step_profile_<problem>_<device>.txt``, ``bench_step_check.json`` and
+``bench_step_against{_quick,_custom,}.{json,md}``.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -71,12 +80,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sklearn_gpa._engine.critic import Critic
+from sklearn_gpa._engine import critic as critic_module
+from sklearn_gpa._engine import divergences as divergences_module
+from sklearn_gpa._engine import flow as flow_module
+from sklearn_gpa._engine import integrators as integrators_module
+from sklearn_gpa._engine import networks as networks_module
 from sklearn_gpa._engine.device import threads_for
-from sklearn_gpa._engine.divergences import get_divergence
-from sklearn_gpa._engine.flow import pack_rows, train_flow
-from sklearn_gpa._engine.integrators import get_tableau
-from sklearn_gpa._engine.networks import MLPLayout, make_activation
 
 RESULTS = _common.RESULTS
 HIDDEN = (32, 32, 32)
@@ -250,28 +259,40 @@ class EagerGPA:
 
 
 class EngineGPA:
-    """The library's batched engine, driven as the estimators drive it."""
+    """The library's batched engine, driven as the estimators drive it.
+
+    ``parts`` holds the engine's modules by name (``load_engine`` gives another checkout's).
+    """
+
+    parts = {
+        "critic": critic_module,
+        "divergences": divergences_module,
+        "flow": flow_module,
+        "integrators": integrators_module,
+        "networks": networks_module,
+    }
 
     def __init__(self, cfg: Config, sources, targets, device, seed=0, dtype=DTYPE):
+        m = self.parts
         self.cfg = cfg
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.y, self.w_y = pack_rows(sources, dtype, device)
-        self.x, self.w_x = pack_rows(targets, dtype, device)
-        layout = MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
-        self.critic = Critic(
+        self.y, self.w_y = m["flow"].pack_rows(sources, dtype, device)
+        self.x, self.w_x = m["flow"].pack_rows(targets, dtype, device)
+        layout = m["networks"].MLPLayout(n_features=cfg.d, hidden_layer_sizes=HIDDEN, n_flows=cfg.k)
+        self.critic = m["critic"].Critic(
             layout,
-            make_activation("relu"),
-            get_divergence("kl"),
+            m["networks"].make_activation("relu"),
+            m["divergences"].get_divergence("kl"),
             lipschitz=LIPSCHITZ,
             learning_rate=LEARNING_RATE,
             generator=self.generator,
             dtype=dtype,
             device=device,
         )
-        self.tableau = get_tableau(cfg.solver)
+        self.tableau = m["integrators"].get_tableau(cfg.solver)
 
     def run(self, n_steps):
-        result = train_flow(
+        result = self.parts["flow"].train_flow(
             self.y,
             self.w_y,
             self.x,
@@ -289,6 +310,92 @@ class EngineGPA:
 
 
 RUNNERS = {"baseline": EagerGPA, "engine": EngineGPA}
+
+
+def load_engine(root):
+    """The ``sklearn_gpa/_engine`` package of the checkout ``root``, imported as
+    ``gpa_reference_engine`` (the engine imports nothing outside its package)."""
+    import importlib.util
+    import pathlib
+
+    init = pathlib.Path(root).resolve() / "sklearn_gpa" / "_engine" / "__init__.py"
+    if not init.is_file():
+        sys.exit(f"--against {root}: no sklearn_gpa/_engine/__init__.py there.")
+    name = "gpa_reference_engine"
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return {part: importlib.import_module(f"{name}.{part}") for part in EngineGPA.parts}
+
+
+class ReferenceEngineGPA(EngineGPA):
+    """``EngineGPA`` on another checkout's engine (``parts`` set from ``load_engine``)."""
+
+
+def bench_against(configs, device, args) -> tuple:
+    """Baseline, the reference checkout's engine and this one's, interleaved per row."""
+    ReferenceEngineGPA.parts = load_engine(args.against)
+    rows = []
+    for cfg in configs:
+        threads = choose_threads(cfg, device, args)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        sources, targets = make_data(cfg)
+        runners = {
+            "baseline": EagerGPA(cfg, sources, targets, device),
+            "reference": ReferenceEngineGPA(cfg, sources, targets, device),
+            "engine": EngineGPA(cfg, sources, targets, device),
+        }
+        estimates = {k: warm_up(r.run, args.warmup, device) for k, r in runners.items()}
+        n_steps = {k: steps_per_block(t, args.block_s) for k, t in estimates.items()}
+        times = {k: [] for k in runners}
+        for repeat in range(args.repeats):
+            names = list(runners) if repeat % 2 == 0 else list(runners)[::-1]
+            for name in names:
+                times[name].append(time_block(runners[name].run, n_steps[name], device))
+        median = {k: 1e3 * t for k, t in _common.medians(times).items()}
+        row = dataclasses.asdict(cfg) | {"threads": threads, "load_average": os.getloadavg()}
+        row |= {f"{k}_ms": v for k, v in median.items()}
+        rows.append(row)
+        print(
+            f"  {cfg.label()}, {threads} thread(s): baseline {median['baseline']:.2f} ms, "
+            f"reference {median['reference']:.3f} ms "
+            f"({median['baseline'] / median['reference']:.2f}x), engine "
+            f"{median['engine']:.3f} ms ({median['baseline'] / median['engine']:.2f}x)",
+            flush=True,
+        )
+    header = ["N=M", "d", "K", "solver", "threads", "baseline ms", "reference ms", "engine ms"]
+    header += ["baseline/reference", "baseline/engine", "reference/engine"]
+    table = [
+        [
+            r["n"],
+            r["d"],
+            r["k"],
+            r["solver"],
+            r["threads"],
+            f"{r['baseline_ms']:.2f}",
+            f"{r['reference_ms']:.3f}",
+            f"{r['engine_ms']:.3f}",
+            f"{r['baseline_ms'] / r['reference_ms']:.2f}x",
+            f"{r['baseline_ms'] / r['engine_ms']:.2f}x",
+            f"{r['reference_ms'] / r['engine_ms']:.2f}x",
+        ]
+        for r in rows
+    ]
+    lines = [_common.markdown_table(header, table), ""]
+    by_key = {(r["n"], r["d"], r["k"], r["solver"]): r for r in rows}
+    for (n, d, k, solver), row in by_key.items():
+        one = by_key.get((n, d, 1, solver))
+        if k == 1 or one is None:
+            continue
+        ratios = ", ".join(
+            f"{m} {row[f'{m}_ms'] / one[f'{m}_ms']:.2f}x" for m in ("reference", "engine")
+        )
+        lines.append(f"K={k} / K=1 at N={n}, d={d}, {solver} (same run): {ratios}.")
+    return rows, "\n".join(lines)
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -783,6 +890,12 @@ def parse_args(argv=None):
         action="store_true",
         help="compare engine and baseline from one initial critic and exit",
     )
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="DIR",
+        help="also time the engine of the checkout DIR, interleaved (before/after a change)",
+    )
     parser.add_argument("--output", default=None, help="basename of the result files")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-method", default="engine", help=argparse.SUPPRESS)
@@ -876,6 +989,15 @@ def main(argv=None):
         print(json.dumps(result, indent=2))
         return
     configs = args.config or (QUICK if args.quick else full_grid() if args.full else MEDIUM)
+    if args.against:
+        mode = "_custom" if args.config else "_quick" if args.quick else ""
+        info = machine_info(args.device, args) | {"against": str(args.against)}
+        rows, text = bench_against(configs, args.device, args)
+        info["load_average_after"] = os.getloadavg()
+        stem = args.output or f"bench_step_against{mode}"
+        _common.write_results(stem, {"machine": info, "rows": rows}, text)
+        print(text)
+        return
     args.data_limit = data_limit(args.device, args)
     info = machine_info(args.device, args)
     rows = run_grid(configs, args.device, args)

@@ -53,6 +53,7 @@ for solver in ("euler", "heun"):
         n_steps=N_STEPS,
         solver=solver,
         standardize=False,
+        prealign=None,
         random_state=0,
     )
     gpa.fit(X, sample_domain=sample_domain)

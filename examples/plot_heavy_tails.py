@@ -73,6 +73,7 @@ def run_case(source_name, target_name, divergence):
         dt=1.0,
         n_steps=N_STEPS,
         standardize=False,
+        prealign=None,
         random_state=0,
     )
     gpa.fit(X, sample_domain=sample_domain)  # warns if the run turns non-finite

@@ -58,6 +58,7 @@ for L in lipschitz_constants:
         n_critic=3,
         learning_rate=5e-3,
         standardize=False,
+        prealign=None,
         random_state=0,
     )
     gpa.fit(X, sample_domain=sample_domain)

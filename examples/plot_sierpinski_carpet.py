@@ -59,6 +59,7 @@ def transport_onto_carpet(n_features, solver, batch_size=None):
         solver=solver,
         batch_size=batch_size,
         standardize=False,
+        prealign=None,
         log_every=100,
         random_state=0,
     )

@@ -16,9 +16,30 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
 from ._discrete import FeatureLevels, few_levels
-from .baselines import class_router
+from ._scaling import feature_spreads
+from .baselines import class_router, meanstd_map
 
 __all__ = ["FittedFlowMixin", "flow_router"]
+
+# prealign="auto" matches medians and robust spreads instead of means and stds where a
+# feature's std exceeds this many robust spreads (Gaussian: 1; lognormal, sigma 1: 2).
+HEAVY_TAIL_RATIO = 3.0
+
+
+def _robust_where_heavy(a, b, source, target):
+    """The map ``z * a + b`` with median and robust spread in place of mean and std for the
+    features whose std is over ``HEAVY_TAIL_RATIO`` robust spreads on either side: where a
+    few extreme rows set the moments (a Student t of 1/2 degree of freedom sent every source
+    row thousands of spreads out), the bulk is matched instead."""
+    spreads = feature_spreads(source), feature_spreads(target)
+    heavy = (source.std(0) > HEAVY_TAIL_RATIO * spreads[0]) | (
+        target.std(0) > HEAVY_TAIL_RATIO * spreads[1]
+    )
+    if not heavy.any():
+        return a, b
+    ratio = np.where(spreads[0] > 0, spreads[1] / np.where(spreads[0] > 0, spreads[0], 1.0), 1.0)
+    shift = np.median(target, axis=0) - ratio * np.median(source, axis=0)
+    return np.where(heavy, ratio, a), np.where(heavy, shift, b)
 
 
 def flow_router(starts):
@@ -74,6 +95,32 @@ class FittedFlowMixin:
         if y is not None:
             return class_index(self.classes_, y, len(Z))
         return self.flow_assigner_.predict(Z)
+
+    def _prealign_kind(self, mode):
+        """The pre-alignment a fit in ``mode`` uses: "shrunk", "meanstd" or None."""
+        if mode != "integration" or self.prealign is None:
+            return None
+        return "shrunk" if self.prealign == "auto" else self.prealign
+
+    def _scaling_rows(self, mode, target_rows):
+        """Rows the standardisation is fitted on: the target rows where the source rows are
+        pre-aligned onto them (a far source would otherwise set the scale), else all."""
+        if self._prealign_kind(mode) is None:
+            return slice(None)
+        return np.concatenate(target_rows)
+
+    def _fit_prealign(self, starts, targets):
+        """Per flow, the map ``z * a + b`` of its start rows onto its target rows, or None."""
+        kind = self._prealign_kind(self.mode_)
+        if kind is None:
+            return None
+        if self.prealign == "auto":
+            # One map for all flows: class moments of a few dozen rows are noisy (as in
+            # LatentGPA, where matching them moved rows away from their own truth).
+            source, target = np.concatenate(starts), np.concatenate(targets)
+            shared = _robust_where_heavy(*meanstd_map(source, target, shrink=True), source, target)
+            return [shared] * len(starts)
+        return [meanstd_map(s, t, shrink=kind == "shrunk") for s, t in zip(starts, targets)]
 
     def _prealign(self, Z, flows):
         """Apply the per-flow pre-alignment (identity without one); ``flows`` per row or one."""
@@ -153,8 +200,9 @@ class FittedFlowMixin:
         """Draw new samples: fresh prior draws pushed through the learned flow.
 
         The draws come from the fitted prior (``prior_``); with the default
-        ``source="gaussian_fit"`` they start near the data and the flow corrects what a
-        Gaussian misses.  The trained particles themselves are ``particles_``.
+        ``source="mixture_fit"`` (or ``"gaussian_fit"``) they start near the data and the
+        flow corrects what the fitted Gaussians miss.  The trained particles themselves are
+        ``particles_``.
 
         Parameters
         ----------

@@ -151,10 +151,11 @@ class FitProgress:
         if summary is None:
             reason = STOP_REASONS.get(stop_reason, stop_reason)
             summary = f"{self.steps_done}/{self.total} steps" + (f" ({reason})" if reason else "")
-            summary += (
-                f", divergence {self.divergence:.4g}, kinetic energy {self.kinetic_energy:.3g}"
-                f", {time.perf_counter() - self._start:.1f} s"
-            )
+            if self.steps_done > 0:  # a flow frozen before its first step has no values
+                summary += (
+                    f", divergence {self.divergence:.4g}, kinetic energy {self.kinetic_energy:.3g}"
+                )
+            summary += f", {time.perf_counter() - self._start:.1f} s"
         self.summary = f"{self.name}: {summary}"
         if self._bar is not None:
             self._bar.close()

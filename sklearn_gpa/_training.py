@@ -66,7 +66,7 @@ FLOW_CONSTRAINTS = {
     "random_state": ["random_state"],
     "verbose": ["verbose"],
     "callback": [callable, None],
-    "prealign": [StrOptions({"meanstd"}), None],
+    "prealign": [StrOptions({"auto", "shrunk", "meanstd"}), None],
     "out_of_sample": [StrOptions({"replay", "nearest", "barycentric", "auto"})],
     "warm_start": ["boolean"],
 }

@@ -264,7 +264,7 @@ class GPAAugmenter(BaseOverSampler):
         ]
         scaled = [self._scale(t) for t in targets]
         transporter = self._transporter()
-        prior = _ScaledPrior(transporter, scaled)
+        prior = _ScaledPrior(transporter, scaled, rng)
         starts = [prior.draw(k, n, rng) for k, n in enumerate(counts)]
         transporter.set_params(random_state=rng.randint(np.iinfo(np.int32).max))
         with self._torch_threads():
@@ -504,9 +504,10 @@ def default_transporter():
 class _ScaledPrior:
     """The transporter's generative prior, drawn in the units the transporter is fitted in."""
 
-    def __init__(self, transporter, targets):
+    def __init__(self, transporter, targets, rng):
         self.scaling = Standardization.fit(np.concatenate(targets), transporter.standardize)
-        self.prior = Prior.fit(transporter.source, [self.scaling.transform(t) for t in targets])
+        scaled = [self.scaling.transform(t) for t in targets]
+        self.prior = Prior.fit(transporter.source, scaled, rng)
 
     def draw(self, flow, n, rng):
         """``n`` draws for flow ``flow``, as the transporter's generative mode would draw them."""

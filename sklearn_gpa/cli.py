@@ -49,6 +49,7 @@ _OPTION_OF = {
     "solver": "--solver",
     "tol": "--tol",
     "standardize": "--standardize",
+    "prealign": "--prealign",
     "device": "--device",
     "random_state": "--seed",
 }
@@ -92,6 +93,7 @@ def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
         n_critic=3,
         learning_rate=5e-3,
         standardize=False,
+        prealign=None,
         log_every=max(1, n_steps // 100),
         random_state=seed,
         callback=progress,
@@ -127,6 +129,7 @@ def _estimator_params(args, callback=None):
         "solver": args.solver,
         "tol": args.tol,
         "standardize": args.standardize,
+        "prealign": None if args.prealign == "none" else args.prealign,
         "device": args.device,
         "random_state": args.seed,
         "log_every": max(1, args.n_steps // 100),
@@ -149,8 +152,13 @@ def _make_estimator(args, callback=None):
 
         # Codes share the encoder's unit: one common scale keeps the latent geometry.
         latent_scaling = "common" if args.standardize else False
+        # LatentGPA pre-aligns the rows themselves, before its encoder ("auto": its default).
+        prealign = transporter.prealign
         return LatentGPA(
-            transporter=transporter.set_params(out_of_sample="auto", standardize=latent_scaling)
+            transporter=transporter.set_params(
+                out_of_sample="auto", standardize=latent_scaling, prealign=None
+            ),
+            prealign="shrunk" if prealign == "auto" else prealign,
         )
     return transporter
 
@@ -353,6 +361,13 @@ def _parser():
         default=True,
         help="run the flow on centred, scaled data: each feature by its own robust spread when "
         "the features' ranges differ by more than 10x, else one common scale (raw units if not)",
+    )
+    gpa.add_argument(
+        "--prealign",
+        default="auto",
+        choices=("auto", "shrunk", "meanstd", "none"),
+        help="start from the source rows with each feature's mean and std matched to the "
+        "target's (auto: shrunk as ComBat does; none: the raw source, as the papers)",
     )
     gpa.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1")
     gpa.add_argument("--seed", type=_integer, default=0, help="random seed")

@@ -290,6 +290,8 @@ class LatentGPA(DomainTransformer):
         if transporter.standardize in ("auto", True):
             # Codes share the encoder's unit: a per-feature scale would whiten them.
             transporter.set_params(standardize="common")
+        if transporter.prealign == "auto":  # the rows are pre-aligned here, in gene space
+            transporter.set_params(prealign=None)
         sample_domain = None if source is None else np.where(source, 0, -1)
         self.adjuster_ = None
         if source is not None and self.prealign is not None:

@@ -13,7 +13,6 @@ from ._out_of_sample import NeighbourMap
 from ._prior import Prior, split_counts
 from ._scaling import Standardization, warn_units_ignored
 from ._training import FLOW_CONSTRAINTS, check_continuation, check_flow_settings, train_flows
-from .baselines import meanstd_map
 from .utils import warn_at_caller
 
 __all__ = ["GPATransporter"]
@@ -98,11 +97,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         statistics and the share of stray particles, checked every ``log_every`` steps; the
         other flows go on.  None runs every flow for ``n_steps``.  See the
         :ref:`user guide <user_guide_stopping>`.
-    source : {"gaussian_fit", "normal", "uniform", "logistic"}, default="gaussian_fit"
-        Prior of the particles in generative mode, in standardised units: a Gaussian with
-        each target class's mean and (Ledoit-Wolf shrunk) covariance, or the papers' fixed
-        laws with unit variance.  Keep ``"gaussian_fit"`` for ``sample``: a fresh draw keeps
-        its prior noise in the directions the flow never pushed in.
+    source : {"mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}, default="mixture_fit"
+        Prior of the particles in generative mode, in standardised units: per class, the
+        Gaussian mixture (full covariances, up to 50 features) that BIC prefers, else one
+        Gaussian (Ledoit-Wolf shrunk, ``"gaussian_fit"``), or the papers' fixed laws.  Keep a
+        fitted prior for ``sample``: a fresh draw keeps its noise where the flow never pushed.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
@@ -147,10 +146,12 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     callback : callable or None, default=None
         Called as ``callback(step, divergence, kinetic_energy)`` every ``log_every`` steps
         (arrays over flows); replaces the ``verbose`` progress bar.
-    prealign : {"meanstd"} or None, default=None
-        Integration only.  "meanstd" starts each flow from its source rows with their
-        per-feature mean and std matched to its target rows' (the papers' baseline F), so
-        the flow only fixes what two moments cannot; ``transform`` applies the same map.
+    prealign : {"auto", "shrunk", "meanstd"} or None, default="auto"
+        Integration only: each flow starts from its source rows with their per-feature
+        mean and std matched to its target rows' ("meanstd", the papers' baseline F; "shrunk",
+        shrunk as ComBat does), so the flow fixes only what two moments cannot; the
+        scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows (None
+        inside ``LatentGPA`` and ``GPAAugmenter``).  See :ref:`user_guide_prealign`.
     out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
         How ``transform`` moves rows of an integration fit: "replay" pushes them through
         the stored flow; "nearest" moves each by the inverse-distance-weighted displacement
@@ -257,7 +258,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         penalty=10.0,
         tol=None,
         stop="auto",
-        source="gaussian_fit",
+        source="mixture_fit",
         n_particles=None,
         conditional="auto",
         standardize="auto",
@@ -270,7 +271,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         random_state=None,
         verbose=0,
         callback=None,
-        prealign=None,
+        prealign="auto",
         out_of_sample="replay",
         warm_start=False,
     ):
@@ -331,7 +332,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
                 warn_at_caller(f"Labels ignored, one flow for all classes: {groups.ignored}.")
             self.mode_, self.image_shape_ = mode, image_shape
             self.classes_, self.n_flows_ = groups.classes, len(groups)
-            self._scaling = Standardization.fit(X, self.standardize)
+            rows = self._scaling_rows(mode, groups.targets)
+            self._scaling = Standardization.fit(X[rows], self.standardize)
             warn_units_ignored(X, self._scaling.kind, self.standardize)
             self._fit_levels(X, groups.targets)
         Z = self._scaling.transform(X)
@@ -365,10 +367,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         self.prior_ = self.prealign_ = None
         if self.mode_ == "integration":
             starts = [Z[s] for s in source_rows]
-            if self.prealign == "meanstd":
-                self.prealign_ = [meanstd_map(s, t) for s, t in zip(starts, targets)]
+            self.prealign_ = self._fit_prealign(starts, targets)
             return starts
-        self.prior_ = Prior.fit(self.source, targets)
+        self.prior_ = Prior.fit(self.source, targets, rng)
         total = self.n_particles or PARTICLES_PER_TARGET * sum(len(t) for t in targets)
         counts = split_counts(total, [len(t) for t in targets])
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]

@@ -322,6 +322,19 @@ def test_make_estimator_latent_and_standardize():
     flow = latent.transporter
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
+    assert latent.prealign == "shrunk" and flow.prealign is None  # aligned once, in gene space
+
+
+@pytest.mark.parametrize(
+    "option, direct, latent",
+    [("auto", "auto", "shrunk"), ("meanstd", "meanstd", "meanstd"), ("none", None, None)],
+)
+def test_prealign_option(option, direct, latent):
+    parse = cli._parser().parse_args
+    base = ["transport", "--source", "s", "--target", "t", "-o", "o", "--prealign", option]
+    assert cli._make_estimator(parse(base)).prealign == direct
+    model = cli._make_estimator(parse(base + ["--latent"]))
+    assert model.prealign == latent and model.transporter.prealign is None
 
 
 def test_choices_match_the_engine():
@@ -369,7 +382,8 @@ def test_progress_and_summary_on_stderr(tmp_path, capsys):
         tmp_path, rng.normal(size=(30, 2)).tolist(), ["a", "b"],
         rng.normal(2, 1, size=(30, 2)).tolist(), ["a", "b"],
     )  # fmt: skip
-    assert main(["transport", *args, "-o", str(tmp_path / "o.csv"), "--n-steps", "20"]) == 0
+    out = ["-o", str(tmp_path / "o.csv"), "--n-steps", "20", "--prealign", "none"]
+    assert main(["transport", *args, *out]) == 0
     captured = capsys.readouterr()
     summary = [line for line in captured.err.splitlines() if line.startswith("GPATransporter: ")]
     assert summary and summary[-1].startswith("GPATransporter: 20/20 steps (ran all steps)")

@@ -363,10 +363,98 @@ def test_flows_in_cache_sized_groups_match_one_batch(monkeypatch):
     assert len(critic._flow_chunks(80)) == 1
     monkeypatch.setattr(critic_module, "_CACHE_BYTES", 1)  # one flow per group
     split, critic = run()
-    assert [flows for flows, _, _ in critic._flow_chunks(80)] == [slice(i, i + 1) for i in range(3)]
+    assert [c.flows for c in critic._flow_chunks(80)] == [slice(i, i + 1) for i in range(3)]
     torch.testing.assert_close(split.particles, one.particles, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(split.states, one.states, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(split.divergence, one.divergence, rtol=1e-12)
+
+
+# -- the preallocated passes against the allocating ones they replace ----------------------
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("hidden, n_flows", [((16, 16), 1), ((8, 12, 12), 3), ((8,), 2)])
+def test_mlp_pass_matches_the_allocating_passes_to_the_bit(dtype, activation, hidden, n_flows):
+    from sklearn_gpa._engine.networks import MLPPass
+
+    gen = torch.Generator().manual_seed(3)
+    layout = MLPLayout(3, hidden, n_flows)
+    act = make_activation(activation)
+    params = layout.initialize(gen, dtype, "cpu")
+    grad_new, grad_old = torch.zeros_like(params), torch.zeros_like(params)
+    layers = layout.layers(params)
+    weights_t = [None] + [w.transpose(1, 2).contiguous() for w, _ in layers[1:-1]] + [None]
+    z = torch.randn(n_flows, 50, 3, generator=gen, dtype=dtype)
+    grad_phi = torch.randn(n_flows, 50, generator=gen, dtype=dtype)
+    with torch.inference_mode():
+        passes = MLPPass(layers, layout.layers(grad_new), weights_t, act, 50)
+        passes.forward(z)
+        passes.grad_phi.copy_(grad_phi)
+        passes.parameter_gradient(z)
+        phi, inputs, saved = forward(layers, act, z)
+        parameter_gradient(layers, act, inputs, saved, grad_phi, layout.layers(grad_old))
+        assert torch.equal(passes.phi, phi)
+        assert torch.equal(grad_new, grad_old)
+        assert grad_new.abs().sum() > 0
+        velocity = passes.input_gradient(z[:, :50])
+        _, _, saved = forward(layers, act, z, output=False)
+        assert torch.equal(velocity, input_gradient(layers, act, saved))
+        # The result is the caller's: the next pass does not overwrite it.
+        before = velocity.clone()
+        passes.input_gradient(torch.randn(n_flows, 50, 3, generator=gen, dtype=dtype))
+        assert torch.equal(velocity, before)
+
+
+@pytest.mark.parametrize("solver, n_flows", [("euler", 1), ("heun", 3)])
+def test_training_with_preallocated_passes_is_identical_to_the_bit(monkeypatch, solver, n_flows):
+    # The whole run (critic updates, velocities, stored states) with the buffers and the
+    # transposed weight copies against the allocating passes on transposed views.
+    from sklearn_gpa._engine import critic as critic_module
+
+    groups = [_gaussians(seed, n=40) for seed in range(n_flows)]
+    y, w_y = pack_rows([g[0] for g in groups], torch.float32, "cpu")
+    x, w_x = pack_rows([g[1][: 30 + 5 * i] for i, g in enumerate(groups)], torch.float32, "cpu")
+
+    def run(plain):
+        layout = MLPLayout(2, (32, 32, 32), n_flows)
+        gen = torch.Generator().manual_seed(5)
+        critic = Critic(
+            layout, make_activation("relu"), get_divergence("kl"), lipschitz=1.0, generator=gen
+        )
+        if plain:
+            critic.weights_t = None
+        result = train_flow(
+            y, w_y, x, w_x, critic, get_tableau(solver), dt=0.5, n_steps=40, n_critic=3
+        )
+        return result, critic
+
+    fast, critic = run(plain=False)
+    assert critic._flow_chunks(y.shape[1] + x.shape[1])[0].passes is not None
+    monkeypatch.setattr(critic_module, "_WORKSPACE_BYTES", 0)
+    plain, critic = run(plain=True)
+    assert critic._flow_chunks(y.shape[1] + x.shape[1])[0].passes is None
+    assert torch.equal(fast.particles, plain.particles)
+    assert torch.equal(fast.states, plain.states)
+    np.testing.assert_array_equal(fast.divergence, plain.divergence)
+    np.testing.assert_array_equal(fast.kinetic_energy, plain.kinetic_energy)
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_divergence_values_and_gradients_written_in_place_are_the_same_numbers(name):
+    div = get_divergence(name)
+    gen = torch.Generator().manual_seed(2)
+    phi = torch.randn(2, 12, generator=gen)
+    phi_y, phi_x = phi[:, :5], phi[:, 5:]
+    nu = torch.tensor([0.1, -0.3])
+    w_y, w_x = torch.full((2, 5), 0.2), torch.full((2, 7), 1 / 7)
+    grad_x, grad_nu = torch.empty(2, 7), torch.empty(2)
+    value = div.value_and_gradients_into(phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu)
+    expected_x, expected_nu = div.gradients(phi_x, nu, w_x)
+    assert torch.equal(value, div.value(phi_y, phi_x, nu, w_y, w_x))
+    assert torch.equal(grad_x, expected_x)
+    assert torch.equal(grad_nu, expected_nu)
+    div.gradients_into(phi_x, nu, w_x, grad_x.zero_(), grad_nu.zero_())
+    assert torch.equal(grad_x, expected_x)
+    assert torch.equal(grad_nu, expected_nu)
 
 
 def test_flush_denormals_sets_the_flag_and_restores_it():

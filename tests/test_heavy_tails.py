@@ -42,7 +42,9 @@ def _problem(source_name, target_name):
 
 
 def _fit(X, sample_domain, **params):
-    gpa = GPATransporter(standardize=False, device="cpu", stop=None, random_state=0, **params)
+    gpa = GPATransporter(
+        standardize=False, device="cpu", stop=None, prealign=None, random_state=0, **params
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gpa.fit(X, sample_domain=sample_domain)

@@ -48,7 +48,7 @@ def batch_pair():
 
 
 def _gpa_pipeline(**params):
-    return make_pipeline(StandardScaler(), GPATransporter(random_state=0, **params))
+    return make_pipeline(StandardScaler(), GPATransporter(random_state=0, prealign=None, **params))
 
 
 def _grid_search(X, y, sd, **search_params):
@@ -278,7 +278,7 @@ def test_integrated_classifier_needs_sample_domain_and_target_labels(shifted_cla
 # ----------------------------------------------------------------- parallel and Dask
 def _torch_threads_during_fit(X, sd):
     seen = []
-    gpa = GPATransporter(n_steps=4, log_every=1, random_state=0)
+    gpa = GPATransporter(n_steps=4, log_every=1, prealign=None, random_state=0)
     gpa.set_params(callback=lambda *_: seen.append(torch.get_num_threads()))
     gpa.fit(X, sample_domain=sd)
     return max(seen)

@@ -177,8 +177,9 @@ def test_gpu_fitted_model_replays_on_cpu():
 
 def test_flow_size_is_reported_and_bounded_by_store_every():
     X, _, sd = _pair()
-    full = GPATransporter(n_steps=40, random_state=0).fit(X, sample_domain=sd)
-    sparse = GPATransporter(n_steps=40, store_every=8, random_state=0).fit(X, sample_domain=sd)
+    full = GPATransporter(n_steps=40, prealign=None, random_state=0).fit(X, sample_domain=sd)
+    sparse = GPATransporter(n_steps=40, store_every=8, prealign=None, random_state=0)
+    sparse.fit(X, sample_domain=sd)
     assert sparse.flow_.nbytes < full.flow_.nbytes / 6
 
 
@@ -193,7 +194,9 @@ def test_interrupt_keeps_the_finished_steps():
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
-    gpa = GPATransporter(n_steps=100, log_every=10, callback=interrupt, random_state=0)
+    gpa = GPATransporter(
+        n_steps=100, log_every=10, callback=interrupt, prealign=None, random_state=0
+    )
     with pytest.warns(RuntimeWarning, match="interrupted"):
         gpa.fit(X, sample_domain=sd)
     assert gpa.stop_reason_ == "interrupted" and 19 <= gpa.n_steps_ < 100
@@ -272,7 +275,8 @@ def test_warm_start_with_mini_batches_draws_what_one_run_draws():
 
 def test_warm_start_refuses_a_changed_discriminator():
     X, _, sd = _pair()
-    gpa = GPATransporter(n_steps=5, warm_start=True, random_state=0).fit(X, sample_domain=sd)
+    gpa = GPATransporter(n_steps=5, warm_start=True, prealign=None, random_state=0)
+    gpa.fit(X, sample_domain=sd)
     gpa.set_params(hidden_layer_sizes=(8,), solver="heun")
     with pytest.raises(ValueError, match="hidden_layer_sizes, solver changed"):
         gpa.fit(X, sample_domain=sd)

@@ -52,9 +52,9 @@ def _threads_in_fit(n, **params):
     def look(*_):
         seen.append((torch.get_num_threads(), device._flushing_denormals()))
 
-    GPATransporter(n_steps=2, log_every=1, callback=look, random_state=0, **params).fit(
-        X, sample_domain=sd
-    )
+    GPATransporter(
+        n_steps=2, log_every=1, callback=look, prealign=None, random_state=0, **params
+    ).fit(X, sample_domain=sd)
     assert len(set(seen)) == 1
     return seen[0]
 

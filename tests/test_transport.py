@@ -322,6 +322,62 @@ def test_prealign_leaves_a_flat_feature_shifted_not_blown_up():
     assert np.abs(gpa.transform(new)).max() < 50
 
 
+def _far_blob_onto_wells(blob, seed=0):
+    rng = np.random.RandomState(seed)
+    wells = 2.0 * WELLS - 4.0  # four wells of sd 0.5, 8 apart
+    target = wells[rng.randint(4, size=300)] + 0.5 * rng.standard_normal((300, 2))
+    source = np.asarray(blob) + 0.5 * rng.standard_normal((300, 2))
+    return wells, stack_domains(source, target)
+
+
+def test_default_flow_from_a_far_blob_fills_every_well_and_stops_by_itself():
+    # Before the pre-alignment, the far blob set the scale and the defaults left 0.03-0.91
+    # of the particles near a well after 2000 steps; pre-aligned, the flow only has to
+    # split a Gaussian over the wells.
+    wells, (X, _, sd) = _far_blob_onto_wells((20.0, -30.0))
+    gpa = GPATransporter(random_state=0)
+    moved = gpa.fit_transform(X, sample_domain=sd)[sd >= 0]
+    distance = np.linalg.norm(moved[:, None] - wells[None], axis=2)
+    near = distance.min(1) < 1.5
+    shares = np.bincount(distance.argmin(1)[near], minlength=4) / len(moved)
+    assert near.mean() >= 0.9 and shares.min() >= 0.15
+    assert gpa.stop_reason_ == "converged" and gpa.n_steps_ < gpa.n_steps
+
+
+def test_default_prealignment_makes_integration_translation_invariant():
+    # The map removes the source's location and the scaling is fitted on the target rows,
+    # so where the source sits changes nothing but the map.
+    _, (X_a, _, sd) = _far_blob_onto_wells((20.0, -30.0))
+    X_b = X_a.copy()
+    X_b[sd >= 0] += [-45.0, 12.0]
+    fits = [GPATransporter(n_steps=30, stop=None, random_state=0) for _ in range(2)]
+    moved_a, moved_b = (g.fit_transform(X, sample_domain=sd) for g, X in zip(fits, (X_a, X_b)))
+    np.testing.assert_allclose(fits[0].scale_, fits[1].scale_)
+    np.testing.assert_allclose(moved_a, moved_b, atol=1e-4)
+    assert fits[0].prealign_ is not None
+    unaligned = GPATransporter(n_steps=30, stop=None, prealign=None, random_state=0)
+    assert np.abs(unaligned.fit_transform(X_b, sample_domain=sd) - moved_a).max() > 1.0
+
+
+def test_default_prealignment_is_one_map_and_robust_to_heavy_tails():
+    rng = np.random.RandomState(0)
+    source = rng.normal(10.0, 0.5, (200, 2))
+    target = make_student_t(200, df=0.5, random_state=0)  # std set by a few extreme rows
+    target[:, 1] = rng.normal(-3.0, 2.0, 200)  # an ordinary feature
+    y = np.tile([0, 1], 200)
+    X, y, sd = stack_domains(source, target, y[:200], y[200:])
+    gpa = GPATransporter(f="alpha", n_steps=1, stop=None, random_state=0)
+    gpa.fit(X, y, sample_domain=sd)
+    (a0, b0), (a1, b1) = gpa.prealign_  # one map shared by both class flows
+    np.testing.assert_array_equal(a0, a1)
+    aligned = gpa._scaling.inverse_transform(gpa._scaling.transform(source) * a0 + b0)
+    # The heavy feature is matched by its median and robust spread, the other by moments.
+    assert abs(np.median(aligned[:, 0]) - np.median(target[:, 0])) < 0.05
+    assert abs(aligned[:, 1].mean() - target[:, 1].mean()) < 0.05
+    assert abs(aligned[:, 1].std() - target[:, 1].std()) < 0.05
+    assert np.abs(aligned).max() < 100  # mean/std would send rows thousands of spreads out
+
+
 def test_auto_out_of_sample_without_labels_keeps_each_rows_own_offset(monkeypatch):
     # Without class flows, "auto" is "nearest": the mean of a new row's neighbours' end
     # points would mix groups of rows that one label-free flow carries together.  With

@@ -7,10 +7,13 @@ normalisation.  All of it persists across particle steps: the papers' warm start
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .networks import (
     MLPLayout,
+    MLPPass,
     forward,
     input_gradient,
     orthonormal_init,
@@ -54,6 +57,33 @@ _CACHE_BYTES = 1 << 20
 # particles; fewer particles go in one piece, as they always did.
 VELOCITY_ROWS = 32768
 
+# A graph-free critic keeps, per number of rows it meets, buffers for its activations and
+# the gradients of its backward pass while they take at most this many bytes (``MLPPass``):
+# reused from update to update they stay in cache and save an allocation and a few views
+# per layer, which on small problems cost as much as the arithmetic.  Larger problems
+# allocate per call, as their cost is the arithmetic.
+_WORKSPACE_BYTES = 32 << 20
+
+
+@dataclass
+class _Chunk:
+    """A group of flows run together on one number of rows, with views and buffers.
+
+    ``flows`` is a slice (None: all flows); ``layers`` and ``grad_layers`` are views of
+    their weights and gradients, ``weights_t`` contiguous transposed copies of the hidden
+    layers' weights (None per layer without one); ``passes`` the preallocated passes over
+    its ``n_rows`` rows (``networks.MLPPass``), made at their first use in inference mode
+    where they ``fit``; the critic allocates per call otherwise.
+    """
+
+    flows: slice | None
+    layers: list
+    grad_layers: list
+    weights_t: list | None
+    n_rows: int = 0
+    fits: bool = False  # whether its buffers are small enough to keep (``_WORKSPACE_BYTES``)
+    passes: MLPPass | None = None
+
 
 class Critic:
     """K Lipschitz MLP critics trained together.
@@ -74,6 +104,10 @@ class Critic:
         the particles.
     learning_rate, betas, adam_eps : Adam settings (ascent on the objective).
     """
+
+    # No transposed copies of the weights unless ``_bind_transposed`` makes them.
+    _transposed_pairs = ()
+    weights_t = None
 
     def __init__(
         self,
@@ -108,6 +142,7 @@ class Critic:
         self.adam_eps = adam_eps
         self.generator = generator
         self._left_vectors = None
+        self._power_plan = None
         self._exact_left = _EXACT_UPDATES
         self._updates = 0  # n_updates on the host, for _flush_subnormals' schedule
         with self.no_graph():
@@ -140,6 +175,38 @@ class Critic:
         self.grad_layers = self.layout.layers(self.grad)
         self.nu = self.layout.nu(self.params)
         self.grad_nu = self.layout.nu(self.grad)
+        self._bind_transposed()
+
+    def _bind_transposed(self) -> None:
+        """Buffers for contiguous transposed copies of the hidden-to-hidden weights.
+
+        The backward passes multiply by every hidden layer's transposed weights; ``bmm`` is
+        faster on a contiguous factor than on a transposed view (same result to
+        the bit).  ``_transpose_weights`` refreshes the copies, one kernel per run of layers
+        of one shape, before every pass that uses them.
+        """
+        self._transposed_pairs, self.weights_t = [], None
+        if self.needs_autograd:
+            return
+        weights_t, first = [], 0
+        for (w, _), (n, fan_in, fan_out) in zip(
+            self.layout._blocks(self.params), self.layout.shape_runs
+        ):
+            if first > 0 and fan_in > 1 and fan_out > 1:
+                buffer = torch.empty_like(
+                    w.transpose(-1, -2), memory_format=torch.contiguous_format
+                )
+                self._transposed_pairs.append((buffer, w.transpose(-1, -2)))
+                weights_t += [buffer.select(0, j) for j in range(n)]
+            else:
+                weights_t += [None] * n
+            first += n
+        if self._transposed_pairs:
+            self.weights_t = weights_t
+
+    def _transpose_weights(self) -> None:
+        for buffer, view in self._transposed_pairs:
+            buffer.copy_(view)
 
     def _init_normalisation(self, generator) -> None:
         self.weight_groups = self.layout.weight_groups(self.params)
@@ -205,13 +272,21 @@ class Critic:
 
         A single-column layer is a vector, whose spectral norm is its Euclidean norm.
         """
+        plan = self._power_plan
+        if plan is None:
+            # The views each iteration needs, taken once: the weights and vectors are
+            # changed only in place.
+            plan = self._power_plan = [
+                (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
+                for w, u in zip(self.weight_groups, self._left_vectors)
+            ]
         norms = []
-        for w, u in zip(self.weight_groups, self._left_vectors):
-            if w.shape[2] == 1:
+        for w, w_t, u in plan:
+            if w_t is None:
                 norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
                 continue
-            v = torch.bmm(u, w.transpose(1, 2))
-            v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+            v = torch.bmm(u, w_t)
+            v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True))
             wv = torch.bmm(v, w)
             sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
             torch.div(wv, sigma, out=u)
@@ -297,8 +372,8 @@ class Critic:
             t.masked_fill_(t.abs() < tiny, 0.0)
 
     def _flow_chunks(self, n_rows):
-        """Groups of flows to run together on ``n_rows`` rows each, as (flows, layers,
-        gradient layers) with ``flows`` a slice (None: all flows) and views of their layers.
+        """Groups of flows to run together on ``n_rows`` rows each (``_Chunk``), with views
+        of their layers and, where small enough, buffers for their passes.
 
         All K flows go in one batch while their activations fit in a core's cache; beyond,
         each op would stream every flow's activations through memory, and flows go in
@@ -312,35 +387,101 @@ class Critic:
             # A GPU has no such cache to fit, and every group costs kernel launches.
             size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else k
             if size >= k:
-                chunks = [(None, self.layers, self.grad_layers)]
+                chunks = [_Chunk(None, self.layers, self.grad_layers, self.weights_t)]
             else:
                 chunks = [
-                    (
+                    _Chunk(
                         flows,
                         [(w[flows], b[flows]) for w, b in self.layers],
                         [(w[flows], b[flows]) for w, b in self.grad_layers],
+                        None
+                        if self.weights_t is None
+                        else [None if w is None else w[flows] for w in self.weights_t],
                     )
                     for flows in (slice(i, min(i + size, k)) for i in range(0, k, size))
                 ]
+            widths = self.layout.sizes[1:]
+            workspace = (2 * sum(widths) + 1) * n_rows * k * self.params.element_size()
+            fits = (
+                self.activation.inplace
+                and not self.needs_autograd
+                and self.layout.depth > 1
+                and workspace <= _WORKSPACE_BYTES
+            )
+            for c in chunks:
+                c.n_rows, c.fits = n_rows, fits
             self._chunks[n_rows] = chunks
         return chunks
+
+    def _passes(self, chunk: _Chunk) -> MLPPass | None:
+        """The preallocated passes of ``chunk`` where they can run, else None.
+
+        They write into inference tensors: only in inference mode (``train_flow`` and the
+        divergence estimates run there); a call outside takes the allocating path.
+        """
+        if not chunk.fits or not torch.is_inference_mode_enabled():
+            return None
+        if chunk.passes is None:
+            chunk.passes = MLPPass(
+                chunk.layers, chunk.grad_layers, chunk.weights_t, self.activation, chunk.n_rows
+            )
+        return chunk.passes
+
+    def _weights_t(self, chunk: _Chunk):
+        """The chunk's transposed weights, refreshed, in inference mode; else None."""
+        if chunk.weights_t is None or not torch.is_inference_mode_enabled():
+            return None
+        return chunk.weights_t
 
     def _write_gradient(self, z, n_particles, w_y, w_x, with_value):
         """dJ/dparams into ``self.grad`` by the hand-written backward pass; J if asked."""
         chunks = self._flow_chunks(z.shape[1])
+        if self.weights_t is not None and torch.is_inference_mode_enabled():
+            self._transpose_weights()
         if len(chunks) == 1:
-            return self._chunk_gradient(z, n_particles, w_y, w_x, with_value, *chunks[0])
+            return self._chunk_gradient(z, n_particles, w_y, w_x, with_value, chunks[0])
         values = [
-            self._chunk_gradient(z[f], n_particles, w_y[f], w_x[f], with_value, f, *views)
-            for f, *views in chunks
+            self._chunk_gradient(z[c.flows], n_particles, w_y[c.flows], w_x[c.flows], with_value, c)
+            for c in chunks
         ]
         return torch.cat(values) if with_value else None
 
-    def _chunk_gradient(self, z, n_particles, w_y, w_x, with_value, flows, layers, grad_layers):
-        phi, inputs, saved = forward(layers, self.activation, z)
-        value, grad_phi = self._objective_gradient(phi, n_particles, w_y, w_x, with_value, flows)
-        parameter_gradient(layers, self.activation, inputs, saved, grad_phi, grad_layers)
+    def _chunk_gradient(self, z, n_particles, w_y, w_x, with_value, chunk: _Chunk):
+        passes = self._passes(chunk)
+        if passes is not None:
+            passes.forward(z)
+            value = self._objective_into(passes, n_particles, w_y, w_x, with_value, chunk)
+            passes.parameter_gradient(z)
+            return value
+        phi, inputs, saved = forward(chunk.layers, self.activation, z)
+        value, grad_phi = self._objective_gradient(
+            phi, n_particles, w_y, w_x, with_value, chunk.flows
+        )
+        parameter_gradient(
+            chunk.layers,
+            self.activation,
+            inputs,
+            saved,
+            grad_phi,
+            chunk.grad_layers,
+            self._weights_t(chunk),
+        )
         return value
+
+    def _objective_into(self, passes: MLPPass, n_particles, w_y, w_x, with_value, chunk):
+        """``_objective_gradient`` with dJ/dphi written into the buffer of ``passes``."""
+        flows = chunk.flows
+        nu, grad_nu = (
+            (self.nu, self.grad_nu) if flows is None else (self.nu[flows], self.grad_nu[flows])
+        )
+        phi_y, phi_x, grad_y, grad_x = passes.split(n_particles)
+        grad_y.copy_(w_y)  # dJ/dphi_y is w_y itself
+        if with_value:
+            return self.divergence.value_and_gradients_into(
+                phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu
+            )
+        self.divergence.gradients_into(phi_x, nu, w_x, grad_x, grad_nu)
+        return None
 
     def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value, flows=None):
         """J (if asked) and dJ/dphi (K, M + N) from phi on particles then targets; writes
@@ -390,8 +531,15 @@ class Critic:
 
     def _gradient(self, y):
         grads = []
-        for flows, layers, _ in self._flow_chunks(y.shape[1]):
-            rows = y if flows is None else y[flows]
-            _, _, saved = forward(layers, self.activation, rows, output=False)
-            grads.append(input_gradient(layers, self.activation, saved))
+        chunks = self._flow_chunks(y.shape[1])
+        if self.weights_t is not None and torch.is_inference_mode_enabled():
+            self._transpose_weights()
+        for c in chunks:
+            rows = y if c.flows is None else y[c.flows]
+            passes = self._passes(c)
+            if passes is not None:
+                grads.append(passes.input_gradient(rows))
+                continue
+            _, _, saved = forward(c.layers, self.activation, rows, output=False)
+            grads.append(input_gradient(c.layers, self.activation, saved, self._weights_t(c)))
         return grads[0] if len(grads) == 1 else torch.cat(grads)

@@ -10,6 +10,7 @@ dominates the run time of the small networks used here.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,6 +20,7 @@ import torch
 __all__ = [
     "ACTIVATIONS",
     "MLPLayout",
+    "MLPPass",
     "forward",
     "input_gradient",
     "make_activation",
@@ -44,8 +46,14 @@ class Activation:
 
     name = "base"
     orthonormal = False
+    #: ``forward_(a)`` applies the activation to ``a`` in place, and ``a`` itself is what
+    #: ``backward`` needs: the critic's preallocated passes (``MLPPass``) use it.
+    inplace = False
 
     def forward(self, a):
+        raise NotImplementedError
+
+    def forward_(self, a):
         raise NotImplementedError
 
     def backward(self, g, saved, inplace=False):
@@ -54,6 +62,8 @@ class Activation:
 
 class ReLU(Activation):
     name = "relu"
+    inplace = True
+    forward_ = staticmethod(torch.relu_)
 
     def forward(self, a):
         # In place: ``a`` is a fresh product nobody else holds, and the backward pass needs
@@ -71,8 +81,13 @@ class ReLU(Activation):
 class LeakyReLU(Activation):
     name = "leaky_relu"
 
+    inplace = True
+
     def __init__(self, negative_slope: float = 0.2):
         self.negative_slope = negative_slope
+
+    def forward_(self, a):
+        torch.nn.functional.leaky_relu_(a, self.negative_slope)
 
     def forward(self, a):
         h = torch.nn.functional.leaky_relu(a, self.negative_slope, inplace=not a.requires_grad)
@@ -255,51 +270,212 @@ class MLPLayout:
         return flat
 
 
-def forward(layers, activation, z, output=True):
+def forward(layers, activation, z, output=True, out=None):
     """Evaluate K networks on ``z`` (K, T, d).
 
     Returns ``phi`` (K, T), the layer inputs ``[z, h_1, ...]`` and what each activation
     saved for its backward pass.  With ``output=False`` the last layer is skipped and
-    ``phi`` is None: the input gradient does not need it.
+    ``phi`` is None: the input gradient does not need it.  ``out`` (outside autograd only)
+    holds a preallocated ``(K, T, fan_out)`` buffer per layer evaluated: each pre-activation
+    is written there instead of into a fresh tensor (the same numbers; the returned tensors
+    are then views of the buffers, valid until their next use).
     """
     inputs, saved, h = [z], [], z
-    for w, b in layers[:-1]:
-        h, s = activation.forward(torch.baddbmm(b, h, w))
+    for i, (w, b) in enumerate(layers[:-1]):
+        a = torch.baddbmm(b, h, w) if out is None else torch.baddbmm(b, h, w, out=out[i])
+        h, s = activation.forward(a)
         inputs.append(h)
         saved.append(s)
     if not output:
         return None, inputs, saved
     w, b = layers[-1]
-    return torch.baddbmm(b, h, w).squeeze(-1), inputs, saved
+    if out is None:
+        phi = torch.baddbmm(b, h, w)
+    else:
+        # The same numbers as ``baddbmm``, which is slower for a single output column with
+        # many flows (``benchmarks/README.md``, per particle step).
+        phi = torch.bmm(h, w, out=out[-1]).add_(b)
+    return phi.squeeze(-1), inputs, saved
 
 
-def parameter_gradient(layers, activation, inputs, saved, grad_output, grad_layers) -> None:
-    """Back-propagate ``grad_output`` = dJ/dphi (K, T) into ``grad_layers`` (views, in place)."""
+def _transposed(layers, weights_t, i):
+    """Layer ``i``'s weight transposed: a contiguous copy from ``weights_t`` if it has one."""
+    if weights_t is not None and weights_t[i] is not None:
+        return weights_t[i]
+    return layers[i][0].transpose(1, 2)
+
+
+def parameter_gradient(
+    layers, activation, inputs, saved, grad_output, grad_layers, weights_t=None, out=None
+) -> None:
+    """Back-propagate ``grad_output`` = dJ/dphi (K, T) into ``grad_layers`` (views, in place).
+
+    ``weights_t`` (optional) gives per layer a contiguous copy of its transposed weights, or
+    None (a transposed view is used): ``bmm`` is faster on a contiguous right factor than
+    on a transposed one, with the same result to the bit.  ``out`` (outside
+    autograd only) holds a ``(K, T, fan_out)`` buffer per hidden layer for the gradient
+    flowing back through it.
+    """
     g = grad_output.unsqueeze(-1)
     inplace = not torch.is_grad_enabled()  # the products below are ours to overwrite
     for i in range(len(layers) - 1, -1, -1):
         grad_w, grad_b = grad_layers[i]
-        torch.bmm(inputs[i].transpose(1, 2), g, out=grad_w)
+        if grad_w.shape[-1] == 1:
+            # A single output column: (g^T h)^T is the same product to the bit, and a row
+            # times a matrix is much faster in ``bmm`` than a matrix times a column when
+            # there are many flows.
+            torch.bmm(g.transpose(1, 2), inputs[i], out=grad_w.transpose(1, 2))
+        else:
+            torch.bmm(inputs[i].transpose(1, 2), g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
         if i > 0:
-            g = torch.bmm(g, layers[i][0].transpose(1, 2))
+            w_t = _transposed(layers, weights_t, i)
+            g = torch.bmm(g, w_t) if out is None else torch.bmm(g, w_t, out=out[i - 1])
             g = activation.backward(g, saved[i - 1], inplace)
 
 
-def input_gradient(layers, activation, saved):
-    """``grad_z phi`` (K, T, d) from a forward pass (at least one hidden layer)."""
+def input_gradient(layers, activation, saved, weights_t=None, out=None):
+    """``grad_z phi`` (K, T, d) from a forward pass (at least one hidden layer).
+
+    ``weights_t`` and ``out`` as in ``parameter_gradient``; the result is always a fresh
+    tensor.
+    """
     g = layers[-1][0].transpose(1, 2).expand(-1, saved[-1].shape[1], -1)
     inplace = False  # the first g is a view of the last layer's weights
     for i in range(len(layers) - 1, 0, -1):
         g = activation.backward(g, saved[i - 1], inplace)
-        g = torch.bmm(g, layers[i - 1][0].transpose(1, 2))
+        w_t = _transposed(layers, weights_t, i - 1)
+        g = torch.bmm(g, w_t) if out is None or i == 1 else torch.bmm(g, w_t, out=out[i - 2])
         inplace = not torch.is_grad_enabled()  # from here on g is a product of ours
     return g
 
 
+class MLPPass:
+    """Forward and backward passes of K MLPs over a fixed number of rows, preallocated.
+
+    For a graph-free critic with an in-place activation (``Activation.inplace``): every
+    activation, pre-activation and back-propagated gradient lives in a buffer allocated
+    once, and every view the passes need (transposes, the split of the rows into particles
+    and targets) is taken once, so a pass runs its arithmetic ops and little else.  It
+    computes the same numbers as ``forward``, ``parameter_gradient`` and
+    ``input_gradient`` (the same ops in the same order; tested to the bit).  Reused from
+    update to update, the buffers stay in cache; on small problems most of a step is the
+    cost of calling ops, and views and allocations were a good share of the calls.
+
+    ``layers`` and ``grad_layers`` are views ``[(W, b), ...]`` of the weights and of their
+    gradient; ``weights_t`` per layer a contiguous copy of ``W`` transposed or None.
+    """
+
+    def __init__(self, layers, grad_layers, weights_t, activation, n_rows):
+        w0 = layers[0][0]
+        n_flows = w0.shape[0]
+        new = functools.partial(torch.empty, dtype=w0.dtype, device=w0.device)
+        self.layers, self.grad_layers, self.activation = layers, grad_layers, activation
+        self.acts = [new(n_flows, n_rows, w.shape[-1]) for w, _ in layers]
+        self.grads = [new(a.shape) for a in self.acts[:-1]]
+        self.grad_phi = new(n_flows, n_rows)
+        self.phi = self.acts[-1].squeeze(-1)
+        self.w_t = [
+            w.transpose(1, 2) if weights_t is None or weights_t[i] is None else weights_t[i]
+            for i, (w, _) in enumerate(layers)
+        ]
+        # Back-propagation through layer i (> 0): weight gradient (input^T g), bias
+        # gradient, g through W^T into the buffer of hidden layer i - 1.
+        self.hidden_steps = [
+            (
+                self.acts[i - 1].transpose(1, 2),
+                self.grads[i],
+                *grad_layers[i],
+                self.w_t[i],
+                self.grads[i - 1],
+                self.acts[i - 1],
+            )
+            for i in range(len(layers) - 2, 0, -1)
+        ]
+        self._last_input_t = self.acts[-2].transpose(1, 2) if len(layers) > 1 else None
+        # (K, 1, T) with the strides MKL takes for a transposed column (``unsqueeze(1)``'s
+        # differ, and so did the last bit of some sums).
+        self._grad_phi_col = self.grad_phi.unsqueeze(-1)
+        self._grad_phi_t = self._grad_phi_col.transpose(1, 2)
+        last = grad_layers[-1][0]
+        self._grad_w_last_t = last.transpose(1, 2) if last.shape[-1] == 1 else None
+        self._splits = {}
+
+    def split(self, n_particles):
+        """Views (phi_y, phi_x, dJ/dphi_y, dJ/dphi_x) of the rows of particles and targets."""
+        views = self._splits.get(n_particles)
+        if views is None:
+            phi, grad = self.phi, self.grad_phi
+            views = (phi[:, :n_particles], phi[:, n_particles:])
+            views += (grad[:, :n_particles], grad[:, n_particles:])
+            self._splits[n_particles] = views
+        return views
+
+    def forward(self, z, output=True):
+        """Fill the activation buffers (and ``phi``, unless ``output`` is False)."""
+        h, forward_ = z, self.activation.forward_
+        for (w, b), a in zip(self.layers[:-1], self.acts):
+            torch.baddbmm(b, h, w, out=a)
+            forward_(a)
+            h = a
+        if output:
+            w, b = self.layers[-1]
+            # The same numbers as ``baddbmm``, which is slower for a single output column
+            # with many flows.
+            torch.bmm(h, w, out=self.acts[-1]).add_(b)
+
+    def parameter_gradient(self, z) -> None:
+        """Back-propagate ``grad_phi`` into the gradient views (after ``forward(z)``)."""
+        layers, grad_layers, backward = self.layers, self.grad_layers, self.activation.backward
+        n = len(layers)
+        if n == 1:
+            parameter_gradient(layers, self.activation, [z], [], self.grad_phi, grad_layers)
+            return
+        g = self._grad_phi_col
+        grad_w, grad_b = grad_layers[-1]
+        if self._grad_w_last_t is not None:
+            # (g^T h)^T: the same product, faster (see ``parameter_gradient``).
+            torch.bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
+        else:
+            torch.bmm(self._last_input_t, g, out=grad_w)
+        torch.sum(g, dim=1, keepdim=True, out=grad_b)
+        g = torch.bmm(g, self.w_t[-1], out=self.grads[-1])
+        backward(g, self.acts[-2], True)
+        for h_t, g, grad_w, grad_b, w_t, g_out, saved in self.hidden_steps:
+            torch.bmm(h_t, g, out=grad_w)
+            torch.sum(g, dim=1, keepdim=True, out=grad_b)
+            torch.bmm(g, w_t, out=g_out)
+            backward(g_out, saved, True)
+        g = self.grads[0]
+        grad_w, grad_b = grad_layers[0]
+        torch.bmm(z.transpose(1, 2), g, out=grad_w)
+        torch.sum(g, dim=1, keepdim=True, out=grad_b)
+
+    def input_gradient(self, y):
+        """``grad_y phi`` (K, T, d) of the networks at ``y``, a fresh tensor."""
+        self.forward(y, output=False)
+        backward, acts, grads, w_t = self.activation.backward, self.acts, self.grads, self.w_t
+        n = len(self.layers)
+        g = w_t[-1].expand(-1, y.shape[1], -1)
+        g = backward(g, acts[n - 2], False)
+        for i in range(n - 2, 0, -1):
+            g = torch.bmm(g, w_t[i], out=grads[i - 1])
+            backward(g, acts[i - 1], True)
+        return torch.bmm(g, w_t[0])
+
+
 def spectral_norm_exact(w: torch.Tensor) -> torch.Tensor:
-    """Largest singular value of each matrix in a stack (..., m, n), by SVD."""
-    return torch.linalg.matrix_norm(w, ord=2)
+    """Largest singular value of each matrix in a stack (..., m, n), by SVD.
+
+    A matrix with a non-finite entry gets NaN (the SVD would raise): its flow's step turns
+    non-finite, and the flow is frozen like any other that blows up.
+    """
+    finite = torch.isfinite(w).all(-1).all(-1)
+    if bool(finite.all()):
+        return torch.linalg.matrix_norm(w, ord=2)
+    norms = torch.full(w.shape[:-2], float("nan"), dtype=w.dtype, device=w.device)
+    norms[finite] = torch.linalg.matrix_norm(w[finite], ord=2)
+    return norms
 
 
 def orthonormalize(w: torch.Tensor, scale: float, n_iterations: int) -> None:

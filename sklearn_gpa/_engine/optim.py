@@ -31,7 +31,10 @@ def adam_step(
     ``exp_avg`` and ``exp_avg_sq`` are the moments (one tensor per parameter) and
     ``steps`` the update counts as tensors, advanced here: nothing needs the host.
     """
-    torch._foreach_add_(steps, 1.0)
+    if len(steps) == 1:
+        steps[0].add_(1.0)  # one tensor: the plain op dispatches faster than the foreach
+    else:
+        torch._foreach_add_(steps, 1.0)
     torch._fused_adam_(
         params,
         grads,

@@ -1,0 +1,187 @@
+"""GPATransporter's pre-alignment, ``prealign="auto"`` against ``None``, with every other default.
+
+Two kinds of integration, each run with both settings in the same process:
+
+* **four wells**: target = four Gaussian wells (sd 0.5, 8 apart; a square or a line), 300
+  rows; source = a blob (sd 0.5) a few well spacings away, 300 rows (the placements of
+  ``bench_stopping.py --wells``).  Scores: share of the moved rows within 1.5 of a well,
+  the smallest well's share, the stop reason and step (the checker's criterion: at least
+  0.9 near a well, every well at least 0.15, and the fit stopping on its own);
+* **mixed units, known truth**: each table of ``bench_generation.py`` split in halves
+  (stratified); the source half gets a per-feature batch effect, either affine (scale
+  U(0.7, 1.3), shift N(0, 0.5) target sds) or a monotone curve (a tanh bend of up to 0.6
+  sd, then a shift), so every source row's batch-free value is known.  Labelled
+  (class-conditional flows) and label-free.  Scores: per-sample recovery,
+  RMSE(moved - truth) / RMSE(distorted - truth) in target sds (lower is better, 0 is
+  the truth), and the balanced accuracy of a 200-tree forest trained on the target half
+  on the moved rows, minus its accuracy on the raw (distorted) rows.
+
+Run: ``python benchmarks/bench_prealign.py [--quick]`` (``--quick``: 1 seed, 4 tables).
+Writes ``benchmarks/results/bench_prealign[_quick].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import _common
+import numpy as np
+from bench_generation import TABULAR, load_tabular
+from bench_stopping import PLACEMENTS, placement_problem, well_scores
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import train_test_split
+
+from sklearn_gpa import GPATransporter
+from sklearn_gpa.utils import stack_domains
+
+SETTINGS = {"auto": {}, "None": {"prealign": None}}
+
+
+def wells(seeds):
+    rows = []
+    for name, (centres, blob) in PLACEMENTS.items():
+        for seed in seeds:
+            X, domain = placement_problem(centres, blob, seed)
+            for setting, params in SETTINGS.items():
+                start = time.perf_counter()
+                gpa = GPATransporter(random_state=seed, **params)
+                moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+                near, smallest = well_scores(moved, centres)
+                rows.append(
+                    {
+                        "problem": f"{name}, seed {seed}",
+                        "prealign": setting,
+                        "near_well": near,
+                        "smallest_well": smallest,
+                        "stop_reason": gpa.stop_reason_,
+                        "steps": int(gpa.n_steps_),
+                        "met": bool(near >= 0.9 and smallest >= 0.15)
+                        and gpa.stop_reason_ == "converged",
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                print(_common.format_row(rows[-1], WELL_COLUMNS), flush=True)
+    return rows
+
+
+def distort(Xs, Xt, effect, rng):
+    """The source half with a per-feature batch effect in target sds."""
+    mean, sd = Xt.mean(0), Xt.std(0) + 1e-12
+    shift = rng.normal(0.0, 0.5, Xs.shape[1])
+    if effect == "affine":
+        return Xs * rng.uniform(0.7, 1.3, Xs.shape[1]) + shift * sd
+    z = (Xs - mean) / sd
+    bend = rng.uniform(-0.6, 0.6, Xs.shape[1])
+    return mean + sd * (z + bend * np.tanh(z) + shift)
+
+
+def mixed_units(names, seeds):
+    rows = []
+    for name in names:
+        X, y = load_tabular(name)
+        for seed in seeds:
+            Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
+            sd = Xt.std(0) + 1e-12
+            forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
+            for effect in ("affine", "curve"):
+                distorted = distort(Xs, Xt, effect, np.random.RandomState(seed))
+                raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
+                raw_accuracy = balanced_accuracy_score(ys, forest.predict(distorted))
+                for labels in ("labelled", "label-free"):
+                    given = (ys, yt) if labels == "labelled" else (None, None)
+                    X_all, y_all, domain = stack_domains(distorted, Xt, *given)
+                    for setting, params in SETTINGS.items():
+                        start = time.perf_counter()
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            gpa = GPATransporter(random_state=seed, **params)
+                            moved = gpa.fit_transform(X_all, y_all, sample_domain=domain)
+                        moved = moved[domain >= 0]
+                        error = np.sqrt(np.mean(((moved - Xs) / sd) ** 2))
+                        rows.append(
+                            {
+                                "problem": f"{name}, seed {seed}, {effect}, {labels}",
+                                "labels": labels,
+                                "prealign": setting,
+                                "recovery": error / raw_error,
+                                "accuracy_gain": balanced_accuracy_score(ys, forest.predict(moved))
+                                - raw_accuracy,
+                                "steps": int(gpa.n_steps_),
+                                "seconds": time.perf_counter() - start,
+                            }
+                        )
+                        print(_common.format_row(rows[-1], MIXED_COLUMNS), flush=True)
+    return rows
+
+
+WELL_COLUMNS = [
+    ("problem", "problem", None),
+    ("prealign", "prealign", None),
+    ("near a well", "near_well", "{:.2f}"),
+    ("smallest well", "smallest_well", "{:.2f}"),
+    ("stop", "stop_reason", None),
+    ("steps", "steps", "{}"),
+    ("criterion met", "met", None),
+    ("seconds", "seconds", "{:.1f}"),
+]
+MIXED_COLUMNS = [
+    ("problem", "problem", None),
+    ("prealign", "prealign", None),
+    ("recovery", "recovery", "{:.2f}"),
+    ("accuracy - raw", "accuracy_gain", "{:+.3f}"),
+    ("steps", "steps", "{}"),
+    ("seconds", "seconds", "{:.1f}"),
+]
+
+
+def summary(well_rows, mixed_rows):
+    lines = ["| setting | wells: criterion met | near a well (min) | steps (median) |"]
+    lines.append("|---|---:|---:|---:|")
+    for setting in SETTINGS:
+        rows = [r for r in well_rows if r["prealign"] == setting]
+        lines.append(
+            f"| prealign={setting} | {sum(r['met'] for r in rows)} / {len(rows)} | "
+            f"{np.mean([r['near_well'] for r in rows]):.2f} "
+            f"({min(r['near_well'] for r in rows):.2f}) | "
+            f"{np.median([r['steps'] for r in rows]):.0f} |"
+        )
+    lines += ["", "| labels | setting | recovery mean (max) | accuracy - raw mean (min) |"]
+    lines.append("|---|---|---:|---:|")
+    for labels in ("labelled", "label-free"):
+        for setting in SETTINGS:
+            rows = [r for r in mixed_rows if r["prealign"] == setting and r["labels"] == labels]
+            recovery = [r["recovery"] for r in rows]
+            gain = [r["accuracy_gain"] for r in rows]
+            lines.append(
+                f"| {labels} | prealign={setting} | {np.mean(recovery):.2f} "
+                f"({max(recovery):.2f}) | {np.mean(gain):+.3f} ({min(gain):+.3f}) |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    args = _common.parser(__doc__, quick="1 seed, 4 tables").parse_args()
+    seeds = [0] if args.quick else [0, 1, 2]
+    names = TABULAR[:4] if args.quick else TABULAR
+    start = time.perf_counter()
+    well_rows = wells(seeds)
+    mixed_rows = mixed_units(names, seeds[:2])
+    table = summary(well_rows, mixed_rows)
+    print(table)
+    markdown = "\n\n".join(
+        [
+            _common.machine_line(),
+            table,
+            _common.grouped_table(well_rows, WELL_COLUMNS),
+            _common.grouped_table(mixed_rows, MIXED_COLUMNS),
+            f"{time.perf_counter() - start:.0f} s in all",
+        ]
+    )
+    record = {"wells": well_rows, "mixed_units": mixed_rows, "command": _common.command()}
+    _common.write_results(_common.result_stem("bench_prealign", args.quick), record, markdown)
+
+
+if __name__ == "__main__":
+    main()
