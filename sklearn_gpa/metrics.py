@@ -181,23 +181,21 @@ def lipschitz_f_divergence(
         None: the supremum over the empirical measures, attained on the very rows it is computed
         on, which exceeds the population divergence when the critic can fit the samples
         themselves (large ``L``, few rows).  An int k >= 2: the k-fold cross-fitted estimate.  Each
-        fold's critic trains on the other folds only: it is the mean of a committee of three
-        networks, each trained on two thirds of those rows and keeping the weights that did best
-        on the remaining third (a different third for each member).  Each member is trained
-        bounded by ``L``, ``0.3 * L`` and ``0.1 * L`` side by side and keeps, by its score on its
-        third, one of the three or their mean: all of them are L-Lipschitz, and the smaller
-        bounds fit the rows themselves less.  The mean of the members is L-Lipschitz, with an
-        objective at least the mean of theirs; it costs three times the training of one network per
-        fold.  The critic is then capped, below at its lowest value on the training rows of P and
-        above at its highest on those of Q (a capped L-Lipschitz function is L-Lipschitz), so
-        that a held-out Q row beyond the training rows cannot weigh with an exponential term (KL)
-        it never had in training.  It is evaluated on its own fold with the shift ``nu`` of its
-        training rows; the estimate averages those held-out values, which do not exceed the
-        population divergence on average.  It is noisier and lower than the in-sample value (the
-        critics saw fewer rows and are capped); for KL at large ``L`` the held-out terms
-        ``exp(phi - nu - 1)`` are heavy-tailed even for the exact log density ratio, so compare
-        several draws or seeds, not one.  5 folds are a good choice.  Each sample needs ``2 * k``
-        rows.
+        fold's critic trains on the other folds only: on two thirds of those rows, keeping the
+        weights that did best on the remaining third.  Networks bounded by ``L``, ``0.3 * L``
+        and ``0.1 * L`` are trained side by side and the fold keeps, by its score on that third,
+        one of the three or their mean: all of them are L-Lipschitz, and the smaller bounds fit
+        the rows themselves less.  The critic is then capped, below at its lowest value on the
+        training rows of P and above at its highest on those of Q (a capped L-Lipschitz
+        function is L-Lipschitz), so that a held-out Q row beyond the training rows cannot weigh
+        with an exponential term (KL) it never had in training.  It is evaluated on its own fold
+        with the shift ``nu`` optimal on the validation third of Q (the critic was fitted to be
+        low on its other training rows of Q, where the shift would come out too low); the
+        estimate averages those held-out values, which do not exceed the population divergence
+        on average.  It is noisier and lower than the in-sample value (the critics saw fewer
+        rows and are capped); for KL at large ``L`` the held-out terms ``exp(phi - nu - 1)`` are
+        heavy-tailed even for the exact log density ratio, so compare several draws or seeds,
+        not one.  5 folds are a good choice.  Each sample needs ``2 * k`` rows.
     return_std : bool, default=False
         Also return the standard error of the cross-fitted estimate (``cross_fit`` only).
     return_witness : bool, default=False

@@ -548,18 +548,58 @@ def test_cross_fit_is_about_zero_for_one_distribution(activation):
     assert lipschitz_f_divergence(P, Q, L=1.0, activation=activation, random_state=0) > 0
 
 
-def test_committee_members_validate_on_disjoint_thirds():
-    # Member m of a fold's committee fits every training row but those of part m, and
-    # validates on part m: each row validates exactly one member and is fitted by the others.
-    rows = np.arange(31.0)[:, None]
-    copies, n_fit = estimate_module._validation_last([rows], 3, np.random.default_rng(0))
-    validated = [copy[n:, 0] for copy, n in zip(copies[0], n_fit)]
-    assert sorted(np.concatenate(validated)) == list(range(31))
-    for copy, n, held in zip(copies[0], n_fit, validated):
-        assert sorted(copy[:, 0]) == list(range(31))
-        assert set(copy[:n, 0]).isdisjoint(held) and len(held) in (10, 11)
-    with pytest.raises(ValueError, match="n_members must be 1 to 3"):
-        estimate_module.cross_fit_divergence(rows, rows + 1.0, n_members=4)
+def test_held_out_terms_take_the_shift_on_the_validation_rows_of_q():
+    # Two folds, critic phi(x) = x on fold 0 and 2 x on fold 1.  The KL shift of the held-out
+    # Q terms is log mean e^phi - 1 over the given validation rows of Q (not over the rows
+    # the critic was fitted to), after the cap at the training range.
+    import torch
+
+    from sklearn_gpa._engine.divergences import get_divergence
+    from sklearn_gpa._engine.flow import pack_rows
+
+    slopes = torch.tensor([1.0, 2.0], dtype=torch.float64)
+
+    def critic_on(groups):
+        rows, weights = pack_rows(groups, torch.float64, "cpu")
+        return slopes[:, None] * rows[:, :, 0], weights
+
+    rng = np.random.default_rng(0)
+    train_p = [rng.normal(0, 1, (30, 1)) for _ in range(2)]
+    train_q = [rng.normal(1, 1, (30, 1)) for _ in range(2)]
+    held_p = [rng.normal(0, 1, (8, 1)) for _ in range(2)]
+    held_q = [np.array([[-10.0], [0.5], [10.0]])] * 2
+    shift_q = [q[20:] for q in train_q]
+    terms_p, terms_q = estimate_module._held_out_terms(
+        critic_on, get_divergence("kl"), (train_p, train_q), (held_p, held_q), shift_q, True
+    )
+    for k, slope in enumerate([1.0, 2.0]):
+        low = slope * train_p[k].min()
+        high = max(slope * train_q[k].max(), low)
+        phi_shift = np.clip(slope * shift_q[k][:, 0], low, high)
+        nu = logsumexp(phi_shift) - np.log(len(phi_shift)) - 1.0
+        phi_held = np.clip(slope * held_q[k][:, 0], low, high)
+        np.testing.assert_allclose(terms_q[k, :3], -(nu + np.exp(phi_held - nu - 1.0)))
+        np.testing.assert_allclose(terms_p[k, :8], np.clip(slope * held_p[k][:, 0], low, high))
+
+
+def test_cross_fit_takes_the_shift_on_rows_the_critic_did_not_fit(monkeypatch):
+    # Fold k's shift comes from the validation third of its training rows of Q: rows of the
+    # other folds that early stopping scored but the network never fitted.
+    seen = {}
+    original = estimate_module._held_out_terms
+
+    def spy(critic_on, divergence, train, held_out, shift_q, clip):
+        seen.update(train=train, held_out=held_out, shift_q=shift_q)
+        return original(critic_on, divergence, train, held_out, shift_q, clip)
+
+    monkeypatch.setattr(estimate_module, "_held_out_terms", spy)
+    X_q = np.arange(60.0)[:, None] / 10.0
+    estimate_module.cross_fit_divergence(X_q + 1.0, X_q, n_folds=3, n_iter=20, tol=None)
+    for train_q, held_q, shift_q in zip(seen["train"][1], seen["held_out"][1], seen["shift_q"]):
+        assert len(train_q) == 40 and len(shift_q) == 14  # the first of three parts of 40
+        np.testing.assert_array_equal(shift_q, train_q[-14:])  # the rows after the fit rows
+        assert set(shift_q[:, 0]).isdisjoint(held_q[:, 0])
+        assert sorted(np.r_[train_q[:, 0], held_q[:, 0]]) == sorted(X_q[:, 0])
 
 
 @pytest.mark.parametrize(("f", "alpha"), [("kl", None), ("alpha", 1.5), ("js", None)])

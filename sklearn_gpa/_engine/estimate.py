@@ -40,8 +40,6 @@ _WINDOW = 50
 _VALIDATION_SHARE = 3
 # Cross-fitted critics are trained with the bounds L times these, the best kept per fold.
 _LADDER = (1.0, 0.3, 0.1)
-# Members of each fold's committee (at most _VALIDATION_SHARE): member m validates on part m.
-_MEMBERS = 3
 _VALIDATE_EVERY = 10
 _PATIENCE = 20
 
@@ -122,42 +120,29 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
 
 
 def cross_fit_divergence(
-    X_p,
-    X_q,
-    *,
-    n_folds: int = 2,
-    clip: bool = True,
-    ladder=_LADDER,
-    n_members: int = _MEMBERS,
-    **settings,
+    X_p, X_q, *, n_folds: int = 2, clip: bool = True, ladder=_LADDER, **settings
 ) -> CrossFitEstimate:
     """Cross-fitted estimate of the divergence between the samples ``X_p`` and ``X_q``.
 
     The rows of each sample are split at random (``settings["seed"]``) into ``n_folds``
-    folds.  Fold k's critic is trained on the other folds only, as a committee of
-    ``n_members`` networks: the training rows are split into three parts, and member m
-    trains on all but part m, keeping the weights that scored best on part m (checked every
-    10 steps), which stops it from fitting the rows themselves.  Each member is trained once
-    per rung ``c`` of ``ladder`` (all folds, members and rungs as one batch), bounded by
-    ``c * L`` (its rows squeezed by ``c`` towards the centre), and keeps the rung with the
-    best score on its validation part: every rung is L-Lipschitz, and the lower ones fit the
-    rows less.  Fold k's critic is the mean of its members, L-Lipschitz like each of them;
-    its objective is at least the mean of theirs (the objective is concave in the critic),
-    and with three members every training row is fitted by two of them and validates the
-    third.  With ``clip``, the critic is capped below at its lowest value on the training
-    rows of P and above at its highest on those of Q (a capped L-Lipschitz function is
-    L-Lipschitz), so that a held-out Q row cannot reach values of ``f*`` that no training
-    row of Q had.  The critic is evaluated on fold k with the shift ``nu`` optimal on its
-    training rows: a mean of per-row terms, ``phi(x)`` on P rows and
-    ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed before it saw them, whose
-    expectation is the population objective of that function, at most the population
-    divergence.  The estimate is the mean of all held-out terms, its standard error
-    ``sqrt(var_P / n_P + var_Q / n_Q)`` of those terms.  Each sample needs at least
-    ``2 * n_folds`` rows.
+    folds.  Fold k's critic trains on the other folds: on two thirds of those rows, keeping
+    the weights that scored best on the last third (checked every 10 steps), which stops it
+    from fitting the rows themselves.  One network per rung ``c`` of ``ladder`` is trained
+    (all folds and rungs as one batch), bounded by ``c * L`` (its rows squeezed by ``c``
+    towards the centre), and the fold keeps, by the validation score, one rung or the mean
+    of all of them: every candidate is L-Lipschitz, and the lower rungs fit the rows less.
+    With ``clip``, the critic is capped below at its lowest value on the training rows of P
+    and above at its highest on those of Q (a capped L-Lipschitz function is L-Lipschitz),
+    so that a held-out Q row cannot reach values of ``f*`` that no training row of Q had.
+    The critic is evaluated on fold k with the shift ``nu`` optimal on the validation third
+    of Q: the critic was fitted to be low on its fit rows of Q, so a shift taken there would
+    be too low for rows it never saw.  The estimate is a mean of per-row terms, ``phi(x)``
+    on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed before it saw
+    them, whose expectation is the population objective of that function, at most the
+    population divergence; its standard error is ``sqrt(var_P / n_P + var_Q / n_Q)`` of
+    those terms.  Each sample needs at least ``2 * n_folds`` rows.
     """
     s = _Settings(**settings)
-    if not 1 <= n_members <= _VALIDATION_SHARE:
-        raise ValueError(f"n_members must be 1 to {_VALIDATION_SHARE}, got {n_members!r}.")
     X_p, X_q = np.asarray(X_p, dtype=np.float64), np.asarray(X_q, dtype=np.float64)
     rng = np.random.default_rng(s.seed)
     folds_p = np.array_split(rng.permutation(len(X_p)), n_folds)
@@ -167,48 +152,43 @@ def cross_fit_divergence(
     center, scale = _standardization([X_p, X_q])
     # A network fed (x - center) * c + center is (c * L)-Lipschitz in x: rung c.
     rungs = tuple(ladder) if s.L is not None else (1.0,)
-    n_rungs, n_nets = len(rungs), n_members * len(rungs)
+    n_rungs = len(rungs)
 
-    def per_net(groups):
-        """Rows of network (k, m, r): ``groups[k][m]`` squeezed by rung r."""
-        return [center + (g - center) * c for fold in groups for g in fold for c in rungs]
+    def per_rung(groups):
+        """Rows of network (k, r): ``groups[k]`` squeezed by rung r."""
+        return [center + (g - center) * c for g in groups for c in rungs]
 
-    # Each training set shuffled and cut in three parts; member m's copy has part m last:
-    # its validation rows.
-    fit_p, n_fit_p = _validation_last(train_p, n_members, rng)
-    fit_q, n_fit_q = _validation_last(train_q, n_members, rng)
+    # Each training set shuffled, a third of it (the first of three parts) moved last: the
+    # validation rows.
+    train_p, n_fit_p = _validation_last(train_p, rng)
+    train_q, n_fit_q = _validation_last(train_q, rng)
     validation = ([n for n in n_fit_p for _ in rungs], [n for n in n_fit_q for _ in rungs])
-    with _trained_critics(per_net(fit_p), per_net(fit_q), center, scale, s, validation) as trained:
+    nets_p, nets_q = per_rung(train_p), per_rung(train_q)
+    with _trained_critics(nets_p, nets_q, center, scale, s, validation) as trained:
         dtype, device = trained.z.dtype, trained.z.device
 
         def candidates(phi):
-            """Each member's candidates (F, M, R + 1, T): its rungs, and their mean."""
-            phi = phi.reshape(n_folds, n_members, n_rungs, -1)
-            return torch.cat([phi, phi.mean(2, keepdim=True)], 2)
+            """Each fold's candidates (F, R + 1, T): its rungs, and their mean."""
+            phi = phi.reshape(n_folds, n_rungs, -1)
+            return torch.cat([phi, phi.mean(1, keepdim=True)], 1)
 
-        best = _best_candidates(trained, candidates)[:, :, None, None]
+        best = _best_candidates(trained, candidates)[:, None, None]
 
         def critic_on(groups):
-            """Fold k's critic (its members' mean, each its best candidate) on
-            ``groups[k]``, and the row weights."""
-            rows, weights = pack_rows(per_net([[g] * n_members for g in groups]), dtype, device)
-            phi = torch.take_along_dim(candidates(trained.phi(rows)), best, 2)
-            return phi[:, :, 0].mean(1), weights[::n_nets]
+            """Fold k's critic (its best candidate) on ``groups[k]``, and the row weights."""
+            rows, weights = pack_rows(per_rung(groups), dtype, device)
+            phi = torch.take_along_dim(candidates(trained.phi(rows)), best, 1)
+            return phi[:, 0], weights[::n_rungs]
 
-        phi_p, w_p = critic_on(train_p)
-        phi_q, w_q = critic_on(train_q)
-        held_p, _ = critic_on([X_p[f] for f in folds_p])
-        held_q, _ = critic_on([X_q[f] for f in folds_q])
-        if clip:
-            low, high = _masked(phi_p, w_p, min), _masked(phi_q, w_q, max)
-            high = torch.maximum(high, low)
-            held_p = torch.clamp(held_p, low[:, None], high[:, None])
-            held_q = torch.clamp(held_q, low[:, None], high[:, None])
-            phi_q = torch.clamp(phi_q, low[:, None], high[:, None])
-        divergence = trained.critic.divergence
-        nu = _shift_for(divergence, phi_q, w_q)
-        terms_p = held_p.cpu().numpy()
-        terms_q = divergence.target_terms(held_q, nu).cpu().numpy()
+        terms_p, terms_q = _held_out_terms(
+            critic_on,
+            trained.critic.divergence,
+            (train_p, train_q),
+            ([X_p[f] for f in folds_p], [X_q[f] for f in folds_q]),
+            [rows[n:] for rows, n in zip(train_q, n_fit_q)],
+            clip,
+        )
+        converged = trained.converged
     terms_p = [terms_p[k, : len(f)] for k, f in enumerate(folds_p)]
     terms_q = [terms_q[k, : len(f)] for k, f in enumerate(folds_q)]
     fold_values = np.array([p.mean() + q.mean() for p, q in zip(terms_p, terms_q)])
@@ -220,26 +200,49 @@ def cross_fit_divergence(
         value=float(all_p.mean() + all_q.mean()),
         std_error=std_error,
         fold_values=fold_values,
-        converged=trained.converged,
+        converged=converged,
     )
 
 
+def _held_out_terms(critic_on, divergence, train, held_out, shift_q, clip):
+    """Per-row terms (F, T) of each fold's critic on its held-out rows of P and of Q.
+
+    ``train``, ``held_out``: per-fold row groups ``(groups_p, groups_q)``; ``shift_q``: per
+    fold, the Q rows whose optimal shift ``nu`` the critic is evaluated with.  With
+    ``clip``, the critic is capped at its range on the training rows (see
+    ``cross_fit_divergence``).
+    """
+    held_p, _ = critic_on(held_out[0])
+    held_q, _ = critic_on(held_out[1])
+    phi_shift, w_shift = critic_on(shift_q)
+    if clip:
+        phi_p, w_p = critic_on(train[0])
+        phi_q, w_q = critic_on(train[1])
+        low, high = _masked(phi_p, w_p, min), _masked(phi_q, w_q, max)
+        high = torch.maximum(high, low)
+        held_p = torch.clamp(held_p, low[:, None], high[:, None])
+        held_q = torch.clamp(held_q, low[:, None], high[:, None])
+        phi_shift = torch.clamp(phi_shift, low[:, None], high[:, None])
+    nu = _shift_for(divergence, phi_shift, w_shift)
+    return held_p.cpu().numpy(), divergence.target_terms(held_q, nu).cpu().numpy()
+
+
 def _best_candidates(trained, candidates):
-    """Index (F, M) of each member's candidate critic with the best validation objective.
+    """Index (F,) of each fold's candidate critic with the best validation objective.
 
     ``candidates`` maps the networks' values on their packed rows (K, T) to candidates
-    (F, M, C, T); the rows of one member's networks are the same rows, differently squeezed.
+    (F, C, T); the rows of one fold's networks are the same rows, differently squeezed.
     Each candidate is scored like early stopping scores a network: the objective on the
-    member's validation rows, at the shift optimal on its fit rows.
+    fold's validation rows, at the shift optimal on its fit rows.
     """
     z, n = trained.z, trained.n_particles
     phi = candidates(_phi(trained.critic, z))
-    n_folds, n_members, n_candidates, _ = phi.shape
+    n_folds, n_candidates, _ = phi.shape
 
     def per_candidate(w):
-        """Row weights of network (k, m, rung 0) for each candidate (F * M * C, T)."""
-        w = w.reshape(n_folds, n_members, -1, w.shape[1])[:, :, :1]
-        return w.expand(-1, -1, n_candidates, -1).reshape(-1, w.shape[-1])
+        """Row weights of network (k, rung 0) for each candidate (F * C, T)."""
+        w = w.reshape(n_folds, -1, w.shape[1])[:, :1]
+        return w.expand(-1, n_candidates, -1).reshape(-1, w.shape[-1])
 
     phi = phi.reshape(-1, phi.shape[-1])
     (v_y, v_x), w_x = trained.held_out, per_candidate(trained.w_x)
@@ -248,19 +251,17 @@ def _best_candidates(trained, candidates):
     nu = _shift_for(divergence, phi[:, n:], w_x)
     terms_q = torch.where(v_x > 0, divergence.target_terms(phi[:, n:], nu), 0.0)
     score = (v_y * phi[:, :n]).sum(1) + (v_x * terms_q).sum(1)
-    return score.reshape(n_folds, n_members, n_candidates).argmax(2)
+    return score.reshape(n_folds, n_candidates).argmax(1)
 
 
-def _validation_last(samples, n_members, rng):
-    """Per sample, ``n_members`` copies of it shuffled, cut in three parts, copy m with part
-    m last; and the rows before it in each copy."""
-    copies, n_fit = [], []
+def _validation_last(samples, rng):
+    """Each sample shuffled with its validation third last, and the rows before it."""
+    shuffled, n_fit = [], []
     for rows in samples:
         parts = np.array_split(rng.permutation(len(rows)), _VALIDATION_SHARE)
-        order = [[*parts[:m], *parts[m + 1 :], parts[m]] for m in range(n_members)]
-        copies.append([rows[np.concatenate(o)] for o in order])
-        n_fit.extend(len(rows) - len(parts[m]) for m in range(n_members))
-    return copies, n_fit
+        shuffled.append(rows[np.concatenate([*parts[1:], parts[0]])])
+        n_fit.append(len(rows) - len(parts[0]))
+    return shuffled, n_fit
 
 
 def _masked(phi, w, reduce):
@@ -357,7 +358,16 @@ def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validati
         set_optimal_shift(critic, z, n_particles, w_x)
         shift = torch.as_tensor(center, dtype=dtype, device=device)
         yield _Trained(
-            critic, z, n_particles, w_y, w_x, shift, scale, converged, validation_score, held_out
+            critic,
+            z,
+            n_particles,
+            w_y,
+            w_x,
+            shift,
+            scale,
+            converged,
+            validation_score,
+            held_out,
         )
 
 
