@@ -16,17 +16,30 @@ the next, next to ``--spinners`` other processes doing numpy matrix products on 
 default threads (another scientific job), next to as many pure-Python loops (one core each),
 and on the machine left alone.  Each row also gives the threads the old rule chose.
 
-Run: ``python benchmarks/bench_busy_machine.py [--repeats 3] [--spinners 1]``.  Writes
-``results/bench_busy_machine.{json,md}``.
+Second part (``--part threads``, issue 18): one and two torch threads for problems of growing
+size, below and above the one-thread threshold (2-D rows, ``(32, 32, 32)`` critic, 3 updates a
+step, ``stop=None``): whether the particles are the same to the bit, and the milliseconds per
+step on each, interleaved, in a fresh process per OpenMP wait policy (``OMP_WAIT_POLICY``
+unset, torch's default, and ``PASSIVE``; OpenMP reads it when torch loads), on the machine as
+it is and next to ``--spinners`` pure-Python loops.  If one and two threads round differently,
+a thread count chosen from the machine's load would make ``random_state`` results depend on
+what else runs.
+
+Run: ``python benchmarks/bench_busy_machine.py [--repeats 3] [--spinners 1] [--part rules|threads]``
+(both parts without ``--part``).  Writes ``results/bench_busy_machine.{json,md}`` and
+``results/bench_busy_machine_threads.{json,md}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
+import json
 import math
 import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -208,12 +221,117 @@ def _fmt_threads(values):
     return "/".join(str(v) for v in sorted(set(values))) if values else "-"
 
 
+# -- part 2: one or two torch threads ----------------------------------------------------
+# (rows per flow and side, flows): 2-D rows, (32, 32, 32) critic: 2 144 multiply-adds a row.
+THREAD_PROBLEMS = ((200, 1), (1_000, 1), (200, 10), (5_000, 1), (20_000, 1))
+THREAD_STEPS = 30
+
+
+def thread_problem(n, k, seed=0):
+    rng = np.random.RandomState(seed)
+    labels = np.repeat(np.arange(k), n)
+    return stack_domains(
+        rng.normal(size=(n * k, 2)), rng.normal(size=(n * k, 2)) + 2, labels, labels
+    )
+
+
+def fit_on_threads(problem, n_threads, steps=THREAD_STEPS):
+    """Particles of a fit whose torch thread count is forced to ``n_threads``."""
+    X, y, sd = problem
+    rule = device.threads_for
+    device.threads_for = lambda *args, **kwargs: n_threads
+    try:
+        gpa = GPATransporter(
+            n_steps=steps, n_critic=3, stop=None, prealign=None, random_state=0
+        ).fit(X, y if len(np.unique(y)) > 1 else None, sample_domain=sd)
+    finally:
+        device.threads_for = rule
+    return gpa.particles_
+
+
+def thread_child(repeats):
+    """Per problem: ms per step on 1 and 2 threads (interleaved, medians) and whether the
+    particles agree to the bit; printed as one JSON line (run in a fresh process)."""
+    out = []
+    for n, k in THREAD_PROBLEMS:
+        problem = thread_problem(n, k)
+        same = bool(np.array_equal(fit_on_threads(problem, 1), fit_on_threads(problem, 2)))
+        candidates = {t: functools.partial(fit_on_threads, problem, t) for t in (1, 2)}
+        times = _common.medians(_common.interleaved(candidates, repeats, alternate=True))
+        work = 2 * n * k * 2_144
+        out.append(
+            {
+                "problem": f"K={k}, {n} + {n} rows a flow",
+                "work": work,
+                "rule_threads": device.threads_for(2 * n * k, 2_144),
+                "ms_1": times[1] / THREAD_STEPS * 1e3,
+                "ms_2": times[2] / THREAD_STEPS * 1e3,
+                "same_bits": same,
+            }
+        )
+    print(json.dumps(out))
+
+
+def thread_part(args):
+    rows = []
+    for n_spin in (0, args.spinners):
+        for policy in (None, "PASSIVE"):
+            env = dict(os.environ)
+            env.pop("OMP_WAIT_POLICY", None)
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            command = [sys.executable, __file__, "--thread-child", "--repeats", str(args.repeats)]
+            with spinners(n_spin, "python"):
+                load = os.getloadavg()[0]
+                result = subprocess.run(
+                    command, env=env, capture_output=True, text=True, check=True
+                )
+            machine = "as it is" if not n_spin else f"+{n_spin} pure-Python loop"
+            for row in json.loads(result.stdout.strip().splitlines()[-1]):
+                row.update(machine=machine, policy=policy or "unset", load_average=load)
+                row["ratio"] = row["ms_2"] / row["ms_1"]
+                rows.append(row)
+                print(row, flush=True)
+    columns = [
+        ("problem", "problem", None),
+        ("multiply-adds per evaluation", "work", "{:.1e}"),
+        ("rule's threads", "rule_threads", None),
+        ("machine", "machine", None),
+        ("load avg at start", "load_average", "{:.1f}"),
+        ("OMP_WAIT_POLICY", "policy", None),
+        ("1 thread ms/step", "ms_1", "{:.2f}"),
+        ("2 threads ms/step", "ms_2", "{:.2f}"),
+        ("2 / 1", "ratio", "{:.2f}"),
+        ("same particles", "same_bits", None),
+    ]
+    text = (
+        f"`{_common.command()}` ({_common.now()}, {_common.machine_line()}), "
+        f"{THREAD_STEPS} steps, medians of {args.repeats} interleaved fits\n\n"
+        f"{_common.grouped_table(rows, columns)}\n"
+    )
+    print(text)
+    _common.write_results("bench_busy_machine_threads", {"rows": rows}, text)
+
+
 def main(argv=None):
     parser = _common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spinners", type=int, default=1)
+    parser.add_argument("--part", choices=("rules", "threads"))
+    parser.add_argument("--thread-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.thread_child:
+        thread_child(args.repeats)
+        return 0
+    if args.part != "rules":
+        thread_part(args)
+    if args.part != "threads":
+        rules_part(args)
+    return 0
+
+
+def rules_part(args):
     cases = runs()
     old = OldRule()
     for _, fn in cases:  # warm-up: imports, first allocations
@@ -260,7 +378,6 @@ def main(argv=None):
     text += "".join(r["line"] + "\n" for r in rows)
     _common.write_results("bench_busy_machine", {"repeats": args.repeats, "rows": rows}, text)
     print(f"wrote {_common.RESULTS}/bench_busy_machine.md")
-    return 0
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ GPA_VARIANTS = {
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
     "no snap": {"_snap": False},
+    "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
 }
 
 TABULAR = [

@@ -127,7 +127,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         y : array-like of shape (n_samples,), default=None
             After a fit with class labels, the class of each row, which picks its map.
             None routes each row to the class a classifier of the training source rows
-            predicts.
+            predicts (after a generative fit: the class whose prior is likeliest there).
         sample_domain : array-like of shape (n_samples,), default=None
             When given, only source rows (``>= 0``) move; target rows (``< 0``) are returned
             unchanged, bit for bit.  None moves every row: in a ``Pipeline``, which passes

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
 from ._discrete import FeatureLevels, few_levels
+from ._routing import PriorRouter
 from ._scaling import feature_spreads
 from .baselines import class_router, meanstd_map
 
@@ -88,6 +89,22 @@ class FittedFlowMixin:
         """
         X = self._validate_rows(X)
         return self._flows_of(self._scaling.transform(X), y)
+
+    def _fit_router(self, starts):
+        """The router of rows given without a class (None for one flow): the Bayes rule of
+        the law the starting points were drawn from when it is known, the fitted prior of a
+        generative fit or the law a caller drew the source rows from (``_source_law``, a
+        ``(Prior, Standardization)`` that :class:`GPAAugmenter` sets before each fit), else
+        a classifier of the starting points (data rows, in integration)."""
+        law = self.__dict__.pop("_source_law", None)
+        counts = [len(s) for s in starts]
+        if len(starts) < 2:
+            return None
+        if self.prior_ is not None:
+            return PriorRouter(self.prior_, counts)
+        if law is not None:
+            return PriorRouter.between(law[0], counts, self._scaling, law[1])
+        return flow_router(starts)
 
     def _flows_of(self, Z, y):
         if self.flow_assigner_ is None:
@@ -200,7 +217,7 @@ class FittedFlowMixin:
         """Draw new samples: fresh prior draws pushed through the learned flow.
 
         The draws come from the fitted prior (``prior_``); with the default
-        ``source="mixture_fit"`` (or ``"gaussian_fit"``) they start near the data and the
+        ``source="copula_fit"`` (or another fitted prior) they start near the data and the
         flow corrects what the fitted Gaussians miss.  The trained particles themselves are
         ``particles_``.
 

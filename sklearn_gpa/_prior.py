@@ -7,6 +7,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special, stats
+from scipy.linalg import solve_triangular
+from scipy.special import logsumexp
 from sklearn.covariance import ledoit_wolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -16,7 +19,7 @@ from ._threadpool import one_thread
 
 __all__ = ["SOURCES", "Prior", "split_counts"]
 
-SOURCES = ("normal", "uniform", "logistic", "gaussian_fit", "mixture_fit")
+SOURCES = ("normal", "uniform", "logistic", "gaussian_fit", "mixture_fit", "copula_fit")
 
 # "mixture_fit" tries Gaussian mixtures of 2 .. _MIXTURE_MAX_COMPONENTS components (full
 # covariances) for a flow's target rows of at most _MIXTURE_MAX_FEATURES features, at most
@@ -27,6 +30,13 @@ _MIXTURE_MAX_COMPONENTS = 5
 _MIXTURE_MAX_FEATURES = 50
 _MIXTURE_ROWS_PER_COMPONENT = 10
 _MIXTURE_REG = 1e-3
+# "copula_fit" (the default) does the same on the rows' normal scores (each value replaced by
+# the standard normal quantile of its mid-rank in its feature), and draws go back through each
+# feature's empirical quantile function, stored at most at this many levels.
+_COPULA_MAX_LEVELS = 1000
+# A spacing between consecutive sorted values over this many times their median spacing is a
+# gap between clusters, which the quantile function jumps instead of filling.
+_COPULA_GAP = 10.0
 # Above this many rows, the mixtures are fitted on a random subset of this size: a prior
 # needs the clusters' rough shape, and EM with full covariances costs n k d^2 per iteration.
 _MIXTURE_MAX_ROWS = 2000
@@ -35,15 +45,24 @@ _MIXTURE_MAX_ROWS = 2000
 # above it the prior is diagonal (a d x d factor per class would dominate memory).
 _FULL_COVARIANCE_MAX_FEATURES = 500
 
+LOG_2PI = math.log(2 * math.pi)
+
 
 @dataclass
 class Prior:
-    """A fixed law shared by all flows, or a Gaussian (mixture) fitted to each flow's rows.
+    """A fixed law shared by all flows, or a Gaussian (mixture, copula) fitted to each flow.
 
     ``mean[k]`` and ``factor[k]`` (a Cholesky factor, or per-feature standard deviations
     above ``_FULL_COVARIANCE_MAX_FEATURES`` features) describe flow k's ``"gaussian_fit"``.
     With ``"mixture_fit"``, ``mixture[k]`` is None (flow k keeps that one Gaussian) or the
-    ``(weights, means, cholesky_factors)`` of the Gaussian mixture chosen by BIC.
+    ``(weights, means, cholesky_factors)`` of the Gaussian mixture chosen by BIC.  With
+    ``"copula_fit"`` (at most ``_MIXTURE_MAX_FEATURES`` features) ``mixture[k]`` is the
+    mixture (or one Gaussian) of the rows' normal scores, ``mean[k]`` and ``factor[k]`` still
+    describe the values, and ``quantiles[k]`` holds each feature's sorted values (its empirical
+    quantile function), through which the draws go back: a Gaussian (mixture) copula with
+    the rows' own marginals.  A binary feature keeps its two values in their proportions, a
+    constant one stays constant, a heavy tail keeps its quantiles; above 50 features it is
+    ``"mixture_fit"``, which is ``"gaussian_fit"`` there.
     """
 
     source: str
@@ -51,6 +70,7 @@ class Prior:
     mean: list = field(default_factory=list)
     factor: list = field(default_factory=list)
     mixture: list = field(default_factory=list)
+    quantiles: list = field(default_factory=list)
 
     @classmethod
     def fit(cls, source: str, targets, random_state=None) -> Prior:
@@ -60,11 +80,18 @@ class Prior:
         """
         d = targets[0].shape[1]
         prior = cls(source, d)
-        if source in ("gaussian_fit", "mixture_fit"):
-            prior.mean = [t.mean(0) for t in targets]
-            prior.factor = [_gaussian_factor(t) for t in targets]
-        if source == "mixture_fit":
-            seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        if source not in ("gaussian_fit", "mixture_fit", "copula_fit"):
+            return prior
+        prior.mean = [t.mean(0) for t in targets]
+        prior.factor = [_gaussian_factor(t) for t in targets]
+        if source == "gaussian_fit":
+            return prior
+        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        if source == "copula_fit" and d <= _MIXTURE_MAX_FEATURES:
+            prior.quantiles = [_quantile_table(t) for t in targets]
+            targets = [_normal_scores(t) for t in targets]
+            prior.mixture = [_copula(t, seed + k) for k, t in enumerate(targets)]
+        else:
             prior.mixture = [_mixture(t, seed + k) for k, t in enumerate(targets)]
         return prior
 
@@ -78,13 +105,118 @@ class Prior:
         if self.source == "logistic":
             return rng.logistic(0.0, math.sqrt(3.0) / math.pi, (n, d))
         noise = rng.standard_normal((n, d))
-        if self.mixture and self.mixture[flow] is not None:
+        if not self.mixture or self.mixture[flow] is None:
+            factor = self.factor[flow]
+            shaped = noise @ factor.T if factor.ndim == 2 else noise * factor
+            return self.mean[flow] + shaped
+        weights, means, factors = self.mixture[flow]
+        component = rng.choice(len(weights), size=n, p=weights)
+        draws = means[component] + np.einsum("nij,nj->ni", factors[component], noise)
+        if not self.quantiles:
+            return draws
+        spreads = np.linalg.norm(factors, axis=2)
+        return _from_normal_scores(draws, self.quantiles[flow], means, spreads, weights)
+
+    def log_density(self, flow: int, Z) -> np.ndarray:
+        """Log density of flow ``flow``'s law at the rows ``Z``, up to a constant that all
+        flows share (so comparable across flows, not across priors).
+
+        A fixed law is the same for every flow: zero.  The fitted Gaussian's covariance gets
+        ``_MIXTURE_REG`` times the flows' mean feature variance added to its diagonal, as the
+        mixtures' do: a feature constant in a class (a pixel never lit) has no variance.  A
+        copula is represented by the Gaussian of its rows' values (its own density is zero
+        outside each feature's range and infinite on tied values, no basis for a vote).
+        """
+        Z = np.asarray(Z, dtype=np.float64)
+        if self.source not in ("gaussian_fit", "mixture_fit", "copula_fit"):
+            return np.zeros(len(Z))
+        if self.mixture and self.mixture[flow] is not None and not self.quantiles:
             weights, means, factors = self.mixture[flow]
-            component = rng.choice(len(weights), size=n, p=weights)
-            return means[component] + np.einsum("nij,nj->ni", factors[component], noise)
-        factor = self.factor[flow]
-        shaped = noise @ factor.T if factor.ndim == 2 else noise * factor
-        return self.mean[flow] + shaped
+            terms = [
+                math.log(w) + _gaussian_log_density(Z, m, f)
+                for w, m, f in zip(weights, means, factors)
+            ]
+            return logsumexp(terms, axis=0)
+        factor, reg = self.factor[flow], _MIXTURE_REG * self._mean_variance()
+        if factor.ndim == 1:
+            return _gaussian_log_density(Z, self.mean[flow], np.sqrt(factor**2 + reg))
+        covariance = factor @ factor.T + reg * np.eye(len(factor))
+        return _gaussian_log_density(Z, self.mean[flow], np.linalg.cholesky(covariance))
+
+    def _mean_variance(self) -> float:
+        """The fitted Gaussians' feature variance, averaged over features and flows."""
+        return max(float(np.mean([np.sum(np.square(f)) / len(f) for f in self.factor])), 1e-12)
+
+
+def _copula(scores, seed):
+    """The ``(weights, means, cholesky_factors)`` of the copula's Gaussian mixture on the
+    normal ``scores``: BIC's choice, or one shrunk Gaussian."""
+    mixture = _mixture(scores, seed)
+    if mixture is not None:
+        return mixture
+    return np.ones(1), scores.mean(0)[None], _gaussian_factor(scores)[None]
+
+
+def _normal_scores(rows):
+    """Each feature's values replaced by the standard normal quantiles of their mid-ranks
+    (tied values share a score)."""
+    return special.ndtri((stats.rankdata(rows, axis=0) - 0.5) / len(rows))
+
+
+def _quantile_table(rows):
+    """Each feature's sorted values, or its quantiles at ``_COPULA_MAX_LEVELS`` evenly
+    spaced levels for more rows (the table is stored with the model)."""
+    if len(rows) <= _COPULA_MAX_LEVELS:
+        return np.sort(rows, axis=0)
+    levels = (np.arange(_COPULA_MAX_LEVELS) + 0.5) / _COPULA_MAX_LEVELS
+    return np.quantile(rows, levels, axis=0)
+
+
+def _marginal_cdf(scores, means, spreads, weights):
+    """The fitted Gaussian (mixture)'s cumulative distribution of each feature at ``scores``:
+    ``sum_k w_k Phi((z - m_kj) / s_kj)``."""
+    z = (scores[:, None, :] - means[None]) / np.maximum(spreads[None], 1e-12)
+    return np.einsum("k,nkj->nj", weights, special.ndtr(z))
+
+
+def _quantile_function(probabilities, column):
+    """A feature's empirical quantile function at ``probabilities``: linear between its
+    sorted values ``column`` (at levels ``(i + 0.5) / n``), except across a gap (a spacing
+    over ``_COPULA_GAP`` times the median spacing: between two clusters of values), which it
+    jumps, so that no probability mass falls where the rows have none."""
+    n = len(column)
+    if n == 1:
+        return np.full(len(probabilities), column[0])
+    position = np.clip(probabilities * n - 0.5, 0.0, n - 1.0)
+    low = np.minimum(position.astype(np.intp), n - 2)
+    fraction = position - low
+    spacing = np.diff(column)
+    gap = spacing > _COPULA_GAP * max(float(np.median(spacing)), 1e-12)
+    fraction = np.where(gap[low], (fraction >= 0.5).astype(float), fraction)
+    return column[low] + fraction * spacing[low]
+
+
+def _from_normal_scores(scores, table, means, spreads, weights):
+    """Draws of normal scores back to values.  Each feature's score goes through the fitted
+    model's own marginal distribution (uniform for every draw, even where tied values made
+    the scores far from standard normal: a feature that is 0 in 90 % of the rows stays 0 in
+    90 % of the draws), then through the feature's empirical quantile function."""
+    probabilities = _marginal_cdf(scores, means, spreads, weights)
+    return np.column_stack(
+        [_quantile_function(probabilities[:, j], table[:, j]) for j in range(scores.shape[1])]
+    )
+
+
+def _gaussian_log_density(Z, mean, factor):
+    """Log density at the rows ``Z`` of the Gaussian of ``mean`` and covariance ``factor
+    factor^T`` (a lower Cholesky factor, or per-feature standard deviations)."""
+    centred = Z - mean
+    if factor.ndim == 1:
+        whitened, diagonal = centred / factor, factor
+    else:
+        whitened, diagonal = solve_triangular(factor, centred.T, lower=True).T, np.diag(factor)
+    log_det = np.sum(np.log(diagonal))
+    return -0.5 * np.einsum("ij,ij->i", whitened, whitened) - log_det - 0.5 * Z.shape[1] * LOG_2PI
 
 
 def _gaussian_factor(rows):

@@ -160,9 +160,10 @@ class LatentGPA(DomainTransformer):
        feature's shift and scale shrunk towards the common ones by empirical Bayes, as
        ComBat does;
     2. the encoder is a :class:`DiscrepancyEncoder`: the directions in which the aligned
-       source's covariance differs from the target's beyond sampling noise (a permutation
-       test), kept orthogonal to the target's class contrasts when the target rows carry
-       labels.  When there is none, no flow runs and the result is that adjustment;
+       source varies more than the target beyond sampling noise (a step-down permutation
+       test at level 0.01), kept orthogonal to the target's class contrasts when the
+       target rows carry labels.  When there is none, no flow runs and the result is that
+       adjustment;
     3. the flow (one per class with labels on both sides) runs in those few directions and
        stops once its particles are as close to the target as a fresh sample would be;
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with

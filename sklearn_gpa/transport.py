@@ -7,7 +7,7 @@ from sklearn.utils import check_random_state
 
 from ._base import DomainTransformer
 from ._engine import resolve_device
-from ._fitted_flow import FittedFlowMixin, flow_router
+from ._fitted_flow import FittedFlowMixin
 from ._grouping import group_rows
 from ._out_of_sample import NeighbourMap
 from ._prior import Prior, split_counts
@@ -97,11 +97,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         statistics and the share of stray particles, checked every ``log_every`` steps; the
         other flows go on.  None runs every flow for ``n_steps``.  See the
         :ref:`user guide <user_guide_stopping>`.
-    source : {"mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}, default="mixture_fit"
-        Prior of the particles in generative mode, in standardised units: per class, the
-        Gaussian mixture (full covariances, up to 50 features) that BIC prefers, else one
-        Gaussian (Ledoit-Wolf shrunk, ``"gaussian_fit"``), or the papers' fixed laws.  Keep a
-        fitted prior for ``sample``: a fresh draw keeps its noise where the flow never pushed.
+    source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
+        Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
+        features, each feature's own quantiles joined by the BIC-best Gaussian mixture of the
+        normal scores ("mixture_fit": the mixture on the values), else one shrunk Gaussian
+        ("gaussian_fit"); or the papers' fixed laws (fresh ``sample`` draws keep their noise).
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
@@ -203,9 +203,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         (channels, height, width) of the CNN discriminator's input, None for the MLP.
     out_of_sample_ : list of str or None
         Per flow, the map ``transform`` uses for new rows (None when rows are replayed).
-    flow_assigner_ : classifier or None
-        Sends rows given without ``y`` to class flows
-        (:func:`~sklearn_gpa.baselines.class_router`); None for a single flow.
+    flow_assigner_ : object with ``predict`` or None
+        Sends rows given without ``y`` to class flows: the Bayes rule of the prior in
+        generation, :func:`~sklearn_gpa.baselines.class_router` in integration; None for one.
     critic_state_ : dict
         The discriminators' weights and optimiser state, for ``warm_start=True``.
     n_features_in_ : int
@@ -258,7 +258,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         penalty=10.0,
         tol=None,
         stop="auto",
-        source="mixture_fit",
+        source="copula_fit",
         n_particles=None,
         conditional="auto",
         standardize="auto",
@@ -340,7 +340,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         targets = [Z[t] for t in groups.targets]
         if not resume:
             starts = self._starting_points(Z, groups.sources, targets, rng)
-            self.flow_assigner_ = flow_router(starts)
+            self.flow_assigner_ = self._fit_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
         moved = self._train(sources, targets, rng, resume).particles
         if not resume:

@@ -475,6 +475,58 @@ def test_pipeline_transform_without_labels_routes_rows_and_moves_every_row():
     assert not np.allclose(routed[sd < 0], scaled[sd < 0])
 
 
+def _weak_factor_pair(weights, seed=0, n=60, d=500):
+    """Two halves of one population with eight strong biological axes; the source gets
+    per-sample factors with gene loadings of ``weights`` gene sds (GSE4335's cell of
+    ``bench_known_truth``: 0.8, 0.5, 0.3), then the shrunk mean/std pre-alignment."""
+    rng = np.random.RandomState(seed)
+    biology = rng.normal(size=(8, d)) * np.linspace(3, 1, 8)[:, None]
+    truth = rng.normal(size=(2 * n, 8)) @ biology + rng.normal(size=(2 * n, d))
+    source, target = truth[:n], truth[n:]
+    loadings = rng.normal(size=(len(weights), d)) * np.array(weights)[:, None] * source.std(0)
+    distorted = source + rng.normal(size=(n, len(weights))) @ loadings
+    a, b = meanstd_map(distorted, target, shrink=True)
+    return stack_domains(distorted * a + b, target), loadings
+
+
+def test_discrepancy_encoder_finds_weak_factors_beside_a_strong_one():
+    from sklearn_gpa.latent import DiscrepancyEncoder
+
+    # The largest-eigenvalue test of the former encoder found 1 or 2 of these 3 directions
+    # (the strong factor inflates the permutations' largest eigenvalue); the step-down test
+    # projects each accepted direction out before testing the next one.
+    (X, _, sd), loadings = _weak_factor_pair((0.8, 0.5, 0.3))
+    encoder = DiscrepancyEncoder().fit(X, sample_domain=sd)
+    assert encoder.n_components_ == 3
+    unit = loadings / encoder.scale_
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    captured = np.sum((unit @ encoder.components_.T) ** 2, axis=1)
+    assert np.all(captured > 0.9)  # each factor's direction lies in the found span
+
+
+def test_discrepancy_encoder_finds_nothing_without_an_effect():
+    from sklearn_gpa.latent import DiscrepancyEncoder
+
+    # Two halves of one population: the test's size is alpha=0.01, so nothing is found.
+    for seed in range(8):
+        (X, _, sd), _ = _weak_factor_pair((0.0,), seed=seed)
+        assert DiscrepancyEncoder().fit(X, sample_domain=sd).n_components_ == 0
+
+
+def test_discrepancy_encoder_alternative_and_level():
+    from sklearn_gpa.latent import DiscrepancyEncoder
+
+    # A factor on the target side: the source has less variance along it, which only the
+    # two-sided test looks for.
+    (X, _, sd), _ = _weak_factor_pair((0.8,))
+    swapped = np.where(sd >= 0, -1, 0)
+    assert DiscrepancyEncoder().fit(X, sample_domain=swapped).n_components_ == 0
+    two_sided = DiscrepancyEncoder(alternative="two-sided").fit(X, sample_domain=swapped)
+    assert two_sided.n_components_ == 1
+    with pytest.raises(ValueError, match="n_permutations=50 is too few for alpha=0.01"):
+        DiscrepancyEncoder(n_permutations=50).fit(X, sample_domain=sd)
+
+
 def test_discrepancy_encoder_names_bad_input():
     from sklearn_gpa.latent import DiscrepancyEncoder
 

@@ -2,6 +2,7 @@
 threads from the data's shape, never from what other processes do."""
 
 import builtins
+import multiprocessing
 import os
 import threading
 import time
@@ -95,6 +96,48 @@ def test_thread_count_reads_nothing_about_other_processes(monkeypatch, torch_thr
     assert [device.threads_for(*SMALL), device.threads_for(*LARGE)] == expected == [1, 2]
     assert _threads_in_fit(1_000)[0] == 2
     assert _threads_in_fit(100)[0] == 1
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+def _fit_seen(n):
+    """Particles of a fit of n + n rows in 2-D, and the torch thread counts it ran on."""
+    seen = set()
+    X, sd = _pair(n)
+    gpa = GPATransporter(
+        n_steps=4,
+        log_every=1,
+        callback=lambda *_: seen.add(torch.get_num_threads()),
+        stop=None,
+        prealign=None,
+        random_state=0,
+    ).fit(X, sample_domain=sd)
+    return gpa.particles_, seen
+
+
+def test_fits_next_to_busy_processes_are_the_same_to_the_bit(torch_threads):
+    """One and two torch threads round differently (``bench_busy_machine.py --part
+    threads``), so a thread count chosen from the machine's load would make a fit's result
+    depend on what else runs: next to two busy processes, the same threads and particles."""
+    torch_threads(2)
+    quiet = {n: _fit_seen(n) for n in (100, 1_000)}
+    stop = multiprocessing.Event()
+    busy = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for process in busy:
+        process.start()
+    try:
+        time.sleep(0.2)
+        for n, (particles, seen) in quiet.items():
+            busy_particles, busy_seen = _fit_seen(n)
+            assert busy_seen == seen == {1 if n == 100 else 2}
+            np.testing.assert_array_equal(busy_particles, particles)
+    finally:
+        stop.set()
+        for process in busy:
+            process.join()
 
 
 def test_a_users_torch_setting_is_respected_and_restored(torch_threads):
