@@ -29,6 +29,7 @@ import warnings
 
 import _common
 import numpy as np
+from _studies import Studies
 from bench_known_truth import (
     PER_GENE,
     batch_effect,
@@ -69,11 +70,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-def expression(name):
+def expression(studies, name):
     """A SurvSet study's numeric columns: rows without a missing value, columns that vary."""
-    from SurvSet.data import SurvLoader
-
-    frame = SurvLoader().load_dataset(name)["df"]
+    frame = studies(name)
     X = frame[[c for c in frame.columns if c.startswith("num_")]].to_numpy(float)
     X = X[np.isfinite(X).all(1)]
     return X[:, X.std(0) > 0]
@@ -140,19 +139,19 @@ def main(argv=None):
     parser.add_argument("--studies", nargs="*", default=None, choices=STUDIES)
     args = parser.parse_args(argv)
     try:
-        import SurvSet  # noqa: F401
+        studies = Studies()
     except ImportError:
         print("survset is not installed (pip install survset): skipping.")
         return 0
-    studies = args.studies or (QUICK_STUDIES if args.quick else STUDIES)
+    names = args.studies or (QUICK_STUDIES if args.quick else STUDIES)
     splits = (0,) if args.quick else (0, 1)
     start = time.perf_counter()
     rows = []
     print(_common.grouped_table([], COLUMNS), flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for study in studies:
-            X = expression(study)
+        for study in names:
+            X = expression(studies, study)
             for kind, rank in EFFECTS:
                 for split in splits:
                     rows += run_cell(X, study, kind, rank, split)
@@ -165,7 +164,7 @@ def main(argv=None):
     )
     text = [
         f"`{command.strip()}` ({_common.now()}, {_common.machine_line()}), total {total:.0f} s. "
-        f"Studies {', '.join(studies)}; splits {list(splits)}; label-free, defaults. "
+        f"Studies {', '.join(names)}; splits {list(splits)}; label-free, defaults. "
         "recovery: RMSE(corrected - truth) / RMSE(distorted - truth), lower is better; "
         "/ best per-gene: over the best of mean/std, shrunk mean/std, quantile mapping and "
         "ComBat in the same cell (mean over cells, and the worst cell).",

@@ -10,8 +10,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
+from ._threadpool import one_thread
 from .utils import check_sample_domain, known_labels
 
 __all__ = ["DiscrepancyEncoder"]
@@ -218,7 +218,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         _, singular, basis = np.linalg.svd(pooled, full_matrices=False)
         basis = basis[singular > 1e-8 * singular[0]] if len(singular) else basis
         codes = pooled @ basis.T
-        with threadpool_limits(1):  # many small eigenproblems: one thread is fastest
+        with one_thread():  # many small eigenproblems: one thread is fastest
             found = step_down_directions(
                 codes,
                 len(Xs),

@@ -111,7 +111,10 @@ class Prior:
             return self.mean[flow] + shaped
         weights, means, factors = self.mixture[flow]
         component = rng.choice(len(weights), size=n, p=weights)
-        draws = means[component] + np.einsum("nij,nj->ni", factors[component], noise)
+        draws = np.empty((n, d))
+        for c, (mean, factor) in enumerate(zip(means, factors)):
+            rows = component == c  # per component: no (n, d, d) stack of factors
+            draws[rows] = mean + noise[rows] @ factor.T
         if not self.quantiles:
             return draws
         spreads = np.linalg.norm(factors, axis=2)
@@ -154,7 +157,9 @@ def _copula(scores, seed):
     mixture = _mixture(scores, seed)
     if mixture is not None:
         return mixture
-    return np.ones(1), scores.mean(0)[None], _gaussian_factor(scores)[None]
+    factor = _gaussian_factor(scores)  # per-feature spreads (zero) for a single row
+    factor = np.diag(factor) if factor.ndim == 1 else factor
+    return np.ones(1), scores.mean(0)[None], factor[None]
 
 
 def _normal_scores(rows):

@@ -1,7 +1,8 @@
 """Routing rows given without a class to a class flow whose particles start from a known law.
 
-A generative fit draws each flow's particles from its fitted prior (a Gaussian or a Gaussian
-mixture per class), and :class:`GPAAugmenter` draws its flows' source rows the same way.  The
+A generative fit draws each flow's particles from its fitted prior (a Gaussian, a Gaussian
+mixture or a Gaussian copula per class; a copula votes with the Gaussian of its rows'
+values), and :class:`GPAAugmenter` draws its flows' source rows the same way.  The
 Bayes classifier of those laws needs nothing fitted and no stored rows: a row goes to the flow
 whose prior density times its share of the particles is highest.  Flows that start from data
 rows (integration) are routed by :func:`sklearn_gpa.baselines.class_router` instead.
