@@ -8,8 +8,9 @@ what an estimate that knew the answer would give on that sample.  ``--population
 evaluates each fold's trained critic (capped, with its shift) on N fresh rows of each
 distribution: ``pop`` is the mean of those values, the expectation of the estimate given the
 trained critics, free of the held-out rows' noise; ``best_shift`` the same critics with the
-shift optimal on the fresh rows (the part lost to the shift).  ``--ladder 1.0`` and
-``--no-clip`` switch off the ladder of bounds and the cap.
+shift optimal on the fresh rows (the part lost to the shift).  ``--ladder 1.0``,
+``--no-clip`` and ``--no-linear`` switch off the ladder of bounds, the cap and the linear
+part of the critic (``--no-linear``: the estimator of branch crossfit-3).
 
 Torch runs on ``--threads`` threads (default 1): on the shared 2-core machine, two threads
 made every small operation wait for a busy core (``torch.exp`` of 5 000 numbers took 11 ms
@@ -67,11 +68,12 @@ def main(argv=None):
     parser.add_argument("--same", action="store_true")
     parser.add_argument("--ladder", default=None, help="comma-separated rungs, e.g. 1.0")
     parser.add_argument("--no-clip", action="store_true")
+    parser.add_argument("--no-linear", action="store_true", help="no linear part (crossfit-3)")
     parser.add_argument("--population", type=int, default=0, help="fresh rows (0: off)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = dict(clip=not args.no_clip)
+    options = dict(clip=not args.no_clip, linear=not args.no_linear)
     if args.ladder is not None:
         options["ladder"] = tuple(float(c) for c in args.ladder.split(","))
     settings = dict(f="kl", L=10.0, learning_rate=5e-4, seed=0, device="cpu")

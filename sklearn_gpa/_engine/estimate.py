@@ -42,6 +42,17 @@ _VALIDATION_SHARE = 3
 _LADDER = (1.0, 0.3, 0.1)
 _VALIDATE_EVERY = 10
 _PATIENCE = 20
+# Divergences whose conjugate is exponential: a fixed part ``l`` of the critic acts on the Q
+# term only through the factor ``exp(l)``, so the network can be trained on the rest with Q's
+# row weights tilted by it (``cross_fit_divergence``'s linear part).
+_EXPONENTIAL = ("kl", "kl_dv")
+# With a linear part, a fold keeps a candidate with a network only where its validation score
+# beats the linear part alone by more than this many standard errors.
+_SELECT_SE = 2.0
+# The logistic regression that gives the linear part: Newton steps, and a ridge (on the mean
+# loss, standardised rows) that keeps it finite on separable rows.
+_LOGISTIC_ITERATIONS = 50
+_LOGISTIC_RIDGE = 1e-4
 
 
 @dataclass
@@ -120,7 +131,14 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
 
 
 def cross_fit_divergence(
-    X_p, X_q, *, n_folds: int = 2, clip: bool = True, ladder=_LADDER, **settings
+    X_p,
+    X_q,
+    *,
+    n_folds: int = 2,
+    clip: bool = True,
+    ladder=_LADDER,
+    linear: bool = True,
+    **settings,
 ) -> CrossFitEstimate:
     """Cross-fitted estimate of the divergence between the samples ``X_p`` and ``X_q``.
 
@@ -131,16 +149,31 @@ def cross_fit_divergence(
     (all folds and rungs as one batch), bounded by ``c * L`` (its rows squeezed by ``c``
     towards the centre), and the fold keeps, by the validation score, one rung or the mean
     of all of them: every candidate is L-Lipschitz, and the lower rungs fit the rows less.
+
+    With ``linear`` (KL and its Donsker-Varadhan form only: their conjugate is
+    exponential), the critic is ``l + g``: ``l(x) = w . x`` the log-odds slope of a logistic
+    regression of the fold's training rows of P against those of Q (the log density ratio
+    where it is linear, as between Gaussians that differ by a translation), shrunk to norm
+    ``L`` if longer, and ``g`` each rung's network, bounded by ``c * (L - |w|)`` and trained
+    on the rest of the objective (Q's row weights tilted by ``exp(l)``).  The candidates are
+    ``l`` plus each rung, ``l`` plus their mean, and ``l`` alone, which the fold keeps unless
+    another beats it on the validation third by more than two standard errors of the
+    paired difference (the networks' scores there are optimistic: early stopping chose
+    their weights on those rows).  Without a network a fitted critic is a low-variance
+    near-optimum; the networks add what is not linear.
+
     With ``clip``, the critic is capped below at its lowest value on the training rows of P
     and above at its highest on those of Q (a capped L-Lipschitz function is L-Lipschitz),
     so that a held-out Q row cannot reach values of ``f*`` that no training row of Q had.
-    The critic is evaluated on fold k with the shift ``nu`` optimal on the validation third
-    of Q: the critic was fitted to be low on its fit rows of Q, so a shift taken there would
-    be too low for rows it never saw.  The estimate is a mean of per-row terms, ``phi(x)``
-    on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed before it saw
-    them, whose expectation is the population objective of that function, at most the
-    population divergence; its standard error is ``sqrt(var_P / n_P + var_Q / n_Q)`` of
-    those terms.  Each sample needs at least ``2 * n_folds`` rows.
+    The critic is evaluated on fold k with the shift ``nu`` optimal on all training rows of
+    Q with a linear part, on the validation third of Q without: a network fitted to be low
+    on its fit rows of Q would make a shift taken there too low for rows it never saw; the
+    linear part, fitted by a classifier with d + 1 parameters, barely is, and the shift
+    from three times as many rows is less noisy.  The estimate is a mean of per-row terms,
+    ``phi(x)`` on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed
+    before it saw them, whose expectation is the population objective of that function, at
+    most the population divergence; its standard error is ``sqrt(var_P / n_P + var_Q /
+    n_Q)`` of those terms.  Each sample needs at least ``2 * n_folds`` rows.
     """
     s = _Settings(**settings)
     X_p, X_q = np.asarray(X_p, dtype=np.float64), np.asarray(X_q, dtype=np.float64)
@@ -153,31 +186,61 @@ def cross_fit_divergence(
     # A network fed (x - center) * c + center is (c * L)-Lipschitz in x: rung c.
     rungs = tuple(ladder) if s.L is not None else (1.0,)
     n_rungs = len(rungs)
-
-    def per_rung(groups):
-        """Rows of network (k, r): ``groups[k]`` squeezed by rung r."""
-        return [center + (g - center) * c for g in groups for c in rungs]
-
     # Each training set shuffled, a third of it (the first of three parts) moved last: the
     # validation rows.
     train_p, n_fit_p = _validation_last(train_p, rng)
     train_q, n_fit_q = _validation_last(train_q, rng)
+    # The linear part of each fold's critic, in standardised units (F, d), from its fit rows.
+    linear = linear and s.f in _EXPONENTIAL
+    slopes = np.zeros((n_folds, X_p.shape[1]))
+    if linear:
+        bound = None if s.L is None else s.L * scale
+        slopes = _logistic_slopes(
+            [(p - center) / scale for p in train_p], [(q - center) / scale for q in train_q], bound
+        )
+    # Network (k, r) is bounded by c * L with c = rung r times the share of L that the linear
+    # part leaves: fed (x - center) * c + center, it is (c * L)-Lipschitz in x.
+    free = np.ones(n_folds)
+    if s.L is not None:
+        free = np.clip(1.0 - np.linalg.norm(slopes, axis=1) / (s.L * scale), 0.0, 1.0)
+
+    def per_rung(groups):
+        """Rows of network (k, r): ``groups[k]`` squeezed by rung r."""
+        return [center + (g - center) * (c * a) for g, a in zip(groups, free) for c in rungs]
+
+    def linear_part(groups):
+        """The linear part of fold k on ``groups[k]``, one row per network (K, T) (NumPy)."""
+        return [((g - center) / scale) @ w for g, w in zip(groups, slopes) for _ in rungs]
+
     validation = ([n for n in n_fit_p for _ in rungs], [n for n in n_fit_q for _ in rungs])
     nets_p, nets_q = per_rung(train_p), per_rung(train_q)
-    with _trained_critics(nets_p, nets_q, center, scale, s, validation) as trained:
+    offset = linear_part(train_q) if linear else None
+    with _trained_critics(nets_p, nets_q, center, scale, s, validation, offset) as trained:
         dtype, device = trained.z.dtype, trained.z.device
 
-        def candidates(phi):
-            """Each fold's candidates (F, R + 1, T): its rungs, and their mean."""
-            phi = phi.reshape(n_folds, n_rungs, -1)
-            return torch.cat([phi, phi.mean(1, keepdim=True)], 1)
+        def on_rows(groups):
+            """Packed values (K, T) of the linear parts on ``groups``."""
+            return pack_rows([v[:, None] for v in linear_part(groups)], dtype, device)[0][..., 0]
 
-        best = _best_candidates(trained, candidates)[:, None, None]
+        def candidates(phi, lin):
+            """Each fold's candidates (F, C, T) from the networks' values ``phi`` (K, T) and
+            the linear parts ``lin`` (K, T; None without): the linear part plus each rung,
+            plus their mean, and the linear part alone (C = R + 2; R + 1 without it)."""
+            phi = phi.reshape(n_folds, n_rungs, -1)
+            phi = torch.cat([phi, phi.mean(1, keepdim=True)], 1)
+            if lin is None:
+                return phi
+            lin = lin.reshape(n_folds, n_rungs, -1)[:, :1]
+            return torch.cat([phi + lin, lin], 1)
+
+        offset_z = torch.cat([on_rows(train_p), on_rows(train_q)], 1) if linear else None
+        best = _best_candidates(trained, candidates, offset_z)[:, None, None]
 
         def critic_on(groups):
             """Fold k's critic (its best candidate) on ``groups[k]``, and the row weights."""
             rows, weights = pack_rows(per_rung(groups), dtype, device)
-            phi = torch.take_along_dim(candidates(trained.phi(rows)), best, 1)
+            lin = on_rows(groups) if linear else None
+            phi = torch.take_along_dim(candidates(trained.phi(rows), lin), best, 1)
             return phi[:, 0], weights[::n_rungs]
 
         terms_p, terms_q = _held_out_terms(
@@ -185,7 +248,7 @@ def cross_fit_divergence(
             trained.critic.divergence,
             (train_p, train_q),
             ([X_p[f] for f in folds_p], [X_q[f] for f in folds_q]),
-            [rows[n:] for rows, n in zip(train_q, n_fit_q)],
+            train_q if linear else [rows[n:] for rows, n in zip(train_q, n_fit_q)],
             clip,
         )
         converged = trained.converged
@@ -227,16 +290,17 @@ def _held_out_terms(critic_on, divergence, train, held_out, shift_q, clip):
     return held_p.cpu().numpy(), divergence.target_terms(held_q, nu).cpu().numpy()
 
 
-def _best_candidates(trained, candidates):
+def _best_candidates(trained, candidates, offset=None):
     """Index (F,) of each fold's candidate critic with the best validation objective.
 
-    ``candidates`` maps the networks' values on their packed rows (K, T) to candidates
-    (F, C, T); the rows of one fold's networks are the same rows, differently squeezed.
+    ``candidates`` maps the networks' values on their packed rows (K, T) and ``offset``
+    (the linear parts on those rows, (K, T), or None) to candidates (F, C, T); the rows of
+    one fold's networks are the same rows, differently squeezed.
     Each candidate is scored like early stopping scores a network: the objective on the
     fold's validation rows, at the shift optimal on its fit rows.
     """
     z, n = trained.z, trained.n_particles
-    phi = candidates(_phi(trained.critic, z))
+    phi = candidates(_phi(trained.critic, z), offset)
     n_folds, n_candidates, _ = phi.shape
 
     def per_candidate(w):
@@ -251,7 +315,23 @@ def _best_candidates(trained, candidates):
     nu = _shift_for(divergence, phi[:, n:], w_x)
     terms_q = torch.where(v_x > 0, divergence.target_terms(phi[:, n:], nu), 0.0)
     score = (v_y * phi[:, :n]).sum(1) + (v_x * terms_q).sum(1)
-    return score.reshape(n_folds, n_candidates).argmax(1)
+    score = score.reshape(n_folds, n_candidates)
+    if offset is None:
+        return score.argmax(1)
+    # The last candidate (the linear part alone) is kept unless another beats it by more
+    # than _SELECT_SE standard errors of the paired difference on the validation rows.
+    terms = torch.cat([phi[:, :n], terms_q], 1).reshape(n_folds, n_candidates, -1)
+    weights = torch.cat([v_y, v_x], 1).reshape(n_folds, n_candidates, -1)[:, :1]
+    diff = terms - terms[:, -1:]
+    var = 0.0
+    for part, w in ((slice(0, n), weights[..., :n]), (slice(n, None), weights[..., n:])):
+        mean = (w * diff[..., part]).sum(-1, keepdim=True)
+        count = (w > 0).sum(-1)
+        var = var + (w * (diff[..., part] - mean) ** 2).sum(-1) / (count - 1).clamp(min=1)
+    gain = score - score[:, -1:]
+    eligible = gain > _SELECT_SE * var.sqrt()
+    eligible[:, -1] = True
+    return torch.where(eligible, score, -math.inf).argmax(1)
 
 
 def _validation_last(samples, rng):
@@ -312,21 +392,111 @@ def _fit_weights(w, n_fit):
     return fit / fit.sum(1, keepdim=True), rest / rest.sum(1, keepdim=True)
 
 
+def _logistic_slopes(fit_p, fit_q, bound):
+    """Slopes (F, d) of balanced logistic regressions of P rows against Q rows, one per fold.
+
+    The log-odds of a balanced classifier is the log density ratio, the optimal KL critic up
+    to a constant; each slope is shrunk to norm ``bound`` (None: no bound) where it exceeds it.
+    """
+    slopes = []
+    for p, q in zip(fit_p, fit_q):
+        w = _logistic_slope(p, q)
+        norm = float(np.linalg.norm(w))
+        if bound is not None and norm > bound:
+            w = w * (bound / norm)
+        slopes.append(w)
+    return np.array(slopes)
+
+
+def _logistic_slope(p, q):
+    """The slope of a logistic regression of rows ``p`` (label 1) against ``q`` (label 0), the
+    two classes weighted equally: Newton steps with step halving on the mean loss plus
+    ``_LOGISTIC_RIDGE * |w|^2 / 2`` (the intercept not penalised)."""
+    X = torch.as_tensor(np.concatenate([p, q]), dtype=torch.float64)
+    X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
+    y = torch.cat([torch.ones(len(p)), torch.zeros(len(q))]).to(X.dtype)
+    weight = torch.cat([torch.full((len(p),), 0.5 / len(p)), torch.full((len(q),), 0.5 / len(q))])
+    weight = weight.to(X.dtype)
+    ridge = torch.full((X.shape[1],), _LOGISTIC_RIDGE, dtype=X.dtype)
+    ridge[-1] = 0.0
+
+    def loss(beta):
+        a = X @ beta
+        fit = (weight * (torch.nn.functional.softplus(a) - y * a)).sum()
+        return fit + 0.5 * (ridge * beta**2).sum()
+
+    beta = torch.zeros(X.shape[1], dtype=X.dtype)
+    current = loss(beta)
+    for _ in range(_LOGISTIC_ITERATIONS):
+        prob = torch.sigmoid(X @ beta)
+        gradient = X.T @ (weight * (prob - y)) + ridge * beta
+        hessian = (X.T * (weight * prob * (1.0 - prob))) @ X + torch.diag(ridge + 1e-12)
+        step = torch.linalg.solve(hessian, gradient)
+        t = 1.0
+        trial = loss(beta - step)
+        while trial > current and t > 1e-6:
+            t *= 0.5
+            trial = loss(beta - t * step)
+        if trial > current:
+            break
+        beta, gain, current = beta - t * step, float(current - trial), trial
+        if gain <= 1e-12 * max(1.0, abs(float(current))):
+            break
+    return beta[:-1].numpy()
+
+
+def _tilted(w_x, v_x, offset):
+    """Q's fit and validation weights tilted by ``exp(offset)`` (K, T), both divided by the
+    tilted fit weights' sum: the Q term of ``l + g`` is that of ``g`` under these weights."""
+    real = (w_x > 0) | (v_x > 0)
+    top = torch.where(real, offset, -math.inf).max(1, keepdim=True).values
+    tilt = torch.where(real, torch.exp(offset - top), 0.0)
+    total = (w_x * tilt).sum(1, keepdim=True)
+    return w_x * tilt / total, v_x * tilt / total
+
+
+def _weighted_sampler(n_particles, counts_y, w_x, batch_size, generator):
+    """Like ``flow.minibatch_sampler``, with Q rows drawn in proportion to ``w_x``."""
+
+    def sample(z):
+        k = z.shape[0]
+        rand = torch.rand(k, batch_size, generator=generator, device=z.device, dtype=z.dtype)
+        idx_y = (rand * counts_y[:, None]).long()
+        idx_x = torch.multinomial(w_x, batch_size, replacement=True, generator=generator)
+        idx = torch.cat([idx_y, idx_x + n_particles], 1).unsqueeze(-1).expand(-1, -1, z.shape[2])
+        w = torch.full((k, batch_size), 1.0 / batch_size, dtype=z.dtype, device=z.device)
+        return torch.gather(z, 1, idx), batch_size, w, w
+
+    return sample
+
+
 @contextlib.contextmanager
-def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validation=None):
+def _trained_critics(
+    samples_p, samples_q, center, scale, s: _Settings, validation=None, offset=None
+):
     """Train one critic per pair to convergence, exactly L-Lipschitz with the optimal shift;
     the context keeps the engine's thread setting and graph-free mode for evaluating them.
 
     With ``validation = (n_fit_p, n_fit_q)``, flow k trains on the first ``n_fit_p[k]`` and
     ``n_fit_q[k]`` rows and keeps the weights that did best on the rest (early stopping).
+    With ``offset`` (exponential conjugates, with ``validation``), a fixed part of flow k's
+    critic on its Q rows (``offset[k]``, (n_q,)): the network is trained as the rest of the
+    critic ``offset + network`` (Q's weights tilted, ``_tilted``).  The returned weights are
+    the untilted ones.
     """
     device, dtype = resolve_device(s.device), resolve_dtype(s.dtype)
     y, w_y = pack_rows([(p - center) / scale for p in samples_p], dtype, device)
     x, w_x = pack_rows([(q - center) / scale for q in samples_q], dtype, device)
-    held_out = None
+    held_out = train_held_out = None
+    train_w_x = w_x
     if validation is not None:
         (w_y, v_y), (w_x, v_x) = _fit_weights(w_y, validation[0]), _fit_weights(w_x, validation[1])
-        held_out = (v_y, v_x)
+        held_out = train_held_out = (v_y, v_x)
+        train_w_x = w_x
+        if offset is not None:
+            offset = pack_rows([np.asarray(o)[:, None] for o in offset], dtype, device)[0]
+            train_w_x, tilted_v_x = _tilted(w_x, v_x, offset[..., 0])
+            train_held_out = (v_y, tilted_v_x)
     n_particles = y.shape[1]
     layout = MLPLayout(y.shape[2], tuple(s.hidden_layer_sizes), len(samples_p))
     rows = n_particles + x.shape[1] if s.batch_size is None else 2 * s.batch_size
@@ -350,12 +520,15 @@ def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validati
         batch = None
         if s.batch_size is not None and s.batch_size < max(n_particles, x.shape[1]):
             counts_y, counts_x = (w_y > 0).sum(1).to(dtype), (w_x > 0).sum(1).to(dtype)
-            batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
-        problem = (z, n_particles, w_y, w_x)
-        converged, validation_score = _train_critic(critic, problem, batch, s, held_out)
+            if train_w_x is w_x:
+                batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
+            else:
+                batch = _weighted_sampler(n_particles, counts_y, train_w_x, s.batch_size, generator)
+        problem = (z, n_particles, w_y, train_w_x)
+        converged, validation_score = _train_critic(critic, problem, batch, s, train_held_out)
         if critic.constraint is not None:
             critic.enforce_exact_lipschitz()
-        set_optimal_shift(critic, z, n_particles, w_x)
+        set_optimal_shift(critic, z, n_particles, train_w_x)
         shift = torch.as_tensor(center, dtype=dtype, device=device)
         yield _Trained(
             critic,
