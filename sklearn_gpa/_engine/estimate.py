@@ -42,17 +42,16 @@ _VALIDATION_SHARE = 3
 _LADDER = (1.0, 0.3, 0.1)
 _VALIDATE_EVERY = 10
 _PATIENCE = 20
-# Divergences whose conjugate is exponential: a fixed part ``l`` of the critic acts on the Q
-# term only through the factor ``exp(l)``, so the network can be trained on the rest with Q's
-# row weights tilted by it (``cross_fit_divergence``'s linear part).
-_EXPONENTIAL = ("kl", "kl_dv")
-# With a linear part, a fold keeps a candidate with a network only where its validation score
-# beats the linear part alone by more than this many standard errors.
-_SELECT_SE = 2.0
+# Divergences whose optimal critic is the log density ratio (up to a constant): the
+# cross-fitted critic of these can be a linear function, the log-odds of a classifier.
+_LOG_RATIO = ("kl", "kl_dv")
 # The logistic regression that gives the linear part: Newton steps, and a ridge (on the mean
 # loss, standardised rows) that keeps it finite on separable rows.
 _LOGISTIC_ITERATIONS = 50
 _LOGISTIC_RIDGE = 1e-4
+# A fold keeps a network only where its validation score beats the linear part's by more
+# than this many standard errors of the paired difference.
+_SELECT_SE = 2.0
 
 
 @dataclass
@@ -150,26 +149,25 @@ def cross_fit_divergence(
     towards the centre), and the fold keeps, by the validation score, one rung or the mean
     of all of them: every candidate is L-Lipschitz, and the lower rungs fit the rows less.
 
-    With ``linear`` (KL and its Donsker-Varadhan form only: their conjugate is
-    exponential), the critic is ``l + g``: ``l(x) = w . x`` the log-odds slope of a logistic
-    regression of the fold's training rows of P against those of Q (the log density ratio
-    where it is linear, as between Gaussians that differ by a translation), shrunk to norm
-    ``L`` if longer, and ``g`` each rung's network, bounded by ``c * (L - |w|)`` and trained
-    on the rest of the objective (Q's row weights tilted by ``exp(l)``).  The candidates are
-    ``l`` plus each rung, ``l`` plus their mean, and ``l`` alone, which the fold keeps unless
-    another beats it on the validation third by more than two standard errors of the
-    paired difference (the networks' scores there are optimistic: early stopping chose
-    their weights on those rows).  Without a network a fitted critic is a low-variance
-    near-optimum; the networks add what is not linear.
+    With ``linear`` (KL and its Donsker-Varadhan form only: their optimal critic is the log
+    density ratio), each fold has one more candidate, the linear critic ``w . x``: ``w`` the
+    slope of a logistic regression of the fold's training rows of P against those of Q (its
+    log-odds is the log density ratio wherever that is linear, as between Gaussians that
+    differ by a translation), shrunk towards 0 where it is not clearly more than noise
+    (``_shrunk``) and to norm ``L`` where longer.  The fold keeps it unless a network
+    candidate beats it on the validation third by more than two standard errors of the
+    paired difference: the networks' scores there are optimistic (early stopping chose their
+    weights on those rows), and where the log density ratio is linear they fit it worse
+    than d + 1 parameters do.
 
     With ``clip``, the critic is capped below at its lowest value on the training rows of P
     and above at its highest on those of Q (a capped L-Lipschitz function is L-Lipschitz),
     so that a held-out Q row cannot reach values of ``f*`` that no training row of Q had.
-    The critic is evaluated on fold k with the shift ``nu`` optimal on all training rows of
-    Q with a linear part, on the validation third of Q without: a network fitted to be low
-    on its fit rows of Q would make a shift taken there too low for rows it never saw; the
-    linear part, fitted by a classifier with d + 1 parameters, barely is, and the shift
-    from three times as many rows is less noisy.  The estimate is a mean of per-row terms,
+    The critic is evaluated on fold k with the shift ``nu`` optimal on the validation third
+    of Q for a network (fitted to be low on its fit rows of Q, it would make a shift taken
+    there too low for rows it never saw), on all training rows of Q for the linear critic
+    (d + 1 parameters barely fit the rows; three times as many rows make a less noisy
+    shift).  The estimate is a mean of per-row terms,
     ``phi(x)`` on P rows and ``-(nu + f*(phi(y) - nu))`` on Q rows, of a function fixed
     before it saw them, whose expectation is the population objective of that function, at
     most the population divergence; its standard error is ``sqrt(var_P / n_P + var_Q /
@@ -190,65 +188,59 @@ def cross_fit_divergence(
     # validation rows.
     train_p, n_fit_p = _validation_last(train_p, rng)
     train_q, n_fit_q = _validation_last(train_q, rng)
-    # The linear part of each fold's critic, in standardised units (F, d), from its fit rows.
-    linear = linear and s.f in _EXPONENTIAL
-    slopes = np.zeros((n_folds, X_p.shape[1]))
+    # The linear part of each fold's critic, in standardised units (F, d).
+    linear = linear and s.f in _LOG_RATIO
     if linear:
-        bound = None if s.L is None else s.L * scale
         slopes = _logistic_slopes(
-            [(p - center) / scale for p in train_p], [(q - center) / scale for q in train_q], bound
+            [(p - center) / scale for p in train_p],
+            [(q - center) / scale for q in train_q],
+            None if s.L is None else s.L * scale,
         )
-    # Network (k, r) is bounded by c * L with c = rung r times the share of L that the linear
-    # part leaves: fed (x - center) * c + center, it is (c * L)-Lipschitz in x.
-    free = np.ones(n_folds)
-    if s.L is not None:
-        free = np.clip(1.0 - np.linalg.norm(slopes, axis=1) / (s.L * scale), 0.0, 1.0)
 
     def per_rung(groups):
         """Rows of network (k, r): ``groups[k]`` squeezed by rung r."""
-        return [center + (g - center) * (c * a) for g, a in zip(groups, free) for c in rungs]
-
-    def linear_part(groups):
-        """The linear part of fold k on ``groups[k]``, one row per network (K, T) (NumPy)."""
-        return [((g - center) / scale) @ w for g, w in zip(groups, slopes) for _ in rungs]
+        return [center + (g - center) * c for g in groups for c in rungs]
 
     validation = ([n for n in n_fit_p for _ in rungs], [n for n in n_fit_q for _ in rungs])
     nets_p, nets_q = per_rung(train_p), per_rung(train_q)
-    offset = linear_part(train_q) if linear else None
-    with _trained_critics(nets_p, nets_q, center, scale, s, validation, offset) as trained:
+    with _trained_critics(nets_p, nets_q, center, scale, s, validation) as trained:
         dtype, device = trained.z.dtype, trained.z.device
 
-        def on_rows(groups):
-            """Packed values (K, T) of the linear parts on ``groups``."""
-            return pack_rows([v[:, None] for v in linear_part(groups)], dtype, device)[0][..., 0]
+        def linear_on(groups):
+            """The linear part of fold k on ``groups[k]``, for each of its networks (K, T)."""
+            values = [((g - center) / scale) @ w for g, w in zip(groups, slopes) for _ in rungs]
+            return pack_rows([v[:, None] for v in values], dtype, device)[0][..., 0]
 
         def candidates(phi, lin):
             """Each fold's candidates (F, C, T) from the networks' values ``phi`` (K, T) and
-            the linear parts ``lin`` (K, T; None without): the linear part plus each rung,
-            plus their mean, and the linear part alone (C = R + 2; R + 1 without it)."""
+            the linear parts ``lin`` (K, T; None without one): its rungs, their mean, and the
+            linear part (C = R + 2; R + 1 without it)."""
             phi = phi.reshape(n_folds, n_rungs, -1)
             phi = torch.cat([phi, phi.mean(1, keepdim=True)], 1)
             if lin is None:
                 return phi
-            lin = lin.reshape(n_folds, n_rungs, -1)[:, :1]
-            return torch.cat([phi + lin, lin], 1)
+            return torch.cat([phi, lin.reshape(n_folds, n_rungs, -1)[:, :1]], 1)
 
-        offset_z = torch.cat([on_rows(train_p), on_rows(train_q)], 1) if linear else None
+        offset_z = torch.cat([linear_on(train_p), linear_on(train_q)], 1) if linear else None
         best = _best_candidates(trained, candidates, offset_z)[:, None, None]
 
         def critic_on(groups):
             """Fold k's critic (its best candidate) on ``groups[k]``, and the row weights."""
             rows, weights = pack_rows(per_rung(groups), dtype, device)
-            lin = on_rows(groups) if linear else None
+            lin = linear_on(groups) if linear else None
             phi = torch.take_along_dim(candidates(trained.phi(rows), lin), best, 1)
             return phi[:, 0], weights[::n_rungs]
 
+        # The shift: on the validation third of Q for a network (fitted to be low on the
+        # other rows), on all training rows of Q for the linear part.
+        alone = (best[:, 0, 0] == n_rungs + 1).cpu().numpy()
+        shift_q = [q if a else q[n:] for q, n, a in zip(train_q, n_fit_q, alone)]
         terms_p, terms_q = _held_out_terms(
             critic_on,
             trained.critic.divergence,
             (train_p, train_q),
             ([X_p[f] for f in folds_p], [X_q[f] for f in folds_q]),
-            train_q if linear else [rows[n:] for rows, n in zip(train_q, n_fit_q)],
+            shift_q,
             clip,
         )
         converged = trained.converged
@@ -396,11 +388,12 @@ def _logistic_slopes(fit_p, fit_q, bound):
     """Slopes (F, d) of balanced logistic regressions of P rows against Q rows, one per fold.
 
     The log-odds of a balanced classifier is the log density ratio, the optimal KL critic up
-    to a constant; each slope is shrunk to norm ``bound`` (None: no bound) where it exceeds it.
+    to a constant.  Each slope is shrunk towards 0 (``_shrunk``), then to norm ``bound`` (None:
+    no bound) where it exceeds it.
     """
     slopes = []
     for p, q in zip(fit_p, fit_q):
-        w = _logistic_slope(p, q)
+        w = _shrunk(*_logistic_slope(p, q))
         norm = float(np.linalg.norm(w))
         if bound is not None and norm > bound:
             w = w * (bound / norm)
@@ -409,9 +402,10 @@ def _logistic_slopes(fit_p, fit_q, bound):
 
 
 def _logistic_slope(p, q):
-    """The slope of a logistic regression of rows ``p`` (label 1) against ``q`` (label 0), the
-    two classes weighted equally: Newton steps with step halving on the mean loss plus
-    ``_LOGISTIC_RIDGE * |w|^2 / 2`` (the intercept not penalised)."""
+    """The slope (d,) and its covariance (d, d) of a logistic regression of rows ``p`` (label
+    1) against ``q`` (label 0), the two classes weighted equally: Newton steps with step
+    halving on the mean loss plus ``_LOGISTIC_RIDGE * |w|^2 / 2`` (the intercept not
+    penalised); the covariance is the sandwich estimate."""
     X = torch.as_tensor(np.concatenate([p, q]), dtype=torch.float64)
     X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)
     y = torch.cat([torch.ones(len(p)), torch.zeros(len(q))]).to(X.dtype)
@@ -442,61 +436,50 @@ def _logistic_slope(p, q):
         beta, gain, current = beta - t * step, float(current - trial), trial
         if gain <= 1e-12 * max(1.0, abs(float(current))):
             break
-    return beta[:-1].numpy()
+    # The sandwich covariance of the estimate: H^-1 J H^-1, J the per-row scores' second moment.
+    prob = torch.sigmoid(X @ beta)
+    hessian = (X.T * (weight * prob * (1.0 - prob))) @ X + torch.diag(ridge + 1e-12)
+    scores = X * (weight * (prob - y))[:, None]
+    inverse = torch.linalg.inv(hessian)
+    covariance = inverse @ (scores.T @ scores) @ inverse
+    return beta[:-1].numpy(), covariance[:-1, :-1].numpy()
 
 
-def _tilted(w_x, v_x, offset):
-    """Q's fit and validation weights tilted by ``exp(offset)`` (K, T), both divided by the
-    tilted fit weights' sum: the Q term of ``l + g`` is that of ``g`` under these weights."""
-    real = (w_x > 0) | (v_x > 0)
-    top = torch.where(real, offset, -math.inf).max(1, keepdim=True).values
-    tilt = torch.where(real, torch.exp(offset - top), 0.0)
-    total = (w_x * tilt).sum(1, keepdim=True)
-    return w_x * tilt / total, v_x * tilt / total
+def _shrunk(slope, covariance):
+    """``slope`` shrunk towards 0 by the factor ``max(0, 1 - d / T)``, ``T = w' C^-1 w`` its
+    squared length in units of its covariance ``C`` (about d for a slope that is noise).
 
-
-def _weighted_sampler(n_particles, counts_y, w_x, batch_size, generator):
-    """Like ``flow.minibatch_sampler``, with Q rows drawn in proportion to ``w_x``."""
-
-    def sample(z):
-        k = z.shape[0]
-        rand = torch.rand(k, batch_size, generator=generator, device=z.device, dtype=z.dtype)
-        idx_y = (rand * counts_y[:, None]).long()
-        idx_x = torch.multinomial(w_x, batch_size, replacement=True, generator=generator)
-        idx = torch.cat([idx_y, idx_x + n_particles], 1).unsqueeze(-1).expand(-1, -1, z.shape[2])
-        w = torch.full((k, batch_size), 1.0 / batch_size, dtype=z.dtype, device=z.device)
-        return torch.gather(z, 1, idx), batch_size, w, w
-
-    return sample
+    A positive-part James-Stein factor (with d where James and Stein have d - 2, so that it
+    also acts in 1 to 3 dimensions).  A slope that is noise costs the held-out objective
+    about ``e' Cov_P e / 2`` (e the slope error), on two samples of one distribution a
+    value below 0 by more than its standard error reflects; a real slope (T in the
+    hundreds for Gaussians 1.5 apart, 400 rows) loses a few percent.
+    """
+    d = len(slope)
+    try:
+        t = float(slope @ np.linalg.solve(covariance, slope))
+    except np.linalg.LinAlgError:
+        return slope
+    if not math.isfinite(t) or t <= 0:
+        return slope
+    return slope * max(0.0, 1.0 - d / t)
 
 
 @contextlib.contextmanager
-def _trained_critics(
-    samples_p, samples_q, center, scale, s: _Settings, validation=None, offset=None
-):
+def _trained_critics(samples_p, samples_q, center, scale, s: _Settings, validation=None):
     """Train one critic per pair to convergence, exactly L-Lipschitz with the optimal shift;
     the context keeps the engine's thread setting and graph-free mode for evaluating them.
 
     With ``validation = (n_fit_p, n_fit_q)``, flow k trains on the first ``n_fit_p[k]`` and
     ``n_fit_q[k]`` rows and keeps the weights that did best on the rest (early stopping).
-    With ``offset`` (exponential conjugates, with ``validation``), a fixed part of flow k's
-    critic on its Q rows (``offset[k]``, (n_q,)): the network is trained as the rest of the
-    critic ``offset + network`` (Q's weights tilted, ``_tilted``).  The returned weights are
-    the untilted ones.
     """
     device, dtype = resolve_device(s.device), resolve_dtype(s.dtype)
     y, w_y = pack_rows([(p - center) / scale for p in samples_p], dtype, device)
     x, w_x = pack_rows([(q - center) / scale for q in samples_q], dtype, device)
-    held_out = train_held_out = None
-    train_w_x = w_x
+    held_out = None
     if validation is not None:
         (w_y, v_y), (w_x, v_x) = _fit_weights(w_y, validation[0]), _fit_weights(w_x, validation[1])
-        held_out = train_held_out = (v_y, v_x)
-        train_w_x = w_x
-        if offset is not None:
-            offset = pack_rows([np.asarray(o)[:, None] for o in offset], dtype, device)[0]
-            train_w_x, tilted_v_x = _tilted(w_x, v_x, offset[..., 0])
-            train_held_out = (v_y, tilted_v_x)
+        held_out = (v_y, v_x)
     n_particles = y.shape[1]
     layout = MLPLayout(y.shape[2], tuple(s.hidden_layer_sizes), len(samples_p))
     rows = n_particles + x.shape[1] if s.batch_size is None else 2 * s.batch_size
@@ -520,15 +503,12 @@ def _trained_critics(
         batch = None
         if s.batch_size is not None and s.batch_size < max(n_particles, x.shape[1]):
             counts_y, counts_x = (w_y > 0).sum(1).to(dtype), (w_x > 0).sum(1).to(dtype)
-            if train_w_x is w_x:
-                batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
-            else:
-                batch = _weighted_sampler(n_particles, counts_y, train_w_x, s.batch_size, generator)
-        problem = (z, n_particles, w_y, train_w_x)
-        converged, validation_score = _train_critic(critic, problem, batch, s, train_held_out)
+            batch = minibatch_sampler(n_particles, counts_y, counts_x, s.batch_size, generator)
+        problem = (z, n_particles, w_y, w_x)
+        converged, validation_score = _train_critic(critic, problem, batch, s, held_out)
         if critic.constraint is not None:
             critic.enforce_exact_lipschitz()
-        set_optimal_shift(critic, z, n_particles, train_w_x)
+        set_optimal_shift(critic, z, n_particles, w_x)
         shift = torch.as_tensor(center, dtype=dtype, device=device)
         yield _Trained(
             critic,
