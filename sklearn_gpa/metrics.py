@@ -190,7 +190,7 @@ def lipschitz_f_divergence(
         Q (the log density ratio wherever that is linear, e.g. Gaussians that differ by a
         translation), and the networks, bounded by what of ``L`` it leaves, are trained on top
         of it; the fold keeps the linear part alone unless a network added to it scores better
-        on the validation third by more than two standard errors.  The critic is then capped,
+        on the validation third by more than one standard error.  The critic is then capped,
         below at its lowest value on the training rows of P and above at its highest on those
         of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row beyond
         the training rows cannot weigh with an exponential term (KL) it never had in training.

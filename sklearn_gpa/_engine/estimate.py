@@ -51,7 +51,7 @@ _LOGISTIC_ITERATIONS = 50
 _LOGISTIC_RIDGE = 1e-4
 # A fold keeps a network only where its validation score beats the linear part's by more
 # than this many standard errors of the paired difference.
-_SELECT_SE = 2.0
+_SELECT_SE = 1.0
 
 
 @dataclass
@@ -155,7 +155,7 @@ def cross_fit_divergence(
     log-odds is the log density ratio wherever that is linear, as between Gaussians that
     differ by a translation), shrunk towards 0 where it is not clearly more than noise
     (``_shrunk``) and to norm ``L`` where longer.  The fold keeps it unless a network
-    candidate beats it on the validation third by more than two standard errors of the
+    candidate beats it on the validation third by more than one standard error of the
     paired difference: the networks' scores there are optimistic (early stopping chose their
     weights on those rows), and where the log density ratio is linear they fit it worse
     than d + 1 parameters do.
