@@ -185,19 +185,19 @@ def lipschitz_f_divergence(
         weights that did best on the remaining third.  Networks bounded by ``L``, ``0.3 * L``
         and ``0.1 * L`` are trained side by side and the fold keeps, by its score on that third,
         one of the three or their mean: all of them are L-Lipschitz, and the smaller bounds fit
-        the rows themselves less.  For ``f="kl"`` and ``"kl_dv"`` the critic has a linear
-        part: the log-odds of a logistic regression of the fold's training rows of P against
-        Q (the log density ratio wherever that is linear, e.g. Gaussians that differ by a
-        translation), and the networks, bounded by what of ``L`` it leaves, are trained on top
-        of it; the fold keeps the linear part alone unless a network added to it scores better
-        on the validation third by more than one standard error.  The critic is then capped,
+        the rows themselves less.  For ``f="kl"`` and ``"kl_dv"`` a linear critic competes
+        with them: the log-odds of a logistic regression of the fold's training rows of P
+        against Q (the log density ratio wherever that is linear, e.g. Gaussians that differ
+        by a translation), its slope shrunk where it is hardly more than noise and bounded by
+        ``L``; the fold keeps it unless a network scores better on the validation third by
+        more than one standard error.  The critic is then capped,
         below at its lowest value on the training rows of P and above at its highest on those
         of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row beyond
         the training rows cannot weigh with an exponential term (KL) it never had in training.
-        It is evaluated on its own fold with the shift ``nu`` optimal on the training rows of Q
-        (on their validation third for the other divergences: their networks were fitted to be
-        low on the rest, where the shift would come out too low); the estimate averages those
-        held-out values, which do not exceed the population divergence
+        It is evaluated on its own fold with the shift ``nu`` optimal on the validation third
+        of Q for a network (fitted to be low on the other training rows of Q, where the shift
+        would come out too low), on all training rows of Q for the linear critic; the estimate
+        averages those held-out values, which do not exceed the population divergence
         on average.  It is noisier and lower than the in-sample value (the critics saw fewer
         rows and are capped); for KL at large ``L`` the held-out terms ``exp(phi - nu - 1)`` are
         heavy-tailed even for the exact log density ratio, so compare several draws or seeds,
