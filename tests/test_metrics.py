@@ -684,7 +684,7 @@ def test_cross_fitted_kl_critics_fit_a_linear_log_ratio_in_10_dimensions(monkeyp
     seen = spy_held_out_terms(monkeypatch)
     P, Q = gaussians(1.5, n=400, d=10, seed=2)
     result = estimate_module.cross_fit_divergence(
-        P, Q, n_folds=5, L=10.0, learning_rate=5e-4, seed=0
+        P, Q, n_folds=5, L=10.0, learning_rate=5e-4, seed=0, n_iter=400
     )
     fresh_p, fresh_q = gaussians(1.5, n=20000, d=10, seed=12345)
     terms_p, terms_q = seen["original"](
