@@ -4,12 +4,21 @@ The engine's ``cross_fit_divergence`` (5 folds, spectral-ReLU critic, learning r
 critic seed 0) on the data of ``bench_lipschitz.gaussians`` (400 rows a side, means 1.5
 apart, closed-form KL 1.125), and, with ``--same``, on two samples of one distribution.
 ``oracle`` is the KL objective of the exact log density ratio on all rows of the same draw:
-what an estimate that knew the answer would give on that sample.  ``--ladder 1.0`` and
-``--no-clip`` switch off the ladder of bounds and the cap.
+what an estimate that knew the answer would give on that sample.  ``--population N`` also
+evaluates each fold's trained critic (capped, with its shift) on N fresh rows of each
+distribution: ``pop`` is the mean of those values, the expectation of the estimate given the
+trained critics, free of the held-out rows' noise; ``best_shift`` the same critics with the
+shift optimal on the fresh rows (the part lost to the shift).  ``--ladder 1.0``,
+``--no-clip`` and ``--no-linear`` switch off the ladder of bounds, the cap and the linear
+part of the critic (``--no-linear``: the estimator of branch crossfit-3).
 
-Run: ``python benchmarks/crossfit_sweep.py --dims 2,3,5,10 --seeds 0,1,2,3,4 [--same]``;
-prints one line per draw (``benchmarks/results/crossfit_sweep.log`` holds the runs quoted in
-``benchmarks/README.md``).
+Torch runs on ``--threads`` threads (default 1): on the shared 2-core machine, two threads
+made every small operation wait for a busy core (``torch.exp`` of 5 000 numbers took 11 ms
+instead of 3 us) and a draw took 321 s instead of 43 s.
+
+Run: ``python benchmarks/crossfit_sweep.py --dims 2,3,5,10 --seeds 0,1,2,3,4 [--same]
+[--population 20000]``; prints one line per draw and a summary per dimension
+(``benchmarks/results/crossfit_sweep.log`` holds the runs quoted in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 from bench_lipschitz import SHIFT, gaussians
 
 from sklearn_gpa._engine import estimate
@@ -28,6 +38,29 @@ def oracle(P, Q):
     return float(log_ratio(P).mean() - np.exp(log_ratio(Q)).mean() + 1.0)
 
 
+class Population:
+    """Wraps the engine's held-out evaluation to also evaluate the critics on fresh rows."""
+
+    def __init__(self, n_rows):
+        self.n_rows, self.last, self.enabled = n_rows, None, True
+        self.original = estimate._held_out_terms
+        estimate._held_out_terms = self
+
+    def __call__(self, critic_on, divergence, train, held_out, shift_q, clip):
+        terms = self.original(critic_on, divergence, train, held_out, shift_q, clip)
+        if not self.enabled:
+            return terms
+        n_folds, d = len(held_out[0]), held_out[0][0].shape[1]
+        rng = np.random.default_rng(12345)
+        P, Q = rng.normal(size=(self.n_rows, d)), rng.normal(size=(self.n_rows, d))
+        Q[:, 0] += SHIFT
+        fresh = ([P] * n_folds, [Q] * n_folds)
+        t_p, t_q = self.original(critic_on, divergence, train, fresh, shift_q, clip)
+        best_p, best_q = self.original(critic_on, divergence, train, fresh, fresh[1], clip)
+        self.last = ((t_p.mean(1) + t_q.mean(1)).mean(), (best_p.mean(1) + best_q.mean(1)).mean())
+        return terms
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="2,3,5,10")
@@ -35,26 +68,52 @@ def main(argv=None):
     parser.add_argument("--same", action="store_true")
     parser.add_argument("--ladder", default=None, help="comma-separated rungs, e.g. 1.0")
     parser.add_argument("--no-clip", action="store_true")
+    parser.add_argument("--no-linear", action="store_true", help="no linear part (crossfit-3)")
+    parser.add_argument("--population", type=int, default=0, help="fresh rows (0: off)")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    options = dict(clip=not args.no_clip)
+    torch.set_num_threads(args.threads)
+    options = dict(clip=not args.no_clip, linear=not args.no_linear)
     if args.ladder is not None:
         options["ladder"] = tuple(float(c) for c in args.ladder.split(","))
     settings = dict(f="kl", L=10.0, learning_rate=5e-4, seed=0, device="cpu")
+    population = Population(args.population) if args.population else None
     truth = SHIFT**2 / 2
     for d in (int(v) for v in args.dims.split(",")):
+        values, pops, seconds = [], [], 0.0
         for seed in (int(v) for v in args.seeds.split(",")):
             P, Q = gaussians(d, 400, seed)
             start = time.perf_counter()
             r = estimate.cross_fit_divergence(P, Q, n_folds=5, **options, **settings)
+            seconds += time.perf_counter() - start
+            values.append(r.value)
             line = (
                 f"d={d} seed={seed} kl={r.value:.3f}+-{r.std_error:.3f} "
                 f"rel={r.value / truth - 1:+.3f} oracle={oracle(P, Q):.3f}"
             )
+            if population is not None:
+                pop, best = population.last
+                pops.append(pop)
+                line += f" pop={pop:.3f} best_shift={best:.3f}"
+            line += f" {time.perf_counter() - start:.0f}s"
             if args.same:
                 S = gaussians(d, 400, seed + 100, shift=0.0)[1]
+                if population is not None:
+                    population.enabled = False  # fresh rows of P and Q mean nothing here
                 z = estimate.cross_fit_divergence(P, S, n_folds=5, **options, **settings)
+                if population is not None:
+                    population.enabled = True
                 line += f" same={z.value:.3f}+-{z.std_error:.3f} z={z.value / z.std_error:+.2f}"
-            print(line + f" {time.perf_counter() - start:.0f}s", flush=True)
+            print(line, flush=True)
+        spread = np.std(values, ddof=min(1, len(values) - 1))
+        summary = (
+            f"# d={d} draws={len(values)} mean={np.mean(values):.3f} "
+            f"rel={np.mean(values) / truth - 1:+.3f} sd={spread:.3f} "
+            f"min={min(values):.3f} max={max(values):.3f} estimator_s={seconds:.0f}"
+        )
+        if pops:
+            summary += f" pop_rel={np.mean(pops) / truth - 1:+.3f}"
+        print(summary, flush=True)
 
 
 if __name__ == "__main__":

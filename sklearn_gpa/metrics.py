@@ -178,23 +178,30 @@ def lipschitz_f_divergence(
         Relative improvement of the windowed mean objective below which training stops.
         None always runs ``n_iter`` steps.
     cross_fit : int or None, default=None
-        None: the supremum over the empirical measures, attained on the very rows it is
-        computed on, which exceeds the population divergence when the critic can fit the
-        samples themselves (large ``L``, few rows).  An int k >= 2: the k-fold cross-fitted
-        estimate.  Each fold's critic trains on the other folds (on two thirds of their rows,
-        keeping the weights that did best on the last third).  Networks bounded by ``L``,
-        ``0.3 * L`` and ``0.1 * L`` are trained side by side and the fold keeps the one that
-        did best on that third: all of them are L-Lipschitz, and the smaller bounds fit the
-        rows themselves less.  The critic is then capped, below at its lowest value on the
-        training rows of P and above at its highest on those of Q (a capped L-Lipschitz
-        function is L-Lipschitz), so that a held-out Q row beyond the training rows cannot
-        weigh with an exponential term (KL) it never had in training.  It is evaluated on
-        its own fold with the shift ``nu`` of its training rows; the estimate averages
-        those held-out values, which do not exceed the population divergence on average.
-        It is noisier and lower than the in-sample value (the critics saw fewer rows and
-        are capped); for KL at large ``L`` the held-out terms ``exp(phi - nu - 1)`` are
-        heavy-tailed even for the exact log density ratio, so compare several draws or
-        seeds, not one.  5 folds are a good choice.  Each sample needs ``2 * k`` rows.
+        None: the supremum over the empirical measures, attained on the very rows it is computed
+        on, which exceeds the population divergence when the critic can fit the samples
+        themselves (large ``L``, few rows).  An int k >= 2: the k-fold cross-fitted estimate.  Each
+        fold's critic trains on the other folds only: on two thirds of those rows, keeping the
+        weights that did best on the remaining third.  Networks bounded by ``L``, ``0.3 * L``
+        and ``0.1 * L`` are trained side by side and the fold keeps, by its score on that third,
+        one of the three or their mean: all of them are L-Lipschitz, and the smaller bounds fit
+        the rows themselves less.  For ``f="kl"`` and ``"kl_dv"`` a linear critic competes
+        with them: the log-odds of a logistic regression of the fold's training rows of P
+        against Q (the log density ratio wherever that is linear, e.g. Gaussians that differ
+        by a translation), its slope shrunk where it is hardly more than noise and bounded by
+        ``L``; the fold keeps it unless a network scores better on the validation third by
+        more than one standard error.  The critic is then capped,
+        below at its lowest value on the training rows of P and above at its highest on those
+        of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row beyond
+        the training rows cannot weigh with an exponential term (KL) it never had in training.
+        It is evaluated on its own fold with the shift ``nu`` optimal on the validation third
+        of Q for a network (fitted to be low on the other training rows of Q, where the shift
+        would come out too low), on all training rows of Q for the linear critic; the estimate
+        averages those held-out values, which do not exceed the population divergence
+        on average.  It is noisier and lower than the in-sample value (the critics saw fewer
+        rows and are capped); for KL at large ``L`` the held-out terms ``exp(phi - nu - 1)`` are
+        heavy-tailed even for the exact log density ratio, so compare several draws or seeds,
+        not one.  5 folds are a good choice.  Each sample needs ``2 * k`` rows.
     return_std : bool, default=False
         Also return the standard error of the cross-fitted estimate (``cross_fit`` only).
     return_witness : bool, default=False
