@@ -114,6 +114,7 @@ GPA_VARIANTS = {
     "normal prior": {"source": "normal"},
     "M=N": {"n_particles": "N"},
     "M=10N": {"n_particles": "10N"},
+    "prior draws": {"_prior_draws": True},  # the default fit, its flows cut to 0 steps
     "steps=300": {"n_steps": 300},
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
@@ -208,7 +209,10 @@ def make_gpa(variant):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clip, snap = params.pop("_clip", True), params.pop("_snap", True)
+            prior_draws = params.pop("_prior_draws", False)
             gpa = GPATransporter(random_state=seed, **params).fit(X, y)
+            if prior_draws:  # sample() then replays no step: its prior's draws as they are
+                gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))
             return gpa.sample(len(y), y=y, random_state=seed, clip=clip, snap=snap), y
 
     return generate

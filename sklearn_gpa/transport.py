@@ -99,9 +99,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         :ref:`user guide <user_guide_stopping>`.
     source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
         Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
-        features, each feature's own quantiles joined by the BIC-best Gaussian mixture of the
-        normal scores ("mixture_fit": the mixture on the values), else one shrunk Gaussian
-        ("gaussian_fit"); or the papers' fixed laws (fresh ``sample`` draws keep their noise).
+        features, each feature's quantiles joined by BIC's Gaussian mixture of the normal scores
+        (their kernel density where it keeps one Gaussian), else one shrunk Gaussian (as
+        "gaussian_fit"); "mixture_fit": BIC's mixture of the values; fixed laws: noisy samples.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
