@@ -98,9 +98,9 @@ def run_gpa(sources, targets, **settings):
     arguments = inspect.signature(_run_flows).bind(sources, targets, **settings)
     arguments.apply_defaults()
     arguments = arguments.arguments
-    slots, start = _trained_slots(arguments)
-    if slots is None:
-        return _run_flows(**arguments)
+    slots, start, rule = _trained_slots(arguments)
+    if slots is None:  # every flow trains: with the rule the check above built, if any
+        return _run_flows(**{**arguments, "_rule": rule})
     frozen, callback = arguments["frozen"], arguments["callback"]
     result, flow = _run_flows(
         **{
@@ -116,34 +116,40 @@ def run_gpa(sources, targets, **settings):
 
 
 def _trained_slots(arguments):
-    """The flows to train (None: all) and the rule's first check of all flows (or None)."""
+    """The flows to train (None: all), the rule's first check of all flows (or None), and
+    the rule built for all flows when they all train (else None)."""
     state, n_flows = arguments["critic_state"], len(arguments["sources"])
     if state is not None:
         slots = state.get("slots")
-        return (None, None) if slots is None else (np.asarray(slots), None)
+        return (None, None, None) if slots is None else (np.asarray(slots), None, None)
     if arguments["stop"] is None or arguments["frozen"] is not None or n_flows < 2:
-        return None, None
+        return None, None, None
     device = resolve_device(arguments["device"])
     dtype = resolve_dtype(arguments["dtype"])
-    with torch.inference_mode():
-        y, w_y = pack_rows(arguments["sources"], dtype, device)
-        x, w_x = pack_rows(arguments["targets"], dtype, device)
-        # The rule as run_gpa builds it (same rows compared, same stream): the same decision
-        # as its check before the first step.
-        rule = EnergyStopping(
-            w_y,
-            x,
-            w_x,
-            max_rows=rows_compared(x.shape[2]),
-            factor=1.0,
-            generator=torch.Generator().manual_seed(int(arguments["seed"]) + 1),
-        )
-        values, score, converged = rule.check(y)
+    y, w_y = pack_rows(arguments["sources"], dtype, device)
+    x, w_x = pack_rows(arguments["targets"], dtype, device)
+    # The run's own rule: the same decision as its check before the first step.
+    rule = _stopping_rule(w_y, x, w_x, arguments["seed"])
+    values, score, converged = rule.check(y)
     done = converged.cpu().numpy()
     if not done.any() or done.all():
-        return None, None
+        return None, None, rule
     start = (score.cpu().numpy(), values[0].cpu().numpy(), rule.floor[0].cpu().numpy())
-    return np.flatnonzero(~done), start
+    return np.flatnonzero(~done), start, None
+
+
+def _stopping_rule(w_y, x, w_x, seed):
+    """The rule ``stop="auto"`` runs for packed flows: a fixed subsample of each flow's rows,
+    compared at factor 1, on its own random stream (the particles' path does not depend on
+    whether the rule is on)."""
+    return EnergyStopping(
+        w_y,
+        x,
+        w_x,
+        max_rows=rows_compared(x.shape[2]),
+        factor=1.0,
+        generator=torch.Generator().manual_seed(int(seed) + 1),
+    )
 
 
 def _widened(callback, slots, n_flows):
@@ -233,8 +239,10 @@ def _run_flows(
     critic_state=None,
     stop=None,
     frozen=None,
+    _rule=None,
 ):
-    """Algorithm 1 on all K flows given (see ``run_gpa``)."""
+    """Algorithm 1 on all K flows given (see ``run_gpa``); ``_rule``: the stopping rule
+    ``run_gpa`` already built for these flows (else one is built here)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     n_features, hidden = sources[0].shape[1], tuple(hidden_layer_sizes)
@@ -271,15 +279,7 @@ def _run_flows(
         x, w_x = pack_rows(targets, torch_dtype, torch_device)
         stopping = None
         if stop is not None:
-            stopping = EnergyStopping(
-                w_y,
-                x,
-                w_x,
-                max_rows=rows_compared(n_features),
-                factor=1.0,
-                # Its own stream: the particles' path does not depend on the rule.
-                generator=torch.Generator().manual_seed(int(seed) + 1),
-            )
+            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed)
         result = train_flow(
             y,
             w_y,
@@ -313,8 +313,10 @@ def _run_flows(
     return result, flow
 
 
-# run_gpa takes _run_flows' keywords (and introspection, e.g. the estimators', sees them).
-run_gpa.__signature__ = inspect.signature(_run_flows)
+# run_gpa takes _run_flows' public keywords (and introspection, e.g. the estimators', sees them).
+run_gpa.__signature__ = inspect.signature(_run_flows).replace(
+    parameters=[p for p in inspect.signature(_run_flows).parameters.values() if p.name != "_rule"]
+)
 
 
 def unpack_rows(packed: np.ndarray, counts) -> list:
