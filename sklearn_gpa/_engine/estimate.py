@@ -419,13 +419,15 @@ def _logistic_slope(p, q):
         fit = (weight * (torch.nn.functional.softplus(a) - y * a)).sum()
         return fit + 0.5 * (ridge * beta**2).sum()
 
+    def hessian(prob):
+        return (X.T * (weight * prob * (1.0 - prob))) @ X + torch.diag(ridge + 1e-12)
+
     beta = torch.zeros(X.shape[1], dtype=X.dtype)
     current = loss(beta)
     for _ in range(_LOGISTIC_ITERATIONS):
         prob = torch.sigmoid(X @ beta)
         gradient = X.T @ (weight * (prob - y)) + ridge * beta
-        hessian = (X.T * (weight * prob * (1.0 - prob))) @ X + torch.diag(ridge + 1e-12)
-        step = torch.linalg.solve(hessian, gradient)
+        step = torch.linalg.solve(hessian(prob), gradient)
         t = 1.0
         trial = loss(beta - step)
         while trial > current and t > 1e-6:
@@ -438,9 +440,8 @@ def _logistic_slope(p, q):
             break
     # The sandwich covariance of the estimate: H^-1 J H^-1, J the per-row scores' second moment.
     prob = torch.sigmoid(X @ beta)
-    hessian = (X.T * (weight * prob * (1.0 - prob))) @ X + torch.diag(ridge + 1e-12)
     scores = X * (weight * (prob - y))[:, None]
-    inverse = torch.linalg.inv(hessian)
+    inverse = torch.linalg.inv(hessian(prob))
     covariance = inverse @ (scores.T @ scores) @ inverse
     return beta[:-1].numpy(), covariance[:-1, :-1].numpy()
 
