@@ -120,7 +120,8 @@ def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
 
 # ----------------------------------------------------------------------------- tables
 # --n-steps when not given: the estimators' own maxima (the stopping rule ends most flows
-# earlier): GPATransporter's, and that of the flow LatentGPA builds when given none.
+# earlier): GPATransporter's n_steps and latent.FLOW_STEPS, written here so that --help does
+# not import torch (tests/test_cli.py checks that they agree).
 DEFAULT_STEPS = 2000
 DEFAULT_LATENT_STEPS = 1000
 

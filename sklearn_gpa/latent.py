@@ -28,6 +28,10 @@ from .utils import NumberInterval
 
 __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "default_encoder"]
 
+# Most steps of the flow LatentGPA builds when given no transporter (in a few latent
+# dimensions the stopping rule usually ends it earlier; the CLI's --latent default too).
+FLOW_STEPS = 1000
+
 
 @validate_params(
     {
@@ -284,7 +288,7 @@ class LatentGPA(DomainTransformer):
     def _fit(self, X, y, source):
         """Fit the encoder on all rows, then the flow on the codes."""
         transporter = (
-            GPATransporter(n_steps=1000, out_of_sample="auto", standardize="common")
+            GPATransporter(n_steps=FLOW_STEPS, out_of_sample="auto", standardize="common")
             if self.transporter is None
             else clone(self.transporter)
         )

@@ -11,6 +11,7 @@ from sklearn.datasets import load_breast_cancer, load_wine
 
 import sklearn_gpa
 from sklearn_gpa import GPATransporter, cli
+from sklearn_gpa import latent as latent_module
 from sklearn_gpa.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,7 +323,7 @@ def test_make_estimator_latent_and_standardize():
     latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
-    assert flow.n_steps == 1000 and flow.stop == "auto"
+    assert flow.n_steps == latent_module.FLOW_STEPS == 1000 and flow.stop == "auto"
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
     assert latent.prealign == "shrunk" and flow.prealign is None  # aligned once, in gene space
