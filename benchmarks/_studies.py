@@ -1,6 +1,7 @@
 """Gene-expression studies from the ``survset`` package, shared by the benchmarks.
 
-``Studies`` loads each SurvSet study once; :func:`er_labels` reads the ER status of the three
+``Studies`` loads each SurvSet study once (:func:`open_studies`: or notes that ``survset`` is
+missing); :func:`er_labels` reads the ER status of the three
 breast-cancer studies (GSE1992, GSE3143, GSE4335); :func:`real_pair` aligns two of them by
 gene symbol (``num_HS_<SYMBOL>`` columns); :func:`er_study` returns one study's expression
 rows with a known ER status.  Needs ``pip install survset`` (the ``bench`` extra).
@@ -27,6 +28,16 @@ class Studies:
         if name not in self.frames:
             self.frames[name] = self.loader.load_dataset(name)["df"]
         return self.frames[name]
+
+
+def open_studies(script):
+    """:class:`Studies`, or None with a note that ``script`` is skipped where ``survset`` is
+    not installed (a benchmark's ``main`` then returns 0)."""
+    try:
+        return Studies()
+    except ImportError:
+        print(f"survset is not installed (pip install survset): skipping {script}.")
+        return None
 
 
 def er_labels(name, frame):

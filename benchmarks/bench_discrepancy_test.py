@@ -28,7 +28,7 @@ import sys
 
 import _common
 import numpy as np
-from _studies import ER_STUDIES, Studies, er_study, real_pair
+from _studies import ER_STUDIES, er_study, open_studies, real_pair
 from bench_known_truth import EFFECTS, REAL_PAIRS, split_cell
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
@@ -95,10 +95,8 @@ def run_tests(codes, n_source, truth):
 def main(argv=None):
     parser = _common.parser(__doc__, quick="10 pure-noise splits per study, no real pairs")
     args = parser.parse_args(argv)
-    try:
-        studies = Studies()
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping.")
+    studies = open_studies("bench_discrepancy_test")
+    if studies is None:
         return 0
     record = _common.run_record()
     n_noise, n_splits = (10, 2) if args.quick else (40, 4)

@@ -22,14 +22,13 @@ studies).  Writes ``benchmarks/results/bench_held_out_studies{_quick}.{json,md}`
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
 
 import _common
 import numpy as np
-from _studies import Studies
+from _studies import open_studies
 from bench_known_truth import (
     PER_GENE,
     batch_effect,
@@ -134,14 +133,11 @@ def summarise(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="split 0 of three studies")
+    parser = _common.parser(__doc__, quick="split 0 of three studies")
     parser.add_argument("--studies", nargs="*", default=None, choices=STUDIES)
     args = parser.parse_args(argv)
-    try:
-        studies = Studies()
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping.")
+    studies = open_studies("bench_held_out_studies")
+    if studies is None:
         return 0
     names = args.studies or (QUICK_STUDIES if args.quick else STUDIES)
     splits = (0,) if args.quick else (0, 1)

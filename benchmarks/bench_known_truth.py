@@ -64,7 +64,7 @@ import warnings
 
 import _common
 import numpy as np
-from _studies import ER_STUDIES, Studies, er_study, real_pair
+from _studies import ER_STUDIES, er_study, open_studies, real_pair
 from bench_gene_integration import sinkhorn
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
@@ -536,10 +536,8 @@ def main(argv=None):
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
-    try:
-        studies = Studies()
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping bench_known_truth.")
+    studies = open_studies("bench_known_truth")
+    if studies is None:
         return 0
     n_splits = args.splits or (1 if args.quick else 2)
     methods = list(METHODS)

@@ -45,7 +45,7 @@ import warnings
 
 import _common
 import numpy as np
-from _studies import Studies, er_labels, real_pair
+from _studies import er_labels, open_studies, real_pair
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
@@ -284,10 +284,8 @@ PAIR_COLUMNS = (
 def main(argv=None):
     parser = _common.parser(__doc__, quick="three pairs, 100 steps, sweep 1/100/300 steps")
     args = parser.parse_args(argv)
-    try:
-        studies = Studies()
-    except ImportError:
-        print("survset is not installed (pip install survset): skipping bench_study_pairs.")
+    studies = open_studies("bench_study_pairs")
+    if studies is None:
         return 0
     run = _common.run_record()
     info = run["machine"]
