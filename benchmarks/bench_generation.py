@@ -119,6 +119,7 @@ GPA_VARIANTS = {
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
     "no snap": {"_snap": False},
+    "flow end points": {"_marginals": False},  # sample(marginals=False): the default before
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
 }
 
@@ -209,11 +210,13 @@ def make_gpa(variant):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clip, snap = params.pop("_clip", True), params.pop("_snap", True)
+            marginals = params.pop("_marginals", True)
             prior_draws = params.pop("_prior_draws", False)
             gpa = GPATransporter(random_state=seed, **params).fit(X, y)
             if prior_draws:  # sample() then replays no step: its prior's draws as they are
                 gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))
-            return gpa.sample(len(y), y=y, random_state=seed, clip=clip, snap=snap), y
+            options = dict(clip=clip, snap=snap, marginals=marginals)
+            return gpa.sample(len(y), y=y, random_state=seed, **options), y
 
     return generate
 
