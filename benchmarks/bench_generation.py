@@ -95,7 +95,7 @@ from sklearn.svm import SVC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._discrete import FeatureLevels, few_levels
+from sklearn_gpa._discrete import FeatureLevels, few_levels, recorded_decimals
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -224,14 +224,15 @@ def make_gpa(variant):
 def _per_class(X, y, draw):
     """``draw(rows)`` new rows for each class, in standardised units; back in X's units,
     clipped to X's range and snapped as GPA's ``sample()`` does by default (a feature with at
-    most 10 values in the training rows onto the nearest value its class takes), in the
-    order of ``y``."""
+    most 10 values in the training rows onto the nearest value its class takes, the others
+    rounded to the decimals of their training values), in the order of ``y``."""
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
     classes = np.unique(y)
     out = [draw(Z[y == c]) for c in classes]
     samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
-    levels = FeatureLevels.fit(np.flatnonzero(few_levels(X)), [X[y == c] for c in classes])
+    groups = [X[y == c] for c in classes]
+    levels = FeatureLevels.fit(np.flatnonzero(few_levels(X)), groups, recorded_decimals(X))
     samples = levels.snap(samples, np.repeat(np.arange(len(classes)), [len(o) for o in out]))
     return _in_class_order(samples, y)
 

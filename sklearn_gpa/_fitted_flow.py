@@ -16,7 +16,7 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
-from ._discrete import FeatureLevels, few_levels
+from ._discrete import FeatureLevels, few_levels, recorded_decimals
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
@@ -92,7 +92,8 @@ class FittedFlowMixin:
         self._levels = None
         if self.mode_ == "generation":
             features = np.flatnonzero(few_levels(X))
-            self._levels = FeatureLevels.fit(features, [X[rows] for rows in target_rows])
+            groups = [X[rows] for rows in target_rows]
+            self._levels = FeatureLevels.fit(features, groups, recorded_decimals(X))
 
     @property
     def center_(self):
@@ -274,6 +275,9 @@ class FittedFlowMixin:
             Move each feature that takes at most 10 distinct values in the training
             rows (binary, ordinal, small counts) onto the nearest value that the sample's
             class takes there: the flow moves particles continuously, between the levels.
+            Round every other feature to the precision of its training values (at most 6
+            decimals): counts and whole units stay whole numbers, a value recorded with
+            one decimal keeps one.
         marginals : bool, default=True
             With the default ``source="copula_fit"`` (at most 50 features), send each
             feature of a class whose flow moved through the increasing map that takes the

@@ -337,6 +337,26 @@ def test_sample_snaps_few_valued_features_to_their_class_levels():
     assert set(np.unique(gpa.sample(100, y=labels, random_state=1, snap=False)[:, 0])) == {0, 1}
 
 
+def test_sample_keeps_the_precision_the_values_were_recorded_with():
+    rng = np.random.RandomState(0)
+    n = 120
+    X = np.column_stack(
+        [
+            rng.poisson(40, n).astype(float),  # a count: whole numbers, many levels
+            np.round(rng.normal(36.8, 0.4, n), 1),  # one decimal
+            rng.normal(size=n),  # full precision
+        ]
+    )
+    gpa = GPATransporter(n_steps=30, stop=None, random_state=0).fit(X)
+    # The flow's end points (the marginal map alone already lands tied values on the rows').
+    rounded = gpa.sample(200, random_state=1, marginals=False)
+    raw = gpa.sample(200, random_state=1, snap=False, marginals=False)
+    np.testing.assert_array_equal(rounded[:, 0], np.round(raw[:, 0]))
+    np.testing.assert_array_equal(rounded[:, 1], np.round(raw[:, 1], 1))
+    np.testing.assert_array_equal(rounded[:, 2], raw[:, 2])
+    assert np.any(raw[:, 0] != np.round(raw[:, 0]))  # the flow's values are not whole
+
+
 def _with_an_atom(n=150, seed=0):
     """A class whose first feature is 0 in 80 % of the rows (a trace element) and lognormal
     elsewhere, correlated with two continuous features."""
