@@ -187,6 +187,8 @@ def _widen_result(result, slots, start, sources):
     stop_step[slots] = result.stop_step
     failed = np.full(n_flows, -1)
     failed[slots] = result.failed_step
+    trained = np.zeros(n_flows, dtype=int)
+    trained[slots] = result.trained_steps
     widened = dataclasses.replace(
         result,
         particles=particles,
@@ -195,6 +197,7 @@ def _widen_result(result, slots, start, sources):
         kinetic_energy=_columns(result.kinetic_energy, slots, n_flows),
         stop_step=stop_step.tolist(),
         failed_step=failed.tolist(),
+        trained_steps=trained.tolist(),
     )
     if result.stop_score is not None:
         score = _columns(result.stop_score, slots, n_flows)
@@ -307,7 +310,11 @@ def _run_flows(
         solver=solver,
         dt=dt,
         store_every=store_every,
-        stored=StoredStates.encode(result.states.cpu().numpy(), store_encoding),
+        stored=StoredStates.encode(
+            result.states.cpu().numpy(),
+            store_encoding,
+            [(flows, states.cpu().numpy()) for flows, states in result.later_states],
+        ),
         alive=result.alive.cpu().numpy(),
     )
     return result, flow

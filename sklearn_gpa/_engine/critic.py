@@ -7,13 +7,17 @@ normalisation.  All of it persists across particle steps: the papers' warm start
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .networks import (
     MLPLayout,
     MLPPass,
+    flow_mask,
     forward,
     input_gradient,
     orthonormal_init,
@@ -108,6 +112,9 @@ class Critic:
     # No transposed copies of the weights unless ``_bind_transposed`` makes them.
     _transposed_pairs = ()
     weights_t = None
+    #: None, or (index, total) for a ``select``-ed critic: its flows' index among the
+    #: ``total`` flows whose random draws (mini-batches, dropout) it takes its share of.
+    draws = None
 
     def __init__(
         self,
@@ -208,8 +215,11 @@ class Critic:
         for buffer, view in self._transposed_pairs:
             buffer.copy_(view)
 
-    def _init_normalisation(self, generator) -> None:
+    def _bind_weight_groups(self) -> None:
         self.weight_groups = self.layout.weight_groups(self.params)
+
+    def _init_normalisation(self, generator) -> None:
+        self._bind_weight_groups()
         if self.orthonormal:
             self._left_vectors = []
             for w in self.weight_groups:
@@ -264,6 +274,63 @@ class Critic:
         self._updates = int(state["n_updates"])
         if "generator" in state:
             self.generator.set_state(torch.from_numpy(state["generator"].copy()))
+
+    # -- compaction: the critics of some of the flows ---------------------------------------
+    def _flow_vectors(self) -> list:
+        """Views of the power-iteration vectors with the flows as dimension 1: a dense
+        group's (n * K, 1, fan_out) as (n, K, 1, fan_out)."""
+        k = self.layout.n_flows
+        return [u.unflatten(0, (-1, k)) for u in self._left_vectors or []]
+
+    def _join_vectors(self, views) -> list:
+        """The inverse of ``_flow_vectors`` (on views of fewer flows)."""
+        return [v.flatten(0, 1) for v in views]
+
+    def select(self, flows) -> Critic:
+        """The critic of ``flows`` (increasing indices) alone, as it would go on in this one.
+
+        Weights, Adam moments, power-iteration vectors and counters are copied; the
+        generator is shared, and the mini-batch and dropout draws stay those of every flow
+        (``draws``), so each selected flow trains exactly as it would among all of them.
+        """
+        flows = torch.as_tensor(np.asarray(flows), dtype=torch.long)
+        new = copy.copy(self)
+        new.layout = dataclasses.replace(self.layout, n_flows=len(flows))
+        drawn, total = (
+            (torch.arange(self.layout.n_flows), self.layout.n_flows)
+            if self.draws is None
+            else self.draws
+        )
+        new.draws = (drawn[flows], total)
+        mask = flow_mask(self.layout, flows).to(self.params.device)
+        with self.no_graph():
+            new.params, new.exp_avg, new.exp_avg_sq = (
+                t[mask] for t in (self.params, self.exp_avg, self.exp_avg_sq)
+            )
+            new.grad = torch.zeros_like(new.params)
+            new.n_updates = self.n_updates.clone()
+            new._bind_views()
+            new._power_plan = None
+            if self.constraint is not None:
+                new._bind_weight_groups()
+            if self._left_vectors is not None:
+                index = flows.to(self.params.device)
+                new._left_vectors = self._join_vectors(
+                    [v.index_select(1, index) for v in self._flow_vectors()]
+                )
+        return new
+
+    def absorb(self, part: Critic, flows) -> None:
+        """Write ``part`` (``select(flows)`` of this critic, trained on) back into this one."""
+        mask = flow_mask(self.layout, flows).to(self.params.device)
+        with self.no_graph():
+            for name in ("params", "exp_avg", "exp_avg_sq"):
+                getattr(self, name)[mask] = getattr(part, name)
+            self.n_updates.copy_(part.n_updates)
+            index = torch.as_tensor(np.asarray(flows), dtype=torch.long, device=mask.device)
+            for full, selected in zip(self._flow_vectors(), part._flow_vectors()):
+                full.index_copy_(1, index, selected)
+        self._exact_left, self._updates = part._exact_left, part._updates
 
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):

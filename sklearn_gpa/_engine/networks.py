@@ -20,6 +20,7 @@ import torch
 __all__ = [
     "ACTIVATIONS",
     "MLPLayout",
+    "flow_mask",
     "MLPPass",
     "forward",
     "input_gradient",
@@ -253,6 +254,21 @@ class MLPLayout:
     def nu(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.n_weights :]
 
+    def parameter_flows(self) -> torch.Tensor:
+        """The flow of every value of the flat parameter vector: a (size,) long tensor.
+
+        Within every layer the flows are the outer dimension, so the values of some flows,
+        taken in order (``select_flows``), are the parameter vector of the layout of those
+        flows alone.
+        """
+        flat = torch.empty(self.size, dtype=torch.long)
+        flows = torch.arange(self.n_flows)
+        for w, b in self.layers(flat):
+            w.copy_(flows[:, None, None].expand_as(w))
+            b.copy_(flows[:, None, None].expand_as(b))
+        self.nu(flat).copy_(flows)
+        return flat
+
     def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
         """``grad_z phi`` (K, T, d) of the K networks with parameters ``flat``."""
         layers = self.layers(flat)
@@ -268,6 +284,15 @@ class MLPLayout:
                 t.copy_(torch.rand(t.shape, generator=generator, dtype=dtype, device=device))
                 t.mul_(2.0 * bound).sub_(bound)
         return flat
+
+
+def flow_mask(layout, flows) -> torch.Tensor:
+    """Where the parameters of ``flows`` (increasing indices) sit in ``layout``'s flat vector.
+
+    ``flat[..., flow_mask(layout, flows)]`` is the parameter vector of those flows alone,
+    for ``dataclasses.replace(layout, n_flows=len(flows))`` (``parameter_flows``).
+    """
+    return torch.isin(layout.parameter_flows(), torch.as_tensor(flows, dtype=torch.long))
 
 
 def forward(layers, activation, z, output=True, out=None):
