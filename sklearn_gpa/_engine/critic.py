@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .networks import (
+    PAIRED_BMM,
     MLPLayout,
     MLPPass,
     flow_mask,
@@ -86,6 +87,7 @@ class _Chunk:
     weights_t: list | None
     n_rows: int = 0
     fits: bool = False  # whether its buffers are small enough to keep (``_WORKSPACE_BYTES``)
+    paired: bool = False  # thin products as in a batch (a flow left alone in its group)
     passes: MLPPass | None = None
 
 
@@ -115,6 +117,9 @@ class Critic:
     #: None, or (index, total) for a ``select``-ed critic: its flows' index among the
     #: ``total`` flows whose random draws (mini-batches, dropout) it takes its share of.
     draws = None
+    #: Whether the power iteration's thin products run as in a batch (``networks._paired``):
+    #: for the critic of the one flow left in a run, which then trains as among the others.
+    paired = False
 
     def __init__(
         self,
@@ -302,6 +307,7 @@ class Critic:
             else self.draws
         )
         new.draws = (drawn[flows], total)
+        new.paired = len(flows) == 1
         mask = flow_mask(self.layout, flows).to(self.params.device)
         with self.no_graph():
             new.params, new.exp_avg, new.exp_avg_sq = (
@@ -347,14 +353,14 @@ class Critic:
                 (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
                 for w, u in zip(self.weight_groups, self._left_vectors)
             ]
-        norms = []
+        norms, bmm = [], PAIRED_BMM if self.paired else torch.bmm
         for w, w_t, u in plan:
             if w_t is None:
                 norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
                 continue
-            v = torch.bmm(u, w_t)
+            v = bmm(u, w_t)
             v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True))
-            wv = torch.bmm(v, w)
+            wv = bmm(v, w)
             sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
             torch.div(wv, sigma, out=u)
             norms.append(sigma)
@@ -450,10 +456,18 @@ class Critic:
         chunks = self._chunks.get(n_rows)
         if chunks is None:
             k = self.layout.n_flows
+            index, total = (np.arange(k), k) if self.draws is None else self.draws
+            index = np.asarray(index)
             per_flow = n_rows * max(self.layout.sizes) * self.params.element_size()
             # A GPU has no such cache to fit, and every group costs kernel launches.
-            size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else k
-            if size >= k:
+            size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else total
+            # Groups of ``size`` consecutive flows of the run.  The critic of some of them
+            # (``select``) keeps each flow in its group, a flow left alone in a group of
+            # several computing its thin products as in a batch (``networks._paired``):
+            # every flow's products take the kernels they took with all flows.
+            group = index // size
+            starts = [0, *np.flatnonzero(np.diff(group)) + 1, k]
+            if len(starts) == 2:
                 chunks = [_Chunk(None, self.layers, self.grad_layers, self.weights_t)]
             else:
                 chunks = [
@@ -465,8 +479,10 @@ class Critic:
                         if self.weights_t is None
                         else [None if w is None else w[flows] for w in self.weights_t],
                     )
-                    for flows in (slice(i, min(i + size, k)) for i in range(0, k, size))
+                    for flows in (slice(a, b) for a, b in zip(starts[:-1], starts[1:]))
                 ]
+            for c, a, b in zip(chunks, starts[:-1], starts[1:]):
+                c.paired = b - a == 1 and min(size, total - group[a] * size) >= 2
             widths = self.layout.sizes[1:]
             workspace = (2 * sum(widths) + 1) * n_rows * k * self.params.element_size()
             fits = (
@@ -490,7 +506,12 @@ class Critic:
             return None
         if chunk.passes is None:
             chunk.passes = MLPPass(
-                chunk.layers, chunk.grad_layers, chunk.weights_t, self.activation, chunk.n_rows
+                chunk.layers,
+                chunk.grad_layers,
+                chunk.weights_t,
+                self.activation,
+                chunk.n_rows,
+                chunk.paired,
             )
         return chunk.passes
 
@@ -520,7 +541,7 @@ class Critic:
             value = self._objective_into(passes, n_particles, w_y, w_x, with_value, chunk)
             passes.parameter_gradient(z)
             return value
-        phi, inputs, saved = forward(chunk.layers, self.activation, z)
+        phi, inputs, saved = forward(chunk.layers, self.activation, z, paired=chunk.paired)
         value, grad_phi = self._objective_gradient(
             phi, n_particles, w_y, w_x, with_value, chunk.flows
         )
@@ -532,6 +553,7 @@ class Critic:
             grad_phi,
             chunk.grad_layers,
             self._weights_t(chunk),
+            paired=chunk.paired,
         )
         return value
 
@@ -607,6 +629,10 @@ class Critic:
             if passes is not None:
                 grads.append(passes.input_gradient(rows))
                 continue
-            _, _, saved = forward(c.layers, self.activation, rows, output=False)
-            grads.append(input_gradient(c.layers, self.activation, saved, self._weights_t(c)))
+            _, _, saved = forward(c.layers, self.activation, rows, output=False, paired=c.paired)
+            grads.append(
+                input_gradient(
+                    c.layers, self.activation, saved, self._weights_t(c), paired=c.paired
+                )
+            )
         return grads[0] if len(grads) == 1 else torch.cat(grads)

@@ -1,0 +1,156 @@
+"""Flows that stop during a run leave its batch: fit time and stored size, before and after.
+
+With ``stop="auto"`` each class flow stops when its particles are as close to its target as
+a fresh sample.  Before 2026-12-06 a flow that stopped during the run stayed in the batch:
+its critic was trained and stored at every step until the last flow stopped.  Now the run
+leaves it out at the check where it stopped (``_engine.flow._Batch.leave_out``).  This
+script fits ``GPATransporter(random_state=seed)`` (every default: class-conditional
+generation) both ways in one process, "before" being the same code with
+``_engine.flow._COMPACT = False``, and reports the fit's seconds, the steps run, the
+flow-steps trained (the sum over classes of the steps its critic was trained), the stored
+flow's size, the C2ST of the samples against held-out rows (``bench_generation.c2st``) and
+whether the fitted particles are the same both ways.
+
+The fits run on one torch thread (``torch.set_num_threads(1)``): there the flows that go on
+follow the same path to the bit either way, so the two settings do the same work but for
+what the stopped flows cost.  On several threads torch splits the sums over one flow's rows
+differently when fewer flows share the batch, and a flow's path then drifts from rounding
+on (vehicle0 on 2 threads: class 0 stopped at step 300 instead of 1650); ``--threads N``
+runs the same table on N threads.
+
+The 2-D row is ``bench_step.py``'s data (200 rows per class, 10 classes of the papers'
+mixture) run by ``run_gpa(stop="auto", n_steps=2000)`` directly (no C2ST).  MNIST needs
+``openml`` access or its cache (``bench_generation.load_mnist_split``).
+
+``--quick``: vehicle0 seed 0, MNIST 10 per class seed 0, the 2-D row.
+
+Run: ``python benchmarks/bench_compaction.py [--quick] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import _common
+import numpy as np
+import torch
+from bench_generation import (
+    c2st,
+    load_digits_split,
+    load_mnist_split,
+    load_tabular,
+    split_tabular,
+)
+from bench_step import Config, make_data
+
+import sklearn_gpa._engine.flow as engine_flow
+from sklearn_gpa import GPATransporter
+from sklearn_gpa._engine import run_gpa
+
+SETTINGS = {"now": True, "before": False}
+
+
+def data_sets(quick):
+    X, y = load_tabular("vehicle0")
+    for seed in (0,) if quick else (0, 1, 2):
+        Xt, Xh, yt, yh = split_tabular(X, y, 500, seed)
+        yield "vehicle0, 500 rows", seed, (Xt, yt, Xh, yh)
+    per_class = 10 if quick else 20
+    for seed in (0,) if quick else (0, 1):
+        Xt, yt, Xh, yh, _ = load_mnist_split(per_class, 30, seed)
+        yield f"MNIST, {per_class} per class", seed, (Xt, yt, Xh, yh)
+    if not quick:
+        Xt, yt, Xh, yh, _ = load_digits_split(20, 30, 0)
+        yield "8 x 8 digits, 20 per class", 0, (Xt, yt, Xh, yh)
+    yield "2-D, 10 classes x 200 rows", 0, None
+
+
+def _trained_flow_steps(stop_step, n_steps, compact):
+    """Flow-steps whose critic was trained: a flow stopped at step s trains s steps now,
+    every step before (flows stopped at step 0 get no critic either way)."""
+    stop_step = np.asarray(stop_step)
+    ran = stop_step != 0
+    if not compact:
+        return int(ran.sum() * n_steps)
+    return int(np.where(stop_step > 0, stop_step, n_steps)[ran].sum())
+
+
+def fit_row(data, seed, setting):
+    engine_flow._COMPACT = SETTINGS[setting]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if data is None:
+                sources, targets = make_data(Config(200, 2, 10, "euler"), seed)
+                start = time.perf_counter()
+                result, flow = run_gpa(sources, targets, stop="auto", n_steps=2000, seed=seed)
+                seconds = time.perf_counter() - start
+                stop_step, n_steps = result.stop_step, result.n_steps
+                particles, score = result.particles.numpy(), None
+            else:
+                X, y, Xh, yh = data
+                start = time.perf_counter()
+                gpa = GPATransporter(random_state=seed).fit(X, y)
+                seconds = time.perf_counter() - start
+                samples = gpa.sample(len(y), y=y, random_state=seed)
+                stop_step, n_steps, flow = gpa.history_["stop_step"], gpa.n_steps_, gpa.flow_
+                particles, score = gpa.particles_, c2st(samples, y, Xh, yh, seed)
+    finally:
+        engine_flow._COMPACT = True
+    row = {
+        "setting": setting,
+        "seconds": seconds,
+        "steps": int(n_steps),
+        "flow steps": _trained_flow_steps(stop_step, n_steps, SETTINGS[setting]),
+        "stopped": ", ".join(str(s) for s in sorted(stop_step) if s >= 0) or "-",
+        "stored MB": flow.nbytes / 1e6,
+        "c2st": score,
+    }
+    return row, particles
+
+
+COLUMNS = [
+    ("data", "data", None),
+    ("seed", "seed", "{}"),
+    ("setting", "setting", None),
+    ("fit s", "seconds", "{:.1f}"),
+    ("steps", "steps", "{}"),
+    ("flow-steps trained", "flow steps", "{}"),
+    ("stop steps", "stopped", None),
+    ("flow_ MB", "stored MB", "{:.2f}"),
+    ("C2ST", "c2st", "{:.3f}"),
+    ("same particles", "same", None),
+    ("time now / before", "ratio", "{:.2f}"),
+]
+
+
+def main():
+    parser = _common.parser(__doc__, quick="vehicle0, MNIST 10 per class, 2-D: seed 0")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, seed, data in data_sets(args.quick):
+        pair = {}
+        for setting in SETTINGS:
+            row, particles = fit_row(data, seed, setting)
+            pair[setting] = (row, particles)
+        now, before = pair["now"][0], pair["before"][0]
+        difference = np.abs(pair["now"][1] - pair["before"][1]).max()
+        now["same"] = "yes" if difference == 0 else f"max diff {difference:.2g}"
+        now["ratio"] = now["seconds"] / before["seconds"]
+        for row in (now, before):
+            row.update(data=name, seed=seed)
+            rows.append(row)
+            print(_common.format_row(row, COLUMNS), flush=True)
+    table = _common.grouped_table(rows, COLUMNS, group="data")
+    print(table)
+    suffix = "" if args.threads == 1 else f"_threads{args.threads}"
+    stem = _common.result_stem("bench_compaction", args.quick, suffix)
+    record = {"command": _common.command(), "threads": args.threads, "rows": rows}
+    _common.write_results(stem, record, table)
+
+
+if __name__ == "__main__":
+    main()
