@@ -22,9 +22,16 @@ The 2-D row is ``bench_step.py``'s data (200 rows per class, 10 classes of the p
 mixture) run by ``run_gpa(stop="auto", n_steps=2000)`` directly (no C2ST).  MNIST needs
 ``openml`` access or its cache (``bench_generation.load_mnist_split``).
 
-``--quick``: vehicle0 seed 0, MNIST 10 per class seed 0, the 2-D row.
+Each fit runs ``--repeats`` times (3) per setting, the settings in turn; the median seconds.
+``--quick``: vehicle0, MNIST and the 2-D row, seed 0 each.
 
-Run: ``python benchmarks/bench_compaction.py [--quick] [--threads N]``.
+``--generation ARGS``: instead, ``bench_generation.py ARGS`` (its GPA rows) with the
+compaction on, then off, in this process; results ``bench_generation_compaction_now`` and
+``_before`` (quality where the paths do drift: e.g. ``--threads 0``, torch's own threads).
+
+Run: ``python benchmarks/bench_compaction.py [--quick] [--threads N]``, or e.g.
+``python benchmarks/bench_compaction.py --generation --quick --seeds 3 --gpa default
+--digits-per-class 0 --no-transport --no-baselines --threads 0``.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ def data_sets(quick):
     for seed in (0,) if quick else (0, 1, 2):
         Xt, Xh, yt, yh = split_tabular(X, y, 500, seed)
         yield "vehicle0, 500 rows", seed, (Xt, yt, Xh, yh)
-    per_class = 10 if quick else 20
+    per_class = 20
     for seed in (0,) if quick else (0, 1):
         Xt, yt, Xh, yh, _ = load_mnist_split(per_class, 30, seed)
         yield f"MNIST, {per_class} per class", seed, (Xt, yt, Xh, yh)
@@ -125,17 +132,44 @@ COLUMNS = [
 ]
 
 
+def generation(argv):
+    """``bench_generation.main(argv)`` with the compaction on, then off."""
+    import bench_generation
+
+    for setting, compact in SETTINGS.items():
+        engine_flow._COMPACT = compact
+        try:
+            bench_generation.main([*argv, "--name", f"bench_generation_compaction_{setting}"])
+        finally:
+            engine_flow._COMPACT = True
+
+
 def main():
-    parser = _common.parser(__doc__, quick="vehicle0, MNIST 10 per class, 2-D: seed 0")
+    parser = _common.parser(__doc__, quick="vehicle0, MNIST and 2-D: seed 0 each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3, help="fits per setting (median s)")
+    parser.add_argument(
+        "--generation", action="store_true", help="bench_generation.py's rows, both ways"
+    )
+    args, rest = parser.parse_known_args()
+    if args.generation:
+        generation([*rest, *(["--quick"] if args.quick else [])])
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(args.threads)
     rows = []
     for name, seed, data in data_sets(args.quick):
-        pair = {}
-        for setting in SETTINGS:
-            row, particles = fit_row(data, seed, setting)
-            pair[setting] = (row, particles)
+        pair, seconds = {}, {setting: [] for setting in SETTINGS}
+        # Repeats in turn (now, before, before, now, ...): a busy spell hits both alike.
+        for repeat in range(args.repeats):
+            for setting in list(SETTINGS)[:: -1 if repeat % 2 else 1]:
+                row, particles = fit_row(data, seed, setting)
+                pair[setting] = (row, particles)
+                seconds[setting].append(row["seconds"])
+        for setting, (row, _) in pair.items():
+            row["seconds"] = float(np.median(seconds[setting]))
+            row["all seconds"] = seconds[setting]
         now, before = pair["now"][0], pair["before"][0]
         difference = np.abs(pair["now"][1] - pair["before"][1]).max()
         now["same"] = "yes" if difference == 0 else f"max diff {difference:.2g}"

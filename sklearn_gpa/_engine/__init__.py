@@ -94,6 +94,13 @@ def run_gpa(sources, targets, **settings):
     what the others need.  The ``FlowResult`` still has K flows: the untrained ones have
     ``stop_step`` 0, are never alive, and their per-step divergence and kinetic energy
     are NaN.  A continued run (``critic_state`` of such a run) keeps the same slots.
+
+    A flow that stops later (or turns non-finite) leaves the run at that check
+    (``flow.train_flow``): its critic is no longer trained nor stored, its per-step values
+    are NaN from then on (``FlowResult.trained_steps``), and the ``LearnedFlow`` stores the
+    rest of the run for the flows that went on (``StoredStates.pieces``).  ``critic_state``
+    holds every flow's critic as it was when the flow left, so a continued run starts from
+    it; the flows it is given ``frozen`` leave its batch before its first step.
     """
     arguments = inspect.signature(_run_flows).bind(sources, targets, **settings)
     arguments.apply_defaults()

@@ -532,7 +532,9 @@ class LearnedFlow:
     (``states`` decodes them: (n_stored, n_stages, n_params)), ``alive`` (n_steps, K)
     whether each flow still moved at that step.  ``slots`` (K,) is the estimator's flow
     index of each critic when only some flows were trained (the others were done before
-    their first step and never move); None: critic k is flow k.
+    their first step and never move); None: critic k is flow k.  Where flows stopped during
+    the run, the states after each such stop hold the critics of the flows that went on
+    (``StoredStates.pieces``); replay moves each piece's flows only.
     """
 
     layout: object
