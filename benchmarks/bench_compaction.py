@@ -148,6 +148,7 @@ def main():
     parser = _common.parser(__doc__, quick="vehicle0, MNIST and 2-D: seed 0 each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="fits per setting (median s)")
+    parser.add_argument("--only", default=None, help="the data sets whose name starts so")
     parser.add_argument(
         "--generation", action="store_true", help="bench_generation.py's rows, both ways"
     )
@@ -160,6 +161,8 @@ def main():
     torch.set_num_threads(args.threads)
     rows = []
     for name, seed, data in data_sets(args.quick):
+        if args.only is not None and not name.startswith(args.only):
+            continue
         pair, seconds = {}, {setting: [] for setting in SETTINGS}
         # Repeats in turn (now, before, before, now, ...): a busy spell hits both alike.
         for repeat in range(args.repeats):
@@ -181,6 +184,7 @@ def main():
     table = _common.grouped_table(rows, COLUMNS, group="data")
     print(table)
     suffix = "" if args.threads == 1 else f"_threads{args.threads}"
+    suffix += "" if args.only is None else "_" + args.only.split(",")[0].split()[0]
     stem = _common.result_stem("bench_compaction", args.quick, suffix)
     record = {"command": _common.command(), "threads": args.threads, "rows": rows}
     _common.write_results(stem, record, table)
