@@ -7,16 +7,18 @@ leaves it out at the check where it stopped (``_engine.flow._Batch.leave_out``).
 script fits ``GPATransporter(random_state=seed)`` (every default: class-conditional
 generation) both ways in one process, "before" being the same code with
 ``_engine.flow._COMPACT = False``, and reports the fit's seconds, the steps run, the
-flow-steps trained (the sum over classes of the steps its critic was trained), the stored
-flow's size, the C2ST of the samples against held-out rows (``bench_generation.c2st``) and
-whether the fitted particles are the same both ways.
+flow-steps trained (the sum over classes of the steps its critic was trained), the seconds
+of ``sample`` (a replay of the stored flow; the 2-D row: the training rows replayed), the
+stored flow's size, the C2ST of the samples against held-out rows
+(``bench_generation.c2st``) and whether the fitted particles are the same both ways.
 
 The fits run on one torch thread (``torch.set_num_threads(1)``): there the flows that go on
-follow the same path to the bit either way, so the two settings do the same work but for
-what the stopped flows cost.  On several threads torch splits the sums over one flow's rows
-differently when fewer flows share the batch, and a flow's path then drifts from rounding
-on (vehicle0 on 2 threads: class 0 stopped at step 300 instead of 1650); ``--threads N``
-runs the same table on N threads.
+mostly follow the same path to the bit either way (vehicle0 does; in the 2-D row a batched
+kernel rounds one flow's sum differently from step 501 on), so the two settings do the same
+work but for what the stopped flows cost.  On several threads torch splits the sums over
+one flow's rows differently when fewer flows share the batch, and a flow's path then
+drifts from rounding on (vehicle0 on 2 threads: class 0 stopped at step 300 instead of
+1650); ``--threads N`` runs the same table on N threads.
 
 The 2-D row is ``bench_step.py``'s data (200 rows per class, 10 classes of the papers'
 mixture) run by ``run_gpa(stop="auto", n_steps=2000)`` directly (no C2ST).  MNIST needs
@@ -95,12 +97,18 @@ def fit_row(data, seed, setting):
                 seconds = time.perf_counter() - start
                 stop_step, n_steps = result.stop_step, result.n_steps
                 particles, score = result.particles.numpy(), None
+                rows, labels = np.vstack(sources), np.repeat(np.arange(10), 200)
+                start = time.perf_counter()
+                flow.replay_rows(rows, labels)
+                sample_seconds = time.perf_counter() - start
             else:
                 X, y, Xh, yh = data
                 start = time.perf_counter()
                 gpa = GPATransporter(random_state=seed).fit(X, y)
                 seconds = time.perf_counter() - start
+                start = time.perf_counter()
                 samples = gpa.sample(len(y), y=y, random_state=seed)
+                sample_seconds = time.perf_counter() - start
                 stop_step, n_steps, flow = gpa.history_["stop_step"], gpa.n_steps_, gpa.flow_
                 particles, score = gpa.particles_, c2st(samples, y, Xh, yh, seed)
     finally:
@@ -108,6 +116,7 @@ def fit_row(data, seed, setting):
     row = {
         "setting": setting,
         "seconds": seconds,
+        "sample seconds": sample_seconds,
         "steps": int(n_steps),
         "flow steps": _trained_flow_steps(stop_step, n_steps, SETTINGS[setting]),
         "stopped": ", ".join(str(s) for s in sorted(stop_step) if s >= 0) or "-",
@@ -122,6 +131,7 @@ COLUMNS = [
     ("seed", "seed", "{}"),
     ("setting", "setting", None),
     ("fit s", "seconds", "{:.1f}"),
+    ("sample s", "sample seconds", "{:.2f}"),
     ("steps", "steps", "{}"),
     ("flow-steps trained", "flow steps", "{}"),
     ("stop steps", "stopped", None),
@@ -163,16 +173,19 @@ def main():
     for name, seed, data in data_sets(args.quick):
         if args.only is not None and not name.startswith(args.only):
             continue
-        pair, seconds = {}, {setting: [] for setting in SETTINGS}
+        pair = {}
+        seconds, sampled = ({setting: [] for setting in SETTINGS} for _ in range(2))
         # Repeats in turn (now, before, before, now, ...): a busy spell hits both alike.
         for repeat in range(args.repeats):
             for setting in list(SETTINGS)[:: -1 if repeat % 2 else 1]:
                 row, particles = fit_row(data, seed, setting)
                 pair[setting] = (row, particles)
                 seconds[setting].append(row["seconds"])
+                sampled[setting].append(row["sample seconds"])
         for setting, (row, _) in pair.items():
             row["seconds"] = float(np.median(seconds[setting]))
             row["all seconds"] = seconds[setting]
+            row["sample seconds"] = float(np.median(sampled[setting]))
         now, before = pair["now"][0], pair["before"][0]
         difference = np.abs(pair["now"][1] - pair["before"][1]).max()
         now["same"] = "yes" if difference == 0 else f"max diff {difference:.2g}"
