@@ -119,6 +119,8 @@ def make_sampler(name, seed):
         return SMOTE(random_state=seed)
     if name == "ADASYN":
         return ADASYN(random_state=seed)
+    if name == "GPA end points":  # GPAAugmenter(marginals=False): the default before
+        return _common.gpa_augmenter(random_state=seed, marginals=False)
     return _common.gpa_augmenter(random_state=seed)
 
 
@@ -232,11 +234,13 @@ def summarize(name, X, y, records):
     )
     summary["gpa_over_rf_fit"] = _gpa_over_rf_fit(records)
     gpa = _per_fold_mean(records, "GPA")
-    for baseline in ("SMOTE", "none"):
+    baselines = ("SMOTE", "none", "GPA end points") if "GPA end points" in SAMPLERS else ()
+    for baseline in baselines or ("SMOTE", "none"):
         diff = gpa - _per_fold_mean(records, baseline)
         diff = diff[np.isfinite(diff)]
-        summary[f"gpa_minus_{baseline.lower()}"] = float(diff.mean())
-        summary[f"gpa_minus_{baseline.lower()}_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        key = f"gpa_minus_{baseline.lower().replace(' ', '_')}"
+        summary[key] = float(diff.mean())
+        summary[f"{key}_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
     return summary
 
 
@@ -330,7 +334,16 @@ def main(argv=None):
     parser = _common.parser(__doc__, quick="3 small data sets, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None, help="CV repeats (default 2)")
     parser.add_argument("--datasets", default=None, help="comma-separated names")
+    parser.add_argument(
+        "--end-points",
+        action="store_true",
+        help="also GPAAugmenter(marginals=False), the flow's end points (the default before)",
+    )
+    parser.add_argument("--name", default=None, help="results file stem")
     args = parser.parse_args(argv)
+    if args.end_points:
+        global SAMPLERS
+        SAMPLERS = (*SAMPLERS, "GPA end points")
     names = QUICK if args.quick else KEEL + SCARCE
     if args.datasets:
         names = tuple(args.datasets.split(","))
@@ -351,7 +364,13 @@ def main(argv=None):
         print(
             f"{name}: BA "
             + ", ".join(f"{k} {v:.3f}" for k, v in s["balanced_accuracy"].items())
-            + f"  (GPA - SMOTE {s['gpa_minus_smote']:+.3f} +- {s['gpa_minus_smote_se']:.3f})",
+            + f"  (GPA - SMOTE {s['gpa_minus_smote']:+.3f} +- {s['gpa_minus_smote_se']:.3f})"
+            + (
+                f"  (GPA - end points {s['gpa_minus_gpa_end_points']:+.3f} +- "
+                f"{s['gpa_minus_gpa_end_points_se']:.3f})"
+                if args.end_points
+                else ""
+            ),
             flush=True,
         )
     info["three_class_s"], info["three_class_counts"] = time_three_class_problem()
@@ -360,7 +379,7 @@ def main(argv=None):
     table = markdown(summaries, info)
     print(table)
     payload = dict(info=info, summaries=summaries, records=records)
-    stem = _common.result_stem("bench_augment", args.quick)
+    stem = args.name or _common.result_stem("bench_augment", args.quick)
     _common.write_results(stem, payload, table, machine=False)
     return summaries
 

@@ -95,7 +95,7 @@ from sklearn.svm import SVC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._discrete import FeatureLevels, few_levels
+from sklearn_gpa._discrete import FeatureLevels, few_levels, recorded_decimals
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -119,6 +119,7 @@ GPA_VARIANTS = {
     "steps=1000": {"n_steps": 1000},
     "unclipped": {"_clip": False},
     "no snap": {"_snap": False},
+    "flow end points": {"_marginals": False},  # sample(marginals=False): the default before
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
 }
 
@@ -209,11 +210,13 @@ def make_gpa(variant):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clip, snap = params.pop("_clip", True), params.pop("_snap", True)
+            marginals = params.pop("_marginals", True)
             prior_draws = params.pop("_prior_draws", False)
             gpa = GPATransporter(random_state=seed, **params).fit(X, y)
             if prior_draws:  # sample() then replays no step: its prior's draws as they are
                 gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))
-            return gpa.sample(len(y), y=y, random_state=seed, clip=clip, snap=snap), y
+            options = dict(clip=clip, snap=snap, marginals=marginals)
+            return gpa.sample(len(y), y=y, random_state=seed, **options), y
 
     return generate
 
@@ -221,14 +224,15 @@ def make_gpa(variant):
 def _per_class(X, y, draw):
     """``draw(rows)`` new rows for each class, in standardised units; back in X's units,
     clipped to X's range and snapped as GPA's ``sample()`` does by default (a feature with at
-    most 10 values in the training rows onto the nearest value its class takes), in the
-    order of ``y``."""
+    most 10 values in the training rows onto the nearest value its class takes, the others
+    rounded to the decimals of their training values), in the order of ``y``."""
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
     classes = np.unique(y)
     out = [draw(Z[y == c]) for c in classes]
     samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
-    levels = FeatureLevels.fit(np.flatnonzero(few_levels(X)), [X[y == c] for c in classes])
+    groups = [X[y == c] for c in classes]
+    levels = FeatureLevels.fit(np.flatnonzero(few_levels(X)), groups, recorded_decimals(X))
     samples = levels.snap(samples, np.repeat(np.arange(len(classes)), [len(o) for o in out]))
     return _in_class_order(samples, y)
 

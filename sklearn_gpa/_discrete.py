@@ -2,17 +2,21 @@
 
 A flow moves particles continuously, so a binary, ordinal or count feature comes out between
 its levels; generated rows are moved back onto the nearest level their group (class) takes
-in the training rows, as SMOTE's interpolation between equal values keeps them.
+in the training rows, as SMOTE's interpolation between equal values keeps them.  Features
+with more values keep the precision they were recorded with: a count or a value in whole
+units stays whole, a value with one decimal keeps one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_LEVELS", "FeatureLevels", "few_levels"]
+__all__ = ["MAX_LEVELS", "FeatureLevels", "few_levels", "recorded_decimals"]
 
 # "auto" treats a feature with at most this many distinct values as discrete.
 MAX_LEVELS = 10
+# The finest precision looked for: a feature whose values need more decimals is left as it is.
+MAX_DECIMALS = 6
 
 
 def few_levels(X, max_levels=MAX_LEVELS) -> np.ndarray:
@@ -21,24 +25,49 @@ def few_levels(X, max_levels=MAX_LEVELS) -> np.ndarray:
     return (np.diff(X, axis=0) != 0).sum(0) + 1 <= max_levels
 
 
-class FeatureLevels:
-    """Per group, the sorted distinct values of each discrete feature in its rows."""
+def recorded_decimals(X, max_decimals=MAX_DECIMALS) -> np.ndarray:
+    """Per feature, the fewest decimals ``k`` (0 .. ``max_decimals``) with every value of
+    ``X`` a whole multiple of ``10 ** -k``; -1 where there are none (or too many)."""
+    X = np.asarray(X, dtype=np.float64)
+    decimals = np.full(X.shape[1], -1)
+    for k in range(max_decimals, -1, -1):  # the coarsest grid that fits is found last
+        scaled = X * 10.0**k
+        # Beyond 2**40 a float64 no longer tells a whole number from one a 1e-6 away.
+        exact = np.all(np.abs(scaled - np.round(scaled)) <= 1e-6, axis=0)
+        decimals[exact & (np.abs(scaled).max(0) < 2.0**40)] = k
+    return decimals
 
-    def __init__(self, features, levels):
+
+class FeatureLevels:
+    """Per group, the sorted distinct values of each discrete feature in its rows; for the
+    other features, the decimals their values were recorded with (-1: left as they are)."""
+
+    def __init__(self, features, levels, decimals=None):
         self.features = np.asarray(features, dtype=int)
         self.levels = levels  # levels[k][i]: values of feature features[i] in group k
+        self.decimals = decimals
 
     @classmethod
-    def fit(cls, features, groups):
-        """``features``: indices of the discrete features; ``groups``: a row array per group."""
+    def fit(cls, features, groups, decimals=None):
+        """``features``: indices of the discrete features; ``groups``: a row array per group;
+        ``decimals``: per feature, the decimals to round to (:func:`recorded_decimals`), or
+        None to round nothing."""
         features = np.asarray(features, dtype=int)
-        return cls(features, [[np.unique(rows[:, j]) for j in features] for rows in groups])
+        levels = [[np.unique(rows[:, j]) for j in features] for rows in groups]
+        if decimals is not None:
+            decimals = np.array(decimals)
+            decimals[features] = -1
+        return cls(features, levels, decimals)
 
     def snap(self, X, group_of_rows):
-        """``X`` with each discrete feature moved to the nearest level of the row's group."""
+        """``X`` with each discrete feature moved to the nearest level of the row's group,
+        and each other feature rounded to its recorded decimals."""
+        X = np.array(X, dtype=np.float64)
+        if self.decimals is not None:
+            for j in np.flatnonzero(self.decimals >= 0):
+                X[:, j] = np.round(X[:, j], self.decimals[j])
         if not len(self.features):
             return X
-        X = np.array(X, dtype=np.float64)
         for k, levels in enumerate(self.levels):
             rows = group_of_rows == k
             if not rows.any():

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ._discrete import FeatureLevels, few_levels
 from ._engine.device import cpu_threads
-from ._prior import Prior
+from ._prior import Prior, _quantile_table, match_marginals
 from ._scaling import Standardization
 from .transport import GPATransporter
 from .utils import check_magnitude, stack_domains, warn_at_caller
@@ -113,6 +113,14 @@ class GPAAugmenter(BaseOverSampler):
         class-constant feature should stay on its levels, as SMOTE's interpolation between
         equal values keeps it).  "auto": the features with at most 10 distinct values in
         ``X``; an array of feature indices or a boolean mask; None snaps nothing.
+    marginals : bool, default=True
+        Send each feature of a class's synthetic rows through the increasing map that takes
+        its distribution among the class's particles onto its distribution among the class's
+        rows, as :meth:`GPATransporter.sample` does: each synthetic row keeps its rank among
+        the particles in every feature (how the features vary together), and takes values
+        within the class's own range, in their proportions (a feature that is 0 in most of
+        the class's rows stays 0 in as many synthetic rows).  Discrete features are then
+        snapped as ``discrete_features`` says.  False keeps the flow's end points.
 
     n_jobs : int or None, default=None
         CPU threads for the flows (torch's, and the OpenMP and BLAS threads of the work
@@ -217,6 +225,7 @@ class GPAAugmenter(BaseOverSampler):
         "scale_features": ["boolean"],
         "discrete_features": [StrOptions({"auto"}), "array-like", None],
         "max_particles": [Interval(Integral, 1, None, closed="left"), None],
+        "marginals": ["boolean"],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
     }
 
@@ -231,6 +240,7 @@ class GPAAugmenter(BaseOverSampler):
         scale_features=True,
         discrete_features="auto",
         max_particles=1000,
+        marginals=True,
         n_jobs=None,
     ):
         super().__init__(sampling_strategy=sampling_strategy)
@@ -241,6 +251,7 @@ class GPAAugmenter(BaseOverSampler):
         self.scale_features = scale_features
         self.discrete_features = discrete_features
         self.max_particles = max_particles
+        self.marginals = marginals
         self.n_jobs = n_jobs
 
     def _fit_resample(self, X, y):
@@ -291,6 +302,10 @@ class GPAAugmenter(BaseOverSampler):
         if any(extra):
             fresh = _by_class(self._replayed(prior, extra, rng), extra)
             rows = [np.concatenate(pair) for pair in zip(rows, fresh)]
+        if self.marginals:
+            ends = _by_class(particles, counts)
+            tables = [_quantile_table(t) for t in scaled]
+            rows = [match_marginals(r, e, t) for r, e, t in zip(rows, ends, tables)]
         return rows
 
     @contextlib.contextmanager

@@ -176,13 +176,46 @@ def test_discrete_features_stay_on_their_levels():
     synthetic = X_res[len(X) :]
     assert set(np.unique(synthetic[:, 1])) <= {0.0, 1.0}
     assert np.all(synthetic[:, 2] == 1.0)
-    assert len(np.unique(synthetic[:, 0])) == len(synthetic)  # continuous stays continuous
+    # Continuous stays continuous; the particles' extremes map onto the class's extreme
+    # values (the quantile function is flat beyond its first and last levels).
+    assert len(np.unique(synthetic[:, 0])) >= len(synthetic) - 2
     raw = GPAAugmenter(
         random_state=0,
         discrete_features=None,
+        marginals=False,
         transporter=GPATransporter(source="gaussian_fit", n_steps=20),
     ).fit_resample(X, y)[0]
     assert len(np.unique(raw[len(X) :, 1])) > 2
+
+
+def test_synthetic_rows_keep_their_class_marginals():
+    """A minority class whose first feature is 0 in 75 % of its rows: the flow's end points
+    spread around 0, the marginal map gives the class its zeros back in their proportion and
+    keeps every synthetic row's rank among the particles."""
+    rng = np.random.RandomState(0)
+    majority = rng.normal(size=(200, 3))
+    latent = rng.normal(size=40)
+    minority = np.column_stack(
+        [
+            np.where(rng.rand(40) < 0.75, 0.0, 1.0 + rng.exponential(size=40)),
+            latent + 3,
+            latent + 0.3 * rng.normal(size=40) + 3,
+        ]
+    )
+    X, y = np.vstack([majority, minority]), np.repeat([0, 1], [200, 40])
+    outputs = {
+        flag: GPAAugmenter(random_state=0, marginals=flag).fit_resample(X, y)[0][len(X) :]
+        for flag in (True, False)
+    }
+    mapped, ends = outputs[True], outputs[False]
+    share = np.mean(minority[:, 0] == 0.0)
+    assert abs(np.mean(mapped[:, 0] == 0.0) - share) < 0.05
+    assert np.mean(ends[:, 0] == 0.0) < 0.05
+    assert np.all((mapped >= minority.min(0)) & (mapped <= minority.max(0)))
+    for j in range(3):
+        order = np.argsort(ends[:, j], kind="stable")
+        assert np.all(np.diff(mapped[order, j]) >= 0)
+    assert np.corrcoef(mapped[:, 1], mapped[:, 2])[0, 1] > 0.8
 
 
 def test_labels_minus_one_and_strings_are_ordinary_classes():

@@ -326,9 +326,80 @@ def test_sample_snaps_few_valued_features_to_their_class_levels():
     assert set(np.unique(snapped[:, 0])) <= {0.0, 1.0}
     assert set(np.unique(snapped[labels == 0, 1])) <= {1.0, 2.0, 3.0}
     np.testing.assert_array_equal(snapped[labels == 1, 1], 7.0)
-    raw = gpa.sample(100, y=labels, random_state=1, snap=False)
+    raw = gpa.sample(100, y=labels, random_state=1, snap=False, marginals=False)
     # The flow's end points lie between the levels; the continuous feature is never snapped.
     assert len(np.unique(raw[:, 0])) > 2
-    np.testing.assert_array_equal(snapped[:, 2], raw[:, 2])
+    no_map = gpa.sample(100, y=labels, random_state=1, marginals=False)
+    np.testing.assert_array_equal(no_map[:, 2], raw[:, 2])
     # Snapping moves each value to its nearest level.
-    assert np.all(np.abs(snapped[:, 0] - raw[:, 0]) <= 0.5 + 1e-12)
+    assert np.all(np.abs(no_map[:, 0] - raw[:, 0]) <= 0.5 + 1e-12)
+    # With the marginal map (the default) the binary feature is already on its two levels.
+    assert set(np.unique(gpa.sample(100, y=labels, random_state=1, snap=False)[:, 0])) == {0, 1}
+
+
+def test_sample_keeps_the_precision_the_values_were_recorded_with():
+    rng = np.random.RandomState(0)
+    n = 120
+    X = np.column_stack(
+        [
+            rng.poisson(40, n).astype(float),  # a count: whole numbers, many levels
+            np.round(rng.normal(36.8, 0.4, n), 1),  # one decimal
+            rng.normal(size=n),  # full precision
+        ]
+    )
+    gpa = GPATransporter(n_steps=30, stop=None, random_state=0).fit(X)
+    # The flow's end points (the marginal map alone already lands tied values on the rows').
+    rounded = gpa.sample(200, random_state=1, marginals=False)
+    raw = gpa.sample(200, random_state=1, snap=False, marginals=False)
+    np.testing.assert_array_equal(rounded[:, 0], np.round(raw[:, 0]))
+    np.testing.assert_array_equal(rounded[:, 1], np.round(raw[:, 1], 1))
+    np.testing.assert_array_equal(rounded[:, 2], raw[:, 2])
+    assert np.any(raw[:, 0] != np.round(raw[:, 0]))  # the flow's values are not whole
+
+
+def _with_an_atom(n=150, seed=0):
+    """A class whose first feature is 0 in 80 % of the rows (a trace element) and lognormal
+    elsewhere, correlated with two continuous features."""
+    rng = np.random.RandomState(seed)
+    latent = rng.normal(size=n)
+    atom = np.where(rng.rand(n) < 0.8, 0.0, np.exp(rng.normal(size=n)))
+    return np.column_stack(
+        [atom, latent + 0.3 * rng.normal(size=n), 2 * latent + (atom > 0) + rng.normal(size=n)]
+    )
+
+
+def test_sample_keeps_each_features_distribution_where_the_flow_moved():
+    X = _with_an_atom()
+    gpa = GPATransporter(n_steps=100, stop=None, random_state=0).fit(X)
+    mapped = gpa.sample(3000, random_state=1)
+    ends = gpa.sample(3000, random_state=1, marginals=False)
+    # The flow moved every value off the atom (no draw is exactly 0 but for clipping); the
+    # map gives it back in its proportion (measured 0.80 against 0.80 of the rows).
+    assert np.mean(ends[:, 0] == 0.0) < 0.6
+    assert abs(np.mean(mapped[:, 0] == 0.0) - np.mean(X[:, 0] == 0.0)) < 0.03
+    levels = [0.1, 0.3, 0.5, 0.7, 0.9]
+    for j in (1, 2):
+        below = np.mean(mapped[:, j, None] <= np.quantile(X[:, j], levels), axis=0)
+        np.testing.assert_allclose(below, levels, atol=0.04)
+    # Increasing in every feature: each sample keeps its rank among the flow's end points.
+    for j in range(3):
+        order = np.argsort(ends[:, j], kind="stable")
+        assert np.all(np.diff(mapped[order, j]) >= 0)
+    # The dependence the flow learned is kept (rows: 0.86 between the continuous features).
+    assert np.corrcoef(mapped[:, 1], mapped[:, 2])[0, 1] > 0.7
+
+
+def test_sample_leaves_flows_that_did_not_move_and_other_priors_alone():
+    X = _with_an_atom()
+    # The copula prior's draws are as close to these rows as a fresh sample: the stopping
+    # rule freezes the flow before its first step.
+    unmoved = GPATransporter(random_state=0).fit(X)
+    assert unmoved.history_["stop_step"].tolist() == [0]
+    np.testing.assert_array_equal(
+        unmoved.sample(50, random_state=1), unmoved.sample(50, random_state=1, marginals=False)
+    )
+    gaussian = GPATransporter(source="gaussian_fit", n_steps=20, stop=None, random_state=0)
+    gaussian.fit(X)
+    np.testing.assert_array_equal(
+        gaussian.sample(50, random_state=1), gaussian.sample(50, random_state=1, marginals=False)
+    )
