@@ -194,14 +194,15 @@ def train_flows(
     if progress is not None:
         progress.close(stop_reason=result.stop_reason, n_steps=result.n_steps)
     counts = [len(s) for s in sources]
-    # Flows done before their first step get no critic (NaN per step): the means are over
-    # the trained flows, weighted by their rows.
-    trained = ~np.isnan(result.divergence).all(0) if len(result.divergence) else slice(None)
-    weights = np.asarray(counts, dtype=float)[trained]
-    weights /= weights.sum()
+    # Flows done before their first step get no critic, and flows that stopped leave the
+    # run (NaN per step from then on): each step's means are over the flows trained at that
+    # step, weighted by their rows (a trained flow's non-finite value shows in the mean).
+    trained = np.arange(result.n_steps)[:, None] < np.asarray(result.trained_steps)
+    weights = np.where(trained, np.asarray(counts, dtype=float), 0.0)
+    weights /= np.maximum(weights.sum(1, keepdims=True), 1.0)
     history = {
-        "divergence": result.divergence[:, trained] @ weights,
-        "kinetic_energy": result.kinetic_energy[:, trained] @ weights,
+        "divergence": (np.where(trained, result.divergence, 0.0) * weights).sum(1),
+        "kinetic_energy": (np.where(trained, result.kinetic_energy, 0.0) * weights).sum(1),
         "divergence_per_flow": result.divergence,
         "kinetic_energy_per_flow": result.kinetic_energy,
         "time": result.time,

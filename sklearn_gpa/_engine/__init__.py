@@ -94,6 +94,13 @@ def run_gpa(sources, targets, **settings):
     what the others need.  The ``FlowResult`` still has K flows: the untrained ones have
     ``stop_step`` 0, are never alive, and their per-step divergence and kinetic energy
     are NaN.  A continued run (``critic_state`` of such a run) keeps the same slots.
+
+    A flow that stops later (or turns non-finite) leaves the run at that check
+    (``flow.train_flow``): its critic is no longer trained nor stored, its per-step values
+    are NaN from then on (``FlowResult.trained_steps``), and the ``LearnedFlow`` stores the
+    rest of the run for the flows that went on (``StoredStates.pieces``).  ``critic_state``
+    holds every flow's critic as it was when the flow left, so a continued run starts from
+    it; the flows it is given ``frozen`` leave its batch before its first step.
     """
     arguments = inspect.signature(_run_flows).bind(sources, targets, **settings)
     arguments.apply_defaults()
@@ -187,6 +194,8 @@ def _widen_result(result, slots, start, sources):
     stop_step[slots] = result.stop_step
     failed = np.full(n_flows, -1)
     failed[slots] = result.failed_step
+    trained = np.zeros(n_flows, dtype=int)
+    trained[slots] = result.trained_steps
     widened = dataclasses.replace(
         result,
         particles=particles,
@@ -195,6 +204,7 @@ def _widen_result(result, slots, start, sources):
         kinetic_energy=_columns(result.kinetic_energy, slots, n_flows),
         stop_step=stop_step.tolist(),
         failed_step=failed.tolist(),
+        trained_steps=trained.tolist(),
     )
     if result.stop_score is not None:
         score = _columns(result.stop_score, slots, n_flows)
@@ -307,7 +317,11 @@ def _run_flows(
         solver=solver,
         dt=dt,
         store_every=store_every,
-        stored=StoredStates.encode(result.states.cpu().numpy(), store_encoding),
+        stored=StoredStates.encode(
+            result.states.cpu().numpy(),
+            store_encoding,
+            [(flows, states.cpu().numpy()) for flows, states in result.later_states],
+        ),
         alive=result.alive.cpu().numpy(),
     )
     return result, flow

@@ -138,6 +138,16 @@ class ConvLayout:
     def head_params(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.conv_size :]
 
+    def parameter_flows(self) -> torch.Tensor:
+        """The flow of every value of the flat parameter vector (``MLPLayout``'s)."""
+        flat = torch.empty(self.size, dtype=torch.long)
+        flows = torch.arange(self.n_flows)[:, None]
+        for weight, bias in self.convolutions(flat):
+            for t in (weight.view(self.n_flows, -1), bias.view(self.n_flows, -1)):
+                t.copy_(flows.expand_as(t))
+        self.head_params(flat).copy_(self.head.parameter_flows())
+        return flat
+
     def nu(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.n_weights :]
 
@@ -156,11 +166,17 @@ class ConvLayout:
         """``(convolutions, head layers)``: views of every layer's weight and bias in ``flat``."""
         return self.convolutions(flat), self.head.layers(self.head_params(flat))
 
-    def forward(self, flat, activation, z, dropout_generator=None):
-        """``phi`` (K, T) of the K networks on ``z`` (K, T, d); dropout when given a generator."""
-        return self.forward_views(*self.views(flat), activation, z, dropout_generator)
+    def forward(self, flat, activation, z, dropout_generator=None, draws=None):
+        """``phi`` (K, T) of the K networks on ``z`` (K, T, d); dropout when given a generator.
 
-    def forward_views(self, convolutions, head_layers, activation, z, dropout_generator=None):
+        ``draws`` (index, total): the K networks are flows ``index`` of ``total`` and take
+        their share of the dropout masks drawn for all ``total`` (``Critic.select``).
+        """
+        return self.forward_views(*self.views(flat), activation, z, dropout_generator, draws)
+
+    def forward_views(
+        self, convolutions, head_layers, activation, z, dropout_generator=None, draws=None
+    ):
         """``forward`` with the layers given as lists of ``(weight, bias)``, as ``views``
         returns them (or as autograd leaves made from those views).
 
@@ -190,9 +206,7 @@ class ConvLayout:
             if dropout_generator is not None and self.dropout > 0:
                 # The draws of a contiguous map, in its order: the masks do not depend on
                 # the memory format.  One float mask, already scaled.
-                keep = torch.rand(
-                    x.shape, generator=dropout_generator, dtype=x.dtype, device=x.device
-                )
+                keep = _dropout_draws(x, k, dropout_generator, draws)
                 x = x * keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
         x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
         phi, _, _ = forward(head_layers, activation, x)
@@ -234,6 +248,17 @@ class ConvLayout:
         sigma = _top_singular_value(v.detach().reshape(r, k, -1).transpose(0, 1))
         u.copy_(_orthonormalize(back, k))
         return sigma[:, None]
+
+
+def _dropout_draws(x, n_flows, generator, draws):
+    """Uniform draws shaped as the (T, K * C, H, W) feature map ``x``: for all ``total``
+    flows and then those of flows ``index`` where ``draws`` is (index, total)."""
+    if draws is None:
+        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    index, total = draws
+    every = (x.shape[0], x.shape[1] // n_flows * total, *x.shape[2:])
+    values = torch.rand(every, generator=generator, dtype=x.dtype, device=x.device)
+    return values.unflatten(1, (total, -1)).index_select(1, index.to(x.device)).flatten(1, 2)
 
 
 def _top_singular_value(rows: torch.Tensor) -> torch.Tensor:
@@ -278,11 +303,28 @@ class ConvCritic(Critic):
             t for part in self.layout.views(self.grad) for pair in part for t in pair
         ]
 
-    def _init_normalisation(self, generator):
+    def _bind_weight_groups(self):
         layout = self.layout
         self.weight_groups = layout.head.weight_groups(layout.head_params(self.params))
-        self._left_vectors = self._head_vectors(generator)
         self._conv_weights = [w for w, _ in layout.convolutions(self.params)]
+
+    def _flow_vectors(self):
+        # The dense head's as the MLP critic's; a convolution's (r, K * c, H, W) as
+        # (r, K, c, H, W).
+        k, n_head = self.layout.n_flows, len(self.weight_groups)
+        vectors = self._left_vectors or []
+        return [u.unflatten(0, (-1, k)) for u in vectors[:n_head]] + [
+            u.unflatten(1, (k, -1)) for u in vectors[n_head:]
+        ]
+
+    def _join_vectors(self, views):
+        n_head = len(self.weight_groups)
+        return [v.flatten(0, 1) for v in views[:n_head]] + [v.flatten(1, 2) for v in views[n_head:]]
+
+    def _init_normalisation(self, generator):
+        layout = self.layout
+        self._bind_weight_groups()
+        self._left_vectors = self._head_vectors(generator)
         k = layout.n_flows
         for (c, h, w), weight in zip(layout.map_shapes, self._conv_weights):
             # A block no wider than the input space, where QR would return fewer vectors.
@@ -328,7 +370,9 @@ class ConvCritic(Critic):
             for part in (convolutions, head)
         ]
         with torch.enable_grad():
-            phi = self.layout.forward_views(*leaves, self.activation, z, self._dropout_generator())
+            phi = self.layout.forward_views(
+                *leaves, self.activation, z, self._dropout_generator(), self.draws
+            )
             value, grad_phi = self._objective_gradient(
                 phi.detach(), n_particles, w_y, w_x, with_value
             )
@@ -341,7 +385,9 @@ class ConvCritic(Critic):
     def _phi_and_particle_gradient(self, params, z, n_particles):
         y = z[:, :n_particles].detach().requires_grad_(True)
         rows = torch.cat([y, z[:, n_particles:]], 1)
-        phi = self.layout.forward(params, self.activation, rows, self._dropout_generator())
+        phi = self.layout.forward(
+            params, self.activation, rows, self._dropout_generator(), self.draws
+        )
         (grad_y,) = torch.autograd.grad(phi[:, :n_particles].sum(), y, create_graph=True)
         return phi, grad_y
 

@@ -7,13 +7,18 @@ normalisation.  All of it persists across particle steps: the papers' warm start
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .networks import (
+    PAIRED_BMM,
     MLPLayout,
     MLPPass,
+    flow_mask,
     forward,
     input_gradient,
     orthonormal_init,
@@ -82,6 +87,7 @@ class _Chunk:
     weights_t: list | None
     n_rows: int = 0
     fits: bool = False  # whether its buffers are small enough to keep (``_WORKSPACE_BYTES``)
+    paired: bool = False  # thin products as in a batch (a flow left alone in its group)
     passes: MLPPass | None = None
 
 
@@ -108,6 +114,12 @@ class Critic:
     # No transposed copies of the weights unless ``_bind_transposed`` makes them.
     _transposed_pairs = ()
     weights_t = None
+    #: None, or (index, total) for a ``select``-ed critic: its flows' index among the
+    #: ``total`` flows whose random draws (mini-batches, dropout) it takes its share of.
+    draws = None
+    #: Whether the power iteration's thin products run as in a batch (``networks._paired``):
+    #: for the critic of the one flow left in a run, which then trains as among the others.
+    paired = False
 
     def __init__(
         self,
@@ -208,8 +220,11 @@ class Critic:
         for buffer, view in self._transposed_pairs:
             buffer.copy_(view)
 
-    def _init_normalisation(self, generator) -> None:
+    def _bind_weight_groups(self) -> None:
         self.weight_groups = self.layout.weight_groups(self.params)
+
+    def _init_normalisation(self, generator) -> None:
+        self._bind_weight_groups()
         if self.orthonormal:
             self._left_vectors = []
             for w in self.weight_groups:
@@ -265,6 +280,64 @@ class Critic:
         if "generator" in state:
             self.generator.set_state(torch.from_numpy(state["generator"].copy()))
 
+    # -- compaction: the critics of some of the flows ---------------------------------------
+    def _flow_vectors(self) -> list:
+        """Views of the power-iteration vectors with the flows as dimension 1: a dense
+        group's (n * K, 1, fan_out) as (n, K, 1, fan_out)."""
+        k = self.layout.n_flows
+        return [u.unflatten(0, (-1, k)) for u in self._left_vectors or []]
+
+    def _join_vectors(self, views) -> list:
+        """The inverse of ``_flow_vectors`` (on views of fewer flows)."""
+        return [v.flatten(0, 1) for v in views]
+
+    def select(self, flows) -> Critic:
+        """The critic of ``flows`` (increasing indices) alone, as it would go on in this one.
+
+        Weights, Adam moments, power-iteration vectors and counters are copied; the
+        generator is shared, and the mini-batch and dropout draws stay those of every flow
+        (``draws``), so each selected flow trains exactly as it would among all of them.
+        """
+        flows = torch.as_tensor(np.asarray(flows), dtype=torch.long)
+        new = copy.copy(self)
+        new.layout = dataclasses.replace(self.layout, n_flows=len(flows))
+        drawn, total = (
+            (torch.arange(self.layout.n_flows), self.layout.n_flows)
+            if self.draws is None
+            else self.draws
+        )
+        new.draws = (drawn[flows], total)
+        new.paired = len(flows) == 1
+        mask = flow_mask(self.layout, flows).to(self.params.device)
+        with self.no_graph():
+            new.params, new.exp_avg, new.exp_avg_sq = (
+                t[mask] for t in (self.params, self.exp_avg, self.exp_avg_sq)
+            )
+            new.grad = torch.zeros_like(new.params)
+            new.n_updates = self.n_updates.clone()
+            new._bind_views()
+            new._power_plan = None
+            if self.constraint is not None:
+                new._bind_weight_groups()
+            if self._left_vectors is not None:
+                index = flows.to(self.params.device)
+                new._left_vectors = self._join_vectors(
+                    [v.index_select(1, index) for v in self._flow_vectors()]
+                )
+        return new
+
+    def absorb(self, part: Critic, flows) -> None:
+        """Write ``part`` (``select(flows)`` of this critic, trained on) back into this one."""
+        mask = flow_mask(self.layout, flows).to(self.params.device)
+        with self.no_graph():
+            for name in ("params", "exp_avg", "exp_avg_sq"):
+                getattr(self, name)[mask] = getattr(part, name)
+            self.n_updates.copy_(part.n_updates)
+            index = torch.as_tensor(np.asarray(flows), dtype=torch.long, device=mask.device)
+            for full, selected in zip(self._flow_vectors(), part._flow_vectors()):
+                full.index_copy_(1, index, selected)
+        self._exact_left, self._updates = part._exact_left, part._updates
+
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):
         """One power iteration per layer with persistent vectors; the norms per weight group,
@@ -280,14 +353,14 @@ class Critic:
                 (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
                 for w, u in zip(self.weight_groups, self._left_vectors)
             ]
-        norms = []
+        norms, bmm = [], PAIRED_BMM if self.paired else torch.bmm
         for w, w_t, u in plan:
             if w_t is None:
                 norms.append(torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True))
                 continue
-            v = torch.bmm(u, w_t)
+            v = bmm(u, w_t)
             v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True))
-            wv = torch.bmm(v, w)
+            wv = bmm(v, w)
             sigma = torch.linalg.vector_norm(wv, dim=-1, keepdim=True)
             torch.div(wv, sigma, out=u)
             norms.append(sigma)
@@ -383,10 +456,18 @@ class Critic:
         chunks = self._chunks.get(n_rows)
         if chunks is None:
             k = self.layout.n_flows
+            index, total = (np.arange(k), k) if self.draws is None else self.draws
+            index = np.asarray(index)
             per_flow = n_rows * max(self.layout.sizes) * self.params.element_size()
             # A GPU has no such cache to fit, and every group costs kernel launches.
-            size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else k
-            if size >= k:
+            size = max(1, _CACHE_BYTES // per_flow) if self.params.device.type == "cpu" else total
+            # Groups of ``size`` consecutive flows of the run.  The critic of some of them
+            # (``select``) keeps each flow in its group, a flow left alone in a group of
+            # several computing its thin products as in a batch (``networks._paired``):
+            # every flow's products take the kernels they took with all flows.
+            group = index // size
+            starts = [0, *np.flatnonzero(np.diff(group)) + 1, k]
+            if len(starts) == 2:
                 chunks = [_Chunk(None, self.layers, self.grad_layers, self.weights_t)]
             else:
                 chunks = [
@@ -398,8 +479,10 @@ class Critic:
                         if self.weights_t is None
                         else [None if w is None else w[flows] for w in self.weights_t],
                     )
-                    for flows in (slice(i, min(i + size, k)) for i in range(0, k, size))
+                    for flows in (slice(a, b) for a, b in zip(starts[:-1], starts[1:]))
                 ]
+            for c, a, b in zip(chunks, starts[:-1], starts[1:]):
+                c.paired = b - a == 1 and min(size, total - group[a] * size) >= 2
             widths = self.layout.sizes[1:]
             workspace = (2 * sum(widths) + 1) * n_rows * k * self.params.element_size()
             fits = (
@@ -423,7 +506,12 @@ class Critic:
             return None
         if chunk.passes is None:
             chunk.passes = MLPPass(
-                chunk.layers, chunk.grad_layers, chunk.weights_t, self.activation, chunk.n_rows
+                chunk.layers,
+                chunk.grad_layers,
+                chunk.weights_t,
+                self.activation,
+                chunk.n_rows,
+                chunk.paired,
             )
         return chunk.passes
 
@@ -453,7 +541,7 @@ class Critic:
             value = self._objective_into(passes, n_particles, w_y, w_x, with_value, chunk)
             passes.parameter_gradient(z)
             return value
-        phi, inputs, saved = forward(chunk.layers, self.activation, z)
+        phi, inputs, saved = forward(chunk.layers, self.activation, z, paired=chunk.paired)
         value, grad_phi = self._objective_gradient(
             phi, n_particles, w_y, w_x, with_value, chunk.flows
         )
@@ -465,6 +553,7 @@ class Critic:
             grad_phi,
             chunk.grad_layers,
             self._weights_t(chunk),
+            paired=chunk.paired,
         )
         return value
 
@@ -540,6 +629,10 @@ class Critic:
             if passes is not None:
                 grads.append(passes.input_gradient(rows))
                 continue
-            _, _, saved = forward(c.layers, self.activation, rows, output=False)
-            grads.append(input_gradient(c.layers, self.activation, saved, self._weights_t(c)))
+            _, _, saved = forward(c.layers, self.activation, rows, output=False, paired=c.paired)
+            grads.append(
+                input_gradient(
+                    c.layers, self.activation, saved, self._weights_t(c), paired=c.paired
+                )
+            )
         return grads[0] if len(grads) == 1 else torch.cat(grads)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .networks import flow_mask
 from .storage import StoredStates
 
 __all__ = [
@@ -65,7 +67,13 @@ def pack_rows(groups, dtype, device):
 
 @dataclass
 class FlowResult:
-    """What one run of Algorithm 1 leaves behind (tensors on the run's device)."""
+    """What one run of Algorithm 1 leaves behind (tensors on the run's device).
+
+    ``states`` are the critic states of all K flows up to the first check where a flow
+    stopped (every state when none did); ``later_states`` lists, after each such check,
+    ``(flows, states)``: the states of the flows still moving from then on, stored every
+    ``store_every`` steps as before (``LearnedFlow`` replays them piece by piece).
+    """
 
     particles: torch.Tensor  # (K, M, d) final positions
     states: torch.Tensor  # (n_stored, n_stages, n_params) critic weights per stored step
@@ -82,6 +90,8 @@ class FlowResult:
     stop_score: np.ndarray = None  # (n_checks, K) the rule's score at each check (<= 1: done)
     stop_statistic: np.ndarray = None  # (n_checks, K) energy distance particles - target
     stop_floor: np.ndarray = None  # (K,) the energy distance's fresh-sample floor
+    later_states: list = field(default_factory=list)  # [(flows, states)] after compactions
+    trained_steps: list = field(default_factory=list)  # per flow, steps its critic trained
 
 
 @dataclass
@@ -97,6 +107,107 @@ class _Problem:
     batch: object  # None, or a function z -> (rows, n_particles, w_y, w_x) mini-batch
 
 
+@dataclass
+class _Record:
+    """Where the steps' diagnostics (K-wide) and critic states (by segment) go.
+
+    ``columns`` are the batch's flows among the K (None: all K are in the batch);
+    ``states`` holds the stored states from stored index ``first`` on.
+    """
+
+    states: torch.Tensor
+    first: int
+    store_every: int
+    divergence: torch.Tensor  # (n_steps, K), NaN where a flow was not in the batch
+    kinetic_energy: torch.Tensor
+    alive: torch.Tensor  # (n_steps, K), False where a flow was not in the batch
+    n_stored: int
+    trained_steps: np.ndarray  # (K,) steps each flow's critic trained (n_steps: to the end)
+    columns: torch.Tensor | None = None
+    later: list = field(default_factory=list)  # closed segments: (first, columns, states)
+
+    def write(self, table, step, values):
+        if self.columns is None:
+            table[step] = values
+        else:
+            table[step].index_copy_(0, self.columns, values)
+
+
+# Whether a run leaves the flows that stopped out of its batch (``_Batch.leave_out``);
+# benchmarks switch it off to time the run that keeps every flow to the end.
+_COMPACT = True
+
+
+class _Batch:
+    """The flows a run still trains: their critic, particles, problem and flags.
+
+    ``flows`` are their indices among the run's K flows.  ``leave_out`` drops the flows
+    that no longer move (stopped by the rule, or non-finite) at a check: their critics are
+    no longer trained, their particles no longer moved and their states no longer stored;
+    what is left runs as it would have among all K (``Critic.select``).
+    """
+
+    def __init__(self, critic, y, problem, live, running):
+        self.origin = self.critic = critic
+        self.y, self.problem, self.live, self.running = y, problem, live, running
+        self.flows = np.arange(len(y))
+        self.particles = None  # K-wide final positions, once a flow has left
+
+    def final_particles(self):
+        if self.particles is None:
+            return self.y
+        self.particles[torch.as_tensor(self.flows, device=self.y.device)] = self.y
+        return self.particles
+
+    def final_critic(self):
+        """The run's critic of all K flows, each as it was when it left the batch."""
+        if self.critic is not self.origin:
+            self.origin.absorb(self.critic, self.flows)
+        return self.origin
+
+    def leave_out(self, steps_run, record: _Record, rule) -> None:
+        """Drop the flows that no longer move, after ``steps_run`` steps."""
+        moving = (self.live & self.running).cpu().numpy()
+        if not _COMPACT or moving.all() or not moving.any():
+            return
+        device = self.y.device
+        keep = np.flatnonzero(moving)
+        index = torch.as_tensor(keep, device=device)
+        if self.particles is None:
+            self.particles = self.y.clone()
+        else:
+            self.particles[torch.as_tensor(self.flows, device=device)] = self.y
+        if self.critic is not self.origin:
+            self.origin.absorb(self.critic, self.flows)
+        record.trained_steps[self.flows[~moving]] = steps_run
+        self.flows = self.flows[keep]
+        self.critic = self.origin.select(self.flows)
+        self.y = self.y.index_select(0, index)
+        self.live, self.running = self.live[index], self.running[index]
+        p = self.problem
+        self.problem = dataclasses.replace(
+            p,
+            z=p.z.index_select(0, index),
+            w_y=p.w_y.index_select(0, index),
+            w_x=p.w_x.index_select(0, index),
+            batch=None if p.batch is None else p.batch.select(keep, self.critic.draws),
+        )
+        if rule.stopping is not None:
+            rule.stopping = rule.stopping.select(index)
+        # The states stored so far stay in their segment; the batch's go to a new one.
+        first = -(-steps_run // record.store_every)
+        record.later.append((record.first, record.columns, record.states[: first - record.first]))
+        record.states = torch.empty(
+            record.n_stored - first,
+            *record.states.shape[1:2],
+            self.critic.params.numel(),
+            dtype=record.states.dtype,
+            device=device,
+        )
+        record.first = first
+        record.columns = torch.as_tensor(self.flows, device=device)
+
+
 def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
     """Train the critic at the stage position, then return (velocity, J, kinetic energy)."""
     position = tableau.stage_position(y, p.dt, velocities)
@@ -109,69 +220,83 @@ def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
     return -grad, value, kinetic
 
 
-def _particle_step(critic, tableau, y, p: _Problem, step, live, running, record):
-    """One step of every flow; records diagnostics and critic states; returns new positions.
+def _particle_step(tableau, batch: _Batch, step, record: _Record):
+    """One step of the batch's flows; records diagnostics and critic states; moves ``y``.
 
-    ``live`` (finite so far) is updated in place; flows not ``running`` (stopped by the
-    rule) are frozen like non-finite ones.
+    ``batch.live`` (finite so far) is updated in place; flows not ``running`` (stopped by
+    the rule) are frozen like non-finite ones.
     """
-    states, store_every, divergence, kinetic_energy, alive = record
+    critic, y, p = batch.critic, batch.y, batch.problem
     velocities = []
     for stage in range(tableau.n_stages):
         velocity, value, kinetic = _stage_velocity(critic, tableau, y, velocities, p)
         velocities.append(velocity)
         if stage == 0:
-            divergence[step] = value
-            kinetic_energy[step] = kinetic
+            record.write(record.divergence, step, value)
+            record.write(record.kinetic_energy, step, kinetic)
             # The kinetic energy is non-finite exactly when some velocity of the flow is,
             # and a sum is non-finite exactly when a term is: a check on K numbers instead
             # of on every coordinate of every particle.
             health = kinetic + value
         else:
             health = health + kinetic
-        if step % store_every == 0:
-            states[step // store_every, stage].copy_(critic.params)
+        if step % record.store_every == 0:
+            record.states[step // record.store_every - record.first, stage].copy_(critic.params)
     increment = tableau.increment(p.dt, velocities)
     # A flow whose step is not finite is frozen where it is, on the device, at once.
-    live &= torch.isfinite(health)
-    moving = live & running
-    alive[step] = moving
-    return y.add_(increment.masked_fill_(~moving[:, None, None], 0.0))
+    batch.live &= torch.isfinite(health)
+    moving = batch.live & batch.running
+    record.write(record.alive, step, moving)
+    y.add_(increment.masked_fill_(~moving[:, None, None], 0.0))
 
 
-def _check_progress(step, live, running, divergence, kinetic_energy, tol, callback):
+def _check_progress(step, batch: _Batch, rule, record: _Record, tol, callback):
     """The host's look at the device every ``log_every`` steps; returns a stop reason."""
-    moving = (live & running).cpu().numpy()
+    moving = (batch.live & batch.running).cpu().numpy()
     if callback is not None:
         # The user's code runs as it would outside the fit, autograd included.
         with torch.inference_mode(False):
-            callback(step, divergence[step].cpu().numpy(), kinetic_energy[step].cpu().numpy())
+            callback(
+                step,
+                record.divergence[step].cpu().numpy(),
+                record.kinetic_energy[step].cpu().numpy(),
+            )
     if not moving.any():
-        return "non-finite" if running.cpu().numpy().all() else "converged"
-    if tol is not None and np.all(kinetic_energy[step].cpu().numpy()[moving] < tol):
+        return "converged" if (rule.stop_step >= 0).any() else "non-finite"
+    energy = record.kinetic_energy[step].cpu().numpy()[batch.flows]
+    if tol is not None and np.all(energy[moving] < tol):
         return "tol"
     return None
 
 
 class _RuleRecord:
-    """The stopping rule's checks on the host: steps, statistics, each flow's stopping step."""
+    """The stopping rule's checks on the host: steps, statistics, each flow's stopping step.
+
+    ``stopping`` is the rule of the batch's flows; a flow out of the batch keeps the score
+    and statistics of its last check (its particles no longer move).
+    """
 
     def __init__(self, stopping, running):
-        self.stopping, self.running = stopping, running
+        self.stopping = stopping
+        self.floor = None if stopping is None else stopping.floor[0].cpu().numpy()
         self.steps, self.scores, self.values = [], [], []
         self.stop_step = np.where(running.cpu().numpy(), -1, 0)
+        n_flows = len(self.stop_step)
+        self.score, self.value = np.full(n_flows, np.nan), np.full(n_flows, np.nan)
 
-    def check(self, steps_run, y, live):
+    def check(self, steps_run, batch: _Batch):
         """Apply the rule after ``steps_run`` steps: freeze the flows that are done."""
         if self.stopping is None:
             return
-        values, score, converged = self.stopping.check(y)
-        newly = (converged & live & self.running).cpu().numpy()
-        self.stop_step[newly] = steps_run
-        self.running &= ~torch.as_tensor(newly, device=self.running.device)
+        values, score, converged = self.stopping.check(batch.y)
+        newly = (converged & batch.live & batch.running).cpu().numpy()
+        self.stop_step[batch.flows[newly]] = steps_run
+        batch.running &= ~torch.as_tensor(newly, device=batch.running.device)
+        self.score[batch.flows] = score.cpu().numpy()
+        self.value[batch.flows] = values[0].cpu().numpy()
         self.steps.append(steps_run)
-        self.scores.append(score.cpu().numpy())
-        self.values.append(values[0].cpu().numpy())
+        self.scores.append(self.score.copy())
+        self.values.append(self.value.copy())
 
     def fill(self, result):
         result.stop_step = self.stop_step.tolist()
@@ -179,22 +304,47 @@ class _RuleRecord:
             result.stop_check_step = np.array(self.steps, dtype=int)
             result.stop_score = np.array(self.scores).reshape(len(self.steps), -1)
             result.stop_statistic = np.array(self.values).reshape(len(self.steps), -1)
-            result.stop_floor = self.stopping.floor[0].cpu().numpy()
+            result.stop_floor = self.floor
 
 
-def minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
-    """Per flow, draw ``batch_size`` particle and target rows uniformly with replacement."""
+class _Sampler:
+    """Per flow, ``batch_size`` particle and target rows drawn uniformly with replacement.
 
-    def sample(z):
-        k = z.shape[0]
-        rand = torch.rand(k, 2, batch_size, generator=generator, device=z.device, dtype=z.dtype)
-        idx_y = (rand[:, 0] * counts_y[:, None]).long()
-        idx_x = (rand[:, 1] * counts_x[:, None]).long() + n_particles
+    ``draws`` (index, total): the flows are flows ``index`` of ``total`` and take their
+    share of the draws for all ``total`` (a batch that some flows have left draws what it
+    drew before they left).
+    """
+
+    def __init__(self, n_particles, counts_y, counts_x, batch_size, generator, draws=None):
+        self.n_particles, self.counts_y, self.counts_x = n_particles, counts_y, counts_x
+        self.batch_size, self.generator, self.draws = batch_size, generator, draws
+
+    def __call__(self, z):
+        k, batch_size = z.shape[0], self.batch_size
+        total = k if self.draws is None else self.draws[1]
+        rand = torch.rand(
+            total, 2, batch_size, generator=self.generator, device=z.device, dtype=z.dtype
+        )
+        if self.draws is not None:
+            rand = rand.index_select(0, self.draws[0].to(z.device))
+        idx_y = (rand[:, 0] * self.counts_y[:, None]).long()
+        idx_x = (rand[:, 1] * self.counts_x[:, None]).long() + self.n_particles
         idx = torch.cat([idx_y, idx_x], 1).unsqueeze(-1).expand(-1, -1, z.shape[2])
         w = torch.full((k, batch_size), 1.0 / batch_size, dtype=z.dtype, device=z.device)
         return torch.gather(z, 1, idx), batch_size, w, w
 
-    return sample
+    def select(self, keep, draws):
+        """The sampler of flows ``keep`` (indices among these), drawing as ``draws``."""
+        index = torch.as_tensor(keep, device=self.counts_y.device)
+        counts_y, counts_x = self.counts_y[index], self.counts_x[index]
+        return _Sampler(
+            self.n_particles, counts_y, counts_x, self.batch_size, self.generator, draws
+        )
+
+
+def minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator):
+    """Per flow, draw ``batch_size`` particle and target rows uniformly with replacement."""
+    return _Sampler(n_particles, counts_y, counts_x, batch_size, generator)
 
 
 def _graph_free_when_possible(run):
@@ -245,6 +395,12 @@ def train_flow(
     and ``alive`` is False from then on, so replay freezes them too) while the others go
     on; the run stops when none moves (``stop_reason="converged"``).  ``frozen`` (K,) marks
     flows that do not move at all (a continued run's flows that had stopped).
+
+    At each look, the flows that no longer move (stopped or non-finite) leave the batch:
+    the rest of the run costs what the moving flows cost, and each of them follows the
+    path it would have followed among all K (same critic draws).  Their per-step
+    divergence and kinetic energy are NaN from then on, and ``critic`` ends with each
+    flow's critic as it was when the flow left.
     """
     n_flows, n_particles, _ = y0.shape
     device, dtype = y0.device, y0.dtype
@@ -258,12 +414,18 @@ def train_flow(
         batch = minibatch_sampler(n_particles, counts_y, counts_x, batch_size, generator)
 
     n_stored = -(-n_steps // store_every)
-    states = torch.empty(
-        n_stored, tableau.n_stages, critic.params.numel(), dtype=dtype, device=device
+    record = _Record(
+        states=torch.empty(
+            n_stored, tableau.n_stages, critic.params.numel(), dtype=dtype, device=device
+        ),
+        first=0,
+        store_every=store_every,
+        divergence=torch.full((n_steps, n_flows), math.nan, dtype=dtype, device=device),
+        kinetic_energy=torch.full((n_steps, n_flows), math.nan, dtype=dtype, device=device),
+        alive=torch.zeros(n_steps, n_flows, dtype=torch.bool, device=device),
+        n_stored=n_stored,
+        trained_steps=np.full(n_flows, n_steps),
     )
-    alive = torch.ones(n_steps, n_flows, dtype=torch.bool, device=device)
-    divergence = torch.empty(n_steps, n_flows, dtype=dtype, device=device)
-    kinetic_energy = torch.empty(n_steps, n_flows, dtype=dtype, device=device)
     now = np.empty(n_steps)
     live = torch.ones(n_flows, dtype=torch.bool, device=device)
     running = torch.ones(n_flows, dtype=torch.bool, device=device)
@@ -272,43 +434,54 @@ def train_flow(
     rule = _RuleRecord(stopping, running)
     start, stop_reason, steps_run = time.perf_counter(), "n_steps", n_steps
 
-    problem = _Problem(z, n_particles, w_y, w_x, dt, n_critic, batch)
-    record = (states, store_every, divergence, kinetic_energy, alive)
+    flows = _Batch(
+        critic, y, _Problem(z, n_particles, w_y, w_x, dt, n_critic, batch), live, running
+    )
     step = 0
     try:
-        rule.check(0, y, live)
-        if not running.any():
+        rule.check(0, flows)
+        if not flows.running.any():
             stop_reason, steps_run = "converged", 0
+        else:
+            flows.leave_out(0, record, rule)
         for step in range(steps_run):
-            y = _particle_step(critic, tableau, y, problem, step, live, running, record)
+            _particle_step(tableau, flows, step, record)
             now[step] = time.perf_counter() - start
             if (step + 1) % log_every == 0 or step + 1 == n_steps:
-                rule.check(step + 1, y, live)
-                reason = _check_progress(
-                    step, live, running, divergence, kinetic_energy, tol, callback
-                )
+                rule.check(step + 1, flows)
+                reason = _check_progress(step, flows, rule, record, tol, callback)
                 if reason is not None:
                     stop_reason, steps_run = reason, step + 1
                     break
+                if step + 1 < n_steps:
+                    flows.leave_out(step + 1, record, rule)
     except KeyboardInterrupt:
         # The particles of the interrupted step were not written yet: keep the finished steps.
         stop_reason, steps_run = "interrupted", step
 
-    alive = alive[:steps_run]
+    alive = record.alive[:steps_run]
     failed = [
         _first_non_finite(column, stopped)
         for column, stopped in zip(alive.cpu().numpy().T, rule.stop_step)
     ]
+    segments = [*record.later, (record.first, record.columns, record.states)]
+    end = -(-steps_run // store_every)
+    segments = [(first, columns, states[: end - first]) for first, columns, states in segments]
+    first_states = segments[0][2]
+    later = [(c.cpu().numpy(), states) for _, c, states in segments[1:] if len(states)]
+    flows.final_critic()
     result = FlowResult(
-        particles=y,
-        states=states[: -(-steps_run // store_every)],
+        particles=flows.final_particles(),
+        states=first_states,
         alive=alive,
-        divergence=divergence[:steps_run].cpu().numpy(),
-        kinetic_energy=kinetic_energy[:steps_run].cpu().numpy(),
+        divergence=record.divergence[:steps_run].cpu().numpy(),
+        kinetic_energy=record.kinetic_energy[:steps_run].cpu().numpy(),
         time=now[:steps_run],
         n_steps=steps_run,
         stop_reason=stop_reason,
         failed_step=failed,
+        later_states=later,
+        trained_steps=np.minimum(record.trained_steps, steps_run).tolist(),
     )
     rule.fill(result)
     return result
@@ -322,18 +495,22 @@ def _first_non_finite(alive, stop_step):
     return int(frozen[0])
 
 
-def replay_flow(y, states, alive, layout, activation, tableau, *, dt, store_every=1, path=None):
+def replay_flow(
+    y, states, alive, layout, activation, tableau, *, dt, store_every=1, path=None, offset=0
+):
     """Move packed particles ``y`` (K, M, d) along a stored flow; returns new positions.
 
     Step ``n`` uses the critic stored at step ``store_every * (n // store_every)``.
     A flow stops moving at the step it turned non-finite during training.  With ``path``
-    an integer k, returns instead the positions before step 0, k, 2k, ... and at the end.
+    an integer k, returns instead the positions before step 0, k, 2k, ... and at the end;
+    ``offset``: the steps are the flow's from step ``offset`` on (a multiple of
+    ``store_every``), and the positions are those before its steps that are multiples of k.
     """
     states = states.to(device=y.device, dtype=y.dtype)
     alive = alive.to(y.device)
     snapshots = []
     for step in range(alive.shape[0]):
-        if path is not None and step % path == 0:
+        if path is not None and (offset + step) % path == 0:
             snapshots.append(y)
         stored = states[step // store_every]
         velocities = []
@@ -355,7 +532,9 @@ class LearnedFlow:
     (``states`` decodes them: (n_stored, n_stages, n_params)), ``alive`` (n_steps, K)
     whether each flow still moved at that step.  ``slots`` (K,) is the estimator's flow
     index of each critic when only some flows were trained (the others were done before
-    their first step and never move); None: critic k is flow k.
+    their first step and never move); None: critic k is flow k.  Where flows stopped during
+    the run, the states after each such stop hold the critics of the flows that went on
+    (``StoredStates.pieces``); replay moves each piece's flows only.
     """
 
     layout: object
@@ -370,8 +549,25 @@ class LearnedFlow:
 
     @property
     def states(self) -> np.ndarray:
-        """The critic states (n_stored, n_stages, n_params), float32, as replay uses them."""
-        return self.stored.decode()
+        """The critic states (n_stored, n_stages, n_params), float32, as replay uses them.
+
+        Where the run had left stopped flows out of its batch, their parameters keep their
+        last stored values (NaN where none was stored).
+        """
+        if self.stored.every_flow:
+            return self.stored.decode()
+        pieces = self.stored.pieces()
+        shape = (self.stored.shape[0], pieces[0][2].shape[1], self.layout.size)
+        out = np.full(shape, np.nan, dtype=np.float32)
+        for first, flows, states in pieces:
+            part = out[first : first + len(states)]
+            if flows is None:
+                part[...] = states
+                continue
+            if first:
+                part[...] = out[first - 1]
+            part[..., flow_mask(self.layout, flows).numpy()] = states
+        return out
 
     @property
     def n_steps(self) -> int:
@@ -467,21 +663,51 @@ class LearnedFlow:
             )
 
     def _replay(self, y, activation, tableau, dtype, device, chunk_rows, path):
-        states = torch.as_tensor(self.states, dtype=dtype, device=device)
         alive = torch.as_tensor(self.alive, device=device)
+        pieces = []
+        for first, flows, states in self.stored.pieces():
+            if flows is not None:
+                flows = torch.as_tensor(flows, device=device)
+            states = torch.as_tensor(states, dtype=dtype, device=device)
+            pieces.append((first, flows, states))
         y = torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
         moved = [
-            replay_flow(
-                y[:, start : start + chunk_rows],
+            self._replay_pieces(
+                y[:, start : start + chunk_rows], pieces, alive, activation, tableau, path
+            )
+            for start in range(0, max(y.shape[1], 1), chunk_rows)
+        ]
+        return torch.cat(moved, -2).cpu().numpy()
+
+    def _replay_pieces(self, y, pieces, alive, activation, tableau, path):
+        """Replay piece by piece: each moves the flows whose critics it stored."""
+        snapshots, n_steps = [], self.n_steps
+        for j, (first, flows, states) in enumerate(pieces):
+            begin = first * self.store_every
+            end = n_steps if j + 1 == len(pieces) else pieces[j + 1][0] * self.store_every
+            end = min(end, n_steps)
+            if begin >= end:
+                continue
+            moved = replay_flow(
+                y if flows is None else y.index_select(0, flows),
                 states,
-                alive,
-                self.layout,
+                alive[begin:end] if flows is None else alive[begin:end].index_select(1, flows),
+                self.layout
+                if flows is None
+                else dataclasses.replace(self.layout, n_flows=len(flows)),
                 activation,
                 tableau,
                 dt=self.dt,
                 store_every=self.store_every,
                 path=path,
+                offset=begin,
             )
-            for start in range(0, max(y.shape[1], 1), chunk_rows)
-        ]
-        return torch.cat(moved, -2).cpu().numpy()
+            if path is not None:
+                moved, path_moved = moved[-1], moved[:-1]
+                snapshots += [
+                    snap if flows is None else y.index_copy(0, flows, snap) for snap in path_moved
+                ]
+            y = moved if flows is None else y.index_copy(0, flows, moved)
+        if path is not None:
+            return torch.stack(snapshots + [y])
+        return y

@@ -20,6 +20,7 @@ import torch
 __all__ = [
     "ACTIVATIONS",
     "MLPLayout",
+    "flow_mask",
     "MLPPass",
     "forward",
     "input_gradient",
@@ -253,6 +254,21 @@ class MLPLayout:
     def nu(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[..., self.n_weights :]
 
+    def parameter_flows(self) -> torch.Tensor:
+        """The flow of every value of the flat parameter vector: a (size,) long tensor.
+
+        Within every layer the flows are the outer dimension, so the values of some flows,
+        taken in order (``select_flows``), are the parameter vector of the layout of those
+        flows alone.
+        """
+        flat = torch.empty(self.size, dtype=torch.long)
+        flows = torch.arange(self.n_flows)
+        for w, b in self.layers(flat):
+            w.copy_(flows[:, None, None].expand_as(w))
+            b.copy_(flows[:, None, None].expand_as(b))
+        self.nu(flat).copy_(flows)
+        return flat
+
     def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
         """``grad_z phi`` (K, T, d) of the K networks with parameters ``flat``."""
         layers = self.layers(flat)
@@ -270,7 +286,44 @@ class MLPLayout:
         return flat
 
 
-def forward(layers, activation, z, output=True, out=None):
+def flow_mask(layout, flows) -> torch.Tensor:
+    """Where the parameters of ``flows`` (increasing indices) sit in ``layout``'s flat vector.
+
+    ``flat[..., flow_mask(layout, flows)]`` is the parameter vector of those flows alone,
+    for ``dataclasses.replace(layout, n_flows=len(flows))`` (``parameter_flows``).
+    """
+    return torch.isin(layout.parameter_flows(), torch.as_tensor(flows, dtype=torch.long))
+
+
+def _paired(op):
+    """``op`` (``torch.bmm`` or ``torch.baddbmm``) computing a batch of one thin product
+    (a single row or column) as the first of a batch of two.
+
+    A batch of one matrix takes another kernel than the same matrix within a batch of
+    several where the product is a matrix times a vector (the last bits differ); in a batch
+    of two (an expanded view, no copy) it takes the batched one.  The critic of the one
+    flow left in a run (``Critic.select``) uses it, so that flow trains to the bit as it did
+    among the others; the extra cost is that of the thin products, a small share.
+    """
+
+    def call(*args, out=None):
+        a, b = args[-2], args[-1]
+        if a.shape[0] != 1 or (a.shape[1] != 1 and b.shape[2] != 1):
+            return op(*args) if out is None else op(*args, out=out)
+        result = op(*(t.expand(2, *t.shape[1:]) for t in args))[:1]
+        return result if out is None else out.copy_(result)
+
+    return call
+
+
+PAIRED_BMM, PAIRED_BADDBMM = _paired(torch.bmm), _paired(torch.baddbmm)
+
+
+def _products(paired):
+    return (PAIRED_BMM, PAIRED_BADDBMM) if paired else (torch.bmm, torch.baddbmm)
+
+
+def forward(layers, activation, z, output=True, out=None, paired=False):
     """Evaluate K networks on ``z`` (K, T, d).
 
     Returns ``phi`` (K, T), the layer inputs ``[z, h_1, ...]`` and what each activation
@@ -280,9 +333,10 @@ def forward(layers, activation, z, output=True, out=None):
     is written there instead of into a fresh tensor (the same numbers; the returned tensors
     are then views of the buffers, valid until their next use).
     """
+    bmm, baddbmm = _products(paired)
     inputs, saved, h = [z], [], z
     for i, (w, b) in enumerate(layers[:-1]):
-        a = torch.baddbmm(b, h, w) if out is None else torch.baddbmm(b, h, w, out=out[i])
+        a = baddbmm(b, h, w) if out is None else baddbmm(b, h, w, out=out[i])
         h, s = activation.forward(a)
         inputs.append(h)
         saved.append(s)
@@ -290,11 +344,11 @@ def forward(layers, activation, z, output=True, out=None):
         return None, inputs, saved
     w, b = layers[-1]
     if out is None:
-        phi = torch.baddbmm(b, h, w)
+        phi = baddbmm(b, h, w)
     else:
         # The same numbers as ``baddbmm``, which is slower for a single output column with
         # many flows (``benchmarks/README.md``, per particle step).
-        phi = torch.bmm(h, w, out=out[-1]).add_(b)
+        phi = bmm(h, w, out=out[-1]).add_(b)
     return phi.squeeze(-1), inputs, saved
 
 
@@ -306,7 +360,15 @@ def _transposed(layers, weights_t, i):
 
 
 def parameter_gradient(
-    layers, activation, inputs, saved, grad_output, grad_layers, weights_t=None, out=None
+    layers,
+    activation,
+    inputs,
+    saved,
+    grad_output,
+    grad_layers,
+    weights_t=None,
+    out=None,
+    paired=False,
 ) -> None:
     """Back-propagate ``grad_output`` = dJ/dphi (K, T) into ``grad_layers`` (views, in place).
 
@@ -316,6 +378,7 @@ def parameter_gradient(
     autograd only) holds a ``(K, T, fan_out)`` buffer per hidden layer for the gradient
     flowing back through it.
     """
+    bmm = _products(paired)[0]
     g = grad_output.unsqueeze(-1)
     inplace = not torch.is_grad_enabled()  # the products below are ours to overwrite
     for i in range(len(layers) - 1, -1, -1):
@@ -324,28 +387,29 @@ def parameter_gradient(
             # A single output column: (g^T h)^T is the same product to the bit, and a row
             # times a matrix is much faster in ``bmm`` than a matrix times a column when
             # there are many flows.
-            torch.bmm(g.transpose(1, 2), inputs[i], out=grad_w.transpose(1, 2))
+            bmm(g.transpose(1, 2), inputs[i], out=grad_w.transpose(1, 2))
         else:
-            torch.bmm(inputs[i].transpose(1, 2), g, out=grad_w)
+            bmm(inputs[i].transpose(1, 2), g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
         if i > 0:
             w_t = _transposed(layers, weights_t, i)
-            g = torch.bmm(g, w_t) if out is None else torch.bmm(g, w_t, out=out[i - 1])
+            g = bmm(g, w_t) if out is None else bmm(g, w_t, out=out[i - 1])
             g = activation.backward(g, saved[i - 1], inplace)
 
 
-def input_gradient(layers, activation, saved, weights_t=None, out=None):
+def input_gradient(layers, activation, saved, weights_t=None, out=None, paired=False):
     """``grad_z phi`` (K, T, d) from a forward pass (at least one hidden layer).
 
     ``weights_t`` and ``out`` as in ``parameter_gradient``; the result is always a fresh
-    tensor.
+    tensor.  ``paired``: thin products of a batch of one flow as in a batch (``_paired``).
     """
+    bmm = _products(paired)[0]
     g = layers[-1][0].transpose(1, 2).expand(-1, saved[-1].shape[1], -1)
     inplace = False  # the first g is a view of the last layer's weights
     for i in range(len(layers) - 1, 0, -1):
         g = activation.backward(g, saved[i - 1], inplace)
         w_t = _transposed(layers, weights_t, i - 1)
-        g = torch.bmm(g, w_t) if out is None or i == 1 else torch.bmm(g, w_t, out=out[i - 2])
+        g = bmm(g, w_t) if out is None or i == 1 else bmm(g, w_t, out=out[i - 2])
         inplace = not torch.is_grad_enabled()  # from here on g is a product of ours
     return g
 
@@ -366,7 +430,9 @@ class MLPPass:
     gradient; ``weights_t`` per layer a contiguous copy of ``W`` transposed or None.
     """
 
-    def __init__(self, layers, grad_layers, weights_t, activation, n_rows):
+    def __init__(self, layers, grad_layers, weights_t, activation, n_rows, paired=False):
+        self.paired = paired
+        self._bmm, self._baddbmm = _products(paired)
         w0 = layers[0][0]
         n_flows = w0.shape[0]
         new = functools.partial(torch.empty, dtype=w0.dtype, device=w0.device)
@@ -413,42 +479,45 @@ class MLPPass:
 
     def forward(self, z, output=True):
         """Fill the activation buffers (and ``phi``, unless ``output`` is False)."""
-        h, forward_ = z, self.activation.forward_
+        h, forward_, baddbmm = z, self.activation.forward_, self._baddbmm
         for (w, b), a in zip(self.layers[:-1], self.acts):
-            torch.baddbmm(b, h, w, out=a)
+            baddbmm(b, h, w, out=a)
             forward_(a)
             h = a
         if output:
             w, b = self.layers[-1]
             # The same numbers as ``baddbmm``, which is slower for a single output column
             # with many flows.
-            torch.bmm(h, w, out=self.acts[-1]).add_(b)
+            self._bmm(h, w, out=self.acts[-1]).add_(b)
 
     def parameter_gradient(self, z) -> None:
         """Back-propagate ``grad_phi`` into the gradient views (after ``forward(z)``)."""
         layers, grad_layers, backward = self.layers, self.grad_layers, self.activation.backward
+        bmm = self._bmm
         n = len(layers)
         if n == 1:
-            parameter_gradient(layers, self.activation, [z], [], self.grad_phi, grad_layers)
+            parameter_gradient(
+                layers, self.activation, [z], [], self.grad_phi, grad_layers, paired=self.paired
+            )
             return
         g = self._grad_phi_col
         grad_w, grad_b = grad_layers[-1]
         if self._grad_w_last_t is not None:
             # (g^T h)^T: the same product, faster (see ``parameter_gradient``).
-            torch.bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
+            bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
         else:
-            torch.bmm(self._last_input_t, g, out=grad_w)
+            bmm(self._last_input_t, g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
-        g = torch.bmm(g, self.w_t[-1], out=self.grads[-1])
+        g = bmm(g, self.w_t[-1], out=self.grads[-1])
         backward(g, self.acts[-2], True)
         for h_t, g, grad_w, grad_b, w_t, g_out, saved in self.hidden_steps:
-            torch.bmm(h_t, g, out=grad_w)
+            bmm(h_t, g, out=grad_w)
             torch.sum(g, dim=1, keepdim=True, out=grad_b)
-            torch.bmm(g, w_t, out=g_out)
+            bmm(g, w_t, out=g_out)
             backward(g_out, saved, True)
         g = self.grads[0]
         grad_w, grad_b = grad_layers[0]
-        torch.bmm(z.transpose(1, 2), g, out=grad_w)
+        bmm(z.transpose(1, 2), g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
 
     def input_gradient(self, y):
@@ -459,9 +528,9 @@ class MLPPass:
         g = w_t[-1].expand(-1, y.shape[1], -1)
         g = backward(g, acts[n - 2], False)
         for i in range(n - 2, 0, -1):
-            g = torch.bmm(g, w_t[i], out=grads[i - 1])
+            g = self._bmm(g, w_t[i], out=grads[i - 1])
             backward(g, acts[i - 1], True)
-        return torch.bmm(g, w_t[0])
+        return self._bmm(g, w_t[0])
 
 
 def spectral_norm_exact(w: torch.Tensor) -> torch.Tensor:

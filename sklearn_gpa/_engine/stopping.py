@@ -35,6 +35,7 @@ particle-target and particle-particle distances of at most ``max_rows`` rows per
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -269,6 +270,16 @@ class EnergyStopping:
         halves = 1.0 / a.clamp_min(1.0) + 1.0 / b.clamp_min(1.0)
         floor = rms * sizes / halves
         return torch.where(floor > 0, floor, torch.full_like(floor, math.inf))
+
+    def select(self, flows):
+        """The rule of ``flows`` (indices) alone: their subsamples, kernels and floors."""
+        new = copy.copy(self)
+        index = torch.as_tensor(flows, dtype=torch.long, device=self.target.device)
+        for name in ("index_y", "mask_y", "center", "target", "mask_x", "bandwidth", "radius"):
+            setattr(new, name, getattr(self, name).index_select(0, index))
+        new.within_target = self.within_target.index_select(1, index)
+        new.floor = self.floor.index_select(1, index)
+        return new
 
     def statistics(self, y):
         """Statistics (2 + B, K) between each flow's particle subsample and target subsample.

@@ -124,14 +124,19 @@ def _fits_half_precision(states) -> bool:
 
 @dataclass
 class _Segment:
-    """One encoded run of states, shaped (n_stored, n_stages, n_params) when decoded."""
+    """One encoded run of states, shaped (n_stored, n_stages, n_params) when decoded.
+
+    ``flows`` (increasing indices) names the critics whose parameters it holds when a run
+    had left the others out of its batch; None: all of them.
+    """
 
     encoding: str
     shape: tuple
     data: tuple
+    flows: np.ndarray | None = None
 
     @classmethod
-    def encode(cls, states, encoding):
+    def encode(cls, states, encoding, flows=None):
         states = np.ascontiguousarray(states, dtype=np.float32)
         shape = states.shape
         if encoding != "float32" and not _fits_half_precision(states):
@@ -145,7 +150,7 @@ class _Segment:
             data = _encode_delta(rows, encoding) if len(rows) else ()
         else:
             raise ValueError(f"encoding must be one of {STATE_ENCODINGS}, got {encoding!r}.")
-        return cls(encoding, shape, data)
+        return cls(encoding, shape, data, None if flows is None else np.asarray(flows))
 
     def decode(self):
         if self.encoding in ("float32", "float16"):
@@ -165,17 +170,41 @@ class StoredStates:
     """A flow's critic states, encoded; ``decode()`` is the float32 array replay uses.
 
     Built with :meth:`encode`; :meth:`append` adds a continuation's states (their own
-    segment); ``nbytes`` is the encoded size.  The decoded array is cached in memory and
-    never pickled.
+    segment); ``nbytes`` is the encoded size.  A run that left stopped flows out of its
+    batch has a segment per part of the run, each of the flows it trained: ``pieces``
+    decodes them one by one, ``decode`` only where every segment holds every flow.  The
+    decoded arrays are cached in memory and never pickled.
     """
 
     segments: list
     _decoded: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _pieces: list | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def encode(cls, states, encoding="float32"):
-        """Encode ``states`` (n_stored, n_stages, n_params) as ``encoding``."""
-        return cls([_Segment.encode(states, encoding)])
+    def encode(cls, states, encoding="float32", later=()):
+        """Encode ``states`` (n_stored, n_stages, n_params) as ``encoding``, followed by
+        the ``(flows, states)`` of ``later`` (``FlowResult.later_states``)."""
+        segments = [_Segment.encode(states, encoding)]
+        segments += [_Segment.encode(part, encoding, flows) for flows, part in later]
+        return cls(segments)
+
+    @property
+    def every_flow(self) -> bool:
+        """Whether every segment holds the parameters of every flow."""
+        return all(s.flows is None for s in self.segments)
+
+    def pieces(self) -> list:
+        """``(first, flows, states)`` per non-empty segment: its first stored index, its
+        flows (None: all) and its decoded states (n, n_stages, n_params of its flows)."""
+        if self.every_flow:
+            return [(0, None, self.decode())] if self.shape[0] else []
+        if self._pieces is None:
+            self._pieces, first = [], 0
+            for segment in self.segments:
+                if segment.shape[0]:
+                    self._pieces.append((first, segment.flows, segment.decode()))
+                first += segment.shape[0]
+        return self._pieces
 
     @property
     def encoding(self) -> str:
@@ -191,6 +220,11 @@ class StoredStates:
         return sum(s.nbytes for s in self.segments)
 
     def decode(self) -> np.ndarray:
+        if not self.every_flow:
+            raise ValueError(
+                "These states hold some flows only from some step on: decode them with "
+                "pieces(), or widen them with LearnedFlow.states."
+            )
         if self._decoded is None:
             parts = [s.decode() for s in self.segments]
             self._decoded = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -204,4 +238,4 @@ class StoredStates:
         return {"segments": self.segments}
 
     def __setstate__(self, state):
-        self.segments, self._decoded = state["segments"], None
+        self.segments, self._decoded, self._pieces = state["segments"], None, None
