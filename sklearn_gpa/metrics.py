@@ -189,8 +189,10 @@ def lipschitz_f_divergence(
         with them: the log-odds of a logistic regression of the fold's training rows of P
         against Q (the log density ratio wherever that is linear, e.g. Gaussians that differ
         by a translation), its slope shrunk where it is hardly more than noise and bounded by
-        ``L``; the fold keeps it unless a network scores better on the validation third by
-        more than one standard error.  The critic is then capped,
+        ``L``.  The fold keeps it unless the same regression with the squared coordinates
+        added finds a non-linear log ratio (a Wald test at the 1 % level, on the fold's
+        training rows) and a network scores better on the validation third by more than one
+        standard error.  The critic is then capped,
         below at its lowest value on the training rows of P and above at its highest on those
         of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row beyond
         the training rows cannot weigh with an exponential term (KL) it never had in training.
