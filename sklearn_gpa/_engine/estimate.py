@@ -53,8 +53,8 @@ _LOGISTIC_RIDGE = 1e-4
 _SLOPE_LEVEL = 0.01
 # A fold keeps a network only where its validation score beats the linear part's by more
 # than this many standard errors of the paired difference: _SELECT_SE where a Wald test of
-# diagonal quadratic terms added to the logistic regression rejects a linear log density
-# ratio at the level _LINEARITY_LEVEL, _SELECT_SE_LINEAR where it does not.  The test needs
+# non-linear terms added to the logistic regression rejects a linear log density ratio at
+# the level _LINEARITY_LEVEL, _SELECT_SE_LINEAR where it does not.  The test needs
 # _LINEARITY_ROWS_PER_PARAMETER training rows of each sample per coefficient; with fewer,
 # _SELECT_SE applies.
 _SELECT_SE = 1.0
@@ -166,14 +166,14 @@ def cross_fit_divergence(
     towards 0 where it is not clearly more than noise (``_shrunk``) and to norm ``L`` where
     longer.  The fold keeps the linear critic unless a network candidate beats it on the
     validation third by more than one standard error of the paired difference where the
-    same regression with the squares of the d coordinates added finds them non-zero (a Wald
-    test at the 1 % level on the fold's training rows, ``_linear_log_ratio``), by more than
-    five where it does not.  Where the log density ratio is linear the networks fit it worse
-    than d + 1 parameters do, and the validation third (107 heavy-tailed rows on which early
-    stopping chose the networks' weights) is a poor judge: networks won there by 3 to 4
-    standard errors on folds where they lost on the held-out rows.  A log ratio that is
-    neither linear nor has a quadratic part (P bimodal, Q unimodal with the same mean and
-    variance) passes the test, and the networks must then win by five.
+    same regression with squares, products, cubes and fourth powers of the coordinates
+    added finds them non-zero (a Wald test at the 1 % level on the fold's training rows,
+    ``_linear_log_ratio``), by more than five where it does not.  Where the log density
+    ratio is linear the networks fit it worse than d + 1 parameters do, and the validation
+    third (107 heavy-tailed rows on which early stopping chose the networks' weights) is a
+    poor judge: networks won there by 3 to 4 standard errors on folds where they lost on
+    the held-out rows.  A difference that no polynomial of degree 4 shows passes the test,
+    and the networks must then win by five.
 
     With ``clip``, the critic is capped below at its lowest value on the training rows of P
     and above at its highest on those of Q (a capped L-Lipschitz function is L-Lipschitz),
@@ -432,29 +432,51 @@ def _linear_log_ratio(fit_p, fit_q):
     """Per fold (F,) bool: whether the log density ratio of rows ``fit_p`` against ``fit_q``
     passes as linear.
 
-    The logistic regression of ``_logistic_slope`` on the coordinates and their squares; the
-    Wald statistic of the d square coefficients, ``g' C^-1 g`` with their sandwich
-    covariance ``C``, is about chi-square with d degrees of freedom where the log ratio is
-    linear (Gaussians that differ by a translation), and in the hundreds for Gaussians whose
-    variances differ by a factor 2 in 10 dimensions with 320 rows a side.  False (not
-    tested: the validation rule decides) with fewer than ``_LINEARITY_ROWS_PER_PARAMETER``
-    rows of each sample per coefficient, or where the covariance is singular.
+    The logistic regression of ``_logistic_slope`` on the coordinates and on non-linear
+    terms (``_non_linear_terms``); the Wald statistic of the non-linear coefficients,
+    ``g' C^-1 g`` with their sandwich covariance ``C``, is about chi-square with as many
+    degrees of freedom where the log ratio is linear (Gaussians that differ by a
+    translation), and large where it has a quadratic part (variances that differ) or P is
+    bimodal where Q is not.  False (not tested: the validation rule decides) with fewer than
+    ``_LINEARITY_ROWS_PER_PARAMETER`` rows of each sample per coefficient, or where the
+    covariance is singular.
     """
     passes = []
     for p, q in zip(fit_p, fit_q):
-        d = p.shape[1]
-        if min(len(p), len(q)) < _LINEARITY_ROWS_PER_PARAMETER * (2 * d + 1):
+        d, rows = p.shape[1], min(len(p), len(q))
+        terms = _non_linear_terms(d, rows)
+        if terms is None:
             passes.append(False)
             continue
-        beta, covariance = _logistic_slope(np.hstack([p, p**2]), np.hstack([q, q**2]))
-        squares, c = beta[d:], covariance[d:, d:]
+        beta, covariance = _logistic_slope(np.hstack([p, terms(p)]), np.hstack([q, terms(q)]))
+        g, c = beta[d:], covariance[d:, d:]
         try:
-            wald = float(squares @ np.linalg.solve(c, squares))
+            wald = float(g @ np.linalg.solve(c, g))
         except np.linalg.LinAlgError:
             passes.append(False)
             continue
-        passes.append(math.isfinite(wald) and _chi2_survival(wald, d) >= _LINEARITY_LEVEL)
+        passes.append(math.isfinite(wald) and _chi2_survival(wald, len(g)) >= _LINEARITY_LEVEL)
     return np.array(passes, dtype=bool)
+
+
+def _non_linear_terms(d, rows):
+    """The non-linear terms of the linearity test for d coordinates and ``rows`` rows of each
+    sample: squares, products of pairs, cubes and fourth powers of the coordinates; without
+    the products where the rows are too few for them (``_LINEARITY_ROWS_PER_PARAMETER`` per
+    coefficient, the intercept and the d slopes included); None where they are too few even
+    then."""
+    pairs = np.triu_indices(d, 1)
+
+    def with_pairs(z):
+        return np.hstack([z**2, z[:, pairs[0]] * z[:, pairs[1]], z**3, z**4])
+
+    def without_pairs(z):
+        return np.hstack([z**2, z**3, z**4])
+
+    for terms, count in ((with_pairs, 3 * d + len(pairs[0])), (without_pairs, 3 * d)):
+        if rows >= _LINEARITY_ROWS_PER_PARAMETER * (1 + d + count):
+            return terms
+    return None
 
 
 def _logistic_slope(p, q):
