@@ -188,9 +188,13 @@ def lipschitz_f_divergence(
         the rows themselves less.  For ``f="kl"`` and ``"kl_dv"`` a linear critic competes
         with them: the log-odds of a logistic regression of the fold's training rows of P
         against Q (the log density ratio wherever that is linear, e.g. Gaussians that differ
-        by a translation), its slope shrunk where it is hardly more than noise and bounded by
-        ``L``; the fold keeps it unless a network scores better on the validation third by
-        more than one standard error.  The critic is then capped,
+        by a translation), its slope set to 0 where it is not significant (1 %), shrunk where
+        it is hardly more than noise and bounded by ``L``.  The fold keeps it unless a network
+        scores better on the validation third by more than one standard error where the same
+        regression with squares, products, cubes and fourth powers of the coordinates added
+        finds a non-linear log ratio (a Wald test at the 1 % level, on the fold's training
+        rows), by more than five where it does not.  On two samples of one distribution the
+        estimate is then often exactly 0, with a standard error of 0.  The critic is capped,
         below at its lowest value on the training rows of P and above at its highest on those
         of Q (a capped L-Lipschitz function is L-Lipschitz), so that a held-out Q row beyond
         the training rows cannot weigh with an exponential term (KL) it never had in training.
@@ -218,7 +222,8 @@ def lipschitz_f_divergence(
     divergence : float
         The estimate of :math:`D_f^{\Gamma_L}(P\|Q)`.
     std_error : float
-        Only with ``return_std=True``: its standard error.
+        Only with ``return_std=True``: its standard error (0 where every fold's critic is
+        constant, as is common for two samples of one distribution under KL).
     witness : LipschitzWitness
         Only with ``return_witness=True``: the trained critic ``phi``.
 

@@ -540,8 +540,24 @@ def test_cross_fit_close_to_closed_form_with_standard_error():
 @pytest.mark.parametrize("activation", ["relu", "groupsort"])
 def test_cross_fit_is_about_zero_for_one_distribution(activation):
     P, Q = gaussians(0.0, n=300, d=2, seed=4)
+    # KL: every fold's linear slope is noise, set to 0, and no network beats that constant
+    # critic, so the estimate is exactly 0 and so is its standard error.
     value, se = lipschitz_f_divergence(
         P, Q, L=1.0, cross_fit=5, return_std=True, activation=activation, random_state=0
+    )
+    assert value == 0.0 and se == 0.0
+    # The networks alone (the alpha-divergence has no linear critic): within 2 standard
+    # errors of 0.
+    value, se = lipschitz_f_divergence(
+        P,
+        Q,
+        L=1.0,
+        f="alpha",
+        alpha=2.0,
+        cross_fit=5,
+        return_std=True,
+        activation=activation,
+        random_state=0,
     )
     assert se > 0 and abs(value) <= 2 * se
     # The in-sample supremum is positive on two samples of one distribution.
@@ -659,6 +675,69 @@ def test_linear_part_shrinks_a_noise_slope_and_keeps_a_real_one():
     noise = np.array(noise)
     assert noise[:, 0].min() > 0.15 and noise[:, 1].mean() < 0.5 * noise[:, 0].mean()
     assert min(kept) > 0.9
+
+
+def test_linear_part_is_zero_unless_its_slope_is_significant():
+    # 3-D, 320 rows a side: two samples of one distribution give slopes whose Wald statistic
+    # is chi-square with 3 degrees of freedom; below its 99 % quantile (11.3) the slope is
+    # exactly 0 (the shrinkage factor max(0, 1 - 3 / T) alone left 6 of these 12 non-zero).
+    # A shift of 0.5 (T 18-52 here) is kept.
+    rng = np.random.default_rng(11)
+    noise, kept = [], []
+    for _ in range(12):
+        P, Q = rng.normal(0.0, 1.0, (320, 3)), rng.normal(0.0, 1.0, (320, 3))
+        noise.append(estimate_module._logistic_slopes([P], [Q], bound=None)[0])
+        kept.append(estimate_module._logistic_slopes([P], [Q + [0.5, 0.0, 0.0]], bound=None)[0])
+    assert not np.any(noise)
+    assert np.all(np.array(kept)[:, 0] < -0.2)
+
+
+def test_linearity_test_passes_translations_and_rejects_other_differences():
+    # 320 rows a side (a fold's training rows at 400 rows and 5 folds).  Gaussians that
+    # differ by a translation have a linear log density ratio and pass on most draws (the
+    # sandwich Wald test rejects more often than its 1 % level: 90-97 % passed in 2-10
+    # dimensions); P with half Q's variance (a quadratic log ratio) and P bimodal along one
+    # axis with Q's mean and variance (no polynomial of degree 2 shows it) always fail.  Too
+    # few rows per coefficient: not tested (False), so the networks compete as before.
+    rng = np.random.default_rng(7)
+    for d in (3, 10):
+        shifted, scaled, bimodal = [], [], []
+        for _ in range(20):
+            P, Q = rng.normal(0.0, 1.0, (320, d)), rng.normal(0.0, 1.0, (320, d))
+            shifted.append((P, Q + np.eye(d)[0] * 1.5))
+            scaled.append((P * np.sqrt(0.5), Q + np.eye(d)[0]))
+            B = P.copy()
+            B[:, 0] = rng.choice([-0.95, 0.95], 320) + 0.312 * P[:, 0]
+            bimodal.append((B, Q))
+        assert estimate_module._linear_log_ratio(*zip(*shifted)).mean() >= 0.8
+        assert not estimate_module._linear_log_ratio(*zip(*scaled)).any()
+        assert not estimate_module._linear_log_ratio(*zip(*bimodal)).any()
+    P, Q = rng.normal(0.0, 1.0, (100, 10)), rng.normal(0.0, 1.0, (100, 10)) + 1.5
+    assert not estimate_module._linear_log_ratio([P], [Q])[0]
+
+
+def test_cross_fit_keeps_the_linear_critic_where_the_log_ratio_tests_linear(monkeypatch):
+    # With the validation rule off where the linearity test fails (any network scoring better
+    # on the validation third would be kept), folds whose training rows pass it keep the
+    # linear critic, the last of the five candidates (rungs L, 0.3 L, 0.1 L, their mean,
+    # linear), unless a network wins by 5 standard errors: a translation, where before this
+    # rule two of the three folds kept a network.  On a quadratic log ratio the test fails
+    # and networks are kept as before.
+    monkeypatch.setattr(estimate_module, "_SELECT_SE", -np.inf)
+    original, kept = estimate_module._best_candidates, []
+
+    def spy(*args, **kwargs):
+        best = original(*args, **kwargs)
+        kept.append(best.tolist())
+        return best
+
+    monkeypatch.setattr(estimate_module, "_best_candidates", spy)
+    P, Q = gaussians(1.5, n=200, d=3, seed=5)
+    settings = dict(n_folds=3, L=10.0, learning_rate=5e-4, seed=0, n_iter=300)
+    estimate_module.cross_fit_divergence(P, Q, **settings)
+    estimate_module.cross_fit_divergence(P * np.sqrt(0.5), Q - [0.5, 0.0, 0.0], **settings)
+    assert kept[0] == [4, 4, 4]
+    assert min(kept[1]) < 4
 
 
 def test_cross_fitted_critic_with_linear_part_is_L_lipschitz(monkeypatch):
