@@ -120,6 +120,7 @@ GPA_VARIANTS = {
     "unclipped": {"_clip": False},
     "no snap": {"_snap": False},
     "flow end points": {"_marginals": False},  # sample(marginals=False): the default before
+    "groupsort": {"activation": "groupsort"},  # the tight Lipschitz network (issue 19)
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
 }
 
