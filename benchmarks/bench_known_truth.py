@@ -533,6 +533,11 @@ def main(argv=None):
     parser.add_argument(
         "--settings", action="store_true", help="also the non-default LatentGPA settings"
     )
+    parser.add_argument(
+        "--groupsort",
+        action="store_true",
+        help="the per-gene baselines and label-free LatentGPA with the ReLU and GroupSort critics",
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -543,6 +548,11 @@ def main(argv=None):
     methods = list(METHODS)
     if args.settings:  # per-gene baselines, then the settings
         methods = METHODS[:5] + settings_methods()
+    if args.groupsort:  # issue 19: the tight Lipschitz network on the latent flows
+        methods = METHODS[:5] + [
+            METHODS[-1],
+            ("LatentGPA label-free, groupsort", latent_gpa(None, {"activation": "groupsort"})),
+        ]
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(_common.grouped_table([], CELL_COLUMNS), flush=True)
@@ -571,6 +581,7 @@ def main(argv=None):
         for tag, on in (
             ("_quick", args.quick),
             ("_settings", args.settings),
+            ("_groupsort", args.groupsort),
             ("_real", args.real_only),
         )
         if on

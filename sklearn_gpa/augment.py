@@ -31,8 +31,9 @@ class GPAAugmenter(BaseOverSampler):
     For every class that ``sampling_strategy`` asks to grow, particles are drawn from a
     prior and transported onto that class's rows by the Lipschitz-regularised gradient
     flow of Gu et al. (one flow per class, all flows batched in one torch computation by a
-    single :class:`GPATransporter`).  The particles become the synthetic rows: the original
-    rows come first, unchanged, then the synthetic rows class by class.
+    single :class:`GPATransporter`).  The particles become the synthetic rows (each feature
+    given its class's own distribution back, ``marginals``): the original rows come first,
+    unchanged, then the synthetic rows class by class.
 
     Following the papers' recipe for augmentation (paper 000 section 6, paper 002 sections 4
     and 8):
@@ -181,7 +182,9 @@ class GPAAugmenter(BaseOverSampler):
     ``fit_resample`` needs at least two rows in each class it augments.  The synthetic rows
     are the trained particles themselves (the papers' augmentation), up to
     ``max_particles`` per class; beyond, new particles pushed through the learned flow
-    (``transporter_.replay`` on fresh prior draws, paper 002 section 4).
+    (``transporter_.replay`` on fresh prior draws, paper 002 section 4).  With
+    ``marginals=True`` (the default) each feature of them then goes through the increasing
+    map onto the class's rows' distribution; ``marginals=False`` keeps the papers' rows.
 
     The default flow is short on purpose: ``fit_resample`` runs once per fold of a
     cross-validation and per candidate of a grid search.  The flows of all augmented
