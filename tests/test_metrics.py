@@ -515,6 +515,33 @@ def test_groupsort_small_L_limit_reaches_W1():
     assert 0.93 * w1 <= ratio <= w1 * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("d", [3, 10])
+def test_default_network_reaches_W1_at_small_L(d):
+    # activation="auto" takes GroupSort at small L: D / L within 5 % of the population W1
+    # (the shift, 1.5) and not above the empirical W1 (measured 0.97 and 1.06 of 1.5; the
+    # ReLU network gives 0.67 and 0.43).
+    rng = np.random.RandomState(0)
+    P, Q = rng.normal(size=(400, d)), rng.normal(size=(400, d)) + np.eye(d)[0] * 1.5
+    ratio = lipschitz_f_divergence(P, Q, L=0.01, random_state=0) / 0.01
+    assert 0.95 * 1.5 <= ratio <= 1.02 * wasserstein1(P, Q)
+    relu = lipschitz_f_divergence(P, Q, L=0.01, activation="relu", random_state=0) / 0.01
+    assert relu < 0.9 * ratio
+
+
+def test_auto_network_is_relu_at_large_L_unbounded_or_odd_widths():
+    from sklearn_gpa.metrics import _resolve_activation
+
+    rng = np.random.RandomState(0)
+    P, Q = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    assert _resolve_activation("auto", 0.01, P, Q, (32, 32)) == "groupsort"
+    assert _resolve_activation("auto", 1.0, P, Q, (32, 32)) == "relu"
+    # L is in data units: the same bound on rows 100 times smaller is a small one.
+    assert _resolve_activation("auto", 1.0, P / 100, Q / 100, (32, 32)) == "groupsort"
+    assert _resolve_activation("auto", None, P, Q, (32, 32)) == "relu"
+    assert _resolve_activation("auto", 0.01, P, Q, (33,)) == "relu"
+    assert _resolve_activation("relu", 0.01, P, Q, (32,)) == "relu"
+
+
 def test_cross_fit_close_to_closed_form_with_standard_error():
     # N(0, 1) vs N(1, 1) under KL with L = 10 >= 1: D = KL = 0.5.
     P, Q = gaussians(1.0, n=400, seed=3)
