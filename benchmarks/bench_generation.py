@@ -95,7 +95,7 @@ from sklearn.svm import SVC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._discrete import FeatureLevels, few_levels, recorded_decimals
+from sklearn_gpa._discrete import FeatureLevels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -232,8 +232,7 @@ def _per_class(X, y, draw):
     classes = np.unique(y)
     out = [draw(Z[y == c]) for c in classes]
     samples = np.clip(scaler.inverse_transform(np.concatenate(out)), X.min(0), X.max(0))
-    groups = [X[y == c] for c in classes]
-    levels = FeatureLevels.fit(np.flatnonzero(few_levels(X)), groups, recorded_decimals(X))
+    levels = FeatureLevels.for_samples(X, [X[y == c] for c in classes])
     samples = levels.snap(samples, np.repeat(np.arange(len(classes)), [len(o) for o in out]))
     return _in_class_order(samples, y)
 

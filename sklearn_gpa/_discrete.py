@@ -59,6 +59,13 @@ class FeatureLevels:
             decimals[features] = -1
         return cls(features, levels, decimals)
 
+    @classmethod
+    def for_samples(cls, X, groups):
+        """What generated rows are snapped to, as ``sample`` does: the levels, in each group
+        of rows, of the features of ``X`` with at most ``MAX_LEVELS`` values, and the
+        recorded decimals of the others."""
+        return cls.fit(np.flatnonzero(few_levels(X)), groups, recorded_decimals(X))
+
     def snap(self, X, group_of_rows):
         """``X`` with each discrete feature moved to the nearest level of the row's group,
         and each other feature rounded to its recorded decimals."""

@@ -16,7 +16,7 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
-from ._discrete import FeatureLevels, few_levels, recorded_decimals
+from ._discrete import FeatureLevels
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
@@ -91,9 +91,7 @@ class FittedFlowMixin:
         (None in integration, which never samples)."""
         self._levels = None
         if self.mode_ == "generation":
-            features = np.flatnonzero(few_levels(X))
-            groups = [X[rows] for rows in target_rows]
-            self._levels = FeatureLevels.fit(features, groups, recorded_decimals(X))
+            self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
 
     @property
     def center_(self):
