@@ -323,11 +323,8 @@ class FittedFlowMixin:
         prior = self.prior_
         if prior is None or not prior.quantiles:
             return Z
-        steps = np.zeros(self.n_flows_, dtype=int)
-        trained = self.flow_.slots
-        steps[slice(None) if trained is None else trained] = self.flow_.alive.sum(0)
         Z = np.array(Z, dtype=np.float64)
-        for k in np.flatnonzero(steps):
+        for k in np.flatnonzero(self.flow_.steps_moved(self.n_flows_)):
             rows = flows == k
             ends = self._final_particles_[k]
             Z[rows] = match_marginals(Z[rows], ends, prior.quantiles[k])

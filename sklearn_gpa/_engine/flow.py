@@ -603,6 +603,13 @@ class LearnedFlow:
             alive=np.concatenate([self.alive, later.alive & self.alive[-1:]]),
         )
 
+    def steps_moved(self, n_flows: int) -> np.ndarray:
+        """Per estimator flow (``n_flows`` of them), the number of steps it moved (0 for a
+        flow that was never trained)."""
+        steps = np.zeros(n_flows, dtype=int)
+        steps[slice(None) if self.slots is None else self.slots] = self.alive.sum(0)
+        return steps
+
     def truncate(self, stops) -> LearnedFlow:
         """The same flow with flow k stopped after ``stops[k]`` steps (one per estimator flow)."""
         if self.slots is not None:
