@@ -25,7 +25,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from ._engine import cross_fit_divergence, estimate_divergence
+from ._engine import cross_fit_divergence, estimate_divergence, standardization
 from ._two_sample import energy_distance, mmd, sinkhorn_w2, wasserstein1
 from ._witness import LipschitzWitness
 from .utils import NumberInterval, check_pair, check_sample_domain, check_sizes
@@ -338,7 +338,8 @@ def _resolve_activation(activation, L, X_p, X_q, sizes):
         return activation
     if L is None or any(size % 2 for size in sizes):
         return "relu"
-    scale = float(np.sqrt(np.mean(np.concatenate([X_p, X_q]).var(0))))
+    # The bound the critic has in the units the estimate trains in.
+    _, scale = standardization([X_p, X_q])
     return "groupsort" if L * scale <= AUTO_GROUPSORT_MAX_L else "relu"
 
 

@@ -24,6 +24,7 @@ from .estimate import (
     DivergenceEstimate,
     cross_fit_divergence,
     estimate_divergence,
+    standardization,
 )
 from .flow import (
     AUTO_BATCH_ROWS,
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "run_gpa",
+    "standardization",
     "unpack_rows",
 ]
 

@@ -31,6 +31,7 @@ __all__ = [
     "DivergenceEstimate",
     "cross_fit_divergence",
     "estimate_divergence",
+    "standardization",
 ]
 
 # Convergence is judged on the mean of J over consecutive windows of this many steps.
@@ -119,7 +120,7 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
     s = _Settings(**settings)
     samples_p = [np.asarray(p, dtype=np.float64) for p in samples_p]
     samples_q = [np.asarray(q, dtype=np.float64) for q in samples_q]
-    center, scale = _standardization(samples_p + samples_q)
+    center, scale = standardization(samples_p + samples_q)
     with _trained_critics(samples_p, samples_q, center, scale, s) as trained:
         critic = trained.critic
         values = objective(critic, trained.z, trained.n_particles, trained.w_y, trained.w_x)
@@ -195,7 +196,7 @@ def cross_fit_divergence(
     folds_q = np.array_split(rng.permutation(len(X_q)), n_folds)
     train_p = [np.delete(X_p, fold, 0) for fold in folds_p]
     train_q = [np.delete(X_q, fold, 0) for fold in folds_q]
-    center, scale = _standardization([X_p, X_q])
+    center, scale = standardization([X_p, X_q])
     # A network fed (x - center) * c + center is (c * L)-Lipschitz in x: rung c.
     rungs = tuple(ladder) if s.L is not None else (1.0,)
     n_rungs = len(rungs)
@@ -620,7 +621,7 @@ def _phi(critic, z):
     return phi
 
 
-def _standardization(samples):
+def standardization(samples):
     """One centre and one scale for all rows, so a single L serves every flow."""
     rows = np.concatenate(samples)
     center = rows.mean(0)
