@@ -301,6 +301,9 @@ class FittedFlowMixin:
             )
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        for name, value in (("clip", clip), ("snap", snap), ("marginals", marginals)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}.")
         rng = check_random_state(random_state)
         flows = self._requested_flows(n_samples, y, rng)
         Z = np.empty((n_samples, self.n_features_in_))

@@ -389,6 +389,13 @@ def test_sample_keeps_each_features_distribution_where_the_flow_moved():
     assert np.corrcoef(mapped[:, 1], mapped[:, 2])[0, 1] > 0.7
 
 
+@pytest.mark.parametrize("name", ["clip", "snap", "marginals"])
+def test_sample_names_a_switch_that_is_not_a_bool(name):
+    gpa = GPATransporter(n_steps=5, random_state=0).fit(_with_an_atom())
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        gpa.sample(3, **{name: "no"})
+
+
 def test_sample_leaves_flows_that_did_not_move_and_other_priors_alone():
     X = _with_an_atom()
     # The copula prior's draws are as close to these rows as a fresh sample: the stopping
