@@ -76,6 +76,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import MeanStdAdjuster
 from sklearn_gpa.baselines import class_router, meanstd_map
+from sklearn_gpa.latent import DiscrepancyEncoder
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
 
@@ -538,6 +539,12 @@ def main(argv=None):
         action="store_true",
         help="the per-gene baselines and label-free LatentGPA with the ReLU and GroupSort critics",
     )
+    parser.add_argument(
+        "--patterns",
+        action="store_true",
+        help="the per-gene baselines and LatentGPA with the DiscrepancyEncoder moving rows "
+        'along its filters (default) and along its patterns (move_along="patterns")',
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -552,6 +559,13 @@ def main(argv=None):
         methods = METHODS[:5] + [
             METHODS[-1],
             ("LatentGPA label-free, groupsort", latent_gpa(None, {"activation": "groupsort"})),
+        ]
+    if args.patterns:
+        patterns = {"encoder": DiscrepancyEncoder(move_along="patterns")}
+        methods = METHODS[:5] + METHODS[-2:]
+        methods += [
+            ("LatentGPA semi-labelled, patterns", latent_gpa("target", patterns)),
+            ("LatentGPA label-free, patterns", latent_gpa(None, patterns)),
         ]
     start = time.perf_counter()
     split_rows, real_rows = [], []
@@ -582,6 +596,7 @@ def main(argv=None):
             ("_quick", args.quick),
             ("_settings", args.settings),
             ("_groupsort", args.groupsort),
+            ("_patterns", args.patterns),
             ("_real", args.real_only),
         )
         if on

@@ -118,6 +118,21 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     target's classes (with labels on the target only, a label-free flow would otherwise
     carry the classes' different prevalences into the source rows).
 
+    ``move_along`` decides the directions along which a flow on the codes moves rows.  The
+    test's direction is a *filter* ``w``: the gap weighed against the pooled variance, so it
+    leans away from axes of large biological variance.  A batch pattern ``u`` that itself
+    lies along such axes (a per-sample intensity factor follows the genes' mean profile)
+    is then only partly in the filter's span, and rows keep the rest of it.  The covariance
+    gap applied to the filter, ``gap @ w``, is the pattern the discrepancy adds to the
+    features (for a single factor, ``gap = c u u'`` and ``gap @ w`` is along ``u`` exactly;
+    Haufe et al. 2014 call it the filter's *activation pattern*).  ``"patterns"`` codes a row
+    with the filters and moves it along the patterns (an oblique projection: the codes of
+    ``inverse_transform(codes)`` are ``codes``); ``"filters"`` (default) codes and moves
+    along the filters.  Which to use is a matter of what the discrepancy is: the user guide
+    measures both.  ``"patterns"`` removes a strong per-sample intensity factor far better,
+    but where the two studies' class mixes differ, the gap also holds the classes' axes, and
+    a label-free flow along the patterns moves rows between classes.
+
     It is :class:`LatentGPA`'s encoder for integration; fit it on mean/std-aligned rows.
 
     Parameters
@@ -142,7 +157,12 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
-        Orthonormal directions, in the standardised units.
+        Orthonormal directions along which rows move (``inverse_transform``), in the
+        standardised units.
+    filters_ : ndarray of shape (n_components, n_features)
+        The codes of a standardised row are its products with these (``transform``); equal
+        to ``components_`` with ``move_along="filters"``, the filters made biorthogonal to
+        the patterns (``filters_ @ components_.T`` is the identity) with ``"patterns"``.
     mean_, scale_ : ndarray of shape (n_features,)
         The target's per-feature mean and standard deviation (1 where it is 0).
     n_components_ : int
@@ -167,6 +187,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         "n_permutations": [Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, 1, closed="neither")],
         "alternative": [StrOptions({"greater", "two-sided"})],
+        "move_along": [StrOptions({"filters", "patterns"})],
         "random_state": ["random_state"],
     }
 
@@ -176,12 +197,14 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         n_permutations=199,
         alpha=0.01,
         alternative="greater",
+        move_along="filters",
         random_state=0,
     ):
         self.max_components = max_components
         self.n_permutations = n_permutations
         self.alpha = alpha
         self.alternative = alternative
+        self.move_along = move_along
         self.random_state = random_state
 
     def fit(self, X, y=None, *, sample_domain=None):
@@ -228,15 +251,24 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
                 max_components=self.max_components,
                 rng=check_random_state(self.random_state),
             )
-        directions = found.T @ basis
+        filters = found.T @ basis
+        directions = filters
+        if self.move_along == "patterns":  # the gap applied to each filter
+            directions = (_gap(codes, len(Xs)) @ found).T @ basis
         contrasts = self._class_contrasts(Xt, None if y is None else np.asarray(y)[~source])
         if len(directions) and len(contrasts):
             q = np.linalg.qr(contrasts.T)[0]
             directions = directions - (directions @ q) @ q.T
         if len(directions):
             directions = np.linalg.qr(directions.T)[0].T
-        self.components_ = directions.reshape(found.shape[1], X.shape[1])
-        self.n_components_ = found.shape[1]
+        n_components = found.shape[1]
+        self.components_ = directions.reshape(n_components, X.shape[1])
+        self.filters_ = self.components_
+        if self.move_along == "patterns" and n_components:
+            # Codes from the filters, biorthogonal to the patterns: a row moved along the
+            # patterns by a change of its codes has exactly that change of codes.
+            self.filters_ = np.linalg.pinv(filters @ self.components_.T) @ filters
+        self.n_components_ = n_components
         return self
 
     def _class_contrasts(self, Xt, yt):
@@ -251,10 +283,10 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         return np.array([(Xt[known & (yt == c)].mean(0) - centre) / self.scale_ for c in classes])
 
     def transform(self, X):
-        """Codes of rows: ``((X - mean_) / scale_) @ components_.T``."""
+        """Codes of rows: ``((X - mean_) / scale_) @ filters_.T``."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return ((X - self.mean_) / self.scale_) @ self.components_.T
+        return ((X - self.mean_) / self.scale_) @ self.filters_.T
 
     def inverse_transform(self, codes):
         """Rows of codes: ``codes @ components_ * scale_ + mean_``."""
