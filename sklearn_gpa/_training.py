@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._engine import (
@@ -214,6 +215,7 @@ def train_flows(
             stop_score=result.stop_score,
             stop_statistic=result.stop_statistic,
             stop_floor=np.tile(result.stop_floor, (len(result.stop_statistic), 1)),
+            stop_rolled_back=np.array(result.rolled_back, dtype=bool),
         )
     _warn_about(result, params["n_steps"])
     particles = result.particles.cpu().numpy().astype(np.float64)
@@ -245,6 +247,8 @@ def append_history(before: dict, after: dict, n_steps_before: int) -> dict:
         history[key] = np.concatenate(parts)
     later = np.where(after["stop_step"] >= 0, after["stop_step"] + n_steps_before, -1)
     history["stop_step"] = np.where(before["stop_step"] >= 0, before["stop_step"], later)
+    if "stop_rolled_back" in before and "stop_rolled_back" in after:
+        history["stop_rolled_back"] = before["stop_rolled_back"] | after["stop_rolled_back"]
     return history
 
 
@@ -259,6 +263,15 @@ def _warn_about(result, n_steps):
             RuntimeWarning,
         )
     _warn_dead_critic(result.kinetic_energy)
+    back = [(k, result.stop_step[k]) for k, rolled in enumerate(result.rolled_back) if rolled]
+    if back:
+        where = ", ".join(f"flow {k} to step {s}" for k, s in back)
+        warn_at_caller(
+            f"flows that the stopping rule never stopped ended more than twice as far from "
+            f"their targets (by its score) as at their best check, and go back there ({where}"
+            "): the flow swung past its target. A smaller dt or more n_critic steadies it.",
+            ConvergenceWarning,
+        )
     if result.stop_reason == "interrupted":
         warn_at_caller(
             f"fit interrupted after {result.n_steps} of {n_steps} steps; the estimator "

@@ -95,7 +95,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         "auto": each flow stops (is frozen, also on replay) once its particles are as close
         to its target rows as a fresh sample of the target would be, by two two-sample
         statistics and the share of stray particles, checked every ``log_every`` steps; the
-        other flows go on.  None runs every flow for ``n_steps``.  See the
+        other flows go on.  A flow it never stops whose score ends above twice its best goes
+        back to that check.  None runs every flow for ``n_steps``.  See the
         :ref:`user guide <user_guide_stopping>`.
     source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
         Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
@@ -172,9 +173,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     history_ : dict of ndarray
         Per step ``"divergence"``, ``"kinetic_energy"`` (and their ``"_per_flow"``
         versions) and ``"time"``; per flow ``"stop_step"`` (-1 if the rule did not stop
-        it); per check of the stopping rule ``"stop_check_step"``, ``"stop_score"``,
-        ``"stop_statistic"`` and ``"stop_floor"``.  See the
-        :ref:`user guide <user_guide_history>`.
+        it) and ``"stop_rolled_back"``; per check of the rule ``"stop_check_step"``,
+        ``"stop_score"``, ``"stop_statistic"``, ``"stop_floor"``.  :ref:`user_guide_history`.
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
     failed_step_ : ndarray of shape (n_flows,)

@@ -1,8 +1,11 @@
 """The stopping rule: flows stop when their particles are as close as a fresh sample."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import pack_rows, run_gpa
@@ -267,3 +270,54 @@ def test_transporter_with_an_untrained_flow_fits_samples_and_continues():
     assert gpa.n_steps_ >= 40 and gpa.flow_.slots.tolist() == [1]
     assert gpa.history_["stop_step"][0] == 0
     np.testing.assert_allclose(gpa.particles_[:80], sources[0], atol=1e-5)
+
+
+def _swinging(dt, seed=0):
+    """Gaussians one sd apart; a large dt makes the particles swing past the target."""
+    rng = np.random.RandomState(seed)
+    target, source = rng.standard_normal((200, 2)), rng.standard_normal((200, 2)) + [1.0, 0.0]
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(
+        prealign=None, dt=dt, n_steps=60, log_every=10, store_encoding="float32", random_state=0
+    )
+    return X, domain, source, gpa
+
+
+def test_a_flow_that_swings_past_its_target_goes_back_to_its_best_check():
+    # dt=2: the score goes 39 -> 302 -> ... -> 192 at the end; step 0 was the best.
+    X, domain, source, gpa = _swinging(2.0)
+    with pytest.warns(ConvergenceWarning, match="flow 0 to step 0"):
+        moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+    history = gpa.history_
+    scores = history["stop_score"][:, 0]
+    assert scores[-1] > 2 * scores.min() and np.argmin(scores) == 0
+    assert history["stop_rolled_back"].tolist() == [True]
+    assert history["stop_step"].tolist() == [0] and gpa.stop_reason_ == "n_steps"
+    np.testing.assert_allclose(moved, source, atol=1e-5)  # back at step 0: not moved
+    np.testing.assert_allclose(gpa.transform(source), moved, atol=1e-5)  # replay stops there
+
+    # dt=0.5: the score ends 1.75 times its lowest (6.7 at step 30): a drift, kept.
+    X, domain, source, gpa = _swinging(0.5)
+    moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+    scores = gpa.history_["stop_score"][:, 0]
+    assert scores.min() < scores[-1] <= 2 * scores.min()
+    assert gpa.history_["stop_rolled_back"].tolist() == [False]
+    assert gpa.history_["stop_step"].tolist() == [-1]
+    np.testing.assert_allclose(gpa.transform(source), moved, atol=1e-4)
+
+
+def test_rolled_back_particles_are_those_of_the_best_check(monkeypatch):
+    # The same flow without the rollback, replayed to the best check, ends where the
+    # rolled-back flow's particles are.
+    import sklearn_gpa._engine.flow as flow
+
+    X, domain, source, gpa = _swinging(0.7)  # best check: step 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+    best = gpa.history_["stop_step"][0]
+    assert gpa.history_["stop_rolled_back"][0] and 0 < best < 60
+    monkeypatch.setattr(flow, "ROLLBACK_RATIO", None)
+    free = gpa.fit(X, sample_domain=domain)
+    assert free.history_["stop_step"].tolist() == [-1]
+    np.testing.assert_allclose(free.replay(source, stop_steps=[best]), moved, atol=1e-4)

@@ -196,6 +196,8 @@ def _widen_result(result, slots, start, sources):
     stop_step[slots] = result.stop_step
     failed = np.full(n_flows, -1)
     failed[slots] = result.failed_step
+    rolled_back = np.zeros(n_flows, dtype=bool)
+    rolled_back[slots] = result.rolled_back
     trained = np.zeros(n_flows, dtype=int)
     trained[slots] = result.trained_steps
     widened = dataclasses.replace(
@@ -206,6 +208,7 @@ def _widen_result(result, slots, start, sources):
         kinetic_energy=_columns(result.kinetic_energy, slots, n_flows),
         stop_step=stop_step.tolist(),
         failed_step=failed.tolist(),
+        rolled_back=rolled_back.tolist(),
         trained_steps=trained.tolist(),
     )
     if result.stop_score is not None:
