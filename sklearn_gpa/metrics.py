@@ -400,10 +400,9 @@ class LipschitzFDivergence:
     n_iter : int or "auto", default="auto"
         Maximum number of Adam steps of each critic.  "auto": 500 with ``cross_fit``, 3000
         without.  A cross-fitted critic returns to its best weights on its validation rows
-        whenever it stops, so capping its training leaves the score a held-out estimate; on
-        the searches of the user guide 500 steps gave the same picks and nearly the same
-        scores as 3000 at a third of the time (most of the difference is networks that
-        lose to the linear critic anyway).  The capped critics raise no
+        whenever it stops, so capping its training leaves the score a held-out estimate; it
+        bounds the time of critics that would otherwise run all 3000 steps, and gave the
+        same picks as 3000 steps in the user guide's searches.  The capped critics raise no
         ``ConvergenceWarning``; an int is passed as it is, with the warning.
     cross_fit : int or None, default=3
         Passed to :func:`lipschitz_f_divergence`.  An int k (default 3) scores with the
@@ -415,13 +414,15 @@ class LipschitzFDivergence:
         as exactly 0 (the linear critic's slope is set to 0 unless significant), so close
         candidates often tie, and ``GridSearchCV`` keeps the first of equal scores: list
         the grid from the simplest candidate (fewest steps, smallest ``L``) up.  Each
-        sample (moved and target rows of a test split) needs ``2 * k`` rows, and on fewer
-        than about 50 rows a side a moderately wrong candidate may tie with the right one:
-        prefer few, large test splits (2 or 3).  None: the in-sample supremum, several
-        times faster and more sensitive to small differences on few rows, but biased upwards
-        by how well the critic fits each candidate's own rows; it rewards copies of the
-        scored rows.  2 folds tie more often, 5 cost about twice as much as 3 without
-        picking better (measurements: the user guide).
+        sample (moved and target rows of a test split) needs ``2 * k`` rows, and on a few
+        tens of rows a side a moderately wrong candidate may tie with the right one: prefer
+        few, large test splits (2 or 3).  On a busy machine, ``torch.set_num_threads(1)``
+        keeps the batched critics of a cross-fitted score from waiting for each other's
+        threads.  None: the in-sample supremum, several times faster (the cheap choice for
+        many rows, where its bias is smaller) and more sensitive to small differences on
+        few rows, but biased upwards by how well the critic fits each candidate's own rows;
+        it rewards copies of the scored rows.  With 2 folds the copies can still win by
+        noise; 5 cost more than 3 without picking better (measurements: the user guide).
     random_state : int, RandomState instance or None, default=0
         Seed of the critic (and of ``estimator.sample``): fixed by default, so that every
         candidate of a search is scored with the same critic initialisation.
