@@ -300,14 +300,73 @@ def integration_data(n=150, shift=MU, seed=0):
 def test_scorer_prefers_the_better_transport():
     X, sample_domain = integration_data()
     scorer = LipschitzFDivergence()
-    scores = [scorer(ShiftTransporter(s), X, sample_domain=sample_domain) for s in (0.0, 1.0, MU)]
+    with warnings.catch_warnings():
+        # The default critics' training is capped on purpose: no ConvergenceWarning.
+        warnings.simplefilter("error", ConvergenceWarning)
+        scores = [
+            scorer(ShiftTransporter(s), X, sample_domain=sample_domain) for s in (0.0, 1.0, MU)
+        ]
     assert scores[0] < scores[1] < scores[2] <= 0.05
-    expected = -lipschitz_f_divergence(X[:150] + MU, X[150:], random_state=0)
-    assert scores[2] == expected
+    # The default score is minus the 3-fold cross-fitted estimate of critics trained for at
+    # most 500 steps (n_iter="auto"), with its standard error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        expected, std_error = lipschitz_f_divergence(
+            X[:150] + MU, X[150:], cross_fit=3, n_iter=500, return_std=True, random_state=0
+        )
+    assert scores[2] == -expected
+    assert scorer.divergence(
+        ShiftTransporter(MU), X, sample_domain=sample_domain, return_std=True
+    ) == (expected, std_error)
+    with pytest.raises(ValueError, match="return_std=True needs"):
+        LipschitzFDivergence(cross_fit=None).divergence(
+            ShiftTransporter(MU), X, sample_domain=sample_domain, return_std=True
+        )
+    # In-sample, "auto" is 3000 steps.
+    scorer = LipschitzFDivergence(cross_fit=None)
+    in_sample = scorer(ShiftTransporter(1.0), X, sample_domain=sample_domain)
+    assert in_sample == -lipschitz_f_divergence(X[:150] + 1.0, X[150:], n_iter=3000, random_state=0)
+
+
+class CopySampler:
+    """A generative fit that over-fits: its samples are the training rows themselves."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def sample(self, n_samples, random_state=None):
+        order = np.random.RandomState(random_state).permutation(len(self.X))
+        return self.X[order[:n_samples]]
+
+
+class GaussianFit:
+    """A generative fit drawing fresh rows from the Gaussian fitted to the training rows."""
+
+    def __init__(self, X):
+        self.mean, self.cov = X.mean(0), np.cov(X, rowvar=False)
+
+    def sample(self, n_samples, random_state=None):
+        rng = np.random.RandomState(random_state)
+        return rng.multivariate_normal(self.mean, self.cov, n_samples)
+
+
+def test_default_scorer_does_not_reward_samples_that_copy_the_scored_rows():
+    # Scored on the rows they were fitted on, the copy is over-fitting.  In-sample, its
+    # samples are the rows themselves, which no critic can tell apart: a perfect 0, ahead
+    # of fresh draws by 0.03.  The default cross-fitted scorer gives both 0 (within 0.01),
+    # and a search over [fresh, copy] keeps the first of equal scores: fresh.
+    X = np.random.RandomState(0).normal(size=(120, 2))
+    fits = [GaussianFit(X), CopySampler(X)]
+    in_sample = [LipschitzFDivergence(cross_fit=None)(fit, X) for fit in fits]
+    assert in_sample[1] > in_sample[0] + 0.02
+    assert int(np.argmax(in_sample)) == 1
+    default = [LipschitzFDivergence()(fit, X) for fit in fits]
+    assert default[1] <= default[0] + 0.01
+    assert int(np.argmax(default)) == 0
 
 
 def test_scorer_generative_mode():
-    X = np.random.RandomState(0).normal(0, 1, (200, 1))
+    X = np.random.RandomState(0).normal(0, 1, (100, 1))
     scorer = LipschitzFDivergence(L=0.5)
     assert scorer(GaussianSampler(3.0), X) < scorer(GaussianSampler(0.0), X)
 
@@ -862,6 +921,8 @@ def test_scorer_checks_its_settings_like_the_function_and_names_itself():
     message = "The 'n_iter' parameter of LipschitzFDivergence must be an int in the range"
     with pytest.raises(InvalidParameterError, match=message):
         LipschitzFDivergence(n_iter=0)
+    with pytest.raises(InvalidParameterError, match="'n_iter' parameter of Lipschitz"):
+        LipschitzFDivergence(n_iter="fast")
     with pytest.raises(InvalidParameterError, match="'dtype' parameter of LipschitzFDivergence"):
         LipschitzFDivergence(dtype="float16")
     with pytest.raises(InvalidParameterError, match="'n_iter' parameter of lipschitz_f_divergence"):
