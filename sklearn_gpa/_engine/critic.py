@@ -91,6 +91,49 @@ class _Chunk:
     passes: MLPPass | None = None
 
 
+# Whether ``Critic.train_step`` takes its lean path where it can (``Critic._lean_step``);
+# benchmarks and tests switch it off to run the general one.
+USE_LEAN = True
+
+
+class _Lean:
+    """What ``Critic._lean_step`` needs, bound once: the chunk and its passes, Adam's
+    argument lists, the power iteration's views and constants as 0-d tensors (an op with a
+    Python number converts it to a tensor at every call; with a tensor of the same value and
+    dtype it computes the same numbers without that)."""
+
+    def __init__(self, critic: Critic, chunk: _Chunk, passes: MLPPass):
+        self.chunk, self.passes = chunk, passes
+        params = critic.params
+        self.one = torch.ones((), dtype=params.dtype, device=params.device)
+        self.adam = (
+            [params],
+            [critic.grad],
+            [critic.exp_avg],
+            [critic.exp_avg_sq],
+            [],
+            [critic.n_updates],
+        )
+        self.adam_settings = dict(
+            lr=critic.learning_rate,
+            beta1=critic.betas[0],
+            beta2=critic.betas[1],
+            weight_decay=0.0,
+            eps=critic.adam_eps,
+            amsgrad=False,
+            maximize=True,
+        )
+        self.power = [
+            (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
+            for w, u in zip(critic.weight_groups, critic._left_vectors)
+        ]
+        self.layer_norm = (
+            None
+            if critic.layer_norm == 1.0
+            else torch.tensor(critic.layer_norm, dtype=params.dtype, device=params.device)
+        )
+
+
 class Critic:
     """K Lipschitz MLP critics trained together.
 
@@ -183,6 +226,7 @@ class Critic:
 
     def _bind_views(self) -> None:
         self._chunks = {}
+        self._lean = {}
         self.layers = self.layout.layers(self.params)
         self.grad_layers = self.layout.layers(self.grad)
         self.nu = self.layout.nu(self.params)
@@ -426,7 +470,10 @@ class Critic:
         With ``with_value``, returns J (K,) at the weights before the step: the divergence
         estimate of Algorithm 1; otherwise returns None and skips computing it.
         """
-        if self.constraint == "soft":
+        lean = self._lean_plan(z.shape[1]) if self._exact_left <= 0 else None
+        if lean is not None:
+            value = self._lean_step(lean, z, n_particles, w_y, w_x, with_value)
+        elif self.constraint == "soft":
             value = self._train_step_penalised(z, n_particles, w_y, w_x)
         else:
             value = self._write_gradient(z, n_particles, w_y, w_x, with_value)
@@ -436,6 +483,59 @@ class Critic:
         self._updates += 1
         if self._updates % _FLUSH_EVERY == 0:
             self._flush_subnormals()
+        return value
+
+    def _lean_plan(self, n_rows):
+        """The ``_Lean`` plan of an update on ``n_rows`` rows, or None where the general
+        path must run (``_lean_step``): it repeats this class's own methods, so a subclass
+        (the CNN critic) takes the general path."""
+        if type(self) is not Critic or not torch.is_inference_mode_enabled():
+            return None
+        plan = self._lean.get(n_rows, False)
+        if plan is False:
+            plan = None
+            chunks = self._flow_chunks(n_rows)
+            passes = self._passes(chunks[0]) if len(chunks) == 1 else None
+            if (
+                USE_LEAN
+                and passes is not None
+                and self.constraint == "hard"
+                and not self.orthonormal
+                and not self.paired
+            ):
+                plan = _Lean(self, chunks[0], passes)
+            self._lean[n_rows] = plan
+        return plan
+
+    def _lean_step(self, lean: _Lean, z, n_particles, w_y, w_x, with_value):
+        """``_write_gradient``, ``_adam_ascent`` and ``spectral_normalize`` after the first
+        exact updates, for one chunk with preallocated passes: the same ops in the same order
+        (tested to the bit), less the Python between them.  A small update is mostly the cost
+        of calling its ops, and a tenth of that was this code's own."""
+        for buffer, view in self._transposed_pairs:
+            buffer.copy_(view)
+        passes = lean.passes
+        passes.forward(z)
+        value = self._objective_into(passes, n_particles, w_y, w_x, with_value, lean.chunk)
+        passes.parameter_gradient(z)
+        self.n_updates.add_(lean.one)
+        torch._fused_adam_(*lean.adam, **lean.adam_settings)
+        # spectral_normalize, by the persistent power iteration
+        sigmas = []
+        bmm, vector_norm = torch.bmm, torch.linalg.vector_norm
+        for w, w_t, u in lean.power:
+            if w_t is None:
+                sigmas.append(vector_norm(w, dim=(1, 2), keepdim=True))
+                continue
+            v = bmm(u, w_t)
+            v.div_(vector_norm(v, dim=-1, keepdim=True))
+            wv = bmm(v, w)
+            sigma = vector_norm(wv, dim=-1, keepdim=True)
+            torch.div(wv, sigma, out=u)
+            sigmas.append(sigma)
+        layer_norm = lean.layer_norm
+        for w, sigma in zip(self.weight_groups, sigmas):
+            w.div_(sigma if layer_norm is None else sigma.div_(layer_norm))
         return value
 
     def _flush_subnormals(self) -> None:
@@ -610,6 +710,12 @@ class Critic:
         More than ``VELOCITY_ROWS`` rows per flow are evaluated in chunks of that many.
         """
         if y.shape[1] <= VELOCITY_ROWS:
+            lean = self._lean_plan(y.shape[1])
+            if lean is not None:
+                # ``_gradient`` for one chunk with preallocated passes, less its Python.
+                for buffer, view in self._transposed_pairs:
+                    buffer.copy_(view)
+                return lean.passes.input_gradient(y)
             return self._gradient(y)
         out = torch.empty_like(y)
         for start in range(0, y.shape[1], VELOCITY_ROWS):
