@@ -896,6 +896,12 @@ def parse_args(argv=None):
         metavar="DIR",
         help="also time the engine of the checkout DIR, interleaved (before/after a change)",
     )
+    parser.add_argument(
+        "--general",
+        action="store_true",
+        help="run the critic's general update path (critic.USE_LEAN = False) instead of its"
+        " lean one: the same numbers, the code before the lean path",
+    )
     parser.add_argument("--output", default=None, help="basename of the result files")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-method", default="engine", help=argparse.SUPPRESS)
@@ -967,6 +973,7 @@ def write_results(rows, scaling, info, name):
 def main(argv=None):
     args = parse_args(argv)
     args.thread_cap = thread_cap(args)
+    critic_module.USE_LEAN = not args.general
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda was asked for but CUDA is not available.")
     if args.memory_probe is not None:
