@@ -49,6 +49,14 @@ How to run (from the repository root)
     python benchmarks/bench_step.py --check          # engine and baseline agree from one init
     python benchmarks/bench_step.py --quick --against /path/to/other/checkout
 
+``--fits`` times whole ``GPATransporter(random_state=0).fit(X, y)`` calls (generation, one
+flow per class) on scikit-learn's wine data (178 x 13, 3 classes) and a 2-D problem with 10
+classes (``make_blobs``, 2 000 rows), with the defaults and with ``source="gaussian_fit"``
+(a prior the stopping rule does not accept at once), and a fixed-length fit
+(``source="normal", stop=None, n_steps=100``): the critic's lean path and its general path
+(``critic.USE_LEAN``) in turn in one process, medians of ``--repeats``; the fitted particles
+of both must be equal.
+
 ``--against DIR`` times another checkout's engine (its ``sklearn_gpa/_engine``, imported
 under another name) next to this one's and the baseline, interleaved in one process with the
 same data, thread rule and clocks: before/after numbers of an engine change without two
@@ -58,7 +66,7 @@ each engine from the same run.
 Results go to ``benchmarks/results/bench_step.{json,md}`` (default and ``--full``;
 ``bench_step_quick.*`` with ``--quick``, ``bench_step_custom.*`` with ``--config``, a ``_cuda``
 suffix on a GPU), ``bench_step_profile_<problem>_<device>.txt``, ``bench_step_check.json`` and
-``bench_step_against{_quick,_custom,}.{json,md}``.
+``bench_step_against{_quick,_custom,}.{json,md}``, ``bench_step_fits.{json,md}``.
 """
 
 from __future__ import annotations
@@ -749,6 +757,83 @@ def _is_headline(row) -> bool:
     return all(row[k] == v for k, v in zip(keys, dataclasses.astuple(HEADLINE)))
 
 
+# -- whole fits, lean and general critic path -------------------------------------------------
+
+FIT_CASES = {
+    "default": {},
+    "gaussian_fit": {"source": "gaussian_fit"},
+    "normal, 100 steps": {"source": "normal", "stop": None, "n_steps": 100},
+}
+
+
+def fit_data():
+    from sklearn.datasets import load_wine, make_blobs
+
+    wine = load_wine(return_X_y=True)
+    blobs = make_blobs(2000, 2, centers=10, random_state=0)
+    return {"wine": wine, "2-D, 10 classes": blobs}
+
+
+def bench_fits(args) -> tuple:
+    """Seconds per ``GPATransporter(random_state=0, **case).fit(X, y)``, lean and general
+    critic path in turn (the order alternating), medians of ``args.repeats``."""
+    import warnings
+
+    from sklearn_gpa import GPATransporter
+
+    rows = []
+    for data_name, (X, y) in fit_data().items():
+        for case, params in FIT_CASES.items():
+            times, fitted = {"lean": [], "general": []}, {}
+            for repeat in range(args.repeats):
+                order = ["lean", "general"] if repeat % 2 == 0 else ["general", "lean"]
+                for path in order:
+                    critic_module.USE_LEAN = path == "lean"
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model = GPATransporter(random_state=0, **params).fit(X, y)
+                    times[path].append(time.perf_counter() - start)
+                    fitted[path] = model
+            critic_module.USE_LEAN = True
+            median = _common.medians(times)
+            lean, general = fitted["lean"], fitted["general"]
+            rows.append(
+                {
+                    "data": data_name,
+                    "case": case,
+                    "n_steps": int(lean.n_steps_),
+                    "stop_reason": lean.stop_reason_,
+                    "general_s": median["general"],
+                    "lean_s": median["lean"],
+                    "ratio": median["general"] / median["lean"],
+                    "same_particles": bool(np.array_equal(lean.particles_, general.particles_)),
+                    "times": times,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"  {data_name}, {case}: {r['n_steps']} steps ({r['stop_reason']}), general "
+                f"{r['general_s']:.3f} s, lean {r['lean_s']:.3f} s, {r['ratio']:.3f}x, "
+                f"same particles {r['same_particles']}",
+                flush=True,
+            )
+    header = ["data", "fit", "steps", "general s", "lean s", "general/lean", "same particles"]
+    table = [
+        [
+            r["data"],
+            r["case"],
+            r["n_steps"],
+            f"{r['general_s']:.3f}",
+            f"{r['lean_s']:.3f}",
+            f"{r['ratio']:.3f}x",
+            "yes" if r["same_particles"] else "NO",
+        ]
+        for r in rows
+    ]
+    return rows, _common.markdown_table(header, table)
+
+
 # -- diagnostics: profile and agreement ------------------------------------------------------
 
 
@@ -897,6 +982,11 @@ def parse_args(argv=None):
         help="also time the engine of the checkout DIR, interleaved (before/after a change)",
     )
     parser.add_argument(
+        "--fits",
+        action="store_true",
+        help="time whole GPATransporter fits with the lean and the general critic path and exit",
+    )
+    parser.add_argument(
         "--general",
         action="store_true",
         help="run the critic's general update path (critic.USE_LEAN = False) instead of its"
@@ -987,6 +1077,15 @@ def main(argv=None):
         cfg = args.config[0] if args.config else HEADLINE
         name = f"bench_step_profile_N{cfg.n}_d{cfg.d}_K{cfg.k}_{cfg.solver}_{args.device}.txt"
         (RESULTS / name).write_text(text + "\n")
+        print(text)
+        return
+    if args.fits:
+        info = machine_info(args.device, args)
+        rows, text = bench_fits(args)
+        info["load_average_after"] = os.getloadavg()
+        _common.write_results(
+            args.output or "bench_step_fits", {"machine": info, "rows": rows}, text
+        )
         print(text)
         return
     if args.check:

@@ -138,3 +138,24 @@ def test_kl_constant_one_is_the_number_one():
         assert one.dtype == dtype and one.shape == () and float(one) == 1.0
         t = torch.tensor([0.3, 1e-8, -2.5], dtype=dtype)
         assert torch.equal(t.clone().sub_(one), t.clone().sub_(1.0))
+
+
+@pytest.mark.parametrize("activation", ["relu", "groupsort"])
+def test_small_ops_on_the_calling_thread_change_no_result(monkeypatch, activation):
+    # On two threads, Adam and the normalisation run on the calling thread (lean path and
+    # general path alike): the same numbers as when they ran on the thread team.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = []
+        real = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+        lean, critic = _run(monkeypatch, True, n_flows=6, activation=activation)
+        assert 1 in calls and torch.get_num_threads() == 2
+        calls.clear()
+        general, _ = _run(monkeypatch, False, n_flows=6, activation=activation)
+        assert calls == []
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(lean.particles, general.particles)
+    assert torch.equal(lean.states, general.states)

@@ -7,6 +7,7 @@ normalisation.  All of it persists across particle steps: the papers' warm start
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -96,6 +97,21 @@ class _Chunk:
 USE_LEAN = True
 
 
+@contextlib.contextmanager
+def _calling_thread(enabled=True):
+    """Run the block's torch ops on the calling thread alone (where ``enabled`` and torch
+    has several CPU threads): for many small ops, such as the power iterations, whose
+    results do not depend on the thread count (see ``Critic._lean_step``)."""
+    threads = torch.get_num_threads() if enabled else 1
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 class _Lean:
     """What ``Critic._lean_step`` needs, bound once: the chunk and its passes, Adam's
     argument lists, the power iteration's views and constants as 0-d tensors (an op with a
@@ -105,6 +121,7 @@ class _Lean:
     def __init__(self, critic: Critic, chunk: _Chunk, passes: MLPPass):
         self.chunk, self.passes = chunk, passes
         params = critic.params
+        self.on_cpu = params.device.type == "cpu"
         self.one = torch.ones((), dtype=params.dtype, device=params.device)
         self.adam = (
             [params],
@@ -209,7 +226,9 @@ class Critic:
             self._bind_views()
             if self.constraint is not None:
                 self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
-                self._init_normalisation(generator)
+                # 50 power iterations of small products: on the calling thread.
+                with _calling_thread(self._small_ops_on_one_thread(device)):
+                    self._init_normalisation(generator)
 
     @property
     def needs_autograd(self) -> bool:
@@ -477,9 +496,10 @@ class Critic:
             value = self._train_step_penalised(z, n_particles, w_y, w_x)
         else:
             value = self._write_gradient(z, n_particles, w_y, w_x, with_value)
-            self._adam_ascent()
-            if self.constraint == "hard":
-                self.project()
+            with _calling_thread(self._small_ops_on_one_thread(self.params.device)):
+                self._adam_ascent()
+                if self.constraint == "hard":
+                    self.project()
         self._updates += 1
         if self._updates % _FLUSH_EVERY == 0:
             self._flush_subnormals()
@@ -507,6 +527,11 @@ class Critic:
             self._lean[n_rows] = plan
         return plan
 
+    def _small_ops_on_one_thread(self, device) -> bool:
+        """Whether this critic's Adam step and normalisation run on the calling thread:
+        an MLP critic's (``_lean_step``), on the CPU, unless ``USE_LEAN`` is off."""
+        return USE_LEAN and type(self) is Critic and torch.device(device).type == "cpu"
+
     def _lean_step(self, lean: _Lean, z, n_particles, w_y, w_x, with_value):
         """``_write_gradient``, ``_adam_ascent`` and ``spectral_normalize`` after the first
         exact updates, for one chunk with preallocated passes: the same ops in the same order
@@ -518,6 +543,23 @@ class Critic:
         passes.forward(z)
         value = self._objective_into(passes, n_particles, w_y, w_x, with_value, lean.chunk)
         passes.parameter_gradient(z)
+        # Adam and the power iteration are small ops (a few thousand numbers, products of a
+        # vector and a few matrices): on several threads each costs a fork and a join of the
+        # thread team, more than its arithmetic, and far more where other processes keep
+        # the cores busy.  They run on the calling thread; their results do not depend on it
+        # (no reduction splits across threads at these sizes: tested to the bit).
+        threads = torch.get_num_threads() if lean.on_cpu else 1
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            self._lean_project(lean)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        return value
+
+    def _lean_project(self, lean: _Lean) -> None:
+        """``_adam_ascent`` then ``spectral_normalize`` (after the exact updates)."""
         self.n_updates.add_(lean.one)
         torch._fused_adam_(*lean.adam, **lean.adam_settings)
         # spectral_normalize, by the persistent power iteration
@@ -536,7 +578,6 @@ class Critic:
         layer_norm = lean.layer_norm
         for w, sigma in zip(self.weight_groups, sigmas):
             w.div_(sigma if layer_norm is None else sigma.div_(layer_norm))
-        return value
 
     def _flush_subnormals(self) -> None:
         """Set the persistent state's subnormal values to zero (see ``_FLUSH_EVERY``)."""
