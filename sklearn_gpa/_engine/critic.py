@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,10 +141,19 @@ class _Lean:
             amsgrad=False,
             maximize=True,
         )
-        self.power = [
-            (w, None if w.shape[2] == 1 else w.transpose(1, 2), u)
-            for w, u in zip(critic.weight_groups, critic._left_vectors)
-        ]
+        # Per weight group: the weights, their transposed view (None for a single column,
+        # whose norm is a vector norm), the persistent vector, and buffers for the products
+        # and norms (an op writing into a buffer skips an allocation).
+        new = functools.partial(torch.empty, dtype=params.dtype, device=params.device)
+        self.power = []
+        for w, u in zip(critic.weight_groups, critic._left_vectors):
+            n, fan_in, fan_out = w.shape
+            sigma = new(n, 1, 1)
+            if fan_out == 1:
+                self.power.append((w, None, u, None, None, None, sigma))
+                continue
+            v, v_norm, wv = new(n, 1, fan_in), new(n, 1, 1), new(n, 1, fan_out)
+            self.power.append((w, w.transpose(1, 2), u, v, v_norm, wv, sigma))
         self.layer_norm = (
             None
             if critic.layer_norm == 1.0
@@ -563,20 +573,18 @@ class Critic:
         self.n_updates.add_(lean.one)
         torch._fused_adam_(*lean.adam, **lean.adam_settings)
         # spectral_normalize, by the persistent power iteration
-        sigmas = []
         bmm, vector_norm = torch.bmm, torch.linalg.vector_norm
-        for w, w_t, u in lean.power:
+        for w, w_t, u, v, v_norm, wv, sigma in lean.power:
             if w_t is None:
-                sigmas.append(vector_norm(w, dim=(1, 2), keepdim=True))
+                vector_norm(w, dim=(1, 2), keepdim=True, out=sigma)
                 continue
-            v = bmm(u, w_t)
-            v.div_(vector_norm(v, dim=-1, keepdim=True))
-            wv = bmm(v, w)
-            sigma = vector_norm(wv, dim=-1, keepdim=True)
+            bmm(u, w_t, out=v)
+            v.div_(vector_norm(v, dim=-1, keepdim=True, out=v_norm))
+            bmm(v, w, out=wv)
+            vector_norm(wv, dim=-1, keepdim=True, out=sigma)
             torch.div(wv, sigma, out=u)
-            sigmas.append(sigma)
         layer_norm = lean.layer_norm
-        for w, sigma in zip(self.weight_groups, sigmas):
+        for w, _, _, _, _, _, sigma in lean.power:
             w.div_(sigma if layer_norm is None else sigma.div_(layer_norm))
 
     def _flush_subnormals(self) -> None:
