@@ -93,6 +93,12 @@ class _Chunk:
     passes: MLPPass | None = None
 
 
+# Up to this many parameters (all flows), a critic's Adam step and normalisation run on the
+# calling thread in a multi-threaded fit (``Critic._lean_step``): ten flows of the default
+# MLP on 2-D or 50-D rows have 22 000 and 40 000; a 784-D input layer alone 25 000 per flow,
+# where the thread team pays for itself.
+_SMALL_PARAMS = 1 << 16
+
 # Whether ``Critic.train_step`` takes its lean path where it can (``Critic._lean_step``);
 # benchmarks and tests switch it off to run the general one.
 USE_LEAN = True
@@ -122,7 +128,7 @@ class _Lean:
     def __init__(self, critic: Critic, chunk: _Chunk, passes: MLPPass):
         self.chunk, self.passes = chunk, passes
         params = critic.params
-        self.on_cpu = params.device.type == "cpu"
+        self.one_thread = critic._small_ops_on_one_thread(params.device)
         self.one = torch.ones((), dtype=params.dtype, device=params.device)
         self.adam = (
             [params],
@@ -539,8 +545,14 @@ class Critic:
 
     def _small_ops_on_one_thread(self, device) -> bool:
         """Whether this critic's Adam step and normalisation run on the calling thread:
-        an MLP critic's (``_lean_step``), on the CPU, unless ``USE_LEAN`` is off."""
-        return USE_LEAN and type(self) is Critic and torch.device(device).type == "cpu"
+        an MLP critic's (``_lean_step``) of at most ``_SMALL_PARAMS`` parameters, on the
+        CPU, unless ``USE_LEAN`` is off."""
+        return (
+            USE_LEAN
+            and type(self) is Critic
+            and torch.device(device).type == "cpu"
+            and self.params.numel() <= _SMALL_PARAMS
+        )
 
     def _lean_step(self, lean: _Lean, z, n_particles, w_y, w_x, with_value):
         """``_write_gradient``, ``_adam_ascent`` and ``spectral_normalize`` after the first
@@ -558,7 +570,7 @@ class Critic:
         # thread team, more than its arithmetic, and far more where other processes keep
         # the cores busy.  They run on the calling thread; their results do not depend on it
         # (no reduction splits across threads at these sizes: tested to the bit).
-        threads = torch.get_num_threads() if lean.on_cpu else 1
+        threads = torch.get_num_threads() if lean.one_thread else 1
         if threads > 1:
             torch.set_num_threads(1)
         try:
