@@ -49,16 +49,26 @@ How to run (from the repository root)
     python benchmarks/bench_step.py --check          # engine and baseline agree from one init
     python benchmarks/bench_step.py --quick --against /path/to/other/checkout
 
+``--fits`` times whole ``GPATransporter(random_state=0).fit(X, y)`` calls (generation, one
+flow per class) on scikit-learn's wine data (178 x 13, 3 classes) and a 2-D problem with 10
+classes (``make_blobs``, 2 000 rows), with the defaults and with ``source="gaussian_fit"``
+(a prior the stopping rule does not accept at once), and a fixed-length fit
+(``source="normal", stop=None, n_steps=100``): the critic's lean path and its general path
+(``critic.USE_LEAN``) in turn in one process, medians of ``--repeats``; the fitted particles
+of both must be equal.  ``--threads 1`` runs every fit on one thread and reports thread CPU
+time (the fits' own rule gives the 10-class problem two threads otherwise).
+
 ``--against DIR`` times another checkout's engine (its ``sklearn_gpa/_engine``, imported
 under another name) next to this one's and the baseline, interleaved in one process with the
 same data, thread rule and clocks: before/after numbers of an engine change without two
 processes.  Each block alternates the order of the three; medians; the ratios K=10/K=1 of
-each engine from the same run.
+each engine from the same run.  Rows on one thread also report the thread CPU time per step
+(``time.thread_time``), which other processes on the machine do not inflate.
 
 Results go to ``benchmarks/results/bench_step.{json,md}`` (default and ``--full``;
 ``bench_step_quick.*`` with ``--quick``, ``bench_step_custom.*`` with ``--config``, a ``_cuda``
 suffix on a GPU), ``bench_step_profile_<problem>_<device>.txt``, ``bench_step_check.json`` and
-``bench_step_against{_quick,_custom,}.{json,md}``.
+``bench_step_against{_quick,_custom,}.{json,md}``, ``bench_step_fits.{json,md}``.
 """
 
 from __future__ import annotations
@@ -352,13 +362,22 @@ def bench_against(configs, device, args) -> tuple:
         estimates = {k: warm_up(r.run, args.warmup, device) for k, r in runners.items()}
         n_steps = {k: steps_per_block(t, args.block_s) for k, t in estimates.items()}
         times = {k: [] for k in runners}
+        cpu = {k: [] for k in runners}
         for repeat in range(args.repeats):
             names = list(runners) if repeat % 2 == 0 else list(runners)[::-1]
             for name in names:
+                start = time.thread_time()
                 times[name].append(time_block(runners[name].run, n_steps[name], device))
+                cpu[name].append((time.thread_time() - start) / n_steps[name])
         median = {k: 1e3 * t for k, t in _common.medians(times).items()}
         row = dataclasses.asdict(cfg) | {"threads": threads, "load_average": os.getloadavg()}
         row |= {f"{k}_ms": v for k, v in median.items()}
+        if threads == 1:
+            # On one thread all the work is on this thread: its CPU time is the time the
+            # step costs, whatever other processes take of the cores (wall clocks on a busy
+            # machine also count the waits for a core).  It includes train_flow's set-up of
+            # each block, which the wall clock above leaves out (under 1 % here).
+            row |= {f"{k}_cpu_ms": 1e3 * t for k, t in _common.medians(cpu).items()}
         rows.append(row)
         print(
             f"  {cfg.label()}, {threads} thread(s): baseline {median['baseline']:.2f} ms, "
@@ -386,6 +405,27 @@ def bench_against(configs, device, args) -> tuple:
         for r in rows
     ]
     lines = [_common.markdown_table(header, table), ""]
+    cpu_rows = [r for r in rows if "engine_cpu_ms" in r]
+    if cpu_rows:
+        lines += [
+            "Thread CPU time per step (rows on one thread):",
+            "",
+            _common.markdown_table(
+                ["N=M", "d", "K", "solver", "baseline ms", "reference ms", "engine ms"]
+                + ["baseline/reference", "baseline/engine", "reference/engine"],
+                [
+                    [r["n"], r["d"], r["k"], r["solver"]]
+                    + [f"{r[f'{m}_cpu_ms']:.3f}" for m in ("baseline", "reference", "engine")]
+                    + [
+                        f"{r['baseline_cpu_ms'] / r['reference_cpu_ms']:.2f}x",
+                        f"{r['baseline_cpu_ms'] / r['engine_cpu_ms']:.2f}x",
+                        f"{r['reference_cpu_ms'] / r['engine_cpu_ms']:.2f}x",
+                    ]
+                    for r in cpu_rows
+                ],
+            ),
+            "",
+        ]
     by_key = {(r["n"], r["d"], r["k"], r["solver"]): r for r in rows}
     for (n, d, k, solver), row in by_key.items():
         one = by_key.get((n, d, 1, solver))
@@ -394,6 +434,11 @@ def bench_against(configs, device, args) -> tuple:
         ratios = ", ".join(
             f"{m} {row[f'{m}_ms'] / one[f'{m}_ms']:.2f}x" for m in ("reference", "engine")
         )
+        if "engine_cpu_ms" in row and "engine_cpu_ms" in one:
+            ratios += "; thread CPU time: " + ", ".join(
+                f"{m} {row[f'{m}_cpu_ms'] / one[f'{m}_cpu_ms']:.2f}x"
+                for m in ("reference", "engine")
+            )
         lines.append(f"K={k} / K=1 at N={n}, d={d}, {solver} (same run): {ratios}.")
     return rows, "\n".join(lines)
 
@@ -749,6 +794,93 @@ def _is_headline(row) -> bool:
     return all(row[k] == v for k, v in zip(keys, dataclasses.astuple(HEADLINE)))
 
 
+# -- whole fits, lean and general critic path -------------------------------------------------
+
+FIT_CASES = {
+    "default": {},
+    "gaussian_fit": {"source": "gaussian_fit"},
+    "normal, 100 steps": {"source": "normal", "stop": None, "n_steps": 100},
+}
+
+
+def fit_data():
+    from sklearn.datasets import load_wine, make_blobs
+
+    wine = load_wine(return_X_y=True)
+    blobs = make_blobs(2000, 2, centers=10, random_state=0)
+    return {"wine": wine, "2-D, 10 classes": blobs}
+
+
+def bench_fits(args) -> tuple:
+    """Seconds per ``GPATransporter(random_state=0, **case).fit(X, y)``, lean and general
+    critic path in turn (the order alternating), medians of ``args.repeats``."""
+    import warnings
+
+    from sklearn_gpa import GPATransporter
+
+    if args.threads != "auto":
+        # The fits' own thread rule never exceeds torch's setting.
+        torch.set_num_threads(int(args.threads))
+    one_thread = torch.get_num_threads() == 1
+    rows = []
+    for data_name, (X, y) in fit_data().items():
+        for case, params in FIT_CASES.items():
+            times, cpu, fitted = {"lean": [], "general": []}, {"lean": [], "general": []}, {}
+            for repeat in range(args.repeats):
+                order = ["lean", "general"] if repeat % 2 == 0 else ["general", "lean"]
+                for path in order:
+                    critic_module.USE_LEAN = path == "lean"
+                    start, start_cpu = time.perf_counter(), time.thread_time()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model = GPATransporter(random_state=0, **params).fit(X, y)
+                    times[path].append(time.perf_counter() - start)
+                    cpu[path].append(time.thread_time() - start_cpu)
+                    fitted[path] = model
+            critic_module.USE_LEAN = True
+            # On one thread, the thread CPU time is what the fit cost (see --against).
+            median = _common.medians(cpu if one_thread else times)
+            lean, general = fitted["lean"], fitted["general"]
+            rows.append(
+                {
+                    "data": data_name,
+                    "case": case,
+                    "n_steps": int(lean.n_steps_),
+                    "stop_reason": lean.stop_reason_,
+                    "general_s": median["general"],
+                    "lean_s": median["lean"],
+                    "ratio": median["general"] / median["lean"],
+                    "same_particles": bool(np.array_equal(lean.particles_, general.particles_)),
+                    "clock": "thread CPU time" if one_thread else "wall clock",
+                    "times": times,
+                    "thread_cpu_times": cpu,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"  {data_name}, {case}: {r['n_steps']} steps ({r['stop_reason']}), general "
+                f"{r['general_s']:.3f} s, lean {r['lean_s']:.3f} s, {r['ratio']:.3f}x, "
+                f"same particles {r['same_particles']}",
+                flush=True,
+            )
+    clock = "thread CPU" if one_thread else "wall-clock"
+    header = ["data", "fit", "steps", f"general {clock} s", f"lean {clock} s", "general/lean"]
+    header.append("same particles")
+    table = [
+        [
+            r["data"],
+            r["case"],
+            r["n_steps"],
+            f"{r['general_s']:.3f}",
+            f"{r['lean_s']:.3f}",
+            f"{r['ratio']:.3f}x",
+            "yes" if r["same_particles"] else "NO",
+        ]
+        for r in rows
+    ]
+    return rows, _common.markdown_table(header, table)
+
+
 # -- diagnostics: profile and agreement ------------------------------------------------------
 
 
@@ -896,6 +1028,17 @@ def parse_args(argv=None):
         metavar="DIR",
         help="also time the engine of the checkout DIR, interleaved (before/after a change)",
     )
+    parser.add_argument(
+        "--fits",
+        action="store_true",
+        help="time whole GPATransporter fits with the lean and the general critic path and exit",
+    )
+    parser.add_argument(
+        "--general",
+        action="store_true",
+        help="run the critic's general update path (critic.USE_LEAN = False) instead of its"
+        " lean one: the same numbers, the code before the lean path",
+    )
     parser.add_argument("--output", default=None, help="basename of the result files")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-method", default="engine", help=argparse.SUPPRESS)
@@ -967,6 +1110,7 @@ def write_results(rows, scaling, info, name):
 def main(argv=None):
     args = parse_args(argv)
     args.thread_cap = thread_cap(args)
+    critic_module.USE_LEAN = not args.general
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda was asked for but CUDA is not available.")
     if args.memory_probe is not None:
@@ -980,6 +1124,15 @@ def main(argv=None):
         cfg = args.config[0] if args.config else HEADLINE
         name = f"bench_step_profile_N{cfg.n}_d{cfg.d}_K{cfg.k}_{cfg.solver}_{args.device}.txt"
         (RESULTS / name).write_text(text + "\n")
+        print(text)
+        return
+    if args.fits:
+        info = machine_info(args.device, args)
+        rows, text = bench_fits(args)
+        info["load_average_after"] = os.getloadavg()
+        _common.write_results(
+            args.output or "bench_step_fits", {"machine": info, "rows": rows}, text
+        )
         print(text)
         return
     if args.check:

@@ -7,8 +7,10 @@ normalisation.  All of it persists across particle steps: the papers' warm start
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +93,80 @@ class _Chunk:
     passes: MLPPass | None = None
 
 
+# Up to this many parameters (all flows), a critic's Adam step and normalisation run on the
+# calling thread in a multi-threaded fit (``Critic._lean_step``): ten flows of the default
+# MLP on 2-D or 50-D rows have 22 000 and 40 000; a 784-D input layer alone 25 000 per flow,
+# where the thread team pays for itself.
+_SMALL_PARAMS = 1 << 16
+
+# Whether ``Critic.train_step`` takes its lean path where it can (``Critic._lean_step``);
+# benchmarks and tests switch it off to run the general one.
+USE_LEAN = True
+
+
+@contextlib.contextmanager
+def _calling_thread(enabled=True):
+    """Run the block's torch ops on the calling thread alone (where ``enabled`` and torch
+    has several CPU threads): for many small ops, such as the power iterations, whose
+    results do not depend on the thread count (see ``Critic._lean_step``)."""
+    threads = torch.get_num_threads() if enabled else 1
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+class _Lean:
+    """What ``Critic._lean_step`` needs, bound once: the chunk and its passes, Adam's
+    argument lists, the power iteration's views and constants as 0-d tensors (an op with a
+    Python number converts it to a tensor at every call; with a tensor of the same value and
+    dtype it computes the same numbers without that)."""
+
+    def __init__(self, critic: Critic, chunk: _Chunk, passes: MLPPass):
+        self.chunk, self.passes = chunk, passes
+        params = critic.params
+        self.one_thread = critic._small_ops_on_one_thread(params.device)
+        self.one = torch.ones((), dtype=params.dtype, device=params.device)
+        self.adam = (
+            [params],
+            [critic.grad],
+            [critic.exp_avg],
+            [critic.exp_avg_sq],
+            [],
+            [critic.n_updates],
+        )
+        self.adam_settings = dict(
+            lr=critic.learning_rate,
+            beta1=critic.betas[0],
+            beta2=critic.betas[1],
+            weight_decay=0.0,
+            eps=critic.adam_eps,
+            amsgrad=False,
+            maximize=True,
+        )
+        # Per weight group: the weights, their transposed view (None for a single column,
+        # whose norm is a vector norm), the persistent vector, and buffers for the products
+        # and norms (an op writing into a buffer skips an allocation).
+        new = functools.partial(torch.empty, dtype=params.dtype, device=params.device)
+        self.power = []
+        for w, u in zip(critic.weight_groups, critic._left_vectors):
+            n, fan_in, fan_out = w.shape
+            sigma = new(n, 1, 1)
+            if fan_out == 1:
+                self.power.append((w, None, u, None, None, None, sigma))
+                continue
+            v, v_norm, wv = new(n, 1, fan_in), new(n, 1, 1), new(n, 1, fan_out)
+            self.power.append((w, w.transpose(1, 2), u, v, v_norm, wv, sigma))
+        self.layer_norm = (
+            None
+            if critic.layer_norm == 1.0
+            else torch.tensor(critic.layer_norm, dtype=params.dtype, device=params.device)
+        )
+
+
 class Critic:
     """K Lipschitz MLP critics trained together.
 
@@ -166,7 +242,9 @@ class Critic:
             self._bind_views()
             if self.constraint is not None:
                 self.layer_norm = float(lipschitz) ** (1.0 / layout.depth)
-                self._init_normalisation(generator)
+                # 50 power iterations of small products: on the calling thread.
+                with _calling_thread(self._small_ops_on_one_thread(device)):
+                    self._init_normalisation(generator)
 
     @property
     def needs_autograd(self) -> bool:
@@ -183,6 +261,7 @@ class Critic:
 
     def _bind_views(self) -> None:
         self._chunks = {}
+        self._lean = {}
         self.layers = self.layout.layers(self.params)
         self.grad_layers = self.layout.layers(self.grad)
         self.nu = self.layout.nu(self.params)
@@ -426,17 +505,99 @@ class Critic:
         With ``with_value``, returns J (K,) at the weights before the step: the divergence
         estimate of Algorithm 1; otherwise returns None and skips computing it.
         """
-        if self.constraint == "soft":
+        lean = self._lean_plan(z.shape[1]) if self._exact_left <= 0 else None
+        if lean is not None:
+            value = self._lean_step(lean, z, n_particles, w_y, w_x, with_value)
+        elif self.constraint == "soft":
             value = self._train_step_penalised(z, n_particles, w_y, w_x)
         else:
             value = self._write_gradient(z, n_particles, w_y, w_x, with_value)
-            self._adam_ascent()
-            if self.constraint == "hard":
-                self.project()
+            with _calling_thread(self._small_ops_on_one_thread(self.params.device)):
+                self._adam_ascent()
+                if self.constraint == "hard":
+                    self.project()
         self._updates += 1
         if self._updates % _FLUSH_EVERY == 0:
             self._flush_subnormals()
         return value
+
+    def _lean_plan(self, n_rows):
+        """The ``_Lean`` plan of an update on ``n_rows`` rows, or None where the general
+        path must run (``_lean_step``): it repeats this class's own methods, so a subclass
+        (the CNN critic) takes the general path."""
+        if type(self) is not Critic or not torch.is_inference_mode_enabled():
+            return None
+        plan = self._lean.get(n_rows, False)
+        if plan is False:
+            plan = None
+            chunks = self._flow_chunks(n_rows)
+            passes = self._passes(chunks[0]) if len(chunks) == 1 else None
+            if (
+                USE_LEAN
+                and passes is not None
+                and self.constraint == "hard"
+                and not self.orthonormal
+                and not self.paired
+            ):
+                plan = _Lean(self, chunks[0], passes)
+            self._lean[n_rows] = plan
+        return plan
+
+    def _small_ops_on_one_thread(self, device) -> bool:
+        """Whether this critic's Adam step and normalisation run on the calling thread:
+        an MLP critic's (``_lean_step``) of at most ``_SMALL_PARAMS`` parameters, on the
+        CPU, unless ``USE_LEAN`` is off."""
+        return (
+            USE_LEAN
+            and type(self) is Critic
+            and torch.device(device).type == "cpu"
+            and self.params.numel() <= _SMALL_PARAMS
+        )
+
+    def _lean_step(self, lean: _Lean, z, n_particles, w_y, w_x, with_value):
+        """``_write_gradient``, ``_adam_ascent`` and ``spectral_normalize`` after the first
+        exact updates, for one chunk with preallocated passes: the same ops in the same order
+        (tested to the bit), less the Python between them.  A small update is mostly the cost
+        of calling its ops, and a tenth of that was this code's own."""
+        for buffer, view in self._transposed_pairs:
+            buffer.copy_(view)
+        passes = lean.passes
+        passes.forward(z)
+        value = self._objective_into(passes, n_particles, w_y, w_x, with_value, lean.chunk)
+        passes.parameter_gradient(z)
+        # Adam and the power iteration are small ops (a few thousand numbers, products of a
+        # vector and a few matrices): on several threads each costs a fork and a join of the
+        # thread team, more than its arithmetic, and far more where other processes keep
+        # the cores busy.  They run on the calling thread; their results do not depend on it
+        # (no reduction splits across threads at these sizes: tested to the bit).
+        threads = torch.get_num_threads() if lean.one_thread else 1
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            self._lean_project(lean)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        return value
+
+    def _lean_project(self, lean: _Lean) -> None:
+        """``_adam_ascent`` then ``spectral_normalize`` (after the exact updates)."""
+        self.n_updates.add_(lean.one)
+        torch._fused_adam_(*lean.adam, **lean.adam_settings)
+        # spectral_normalize, by the persistent power iteration
+        bmm, vector_norm = torch.bmm, torch.linalg.vector_norm
+        for w, w_t, u, v, v_norm, wv, sigma in lean.power:
+            if w_t is None:
+                vector_norm(w, dim=(1, 2), keepdim=True, out=sigma)
+                continue
+            bmm(u, w_t, out=v)
+            v.div_(vector_norm(v, dim=-1, keepdim=True, out=v_norm))
+            bmm(v, w, out=wv)
+            vector_norm(wv, dim=-1, keepdim=True, out=sigma)
+            torch.div(wv, sigma, out=u)
+        layer_norm = lean.layer_norm
+        for w, _, _, _, _, _, sigma in lean.power:
+            w.div_(sigma if layer_norm is None else sigma.div_(layer_norm))
 
     def _flush_subnormals(self) -> None:
         """Set the persistent state's subnormal values to zero (see ``_FLUSH_EVERY``)."""
@@ -610,6 +771,12 @@ class Critic:
         More than ``VELOCITY_ROWS`` rows per flow are evaluated in chunks of that many.
         """
         if y.shape[1] <= VELOCITY_ROWS:
+            lean = self._lean_plan(y.shape[1])
+            if lean is not None:
+                # ``_gradient`` for one chunk with preallocated passes, less its Python.
+                for buffer, view in self._transposed_pairs:
+                    buffer.copy_(view)
+                return lean.passes.input_gradient(y)
             return self._gradient(y)
         out = torch.empty_like(y)
         for start in range(0, y.shape[1], VELOCITY_ROWS):

@@ -61,6 +61,17 @@ class Activation:
         raise NotImplementedError
 
 
+def _raw(op):
+    """The C++ callable behind an ``OpOverload`` (the same kernel without the Python call
+    in between), or the overload itself where torch does not expose it."""
+    return getattr(op, "_op", op)
+
+
+# ReLU's backward: "g where h > 0 else 0", the op autograd itself uses, into g or allocating.
+_THRESHOLD_BACKWARD_INTO = _raw(torch.ops.aten.threshold_backward.grad_input)
+_THRESHOLD_BACKWARD = _raw(torch.ops.aten.threshold_backward.default)
+
+
 class ReLU(Activation):
     name = "relu"
     inplace = True
@@ -75,8 +86,8 @@ class ReLU(Activation):
     def backward(self, g, saved, inplace=False):
         # One kernel for "g where h > 0 else 0", the op autograd itself uses for ReLU.
         if inplace:
-            return torch.ops.aten.threshold_backward.grad_input(g, saved, 0.0, grad_input=g)
-        return torch.ops.aten.threshold_backward(g, saved, 0.0)
+            return _THRESHOLD_BACKWARD_INTO(g, saved, 0.0, grad_input=g)
+        return _THRESHOLD_BACKWARD(g, saved, 0.0)
 
 
 class LeakyReLU(Activation):
@@ -466,6 +477,8 @@ class MLPPass:
         last = grad_layers[-1][0]
         self._grad_w_last_t = last.transpose(1, 2) if last.shape[-1] == 1 else None
         self._splits = {}
+        # ReLU's in-place backward op, called without the activation's method in between.
+        self._threshold_into = _THRESHOLD_BACKWARD_INTO if type(activation) is ReLU else None
 
     def split(self, n_particles):
         """Views (phi_y, phi_x, dJ/dphi_y, dJ/dphi_x) of the rows of particles and targets."""
@@ -509,12 +522,19 @@ class MLPPass:
             bmm(self._last_input_t, g, out=grad_w)
         torch.sum(g, dim=1, keepdim=True, out=grad_b)
         g = bmm(g, self.w_t[-1], out=self.grads[-1])
-        backward(g, self.acts[-2], True)
+        threshold_into = self._threshold_into
+        if threshold_into is not None:
+            threshold_into(g, self.acts[-2], 0.0, grad_input=g)
+        else:
+            backward(g, self.acts[-2], True)
         for h_t, g, grad_w, grad_b, w_t, g_out, saved in self.hidden_steps:
             bmm(h_t, g, out=grad_w)
             torch.sum(g, dim=1, keepdim=True, out=grad_b)
             bmm(g, w_t, out=g_out)
-            backward(g_out, saved, True)
+            if threshold_into is not None:
+                threshold_into(g_out, saved, 0.0, grad_input=g_out)
+            else:
+                backward(g_out, saved, True)
         g = self.grads[0]
         grad_w, grad_b = grad_layers[0]
         bmm(z.transpose(1, 2), g, out=grad_w)
