@@ -321,3 +321,16 @@ def test_rolled_back_particles_are_those_of_the_best_check(monkeypatch):
     free = gpa.fit(X, sample_domain=domain)
     assert free.history_["stop_step"].tolist() == [-1]
     np.testing.assert_allclose(free.replay(source, stop_steps=[best]), moved, atol=1e-4)
+
+
+def test_warm_start_keeps_a_rolled_back_flow_where_it_went_back():
+    X, domain, source, gpa = _swinging(2.0)
+    gpa.set_params(warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gpa.fit(X, sample_domain=domain)
+    particles = gpa.particles_.copy()
+    gpa.set_params(n_steps=20).fit(X, sample_domain=domain)
+    np.testing.assert_array_equal(gpa.particles_, particles)
+    assert gpa.history_["stop_step"].tolist() == [0]
+    assert gpa.history_["stop_rolled_back"].tolist() == [True]
