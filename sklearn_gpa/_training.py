@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._engine import (
     ACTIVATIONS,
     DIVERGENCES,
+    ROLLBACK_RATIO,
     SOLVERS,
     STATE_ENCODINGS,
     resolve_device,
@@ -267,9 +268,10 @@ def _warn_about(result, n_steps):
     if back:
         where = ", ".join(f"flow {k} to step {s}" for k, s in back)
         warn_at_caller(
-            f"flows that the stopping rule never stopped ended more than twice as far from "
-            f"their targets (by its score) as at their best check, and go back there ({where}"
-            "): the flow swung past its target. A smaller dt or more n_critic steadies it.",
+            f"flows that the stopping rule never stopped ended more than {ROLLBACK_RATIO:g} "
+            "times as far from their targets (by its score) as at their best check, and go "
+            f"back there ({where}): the flow swung past its target. A smaller dt or more "
+            "n_critic steadies it.",
             ConvergenceWarning,
         )
     if result.stop_reason == "interrupted":

@@ -28,6 +28,7 @@ from .estimate import (
 )
 from .flow import (
     AUTO_BATCH_ROWS,
+    ROLLBACK_RATIO,
     FlowResult,
     LearnedFlow,
     pack_rows,
@@ -43,6 +44,7 @@ from .storage import STATE_ENCODINGS, StoredStates
 __all__ = [
     "ACTIVATIONS",
     "AUTO_BATCH_ROWS",
+    "ROLLBACK_RATIO",
     "CONSTRAINTS",
     "DIVERGENCES",
     "SOLVERS",
@@ -182,6 +184,14 @@ def _columns(values, slots, n_flows, fill=np.nan):
     return out
 
 
+def _per_flow(values, slots, n_flows, fill):
+    """Per-flow ``values`` of the flows ``slots`` as a list over ``n_flows``, ``fill`` (whose
+    type they keep) elsewhere."""
+    out = np.full(n_flows, fill)
+    out[slots] = values
+    return out.tolist()
+
+
 def _widen_result(result, slots, start, sources):
     """The ``FlowResult`` of the trained flows ``slots`` as one of all flows."""
     n_flows = len(sources)
@@ -192,24 +202,17 @@ def _widen_result(result, slots, start, sources):
         result.alive.shape[0], n_flows, dtype=torch.bool, device=result.alive.device
     )
     alive[:, slots] = result.alive
-    stop_step = np.zeros(n_flows, dtype=int)  # untrained: done before their first step
-    stop_step[slots] = result.stop_step
-    failed = np.full(n_flows, -1)
-    failed[slots] = result.failed_step
-    rolled_back = np.zeros(n_flows, dtype=bool)
-    rolled_back[slots] = result.rolled_back
-    trained = np.zeros(n_flows, dtype=int)
-    trained[slots] = result.trained_steps
     widened = dataclasses.replace(
         result,
         particles=particles,
         alive=alive,
         divergence=_columns(result.divergence, slots, n_flows),
         kinetic_energy=_columns(result.kinetic_energy, slots, n_flows),
-        stop_step=stop_step.tolist(),
-        failed_step=failed.tolist(),
-        rolled_back=rolled_back.tolist(),
-        trained_steps=trained.tolist(),
+        # The untrained flows were done before their first step.
+        stop_step=_per_flow(result.stop_step, slots, n_flows, 0),
+        failed_step=_per_flow(result.failed_step, slots, n_flows, -1),
+        rolled_back=_per_flow(result.rolled_back, slots, n_flows, False),
+        trained_steps=_per_flow(result.trained_steps, slots, n_flows, 0),
     )
     if result.stop_score is not None:
         score = _columns(result.stop_score, slots, n_flows)

@@ -451,11 +451,7 @@ def _linear_log_ratio(fit_p, fit_q):
             continue
         beta, covariance = _logistic_slope(np.hstack([p, terms(p)]), np.hstack([q, terms(q)]))
         g, c = beta[d:], covariance[d:, d:]
-        try:
-            wald = float(g @ np.linalg.solve(c, g))
-        except np.linalg.LinAlgError:
-            passes.append(False)
-            continue
+        wald = _wald(g, c)
         passes.append(math.isfinite(wald) and _chi2_survival(wald, len(g)) >= _LINEARITY_LEVEL)
     return np.array(passes, dtype=bool)
 
@@ -540,15 +536,21 @@ def _shrunk(slope, covariance):
     percent.
     """
     d = len(slope)
-    try:
-        t = float(slope @ np.linalg.solve(covariance, slope))
-    except np.linalg.LinAlgError:
-        return slope
+    t = _wald(slope, covariance)
     if not math.isfinite(t) or t <= 0:
         return slope
     if _chi2_survival(t, d) >= _SLOPE_LEVEL:
         return np.zeros_like(slope)
     return slope * max(0.0, 1.0 - d / t)
+
+
+def _wald(coefficients, covariance) -> float:
+    """The Wald statistic ``g' C^-1 g`` of ``coefficients`` with their ``covariance``; NaN
+    where the covariance is singular."""
+    try:
+        return float(coefficients @ np.linalg.solve(covariance, coefficients))
+    except np.linalg.LinAlgError:
+        return math.nan
 
 
 def _chi2_survival(x, dof):

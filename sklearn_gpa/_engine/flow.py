@@ -179,12 +179,8 @@ class _Batch:
         device = self.y.device
         keep = np.flatnonzero(moving)
         index = torch.as_tensor(keep, device=device)
-        if self.particles is None:
-            self.particles = self.y.clone()
-        else:
-            self.particles[torch.as_tensor(self.flows, device=device)] = self.y
-        if self.critic is not self.origin:
-            self.origin.absorb(self.critic, self.flows)
+        self.particles = self.y.clone() if self.particles is None else self.final_particles()
+        self.final_critic()
         record.trained_steps[self.flows[~moving]] = steps_run
         self.flows = self.flows[keep]
         self.critic = self.origin.select(self.flows)
