@@ -18,7 +18,11 @@ so that the rule is judged on flows that travel; one four-well setting has every
 
 Usage: ``python benchmarks/bench_stopping.py [--quick]``.  Writes
 ``results/bench_stopping.json`` and ``.md``.  ``--cost``: only the rule's share of larger
-fits that do not stop early (``results/bench_stopping_cost.*``).
+fits that do not stop early (``results/bench_stopping_cost.*``).  ``--null``: only the score
+of a fresh sample (one random half of a table against the other, standardised, 100 splits
+per table, the engine's rule as a fit builds it): its quantiles and how often it is above 1
+and above ``stopping.START_FACTOR``, the first check's bar in integration
+(``results/bench_stopping_null.*``).
 """
 
 from __future__ import annotations
@@ -343,6 +347,64 @@ GENERATION_SETTINGS = {
 }
 
 
+NULL_TABLES = ("wine", "breast_cancer", "pima", "vehicle0", "yeast1", "abalone9_18")
+
+
+def null_scores(n_splits=100):
+    """Per table, the rule's score of a random half against the other half, over splits."""
+    import torch
+    from bench_generation import load_tabular
+
+    tables = {"Gaussian, 9-D": np.random.RandomState(0).standard_normal((731, 9))}
+    tables.update({name: load_tabular(name)[0] for name in NULL_TABLES})
+    rows = []
+    for name, X in tables.items():
+        Z = StandardScaler().fit_transform(X)
+        scores = []
+        for split in range(n_splits):
+            order = np.random.RandomState(split).permutation(len(Z))
+            a, b = (torch.tensor(Z[half])[None] for half in np.array_split(order, 2))
+            rule = stopping.EnergyStopping(
+                torch.ones(a.shape[:2], dtype=a.dtype),
+                b,
+                torch.ones(b.shape[:2], dtype=b.dtype),
+                max_rows=stopping.rows_compared(Z.shape[1]),
+                factor=1.0,
+                generator=torch.Generator().manual_seed(split + 1),
+            )
+            scores.append(float(rule.check(a)[1][0]))
+        q = np.quantile(scores, [0.5, 0.8, 0.95, 0.99])
+        rows.append(
+            {
+                "problem": name,
+                "rows": len(Z),
+                "features": Z.shape[1],
+                "median": q[0],
+                "q80": q[1],
+                "q95": q[2],
+                "q99": q[3],
+                "above 1": float(np.mean(np.array(scores) > 1.0)),
+                "above START_FACTOR": float(np.mean(np.array(scores) > stopping.START_FACTOR)),
+            }
+        )
+    return rows
+
+
+def null_markdown(rows):
+    keys = list(rows[0])
+    lines = [
+        "Score of a fresh sample (one random half against the other, 100 splits per "
+        f"table); START_FACTOR = {stopping.START_FACTOR:g}.",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
+    for row in rows:
+        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one seed, one far source")
@@ -350,7 +412,15 @@ def main():
     parser.add_argument(
         "--wells", action="store_true", help="only the four wells, defaults, 6 placements"
     )
+    parser.add_argument("--null", action="store_true", help="only a fresh sample's score")
     args = parser.parse_args()
+    if args.null:
+        rows = null_scores()
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "bench_stopping_null.json").write_text(json.dumps(rows, indent=1))
+        (RESULTS / "bench_stopping_null.md").write_text(null_markdown(rows))
+        print(null_markdown(rows))
+        return
     if args.wells:
         rows = well_placements([0, 1, 2])
         (RESULTS / "bench_stopping_wells.json").write_text(json.dumps(rows, indent=1))

@@ -95,6 +95,24 @@ def engine_arguments(params: dict) -> dict:
     return arguments
 
 
+def _mode_settings(params: dict, mode: str) -> dict:
+    """The estimator's parameters with the "auto" settings a fit in ``mode`` resolves.
+
+    ``store_encoding="auto"``: "delta16" for generation, "float32" for integration, whose
+    ``transform`` must give back the training rows' particles.  ``stop="auto"``: in
+    integration the engine's "evidence" rule, under which a flow moves only if its
+    (pre-aligned) source rows differ from its target rows by more than a fresh sample
+    of the target would (``stopping.START_FACTOR``); moving rows that are already where
+    they should be costs each row its identity.
+    """
+    params = dict(params)
+    if params["store_encoding"] == "auto":
+        params["store_encoding"] = "delta16" if mode == "generation" else "float32"
+    if params["stop"] == "auto" and mode == "integration":
+        params["stop"] = "evidence"
+    return params
+
+
 @dataclass
 class TrainedFlows:
     """What one engine run leaves to the estimator (the history in its public form)."""
@@ -170,14 +188,26 @@ def check_continuation(fitted, params, mode, classes, image_shape):
 
 
 def train_flows(
-    params, sources, targets, *, name, image_shape, device, seed, critic_state=None, frozen=None
+    params,
+    sources,
+    targets,
+    *,
+    name,
+    mode,
+    image_shape,
+    device,
+    seed,
+    critic_state=None,
+    frozen=None,
 ):
     """Run the engine on K flows; show progress; warn in a way a user can act on.
 
     ``params`` are the estimator's parameters: the engine's settings, ``callback`` (the
     user's, called every ``log_every`` steps) and ``verbose`` (a progress bar named
-    ``name``, closed by a one-line summary).  ``device`` is the resolved torch device.
+    ``name``, closed by a one-line summary).  ``device`` is the resolved torch device;
+    ``mode`` ("integration" or "generation") resolves the "auto" settings (``_mode_settings``).
     """
+    params = _mode_settings(params, mode)
     progress = None
     callback = params["callback"]
     if callback is None and params["verbose"]:

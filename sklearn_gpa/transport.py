@@ -95,9 +95,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         "auto": each flow stops (is frozen, also on replay) once its particles are as close
         to its target rows as a fresh sample of the target would be, by two two-sample
         statistics and the share of stray particles, checked every ``log_every`` steps; the
-        other flows go on.  A flow it never stops whose score ends above twice its best goes
-        back to that check.  None runs every flow for ``n_steps``.  See the
-        :ref:`user guide <user_guide_stopping>`.
+        other flows go on; in integration a flow moves only if it starts beyond a fresh
+        sample's usual range.  A flow it never stops whose score ends above twice its best
+        goes back to that check.  None runs ``n_steps``.  See :ref:`user_guide_stopping`.
     source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
         Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
         features, each feature's quantiles joined by BIC's Gaussian mixture of the normal scores
@@ -378,13 +378,12 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         device = resolve_device(self.device)
         self.device_ = str(device)
         params = self.get_params(deep=False)
-        if params["store_encoding"] == "auto":  # transform replays an integration's rows
-            params["store_encoding"] = "delta16" if self.mode_ == "generation" else "float32"
         trained = train_flows(
             params,
             sources,
             targets,
             name=type(self).__name__,
+            mode=self.mode_,
             image_shape=self.image_shape_,
             device=device,
             seed=rng.randint(np.iinfo(np.int32).max),

@@ -66,7 +66,9 @@ def test_blow_up_stops_with_warning_and_finite_output():
     target = make_student_t(100, df=0.5, random_state=0)
     source = make_student_t(100, df=0.5, random_state=5) + 50
     X, _, sd = stack_domains(source, target)
-    gpa = GPATransporter(L=None, dt=1.0, learning_rate=0.05, standardize=False, random_state=0)
+    gpa = GPATransporter(
+        L=None, dt=1.0, learning_rate=0.05, standardize=False, prealign=None, random_state=0
+    )
     with pytest.warns(RuntimeWarning, match=r"non-finite values \(flow 0 at step \d+\)"):
         gpa.fit(X, sample_domain=sd)
     assert gpa.stop_reason_ == "non-finite"

@@ -38,7 +38,7 @@ from .flow import (
 )
 from .integrators import SOLVERS, get_tableau
 from .networks import ACTIVATIONS, MLPLayout, make_activation
-from .stopping import EnergyStopping, rows_compared
+from .stopping import START_FACTOR, EnergyStopping, rows_compared
 from .storage import STATE_ENCODINGS, StoredStates
 
 __all__ = [
@@ -88,7 +88,9 @@ def run_gpa(sources, targets, **settings):
     critic states: replay uses the decoded states, the same before and after pickling.
 
     ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
-    sample of the target would be (``stopping.EnergyStopping``); None runs ``n_steps``.
+    sample of the target would be (``stopping.EnergyStopping``); ``stop="evidence"`` does
+    the same, but at the first check at ``stopping.START_FACTOR`` (integration: rows move
+    only where the data show a difference); None runs ``n_steps``.
     ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
 
     With ``stop="auto"``, flows that are done before their first step (their particles as
@@ -140,7 +142,7 @@ def _trained_slots(arguments):
     y, w_y = pack_rows(arguments["sources"], dtype, device)
     x, w_x = pack_rows(arguments["targets"], dtype, device)
     # The run's own rule: the same decision as its check before the first step.
-    rule = _stopping_rule(w_y, x, w_x, arguments["seed"])
+    rule = _stopping_rule(w_y, x, w_x, arguments["seed"], arguments["stop"])
     values, score, converged = rule.check(y)
     done = converged.cpu().numpy()
     if not done.any() or done.all():
@@ -149,16 +151,18 @@ def _trained_slots(arguments):
     return np.flatnonzero(~done), start, None
 
 
-def _stopping_rule(w_y, x, w_x, seed):
-    """The rule ``stop="auto"`` runs for packed flows: a fixed subsample of each flow's rows,
-    compared at factor 1, on its own random stream (the particles' path does not depend on
-    whether the rule is on)."""
+def _stopping_rule(w_y, x, w_x, seed, stop):
+    """The rule ``stop`` ("auto" or "evidence") runs for packed flows: a fixed subsample of
+    each flow's rows, compared at factor 1, on its own random stream (the particles' path
+    does not depend on whether the rule is on); with "evidence", at ``START_FACTOR`` at the
+    first check."""
     return EnergyStopping(
         w_y,
         x,
         w_x,
         max_rows=rows_compared(x.shape[2]),
         factor=1.0,
+        start_factor=START_FACTOR if stop == "evidence" else None,
         generator=torch.Generator().manual_seed(int(seed) + 1),
     )
 
@@ -297,7 +301,7 @@ def _run_flows(
         x, w_x = pack_rows(targets, torch_dtype, torch_device)
         stopping = None
         if stop is not None:
-            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed)
+            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed, stop)
         result = train_flow(
             y,
             w_y,

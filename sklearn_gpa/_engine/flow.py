@@ -294,7 +294,7 @@ class _RuleRecord:
         """Apply the rule after ``steps_run`` steps: freeze the flows that are done."""
         if self.stopping is None:
             return
-        values, score, converged = self.stopping.check(batch.y)
+        values, score, converged = self.stopping.check(batch.y, first=steps_run == 0)
         newly = (converged & batch.live & batch.running).cpu().numpy()
         self.stop_step[batch.flows[newly]] = steps_run
         batch.running &= ~torch.as_tensor(newly, device=batch.running.device)
