@@ -71,10 +71,23 @@ def _robust_where_heavy(a, b, source, target):
     heavy = _heavy_tailed(source) | _heavy_tailed(target)
     if not heavy.any():
         return a, b
-    spreads = feature_spreads(source), feature_spreads(target)
-    ratio = np.where(spreads[0] > 0, spreads[1] / np.where(spreads[0] > 0, spreads[0], 1.0), 1.0)
+    source_spread, target_spread = _matched_spreads(source, target)
+    heavy &= (source_spread > 0) & (target_spread > 0)
+    ratio = target_spread / np.where(source_spread > 0, source_spread, 1.0)
     shift = np.median(target, axis=0) - ratio * np.median(source, axis=0)
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)
+
+
+def _matched_spreads(source, target):
+    """Per feature, the same robust spread of both sides: the interquartile range, or where
+    either side has none (a value that holds the middle half of its rows, such as a count
+    that is mostly 0) the std of the central rows (:func:`central_spread`).  Both follow
+    an increasing affine map exactly, so their ratio undoes one; a std on one side and an
+    interquartile range on the other (``feature_spreads``' fallback) do not: a count 76 %
+    zero in the target got its source rows stretched 3.1 times for a scale of 0.8."""
+    q = [np.subtract(*np.percentile(rows, [75, 25], axis=0)) for rows in (source, target)]
+    central = (q[0] <= 0) | (q[1] <= 0)
+    return [np.where(central, central_spread(rows), iqr) for rows, iqr in zip((source, target), q)]
 
 
 def flow_router(starts):

@@ -380,6 +380,31 @@ def test_default_prealignment_is_one_map_and_robust_to_heavy_tails():
     assert np.abs(aligned).max() < 100  # mean/std would send rows thousands of spreads out
 
 
+def test_default_prealignment_of_a_mostly_zero_count_uses_one_spread_on_both_sides():
+    # A heavy-tailed count that is 0 in about three rows of four (defect counts, kc1), with
+    # a per-feature affine effect on the source half: the source's interquartile range is
+    # positive, the target's 0.  The map took the target's std (feature_spreads' fallback)
+    # over the source's interquartile range, which stretched the source (error 7.0 of
+    # the raw error); both sides now use the same spread, the central rows'.
+    rng = np.random.RandomState(1)
+
+    def counts(n, zero):
+        return np.where(rng.uniform(size=n) < zero, 0.0, 1 + np.floor(rng.lognormal(1.0, 1.0, n)))
+
+    truth, target = counts(400, 0.72), counts(400, 0.78)
+    ordinary = rng.normal(5.0, 2.0, 800)
+    source = np.column_stack([1.23 * truth - 0.16, 0.8 * ordinary[:400] + 1.0])
+    target = np.column_stack([target, ordinary[400:]])
+    assert np.percentile(source[:, 0], 75) > 0 and np.percentile(target[:, 0], 75) == 0
+    X, _, sd = stack_domains(source, target)
+    gpa = GPATransporter(n_steps=1, stop=None, random_state=0).fit(X, sample_domain=sd)
+    a, b = gpa.prealign_[0]
+    aligned = gpa._scaling.inverse_transform(gpa._scaling.transform(source) * a + b)
+    error = np.sqrt(np.mean((aligned[:, 0] - truth) ** 2) / np.mean((source[:, 0] - truth) ** 2))
+    assert error < 1.0, error
+    np.testing.assert_allclose(aligned[truth == 0, 0], 0.0, atol=1e-9)  # medians matched
+
+
 def test_heavy_tail_test_tells_tails_from_modes():
     from sklearn_gpa._fitted_flow import _heavy_tailed
 
