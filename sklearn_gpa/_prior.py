@@ -98,7 +98,7 @@ class Prior:
         if source == "gaussian_fit":
             return prior
         seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-        if source == "copula_fit" and d <= _MIXTURE_MAX_FEATURES:
+        if source == "copula_fit":
             prior.quantiles = [_quantile_table(t) for t in targets]
             scores = [_normal_scores(t) for t in targets]
             prior.mixture = [_mixture(z, seed + k) for k, z in enumerate(scores)]
@@ -196,7 +196,6 @@ class _Kernel:
             pick = np.random.RandomState(seed).choice(n, _MIXTURE_MAX_ROWS, replace=False)
             scores, n = scores[pick], _MIXTURE_MAX_ROWS
         factor = _gaussian_factor(scores)  # zero for a single row: draws are that row
-        factor = np.diag(factor) if factor.ndim == 1 else factor
         varying = max(int(np.sum(scores.std(0) > 1e-12)), 1)
         h = _COPULA_BANDWIDTH * (4 / (varying + 2) / n) ** (1 / (varying + 4))
         shrink = 1 / math.sqrt(1 + h * h)
@@ -204,7 +203,8 @@ class _Kernel:
         centres = mean + shrink * (scores - mean)
         factor = h * shrink * factor
         grid = np.linspace(-_COPULA_GRID_EDGE, _COPULA_GRID_EDGE, _COPULA_GRID_POINTS)
-        spreads = np.maximum(np.linalg.norm(factor, axis=1), 1e-12)
+        spreads = np.abs(factor) if factor.ndim == 1 else np.linalg.norm(factor, axis=1)
+        spreads = np.maximum(spreads, 1e-12)
         cdf = np.column_stack(
             [
                 special.ndtr((grid[:, None] - centres[None, :, j]) / spreads[j]).mean(1)
@@ -218,7 +218,8 @@ class _Kernel:
         marginal distribution function at them (uniform on (0, 1) for every feature, even
         where tied values made the scores far from standard normal)."""
         scores = self.centres[rng.randint(len(self.centres), size=len(noise))]
-        scores = scores + noise @ self.factor.T
+        factor = self.factor
+        scores = scores + (noise * factor if factor.ndim == 1 else noise @ factor.T)
         return np.column_stack(
             [np.interp(scores[:, j], self.grid, self.cdf[:, j]) for j in range(scores.shape[1])]
         )
