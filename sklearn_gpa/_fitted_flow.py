@@ -290,7 +290,7 @@ class FittedFlowMixin:
             decimals): counts and whole units stay whole numbers, a value recorded with
             one decimal keeps one.
         marginals : bool, default=True
-            With the default ``source="copula_fit"`` (at most 50 features), send each
+            With the default ``source="copula_fit"``, send each
             feature of a class whose flow moved through the increasing map that takes the
             feature's distribution among the class's trained particles onto the prior's (the
             class's own values): the flow shapes how the features vary together, and each

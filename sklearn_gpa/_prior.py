@@ -32,8 +32,10 @@ _MIXTURE_ROWS_PER_COMPONENT = 10
 _MIXTURE_REG = 1e-3
 # "copula_fit" (the default) does the same on the rows' normal scores (each value replaced by
 # the standard normal quantile of its mid-rank in its feature); where BIC keeps one Gaussian,
-# a kernel density of the scores (a smoothed bootstrap) replaces it.  Draws go back through
-# each feature's empirical quantile function, stored at most at this many levels.
+# and always above _MIXTURE_MAX_FEATURES features (images: a pixel's zeros and whole values
+# are kept, which one Gaussian of the values never draws), a kernel density of the scores (a
+# smoothed bootstrap) replaces it.  Draws go back through each feature's empirical quantile
+# function, stored at most at this many levels.
 _COPULA_MAX_LEVELS = 1000
 # The kernel's bandwidth is Silverman's rule for the class's rows times this factor (1.0 and
 # 1.3 measured: the same C2ST and efficacy, 1.3 keeps the samples farther from the rows).
@@ -64,15 +66,15 @@ class Prior:
     above ``_FULL_COVARIANCE_MAX_FEATURES`` features) describe flow k's ``"gaussian_fit"``.
     With ``"mixture_fit"``, ``mixture[k]`` is None (flow k keeps that one Gaussian) or the
     ``(weights, means, cholesky_factors)`` of the Gaussian mixture chosen by BIC.  With
-    ``"copula_fit"`` (at most ``_MIXTURE_MAX_FEATURES`` features) ``mixture[k]`` is BIC's
-    mixture of the rows' normal scores, or None and ``kernel[k]`` their kernel density
-    (:class:`_Kernel`) where BIC keeps one Gaussian: a few rows of a curved or clustered
-    class, whose shape one Gaussian would smear.  ``mean[k]`` and ``factor[k]`` still
-    describe the values, and ``quantiles[k]`` holds each feature's sorted values (its empirical
-    quantile function), through which the draws go back: a copula with the rows' own
-    marginals.  A binary feature keeps its two values in their proportions, a
-    constant one stays constant, a heavy tail keeps its quantiles; above 50 features it is
-    ``"mixture_fit"``, which is ``"gaussian_fit"`` there.
+    ``"copula_fit"``, ``mixture[k]`` is BIC's mixture of the rows' normal scores, or None and
+    ``kernel[k]`` their kernel density (:class:`_Kernel`) where BIC keeps one Gaussian: a few
+    rows of a curved or clustered class, whose shape one Gaussian would smear, and always
+    above ``_MIXTURE_MAX_FEATURES`` features (images), where no mixture is tried.  ``mean[k]``
+    and ``factor[k]`` still describe the values, and ``quantiles[k]`` holds each feature's
+    sorted values (its empirical quantile function), through which the draws go back: a
+    copula with the rows' own marginals.  A binary feature keeps its two values in their
+    proportions, a constant one stays constant (a pixel never lit in a class stays 0, one
+    often lit keeps its share of zeros), a heavy tail keeps its quantiles.
     """
 
     source: str
@@ -98,7 +100,7 @@ class Prior:
         if source == "gaussian_fit":
             return prior
         seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-        if source == "copula_fit" and d <= _MIXTURE_MAX_FEATURES:
+        if source == "copula_fit":
             prior.quantiles = [_quantile_table(t) for t in targets]
             scores = [_normal_scores(t) for t in targets]
             prior.mixture = [_mixture(z, seed + k) for k, z in enumerate(scores)]
@@ -176,8 +178,10 @@ class _Kernel:
 
     A smoothed bootstrap: a draw is a row's scores, shrunk towards their mean by
     ``1 / sqrt(1 + h^2)``, plus Gaussian noise of ``h^2 / (1 + h^2)`` times the rows' shrunk
-    covariance (``_gaussian_factor``): the draws keep the rows' mean and each feature's
-    variance (the noise's correlations are the shrunk ones).  ``h`` is Silverman's rule,
+    covariance (``_gaussian_factor``; per-feature standard deviations above
+    ``_FULL_COVARIANCE_MAX_FEATURES`` features, so ``factor`` is then a vector and the noise
+    independent across features): the draws keep the rows' mean and each feature's variance
+    (the noise's correlations are the shrunk ones).  ``h`` is Silverman's rule,
     ``(4 / (d + 2))^(1 / (d + 4)) n^(-1 / (d + 4))`` for ``n`` rows of ``d`` varying features,
     times ``_COPULA_BANDWIDTH``.  ``cdf[:, j]`` is the draws' distribution function of feature
     ``j`` at the scores ``grid``.
@@ -196,7 +200,6 @@ class _Kernel:
             pick = np.random.RandomState(seed).choice(n, _MIXTURE_MAX_ROWS, replace=False)
             scores, n = scores[pick], _MIXTURE_MAX_ROWS
         factor = _gaussian_factor(scores)  # zero for a single row: draws are that row
-        factor = np.diag(factor) if factor.ndim == 1 else factor
         varying = max(int(np.sum(scores.std(0) > 1e-12)), 1)
         h = _COPULA_BANDWIDTH * (4 / (varying + 2) / n) ** (1 / (varying + 4))
         shrink = 1 / math.sqrt(1 + h * h)
@@ -204,7 +207,8 @@ class _Kernel:
         centres = mean + shrink * (scores - mean)
         factor = h * shrink * factor
         grid = np.linspace(-_COPULA_GRID_EDGE, _COPULA_GRID_EDGE, _COPULA_GRID_POINTS)
-        spreads = np.maximum(np.linalg.norm(factor, axis=1), 1e-12)
+        spreads = np.abs(factor) if factor.ndim == 1 else np.linalg.norm(factor, axis=1)
+        spreads = np.maximum(spreads, 1e-12)
         cdf = np.column_stack(
             [
                 special.ndtr((grid[:, None] - centres[None, :, j]) / spreads[j]).mean(1)
@@ -218,7 +222,8 @@ class _Kernel:
         marginal distribution function at them (uniform on (0, 1) for every feature, even
         where tied values made the scores far from standard normal)."""
         scores = self.centres[rng.randint(len(self.centres), size=len(noise))]
-        scores = scores + noise @ self.factor.T
+        factor = self.factor
+        scores = scores + (noise * factor if factor.ndim == 1 else noise @ factor.T)
         return np.column_stack(
             [np.interp(scores[:, j], self.grid, self.cdf[:, j]) for j in range(scores.shape[1])]
         )

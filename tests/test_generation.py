@@ -270,16 +270,33 @@ def test_copula_kernel_keeps_the_scores_mean_and_spread():
     np.testing.assert_allclose(np.mean(probabilities <= 0.25, axis=0), 0.25, atol=0.01)
 
 
-def test_copula_prior_is_one_gaussian_above_fifty_features_and_stores_a_bounded_table():
-    rng = np.random.RandomState(0)
-    pixels = rng.normal(size=(200, 64))
-    copula = Prior.fit("copula_fit", [pixels], np.random.RandomState(1))
-    gaussian = Prior.fit("gaussian_fit", [pixels], np.random.RandomState(1))
-    assert copula.quantiles == [] and copula.mixture == [None]
-    np.testing.assert_array_equal(
-        copula.draw(0, 50, np.random.RandomState(3)), gaussian.draw(0, 50, np.random.RandomState(3))
-    )
-    many = Prior.fit("copula_fit", [rng.normal(size=(5000, 3))], np.random.RandomState(1))
+def _sparse_pixels(n, d, seed=0):
+    """Whole-number pixels in [0, 16], each unlit (0) in about 60 % of the rows."""
+    rng = np.random.RandomState(seed)
+    return np.where(rng.rand(n, d) < 0.6, 0.0, rng.randint(1, 17, (n, d)).astype(float))
+
+
+@pytest.mark.parametrize("d", [64, 600])
+def test_copula_prior_keeps_each_pixels_own_values_above_fifty_features(d):
+    """Images get the copula too (before, above 50 features the prior was one Gaussian, whose
+    draws are never exactly 0 nor whole numbers: a forest told them from real images)."""
+    pixels = _sparse_pixels(30, d)
+    prior = Prior.fit("copula_fit", [pixels], np.random.RandomState(1))
+    assert prior.mixture == [None] and prior.kernel[0] is not None
+    # Above _FULL_COVARIANCE_MAX_FEATURES the kernel's noise is per feature: no d x d matrix.
+    assert prior.kernel[0].factor.ndim == (2 if d <= 500 else 1)
+    draws = prior.draw(0, 3000, np.random.RandomState(2))
+    assert np.all((draws >= pixels.min(0)) & (draws <= pixels.max(0)))
+    # Each pixel is unlit in as many draws as rows (a Gaussian: in none).
+    unlit = np.mean(draws == 0, axis=0) - np.mean(pixels == 0, axis=0)
+    assert np.abs(unlit).mean() < 0.03
+    # Draws are not copies of the 30 rows.
+    nearest = NearestNeighbors(n_neighbors=1).fit(pixels).kneighbors(draws)[0]
+    assert np.min(nearest) > 0
+
+
+def test_copula_prior_stores_a_bounded_quantile_table():
+    many = Prior.fit("copula_fit", [np.random.RandomState(0).normal(size=(5000, 3))], 1)
     assert many.quantiles[0].shape == (1000, 3)
 
 
