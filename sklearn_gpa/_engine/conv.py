@@ -213,8 +213,13 @@ class ConvLayout:
             .permute(0, 3, 1, 2)
             .to(dtype=dtype or z.dtype, memory_format=channels_last, copy=True)
         )
+        # bfloat16 maps are masked by 0 or 1 and owe the dropout's scale ``1 / (1 - rate)``
+        # (not a bfloat16 number) to the next layer: its weights are scaled before their
+        # cast, the head's input after its cast.
+        owed = 1.0
         for weight, bias in convolutions:
             if dtype is not None:
+                weight = weight if owed == 1.0 else weight * owed
                 weight, bias = weight.to(dtype), bias.to(dtype)
             x = F.conv2d(
                 x,
@@ -230,13 +235,15 @@ class ConvLayout:
                 keep = _dropout_draws(x, k, dropout_generator, draws)
                 if fused:
                     x = _ActivationDropout.apply(x, keep, activation, self.dropout)
+                    owed = 1.0 if x.dtype == keep.dtype else 1.0 / (1.0 - self.dropout)
                 else:
                     x, _ = activation.forward(x)
                     x = x * keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout)).to(x.dtype)
             else:
                 x, _ = activation.forward(x)
         x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
-        phi, _, _ = forward(head_layers, activation, x.to(head_layers[0][0].dtype))
+        x = x.to(head_layers[0][0].dtype)
+        phi, _, _ = forward(head_layers, activation, x if owed == 1.0 else x * owed)
         return phi
 
     def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
@@ -291,34 +298,35 @@ def _dropout_draws(x, n_flows, generator, draws):
 
 
 class _ActivationDropout(torch.autograd.Function):
-    """``activation(a) * mask``, ``mask = (keep >= rate) / (1 - rate)``, in place on ``a``.
+    """``activation(a) * mask`` in place on ``a``: the activation and dropout as one node.
 
-    The results and gradients of the activation followed by ``x * mask`` (to the bit for
-    ReLU; leaky ReLU's bias gradients can round differently), with fewer passes and fewer
-    stored maps: the output, which the next convolution keeps anyway, and the mask (none
-    for ReLU: where a unit is dropped its output is 0, and there ReLU's gradient is too).
-    ``a`` is a convolution's fresh output, which nothing else reads.  ``keep`` holds float32
-    draws in [0, 1) whatever the maps' type, so bfloat16 maps are masked by the same draws;
-    their mask is 0 or 1 (exact in bfloat16) and the scale a separate product, as
-    ``1 / (1 - rate)`` need not be a bfloat16 number.  Once differentiable: the soft
+    ``keep`` holds the float32 draws in [0, 1).  Maps of ``keep``'s type are multiplied by
+    ``mask = (keep >= rate) / (1 - rate)``: the results and gradients of the activation
+    followed by ``x * mask`` (to the bit for ReLU; leaky ReLU's bias gradients can round
+    differently), with fewer passes over the maps and fewer stored: the output, which the
+    next convolution keeps anyway, and the mask (none for ReLU: where a unit is dropped its
+    output is 0, and there ReLU's gradient is too).  Maps of another type (bfloat16) are
+    multiplied by ``keep >= rate`` alone, 0 or 1 in the maps' type and memory format, and
+    the caller owes the scale to the next layer (``ConvLayout.forward_views``).  ``a`` is a
+    convolution's fresh output, which nothing else reads.  Once differentiable: the soft
     constraint's double backward takes the unfused path.
     """
 
     @staticmethod
     def forward(ctx, a, keep, activation, rate):
-        scale = 1.0 / (1.0 - rate)
         h, saved = activation.forward(a.detach())  # in place where the activation can be
+        scale = 1.0 / (1.0 - rate)
         if h.dtype == keep.dtype:
-            mask, mask_scale = keep.ge_(rate).mul_(scale), 1.0
-            h.mul_(mask)
+            mask = keep.ge_(rate).mul_(scale)
         else:
-            mask, mask_scale = keep.ge_(rate).to(h.dtype), scale
-            h.mul_(mask).mul_(scale)
+            # One pass into the maps' type and memory format: same-format products after.
+            scale, mask = 1.0, keep.ge_(rate).to(h.dtype, memory_format=torch.channels_last)
+        h.mul_(mask)
         out = h
         if h.data_ptr() == a.data_ptr():
             ctx.mark_dirty(a)
             out = a
-        ctx.activation, ctx.scale, ctx.mask_scale = activation, scale, mask_scale
+        ctx.activation, ctx.scale = activation, scale
         relu = activation.name == "relu"
         ctx.save_for_backward(out, None if relu else mask, None if saved is h else saved)
         return out
@@ -328,13 +336,10 @@ class _ActivationDropout(torch.autograd.Function):
     def backward(ctx, g):
         h, mask, saved = ctx.saved_tensors
         if mask is None:  # ReLU: its gradient is 0 wherever the output is
-            grad = ctx.activation.backward(g, h).mul_(ctx.scale)
-        else:
-            # Masked first: a dropped unit's output is 0 and carries no sign.
-            masked = g * mask
-            if ctx.mask_scale != 1.0:
-                masked.mul_(ctx.mask_scale)
-            grad = ctx.activation.backward(masked, h if saved is None else saved, inplace=True)
+            grad = ctx.activation.backward(g, h)
+            return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None, None
+        # Masked first: a dropped unit's output is 0 and carries no sign.
+        grad = ctx.activation.backward(g * mask, h if saved is None else saved, inplace=True)
         return grad, None, None, None
 
 
