@@ -16,6 +16,9 @@ machine hits both alike; the table gives the medians and old / new.
   the same on any values.
 * **CNN velocity**: ``ConvCritic.gradient`` on the 80 particles of each flow (the particle
   step's other cost).
+* **bfloat16 drift** (``--drift``, alone): the velocity of the CNN critic trained with
+  bfloat16 training passes against the float32-trained one after 1, 5 and 20 updates on
+  MNIST digits, beside the float32 critic trained on other dropout draws as a yardstick.
 * **Autoencoder step**: one Adam step of ``Autoencoder(image_shape=(28, 28))`` with its
   defaults (``conv_channels`` (32, 64), dense (256, 128), 16 codes, batch 128).
 
@@ -46,6 +49,7 @@ How to run (from the repository root)
     python benchmarks/bench_images.py --mnist          # and MNIST-200 end to end
     python benchmarks/bench_images.py --mnist-only --n-generated 8 --mnist-steps 10 --ae-epochs 30
     python benchmarks/bench_images.py --threads 1 --bf16   # and the bfloat16 options
+    python benchmarks/bench_images.py --threads 1 --drift  # bfloat16 training's drift
 
 Results go to ``benchmarks/results/bench_images{_quick}{_mnist}{_only}{_Nthread}{_bf16}.{json,md}``
 (``--name``: another stem).
@@ -289,6 +293,52 @@ def row(name, times, difference, new="new"):
     return out
 
 
+# ------------------------------------------------------------------- bfloat16 drift
+def drift_rows(updates=(1, 5, 20)):
+    """How far bfloat16 training moves the critic: the velocity (float32 in both) of the
+    critic trained with ``train_dtype=torch.bfloat16`` against the float32-trained one, and as
+    a yardstick the float32 critic trained on other dropout draws, after each number of
+    ``updates`` from the same start; relative norms of the differences.  MNIST digits as
+    targets (flow k: 80 images of digit k), faint noise as particles."""
+    from sklearn_gpa.datasets import fetch_mnist
+
+    X, y = fetch_mnist(subset="train", return_X_y=True)
+    X, y = np.asarray(X[:20000], dtype=np.float32), np.asarray(y[:20000])
+    X /= X.max()
+    rng = np.random.RandomState(0)
+    out = []
+    for name, setting in CRITIC_SETTINGS.items():
+        targets = torch.stack(
+            [
+                torch.as_tensor(X[rng.choice(np.flatnonzero(y == d), ROWS, replace=False)])
+                for d in range(K)
+            ]
+        )
+        particles = 0.3 * torch.rand(K, ROWS, 784, generator=torch.Generator().manual_seed(3))
+        data, w = torch.cat([particles, targets], 1), torch.full((K, ROWS), 1.0 / ROWS)
+        critics = {n: make_critic(ConvLayout, ConvCritic, setting) for n in ("f32", "seed", "bf16")}
+        critics["seed"].generator.manual_seed(123)
+        critics["bf16"].train_dtype = torch.bfloat16
+        done = 0
+        for n in updates:
+            for _ in range(n - done):
+                for critic in critics.values():
+                    critic.train_step(data, ROWS, w, w)
+            done = n
+            v = {k: c.gradient(particles) for k, c in critics.items()}
+            scale = float(v["f32"].norm())
+            out.append(
+                {
+                    "critic": name,
+                    "updates": n,
+                    "bf16_vs_f32": float((v["bf16"] - v["f32"]).norm()) / scale,
+                    "other_dropout_vs_f32": float((v["seed"] - v["f32"]).norm()) / scale,
+                }
+            )
+            print(out[-1], flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------- end to end
 def mnist_rows(n_generated, n_steps, ae_epochs):
     from bench_mnist import CNN_SETTINGS, GPA_SETTINGS, IMAGE_SHAPE, N_PER_DIGIT, SEED
@@ -336,13 +386,13 @@ def mnist_rows(n_generated, n_steps, ae_epochs):
     times = ({n: r[0] for n, r in results.items()}, {n: r[1] for n, r in results.items()})
     label = (
         f"MNIST-200 GPATransporter CNN fit ({settings['n_steps']} steps, "
-        f"{settings['n_particles']} particles per digit), s"
+        f"{settings['n_particles']} particles per digit)"
     )
     for name in results:
         if name != "old":
             difference = float(np.abs(results["old"][2] - results[name][2]).max())
             suffix = ", bfloat16 training" if name == "bf16" else ""
-            out.append(row(label + suffix, times, difference, name))
+            out.append(row(f"{label}{suffix}, s", times, difference, name))
     codes = {}
     fits = [("old", old_ae, "float32"), ("new", contextlib.nullcontext(), "float32")]
     if BF16:
@@ -393,6 +443,9 @@ def main():
         action="store_true",
         help="also the bfloat16 options: ConvCritic.train_dtype, Autoencoder(train_dtype=)",
     )
+    parser.add_argument(
+        "--drift", action="store_true", help="only the bfloat16 drift of the critic (MNIST)"
+    )
     parser.add_argument("--name", default=None, help="result file stem (default: from flags)")
     parser.add_argument(
         "--threads",
@@ -406,6 +459,26 @@ def main():
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     record = _common.run_record()
+    if args.drift:
+        drift = drift_rows()
+        table = _common.markdown_table(
+            ["critic", "updates", "bfloat16 vs float32", "other dropout draws vs float32"],
+            [
+                [r["critic"], r["updates"], f"{r['bf16_vs_f32']:.3f}"]
+                + [f"{r['other_dropout_vs_f32']:.3f}"]
+                for r in drift
+            ],
+        )
+        markdown = (
+            f"# bfloat16 training drift of the CNN critic\n\n`{record['command']}` "
+            f"({record['date']}, {_common.machine_line()}); relative norm of the velocity "
+            f"difference (velocities in float32) after the given updates from one start.\n\n"
+            f"{table}\n"
+        )
+        print(markdown)
+        stem = args.name or "bench_images_bf16_drift"
+        _common.write_results(stem, {**record, "drift": drift}, markdown, machine=False)
+        return
     repeats = 3 if args.quick else 7
     rows = []
     args.mnist = args.mnist or args.mnist_only

@@ -199,10 +199,11 @@ class Autoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     train_dtype : {"float32", "bfloat16"}, default="float32"
         Arithmetic of the training passes.  "bfloat16": the forward and backward passes run
         under ``torch.autocast`` in bfloat16, while the weights, their gradients, Adam and
-        the loss stay float32; on CPUs with bfloat16 matrix units (Intel AMX) a training
-        step is about 1.5x faster, at a reconstruction error within a few per cent of
-        float32's (``benchmarks/README.md``, "The image path").  On a CPU without them it
-        can be slower.  Encoding and decoding are float32 either way.
+        the loss stay float32.  Worth it on CPUs with bfloat16 matrix units (Intel AMX) and
+        on GPUs that have them, where steps are faster at a reconstruction error close to
+        float32's (measured in ``benchmarks/README.md``, "The image path"); on other CPUs it
+        can be slower.  Results differ from float32's beyond rounding.  Encoding and
+        decoding are float32 either way.
     device : str, default="cpu"
         Torch device for training and encoding/decoding ("cpu", "cuda", "auto").  The
         fitted networks are kept on the CPU, so the estimator pickles anywhere.

@@ -372,10 +372,12 @@ class ConvCritic(Critic):
 
     #: The convolutions' arithmetic in the training passes (``_write_gradient``), None: the
     #: weights' type.  ``torch.bfloat16`` runs them on bfloat16 copies of the maps and
-    #: weights (float32 weights, gradients, Adam and norms): on a CPU with AMX about 1.2-1.5x
-    #: faster per update and not bit-for-bit the float32 critic (``benchmarks/README.md``,
-    #: "The image path").  The velocity and the power iteration stay in the weights' type,
-    #: so the particles move by the float32 critic and the constraint holds as in float32.
+    #: weights (float32 weights, gradients, Adam and norms), with the same dropout draws.
+    #: It pays on CPUs with AMX for wide convolutions (the default channels), not for narrow
+    #: ones, and the critic is not bit-for-bit the float32 one (measured in
+    #: ``benchmarks/README.md``, "The image path").  The velocity and the power iteration
+    #: stay in the weights' type, so the particles move by a float32 critic whose
+    #: convolutions keep their exact norms.
     train_dtype = None
 
     def __init__(self, layout, activation, *args, train_dtype=None, **kwargs):
