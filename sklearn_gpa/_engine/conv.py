@@ -203,15 +203,15 @@ class ConvLayout:
         k, t, _ = z.shape
         c, h, w = self.image_shape
         channels_last = torch.channels_last
-        # One copy into channels-last order (a view would do for one channel, but its
-        # strides would read as contiguous and oneDNN would run the first convolution and
-        # everything after it on contiguous maps).
+        # One copy into channels-last order: the reshape's for several channels, ``to``'s
+        # for one, where the reshape is a view whose strides are neither format and oneDNN
+        # would run the first convolution and everything after it on contiguous maps.
         x = (
             z.reshape(k, t, c, h, w)
             .permute(1, 3, 4, 0, 2)
             .reshape(t, h, w, k * c)
             .permute(0, 3, 1, 2)
-            .to(dtype=dtype or z.dtype, memory_format=channels_last, copy=True)
+            .to(dtype=dtype or z.dtype, memory_format=channels_last)
         )
         # bfloat16 maps are masked by 0 or 1 and owe the dropout's scale ``1 / (1 - rate)``
         # (not a bfloat16 number) to the next layer: its weights are scaled before their
