@@ -79,6 +79,7 @@ Results: ``benchmarks/results/bench_generation[_quick].json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shlex
@@ -86,8 +87,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
+import torch
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.mixture import GaussianMixture
@@ -100,6 +103,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._discrete import FeatureLevels
+from sklearn_gpa._engine.conv import ConvCritic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -126,6 +130,24 @@ GPA_VARIANTS = {
     "flow end points": {"_marginals": False},  # sample(marginals=False): the default before
     "groupsort": {"activation": "groupsort"},  # the tight Lipschitz network (issue 19)
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
+    # Images only: the CNN discriminator of bench_mnist.py on square images, and the same
+    # with its training passes in bfloat16 (``ConvCritic.train_dtype``, issue 18).
+    "cnn": {"_cnn": True},
+    "cnn bf16": {"_cnn": True, "_train_dtype": "bfloat16"},
+}
+
+# The CNN variants: bench_mnist.py's CNN_SETTINGS, a run of 150 steps from the
+# moment-matched prior.
+CNN_VARIANT = {
+    "discriminator": "cnn",
+    "source": "gaussian_fit",
+    "conv_channels": (8, 16, 32),
+    "hidden_layer_sizes": (64,),
+    "activation": "leaky_relu",
+    "n_critic": 2,
+    "n_steps": 150,
+    # The whole run: the stopping rule can freeze the flows before their first step.
+    "stop": None,
 }
 
 TABULAR = [
@@ -225,7 +247,17 @@ def make_gpa(variant):
             clip, snap = params.pop("_clip", True), params.pop("_snap", True)
             marginals = params.pop("_marginals", True)
             prior_draws = params.pop("_prior_draws", False)
-            gpa = GPATransporter(random_state=seed, **params).fit(X, y)
+            if params.pop("_cnn", False):
+                side = int(round(np.sqrt(X.shape[1])))
+                if side * side != X.shape[1]:
+                    raise ValueError(f"GPA variant {variant!r} is for square images only.")
+                params.update(CNN_VARIANT, image_shape=(side, side))
+            train_dtype = params.pop("_train_dtype", None)
+            patch = contextlib.nullcontext()
+            if train_dtype is not None:
+                patch = mock.patch.object(ConvCritic, "train_dtype", getattr(torch, train_dtype))
+            with patch:
+                gpa = GPATransporter(random_state=seed, **params).fit(X, y)
             if prior_draws:  # sample() then replays no step: its prior's draws as they are
                 gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))
             options = dict(clip=clip, snap=snap, marginals=marginals)
@@ -577,7 +609,8 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     seeds = args.seeds or (1 if args.quick else 3)
-    gpa = args.gpa if args.gpa is not None else (["default"] if args.quick else list(GPA_VARIANTS))
+    every = [name for name, settings in GPA_VARIANTS.items() if "_cnn" not in settings]
+    gpa = args.gpa if args.gpa is not None else (["default"] if args.quick else every)
     extra = args.extra if args.extra is not None else ([] if args.quick else list(OPTIONAL))
     if args.mnist is None and not args.quick:
         args.mnist = 20

@@ -16,11 +16,21 @@ machine hits both alike; the table gives the medians and old / new.
   the same on any values.
 * **CNN velocity**: ``ConvCritic.gradient`` on the 80 particles of each flow (the particle
   step's other cost).
+* **bfloat16 drift** (``--drift``, alone): the velocity of the CNN critic trained with
+  bfloat16 training passes against the float32-trained one after 1, 5 and 20 updates on
+  MNIST digits, beside the float32 critic trained on other dropout draws as a yardstick.
 * **Autoencoder step**: one Adam step of ``Autoencoder(image_shape=(28, 28))`` with its
   defaults (``conv_channels`` (32, 64), dense (256, 128), 16 codes, batch 128).
 
 Both implementations start from the same weights and draw the same dropout masks; the
 script checks that their outputs agree (``max |diff|`` column) after the timed steps.
+
+With ``--bf16`` each part gets one more row, the current implementation with its bfloat16
+option against the same old runs: the CNN critic with ``ConvCritic.train_dtype =
+torch.bfloat16`` (training passes in bfloat16; velocity and norms float32) and the
+Autoencoder step under bfloat16 autocast (``Autoencoder(train_dtype="bfloat16")``); their
+``max |diff|`` is the bfloat16 drift from float32 (weights after the timed updates), not a
+check of equality.
 
 With ``--mnist`` it also fits end to end on MNIST-200 (20 training images per digit x 10
 digits = 200 images, as ``bench_mnist.py``): ``GPATransporter`` with ``bench_mnist``'s CNN
@@ -38,13 +48,17 @@ How to run (from the repository root)
     python benchmarks/bench_images.py --threads 1      # per-step rows on one torch thread
     python benchmarks/bench_images.py --mnist          # and MNIST-200 end to end
     python benchmarks/bench_images.py --mnist-only --n-generated 8 --mnist-steps 10 --ae-epochs 30
+    python benchmarks/bench_images.py --threads 1 --bf16   # and the bfloat16 options
+    python benchmarks/bench_images.py --threads 1 --drift  # bfloat16 training's drift
 
-Results go to ``benchmarks/results/bench_images{_quick}{_mnist}{_only}{_Nthread}.{json,md}``.
+Results go to ``benchmarks/results/bench_images{_quick}{_mnist}{_only}{_Nthread}{_bf16}.{json,md}``
+(``--name``: another stem).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from unittest import mock
@@ -63,6 +77,8 @@ from sklearn_gpa._engine.optim import adam_step
 from sklearn_gpa.autoencoder import Autoencoder, _Adam, _initialize, _train_step
 
 K, ROWS = 10, 80
+# Whether to add rows for the bfloat16 options (``--bf16``).
+BF16 = False
 CRITIC_SETTINGS = {
     "default CNN": {"channels": (16, 32, 64), "hidden": (32, 32, 32), "activation": "relu"},
     "bench_mnist CNN": {"channels": (8, 16, 32), "hidden": (64,), "activation": "leaky_relu"},
@@ -139,8 +155,8 @@ class OldAdam(_Adam):
         torch._foreach_zero_(grads)
 
 
-def old_train_step(encoder, decoder, optimizer, rows):
-    """The Autoencoder's training step as it was (loss as mean of squares)."""
+def old_train_step(encoder, decoder, optimizer, rows, dtype=None):
+    """The Autoencoder's training step as it was (loss as mean of squares; float32)."""
     loss = torch.mean((decoder(encoder(rows)) - rows) ** 2)
     loss.backward()
     optimizer.step()
@@ -192,6 +208,9 @@ def critic_rows(name, setting, repeats):
         "old": make_critic(OldConvLayout, OldConvCritic, setting),
         "new": make_critic(ConvLayout, ConvCritic, setting),
     }
+    if BF16:
+        critics["bf16"] = make_critic(ConvLayout, ConvCritic, setting)
+        critics["bf16"].train_dtype = torch.bfloat16
     for critic in critics.values():  # warm-up (oneDNN primitive creation)
         critic.train_step(data, ROWS, w, w)
     update = interleaved(
@@ -201,12 +220,18 @@ def critic_rows(name, setting, repeats):
         {n: (lambda c=c: c.gradient(data[:, :ROWS])) for n, c in critics.items()}, repeats
     )
     # Both took 1 + repeats updates from the same start with the same dropout draws.
-    params = max(float((critics["old"].params - critics["new"].params).abs().max()), 0.0)
-    grads = [c.gradient(data[:, :ROWS]) for c in critics.values()]
-    return [
-        row(f"CNN critic update ({name})", update, params),
-        row(f"CNN velocity ({name})", velocity, float((grads[0] - grads[1]).abs().max())),
+    params = {n: float((critics["old"].params - c.params).abs().max()) for n, c in critics.items()}
+    grads = {n: c.gradient(data[:, :ROWS]) for n, c in critics.items()}
+    rows = [
+        row(f"CNN critic update ({name})", update, params["new"]),
+        row(f"CNN velocity ({name})", velocity, float((grads["old"] - grads["new"]).abs().max())),
     ]
+    if BF16:
+        # The velocity is float32 in both; it differs by the weights' drift in training.
+        rows.append(
+            row(f"CNN critic update ({name}), bfloat16 training", update, params["bf16"], "bf16")
+        )
+    return rows
 
 
 def autoencoder_row(repeats):
@@ -223,6 +248,12 @@ def autoencoder_row(repeats):
     stack = contextlib.ExitStack()
     new = (autoencoder_module._training_layout, _Adam, _train_step)
     implementations = {"old": (_contiguous_layout, OldAdam, old_train_step), "new": new}
+    if BF16:
+        models["bf16"] = copy.deepcopy(models["new"])
+        implementations["bf16"] = (
+            *new[:2],
+            lambda *args: _train_step(*args, dtype=torch.bfloat16),
+        )
     steps = {}
     with stack:
         for name, (encoder, decoder) in models.items():
@@ -232,22 +263,79 @@ def autoencoder_row(repeats):
             steps[name] = lambda e=encoder, d=decoder, o=optimizer, t=train_step: t(e, d, o, rows)
             steps[name]()
         times = interleaved(steps, repeats)
-        losses = [float(step()) for step in steps.values()]
-    return row("Autoencoder training step", times, abs(losses[0] - losses[1]))
+        losses = {name: float(step()) for name, step in steps.items()}
+    rows = [row("Autoencoder training step", times, abs(losses["old"] - losses["new"]))]
+    if BF16:
+        rows.append(
+            row(
+                "Autoencoder training step, bfloat16 autocast",
+                times,
+                abs(losses["old"] - losses["bf16"]),
+                "bf16",
+            )
+        )
+    return rows
 
 
-def row(name, times, difference):
-    """A result row from ``(wall, cpu)`` medians (or wall only) and the old - new difference."""
+def row(name, times, difference, new="new"):
+    """A result row from ``(wall, cpu)`` medians (or wall only) and the old - new difference;
+    ``new``: the candidate that stands as "new" (``"bf16"``: the bfloat16 option)."""
     wall, cpu = times if isinstance(times, tuple) else (times, None)
     out = {
         "step": name,
         "old_s": wall["old"],
-        "new_s": wall["new"],
-        "ratio": wall["old"] / wall["new"],
+        "new_s": wall[new],
+        "ratio": wall["old"] / wall[new],
         "max_abs_diff": difference,
     }
     if cpu is not None:
-        out.update(old_cpu_s=cpu["old"], new_cpu_s=cpu["new"], cpu_ratio=cpu["old"] / cpu["new"])
+        out.update(old_cpu_s=cpu["old"], new_cpu_s=cpu[new], cpu_ratio=cpu["old"] / cpu[new])
+    return out
+
+
+# ------------------------------------------------------------------- bfloat16 drift
+def drift_rows(updates=(1, 5, 20)):
+    """How far bfloat16 training moves the critic: the velocity (float32 in both) of the
+    critic trained with ``train_dtype=torch.bfloat16`` against the float32-trained one, and as
+    a yardstick the float32 critic trained on other dropout draws, after each number of
+    ``updates`` from the same start; relative norms of the differences.  MNIST digits as
+    targets (flow k: 80 images of digit k), faint noise as particles."""
+    from sklearn_gpa.datasets import fetch_mnist
+
+    X, y = fetch_mnist(subset="train", return_X_y=True)
+    X, y = np.asarray(X[:20000], dtype=np.float32), np.asarray(y[:20000])
+    X /= X.max()
+    rng = np.random.RandomState(0)
+    out = []
+    for name, setting in CRITIC_SETTINGS.items():
+        targets = torch.stack(
+            [
+                torch.as_tensor(X[rng.choice(np.flatnonzero(y == d), ROWS, replace=False)])
+                for d in range(K)
+            ]
+        )
+        particles = 0.3 * torch.rand(K, ROWS, 784, generator=torch.Generator().manual_seed(3))
+        data, w = torch.cat([particles, targets], 1), torch.full((K, ROWS), 1.0 / ROWS)
+        critics = {n: make_critic(ConvLayout, ConvCritic, setting) for n in ("f32", "seed", "bf16")}
+        critics["seed"].generator.manual_seed(123)
+        critics["bf16"].train_dtype = torch.bfloat16
+        done = 0
+        for n in updates:
+            for _ in range(n - done):
+                for critic in critics.values():
+                    critic.train_step(data, ROWS, w, w)
+            done = n
+            v = {k: c.gradient(particles) for k, c in critics.items()}
+            scale = float(v["f32"].norm())
+            out.append(
+                {
+                    "critic": name,
+                    "updates": n,
+                    "bf16_vs_f32": float((v["bf16"] - v["f32"]).norm()) / scale,
+                    "other_dropout_vs_f32": float((v["seed"] - v["f32"]).norm()) / scale,
+                }
+            )
+            print(out[-1], flush=True)
     return out
 
 
@@ -283,7 +371,10 @@ def mnist_rows(n_generated, n_steps, ae_epochs):
         _train_step=old_train_step,
     )
     out, results = [], {}
-    for name, patch in (("old", old_engine), ("new", contextlib.nullcontext())):
+    fits = [("old", old_engine), ("new", contextlib.nullcontext())]
+    if BF16:
+        fits.append(("bf16", mock.patch.object(ConvCritic, "train_dtype", torch.bfloat16)))
+    for name, patch in fits:
         with patch:
             start, start_cpu = time.perf_counter(), time.process_time()
             model = GPATransporter(**settings).fit(X, y)
@@ -292,18 +383,30 @@ def mnist_rows(n_generated, n_steps, ae_epochs):
                 time.process_time() - start_cpu,
                 model.particles_,
             )
-    difference = float(np.abs(results["old"][2] - results["new"][2]).max())
     times = ({n: r[0] for n, r in results.items()}, {n: r[1] for n, r in results.items()})
     label = (
         f"MNIST-200 GPATransporter CNN fit ({settings['n_steps']} steps, "
-        f"{settings['n_particles']} particles per digit), s"
+        f"{settings['n_particles']} particles per digit)"
     )
-    out.append(row(label, times, difference))
+    for name in results:
+        if name != "old":
+            difference = float(np.abs(results["old"][2] - results[name][2]).max())
+            suffix = ", bfloat16 training" if name == "bf16" else ""
+            out.append(row(f"{label}{suffix}, s", times, difference, name))
     codes = {}
-    for name, patch in (("old", old_ae), ("new", contextlib.nullcontext())):
+    fits = [("old", old_ae, "float32"), ("new", contextlib.nullcontext(), "float32")]
+    if BF16:
+        fits.append(("bf16", contextlib.nullcontext(), "bfloat16"))
+    for name, patch, train_dtype in fits:
         with patch:
             start, start_cpu = time.perf_counter(), time.process_time()
-            ae = Autoencoder(16, image_shape=IMAGE_SHAPE, max_iter=ae_epochs, random_state=SEED)
+            ae = Autoencoder(
+                16,
+                image_shape=IMAGE_SHAPE,
+                max_iter=ae_epochs,
+                random_state=SEED,
+                train_dtype=train_dtype,
+            )
             fitted = ae.fit_transform(X)
             codes[name] = (
                 time.perf_counter() - start,
@@ -311,14 +414,14 @@ def mnist_rows(n_generated, n_steps, ae_epochs):
                 fitted,
                 ae.loss_curve_[-1],
             )
-    out.append(
-        row(
-            f"MNIST-200 Autoencoder fit ({ae_epochs} epochs), s",
-            ({n: c[0] for n, c in codes.items()}, {n: c[1] for n, c in codes.items()}),
-            float(np.abs(codes["old"][2] - codes["new"][2]).max()),
-        )
-    )
-    out[-1]["final_loss"] = {n: c[3] for n, c in codes.items()}
+    times = ({n: c[0] for n, c in codes.items()}, {n: c[1] for n, c in codes.items()})
+    for name in codes:
+        if name != "old":
+            suffix = ", bfloat16 autocast" if name == "bf16" else ""
+            difference = float(np.abs(codes["old"][2] - codes[name][2]).max())
+            label = f"MNIST-200 Autoencoder fit ({ae_epochs} epochs){suffix}, s"
+            out.append(row(label, times, difference, name))
+            out[-1]["final_loss"] = {"old": codes["old"][3], name: codes[name][3]}
     return out
 
 
@@ -336,27 +439,58 @@ def main():
         "--ae-epochs", type=int, default=300, help="Autoencoder epochs (bench_mnist's 300)"
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also the bfloat16 options: ConvCritic.train_dtype, Autoencoder(train_dtype=)",
+    )
+    parser.add_argument(
+        "--drift", action="store_true", help="only the bfloat16 drift of the critic (MNIST)"
+    )
+    parser.add_argument("--name", default=None, help="result file stem (default: from flags)")
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch threads for the per-step rows (default: torch's); fits choose their own",
     )
     args = parser.parse_args()
+    global BF16
+    BF16 = args.bf16
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     record = _common.run_record()
+    if args.drift:
+        drift = drift_rows()
+        table = _common.markdown_table(
+            ["critic", "updates", "bfloat16 vs float32", "other dropout draws vs float32"],
+            [
+                [r["critic"], r["updates"], f"{r['bf16_vs_f32']:.3f}"]
+                + [f"{r['other_dropout_vs_f32']:.3f}"]
+                for r in drift
+            ],
+        )
+        markdown = (
+            f"# bfloat16 training drift of the CNN critic\n\n`{record['command']}` "
+            f"({record['date']}, {_common.machine_line()}); relative norm of the velocity "
+            f"difference (velocities in float32) after the given updates from one start.\n\n"
+            f"{table}\n"
+        )
+        print(markdown)
+        stem = args.name or "bench_images_bf16_drift"
+        _common.write_results(stem, {**record, "drift": drift}, markdown, machine=False)
+        return
     repeats = 3 if args.quick else 7
     rows = []
     args.mnist = args.mnist or args.mnist_only
     if not args.mnist_only:
         for name, setting in CRITIC_SETTINGS.items():
             rows += critic_rows(name, setting, repeats)
-            print(rows[-2], rows[-1], flush=True)
-        rows.append(autoencoder_row(5 * repeats))
-        print(rows[-1], flush=True)
+            print(*rows[-3:], sep="\n", flush=True)
+        rows += autoencoder_row(5 * repeats)
+        print(*rows[-2:], sep="\n", flush=True)
     if args.mnist:
         rows += mnist_rows(args.n_generated, args.mnist_steps, args.ae_epochs)
-        print(rows[-2], rows[-1], flush=True)
+        print(*rows[-4:], sep="\n", flush=True)
     table = _common.markdown_table(
         ["step", "old s", "new s", "old / new", "old CPU s", "new CPU s", "CPU old / new"]
         + ["max abs diff"],
@@ -382,7 +516,8 @@ def main():
         + ("_only" if args.mnist_only else "")
         + (f"_{args.threads}thread" if args.threads else "")
     )
-    stem = _common.result_stem("bench_images", args.quick, suffix)
+    suffix += "_bf16" if args.bf16 else ""
+    stem = args.name or _common.result_stem("bench_images", args.quick, suffix)
     _common.write_results(stem, {**record, "rows": rows}, markdown, machine=False)
 
 

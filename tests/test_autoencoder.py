@@ -152,6 +152,7 @@ def test_constant_data_is_reconstructed():
         ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "Input X contains NaN"),
         ({"n_components": 0}, np.zeros((5, 3)), "'n_components' parameter"),
         ({"output_activation": "tanh"}, np.zeros((5, 3)), "'output_activation' parameter"),
+        ({"train_dtype": "float16"}, np.zeros((5, 3)), "'train_dtype' parameter"),
     ],
 )
 def test_bad_fit_input_raises_clear_errors(params, X, message):
@@ -241,3 +242,32 @@ def test_channels_last_training_matches_contiguous_training():
     assert new_losses[-1] < new_losses[0]
     np.testing.assert_allclose(new_losses, old_losses, rtol=1e-4)
     torch.testing.assert_close(new_weights, old_weights, rtol=1e-3, atol=1e-4)
+
+
+def test_bfloat16_training_runs_the_convolutions_in_bfloat16_and_reconstructs_as_well(digits):
+    """``train_dtype="bfloat16"``: convolutions and dense layers compute in bfloat16 while
+    training (float32 weights and codes), and the loss stays within a few per cent of
+    float32's."""
+    X = digits[:400]
+    seen = set()
+    fits = {}
+    for train_dtype in ("float32", "bfloat16"):
+        ae = Autoencoder(
+            8, image_shape=(8, 8), max_iter=15, random_state=0, train_dtype=train_dtype
+        )
+        original = ae._build
+
+        def build(*args, original=original):
+            encoder, decoder = original(*args)
+            encoder[1].register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+            return encoder, decoder
+
+        ae._build = build
+        codes = ae.fit_transform(X)
+        fits[train_dtype] = ae
+        assert codes.dtype == X.dtype
+        assert all(p.dtype == torch.float32 for p in ae.encoder_.parameters())
+    assert seen == {torch.float32, torch.bfloat16}
+    curves = {name: np.asarray(ae.loss_curve_) for name, ae in fits.items()}
+    assert curves["bfloat16"][-1] < 0.5 * curves["bfloat16"][0]
+    np.testing.assert_allclose(curves["bfloat16"][-1], curves["float32"][-1], rtol=0.1)

@@ -166,34 +166,61 @@ class ConvLayout:
         """``(convolutions, head layers)``: views of every layer's weight and bias in ``flat``."""
         return self.convolutions(flat), self.head.layers(self.head_params(flat))
 
-    def forward(self, flat, activation, z, dropout_generator=None, draws=None):
+    def forward(self, flat, activation, z, dropout_generator=None, draws=None, dtype=None):
         """``phi`` (K, T) of the K networks on ``z`` (K, T, d); dropout when given a generator.
 
         ``draws`` (index, total): the K networks are flows ``index`` of ``total`` and take
         their share of the dropout masks drawn for all ``total`` (``Critic.select``).
+        ``dtype``: the convolutions' arithmetic (``forward_views``).
         """
-        return self.forward_views(*self.views(flat), activation, z, dropout_generator, draws)
+        return self.forward_views(
+            *self.views(flat), activation, z, dropout_generator, draws, dtype=dtype
+        )
 
     def forward_views(
-        self, convolutions, head_layers, activation, z, dropout_generator=None, draws=None
+        self,
+        convolutions,
+        head_layers,
+        activation,
+        z,
+        dropout_generator=None,
+        draws=None,
+        dtype=None,
+        fused=False,
     ):
         """``forward`` with the layers given as lists of ``(weight, bias)``, as ``views``
         returns them (or as autograd leaves made from those views).
 
         The images enter channels-last: ``(T, K * C, H, W)`` with the channels innermost in
         memory, in one copy of ``z``; the last feature map is flattened in (c, h, w) order
-        for the head, as a contiguous map would be.
+        for the head, as a contiguous map would be.  With ``dtype`` (``torch.bfloat16``)
+        the convolutions, activations and dropout run in that type on copies of the
+        weights and of ``z`` (gradients flow back to the originals in their type); the
+        dense head runs in the type of its weights.  ``fused``: activation and dropout as
+        one autograd node (``_ActivationDropout``: same numbers, fewer passes and stored
+        maps, no double backward).
         """
         k, t, _ = z.shape
         c, h, w = self.image_shape
+        channels_last = torch.channels_last
+        # One copy into channels-last order: the reshape's for several channels, ``to``'s
+        # for one, where the reshape is a view whose strides are neither format and oneDNN
+        # would run the first convolution and everything after it on contiguous maps.
         x = (
             z.reshape(k, t, c, h, w)
             .permute(1, 3, 4, 0, 2)
             .reshape(t, h, w, k * c)
             .permute(0, 3, 1, 2)
+            .to(dtype=dtype or z.dtype, memory_format=channels_last)
         )
-        channels_last = torch.channels_last
+        # bfloat16 maps are masked by 0 or 1 and owe the dropout's scale ``1 / (1 - rate)``
+        # (not a bfloat16 number) to the next layer: its weights are scaled before their
+        # cast, the head's input after its cast.
+        owed = 1.0
         for weight, bias in convolutions:
+            if dtype is not None:
+                weight = weight if owed == 1.0 else weight * owed
+                weight, bias = weight.to(dtype), bias.to(dtype)
             x = F.conv2d(
                 x,
                 weight.contiguous(memory_format=channels_last),
@@ -202,14 +229,21 @@ class ConvLayout:
                 padding=self.padding,
                 groups=k,
             )
-            x, _ = activation.forward(x)
             if dropout_generator is not None and self.dropout > 0:
                 # The draws of a contiguous map, in its order: the masks do not depend on
-                # the memory format.  One float mask, already scaled.
+                # the memory format or the arithmetic's type.
                 keep = _dropout_draws(x, k, dropout_generator, draws)
-                x = x * keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout))
+                if fused:
+                    x = _ActivationDropout.apply(x, keep, activation, self.dropout)
+                    owed = 1.0 if x.dtype == keep.dtype else 1.0 / (1.0 - self.dropout)
+                else:
+                    x, _ = activation.forward(x)
+                    x = x * keep.ge_(self.dropout).mul_(1.0 / (1.0 - self.dropout)).to(x.dtype)
+            else:
+                x, _ = activation.forward(x)
         x = x.reshape(t, k, math.prod(self.map_shapes[-1])).transpose(0, 1)
-        phi, _, _ = forward(head_layers, activation, x)
+        x = x.to(head_layers[0][0].dtype)
+        phi, _, _ = forward(head_layers, activation, x if owed == 1.0 else x * owed)
         return phi
 
     def gradient(self, flat: torch.Tensor, activation, z: torch.Tensor) -> torch.Tensor:
@@ -253,12 +287,60 @@ class ConvLayout:
 def _dropout_draws(x, n_flows, generator, draws):
     """Uniform draws shaped as the (T, K * C, H, W) feature map ``x``: for all ``total``
     flows and then those of flows ``index`` where ``draws`` is (index, total)."""
+    # float32 draws for bfloat16 maps: the same numbers as a float32 map's.
+    dtype = torch.promote_types(x.dtype, torch.float32)
     if draws is None:
-        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     index, total = draws
     every = (x.shape[0], x.shape[1] // n_flows * total, *x.shape[2:])
-    values = torch.rand(every, generator=generator, dtype=x.dtype, device=x.device)
+    values = torch.rand(every, generator=generator, dtype=dtype, device=x.device)
     return values.unflatten(1, (total, -1)).index_select(1, index.to(x.device)).flatten(1, 2)
+
+
+class _ActivationDropout(torch.autograd.Function):
+    """``activation(a) * mask`` in place on ``a``: the activation and dropout as one node.
+
+    ``keep`` holds the float32 draws in [0, 1).  Maps of ``keep``'s type are multiplied by
+    ``mask = (keep >= rate) / (1 - rate)``: the results and gradients of the activation
+    followed by ``x * mask`` (to the bit for ReLU; leaky ReLU's bias gradients can round
+    differently), with fewer passes over the maps and fewer stored: the output, which the
+    next convolution keeps anyway, and the mask (none for ReLU: where a unit is dropped its
+    output is 0, and there ReLU's gradient is too).  Maps of another type (bfloat16) are
+    multiplied by ``keep >= rate`` alone, 0 or 1 in the maps' type and memory format, and
+    the caller owes the scale to the next layer (``ConvLayout.forward_views``).  ``a`` is a
+    convolution's fresh output, which nothing else reads.  Once differentiable: the soft
+    constraint's double backward takes the unfused path.
+    """
+
+    @staticmethod
+    def forward(ctx, a, keep, activation, rate):
+        h, saved = activation.forward(a.detach())  # in place where the activation can be
+        scale = 1.0 / (1.0 - rate)
+        if h.dtype == keep.dtype:
+            mask = keep.ge_(rate).mul_(scale)
+        else:
+            # One pass into the maps' type and memory format: same-format products after.
+            scale, mask = 1.0, keep.ge_(rate).to(h.dtype, memory_format=torch.channels_last)
+        h.mul_(mask)
+        out = h
+        if h.data_ptr() == a.data_ptr():
+            ctx.mark_dirty(a)
+            out = a
+        ctx.activation, ctx.scale = activation, scale
+        relu = activation.name == "relu"
+        ctx.save_for_backward(out, None if relu else mask, None if saved is h else saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        h, mask, saved = ctx.saved_tensors
+        if mask is None:  # ReLU: its gradient is 0 wherever the output is
+            grad = ctx.activation.backward(g, h)
+            return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None, None
+        # Masked first: a dropped unit's output is 0 and carries no sign.
+        grad = ctx.activation.backward(g * mask, h if saved is None else saved, inplace=True)
+        return grad, None, None, None
 
 
 def _top_singular_value(rows: torch.Tensor) -> torch.Tensor:
@@ -288,7 +370,19 @@ class ConvCritic(Critic):
     the critic trains and off when it moves particles, as in the papers' Table 4b.
     """
 
-    def __init__(self, layout, activation, *args, **kwargs):
+    #: The convolutions' arithmetic in the training passes (``_write_gradient``), None: the
+    #: weights' type.  ``torch.bfloat16`` runs them on bfloat16 copies of the maps and
+    #: weights (float32 weights, gradients, Adam and norms), with the same dropout draws.
+    #: It pays on CPUs with AMX for wide convolutions (the default channels), not for narrow
+    #: ones, and the critic is not bit-for-bit the float32 one (measured in
+    #: ``benchmarks/README.md``, "The image path").  The velocity and the power iteration
+    #: stay in the weights' type, so the particles move by a float32 critic whose
+    #: convolutions keep their exact norms.
+    train_dtype = None
+
+    def __init__(self, layout, activation, *args, train_dtype=None, **kwargs):
+        if train_dtype is not None:
+            self.train_dtype = train_dtype
         if activation.orthonormal:
             raise ValueError(
                 f"activation={activation.name!r} is for dense critics; a CNN critic "
@@ -371,7 +465,13 @@ class ConvCritic(Critic):
         ]
         with torch.enable_grad():
             phi = self.layout.forward_views(
-                *leaves, self.activation, z, self._dropout_generator(), self.draws
+                *leaves,
+                self.activation,
+                z,
+                self._dropout_generator(),
+                self.draws,
+                dtype=self.train_dtype,
+                fused=True,
             )
             value, grad_phi = self._objective_gradient(
                 phi.detach(), n_particles, w_y, w_x, with_value
