@@ -99,10 +99,10 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         sample's usual range.  A flow it never stops whose score ends above twice its best
         goes back to that check.  None runs ``n_steps``.  See :ref:`user_guide_stopping`.
     source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
-        Prior of the particles in generative mode (default "copula_fit"), per class: up to 50
-        features, each feature's quantiles joined by BIC's Gaussian mixture of the normal scores
-        (their kernel density where it keeps one Gaussian), else one shrunk Gaussian (as
-        "gaussian_fit"); "mixture_fit": BIC's mixture of the values; fixed laws: noisy samples.
+        Prior of the particles in generative mode (default "copula_fit"), per class: each
+        feature's quantiles joined by BIC's Gaussian mixture of the normal scores (up to 50
+        features), or their kernel density (where BIC keeps one Gaussian, and always above 50
+        features); "mixture_fit": BIC's mixture of the values; fixed laws: noisy samples.
     n_particles : int or None, default=None
         Number of particles in generative mode (split across classes by frequency);
         None uses 3 per target row (paper 002's ``M = 3 N``), which keeps particles from
