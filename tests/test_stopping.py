@@ -126,6 +126,27 @@ def test_integration_leaves_a_fresh_sample_of_the_target_where_it_is(seed, monke
     assert fit().history_["stop_step"].tolist() == [50]
 
 
+def test_a_class_without_evidence_gets_no_discriminator():
+    # Class 0: a fresh sample of its target that scores 2.3 (between 1 and START_FACTOR);
+    # class 1: far from its own (no pre-alignment, whose one map for both classes would move
+    # class 0).  The check before the first step decides at the same bar as the run: class
+    # 0 is never trained, only class 1's critic is stored.
+    rng = np.random.RandomState(0)
+    source0, target0 = _fresh_law(150, rng), _fresh_law(150, rng)
+    target1 = _fresh_law(150, rng) + 6.0
+    source1 = _fresh_law(150, rng) * 2.0 - 6.0
+    X, y, domain = stack_domains(
+        np.vstack([source0, source1]), np.vstack([target0, target1]), *[np.repeat([0, 1], 150)] * 2
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gpa = GPATransporter(n_steps=100, prealign=None, random_state=0)
+        gpa.fit(X, y, sample_domain=domain)
+    assert gpa.history_["stop_step"][0] == 0 and gpa.history_["stop_step"][1] != 0
+    assert 1.0 < gpa.history_["stop_score"][0, 0] <= START_FACTOR
+    assert gpa.flow_.slots is not None and gpa.flow_.slots.tolist() == [1]
+
+
 def test_only_integration_needs_evidence_to_start():
     params = GPATransporter().get_params()
     assert _mode_settings(params, "integration")["stop"] == "evidence"

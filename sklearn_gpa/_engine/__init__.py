@@ -143,7 +143,7 @@ def _trained_slots(arguments):
     x, w_x = pack_rows(arguments["targets"], dtype, device)
     # The run's own rule: the same decision as its check before the first step.
     rule = _stopping_rule(w_y, x, w_x, arguments["seed"], arguments["stop"])
-    values, score, converged = rule.check(y)
+    values, score, converged = rule.check(y, first=True)
     done = converged.cpu().numpy()
     if not done.any() or done.all():
         return None, None, rule
