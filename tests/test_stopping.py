@@ -147,6 +147,20 @@ def test_a_class_without_evidence_gets_no_discriminator():
     assert gpa.flow_.slots is not None and gpa.flow_.slots.tolist() == [1]
 
 
+def test_a_continued_integration_stops_at_one_not_at_the_start_bar():
+    # The flow moved in the first fit (one step, no rule); continued with the rule, its
+    # first check (score 1.35, between 1 and START_FACTOR) is not a start: it goes on.
+    rng = np.random.RandomState(0)
+    X, _, domain = stack_domains(_fresh_law(150, rng), _fresh_law(150, rng))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gpa = GPATransporter(n_steps=1, stop=None, random_state=0).fit(X, sample_domain=domain)
+        gpa.set_params(stop="auto", warm_start=True, n_steps=100)
+        gpa.fit(X, sample_domain=domain)
+    assert 1.0 < gpa.history_["stop_score"][0, 0] <= START_FACTOR
+    assert gpa.history_["stop_step"][0] > 1
+
+
 def test_only_integration_needs_evidence_to_start():
     params = GPATransporter().get_params()
     assert _mode_settings(params, "integration")["stop"] == "evidence"

@@ -89,8 +89,9 @@ def run_gpa(sources, targets, **settings):
 
     ``stop="auto"`` stops each flow when its particles are as close to its target as a fresh
     sample of the target would be (``stopping.EnergyStopping``); ``stop="evidence"`` does
-    the same, but at the first check at ``stopping.START_FACTOR`` (integration: rows move
-    only where the data show a difference); None runs ``n_steps``.
+    the same, but at the first check of a fresh run (not a continued one) at
+    ``stopping.START_FACTOR`` (integration: rows move only where the data show a
+    difference); None runs ``n_steps``.
     ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
 
     With ``stop="auto"``, flows that are done before their first step (their particles as
@@ -301,7 +302,9 @@ def _run_flows(
         x, w_x = pack_rows(targets, torch_dtype, torch_device)
         stopping = None
         if stop is not None:
-            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed, stop)
+            # A continued run's flows already moved: "evidence" is for a run's start only.
+            rule_stop = stop if critic_state is None else "auto"
+            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed, rule_stop)
         result = train_flow(
             y,
             w_y,
