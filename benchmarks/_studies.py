@@ -4,7 +4,8 @@
 missing); :func:`er_labels` reads the ER status of the three
 breast-cancer studies (GSE1992, GSE3143, GSE4335); :func:`real_pair` aligns two of them by
 gene symbol (``num_HS_<SYMBOL>`` columns); :func:`er_study` returns one study's expression
-rows with a known ER status.  Needs ``pip install survset`` (the ``bench`` extra).
+rows with a known ER status; :func:`expression` any study's numeric rows.  Needs ``pip
+install survset`` (the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def er_labels(name, frame):
 def gene_columns(frame):
     """The gene columns (``num_HS_<SYMBOL>``) of a SurvSet study, in its order."""
     return [c for c in frame.columns if c.startswith("num_HS_")]
+
+
+def expression(studies, name):
+    """A SurvSet study's numeric columns: rows without a missing value, columns that vary."""
+    frame = studies(name)
+    X = frame[[c for c in frame.columns if c.startswith("num_")]].to_numpy(float)
+    X = X[np.isfinite(X).all(1)]
+    return X[:, X.std(0) > 0]
 
 
 def er_study(studies, name):

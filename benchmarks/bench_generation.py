@@ -42,7 +42,8 @@ and MNIST with 20 per class (``--mnist``, ``--mnist-held-out``; the training spl
 :func:`sklearn_gpa.datasets.fetch_mnist`, downloaded once).  The held-out images are in random
 order (before 2026-12-06 they were in class order, which biased the image C2ST low; see
 ``_train_and_held_out``).  Gene expression (``--studies``, SurvSet studies, the ``bench``
-extra): every ``num_`` column of a study without missing values, 60 % of the patients for
+extra): the numeric columns that vary of a study's rows without missing values
+(``_studies.expression``, as ``bench_held_out_studies.py``), 60 % of the patients for
 training, unconditional (one class, so no efficacy: NaN).
 
 Methods
@@ -517,12 +518,9 @@ def datasets(args, seed):
 
 def load_study_split(name, seed):
     """A SurvSet gene-expression study: 60 % of the patients to train on, one class."""
-    from _studies import Studies
+    from _studies import Studies, expression
 
-    frame = Studies()(name)
-    X = frame[[c for c in frame.columns if c.startswith("num_")]].to_numpy(dtype=float)
-    X = X[:, np.all(np.isfinite(X), axis=0)]
-    Xt, Xh = train_test_split(X, train_size=0.6, random_state=seed)
+    Xt, Xh = train_test_split(expression(Studies(), name), train_size=0.6, random_state=seed)
     return Xt, np.zeros(len(Xt), dtype=int), Xh, np.zeros(len(Xh), dtype=int), None
 
 

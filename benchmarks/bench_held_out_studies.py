@@ -39,7 +39,7 @@ import warnings
 
 import _common
 import numpy as np
-from _studies import open_studies
+from _studies import expression, open_studies
 from bench_known_truth import (
     PER_GENE,
     _affine,
@@ -95,14 +95,6 @@ SUMMARY_COLUMNS = (
     ("worst / best per-gene", "worst", "{:.2f}"),
     ("seconds", "seconds", "{:.1f}"),
 )
-
-
-def expression(studies, name):
-    """A SurvSet study's numeric columns: rows without a missing value, columns that vary."""
-    frame = studies(name)
-    X = frame[[c for c in frame.columns if c.startswith("num_")]].to_numpy(float)
-    X = X[np.isfinite(X).all(1)]
-    return X[:, X.std(0) > 0]
 
 
 def intensity(truth, rng):

@@ -38,7 +38,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._engine import stopping
+from sklearn_gpa._engine import _stopping_rule, stopping
 from sklearn_gpa.utils import stack_domains
 
 RESULTS = Path(__file__).parent / "results"
@@ -364,14 +364,12 @@ def null_scores(n_splits=100):
         for split in range(n_splits):
             order = np.random.RandomState(split).permutation(len(Z))
             a, b = (torch.tensor(Z[half])[None] for half in np.array_split(order, 2))
-            rule = stopping.EnergyStopping(
+            # The rule a fit builds (stop="auto": factor 1), seeded by the split.
+            w_a, w_b = (
                 torch.ones(a.shape[:2], dtype=a.dtype),
-                b,
                 torch.ones(b.shape[:2], dtype=b.dtype),
-                max_rows=stopping.rows_compared(Z.shape[1]),
-                factor=1.0,
-                generator=torch.Generator().manual_seed(split + 1),
             )
+            rule = _stopping_rule(w_a, b, w_b, split, "auto")
             scores.append(float(rule.check(a)[1][0]))
         q = np.quantile(scores, [0.5, 0.8, 0.95, 0.99])
         rows.append(

@@ -166,16 +166,13 @@ class ConvLayout:
         """``(convolutions, head layers)``: views of every layer's weight and bias in ``flat``."""
         return self.convolutions(flat), self.head.layers(self.head_params(flat))
 
-    def forward(self, flat, activation, z, dropout_generator=None, draws=None, dtype=None):
+    def forward(self, flat, activation, z, dropout_generator=None, draws=None):
         """``phi`` (K, T) of the K networks on ``z`` (K, T, d); dropout when given a generator.
 
         ``draws`` (index, total): the K networks are flows ``index`` of ``total`` and take
         their share of the dropout masks drawn for all ``total`` (``Critic.select``).
-        ``dtype``: the convolutions' arithmetic (``forward_views``).
         """
-        return self.forward_views(
-            *self.views(flat), activation, z, dropout_generator, draws, dtype=dtype
-        )
+        return self.forward_views(*self.views(flat), activation, z, dropout_generator, draws)
 
     def forward_views(
         self,
