@@ -106,6 +106,34 @@ class FittedFlowMixin:
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
 
+    def _store_particles(self, moved, order):
+        """``particles_`` and ``particle_labels_`` from each flow's final standardised
+        particles ``moved`` (``order``: integration's rows back in the order of ``X``).
+
+        Only ``moved`` and ``order`` are pickled: ``particles_`` is rebuilt from them on
+        loading, the same array by the same arithmetic (one copy of the particles stored,
+        not two).
+        """
+        self._final_particles_, self._particle_order = moved, order
+        particles = self._scaling.inverse_transform(np.concatenate(moved))
+        labels = None
+        if self.classes_ is not None:
+            labels = np.repeat(self.classes_, [len(m) for m in moved])
+        if order is not None:
+            particles, labels = particles[order], None if labels is None else labels[order]
+        self.particles_, self.particle_labels_ = particles, labels
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "_particle_order" in state:
+            state = {k: v for k, v in state.items() if k not in ("particles_", "particle_labels_")}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_particle_order" in state:
+            self._store_particles(self._final_particles_, self._particle_order)
+
     @property
     def center_(self):
         return self._scaling.center

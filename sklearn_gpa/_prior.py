@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special, stats
+from scipy import signal, special, stats
 from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 from sklearn.covariance import ledoit_wolf
@@ -44,6 +44,16 @@ _COPULA_BANDWIDTH = 1.3
 # normal scores evenly spaced over [-_COPULA_GRID_EDGE, _COPULA_GRID_EDGE].
 _COPULA_GRID_POINTS = 257
 _COPULA_GRID_EDGE = 8.0
+_COPULA_GRID = np.linspace(-_COPULA_GRID_EDGE, _COPULA_GRID_EDGE, _COPULA_GRID_POINTS)
+# That table is computed when first needed, never stored with the model.  Up to
+# _COPULA_EXACT_ROWS rows it is the exact mean of the kernels' normal distribution functions,
+# O(n G d) for n rows; above, the kernel's centres are linearly binned on a grid
+# _COPULA_GRID_REFINE times finer and convolved with the kernel's normal distribution function
+# (an FFT, _COPULA_CDF_CHUNK features at a time), O(G d) whatever n (the two cost the same at
+# about 100 rows: bench_prior.py).  The binned table is within a few 1e-5 of the exact one.
+_COPULA_EXACT_ROWS = 100
+_COPULA_GRID_REFINE = 8
+_COPULA_CDF_CHUNK = 128
 # A spacing between consecutive sorted values over this many times their median spacing is a
 # gap between clusters, which the quantile function jumps instead of filling.
 _COPULA_GAP = 10.0
@@ -167,6 +177,12 @@ class Prior:
         covariance = factor @ factor.T + reg * np.eye(len(factor))
         return _gaussian_log_density(Z, self.mean[flow], np.linalg.cholesky(covariance))
 
+    def __getstate__(self):
+        return {**self.__dict__, "factor": [_packed(f) for f in self.factor]}
+
+    def __setstate__(self, state):
+        self.__dict__.update({**state, "factor": [_unpacked(f) for f in state["factor"]]})
+
     def _mean_variance(self) -> float:
         """The fitted Gaussians' feature variance, averaged over features and flows."""
         return max(float(np.mean([np.sum(np.square(f)) / len(f) for f in self.factor])), 1e-12)
@@ -183,14 +199,15 @@ class _Kernel:
     independent across features): the draws keep the rows' mean and each feature's variance
     (the noise's correlations are the shrunk ones).  ``h`` is Silverman's rule,
     ``(4 / (d + 2))^(1 / (d + 4)) n^(-1 / (d + 4))`` for ``n`` rows of ``d`` varying features,
-    times ``_COPULA_BANDWIDTH``.  ``cdf[:, j]`` is the draws' distribution function of feature
-    ``j`` at the scores ``grid``.
+    times ``_COPULA_BANDWIDTH``.  ``centres`` (the shrunk rows) are stored in float32.
+    ``cdf[:, j]`` is the draws' distribution function of feature ``j`` at the scores
+    ``_COPULA_GRID``, computed on first use and left out of the pickle (at 784 features it is
+    1.6 MB per flow, more than the centres of a few hundred rows).
     """
 
     centres: np.ndarray
     factor: np.ndarray
-    grid: np.ndarray
-    cdf: np.ndarray
+    _cdf: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def fit(cls, scores, seed) -> _Kernel:
@@ -204,18 +221,29 @@ class _Kernel:
         h = _COPULA_BANDWIDTH * (4 / (varying + 2) / n) ** (1 / (varying + 4))
         shrink = 1 / math.sqrt(1 + h * h)
         mean = scores.mean(0)
-        centres = mean + shrink * (scores - mean)
-        factor = h * shrink * factor
-        grid = np.linspace(-_COPULA_GRID_EDGE, _COPULA_GRID_EDGE, _COPULA_GRID_POINTS)
+        centres = (mean + shrink * (scores - mean)).astype(np.float32)
+        return cls(centres, h * shrink * factor)
+
+    @property
+    def spreads(self) -> np.ndarray:
+        """Each feature's kernel standard deviation (at least 1e-12)."""
+        factor = self.factor
         spreads = np.abs(factor) if factor.ndim == 1 else np.linalg.norm(factor, axis=1)
-        spreads = np.maximum(spreads, 1e-12)
-        cdf = np.column_stack(
-            [
-                special.ndtr((grid[:, None] - centres[None, :, j]) / spreads[j]).mean(1)
-                for j in range(d)
-            ]
-        )
-        return cls(centres, factor, grid, cdf)
+        return np.maximum(spreads, 1e-12)
+
+    @property
+    def cdf(self) -> np.ndarray:
+        if self._cdf is None:
+            exact = len(self.centres) <= _COPULA_EXACT_ROWS
+            table = _exact_normal_cdf if exact else _binned_normal_cdf
+            self._cdf = table(self.centres, self.spreads)
+        return self._cdf
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cdf": None, "factor": _packed(self.factor)}
+
+    def __setstate__(self, state):
+        self.__dict__.update({**state, "factor": _unpacked(state["factor"])})
 
     def probabilities(self, noise, rng):
         """Draws of normal scores, from standard normal ``noise`` rows, as each feature's
@@ -224,9 +252,47 @@ class _Kernel:
         scores = self.centres[rng.randint(len(self.centres), size=len(noise))]
         factor = self.factor
         scores = scores + (noise * factor if factor.ndim == 1 else noise @ factor.T)
+        cdf = self.cdf
         return np.column_stack(
-            [np.interp(scores[:, j], self.grid, self.cdf[:, j]) for j in range(scores.shape[1])]
+            [np.interp(scores[:, j], _COPULA_GRID, cdf[:, j]) for j in range(scores.shape[1])]
         )
+
+
+def _exact_normal_cdf(centres, spreads):
+    """``mean_i Phi((g - centres[i, j]) / spreads[j])`` at every ``g`` of ``_COPULA_GRID``,
+    shape ``(len(_COPULA_GRID), d)``."""
+    centres = centres.astype(np.float64)
+    return np.column_stack(
+        [
+            special.ndtr((_COPULA_GRID[:, None] - centres[None, :, j]) / spreads[j]).mean(1)
+            for j in range(centres.shape[1])
+        ]
+    )
+
+
+def _binned_normal_cdf(centres, spreads):
+    """:func:`_exact_normal_cdf`, approximately and in O(G d) for any number of rows: the
+    centres binned linearly on a grid ``_COPULA_GRID_REFINE`` times finer, convolved with
+    each feature's normal distribution function."""
+    n, d = centres.shape
+    refine, points = _COPULA_GRID_REFINE, (_COPULA_GRID_POINTS - 1) * _COPULA_GRID_REFINE + 1
+    step = 2 * _COPULA_GRID_EDGE / (points - 1)
+    position = np.clip((centres.astype(np.float64) + _COPULA_GRID_EDGE) / step, 0, points - 1)
+    low = np.minimum(position.astype(np.intp), points - 2)
+    upper = position - low
+    columns = np.broadcast_to(np.arange(d), (n, d))
+    weights = np.zeros((points, d))
+    np.add.at(weights, (low, columns), (1.0 - upper) / n)
+    np.add.at(weights, (low + 1, columns), upper / n)
+    # Coarse point k is fine point k * refine; bin m contributes Phi((k refine - m) step / s).
+    offsets = np.arange(1 - points, points) * step
+    wanted = points - 1 + refine * np.arange(_COPULA_GRID_POINTS)
+    cdf = np.empty((_COPULA_GRID_POINTS, d))
+    for start in range(0, d, _COPULA_CDF_CHUNK):
+        part = slice(start, start + _COPULA_CDF_CHUNK)
+        kernel = special.ndtr(offsets[:, None] / spreads[None, part])
+        cdf[:, part] = signal.fftconvolve(weights[:, part], kernel, axes=0)[wanted]
+    return np.clip(cdf, 0.0, 1.0)
 
 
 def _normal_scores(rows):
@@ -238,10 +304,16 @@ def _normal_scores(rows):
 def _quantile_table(rows):
     """Each feature's sorted values, or its quantiles at ``_COPULA_MAX_LEVELS`` evenly
     spaced levels for more rows (the table is stored with the model)."""
-    if len(rows) <= _COPULA_MAX_LEVELS:
-        return np.sort(rows, axis=0)
-    levels = (np.arange(_COPULA_MAX_LEVELS) + 0.5) / _COPULA_MAX_LEVELS
-    return np.quantile(rows, levels, axis=0)
+    ordered = np.sort(rows, axis=0)
+    n = len(rows)
+    if n <= _COPULA_MAX_LEVELS:
+        return ordered
+    # np.quantile's linear interpolation, from one sort (its partition at 1000 levels is slow)
+    position = (np.arange(_COPULA_MAX_LEVELS) + 0.5) / _COPULA_MAX_LEVELS * (n - 1)
+    low = position.astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    fraction = (position - low)[:, None]
+    return ordered[low] + fraction * (ordered[high] - ordered[low])
 
 
 def _quantile_function(probabilities, column):
@@ -297,6 +369,23 @@ def _from_probabilities(probabilities, table):
     return np.column_stack(
         [_quantile_function(probabilities[:, j], table[:, j]) for j in range(table.shape[1])]
     )
+
+
+def _packed(factor):
+    """A lower-triangular factor as its lower triangle (half the pickle), else itself."""
+    if factor.ndim != 2 or np.any(np.triu(factor, 1)):
+        return factor
+    return ("lower", len(factor), factor[np.tril_indices(len(factor))])
+
+
+def _unpacked(factor):
+    """The inverse of :func:`_packed`."""
+    if not isinstance(factor, tuple):
+        return factor
+    _, d, values = factor
+    full = np.zeros((d, d))
+    full[np.tril_indices(d)] = values
+    return full
 
 
 def _gaussian_log_density(Z, mean, factor):

@@ -349,17 +349,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             )
         elif self.neighbour_map_ is not None:
             self.neighbour_map_.extend(sources, moved)
-        self._final_particles_ = moved
-        particles = self._scaling.inverse_transform(np.concatenate(moved))
-        labels = None
-        if self.classes_ is not None:
-            labels = np.repeat(self.classes_, [len(s) for s in sources])
+        order = None  # integration: back to the order of the source rows in X
         if mode == "integration":
-            # Back to the order of the source rows in X.
             order = np.argsort(np.concatenate(groups.sources), kind="stable")
-            particles, labels = particles[order], None if labels is None else labels[order]
-        self.particles_, self.particle_labels_ = particles, labels
-        return particles if mode == "integration" else None
+        self._store_particles(moved, order)
+        return self.particles_ if mode == "integration" else None
 
     def _starting_points(self, Z, source_rows, targets, rng):
         """Standardised starting rows of each flow: source rows (``source_rows[k]`` of flow k)

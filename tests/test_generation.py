@@ -1,15 +1,17 @@
 """Generation with default parameters, the scaling rule, its warning and pandas output."""
 
+import pickle
 import warnings
 
 import numpy as np
 import pytest
+from scipy import special
 from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import SVC
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._prior import Prior, _normal_scores
+from sklearn_gpa._prior import Prior, _binned_normal_cdf, _normal_scores
 from sklearn_gpa._scaling import Standardization, resolve_scaling, unit_spread_ratio
 from sklearn_gpa.utils import stack_domains
 
@@ -296,8 +298,34 @@ def test_copula_prior_keeps_each_pixels_own_values_above_fifty_features(d):
 
 
 def test_copula_prior_stores_a_bounded_quantile_table():
-    many = Prior.fit("copula_fit", [np.random.RandomState(0).normal(size=(5000, 3))], 1)
+    rows = np.random.RandomState(0).standard_t(3, size=(5000, 3))
+    rows[:3000, 1] = 0.0
+    many = Prior.fit("copula_fit", [rows], 1)
     assert many.quantiles[0].shape == (1000, 3)
+    levels = (np.arange(1000) + 0.5) / 1000
+    np.testing.assert_allclose(many.quantiles[0], np.quantile(rows, levels, axis=0), atol=1e-12)
+
+
+@pytest.mark.parametrize("n, d", [(20, 64), (300, 60)])
+def test_copula_kernel_marginals_match_the_exact_sum(n, d):
+    """The kernel's marginal distribution functions (binned and convolved, never pickled)
+    are the exact mean of the kernels' normal distribution functions."""
+    rng = np.random.RandomState(n)
+    X = np.column_stack([rng.standard_t(3, size=n), np.zeros(n), rng.rand(n, d - 2)])
+    kernel = Prior.fit("copula_fit", [X], 1).kernel[0]
+    spreads = np.maximum(np.linalg.norm(kernel.factor, axis=1), 1e-12)
+    np.testing.assert_array_equal(kernel.spreads, spreads)
+    grid = np.linspace(-8, 8, 257)
+    exact = special.ndtr((grid[:, None, None] - kernel.centres[None]) / spreads).mean(1)
+    np.testing.assert_allclose(kernel.cdf, exact, atol=1e-12 if n <= 100 else 1e-4)
+    binned = _binned_normal_cdf(kernel.centres, spreads)  # what more than 100 rows get
+    np.testing.assert_allclose(binned, exact, atol=1e-4)
+    assert np.all(np.diff(binned, axis=0) > -1e-12)
+    # The constant feature (its spread is zero) is a step at its one score.
+    np.testing.assert_allclose(binned[:, 1], np.sign(grid) / 2 + 0.5, atol=1e-12)
+    again = pickle.loads(pickle.dumps(kernel))
+    assert again._cdf is None and np.array_equal(again.cdf, kernel.cdf)
+    np.testing.assert_array_equal(again.factor, kernel.factor)
 
 
 def test_sample_returns_pandas_with_feature_names():

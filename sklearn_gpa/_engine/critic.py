@@ -334,10 +334,14 @@ class Critic:
     # -- persistence (warm start) -------------------------------------------------------------
     def state(self) -> dict:
         """Everything that persists across particle steps, as NumPy arrays."""
+        # Before the first update the Adam moments are zeros: None stands for them (a fit
+        # whose flows all start where they should stores a third of the state).
+        moments = [m.cpu().numpy() for m in (self.exp_avg, self.exp_avg_sq)]
+        moments = [m.copy() if m.any() else None for m in moments]
         return {
             "params": self.params.cpu().numpy().copy(),
-            "exp_avg": self.exp_avg.cpu().numpy().copy(),
-            "exp_avg_sq": self.exp_avg_sq.cpu().numpy().copy(),
+            "exp_avg": moments[0],
+            "exp_avg_sq": moments[1],
             "n_updates": float(self.n_updates),
             "left_vectors": [u.cpu().numpy().copy() for u in self._left_vectors or []],
             "exact_left": self._exact_left,
@@ -350,7 +354,10 @@ class Critic:
         """Continue from ``state()`` of a critic with the same layout."""
         with self.no_graph():
             for name in ("params", "exp_avg", "exp_avg_sq"):
-                getattr(self, name).copy_(torch.as_tensor(state[name]))
+                if state[name] is None:
+                    getattr(self, name).zero_()
+                else:
+                    getattr(self, name).copy_(torch.as_tensor(state[name]))
             self.n_updates.fill_(state["n_updates"])
             for u, saved in zip(self._left_vectors or [], state["left_vectors"]):
                 u.copy_(torch.as_tensor(saved))
