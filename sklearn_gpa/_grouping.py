@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .utils import known_labels
+from .utils import known_labels, warn_at_caller
 
 __all__ = ["FlowGroups", "group_rows"]
 
@@ -70,11 +70,14 @@ def group_rows(y, source, *, conditional="auto", generative=False) -> FlowGroups
         ignored = reason if len(target_classes) > 0 else None
         return FlowGroups(None, [sources], [targets], ignored)
     if generative:
-        return FlowGroups(
-            target_classes,
-            [np.array([], dtype=int) for _ in target_classes],
-            [target_known[y[target_known] == c] for c in target_classes],
-        )
+        rows = [target_known[y[target_known] == c] for c in target_classes]
+        single = [c for c, r in zip(target_classes.tolist(), rows) if len(r) == 1]
+        if single:
+            warn_at_caller(
+                f"Classes {single} have one row each: there is no spread to learn, and "
+                "their samples are copies of that row."
+            )
+        return FlowGroups(target_classes, [np.array([], dtype=int) for _ in rows], rows)
     # Target classes without source rows need no flow.
     classes = np.intersect1d(target_classes, y[source_known])
     return FlowGroups(

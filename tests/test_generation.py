@@ -455,3 +455,15 @@ def test_sample_leaves_flows_that_did_not_move_and_other_priors_alone():
     np.testing.assert_array_equal(
         gaussian.sample(50, random_state=1), gaussian.sample(50, random_state=1, marginals=False)
     )
+
+
+def test_a_class_of_one_row_warns_that_its_samples_are_copies():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(41, 3))
+    y = np.r_[np.ones(1, int), np.zeros(40, int)]
+    with pytest.warns(UserWarning, match=r"Classes \[1\] have one row each"):
+        gpa = GPATransporter(n_steps=5, random_state=0).fit(X, y)
+    np.testing.assert_allclose(gpa.sample(3, y=[1, 1, 1], random_state=0), X[[0, 0, 0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GPATransporter(n_steps=5, random_state=0).fit(X[1:], y[1:])
