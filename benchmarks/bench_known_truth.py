@@ -82,6 +82,9 @@ from sklearn_gpa.utils import stack_domains
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 EFFECTS = ("affine", "curve", "factors", "mix")
+# Label-shift cells: halves with different ER mixes (one split per study), these effects.
+SHIFT_EFFECTS = ("affine", "factors", "mix")
+SHIFT_RATIO = 2.0
 FACTOR_RANK = dict(zip(ER_STUDIES, (1, 2, 3)))
 REAL_PAIRS = (
     ("gse1992", "gse4335"),
@@ -136,13 +139,36 @@ def batch_effect(kind, truth, rng, rank=2):
     raise ValueError(f"unknown batch effect {kind!r}")
 
 
-def split_cell(X, y, study, kind, split):
-    """One study split in halves (stratified by ER), the source half distorted."""
-    source, target = train_test_split(
-        np.arange(len(X)), test_size=0.5, stratify=y, random_state=split
-    )
-    truth = X[source]
+def label_shift_halves(y, seed, ratio=2.0, minority=0):
+    """Two halves whose ``minority``-class shares differ: the source's ``ratio`` times the
+    target's (rounded).  Returns (source, target) row indices."""
+    rng = np.random.RandomState(seed)
+    rare = rng.permutation(np.flatnonzero(y == minority))
+    common = rng.permutation(np.flatnonzero(y != minority))
+    n_s = len(y) // 2
+    n_t = len(y) - n_s
+    # rare_s / n_s = ratio * (len(rare) - rare_s) / n_t
+    rare_s = int(round(ratio * len(rare) * n_s / (n_t + ratio * n_s)))
+    if rare_s > n_s or n_s - rare_s > len(common):
+        raise ValueError(f"cannot give the source {ratio} times the target's share")
+    source = np.concatenate([rare[:rare_s], common[: n_s - rare_s]])
+    target = np.concatenate([rare[rare_s:], common[n_s - rare_s :]])
+    return np.sort(source), np.sort(target)
+
+
+def split_cell(X, y, study, kind, split, label_shift=False):
+    """One study split in halves, the source half distorted: stratified by ER, or with
+    ``label_shift`` the source half's ER- share twice the target half's
+    (:func:`label_shift_halves`; the batch effect drawn with other seeds)."""
     seed = 1000 * split + 10 * ER_STUDIES.index(study) + EFFECTS.index(kind)
+    if label_shift:
+        seed += 500
+        source, target = label_shift_halves(y, seed, SHIFT_RATIO)
+    else:
+        source, target = train_test_split(
+            np.arange(len(X)), test_size=0.5, stratify=y, random_state=split
+        )
+    truth = X[source]
     rank = FACTOR_RANK[study] if kind == "factors" else 2
     Xs, factor = batch_effect(kind, truth, np.random.RandomState(seed), rank)
     return {
@@ -282,6 +308,24 @@ REFERENCES = [
     ("ref: truth, mean/std to target", truth_restandardised),
     ("ref: factors removed exactly", factor_oracle),
 ]
+
+
+def prealign_methods(prealign):
+    """``LatentGPA`` with another ``prealign`` (each labelling), and for "mnn" the
+    pre-alignment on its own."""
+    rows = []
+    if prealign == "mnn":
+
+        def recentred(cell):
+            X, _, sd = _stacked(cell, None)
+            adjuster = MeanStdAdjuster(shrink=True, recentre="mnn").fit(X, sample_domain=sd)
+            return adjuster.transform(cell["Xs"])
+
+        rows.append(("mean/std shrunk + MNN", recentred))
+    settings = {"prealign": None if prealign == "none" else prealign}
+    for name, labels in (("labelled", "both"), ("semi-labelled", "target"), ("label-free", None)):
+        rows.append((f"LatentGPA {name}, prealign={prealign}", latent_gpa(labels, settings)))
+    return rows
 
 
 # --------------------------------------------------------------- discrepancy encoder
@@ -489,7 +533,7 @@ def summarise(rows):
     """Per effect and method, the mean of each score over studies and splits; recovery also
     relative to the best per-gene method of each cell (mean of the per-cell ratios)."""
     out = []
-    for effect in EFFECTS:
+    for effect in dict.fromkeys(row["effect"] for row in rows):
         cells = {}
         for row in rows:
             if row["effect"] == effect:
@@ -545,6 +589,17 @@ def main(argv=None):
         help="the per-gene baselines and LatentGPA with the DiscrepancyEncoder moving rows "
         'along its filters (default) and along its patterns (move_along="patterns")',
     )
+    parser.add_argument(
+        "--label-shift",
+        action="store_true",
+        help="only the label-shift cells (halves with different ER mixes)",
+    )
+    parser.add_argument(
+        "--prealign",
+        default=None,
+        help="also LatentGPA (labelled, semi-labelled, label-free) with this prealign, and "
+        'with "mnn" the pre-alignment alone (MeanStdAdjuster(shrink=True, recentre="mnn"))',
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -567,20 +622,24 @@ def main(argv=None):
             ("LatentGPA semi-labelled, patterns", latent_gpa("target", patterns)),
             ("LatentGPA label-free, patterns", latent_gpa(None, patterns)),
         ]
+    if args.prealign:
+        methods += prealign_methods(args.prealign)
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(_common.grouped_table([], CELL_COLUMNS), flush=True)
+    cells = [] if args.label_shift else [(e, s, False) for s in range(n_splits) for e in EFFECTS]
+    cells += [(e, 0, True) for e in SHIFT_EFFECTS]
     for study in () if args.real_only else ER_STUDIES:
         X, y, genes = er_study(studies, study)
-        for split in range(n_splits):
-            for effect in EFFECTS:
-                cell = split_cell(X, y, study, effect, split)
-                refs = REFERENCES if cell["rank"] else REFERENCES[:1]
-                key = {"study": study, "effect": effect, "split": split, "genes": len(genes)}
-                split_rows += run_cell(cell, methods + refs, key)
+        for effect, split, shifted in cells:
+            cell = split_cell(X, y, study, effect, split, label_shift=shifted)
+            refs = REFERENCES if cell["rank"] else REFERENCES[:1]
+            name = f"{effect}, label shift" if shifted else effect
+            key = {"study": study, "effect": name, "split": split, "genes": len(genes)}
+            split_rows += run_cell(cell, methods + refs, key)
     summary = summarise(split_rows)
     print("\n" + _common.grouped_table(summary, SUMMARY_COLUMNS, group="effect"), flush=True)
-    if not args.no_real:
+    if not (args.no_real or args.label_shift):
         print("\nreal pairs:\n" + _common.grouped_table([], REAL_COLUMNS), flush=True)
         for source, target in QUICK_REAL_PAIRS if args.quick else REAL_PAIRS:
             cell = real_pair(studies, source, target)
@@ -598,6 +657,8 @@ def main(argv=None):
             ("_groupsort", args.groupsort),
             ("_patterns", args.patterns),
             ("_real", args.real_only),
+            ("_label_shift", args.label_shift),
+            (f"_prealign_{args.prealign}", args.prealign),
         )
         if on
     )

@@ -209,12 +209,18 @@ class LatentGPA(DomainTransformer):
     latent_scale : float, default=1.0
         Codes are multiplied by this before the flow runs (useful with the transporter's
         ``standardize=False``; the authors divide PCA codes of gene data by 10).
-    prealign : {"shrunk", "meanstd"} or None, default="shrunk"
+    prealign : {"shrunk", "meanstd", "mnn"} or None, default="shrunk"
         Per-feature moment matching of all source rows to all target rows in the original
         space before encoding (integration only): ``MeanStdAdjuster(conditional=False,
         shrink=True)`` for "shrunk" (with at least 10 features; steadier with a few dozen
-        rows per side), exact matching for "meanstd".  ``residual="adjust"`` matches the
-        residuals' moments the same way.  None runs the latent flow from the raw source.
+        rows per side), exact matching for "meanstd".  "mnn" is "shrunk" followed by the
+        mutual-nearest-neighbour recentring of :func:`~sklearn_gpa.baselines.mnn_shift`
+        (``MeanStdAdjuster(conditional=False, shrink=True, recentre="mnn")``): whole-sample
+        moments assume the two sides share their mix of classes, and where they do not the
+        moment match moves rows towards the other class; the recentring measures the shift
+        on rows paired across the sides instead.  ``residual="adjust"`` matches the
+        residuals' moments the same way (keeping the recentring's off-latent part).  None
+        runs the latent flow from the raw source.
 
     Attributes
     ----------
@@ -267,7 +273,7 @@ class LatentGPA(DomainTransformer):
         "transporter": [HasMethods(["fit", "transform"]), None],
         "residual": [StrOptions({"adjust", "drop", "keep"})],
         "latent_scale": [Interval(Real, 0, None, closed="neither")],
-        "prealign": [StrOptions({"shrunk", "meanstd"}), None],
+        "prealign": [StrOptions({"shrunk", "meanstd", "mnn"}), None],
     }
 
     def __init__(
@@ -302,7 +308,11 @@ class LatentGPA(DomainTransformer):
         if source is not None and self.prealign is not None:
             # One map for all rows even with labels: per-class moments of a few dozen rows
             # are noisy, and matching them moved rows away from their own truth.
-            self.adjuster_ = MeanStdAdjuster(conditional=False, shrink=self.prealign == "shrunk")
+            self.adjuster_ = MeanStdAdjuster(
+                conditional=False,
+                shrink=self.prealign != "meanstd",
+                recentre="mnn" if self.prealign == "mnn" else None,
+            )
             X = self.adjuster_.fit_transform(X, sample_domain=sample_domain)
         self.encoder_ = self._fit_encoder(X, y, sample_domain)
         codes = self._encode(X)
@@ -352,8 +362,17 @@ class LatentGPA(DomainTransformer):
         groups = [(source, ~source)]
         if classes is not None:
             groups = [(source & (y == c), ~source & (y == c)) for c in classes]
-        shrink = self.prealign == "shrunk"
-        return [meanstd_map(residuals[s], residuals[t], shrink=shrink) for s, t in groups]
+        shrink = self.prealign in ("shrunk", "mnn")
+        maps = [meanstd_map(residuals[s], residuals[t], shrink=shrink) for s, t in groups]
+        if classes is None and self.adjuster_ is not None and self.adjuster_.recentre:
+            # The recentring moved the source rows off the target's mean on purpose:
+            # matching the residuals' means would undo its off-latent part.
+            shift = self.adjuster_.recentring_[0]
+            centre = residuals[source].mean(0, keepdims=True)
+            ends = np.vstack([centre, centre - shift])
+            off_latent = ends - self._decode(self._encode(ends))
+            maps[0] = (maps[0][0], maps[0][1] + off_latent[0] - off_latent[1])
+        return maps
 
     def _move(self, X, y):
         """Move rows through (pre-alignment,) encoder, latent flow and decoder."""
