@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 from sklearn.linear_model import RidgeClassifierCV
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils._param_validation import StrOptions
 
 from ._base import DomainTransformer, class_index
 from ._grouping import group_rows
 from .utils import known_labels
 
-__all__ = ["MeanStdAdjuster", "class_router", "meanstd_map", "mixture_shift", "mnn_shift"]
+__all__ = ["MeanStdAdjuster", "class_router", "meanstd_map", "mixture_shift"]
 
 
 def _spread(rows):
@@ -90,104 +90,29 @@ def _posterior_mean(effects, noise, mask):
     return np.where(mask, effects - step, effects)
 
 
-def mnn_shift(source, target, *, n_components=10, n_neighbors=20, n_iter=3):
-    """Per-feature shift carrying ``source`` rows onto their mutual nearest target neighbours.
-
-    Meant for source rows already moment-matched to the target (:func:`meanstd_map`).
-    Matching whole-sample moments assumes both sides have the same composition: when the
-    source holds a larger share of one class than the target (a *label shift*), matching
-    the means also moves every row part of the way towards the other class.  Mutual nearest
-    neighbours (Haghverdi et al. 2018) pair rows of the same kind across the two sides
-    whatever the mix, so the mean difference over the pairs measures what is left of the
-    batch effect rather than the difference in composition.
-
-    Both sides are scaled by the target's per-feature spread and reduced to the
-    ``n_components`` leading principal components of the pooled rows; a source row and a
-    target row form a pair when each is among the other's ``n_neighbors`` nearest
-    neighbours there.  The mean code difference over the pairs, mapped back to the
-    features, is the shift; it is applied and the pairing redone ``n_iter`` times (a
-    nearest neighbour sits on the near side of its cluster, so one round undershoots).
-    The shift lies in the span of those components: per-feature noise is left alone.
-
-    Parameters
-    ----------
-    source, target : ndarray of shape (n_source, n_features), (n_target, n_features)
-        The (pre-aligned) source rows and the target rows.
-    n_components : int, default=10
-        Principal components in which rows are paired and the shift is measured.
-    n_neighbors : int, default=20
-        Neighbours searched on each side (fastMNN's default).
-    n_iter : int, default=3
-        Rounds of pairing and shifting.
-
-    Returns
-    -------
-    shift : ndarray of shape (n_features,)
-        Add it to the source rows; zeros when no pair is found.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_gpa.baselines import meanstd_map, mnn_shift
-    >>> rng = np.random.RandomState(0)
-    >>> centres = np.array([[-3.0] * 20, [3.0] * 20])
-    >>> ys, yt = np.repeat([0, 1], [90, 30]), np.repeat([0, 1], [30, 90])
-    >>> source = centres[ys] + rng.normal(size=(120, 20)) + 5.0  # batch: +5 on every gene
-    >>> target = centres[yt] + rng.normal(size=(120, 20))
-    >>> a, b = meanstd_map(source, target)
-    >>> aligned = source * a + b  # both clusters pulled towards the target's mix
-    >>> moved = aligned + mnn_shift(aligned, target)
-    >>> err = lambda rows: float(np.abs(rows[ys == 0].mean() - target[yt == 0].mean()))
-    >>> err(moved) < 0.5 < err(aligned)
-    True
-    """
-    source = np.asarray(source, dtype=float)
-    target = np.asarray(target, dtype=float)
-    scale = _spread(target)
-    scale = np.where(scale > 0, scale, 1.0)
-    shift = np.zeros(source.shape[1])
-    n_components = min(n_components, len(source) + len(target) - 1, source.shape[1])
-    k = min(n_neighbors, len(source), len(target))
-    if n_components < 1 or k < 1:
-        return shift
-    for _ in range(n_iter):
-        rows_s, rows_t = (source + shift) / scale, target / scale
-        pooled = np.vstack([rows_s, rows_t])
-        centre = pooled.mean(0)
-        _, _, basis = np.linalg.svd(pooled - centre, full_matrices=False)
-        basis = basis[:n_components]
-        codes_s, codes_t = (rows_s - centre) @ basis.T, (rows_t - centre) @ basis.T
-        near_t = NearestNeighbors(n_neighbors=k).fit(codes_t).kneighbors(codes_s)[1]
-        near_s = NearestNeighbors(n_neighbors=k).fit(codes_s).kneighbors(codes_t)[1]
-        mutual = np.zeros((len(source), len(target)), dtype=bool)
-        mutual[np.repeat(np.arange(len(source)), k), near_t.ravel()] = True
-        back = np.zeros_like(mutual)
-        back[near_s.ravel(), np.repeat(np.arange(len(target)), k)] = True
-        pairs_s, pairs_t = np.nonzero(mutual & back)
-        if len(pairs_s) == 0:
-            break
-        step = (codes_t[pairs_t] - codes_s[pairs_s]).mean(0)
-        shift = shift + (step @ basis) * scale
-    return shift
-
-
-def mixture_shift(
-    source, target, target_labels, *, n_components=10, n_iter=200, free_spread=True, fisher=False
-):
-    """Per-feature shift that gives moment-matched ``source`` rows their own mix of classes.
+def mixture_shift(source, target, target_labels, *, n_components=10, n_iter=200):
+    """Per-feature shift that gives moment-matched ``source`` rows back their own class mix.
 
     Meant for source rows already moment-matched to the target (:func:`meanstd_map`), with
-    class labels known on the target rows only (the semi-labelled case).  Matching the
-    means assumes both sides have the same mix of classes; when the source holds a larger
-    share of one class (a *label shift*) the match moves its rows towards the other class.
-    This estimates the source's class proportions and its offset jointly: in the span of
-    the target's class-mean contrasts (within the ``n_components`` leading principal
-    components of the pooled rows, both sides scaled by the target's per-feature spread)
-    the source rows are fitted by expectation-maximisation as a mixture of the target's
-    classes, each a normal with the class's mean and the pooled within-class covariance,
-    with free proportions and one common offset (Saerens et al. 2002 estimate the
-    proportions with a classifier; here the classes' own distributions are used).  The
-    shift removes that offset.  Rows are left alone outside the contrasts' span.
+    class labels known on the target rows only (the semi-labelled case).  Matching whole
+    sample means assumes both sides hold the same mix of classes; when the source holds a
+    larger share of one class (a *label shift*), the match moves every source row towards
+    the other class.  This estimates the source's class proportions and its offset
+    jointly, in the few directions that separate the target's classes, and removes the
+    offset there.
+
+    Both sides are scaled by the target's per-feature spread and reduced to the
+    ``n_components`` leading principal components of the pooled rows; these are whitened
+    by the target's within-class covariance, and the span of the target's class-mean
+    contrasts there (the discriminant directions, ``n_classes - 1`` of them) is kept.  In
+    that span the source rows are fitted by expectation-maximisation as a mixture of the
+    target's classes: normals centred on the target's class means plus one common offset,
+    with the target's within-class covariance and free proportions, from several starting
+    proportions (the most likely fit is kept).  Saerens et al. (2002) estimate the
+    proportions with a classifier's posteriors; here the classes' own distributions are
+    used, which needs no calibrated classifier and also gives the offset.  Rows are left
+    alone outside that span.  The estimate is only as good as the classes' separation
+    along the discriminant directions in the source study.
 
     Parameters
     ----------
@@ -196,97 +121,112 @@ def mixture_shift(
     target_labels : array-like of shape (n_target,)
         The target rows' classes; -1, NaN or None mark unknown ones (not used).
     n_components : int, default=10
-        Principal components of the pooled rows in which the contrasts are taken.
+        Principal components of the pooled rows in which the discriminant directions are
+        taken.
     n_iter : int, default=200
         Most expectation-maximisation rounds.
 
     Returns
     -------
     shift : ndarray of shape (n_features,)
-        Add it to the source rows; zeros with fewer than two known target classes.
+        Add it to the source rows; zeros with fewer than two known target classes (each of
+        at least two rows) or fewer than two source rows.
     proportions : ndarray of shape (n_classes,)
         The source's estimated class proportions, in the order of ``np.unique`` of the known
-        target labels (empty with fewer than two classes).
+        target labels (the target's own proportions where no shift was estimated).
 
     Examples
     --------
     >>> import numpy as np
     >>> from sklearn_gpa.baselines import meanstd_map, mixture_shift
     >>> rng = np.random.RandomState(0)
-    >>> centres = np.array([[-3.0] * 20, [3.0] * 20])
+    >>> centres = np.array([[-2.0] * 20, [2.0] * 20])
     >>> ys, yt = np.repeat([0, 1], [90, 30]), np.repeat([0, 1], [30, 90])
     >>> source = centres[ys] + rng.normal(size=(120, 20)) + 5.0  # batch: +5 on every gene
     >>> target = centres[yt] + rng.normal(size=(120, 20))
     >>> a, b = meanstd_map(source, target)
-    >>> aligned = source * a + b  # both clusters pulled towards the target's mix
+    >>> aligned = source * a + b  # both classes pulled towards the target's mix
     >>> shift, proportions = mixture_shift(aligned, target, yt)
     >>> proportions.round(2).tolist()
     [0.75, 0.25]
-    >>> err = lambda rows: float(np.abs(rows[ys == 0].mean() - target[yt == 0].mean()))
-    >>> err(aligned + shift) < 0.5 < err(aligned)
-    True
+    >>> gap = lambda rows: round(float(rows[ys == 0].mean() - target[yt == 0].mean()), 1)
+    >>> gap(aligned), gap(aligned + shift)
+    (2.0, 0.0)
     """
     source = np.asarray(source, dtype=float)
     target = np.asarray(target, dtype=float)
     target_labels = np.asarray(target_labels)
     known = known_labels(target_labels)
-    classes = np.unique(target_labels[known])
+    labels = target_labels[known]
+    classes, counts = np.unique(labels, return_counts=True)
     shift = np.zeros(source.shape[1])
-    if len(classes) < 2 or len(source) < 2:
-        return shift, np.array([]) if len(classes) < 2 else np.full(len(classes), np.nan)
+    weights = counts / max(counts.sum(), 1)
+    if len(classes) < 2 or counts.min() < 2 or len(source) < 2:
+        return shift, weights
     scale = _spread(target)
     scale = np.where(scale > 0, scale, 1.0)
     rows_s, rows_t = source / scale, target[known] / scale
-    labels = target_labels[known]
     pooled = np.vstack([rows_s, rows_t])
     centre = pooled.mean(0)
     n_components = max(1, min(n_components, len(pooled) - 1, source.shape[1]))
-    basis = np.linalg.svd(pooled - centre, full_matrices=False)[2][:n_components]
-    codes_s, codes_t = (rows_s - centre) @ basis.T, (rows_t - centre) @ basis.T
-    if fisher:
-        # Whiten by the target's within-class covariance: the contrasts become the
-        # discriminant (Fisher) directions, along which the classes separate best.
-        index = np.searchsorted(classes, labels)
-        centred = codes_t - np.array([codes_t[labels == c].mean(0) for c in classes])[index]
-        within = centred.T @ centred / max(len(codes_t) - len(classes), 1)
-        values, vectors = np.linalg.eigh(within)
-        values = np.maximum(values, 1e-6 * values.max())
-        whiten = vectors / np.sqrt(values)
-        codes_s, codes_t = codes_s @ whiten, codes_t @ whiten
-        basis = whiten.T @ basis  # codes = (rows - centre) @ basis.T still
-    means = np.array([codes_t[labels == c].mean(0) for c in classes])
-    # The contrasts' span (rank n_classes - 1), orthonormal.
+    axes = np.linalg.svd(pooled - centre, full_matrices=False)[2][:n_components]
+    codes_s, codes_t = (rows_s - centre) @ axes.T, (rows_t - centre) @ axes.T
+    index = np.searchsorted(classes, labels)
+    centred = codes_t - np.array([codes_t[index == k].mean(0) for k in range(len(classes))])[index]
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(codes_t) - len(classes), 1))
+    whiten = vectors / np.sqrt(np.maximum(values, 1e-6 * max(values.max(), 1e-300)))
+    codes_s, codes_t = codes_s @ whiten, codes_t @ whiten
+    means = np.array([codes_t[index == k].mean(0) for k in range(len(classes))])
     span = np.linalg.svd(means - means.mean(0), full_matrices=False)[2][: len(classes) - 1]
-    u_s, u_t, mu = codes_s @ span.T, codes_t @ span.T, means @ span.T
-    within = u_t - mu[np.searchsorted(classes, labels)]
-    cov = within.T @ within / max(len(u_t) - len(classes), 1)
-    cov += 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
-    precision = np.linalg.inv(cov)
-    weights = np.array([np.mean(labels == c) for c in classes])
-    offset = np.zeros(len(span))
-    for _ in range(n_iter):
-        gaps = u_s[:, None, :] - mu[None] - offset  # (n_source, n_classes, r)
-        log_like = -0.5 * np.einsum("ikr,rq,ikq->ik", gaps, precision, gaps)
-        log_post = log_like + np.log(np.maximum(weights, 1e-12))
-        log_post -= log_post.max(1, keepdims=True)
-        post = np.exp(log_post)
-        post /= post.sum(1, keepdims=True)
-        new_weights = post.mean(0)
-        # One common covariance: the offset is the responsibility-weighted mean gap.
-        new_offset = np.einsum("ik,ikr->r", post, u_s[:, None, :] - mu[None]) / len(u_s)
-        if free_spread:
-            gaps = u_s[:, None, :] - mu[None] - new_offset
-            cov = np.einsum("ik,ikr,ikq->rq", post, gaps, gaps) / len(u_s)
-            cov += 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
-            precision = np.linalg.inv(cov)
-        done = (
-            np.abs(new_offset - offset).max() < 1e-8 and np.abs(new_weights - weights).max() < 1e-8
-        )
-        weights, offset = new_weights, new_offset
-        if done:
-            break
-    shift = -((offset @ span) @ np.linalg.pinv(basis).T) * scale
+    u_s, mu = codes_s @ span.T, means @ span.T
+    # EM has local optima (all rows in one broad class): start from several mixes, each
+    # with the offset that matches the source's mean, and keep the most likely fit.
+    best = (-np.inf, weights, np.zeros(len(span)))
+    for start in _mixture_starts(weights):
+        fit = _fit_offset_mixture(u_s, mu, start, u_s.mean(0) - start @ mu, n_iter)
+        if fit[0] > best[0]:
+            best = fit
+    _, weights, offset = best
+    # Back from the whitened span to the features: codes = (rows - centre) @ (whiten.T @
+    # axes).T, so a code offset is a row offset of offset @ pinv(whiten.T @ axes).T.
+    back = np.linalg.pinv(whiten.T @ axes)
+    shift = -(back @ (span.T @ offset)) * scale
     return shift, weights
+
+
+def _mixture_starts(weights):
+    """Starting mixes: the target's, even, and each class holding 80 % or 20 % of rows."""
+    k = len(weights)
+    starts = [weights, np.full(k, 1 / k)]
+    for share in (0.8, 0.2):
+        for c in range(k):
+            start = np.full(k, (1 - share) / (k - 1))
+            start[c] = share
+            starts.append(start)
+    return starts
+
+
+def _fit_offset_mixture(u, means, weights, offset, n_iter):
+    """EM for rows ``u`` ~ sum_k w_k N(means_k + offset, I): (log-likelihood, w, offset).
+
+    The weights and one common offset are fitted; the means and the (identity) covariance
+    stay fixed.  A free covariance let one broad class absorb every row where per-sample
+    batch factors widened the source along the class directions.
+    """
+    n = len(u)
+    log_like = -np.inf
+    for _ in range(n_iter):
+        gaps = u[:, None, :] - means[None] - offset  # (n, n_classes, r)
+        log_joint = np.log(np.maximum(weights, 1e-300)) - 0.5 * np.sum(gaps**2, axis=2)
+        top = log_joint.max(1, keepdims=True)
+        total = top[:, 0] + np.log(np.exp(log_joint - top).sum(1))
+        previous, log_like = log_like, float(total.sum())
+        if log_like - previous < 1e-9 * abs(log_like):
+            break
+        post = np.exp(log_joint - total[:, None])
+        weights = post.mean(0)
+        offset = np.einsum("ik,ikr->r", post, u[:, None, :] - means[None]) / n
+    return log_like, weights, offset
 
 
 def class_router(rows, labels, n_neighbors=5, cv=5):
@@ -379,13 +319,15 @@ class MeanStdAdjuster(DomainTransformer):
         as ComBat does (see :func:`meanstd_map`): steadier with few rows and many features,
         such as gene expression.  False matches every feature's moments exactly (the
         papers' baseline).
-    recentre : {"mnn"} or None, default=None
-        "mnn": after the moment match, shift the source rows (of each class) by
-        :func:`mnn_shift`, the mean difference between mutual nearest neighbours of the
-        two sides, so that a source with another mix of classes than the target keeps its
-        own mix instead of being pulled onto the target's mean.  Advice: use it when the
-        class proportions may differ between the studies and the classes separate in the
-        leading principal components; with the same mix on both sides it only adds noise.
+    recentre : {"mixture"} or None, default=None
+        "mixture": with labels on the target rows (source labels, if any, are not
+        used) and one map for all rows, shift the moment-matched source rows by
+        :func:`mixture_shift`, so that a source with another mix of classes than the
+        target keeps its own mix instead of being pulled onto the target's mean along the
+        directions that separate the classes.  Without target labels, or with one map per
+        class, it changes nothing.  Advice: use it when the studies' class proportions may
+        differ and the classes separate clearly in the leading principal components; it
+        relies on that separation holding in the source study too.
 
     Attributes
     ----------
@@ -410,22 +352,23 @@ class MeanStdAdjuster(DomainTransformer):
     >>> bool(np.allclose(out[sd >= 0].mean(0), out[sd < 0].mean(0)))
     True
 
-    With another mix of two classes on each side, ``recentre="mnn"`` keeps the source's
-    own mix (its mean stays off the target's):
+    With labels on the target only and another mix of two classes on each side,
+    ``recentre="mixture"`` keeps the source's own mix (its mean stays off the target's):
 
-    >>> centres = np.array([[-3.0] * 20, [3.0] * 20])
+    >>> centres = np.array([[-2.0] * 20, [2.0] * 20])
     >>> ys, yt = np.repeat([0, 1], [90, 30]), np.repeat([0, 1], [30, 90])
     >>> Xs = centres[ys] + rng.normal(size=(120, 20)) + 5.0
-    >>> X, _, sd = stack_domains(Xs, centres[yt] + rng.normal(size=(120, 20)))
-    >>> out = MeanStdAdjuster(recentre="mnn").fit_transform(X, sample_domain=sd)
-    >>> round(float(out[sd >= 0].mean() - out[sd < 0].mean()), 1)  # truth: -3.0
-    -2.9
+    >>> Xt = centres[yt] + rng.normal(size=(120, 20))
+    >>> X, y, sd = stack_domains(Xs, Xt, np.full(120, -1), yt)
+    >>> out = MeanStdAdjuster(recentre="mixture").fit_transform(X, y, sample_domain=sd)
+    >>> round(float(out[sd >= 0].mean() - out[sd < 0].mean()), 1)  # truth: -2.0
+    -2.0
     """
 
     _parameter_constraints = {
         "conditional": [StrOptions({"auto"}), "boolean"],
         "shrink": ["boolean"],
-        "recentre": [StrOptions({"mnn", "mixture"}), None],
+        "recentre": [StrOptions({"mixture"}), None],
     }
 
     def __init__(self, conditional="auto", *, shrink=False, recentre=None):
@@ -447,9 +390,7 @@ class MeanStdAdjuster(DomainTransformer):
         for k, ((a, b), s, t) in enumerate(zip(maps, groups.sources, groups.targets)):
             if not (len(s) and len(t)):
                 continue
-            if self.recentre == "mnn":
-                recentring[k] = mnn_shift(X[s] * a + b, X[t])
-            elif self.recentre == "mixture" and self.classes_ is None and y is not None:
+            if self.recentre == "mixture" and self.classes_ is None and y is not None:
                 recentring[k] = mixture_shift(X[s] * a + b, X[t], y[t])[0]
         self.router_ = None
         if self.classes_ is not None:
