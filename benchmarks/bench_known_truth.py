@@ -17,6 +17,11 @@ study and split (gene sd and mean are those of the source half):
   gene-wise shifts ``N(0, 0.5)`` gene sds;
 * ``mix``: factors of rank 2, then the curve, then the per-gene affine effect.
 
+Label-shift cells (one split per study; effects ``affine``, ``factors``, ``mix``): the halves
+are drawn so that the source half's ER- share is twice the target half's (GSE1992 54 % / 28 %,
+GSE3143 41 % / 20 %, GSE4335 38 % / 18 %; :func:`label_shift_halves`), so per-gene means differ
+between the halves for biological reasons too; every row's truth is still known.
+
 Then the real study pairs (no row truth): GSE1992 <-> GSE4335, GSE3143 <-> GSE4335, GSE1992
 <-> GSE3143 on their shared genes.
 
@@ -44,14 +49,18 @@ Scores:
   method matched the target sample's own noise;
 * ``seconds``: fit + transform.
 
+``--prealign P`` adds ``LatentGPA`` labelled, semi-labelled and label-free with
+``prealign=P`` (and, for ``mixture``, the semi-labelled pre-alignment on its own) to compare
+with the default.  ``--label-shift`` runs the label-shift cells only.
+
 ``--settings`` runs, instead of the default methods, the per-gene baselines and the
 non-default ``LatentGPA`` settings of :func:`settings_methods` (the search for defaults that
 keep each row's identity) on the same cells.
 
 Run: ``python benchmarks/bench_known_truth.py [--quick] [--settings] [--splits N]
-[--no-real | --real-only]``
+[--no-real | --real-only | --label-shift] [--prealign P]``
 (``--quick``: one split, two real pairs; a few minutes).  Writes
-``benchmarks/results/bench_known_truth{_quick}{_settings}.{json,md}``.
+``benchmarks/results/bench_known_truth{_quick}{_settings}...{_prealign_P}.{json,md}``.
 """
 
 from __future__ import annotations
@@ -82,6 +91,9 @@ from sklearn_gpa.utils import stack_domains
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 EFFECTS = ("affine", "curve", "factors", "mix")
+# Label-shift cells: halves with different ER mixes (one split per study), these effects.
+SHIFT_EFFECTS = ("affine", "factors", "mix")
+SHIFT_RATIO = 2.0
 FACTOR_RANK = dict(zip(ER_STUDIES, (1, 2, 3)))
 REAL_PAIRS = (
     ("gse1992", "gse4335"),
@@ -136,13 +148,36 @@ def batch_effect(kind, truth, rng, rank=2):
     raise ValueError(f"unknown batch effect {kind!r}")
 
 
-def split_cell(X, y, study, kind, split):
-    """One study split in halves (stratified by ER), the source half distorted."""
-    source, target = train_test_split(
-        np.arange(len(X)), test_size=0.5, stratify=y, random_state=split
-    )
-    truth = X[source]
+def label_shift_halves(y, seed, ratio=2.0, minority=0):
+    """Two halves whose ``minority``-class shares differ: the source's ``ratio`` times the
+    target's (rounded).  Returns (source, target) row indices."""
+    rng = np.random.RandomState(seed)
+    rare = rng.permutation(np.flatnonzero(y == minority))
+    common = rng.permutation(np.flatnonzero(y != minority))
+    n_s = len(y) // 2
+    n_t = len(y) - n_s
+    # rare_s / n_s = ratio * (len(rare) - rare_s) / n_t
+    rare_s = int(round(ratio * len(rare) * n_s / (n_t + ratio * n_s)))
+    if rare_s > n_s or n_s - rare_s > len(common):
+        raise ValueError(f"cannot give the source {ratio} times the target's share")
+    source = np.concatenate([rare[:rare_s], common[: n_s - rare_s]])
+    target = np.concatenate([rare[rare_s:], common[n_s - rare_s :]])
+    return np.sort(source), np.sort(target)
+
+
+def split_cell(X, y, study, kind, split, label_shift=False):
+    """One study split in halves, the source half distorted: stratified by ER, or with
+    ``label_shift`` the source half's ER- share twice the target half's
+    (:func:`label_shift_halves`; the batch effect drawn with other seeds)."""
     seed = 1000 * split + 10 * ER_STUDIES.index(study) + EFFECTS.index(kind)
+    if label_shift:
+        seed += 500
+        source, target = label_shift_halves(y, seed, SHIFT_RATIO)
+    else:
+        source, target = train_test_split(
+            np.arange(len(X)), test_size=0.5, stratify=y, random_state=split
+        )
+    truth = X[source]
     rank = FACTOR_RANK[study] if kind == "factors" else 2
     Xs, factor = batch_effect(kind, truth, np.random.RandomState(seed), rank)
     return {
@@ -282,6 +317,24 @@ REFERENCES = [
     ("ref: truth, mean/std to target", truth_restandardised),
     ("ref: factors removed exactly", factor_oracle),
 ]
+
+
+def prealign_methods(prealign):
+    """``LatentGPA`` with another ``prealign`` (each labelling), and for "mixture" the
+    pre-alignment on its own, semi-labelled (ER on the target rows only)."""
+    rows = []
+    if prealign == "mixture":
+
+        def recentred(cell):
+            X, y, sd = _stacked(cell, "target")
+            adjuster = MeanStdAdjuster(shrink=True, recentre="mixture")
+            return adjuster.fit(X, y, sample_domain=sd).transform(cell["Xs"])
+
+        rows.append(("mean/std shrunk + mixture, semi-labelled", recentred))
+    settings = {"prealign": None if prealign == "none" else prealign}
+    for name, labels in (("labelled", "both"), ("semi-labelled", "target"), ("label-free", None)):
+        rows.append((f"LatentGPA {name}, prealign={prealign}", latent_gpa(labels, settings)))
+    return rows
 
 
 # --------------------------------------------------------------- discrepancy encoder
@@ -489,7 +542,7 @@ def summarise(rows):
     """Per effect and method, the mean of each score over studies and splits; recovery also
     relative to the best per-gene method of each cell (mean of the per-cell ratios)."""
     out = []
-    for effect in EFFECTS:
+    for effect in dict.fromkeys(row["effect"] for row in rows):
         cells = {}
         for row in rows:
             if row["effect"] == effect:
@@ -545,6 +598,17 @@ def main(argv=None):
         help="the per-gene baselines and LatentGPA with the DiscrepancyEncoder moving rows "
         'along its filters (default) and along its patterns (move_along="patterns")',
     )
+    parser.add_argument(
+        "--label-shift",
+        action="store_true",
+        help="only the label-shift cells (halves with different ER mixes)",
+    )
+    parser.add_argument(
+        "--prealign",
+        default=None,
+        help="also LatentGPA (labelled, semi-labelled, label-free) with this prealign, and "
+        'with "mixture" the pre-alignment alone, semi-labelled',
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -567,20 +631,24 @@ def main(argv=None):
             ("LatentGPA semi-labelled, patterns", latent_gpa("target", patterns)),
             ("LatentGPA label-free, patterns", latent_gpa(None, patterns)),
         ]
+    if args.prealign:
+        methods += prealign_methods(args.prealign)
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(_common.grouped_table([], CELL_COLUMNS), flush=True)
+    cells = [] if args.label_shift else [(e, s, False) for s in range(n_splits) for e in EFFECTS]
+    cells += [(e, 0, True) for e in SHIFT_EFFECTS]
     for study in () if args.real_only else ER_STUDIES:
         X, y, genes = er_study(studies, study)
-        for split in range(n_splits):
-            for effect in EFFECTS:
-                cell = split_cell(X, y, study, effect, split)
-                refs = REFERENCES if cell["rank"] else REFERENCES[:1]
-                key = {"study": study, "effect": effect, "split": split, "genes": len(genes)}
-                split_rows += run_cell(cell, methods + refs, key)
+        for effect, split, shifted in cells:
+            cell = split_cell(X, y, study, effect, split, label_shift=shifted)
+            refs = REFERENCES if cell["rank"] else REFERENCES[:1]
+            name = f"{effect}, label shift" if shifted else effect
+            key = {"study": study, "effect": name, "split": split, "genes": len(genes)}
+            split_rows += run_cell(cell, methods + refs, key)
     summary = summarise(split_rows)
     print("\n" + _common.grouped_table(summary, SUMMARY_COLUMNS, group="effect"), flush=True)
-    if not args.no_real:
+    if not (args.no_real or args.label_shift):
         print("\nreal pairs:\n" + _common.grouped_table([], REAL_COLUMNS), flush=True)
         for source, target in QUICK_REAL_PAIRS if args.quick else REAL_PAIRS:
             cell = real_pair(studies, source, target)
@@ -598,6 +666,8 @@ def main(argv=None):
             ("_groupsort", args.groupsort),
             ("_patterns", args.patterns),
             ("_real", args.real_only),
+            ("_label_shift", args.label_shift),
+            (f"_prealign_{args.prealign}", args.prealign),
         )
         if on
     )

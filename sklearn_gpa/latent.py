@@ -213,12 +213,19 @@ class LatentGPA(DomainTransformer):
     latent_scale : float, default=1.0
         Codes are multiplied by this before the flow runs (useful with the transporter's
         ``standardize=False``; the authors divide PCA codes of gene data by 10).
-    prealign : {"shrunk", "meanstd"} or None, default="shrunk"
+    prealign : {"shrunk", "meanstd", "mixture"} or None, default="shrunk"
         Per-feature moment matching of all source rows to all target rows in the original
         space before encoding (integration only): ``MeanStdAdjuster(conditional=False,
         shrink=True)`` for "shrunk" (with at least 10 features; steadier with a few dozen
-        rows per side), exact matching for "meanstd".  ``residual="adjust"`` matches the
-        residuals' moments the same way.  None runs the latent flow from the raw source.
+        rows per side), exact matching for "meanstd".  "mixture" is "shrunk" followed, when
+        the target rows carry labels, by the recentring of
+        :func:`~sklearn_gpa.baselines.mixture_shift` (``MeanStdAdjuster(conditional=False,
+        shrink=True, recentre="mixture")``): whole-sample moments assume both sides hold
+        the same mix of classes, and where they do not the moment match moves rows towards
+        the other class; the recentring estimates the source's own mix and offset along the
+        directions that separate the target's classes.  ``residual="adjust"`` matches the
+        residuals' moments the same way (keeping the recentring's off-latent part).  None
+        runs the latent flow from the raw source.
     sample_alignment : {"auto", "always"} or None, default="auto"
         Per-sample alignment before ``prealign`` (integration only): each source row's
         mean and log standard deviation across features (its overall level and spread: an
@@ -285,7 +292,7 @@ class LatentGPA(DomainTransformer):
         "transporter": [HasMethods(["fit", "transform"]), None],
         "residual": [StrOptions({"adjust", "drop", "keep"})],
         "latent_scale": [Interval(Real, 0, None, closed="neither")],
-        "prealign": [StrOptions({"shrunk", "meanstd"}), None],
+        "prealign": [StrOptions({"shrunk", "meanstd", "mixture"}), None],
         "sample_alignment": [StrOptions({"auto", "always"}), None],
     }
 
@@ -330,8 +337,13 @@ class LatentGPA(DomainTransformer):
         if source is not None and self.prealign is not None:
             # One map for all rows even with labels: per-class moments of a few dozen rows
             # are noisy, and matching them moved rows away from their own truth.
-            self.adjuster_ = MeanStdAdjuster(conditional=False, shrink=self.prealign == "shrunk")
-            X = self.adjuster_.fit_transform(X, sample_domain=sample_domain)
+            self.adjuster_ = MeanStdAdjuster(
+                conditional=False,
+                shrink=self.prealign != "meanstd",
+                recentre="mixture" if self.prealign == "mixture" else None,
+            )
+            labels = y if self.prealign == "mixture" else None  # the recentring's classes
+            X = self.adjuster_.fit_transform(X, labels, sample_domain=sample_domain)
         self.encoder_ = self._fit_encoder(X, y, sample_domain)
         codes = self._encode(X)
         self.n_components_ = codes.shape[1]
@@ -380,8 +392,24 @@ class LatentGPA(DomainTransformer):
         groups = [(source, ~source)]
         if classes is not None:
             groups = [(source & (y == c), ~source & (y == c)) for c in classes]
-        shrink = self.prealign == "shrunk"
-        return [meanstd_map(residuals[s], residuals[t], shrink=shrink) for s, t in groups]
+        shrink = self.prealign in ("shrunk", "mixture")
+        recentred = np.zeros(residuals.shape[1])
+        if classes is None and self.adjuster_ is not None and self.adjuster_.recentre:
+            # The recentring moved the source rows off the target's mean on purpose: its
+            # off-latent part is matched out of the source residuals, then added back.
+            shift = self.adjuster_.recentring_[0]
+            centre = residuals[source].mean(0, keepdims=True)
+            ends = np.vstack([centre, centre - shift])
+            off_latent = ends - self._decode(self._encode(ends))
+            recentred = off_latent[0] - off_latent[1]
+        maps = []
+        for k, (s, t) in enumerate(groups):
+            if k == 0 and recentred.any():
+                a, b = meanstd_map(residuals[s] - recentred, residuals[t], shrink=shrink)
+                maps.append((a, b + (1 - a) * recentred))
+            else:
+                maps.append(meanstd_map(residuals[s], residuals[t], shrink=shrink))
+        return maps
 
     def _move(self, X, y):
         """Move rows through (pre-alignment,) encoder, latent flow and decoder."""
