@@ -237,6 +237,10 @@ class LatentGPA(DomainTransformer):
         rows' beyond noise (variance at least 4 times, Brown-Forsythe test at 0.01): two
         samples of one study do not, a per-sample brightness effect does.  "always" does it
         whenever the data allow; None never.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the flow: the default transporter's, or that of a transporter you pass whose
+        own ``random_state`` is None (one you seeded keeps its seed).  An int makes
+        ``fit`` reproducible; None draws a new flow each time, as the transporter does.
 
     Attributes
     ----------
@@ -294,6 +298,7 @@ class LatentGPA(DomainTransformer):
         "latent_scale": [Interval(Real, 0, None, closed="neither")],
         "prealign": [StrOptions({"shrunk", "meanstd", "mixture"}), None],
         "sample_alignment": [StrOptions({"auto", "always"}), None],
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -305,6 +310,7 @@ class LatentGPA(DomainTransformer):
         latent_scale=1.0,
         prealign="shrunk",
         sample_alignment="auto",
+        random_state=None,
     ):
         self.encoder = encoder
         self.transporter = transporter
@@ -312,6 +318,7 @@ class LatentGPA(DomainTransformer):
         self.latent_scale = latent_scale
         self.prealign = prealign
         self.sample_alignment = sample_alignment
+        self.random_state = random_state
 
     def _fit(self, X, y, source):
         """Fit the encoder on all rows, then the flow on the codes."""
@@ -320,6 +327,8 @@ class LatentGPA(DomainTransformer):
             if self.transporter is None
             else clone(self.transporter)
         )
+        if self.random_state is not None and transporter.random_state is None:
+            transporter.set_params(random_state=self.random_state)
         if transporter.standardize in ("auto", True):
             # Codes share the encoder's unit: a per-feature scale would whiten them.
             transporter.set_params(standardize="common")

@@ -691,3 +691,14 @@ def test_sample_alignment_names_a_bad_setting():
     X, _, sd = stack_domains(distorted, target)
     with pytest.raises(ValueError, match="sample_alignment"):
         LatentGPA(sample_alignment="yes").fit(X, sample_domain=sd)
+
+
+def test_random_state_makes_fit_reproducible_and_keeps_a_seeded_transporter():
+    distorted, _, target = _factor_pair(rank=2, n=60, d=30)
+    X, _, sd = stack_domains(distorted, target)
+    first, again = (LatentGPA(random_state=3).fit_transform(X, sample_domain=sd) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert LatentGPA(random_state=3).fit(X, sample_domain=sd).transporter_.random_state == 3
+    seeded = LatentGPA(transporter=GPATransporter(random_state=7), random_state=3)
+    assert seeded.fit(X, sample_domain=sd).transporter_.random_state == 7
+    assert seeded.transporter.random_state == 7  # the parameter itself is left alone
