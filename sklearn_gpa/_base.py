@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_magnitude, check_sample_domain
+from .utils import check_magnitude, check_sample_domain, known_labels
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -62,6 +63,9 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             y = np.asarray(y)
             if y.shape != (X.shape[0],):
                 raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
+            # Class labels, as a classifier takes them: a continuous target would make one
+            # class (and flow) per distinct value.  Unknown labels (-1, NaN) are left out.
+            check_classification_targets(y[known_labels(y)])
         return X, y, source
 
     def _validate_rows(self, X):

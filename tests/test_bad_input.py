@@ -83,6 +83,37 @@ def test_labels_of_the_wrong_shape_are_named(estimator):
         fitted.transform(X, Y[:, None])
 
 
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("entry", ["fit", "fit_transform"])
+def test_a_continuous_y_is_not_taken_as_class_labels(estimator, entry):
+    """A regression target would make one class (and flow) per distinct value."""
+    continuous = X[:, 0].copy()
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        getattr(estimator, entry)(X, continuous, sample_domain=SD)
+    # Also with skada's unknown-label markers among the values.
+    continuous[::3] = -1
+    continuous[1::3] = np.nan
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        getattr(estimator, entry)(X, continuous, sample_domain=SD)
+
+
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+def test_unknown_labels_are_not_a_continuous_target(estimator):
+    """-1 and NaN (skada's unknown labels) next to whole-number float classes still fit."""
+    labels = (np.arange(60) % 2).astype(float)
+    labels[~(SD >= 0)] = -1
+    labels[np.flatnonzero(SD < 0)[::2]] = np.nan
+    fitted = estimator.fit(X, labels, sample_domain=SD)
+    assert fitted.transform(X[SD >= 0], sample_domain=SD[SD >= 0]).shape == (30, 3)
+
+
+def test_generation_rejects_a_continuous_y():
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        GPATransporter(n_steps=2, random_state=0).fit(XT, XT[:, 0])
+    generator = GPATransporter(n_steps=2, random_state=0).fit(XT, np.arange(30) % 2 - 1.0)
+    assert generator.classes_.tolist() == [0.0]
+
+
 @pytest.mark.parametrize("n_samples", [0, -1, 2.5, "3", None, True])
 def test_sample_count_is_checked(n_samples):
     generator = GPATransporter(n_steps=2, random_state=0).fit(XT)

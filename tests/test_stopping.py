@@ -72,6 +72,50 @@ def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_par
     assert np.all((ratio.numpy() > 0.7) & (ratio.numpy() < 1.4)), ratio
 
 
+def _with_copies(rows, copies):
+    """``rows`` with copies: "x3" each row three times, "half" the first half twice."""
+    return np.vstack([rows] * 3) if copies == "x3" else np.vstack([rows, rows[: len(rows) // 2]])
+
+
+@pytest.mark.parametrize("copies", ["x3", "half"])
+def test_copies_of_a_target_row_count_as_one_row(copies, one_thread):
+    # The same particles against the distinct rows and against the rows with copies: the
+    # same statistics, bandwidth and stray radius (uniform copies weigh nothing; uneven ones
+    # weigh the law), and floors that are the spread of a fresh sample's statistics.
+    rng = np.random.RandomState(0)
+    _, w_y = pack_rows([np.zeros((200, 2))] * 2, torch.float64, "cpu")
+    floors, fresh = [], []
+    for _ in range(40):
+        rows = _wells(150, rng)
+        x, w_x = pack_rows([rows, _with_copies(rows, copies)], torch.float64, "cpu")
+        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        y, _ = pack_rows([_wells(200, rng)] * 2, torch.float64, "cpu")
+        values = rule.statistics(y)
+        if copies == "x3":
+            torch.testing.assert_close(values[:, 1], values[:, 0])
+            torch.testing.assert_close(rule.bandwidth[1], rule.bandwidth[0])
+            torch.testing.assert_close(rule.radius[1], rule.radius[0])
+        floors.append(rule.floor[:, 1] / torch.tensor([1.0, 1.0, STRAY_TOLERANCE]))
+        fresh.append(values[:, 1])
+    ratio = (torch.stack(floors).square().mean(0) / torch.stack(fresh).square().mean(0)).sqrt()
+    assert np.all((ratio.numpy() > 0.7) & (ratio.numpy() < 1.4)), ratio
+
+
+def test_a_generative_fit_stops_on_copied_rows_as_on_the_rows():
+    # Three copies of each row: the rule's floor from halves that split copies was so low
+    # that the flow ran every step and packed its particles onto the rows (a 0.01 grid,
+    # which sample() snaps to: exact copies of training rows).
+    rows = np.round(np.random.RandomState(0).beta(2, 3, (40, 5)), 2)
+    fits = [
+        GPATransporter(n_steps=500, random_state=0).fit(data)
+        for data in (rows, np.vstack([rows] * 3))
+    ]
+    assert fits[1].n_steps_ == fits[0].n_steps_ < 100
+    known = {row.tobytes() for row in rows}
+    samples = fits[1].sample(1000, random_state=0)
+    assert not any(row.tobytes() in known for row in samples)
+
+
 def _integration(source_centre, seed=0, **params):
     rng = np.random.RandomState(seed)
     target = _wells(200, rng)

@@ -12,6 +12,15 @@ Under the null hypothesis a degenerate two-sample U-statistic times ``m n / (m +
 converges to a fixed distribution, so its spread scales as ``1 / m + 1 / n``: halves of
 sizes ``a, b`` are rescaled by ``(1 / m + 1 / n) / (1 / a + 1 / b)``.
 
+Identical target rows are one unit, weighted by their number of copies: the rule's target is
+the distinct rows, a pair of a row's copies is not a pair of rows, the halves split the
+distinct rows (each row's copies go with it), sizes are effective sizes ``(sum w)^2 / sum
+w^2`` (the number of distinct rows when each has as many copies), and the stray radius
+below is between distinct rows.  Copies split between two halves would make the halves far
+closer than two fresh samples: the floor would be too low for a flow ever to reach, and the
+flow would run to ``n_steps`` and pack its particles onto the target rows.  Without copies
+every weight is 1 and these are the plain statistics.
+
 The kernel statistics are averages, and a flow's particles are not a fresh sample: most of
 them settle closer to the target rows than a fresh sample would, which pulls the averages
 below the floor while a share of the particles is still between the target's clusters
@@ -102,8 +111,10 @@ def _pair_sum(kernel, mask_a, mask_b):
 def _kernel_means(distances, bandwidths, mask_a, mask_b=None):
     """Means (1 + B, K) of the kernels over the pairs of masked rows of a and b.
 
-    With ``mask_b`` None, ``distances`` are within one sample and the pairs i != j count.
-    The kernels are reduced one after the other: no (1 + B, K, m, n) copy.
+    The masks are weights: 0 on padding, 1 on a row, ``c`` on a row that stands for ``c``
+    identical rows.  With ``mask_b`` None, ``distances`` are within one sample and the
+    pairs of distinct rows count (``i != j``; not a row's copies with one another).  The
+    kernels are reduced one after the other: no (1 + B, K, m, n) copy.
     """
     within = mask_b is None
     mask_b = mask_a if within else mask_b
@@ -111,10 +122,11 @@ def _kernel_means(distances, bandwidths, mask_a, mask_b=None):
     for kernel in _each_kernel(distances, bandwidths):
         total = _pair_sum(kernel, mask_a, mask_b)
         if within:
-            total = total - (torch.diagonal(kernel, dim1=-2, dim2=-1) * mask_a).sum(-1)
+            diagonal = torch.diagonal(kernel, dim1=-2, dim2=-1)
+            total = total - (diagonal * mask_a.square()).sum(-1)
         sums.append(total)
     count_a, count_b = mask_a.sum(1), mask_b.sum(1)
-    pairs = count_a * (count_a - 1) if within else count_a * count_b
+    pairs = count_a.square() - mask_a.square().sum(1) if within else count_a * count_b
     return torch.stack(sums) / pairs.clamp_min(1.0)
 
 
@@ -193,6 +205,41 @@ def _gather(rows, index):
     return torch.gather(rows, 1, index[..., None].expand(-1, -1, rows.shape[2]))
 
 
+def _distinct(rows, mask):
+    """Per flow, its distinct masked rows in order of first occurrence, and their counts.
+
+    ``rows`` (K, n, d), ``mask`` (K, n) 1 on real rows; returns rows (K, u, d) and weights
+    (K, u), the number of copies of each row (0 on padding).  Without copies, the rows and
+    mask as they are.
+    """
+    picked = []
+    for flow, real in zip(rows, mask):
+        kept = flow[real > 0]
+        unique, inverse = torch.unique(kept, dim=0, return_inverse=True)
+        if len(unique) == len(kept):
+            picked.append((kept, torch.ones(len(kept), dtype=mask.dtype, device=mask.device)))
+            continue
+        position = torch.arange(len(kept), device=kept.device)
+        first = torch.full((len(unique),), len(kept), dtype=torch.long, device=kept.device)
+        first = first.scatter_reduce(0, inverse, position, "amin")
+        order = first.argsort()
+        counts = torch.bincount(inverse, minlength=len(unique)).to(mask.dtype)
+        picked.append((kept[first[order]], counts[order]))
+    if all(len(kept) == int(real.sum()) for (kept, _), real in zip(picked, mask)):
+        return rows, mask
+    width = max(len(kept) for kept, _ in picked)
+    out = rows.new_zeros(len(picked), width, rows.shape[2])
+    weights = mask.new_zeros(len(picked), width)
+    for k, (kept, counts) in enumerate(picked):
+        out[k, : len(kept)], weights[k, : len(kept)] = kept, counts
+    return out, weights
+
+
+def _effective_size(weights):
+    """(sum w)^2 / sum w^2 over the last axis: the number of rows when all weigh alike."""
+    return weights.sum(-1).square() / weights.square().sum(-1).clamp_min(1e-300)
+
+
 class EnergyStopping:
     """Per-flow stopping rule for K packed flows; see the module docstring.
 
@@ -230,11 +277,13 @@ class EnergyStopping:
         self.index_y = index_y.to(device)
         self.mask_y = mask_y.to(device, self.dtype)
         pool = _gather(x, index_x.to(device)).to(self.dtype)
-        pool_mask = mask_x.to(device, self.dtype)
+        # Identical rows as one unit: distinct rows weighted by their number of copies.
+        pool, pool_mask = _distinct(pool, mask_x.to(device, self.dtype))
         # Centre on the target's mean: the distances' expansion then loses no precision.
         count = pool_mask.sum(1)[:, None, None]
         self.center = (pool * pool_mask[..., None]).sum(1, keepdim=True) / count
         self.target, self.mask_x = pool - self.center, pool_mask
+        self.n_target = _effective_size(pool_mask)
         distances = _distances(self.target, self.target)
         self.bandwidth = _local_bandwidth(distances, self.mask_x, divisors)
         self.within_target = _kernel_means(distances, self.bandwidth, self.mask_x)
@@ -245,7 +294,7 @@ class EnergyStopping:
         # of particles beyond it is binomial, of spread sqrt(p (1 - p) (1 / m + 1 / n)).
         nearest = _nearest_other(distances, self.mask_x).masked_fill(self.mask_x == 0, math.nan)
         self.radius = nearest.nanquantile(1.0 - STRAY_SHARE, dim=1)
-        sizes = 1.0 / self.mask_y.sum(1).clamp_min(1.0) + 1.0 / self.mask_x.sum(1).clamp_min(1.0)
+        sizes = 1.0 / self.mask_y.sum(1).clamp_min(1.0) + 1.0 / self.n_target.clamp_min(1.0)
         spread = (STRAY_SHARE * (1.0 - STRAY_SHARE) * sizes).sqrt()
         spread = STRAY_TOLERANCE * spread
         if x.shape[2] > STRAY_MAX_FEATURES:
@@ -253,11 +302,15 @@ class EnergyStopping:
         self.floor = torch.cat([floor, spread[None]])
 
     def _floor(self, kernel, pool_mask, n_particles, generator):
-        """RMS (1 + B, K) of the kernel statistics between random halves of the target, rescaled."""
-        n_pool = pool_mask.sum(1)
+        """RMS (1 + B, K) of the kernel statistics between random halves of the target, rescaled.
+
+        The halves split the distinct rows; each row's weight (its copies) goes with it.
+        """
+        real = (pool_mask > 0).to(self.dtype)
+        n_pool = real.sum(1)
         # Random halves of each flow's real rows: rank random keys, real rows first.
         keys = torch.rand(_N_SPLITS, *pool_mask.shape, generator=generator, dtype=self.dtype)
-        rank = (keys.to(kernel.device) + 2.0 * (1.0 - pool_mask)).argsort(-1).argsort(-1)
+        rank = (keys.to(kernel.device) + 2.0 * (1.0 - real)).argsort(-1).argsort(-1)
         half = torch.floor(n_pool / 2)
         # Halves as columns (K, rows, splits); kernel sums within and across them as
         # matrix products: (2, K, splits) each.
@@ -268,26 +321,30 @@ class EnergyStopping:
         sum_12 = (kernel_first * second).sum(-2)
         sum_22 = _pair_sum(kernel, pool_mask, pool_mask)[..., None] - 2.0 * sum_12 - sum_11
         diagonal = torch.diagonal(kernel, dim1=-2, dim2=-1)  # (2, K, rows)
-        diag_1 = (diagonal[..., None] * first).sum(-2)
-        diag_2 = (diagonal[..., None] * second).sum(-2)
-        a, b = half, n_pool - half
+        diag_1 = (diagonal[..., None] * first.square()).sum(-2)
+        diag_2 = (diagonal[..., None] * second.square()).sum(-2)
+        # Per flow and split (K, splits): the halves' weights, sums of squared weights.
+        a, b = first.sum(1), second.sum(1)
+        a2, b2 = first.square().sum(1), second.square().sum(1)
         values = (
-            (sum_11 - diag_1) / (a * (a - 1)).clamp_min(1.0)[:, None]
-            + (sum_22 - diag_2) / (b * (b - 1)).clamp_min(1.0)[:, None]
-            - 2.0 * sum_12 / (a * b).clamp_min(1.0)[:, None]
+            (sum_11 - diag_1) / (a.square() - a2).clamp_min(1.0)
+            + (sum_22 - diag_2) / (b.square() - b2).clamp_min(1.0)
+            - 2.0 * sum_12 / (a * b).clamp_min(1.0)
         )
-        rms = values.square().mean(-1).sqrt()
-        # The spread of the statistic for two samples of one law scales as 1/m + 1/n.
-        sizes = 1.0 / n_particles.clamp_min(1.0) + 1.0 / self.mask_x.sum(1).clamp_min(1.0)
-        halves = 1.0 / a.clamp_min(1.0) + 1.0 / b.clamp_min(1.0)
-        floor = rms * sizes / halves
+        # The spread of the statistic for two samples of one law scales as 1/m + 1/n (n,
+        # a, b effective sizes): each split's value is rescaled to the sizes compared.
+        sizes = 1.0 / n_particles.clamp_min(1.0) + 1.0 / self.n_target.clamp_min(1.0)
+        halves = a2 / a.square().clamp_min(1.0) + b2 / b.square().clamp_min(1.0)
+        halves = torch.where(halves > 0, halves, torch.ones_like(halves))
+        floor = (values * (sizes[:, None] / halves)).square().mean(-1).sqrt()
         return torch.where(floor > 0, floor, torch.full_like(floor, math.inf))
 
     def select(self, flows):
         """The rule of ``flows`` (indices) alone: their subsamples, kernels and floors."""
         new = copy.copy(self)
         index = torch.as_tensor(flows, dtype=torch.long, device=self.target.device)
-        for name in ("index_y", "mask_y", "center", "target", "mask_x", "bandwidth", "radius"):
+        names = ("index_y", "mask_y", "center", "target", "mask_x", "n_target", "bandwidth")
+        for name in (*names, "radius"):
             setattr(new, name, getattr(self, name).index_select(0, index))
         new.within_target = self.within_target.index_select(1, index)
         new.floor = self.floor.index_select(1, index)
