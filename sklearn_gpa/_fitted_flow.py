@@ -11,6 +11,7 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
+from scipy import stats
 from sklearn.utils import check_random_state
 from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
@@ -65,9 +66,17 @@ def _heavy_tailed(X) -> np.ndarray:
 
 def _robust_where_heavy(a, b, source, target):
     """The map ``z * a + b`` with median and robust spread in place of mean and std for the
-    features that are heavy-tailed (:func:`_heavy_tailed`) on either side: where a few
-    extreme rows set the moments (a Student t of 1/2 degree of freedom sent every source
-    row thousands of spreads out), the bulk is matched instead."""
+    features that are heavy-tailed (:func:`_heavy_tailed`) on either side, where that map
+    brings the source's values nearer the target's (1-D Wasserstein distance) than the
+    moments' map does.
+
+    Where a few extreme rows set the moments (a Student t of 1/2 degree of freedom sent
+    every source row thousands of spreads out; a few outliers that fell in one half
+    squeezed the other rows), the bulk is matched instead.  But a tail that the batch
+    effect itself made (a convex curve on the source side) is no reason: there the
+    moments' map, which pulls the tail in, is the nearer one, and matching the bulk left
+    the tail rows far from their truth (error 0.9 of the raw error against 0.29).
+    """
     heavy = _heavy_tailed(source) | _heavy_tailed(target)
     if not heavy.any():
         return a, b
@@ -75,6 +84,10 @@ def _robust_where_heavy(a, b, source, target):
     heavy &= (source_spread > 0) & (target_spread > 0)
     ratio = target_spread / np.where(source_spread > 0, source_spread, 1.0)
     shift = np.median(target, axis=0) - ratio * np.median(source, axis=0)
+    for j in np.flatnonzero(heavy):
+        robust = stats.wasserstein_distance(source[:, j] * ratio[j] + shift[j], target[:, j])
+        moments = stats.wasserstein_distance(source[:, j] * a[j] + b[j], target[:, j])
+        heavy[j] = robust <= moments
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)
 
 

@@ -9,6 +9,7 @@ from sklearn.base import clone
 
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._out_of_sample import leave_one_out_map
+from sklearn_gpa.baselines import meanstd_map
 from sklearn_gpa.datasets import make_gaussian_mixture, make_student_t
 from sklearn_gpa.metrics import energy_distance
 from sklearn_gpa.utils import stack_domains
@@ -461,3 +462,30 @@ def test_auto_out_of_sample_without_labels_keeps_each_rows_own_offset(monkeypatc
     assert free.fit(X, sample_domain=sd).out_of_sample_ == ["nearest"]
     labelled = GPATransporter(out_of_sample="auto", n_steps=30, random_state=0)
     assert labelled.fit(X, y, sample_domain=sd).out_of_sample_ == ["barycentric"] * 2
+
+
+def test_prealignment_matches_the_bulk_only_where_that_brings_the_sides_nearer():
+    from sklearn_gpa._fitted_flow import _heavy_tailed, _robust_where_heavy
+
+    rng = np.random.RandomState(0)
+    # A convex batch effect made the source's tail (the target has none): the moments' map
+    # pulls the tail in and recovers the rows; matching the bulk left the tail rows far out.
+    truth, target = rng.normal(size=(300, 1)), rng.normal(size=(300, 1))
+    source = np.expm1(1.5 * truth) / 1.5
+    assert _heavy_tailed(source).all() and not _heavy_tailed(target).any()
+    a, b = meanstd_map(source, target)
+    np.testing.assert_array_equal(_robust_where_heavy(a, b, source, target), (a, b))
+    X, _, sd = stack_domains(source, target)
+    gpa = GPATransporter(n_steps=1, stop=None, random_state=0).fit(X, sample_domain=sd)
+    (a_fit, b_fit), *_ = gpa.prealign_
+    aligned = gpa._scaling.inverse_transform(gpa._scaling.transform(source) * a_fit + b_fit)
+    error = np.sqrt(np.mean((aligned - truth) ** 2) / np.mean((source - truth) ** 2))
+    assert error < 0.5, error
+    # Three extreme rows of the population that fell in the source half: the moments' map
+    # squeezes every other row by the std they inflate; the bulk's map is the nearer one.
+    population = rng.normal(size=(600, 1))
+    population[:3] = 30.0
+    source, target = 1.2 * population[:300] + 1.0, population[300:]
+    a, b = meanstd_map(source, target)
+    robust_a, robust_b = _robust_where_heavy(a, b, source, target)
+    assert robust_a[0] == pytest.approx(1 / 1.2, rel=0.15) and a[0] < 0.3
