@@ -9,8 +9,10 @@ Two kinds of integration, each run with both settings in the same process:
   0.9 near a well, every well at least 0.15, and the fit stopping on its own);
 * **mixed units, known truth**: each table of ``bench_generation.py`` split in halves
   (stratified); the source half gets a per-feature batch effect, either affine (scale
-  U(0.7, 1.3), shift N(0, 0.5) target sds) or a monotone curve (a tanh bend of up to 0.6
-  sd, then a shift), so every source row's batch-free value is known.  Labelled
+  U(0.7, 1.3), shift N(0, 0.5) target sds), a monotone curve (a tanh bend of up to 0.6
+  sd, then a shift) or a convex one (``expm1(0.6 z) / 0.6`` of the standardised value, then
+  a shift, on features whose rows stay within 5 sds; affine on the others), so every source
+  row's batch-free value is known.  Labelled
   (class-conditional flows) and label-free.  Scores: per-sample recovery,
   RMSE(moved - truth) / RMSE(distorted - truth) in target sds (lower is better, 0 is
   the truth), and the balanced accuracy of a 200-tree forest trained on the target half
@@ -37,6 +39,7 @@ from sklearn_gpa import GPATransporter
 from sklearn_gpa.utils import stack_domains
 
 SETTINGS = {"auto": {}, "None": {"prealign": None}}
+EFFECTS = ("affine", "curve", "convex")
 
 
 def wells(seeds):
@@ -73,6 +76,12 @@ def distort(Xs, Xt, effect, rng):
     if effect == "affine":
         return Xs * rng.uniform(0.7, 1.3, Xs.shape[1]) + shift * sd
     z = (Xs - mean) / sd
+    if effect == "convex":
+        # exp(0.6 z): a tail the batch effect makes, on the features whose rows stay within
+        # 5 sds (on a 50-sd row it is e^30); the others get the affine effect.
+        mild = np.all(np.abs((np.vstack([Xs, Xt]) - mean) / sd) <= 5, axis=0)
+        bent = mean + sd * (np.expm1(0.6 * z) / 0.6 + shift)
+        return np.where(mild, bent, Xs * rng.uniform(0.7, 1.3, Xs.shape[1]) + shift * sd)
     bend = rng.uniform(-0.6, 0.6, Xs.shape[1])
     return mean + sd * (z + bend * np.tanh(z) + shift)
 
@@ -85,7 +94,7 @@ def mixed_units(names, seeds):
             Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
             sd = Xt.std(0) + 1e-12
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
-            for effect in ("affine", "curve"):
+            for effect in EFFECTS:
                 distorted = distort(Xs, Xt, effect, np.random.RandomState(seed))
                 raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
                 raw_accuracy = balanced_accuracy_score(ys, forest.predict(distorted))

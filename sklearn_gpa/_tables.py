@@ -96,14 +96,19 @@ def _has_header(rows):
     return False
 
 
+def check_file(path):
+    """A :class:`CLIError` naming ``path`` unless it is a file."""
+    if not os.path.isfile(path):
+        raise CLIError(f"{path}: no such file")
+
+
 def read_table(path):
     """Read a delimited text file into a :class:`Table` (cells as text).
 
     The separator is detected (see ``_detect_delimiter``), a UTF-8 byte-order mark is
     skipped, blank lines are skipped, and trailing empty cells beyond the header are dropped.
     """
-    if not os.path.isfile(path):
-        raise CLIError(f"{path}: no such file")
+    check_file(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         text = handle.read()
     lines = text.splitlines(keepends=True)

@@ -29,6 +29,7 @@ from ._tables import (
     _say,
     _split_columns,
     _write_table,
+    check_file,
     read_table,
 )
 
@@ -196,6 +197,8 @@ def run_transport(args):
     """Read, align, transport, write; every problem a :class:`CLIError` or a ValueError."""
     from ._progress import FitProgress
 
+    for path in (args.source, args.target):
+        check_file(path)  # a missing file fails at once, before torch is imported
     _make_estimator(args)  # a bad option fails before the files are read
     for given in (args.source, args.target):
         if os.path.exists(args.output) and os.path.samefile(args.output, given):

@@ -424,3 +424,18 @@ def test_library_warnings_print_as_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "sklearn-gpa: warning: the critic went flat; try a smaller L\n" in err
     assert "RuntimeWarning" not in err
+
+
+def test_a_missing_input_file_is_named_before_torch_is_imported(tmp_path):
+    target = tmp_path / "t.csv"
+    target.write_text("a,b\n1,2\n3,4\n")
+    result = _run(
+        "import sys",
+        "from sklearn_gpa.cli import main",
+        f"code = main(['transport', '--source', 'missing.csv', '--target', {str(target)!r},"
+        " '-o', 'o.csv'])",
+        "print('code', code, 'torch' in sys.modules)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "code 2 False" in result.stdout
+    assert "missing.csv: no such file" in result.stderr
