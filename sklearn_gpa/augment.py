@@ -359,7 +359,7 @@ class GPAAugmenter(BaseOverSampler):
         return Z * self.feature_scale_ + self.feature_center_
 
     def _check_class_sizes(self, targets):
-        for c, t in zip(self.augmented_classes_, targets):
+        for c, t in zip(self.augmented_classes_.tolist(), targets):
             if len(t) < 2:
                 raise ValueError(
                     f"GPAAugmenter needs at least 2 samples of every class it augments, to "

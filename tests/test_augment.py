@@ -332,6 +332,8 @@ def test_bad_input_is_named():
     y_single = np.r_[np.zeros(40, int), 1]
     with pytest.raises(ValueError, match="at least 2 samples of every class it augments"):
         GPAAugmenter(**FAST).fit_resample(X[:41], y_single)
+    with pytest.raises(ValueError, match=r"class 1 has 1\."):  # not np.int64(1)
+        GPAAugmenter(**FAST).fit_resample(X[:41], y_single)
     with pytest.raises(ValueError, match="discrete_features must hold feature indices"):
         GPAAugmenter(discrete_features=[5], **FAST).fit_resample(X, y)
     with pytest.raises(ValueError, match="oversampling_factor"):
