@@ -84,7 +84,8 @@ def test_one_feature_and_single_sample_classes():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(12, 1))
     y = np.array([0] * 10 + [1, 2])  # two classes with a single row each
-    gpa = GPATransporter(**FAST).fit(X, y)
+    with pytest.warns(UserWarning, match=r"Classes \[1, 2\] have one row each"):
+        gpa = GPATransporter(**FAST).fit(X, y)
     samples = gpa.sample(6, y=[0, 0, 1, 1, 2, 2], random_state=0)
     assert samples.shape == (6, 1) and np.isfinite(samples).all()
 
