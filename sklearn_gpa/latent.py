@@ -25,7 +25,7 @@ from ._discrepancy import DiscrepancyEncoder
 from ._sample_levels import SampleLevels
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPATransporter
-from .utils import NumberInterval
+from .utils import NumberInterval, known_labels
 
 __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "default_encoder"]
 
@@ -365,7 +365,12 @@ class LatentGPA(DomainTransformer):
             self.particles_ = X[source]
             return self.particles_
         self.decoder_lipschitz_ = decoder_lipschitz_constant(self.encoder_, codes)
-        self.transporter_ = transporter.fit(codes, y, sample_domain=sample_domain)
+        flow_labels = y
+        if y is not None and source is not None and not known_labels(y[source]).any():
+            # Labels on the target only: the encoder used them; the flow is one label-free
+            # flow (the transporter would warn that it ignores them).
+            flow_labels = None
+        self.transporter_ = transporter.fit(codes, flow_labels, sample_domain=sample_domain)
         self.residual_maps_ = self._residual_maps(residuals, y, source)
         moved = self.transporter_.particles_
         if source is None:

@@ -1,5 +1,7 @@
 """LatentGPA and the mean/std baseline."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import config_context
@@ -702,3 +704,17 @@ def test_random_state_makes_fit_reproducible_and_keeps_a_seeded_transporter():
     seeded = LatentGPA(transporter=GPATransporter(random_state=7), random_state=3)
     assert seeded.fit(X, sample_domain=sd).transporter_.random_state == 7
     assert seeded.transporter.random_state == 7  # the parameter itself is left alone
+
+
+def test_labels_on_the_target_only_run_one_flow_without_a_warning():
+    # The encoder uses the target's labels; the flow is one label-free flow, and the
+    # transporter's "Labels ignored" warning would be wrong about LatentGPA.
+    distorted, _, target = _factor_pair(rank=2)
+    labels = np.random.RandomState(0).randint(0, 2, len(target))
+    X, y, sd = stack_domains(distorted, target, None, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = LatentGPA(random_state=0).fit(X, y, sample_domain=sd)
+    assert model.transporter_ is not None and model.transporter_.classes_ is None
+    unknown = np.full(len(distorted), -1)
+    np.testing.assert_allclose(model.transform(distorted), model.transform(distorted, unknown))
