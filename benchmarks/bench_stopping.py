@@ -33,10 +33,9 @@ training row, C2ST (random forest, 5 folds) of the samples against held-out real
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
+import _common
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 from sklearn.neighbors import NearestNeighbors
@@ -46,7 +45,6 @@ from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import _stopping_rule, stopping
 from sklearn_gpa.utils import stack_domains
 
-RESULTS = Path(__file__).parent / "results"
 WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
 
 
@@ -498,41 +496,26 @@ def main():
     )
     args = parser.parse_args()
     if args.duplicates:
-        rows = duplicates()
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_stopping_duplicates.json").write_text(json.dumps(rows, indent=1))
-        (RESULTS / "bench_stopping_duplicates.md").write_text(duplicates_markdown(rows))
-        print(duplicates_markdown(rows))
-        return
+        return _write("bench_stopping_duplicates", duplicates(), duplicates_markdown)
     if args.null:
-        rows = null_scores()
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_stopping_null.json").write_text(json.dumps(rows, indent=1))
-        (RESULTS / "bench_stopping_null.md").write_text(null_markdown(rows))
-        print(null_markdown(rows))
-        return
+        return _write("bench_stopping_null", null_scores(), null_markdown)
     if args.wells:
-        rows = well_placements([0, 1, 2])
-        (RESULTS / "bench_stopping_wells.json").write_text(json.dumps(rows, indent=1))
-        (RESULTS / "bench_stopping_wells.md").write_text(markdown(rows))
-        print(markdown(rows))
-        return
+        return _write("bench_stopping_wells", well_placements([0, 1, 2]), markdown)
     if args.cost:
-        rows = cost()
-        (RESULTS / "bench_stopping_cost.json").write_text(json.dumps(rows, indent=1))
-        (RESULTS / "bench_stopping_cost.md").write_text(markdown(rows))
-        print(markdown(rows))
-        return
+        return _write("bench_stopping_cost", cost(), markdown)
     seeds = [0] if args.quick else [0, 1, 2]
     centres = [(-16.0, 0.0)] if args.quick else [(-16.0, 0.0), (20.0, 20.0)]
     rows = four_wells(WELL_SETTINGS, seeds, centres)
     rows += near_target(seeds)
     rows += generation(GENERATION_SETTINGS, seeds)
-    suffix = "_quick" if args.quick else ""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"bench_stopping{suffix}.json").write_text(json.dumps(rows, indent=1))
-    (RESULTS / f"bench_stopping{suffix}.md").write_text(markdown(rows))
-    print(markdown(rows))
+    _write(_common.result_stem("bench_stopping", args.quick), rows, markdown)
+
+
+def _write(stem, rows, table):
+    """``results/<stem>.{json,md}`` (the rows, and ``table(rows)``), and the table printed."""
+    text = table(rows)
+    _common.write_results(stem, rows, text, machine=False)
+    print(text)
 
 
 if __name__ == "__main__":
