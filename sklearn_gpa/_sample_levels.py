@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats
 
 from ._scaling import resolve_scaling
+from .baselines import meanstd_map
 
 __all__ = ["SampleLevels"]
 
@@ -45,9 +46,11 @@ def _larger_beyond_noise(source, target):
 
 
 def _affine_onto(values, reference):
-    """``(a, b)``: ``a * values + b`` has ``reference``'s mean and standard deviation."""
-    a = np.std(reference) / max(np.std(values), 1e-300)
-    return float(a), float(np.mean(reference) - a * np.mean(values))
+    """``(a, b)``: ``a * values + b`` has ``reference``'s mean and standard deviation
+    (:func:`~sklearn_gpa.baselines.meanstd_map` of one feature: only shifted where
+    ``values`` are all equal)."""
+    a, b = meanstd_map(values[:, None], reference[:, None])
+    return float(a[0]), float(b[0])
 
 
 def _levels(X):

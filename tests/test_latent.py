@@ -686,6 +686,12 @@ def test_sample_levels_map_keeps_order_and_matches_the_targets_levels():
     assert after.mean() == pytest.approx(target.mean(1).mean(), rel=1e-6)
     spreads = np.log(moved[1:].std(1))
     assert spreads.std() == pytest.approx(np.log(target.std(1)).std(), rel=0.05)
+    # Source rows all alike (one level, one spread): "always" shifts them, as meanstd_map
+    # does a constant feature, instead of dividing by their zero spread.
+    alike = np.tile(distorted[1], (len(distorted), 1))
+    shifted = SampleLevels.fit(alike, target, always=True).transform(alike)
+    assert np.all(np.isfinite(shifted))
+    assert shifted.mean(1) == pytest.approx(np.full(len(alike), target.mean(1).mean()))
 
 
 def test_sample_alignment_names_a_bad_setting():
