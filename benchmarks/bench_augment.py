@@ -52,6 +52,7 @@ How to run (from the repository root)
 
     python benchmarks/bench_augment.py --quick   # glass2, ecoli1, wine_scarce; 1 repeat
     python benchmarks/bench_augment.py           # all ten data sets, 5-fold x 2 repeats
+    python benchmarks/bench_augment.py --ungated-map   # also the marginal map on every feature
 
 Results go to ``benchmarks/results/bench_augment.{json,md}`` (``bench_augment_quick.*`` with
 ``--quick``).
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from unittest import mock
 
 import _common
 import numpy as np
@@ -72,6 +74,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
+
+from sklearn_gpa import _prior
+from sklearn_gpa.augment import GPAAugmenter
 
 KEEL = ("yeast4", "glass2", "ecoli1", "abalone19", "glass4", "new_thyroid1", "vehicle0", "vowel0")
 SCARCE = ("breast_cancer_scarce", "wine_scarce")
@@ -121,7 +126,17 @@ def make_sampler(name, seed):
         return ADASYN(random_state=seed)
     if name == "GPA end points":  # GPAAugmenter(marginals=False): the default before
         return _common.gpa_augmenter(random_state=seed, marginals=False)
+    if name == "GPA ungated map":
+        return _UngatedMap(**_common.gpa_augmenter(random_state=seed).get_params(deep=False))
     return _common.gpa_augmenter(random_state=seed)
+
+
+class _UngatedMap(GPAAugmenter):
+    """The marginal map on every feature, as before its Kolmogorov-Smirnov gate."""
+
+    def fit_resample(self, X, y, **params):
+        with mock.patch.object(_prior, "MARGINAL_TEST_LEVEL", 0.0):
+            return super().fit_resample(X, y, **params)
 
 
 def make_classifier(name, seed):
@@ -234,8 +249,8 @@ def summarize(name, X, y, records):
     )
     summary["gpa_over_rf_fit"] = _gpa_over_rf_fit(records)
     gpa = _per_fold_mean(records, "GPA")
-    baselines = ("SMOTE", "none", "GPA end points") if "GPA end points" in SAMPLERS else ()
-    for baseline in baselines or ("SMOTE", "none"):
+    optional = ("GPA end points", "GPA ungated map")
+    for baseline in ("SMOTE", "none", *(name for name in optional if name in SAMPLERS)):
         diff = gpa - _per_fold_mean(records, baseline)
         diff = diff[np.isfinite(diff)]
         key = f"gpa_minus_{baseline.lower().replace(' ', '_')}"
@@ -339,11 +354,16 @@ def main(argv=None):
         action="store_true",
         help="also GPAAugmenter(marginals=False), the flow's end points (the default before)",
     )
+    parser.add_argument(
+        "--ungated-map",
+        action="store_true",
+        help="also GPAAugmenter with the marginal map on every feature (the default before "
+        "its Kolmogorov-Smirnov gate)",
+    )
     parser.add_argument("--name", default=None, help="results file stem")
     args = parser.parse_args(argv)
-    if args.end_points:
-        global SAMPLERS
-        SAMPLERS = (*SAMPLERS, "GPA end points")
+    global SAMPLERS
+    SAMPLERS += ("GPA end points",) * args.end_points + ("GPA ungated map",) * args.ungated_map
     names = QUICK if args.quick else KEEL + SCARCE
     if args.datasets:
         names = tuple(args.datasets.split(","))
@@ -365,11 +385,14 @@ def main(argv=None):
             f"{name}: BA "
             + ", ".join(f"{k} {v:.3f}" for k, v in s["balanced_accuracy"].items())
             + f"  (GPA - SMOTE {s['gpa_minus_smote']:+.3f} +- {s['gpa_minus_smote_se']:.3f})"
-            + (
-                f"  (GPA - end points {s['gpa_minus_gpa_end_points']:+.3f} +- "
-                f"{s['gpa_minus_gpa_end_points_se']:.3f})"
-                if args.end_points
-                else ""
+            + "".join(
+                f"  (GPA - {other} {s[f'gpa_minus_gpa_{key}']:+.3f} +- "
+                f"{s[f'gpa_minus_gpa_{key}_se']:.3f})"
+                for other, key, on in (
+                    ("end points", "end_points", args.end_points),
+                    ("ungated map", "ungated_map", args.ungated_map),
+                )
+                if on
             ),
             flush=True,
         )

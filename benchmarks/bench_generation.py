@@ -44,7 +44,9 @@ order (before 2026-12-06 they were in class order, which biased the image C2ST l
 ``_train_and_held_out``).  Gene expression (``--studies``, SurvSet studies, the ``bench``
 extra): the numeric columns that vary of a study's rows without missing values
 (``_studies.expression``, as ``bench_held_out_studies.py``), 60 % of the patients for
-training, unconditional (one class, so no efficacy: NaN).
+training, unconditional (one class, so no efficacy: NaN).  2-D point clouds (``--points``, the
+papers' kind of problem): two moons, two circles, eight small clusters on a ring, a spiral; 300
+training rows and 1000 fresh ones from the same law, unconditional.
 
 Methods
 -------
@@ -95,6 +97,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from sklearn.datasets import make_circles, make_moons
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.mixture import GaussianMixture
@@ -105,7 +108,7 @@ from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sklearn_gpa import GPATransporter
+from sklearn_gpa import GPATransporter, _prior
 from sklearn_gpa._discrete import FeatureLevels
 from sklearn_gpa._engine.conv import ConvCritic
 
@@ -132,6 +135,8 @@ GPA_VARIANTS = {
     "unclipped": {"_clip": False},
     "no snap": {"_snap": False},
     "flow end points": {"_marginals": False},  # sample(marginals=False): the default before
+    # The marginal map on every feature, as before its Kolmogorov-Smirnov gate (2026-12-06).
+    "ungated map": {"_ungated_map": True},
     "groupsort": {"activation": "groupsort"},  # the tight Lipschitz network (issue 19)
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
     # Images only: the CNN discriminator of bench_mnist.py on square images, and the same
@@ -250,6 +255,7 @@ def make_gpa(variant):
             warnings.simplefilter("ignore")
             clip, snap = params.pop("_clip", True), params.pop("_snap", True)
             marginals = params.pop("_marginals", True)
+            gate = 0.0 if params.pop("_ungated_map", False) else _prior.MARGINAL_TEST_LEVEL
             prior_draws = params.pop("_prior_draws", False)
             if params.pop("_cnn", False):
                 side = int(round(np.sqrt(X.shape[1])))
@@ -265,7 +271,8 @@ def make_gpa(variant):
             if prior_draws:  # sample() then replays no step: its prior's draws as they are
                 gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))
             options = dict(clip=clip, snap=snap, marginals=marginals)
-            return gpa.sample(len(y), y=y, random_state=seed, **options), y
+            with mock.patch.object(_prior, "MARGINAL_TEST_LEVEL", gate):
+                return gpa.sample(len(y), y=y, random_state=seed, **options), y
 
     return generate
 
@@ -514,6 +521,37 @@ def datasets(args, seed):
         yield "MNIST", load_mnist_split(args.mnist, args.mnist_held_out, seed), True
     for name in args.studies:
         yield name, load_study_split(name, seed), False
+    for name in POINTS if args.points else ():
+        yield name, load_points_split(name, seed), False
+
+
+def _moons(n, rng):
+    return make_moons(n, noise=0.05, random_state=rng)[0]
+
+
+def _circles(n, rng):
+    return make_circles(n, noise=0.03, factor=0.5, random_state=rng)[0]
+
+
+def _ring(n, rng):
+    angles = 2 * np.pi * rng.randint(8, size=n) / 8
+    return 4 * np.column_stack([np.cos(angles), np.sin(angles)]) + 0.2 * rng.randn(n, 2)
+
+
+def _spiral(n, rng):
+    turn = np.sqrt(rng.rand(n)) * 3 * np.pi
+    return np.column_stack([turn * np.cos(turn), turn * np.sin(turn)]) + 0.3 * rng.randn(n, 2)
+
+
+# 2-D point clouds of the papers' kind (--points): thin curves, rings and small clusters.
+POINTS = {"moons": _moons, "circles": _circles, "ring of 8": _ring, "spiral": _spiral}
+
+
+def load_points_split(name, seed, n_train=300, n_held_out=1000):
+    """A 2-D point cloud: ``n_train`` rows to train on, ``n_held_out`` fresh ones, one class."""
+    rng = np.random.RandomState(seed)
+    X, Xh = POINTS[name](n_train, rng), POINTS[name](n_held_out, rng)
+    return X, np.zeros(n_train, dtype=int), Xh, np.zeros(n_held_out, dtype=int), None
 
 
 def load_study_split(name, seed):
@@ -621,6 +659,9 @@ def main(argv=None):
         nargs="*",
         default=[],
         help="SurvSet gene-expression studies, unconditional (e.g. NSBCD MCLcleaned gse1992)",
+    )
+    parser.add_argument(
+        "--points", action="store_true", help="also the four 2-D point clouds, unconditional"
     )
     parser.add_argument("--no-baselines", action="store_true", help="GPA rows only")
     parser.add_argument("--name", default=None, help="results file stem")

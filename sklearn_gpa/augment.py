@@ -120,8 +120,11 @@ class GPAAugmenter(BaseOverSampler):
         rows, as :meth:`GPATransporter.sample` does: each synthetic row keeps its rank among
         the particles in every feature (how the features vary together), and takes values
         within the class's own range, in their proportions (a feature that is 0 in most of
-        the class's rows stays 0 in as many synthetic rows).  Discrete features are then
-        snapped as ``discrete_features`` says.  False keeps the flow's end points.
+        the class's rows stays 0 in as many synthetic rows).  A feature whose particles are
+        already distributed like the class's rows, within a fresh sample's noise (a
+        two-sample Kolmogorov-Smirnov test at 5 %), is only clipped to the class's range.
+        Discrete features are then snapped as ``discrete_features`` says.  False keeps the
+        flow's end points.
 
     n_jobs : int or None, default=None
         CPU threads for the flows (torch's, and the OpenMP and BLAS threads of the work

@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 from scipy import special
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, make_moons
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import SVC
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._prior import Prior, _binned_normal_cdf, _normal_scores
+from sklearn_gpa._prior import Prior, _binned_normal_cdf, _normal_scores, match_marginals
 from sklearn_gpa._scaling import Standardization, resolve_scaling, unit_spread_ratio
 from sklearn_gpa.utils import stack_domains
 
@@ -432,6 +432,36 @@ def test_sample_keeps_each_features_distribution_where_the_flow_moved():
         assert np.all(np.diff(mapped[order, j]) >= 0)
     # The dependence the flow learned is kept (rows: 0.86 between the continuous features).
     assert np.corrcoef(mapped[:, 1], mapped[:, 2])[0, 1] > 0.7
+
+
+def test_the_marginal_map_leaves_a_feature_already_distributed_like_its_class():
+    rng = np.random.RandomState(0)
+    table = np.sort(rng.normal(size=(200, 2)), axis=0)
+    # Feature 0: the particles are a fresh sample of the class's law; feature 1: too narrow.
+    ends = rng.normal(size=(600, 2)) * [1.0, 0.3]
+    rows = rng.normal(size=(50, 2)) * 1.5
+    out = match_marginals(rows, ends, table)
+    np.testing.assert_array_equal(out[:, 0], np.clip(rows[:, 0], table[0, 0], table[-1, 0]))
+    assert np.any(out[:, 0] != rows[:, 0])  # some rows lay past the class's range
+    # The narrow feature goes through the map: each row by its rank among the particles.
+    clipped = np.clip(rows[:, 1], table[0, 1], table[-1, 1])
+    assert np.abs(out[:, 1] - clipped).max() > 0.5
+    assert np.all((out[:, 1] >= table[0, 1]) & (out[:, 1] <= table[-1, 1]))
+
+
+def test_sample_keeps_a_thin_2d_cloud_where_the_particles_marginals_are_right():
+    """Two moons: the flow's particles already have each feature's distribution (within a
+    fresh sample's noise), so the marginal map would only move samples along each axis, off
+    the thin curves (C2ST 0.716 -> 0.671 on four such clouds, benchmarks/README.md)."""
+    X = make_moons(300, noise=0.05, random_state=0)[0]
+    gpa = GPATransporter(random_state=0).fit(X)
+    assert gpa.n_steps_ > 0
+    np.testing.assert_allclose(
+        gpa.sample(500, random_state=1),
+        gpa.sample(500, random_state=1, marginals=False),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("name", ["clip", "snap", "marginals"])
