@@ -297,7 +297,7 @@ def test_euler_step_matches_algorithm_1_by_hand():
     torch.testing.assert_close(result.particles, y - 0.3 * twin.gradient(y))
 
 
-def test_graph_free_critic_runs_in_inference_mode_and_changes_no_number(monkeypatch):
+def test_graph_free_critic_runs_in_inference_mode_and_gives_the_same_numbers(monkeypatch):
     # The MLP critic with the hard constraint (or none) builds no autograd graph, so the
     # engine runs it in inference mode; the soft penalty and the CNN need autograd.
     assert not _critic().needs_autograd
@@ -339,9 +339,9 @@ def test_graph_free_critic_runs_in_inference_mode_and_changes_no_number(monkeypa
     monkeypatch.setattr(Critic, "no_graph", lambda self: torch.inference_mode(False))
     plain, seen, inference = run()
     assert seen == [False] and not inference
-    assert torch.equal(fast.particles, plain.particles)
-    assert torch.equal(fast.states, plain.states)
-    np.testing.assert_array_equal(fast.divergence, plain.divergence)
+    _assert_same_numbers(fast.particles, plain.particles)
+    _assert_same_numbers(fast.states, plain.states)
+    _assert_same_numbers(fast.divergence, plain.divergence)
 
 
 def test_flows_in_cache_sized_groups_match_one_batch(monkeypatch):
@@ -369,11 +369,21 @@ def test_flows_in_cache_sized_groups_match_one_batch(monkeypatch):
     np.testing.assert_allclose(split.divergence, one.divergence, rtol=1e-12)
 
 
+def _assert_same_numbers(actual, expected):
+    """Equal up to rounding: two code paths of the same arithmetic (a transposed copy of a
+    weight or a view of it, inference mode or not) may reach BLAS kernels that sum in
+    another order on another CPU (to the bit on Intel Xeon, not on AMD EPYC).  A real
+    difference in the arithmetic is many orders of magnitude larger."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    tol = 1e-12 if actual.dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
 # -- the preallocated passes against the allocating ones they replace ----------------------
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
 @pytest.mark.parametrize("hidden, n_flows", [((16, 16), 1), ((8, 12, 12), 3), ((8,), 2)])
-def test_mlp_pass_matches_the_allocating_passes_to_the_bit(dtype, activation, hidden, n_flows):
+def test_mlp_pass_matches_the_allocating_passes(dtype, activation, hidden, n_flows):
     from sklearn_gpa._engine.networks import MLPPass
 
     gen = torch.Generator().manual_seed(3)
@@ -392,12 +402,12 @@ def test_mlp_pass_matches_the_allocating_passes_to_the_bit(dtype, activation, hi
         passes.parameter_gradient(z)
         phi, inputs, saved = forward(layers, act, z)
         parameter_gradient(layers, act, inputs, saved, grad_phi, layout.layers(grad_old))
-        assert torch.equal(passes.phi, phi)
-        assert torch.equal(grad_new, grad_old)
+        _assert_same_numbers(passes.phi, phi)
+        _assert_same_numbers(grad_new, grad_old)
         assert grad_new.abs().sum() > 0
         velocity = passes.input_gradient(z[:, :50])
         _, _, saved = forward(layers, act, z, output=False)
-        assert torch.equal(velocity, input_gradient(layers, act, saved))
+        _assert_same_numbers(velocity, input_gradient(layers, act, saved))
         # The result is the caller's: the next pass does not overwrite it.
         before = velocity.clone()
         passes.input_gradient(torch.randn(n_flows, 50, 3, generator=gen, dtype=dtype))
@@ -405,20 +415,26 @@ def test_mlp_pass_matches_the_allocating_passes_to_the_bit(dtype, activation, hi
 
 
 @pytest.mark.parametrize("solver, n_flows", [("euler", 1), ("heun", 3)])
-def test_training_with_preallocated_passes_is_identical_to_the_bit(monkeypatch, solver, n_flows):
+def test_training_with_preallocated_passes_gives_the_same_numbers(monkeypatch, solver, n_flows):
     # The whole run (critic updates, velocities, stored states) with the buffers and the
-    # transposed weight copies against the allocating passes on transposed views.
+    # transposed weight copies against the allocating passes on transposed views.  In
+    # float64: over 40 steps a float32 rounding difference at a ReLU's kink grows to 1e-2.
     from sklearn_gpa._engine import critic as critic_module
 
     groups = [_gaussians(seed, n=40) for seed in range(n_flows)]
-    y, w_y = pack_rows([g[0] for g in groups], torch.float32, "cpu")
-    x, w_x = pack_rows([g[1][: 30 + 5 * i] for i, g in enumerate(groups)], torch.float32, "cpu")
+    y, w_y = pack_rows([g[0] for g in groups], F64, "cpu")
+    x, w_x = pack_rows([g[1][: 30 + 5 * i] for i, g in enumerate(groups)], F64, "cpu")
 
     def run(plain):
         layout = MLPLayout(2, (32, 32, 32), n_flows)
         gen = torch.Generator().manual_seed(5)
         critic = Critic(
-            layout, make_activation("relu"), get_divergence("kl"), lipschitz=1.0, generator=gen
+            layout,
+            make_activation("relu"),
+            get_divergence("kl"),
+            lipschitz=1.0,
+            generator=gen,
+            dtype=F64,
         )
         if plain:
             critic.weights_t = None
@@ -432,10 +448,10 @@ def test_training_with_preallocated_passes_is_identical_to_the_bit(monkeypatch, 
     monkeypatch.setattr(critic_module, "_WORKSPACE_BYTES", 0)
     plain, critic = run(plain=True)
     assert critic._flow_chunks(y.shape[1] + x.shape[1])[0].passes is None
-    assert torch.equal(fast.particles, plain.particles)
-    assert torch.equal(fast.states, plain.states)
-    np.testing.assert_array_equal(fast.divergence, plain.divergence)
-    np.testing.assert_array_equal(fast.kinetic_energy, plain.kinetic_energy)
+    _assert_same_numbers(fast.particles, plain.particles)
+    _assert_same_numbers(fast.states, plain.states)
+    _assert_same_numbers(fast.divergence, plain.divergence)
+    _assert_same_numbers(fast.kinetic_energy, plain.kinetic_energy)
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))

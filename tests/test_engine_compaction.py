@@ -23,11 +23,11 @@ def _wells(n, rng):
     return WELLS[rng.randint(4, size=n)] + 0.5 * rng.standard_normal((n, 2))
 
 
-def _three_flows(seed=0):
+def _three_flows(seed=0, shift=1.0):
     """Flow 0 starts near its target (stops after a few checks), flows 1 and 2 far away."""
     rng = np.random.RandomState(seed)
     targets = [_wells(150, rng), _wells(120, rng) + 30, _wells(100, rng) - 20]
-    sources = [_wells(150, rng) + [1.0, 0.0], _wells(120, rng) - 10, _wells(100, rng) + 10]
+    sources = [_wells(150, rng) + [shift, 0.0], _wells(120, rng) - 10, _wells(100, rng) + 10]
     return sources, targets
 
 
@@ -149,7 +149,10 @@ def test_cnn_flows_keep_their_dropout_draws():
     assert len(flow.stored.segments[0].data[0]) == 0  # no state of all three flows
     assert flow.stored.segments[1].flows.tolist() == [1, 2]
     assert new.trained_steps == [0, 6, 6]
-    assert torch.equal(new.particles, old.particles)
+    # Up to rounding: a batch of two flows' convolutions may take other kernels than one of
+    # three (equal to the bit on Intel Xeon, 1 float32 ulp apart on AMD EPYC); other dropout
+    # masks would move the particles by orders of magnitude more.
+    torch.testing.assert_close(new.particles, old.particles, rtol=1e-5, atol=1e-5)
     assert torch.equal(new.particles[0], torch.as_tensor(sources[0], dtype=torch.float32))
     rows, labels = np.vstack(sources), np.repeat([0, 1, 2], 30)
     np.testing.assert_allclose(
@@ -158,7 +161,10 @@ def test_cnn_flows_keep_their_dropout_draws():
 
 
 def test_transporter_with_a_flow_stopped_mid_run_replays_pickles_and_continues():
-    sources, targets = _three_flows()
+    # Flow 0 a little nearer than elsewhere: it stops at the second check (score 0.19).
+    # From 1.0 away its score wandered between 2.3 and 8 on one CPU and it never stopped
+    # (it stopped by step 160 on another): rounding decides such a flow's path.
+    sources, targets = _three_flows(shift=0.6)
     labels = [np.full(len(s), k) for k, s in enumerate(sources)]
     X, y, domain = stack_domains(
         np.vstack(sources), np.vstack(targets), np.concatenate(labels), np.concatenate(labels)
