@@ -71,7 +71,8 @@ def would_stall(row, patience):
     """Whether the stall rule stops a flow of ``row`` (a run without it) before its end."""
     checks, scores = np.array(row["checks"]), np.array(row["scores"])
     for k, stop in enumerate(row["stop"]):
-        end = stop if stop >= 0 else checks[-1]
+        # A flow that went back to its best check (``ROLLBACK_RATIO``) ran to the end.
+        end = checks[-1] if stop < 0 or row["rolled_back"][k] else stop
         mark, mark_step = np.inf, 0
         for step, score in zip(checks, scores[:, k]):
             if step > end or score <= 1 or stop == 0:
@@ -95,6 +96,7 @@ def fit(X, y, seed, held=None):
         "reason": gpa.stop_reason_,
         "stop": history["stop_step"].tolist(),
         "stalled": history.get("stop_stalled", np.zeros(gpa.n_flows_, bool)).tolist(),
+        "rolled_back": history["stop_rolled_back"].tolist(),
         "seconds": seconds,
         "mb": len(pickle.dumps(gpa)) / 1e6,
         "checks": history["stop_check_step"].tolist(),
@@ -148,7 +150,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     tables = args.tables or (["vehicle3", "segment0"] if args.quick else TABLES)
-    sizes = ["full"] if args.quick else args.sizes.split(",")
+    sizes = ["full"] if args.quick else [size for size in args.sizes.split(",") if size]
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, record = [], _common.run_record()
     for data in tables:
@@ -221,7 +223,8 @@ def summary(rows):
         )
     lines.append(_common.markdown_table(columns, table, align="llr" + "l" * 7))
     scored = [p for p in pairs.values() if "c2st" in p["old"]]
-    lines += ["", f"Over all {len(scored)} held-out splits ({len(changed)} changed), means:", ""]
+    n_changed = sum(not p["new"].get("same") for p in scored)
+    lines += ["", f"Over all {len(scored)} held-out splits ({n_changed} changed), means:", ""]
     means = []
     for variant in ("old", "new"):
         runs = [p[variant] for p in scored]

@@ -293,8 +293,8 @@ class _RuleRecord:
         self.best_score, self.best_step = np.full(n_flows, np.inf), np.zeros(n_flows, dtype=int)
         self.best_particles = None
         self.rolled_back = np.zeros(n_flows, dtype=bool)
-        # The stall rule: per flow, the last check whose score fell below (1 - STALL_GAIN)
-        # times the score of the check before it that did (its "mark").
+        # The stall rule's "mark" per flow: the last check whose score fell below
+        # (1 - STALL_GAIN) times the mark before it (the first check is the first mark).
         self.patience = None if stopping is None else stopping.patience
         self.mark_score = np.full(n_flows, np.inf)
         self.mark_step = np.zeros(n_flows, dtype=int)
@@ -347,8 +347,9 @@ class _RuleRecord:
 
     def roll_back(self, particles, alive):
         """Send the flows that never stopped and ended worse than their best check (a score
-        more than ``ROLLBACK_RATIO`` times its) back to it: their particles there, frozen
-        from then on (in ``alive`` (steps, K), so replay stops there too), stopped there."""
+        more than ``ROLLBACK_RATIO`` times its), and the stalled ones, back to it: their
+        particles there, frozen from then on (in ``alive`` (steps, K), so replay stops
+        there too), stopped there."""
         if self.stopping is None or self.best_particles is None:
             return
         live = alive[-1].cpu().numpy() if len(alive) else np.ones(len(self.score), dtype=bool)

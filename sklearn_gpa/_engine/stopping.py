@@ -38,11 +38,14 @@ scores about -1 to 1; the flow stops (is frozen) at the first check where its sc
 most ``factor`` (1: as close as a fresh sample typically is).  A fresh sample scores above 1
 at a fifth to a half of the checks, though: ``start_factor`` (``START_FACTOR``, 3, for
 integration) is the bar at the first check, where a flow that does not clear it never
-moves (about the 95th-99th percentile of a fresh sample's score).  There is no patience rule: a
-flow whose score stalls far above its floor may still be on its way (four-well flows
-stalled for 1300 steps, then went on to the wells).  Everything is batched over the K flows
-on the run's device; the target's distances are computed once, each check costs the
-particle-target and particle-particle distances of at most ``max_rows`` rows per side.
+moves (about the 95th-99th percentile of a fresh sample's score).  Integration has no patience
+rule: a flow whose score stalls far above its floor may still be on its way (four-well flows
+stalled for 1300 steps, then went on to the wells).  Generation (``patience``) does: its
+particles start from a fitted prior near the target, and a flow whose score has not fallen
+by ``STALL_GAIN`` within ``STALL_STEPS`` steps stops at its best check.  Everything is
+batched over the K flows on the run's device; the target's distances are computed once, each
+check costs the particle-target and particle-particle distances of at most ``max_rows`` rows
+per side.
 """
 
 from __future__ import annotations
