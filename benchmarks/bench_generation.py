@@ -109,6 +109,7 @@ from sklearn.svm import SVC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn_gpa import GPATransporter, _prior
+from sklearn_gpa import _engine as engine
 from sklearn_gpa._discrete import FeatureLevels
 from sklearn_gpa._engine.conv import ConvCritic
 
@@ -139,6 +140,9 @@ GPA_VARIANTS = {
     "ungated map": {"_ungated_map": True},
     "groupsort": {"activation": "groupsort"},  # the tight Lipschitz network (issue 19)
     "mixture_fit prior": {"source": "mixture_fit"},  # the default before "copula_fit"
+    # The default before the stall rule (issue 17): generative flows that stop nearing their
+    # target run on to n_steps.
+    "no stall rule": {"_stall": False},
     # Images only: the CNN discriminator of bench_mnist.py on square images, and the same
     # with its training passes in bfloat16 (``ConvCritic.train_dtype``, issue 18).
     "cnn": {"_cnn": True},
@@ -263,10 +267,13 @@ def make_gpa(variant):
                     raise ValueError(f"GPA variant {variant!r} is for square images only.")
                 params.update(CNN_VARIANT, image_shape=(side, side))
             train_dtype = params.pop("_train_dtype", None)
-            patch = contextlib.nullcontext()
+            patches = contextlib.ExitStack()
             if train_dtype is not None:
-                patch = mock.patch.object(ConvCritic, "train_dtype", getattr(torch, train_dtype))
-            with patch:
+                dtype = getattr(torch, train_dtype)
+                patches.enter_context(mock.patch.object(ConvCritic, "train_dtype", dtype))
+            if not params.pop("_stall", True):
+                patches.enter_context(mock.patch.object(engine, "STALL_STEPS", None))
+            with patches:
                 gpa = GPATransporter(random_state=seed, **params).fit(X, y)
             if prior_draws:  # sample() then replays no step: its prior's draws as they are
                 gpa.flow_ = gpa.flow_.truncate(np.zeros(gpa.n_flows_, dtype=int))

@@ -116,8 +116,9 @@ class FittedFlowMixin:
 
     def _fit_levels(self, X, target_rows):
         """The values ``sample`` snaps few-valued features to: per flow, its target rows'
-        (None in integration, which never samples)."""
-        self._levels = None
+        (None in integration, which never samples); and the dtype it returns, ``X``'s, as
+        ``transform`` returns its input's (float32 rows give float32 samples)."""
+        self._levels, self._sample_dtype = None, X.dtype
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
 
@@ -350,8 +351,9 @@ class FittedFlowMixin:
         Returns
         -------
         X : ndarray or DataFrame of shape (n_samples, n_features)
-            A DataFrame with the training columns' names when
-            ``set_output(transform="pandas")`` is set.
+            In the dtype of the training rows (float64 for integer input), as
+            ``transform`` returns its input's.  A DataFrame with the training columns'
+            names when ``set_output(transform="pandas")`` is set.
         """
         check_is_fitted(self, "flow_")
         if self.mode_ != "generation":
@@ -378,6 +380,7 @@ class FittedFlowMixin:
             X_new = self._scaling.clip(X_new)
         if snap:
             X_new = self._levels.snap(X_new, flows)
+        X_new = X_new.astype(self._sample_dtype, copy=False)
         # The container of set_output(transform=...) (pandas, polars) with the feature names.
         return _wrap_data_with_container("transform", X_new, None, self)
 

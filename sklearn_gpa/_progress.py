@@ -24,6 +24,7 @@ __all__ = ["STOP_REASONS", "FitProgress"]
 #: How the summary line words the engine's ``stop_reason`` values.
 STOP_REASONS = {
     "converged": "every flow as close to its target as a fresh sample",
+    "stalled": "every flow as close to its target as a fresh sample or no longer nearing it",
     "n_steps": "ran all steps",
     "tol": "kinetic energy below tol",
     "non-finite": "every flow stopped at a non-finite step",

@@ -247,6 +247,7 @@ def train_flows(
             stop_statistic=result.stop_statistic,
             stop_floor=np.tile(result.stop_floor, (len(result.stop_statistic), 1)),
             stop_rolled_back=np.array(result.rolled_back, dtype=bool),
+            stop_stalled=np.array(result.stalled, dtype=bool),
         )
     _warn_about(result, params["n_steps"])
     particles = result.particles.cpu().numpy().astype(np.float64)
@@ -278,8 +279,9 @@ def append_history(before: dict, after: dict, n_steps_before: int) -> dict:
         history[key] = np.concatenate(parts)
     later = np.where(after["stop_step"] >= 0, after["stop_step"] + n_steps_before, -1)
     history["stop_step"] = np.where(before["stop_step"] >= 0, before["stop_step"], later)
-    if "stop_rolled_back" in before and "stop_rolled_back" in after:
-        history["stop_rolled_back"] = before["stop_rolled_back"] | after["stop_rolled_back"]
+    for key in ("stop_rolled_back", "stop_stalled"):
+        if key in before and key in after:
+            history[key] = before[key] | after[key]
     return history
 
 

@@ -96,8 +96,10 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         to its target rows as a fresh sample of the target would be, by two two-sample
         statistics and the share of stray particles, checked every ``log_every`` steps; the
         other flows go on; in integration a flow moves only if it starts beyond a fresh
-        sample's usual range.  A flow it never stops whose score ends above twice its best
-        goes back to that check.  None runs ``n_steps``.  See :ref:`user_guide_stopping`.
+        sample's usual range, in generation one whose score has not fallen by 10 % in 400
+        steps stops at its best check.  A flow it never stops whose score ends above twice
+        its best goes back to that check.  None runs ``n_steps``.  See
+        :ref:`user_guide_stopping`.
     source : {"copula_fit", "mixture_fit", "gaussian_fit", "normal", "uniform", "logistic"}
         Prior of the particles in generative mode (default "copula_fit"), per class: each
         feature's quantiles joined by BIC's Gaussian mixture of the normal scores (up to 50
@@ -173,14 +175,16 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     history_ : dict of ndarray
         Per step ``"divergence"``, ``"kinetic_energy"`` (and their ``"_per_flow"``
         versions) and ``"time"``; per flow ``"stop_step"`` (-1 if the rule did not stop
-        it) and ``"stop_rolled_back"``; per check of the rule ``"stop_check_step"``,
-        ``"stop_score"``, ``"stop_statistic"``, ``"stop_floor"``.  :ref:`user_guide_history`.
+        it), ``"stop_rolled_back"`` and ``"stop_stalled"``; per check of the rule
+        ``"stop_check_step"``, ``"stop_score"``, ``"stop_statistic"``, ``"stop_floor"``.
+        :ref:`user_guide_history`.
     n_steps_ : int
         Steps actually run (fewer than ``n_steps`` after an early stop).
     failed_step_ : ndarray of shape (n_flows,)
         Per flow, the step at which it turned non-finite and stopped, or -1.
     stop_reason_ : str
-        "converged" (the stopping rule froze every flow), "n_steps", "tol", "non-finite" or
+        "converged" (the stopping rule froze every flow), "stalled" (it froze every flow,
+        some for no longer nearing their targets), "n_steps", "tol", "non-finite" or
         "interrupted" (Ctrl-C during ``fit``: the steps finished so far are kept).
     mode_ : str
         "integration" or "generation".

@@ -497,3 +497,16 @@ def test_a_class_of_one_row_warns_that_its_samples_are_copies():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GPATransporter(n_steps=5, random_state=0).fit(X[1:], y[1:])
+
+
+@pytest.mark.parametrize(
+    "dtype, expected", [(np.float32, np.float32), (np.float64, np.float64), (np.int64, np.float64)]
+)
+def test_sample_returns_the_dtype_transform_returns(dtype, expected):
+    # float32 rows gave float64 samples while transform returned float32 rows.
+    X, y = _mixed_units(60)
+    X = (X * 100).astype(dtype)
+    gpa = GPATransporter(n_steps=5, random_state=0).fit(X, y)
+    assert gpa.transform(X, y).dtype == expected
+    assert gpa.sample(10, random_state=0).dtype == expected
+    assert gpa.sample(10, y=np.ones(10, dtype=int), random_state=0).dtype == expected

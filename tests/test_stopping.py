@@ -10,6 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine import pack_rows, run_gpa
 from sklearn_gpa._engine.stopping import (
+    STALL_STEPS,
     START_FACTOR,
     STRAY_TOLERANCE,
     EnergyStopping,
@@ -458,3 +459,54 @@ def test_warm_start_keeps_a_rolled_back_flow_where_it_went_back():
     np.testing.assert_array_equal(gpa.particles_, particles)
     assert gpa.history_["stop_step"].tolist() == [0]
     assert gpa.history_["stop_rolled_back"].tolist() == [True]
+
+
+def _far_normal_prior(**params):
+    """Generation from a standard normal prior, the target 6 sd away; a critic of L=1e-3
+    moves the particles by 1e-5 per step: the score falls by 0.01 % per check."""
+    X = np.random.RandomState(0).standard_normal((40, 2)) + 6.0
+    settings = {"source": "normal", "standardize": False, "L": 1e-3, "n_critic": 1}
+    return X, GPATransporter(random_state=0, **{**settings, **params})
+
+
+def test_a_generative_flow_that_no_longer_nears_its_target_stops():
+    # It ran to n_steps (2000) before.
+    X, gpa = _far_normal_prior()
+    gpa.fit(X)
+    history = gpa.history_
+    assert gpa.stop_reason_ == "stalled" and gpa.n_steps_ == STALL_STEPS
+    assert history["stop_stalled"].tolist() == [True]
+    assert history["stop_rolled_back"].tolist() == [False]
+    # Its last check was its best: it stops there.
+    assert history["stop_step"].tolist() == [STALL_STEPS]
+    assert history["stop_score"][-1, 0] > 100
+    # Integration keeps going: far flows may stall and go on.
+    source = np.random.RandomState(1).standard_normal((40, 2))
+    result, _ = run_gpa(
+        [source], [X], L=1e-3, n_critic=1, dt=0.01, n_steps=STALL_STEPS + 50, stop="evidence"
+    )
+    assert result.stop_reason == "n_steps" and result.stalled == [False]
+
+
+def test_a_stalled_generative_flow_goes_back_to_its_best_check(monkeypatch):
+    import sklearn_gpa._engine as engine
+
+    monkeypatch.setattr(engine, "STALL_STEPS", 40)
+    # dt=2: the particles swing past the target and back; the score stops falling.
+    X = np.random.RandomState(0).standard_normal((200, 2)) + [1.0, 0.0]
+    gpa = GPATransporter(
+        source="normal", standardize=False, dt=2.0, log_every=10, random_state=0
+    ).fit(X)
+    history = gpa.history_
+    assert gpa.stop_reason_ == "stalled" and history["stop_stalled"].tolist() == [True]
+    scores, checks = history["stop_score"][:, 0], history["stop_check_step"]
+    best = history["stop_step"][0]
+    assert best == checks[np.argmin(scores)] and 0 < best < gpa.n_steps_
+    # The particles (and the samples' replay) are those of the best check.
+    free = GPATransporter(**{**gpa.get_params(), "stop": None, "n_steps": int(best)}).fit(X)
+    np.testing.assert_allclose(gpa.particles_, free.particles_, atol=1e-5)
+    np.testing.assert_allclose(
+        gpa.sample(50, random_state=1, marginals=False, clip=False, snap=False),
+        free.sample(50, random_state=1, marginals=False, clip=False, snap=False),
+        atol=1e-5,
+    )

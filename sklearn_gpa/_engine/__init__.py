@@ -38,7 +38,7 @@ from .flow import (
 )
 from .integrators import SOLVERS, get_tableau
 from .networks import ACTIVATIONS, MLPLayout, make_activation
-from .stopping import START_FACTOR, EnergyStopping, rows_compared
+from .stopping import STALL_STEPS, START_FACTOR, EnergyStopping, rows_compared
 from .storage import STATE_ENCODINGS, StoredStates
 
 __all__ = [
@@ -156,7 +156,7 @@ def _stopping_rule(w_y, x, w_x, seed, stop):
     """The rule ``stop`` ("auto" or "evidence") runs for packed flows: a fixed subsample of
     each flow's rows, compared at factor 1, on its own random stream (the particles' path
     does not depend on whether the rule is on); with "evidence", at ``START_FACTOR`` at the
-    first check."""
+    first check.  "auto" (generation) also stops a flow that has stalled (``STALL_STEPS``)."""
     return EnergyStopping(
         w_y,
         x,
@@ -164,6 +164,7 @@ def _stopping_rule(w_y, x, w_x, seed, stop):
         max_rows=rows_compared(x.shape[2]),
         factor=1.0,
         start_factor=START_FACTOR if stop == "evidence" else None,
+        patience=STALL_STEPS if stop == "auto" else None,
         generator=torch.Generator().manual_seed(int(seed) + 1),
     )
 
@@ -217,6 +218,7 @@ def _widen_result(result, slots, start, sources):
         stop_step=_per_flow(result.stop_step, slots, n_flows, 0),
         failed_step=_per_flow(result.failed_step, slots, n_flows, -1),
         rolled_back=_per_flow(result.rolled_back, slots, n_flows, False),
+        stalled=_per_flow(result.stalled, slots, n_flows, False),
         trained_steps=_per_flow(result.trained_steps, slots, n_flows, 0),
     )
     if result.stop_score is not None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .networks import flow_mask
+from .stopping import STALL_GAIN
 from .storage import StoredStates
 
 __all__ = [
@@ -87,6 +88,7 @@ class FlowResult:
     critic_state: dict = field(default_factory=dict)  # to continue the run (warm start)
     stop_step: list = field(default_factory=list)  # per flow, step the rule froze it, or -1
     rolled_back: list = field(default_factory=list)  # per flow, whether it went back to its best
+    stalled: list = field(default_factory=list)  # per flow, whether it stopped for lack of gain
     stop_check_step: np.ndarray = None  # (n_checks,) steps run at each check of the rule
     stop_score: np.ndarray = None  # (n_checks, K) the rule's score at each check (<= 1: done)
     stop_statistic: np.ndarray = None  # (n_checks, K) energy distance particles - target
@@ -264,6 +266,8 @@ def _check_progress(step, batch: _Batch, rule, record: _Record, tol, callback):
                 record.kinetic_energy[step].cpu().numpy(),
             )
     if not moving.any():
+        if rule.stalled.any():
+            return "stalled"
         return "converged" if (rule.stop_step >= 0).any() else "non-finite"
     energy = record.kinetic_energy[step].cpu().numpy()[batch.flows]
     if tol is not None and np.all(energy[moving] < tol):
@@ -289,6 +293,12 @@ class _RuleRecord:
         self.best_score, self.best_step = np.full(n_flows, np.inf), np.zeros(n_flows, dtype=int)
         self.best_particles = None
         self.rolled_back = np.zeros(n_flows, dtype=bool)
+        # The stall rule's "mark" per flow: the last check whose score fell below
+        # (1 - STALL_GAIN) times the mark before it (the first check is the first mark).
+        self.patience = None if stopping is None else stopping.patience
+        self.mark_score = np.full(n_flows, np.inf)
+        self.mark_step = np.zeros(n_flows, dtype=int)
+        self.stalled = np.zeros(n_flows, dtype=bool)
 
     def check(self, steps_run, batch: _Batch):
         """Apply the rule after ``steps_run`` steps: freeze the flows that are done."""
@@ -304,7 +314,7 @@ class _RuleRecord:
         self.steps.append(steps_run)
         self.scores.append(self.score.copy())
         self.values.append(self.value.copy())
-        if ROLLBACK_RATIO is None:
+        if ROLLBACK_RATIO is None and self.patience is None:
             return
         better = (score < self.best_score[batch.flows]) & batch.live.cpu().numpy()
         if better.any():
@@ -317,16 +327,38 @@ class _RuleRecord:
             self.best_particles[torch.as_tensor(flows, device=batch.y.device)] = (
                 batch.y.index_select(0, index)
             )
+        self._stop_stalled(steps_run, batch, score)
+
+    def _stop_stalled(self, steps_run, batch: _Batch, score):
+        """Freeze the moving flows whose score has not fallen by ``STALL_GAIN`` in
+        ``patience`` steps (they go back to their best check at the end, ``roll_back``)."""
+        if self.patience is None:
+            return
+        flows = batch.flows
+        gained = score < self.mark_score[flows] * (1.0 - STALL_GAIN)
+        self.mark_score[flows[gained]] = score[gained]
+        self.mark_step[flows[gained]] = steps_run
+        moving = (batch.live & batch.running).cpu().numpy()
+        stalled = moving & (steps_run - self.mark_step[flows] >= self.patience)
+        if stalled.any():
+            self.stalled[flows[stalled]] = True
+            self.stop_step[flows[stalled]] = steps_run
+            batch.running &= ~torch.as_tensor(stalled, device=batch.running.device)
 
     def roll_back(self, particles, alive):
         """Send the flows that never stopped and ended worse than their best check (a score
-        more than ``ROLLBACK_RATIO`` times its) back to it: their particles there, frozen
-        from then on (in ``alive`` (steps, K), so replay stops there too), stopped there."""
-        if self.stopping is None or ROLLBACK_RATIO is None or self.best_particles is None:
+        more than ``ROLLBACK_RATIO`` times its), and the stalled ones, back to it: their
+        particles there, frozen from then on (in ``alive`` (steps, K), so replay stops
+        there too), stopped there."""
+        if self.stopping is None or self.best_particles is None:
             return
         live = alive[-1].cpu().numpy() if len(alive) else np.ones(len(self.score), dtype=bool)
-        worse = (self.stop_step < 0) & live & (self.score > self.best_score * ROLLBACK_RATIO)
-        for k in np.flatnonzero(worse):
+        worse = np.zeros(len(self.score), dtype=bool)
+        if ROLLBACK_RATIO is not None:
+            worse = (self.stop_step < 0) & live & (self.score > self.best_score * ROLLBACK_RATIO)
+        # A stalled flow keeps its best check (the dead critic's, or the swing's, low point).
+        back = worse | (self.stalled & (self.best_step < self.stop_step))
+        for k in np.flatnonzero(back):
             particles[k] = self.best_particles[k]
             alive[self.best_step[k] :, k] = False
             self.stop_step[k] = self.best_step[k]
@@ -335,6 +367,7 @@ class _RuleRecord:
     def fill(self, result):
         result.stop_step = self.stop_step.tolist()
         result.rolled_back = self.rolled_back.tolist()
+        result.stalled = self.stalled.tolist()
         if self.stopping is not None:
             result.stop_check_step = np.array(self.steps, dtype=int)
             result.stop_score = np.array(self.scores).reshape(len(self.steps), -1)
