@@ -56,10 +56,11 @@ _COPULA_GRID_REFINE = 8
 _COPULA_CDF_CHUNK = 128
 # sample()'s marginal map leaves a feature alone where the particles' distribution is already
 # as close to the class's values as a fresh sample of them would be: a two-sample
-# Kolmogorov-Smirnov distance at most this times sqrt(1 / m + 1 / n), its 5 % critical value.
-# There the map would only trade the particles' sampling noise for the training rows' and
-# shift each sample along that feature, off a thin joint structure (2-D point clouds: C2ST
-# 0.716 -> 0.671, the tables level; benchmarks/README.md).  0 maps every feature.
+# Kolmogorov-Smirnov distance at most this times sqrt(1 / m + 1 / n), its 5 % critical value
+# (n: the quantile table's length, the class's rows or at most _COPULA_MAX_LEVELS).  There the
+# map would only trade the particles' sampling noise for the training rows' and shift each
+# sample along that feature, off a thin joint structure (2-D point clouds: C2ST 0.614 ->
+# 0.588, the tables level; benchmarks/README.md).  0 maps every feature.
 MARGINAL_TEST_LEVEL = 1.358
 # A spacing between consecutive sorted values over this many times their median spacing is a
 # gap between clusters, which the quantile function jumps instead of filling.
