@@ -352,15 +352,15 @@ def match_marginals(rows, ends, table):
     learned) and gives each feature back the values its class takes.  The particles'
     distribution function is their mid-ranks, linear in between and constant past the
     extremes.  A feature whose particles are already distributed like the table, within a
-    fresh sample's noise (:func:`_ks_distance` at most ``MARGINAL_TEST_LEVEL`` times the
-    test's scale), is only clipped to the table's range.
+    fresh sample's noise (the two-sample Kolmogorov-Smirnov distance at most
+    ``MARGINAL_TEST_LEVEL`` times the test's scale), is only clipped to the table's range.
     """
     ends = np.sort(np.asarray(ends, dtype=np.float64), axis=0)
     n = len(ends)
     out = np.array(rows, dtype=np.float64)
     critical = MARGINAL_TEST_LEVEL * math.sqrt(1.0 / n + 1.0 / len(table))
     for j in range(rows.shape[1]):
-        if _ks_distance(ends[:, j], table[:, j]) <= critical:
+        if stats.ks_2samp(ends[:, j], table[:, j], method="asymp").statistic <= critical:
             # Still within the class's values, as the map's outputs are.
             out[:, j] = np.clip(out[:, j], table[0, j], table[-1, j])
             continue
@@ -368,15 +368,6 @@ def match_marginals(rows, ends, table):
         levels = (first + 0.5 * counts) / n
         out[:, j] = _quantile_function(np.interp(rows[:, j], values, levels), table[:, j])
     return out
-
-
-def _ks_distance(a, b):
-    """The two-sample Kolmogorov-Smirnov distance between sorted samples ``a`` and ``b``:
-    the largest gap between their empirical distribution functions."""
-    points = np.concatenate([a, b])
-    below_a = np.searchsorted(a, points, side="right") / len(a)
-    below_b = np.searchsorted(b, points, side="right") / len(b)
-    return float(np.abs(below_a - below_b).max())
 
 
 def _marginal_cdf(scores, means, spreads, weights):
