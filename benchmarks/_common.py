@@ -207,17 +207,20 @@ def _split(estimator, settings):
 
 def latent_gpa(**settings):
     """``LatentGPA`` from one flat dict: its own parameters (``encoder``, ``residual``,
-    ``latent_scale``, ``prealign``) go to it, every other key to its
-    ``GPATransporter(out_of_sample="auto", ...)`` (the transporter ``LatentGPA`` uses when
-    given none).  ``prealign`` is ``LatentGPA``'s.
+    ``latent_scale``, ``prealign``, ``random_state``) go to it, every other key changes the
+    flow it builds when given no transporter (none: that default flow, as a user meets it).
+    ``prealign`` is ``LatentGPA``'s.
 
     >>> latent_gpa(residual="drop", L=1.0, random_state=0).transporter.L
     1.0
+    >>> latent_gpa(random_state=0).transporter is None
+    True
     """
-    from sklearn_gpa import GPATransporter, LatentGPA
+    from sklearn_gpa import LatentGPA
+    from sklearn_gpa.latent import _default_flow
 
     mine, flow = _split(LatentGPA, settings)
-    return LatentGPA(transporter=GPATransporter(**{"out_of_sample": "auto", **flow}), **mine)
+    return LatentGPA(transporter=_default_flow(**flow) if flow else None, **mine)
 
 
 def gpa_augmenter(**settings):

@@ -190,6 +190,12 @@ def main(argv=None):
     parser.add_argument(
         "--patterns", action="store_true", help='also LatentGPA with move_along="patterns"'
     )
+    parser.add_argument(
+        "--n-critic",
+        type=int,
+        default=None,
+        help="also label-free LatentGPA with this many critic updates per step of its flow",
+    )
     args = parser.parse_args(argv)
     studies = open_studies("bench_held_out_studies")
     if studies is None:
@@ -197,6 +203,9 @@ def main(argv=None):
     names = args.studies or (QUICK_STUDIES if args.quick else STUDIES)
     splits = (0,) if args.quick else (0, 1)
     methods = METHODS + PATTERNS if args.patterns else METHODS
+    if args.n_critic:
+        name = f"LatentGPA label-free, n_critic={args.n_critic}"
+        methods += ((name, latent_gpa(None, {"n_critic": args.n_critic})),)
     start = time.perf_counter()
     rows = []
     print(_common.grouped_table([], COLUMNS), flush=True)
@@ -227,7 +236,8 @@ def main(argv=None):
         "",
         _common.grouped_table(rows, COLUMNS),
     ]
-    stem = _common.result_stem("bench_held_out_studies", args.quick, "_patterns" * args.patterns)
+    tags = "_patterns" * args.patterns + f"_n_critic_{args.n_critic}" * bool(args.n_critic)
+    stem = _common.result_stem("bench_held_out_studies", args.quick, tags)
     _common.write_results(
         stem, {"command": command, "summary": summary, "rows": rows}, "\n".join(text)
     )

@@ -319,6 +319,16 @@ REFERENCES = [
 ]
 
 
+def critic_methods(n_critic):
+    """``LatentGPA`` (each labelling) with ``n_critic`` critic updates per step of its flow."""
+    settings = {"n_critic": n_critic}
+    labellings = (("labelled", "both"), ("semi-labelled", "target"), ("label-free", None))
+    return [
+        (f"LatentGPA {name}, n_critic={n_critic}", latent_gpa(labels, settings))
+        for name, labels in labellings
+    ]
+
+
 def prealign_methods(prealign):
     """``LatentGPA`` with another ``prealign`` (each labelling), and for "mixture" the
     pre-alignment on its own, semi-labelled (ER on the target rows only)."""
@@ -609,6 +619,13 @@ def main(argv=None):
         help="also LatentGPA (labelled, semi-labelled, label-free) with this prealign, and "
         'with "mixture" the pre-alignment alone, semi-labelled',
     )
+    parser.add_argument(
+        "--n-critic",
+        type=int,
+        default=None,
+        help="also LatentGPA (labelled, semi-labelled, label-free) with this many critic "
+        "updates per step of its flow",
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -633,6 +650,8 @@ def main(argv=None):
         ]
     if args.prealign:
         methods += prealign_methods(args.prealign)
+    if args.n_critic:
+        methods += critic_methods(args.n_critic)
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(_common.grouped_table([], CELL_COLUMNS), flush=True)
@@ -668,6 +687,7 @@ def main(argv=None):
             ("_real", args.real_only),
             ("_label_shift", args.label_shift),
             (f"_prealign_{args.prealign}", args.prealign),
+            (f"_n_critic_{args.n_critic}", args.n_critic),
         )
         if on
     )

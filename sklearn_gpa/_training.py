@@ -239,6 +239,7 @@ def train_flows(
         "kinetic_energy_per_flow": result.kinetic_energy,
         "time": result.time,
         "stop_step": np.array(result.stop_step),
+        "critic_redrawn": np.array(result.redrawn, dtype=int),
     }
     if result.stop_statistic is not None:
         history.update(
@@ -282,6 +283,8 @@ def append_history(before: dict, after: dict, n_steps_before: int) -> dict:
     for key in ("stop_rolled_back", "stop_stalled"):
         if key in before and key in after:
             history[key] = before[key] | after[key]
+    if "critic_redrawn" in before and "critic_redrawn" in after:
+        history["critic_redrawn"] = before["critic_redrawn"] + after["critic_redrawn"]
     return history
 
 

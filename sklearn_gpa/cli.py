@@ -163,16 +163,14 @@ def _make_estimator(args, callback=None):
     except ValueError as exc:
         raise CLIError(_option_message(str(exc))) from None
     if args.latent:
-        from .latent import LatentGPA
+        from .latent import LatentGPA, _default_flow
 
         # Codes share the encoder's unit: one common scale keeps the latent geometry.
-        latent_scaling = "common" if args.standardize else False
+        params["standardize"] = "common" if args.standardize else False
         # LatentGPA pre-aligns the rows themselves, before its encoder ("auto": its default).
-        prealign = transporter.prealign
+        prealign, params["prealign"] = params["prealign"], None
         return LatentGPA(
-            transporter=transporter.set_params(
-                out_of_sample="auto", standardize=latent_scaling, prealign=None
-            ),
+            transporter=_default_flow(**params),
             prealign="shrunk" if prealign == "auto" else prealign,
         )
     return transporter

@@ -175,7 +175,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     history_ : dict of ndarray
         Per step ``"divergence"``, ``"kinetic_energy"`` (and their ``"_per_flow"``
         versions) and ``"time"``; per flow ``"stop_step"`` (-1 if the rule did not stop
-        it), ``"stop_rolled_back"`` and ``"stop_stalled"``; per check of the rule
+        it), ``"stop_rolled_back"``, ``"stop_stalled"`` and ``"critic_redrawn"`` (times
+        its critic went flat, every unit inactive on the particles, and was drawn anew);
+        per check of the rule
         ``"stop_check_step"``, ``"stop_score"``, ``"stop_statistic"``, ``"stop_floor"``.
         :ref:`user_guide_history`.
     n_steps_ : int

@@ -324,6 +324,7 @@ def test_make_estimator_latent_and_standardize():
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
     assert flow.n_steps == latent_module.FLOW_STEPS == 1000 and flow.stop == "auto"
+    assert flow.n_critic == latent_module.FLOW_CRITIC == 10
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
     assert latent.prealign == "shrunk" and flow.prealign is None  # aligned once, in gene space

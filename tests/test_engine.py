@@ -535,3 +535,46 @@ def test_critic_sets_subnormal_state_to_zero_on_schedule(constraint, monkeypatch
             t.view(-1)[:3] = torch.tensor([tiny / 4, -tiny / 1e3, 2 * tiny], dtype=t.dtype)
         critic._flush_subnormals()
     assert all(t.view(-1)[:2].eq(0).all() and float(t.view(-1)[2]) == 2 * tiny for t in state)
+
+
+@pytest.mark.parametrize("redraw", [True, False])
+def test_a_flat_critic_is_drawn_anew_and_the_flow_moves_again(monkeypatch, redraw):
+    """Every ReLU unit of flow 0's critic inactive: no gradient for the particles or the
+    weights, so without a fresh draw the flow never moves; flow 1 is not touched."""
+    from sklearn_gpa._engine import flow as flow_module
+
+    monkeypatch.setattr(flow_module, "_REDRAW_FLAT", redraw)
+    (a_src, a_tgt), (b_src, b_tgt) = _gaussians(11, n=30), _gaussians(12, n=30)
+    y, w_y = pack_rows([a_src, b_src], F64, "cpu")
+    x, w_x = pack_rows([a_tgt, b_tgt], F64, "cpu")
+
+    def run(kill):
+        critic = _critic(d=2, n_flows=2, seed=3)
+        with critic.no_graph():
+            for w, b in critic.layers[:-1] if kill else []:
+                w[0].mul_(1e-3)
+                b[0].fill_(-1.0)
+        return train_flow(
+            y,
+            w_y,
+            x,
+            w_x,
+            critic,
+            get_tableau("euler"),
+            dt=0.3,
+            n_steps=20,
+            n_critic=2,
+            log_every=5,
+        )
+
+    result, healthy = run(kill=True), run(kill=False)
+    assert (result.kinetic_energy[:5, 0] == 0).all()
+    np.testing.assert_array_equal(result.particles[1], healthy.particles[1])
+    if redraw:
+        assert result.redrawn == [1, 0]
+        assert (result.kinetic_energy[5:, 0] > 0).all()
+        assert (result.particles[0] - y[0]).abs().max() > 0.1
+    else:
+        assert result.redrawn == [0, 0]
+        assert (result.kinetic_energy[:, 0] == 0).all()
+        np.testing.assert_array_equal(result.particles[0], y[0])

@@ -706,7 +706,10 @@ def test_random_state_makes_fit_reproducible_and_keeps_a_seeded_transporter():
     X, _, sd = stack_domains(distorted, target)
     first, again = (LatentGPA(random_state=3).fit_transform(X, sample_domain=sd) for _ in range(2))
     np.testing.assert_array_equal(first, again)
-    assert LatentGPA(random_state=3).fit(X, sample_domain=sd).transporter_.random_state == 3
+    flow = LatentGPA(random_state=3).fit(X, sample_domain=sd).transporter_
+    assert flow.random_state == 3
+    # The default flow: LatentGPA's own maximum and twice a direct transporter's critic updates.
+    assert (flow.n_steps, flow.n_critic, flow.standardize) == (1000, 10, "common")
     seeded = LatentGPA(transporter=GPATransporter(random_state=7), random_state=3)
     assert seeded.fit(X, sample_domain=sd).transporter_.random_state == 7
     assert seeded.transporter.random_state == 7  # the parameter itself is left alone

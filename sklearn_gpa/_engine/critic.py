@@ -424,6 +424,24 @@ class Critic:
                 full.index_copy_(1, index, selected)
         self._exact_left, self._updates = part._exact_left, part._updates
 
+    def redraw(self, flows, generator) -> None:
+        """New weights for the critics of ``flows``, drawn and normalised as at the start.
+
+        A ReLU critic whose units are all inactive at every particle has a zero gradient
+        there, for the particles and for its own weights: no ascent step brings the units
+        back, and the flow stays where it is, short of its target.  A fresh draw starts that
+        flow's critic again; its Adam moments and the run's counters are kept (the moments
+        of dead units have decayed towards zero; the others' scale the first steps).
+        """
+        part = self.select(flows)
+        device = part.params.device
+        with self.no_graph():
+            part.params.copy_(part.layout.initialize(generator, part.params.dtype, device))
+            if self.constraint is not None:
+                with _calling_thread(self._small_ops_on_one_thread(device)):
+                    part._init_normalisation(generator)
+        self.absorb(part, flows)
+
     # -- spectral normalisation -------------------------------------------------------------
     def _power_iteration(self):
         """One power iteration per layer with persistent vectors; the norms per weight group,

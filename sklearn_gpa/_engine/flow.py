@@ -95,6 +95,7 @@ class FlowResult:
     stop_floor: np.ndarray = None  # (K,) the energy distance's fresh-sample floor
     later_states: list = field(default_factory=list)  # [(flows, states)] after compactions
     trained_steps: list = field(default_factory=list)  # per flow, steps its critic trained
+    redrawn: list = field(default_factory=list)  # per flow, times its flat critic was redrawn
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Record:
     trained_steps: np.ndarray  # (K,) steps each flow's critic trained (n_steps: to the end)
     columns: torch.Tensor | None = None
     later: list = field(default_factory=list)  # closed segments: (first, columns, states)
+    redrawn: list = field(default_factory=list)  # (step, flows) whose flat critic was redrawn
 
     def write(self, table, step, values):
         if self.columns is None:
@@ -139,6 +141,9 @@ class _Record:
 # Whether a run leaves the flows that stopped out of its batch (``_Batch.leave_out``);
 # benchmarks switch it off to time the run that keeps every flow to the end.
 _COMPACT = True
+# Whether a moving flow whose critic went flat gets a fresh one (``_redraw_flat_critics``);
+# benchmarks switch it off to measure what it changes.
+_REDRAW_FLAT = True
 # A flow that the rule never stopped goes back to its best check when its score at the end
 # is more than this many times that check's (None: never).  Flows whose critic lags behind
 # their particles can swing past their target and back (a one-dimensional latent flow went
@@ -273,6 +278,30 @@ def _check_progress(step, batch: _Batch, rule, record: _Record, tol, callback):
     if tol is not None and np.all(energy[moving] < tol):
         return "tol"
     return None
+
+
+def _redraw_flat_critics(step, batch: _Batch, record: _Record) -> None:
+    """Give a fresh critic to each moving flow whose particles had no velocity at ``step``.
+
+    Exactly zero kinetic energy means the critic's gradient is zero at every particle (a
+    ReLU critic with all its units inactive there): it can no longer learn or move them
+    (``Critic.redraw``).  Checked at the host's looks only; the draw's seed is the critic
+    generator's, the step and the flows (their indices among the run's K), so a flow gets
+    the same critic whether or not others left the batch.
+    """
+    if not _REDRAW_FLAT:
+        return
+    moving = (batch.live & batch.running).cpu().numpy()
+    energy = record.kinetic_energy[step].cpu().numpy()[batch.flows]
+    flat = np.flatnonzero(moving & (energy == 0.0))
+    if not len(flat):
+        return
+    critic = batch.critic
+    seed = [critic.generator.initial_seed(), step, *batch.flows[flat].tolist()]
+    generator = torch.Generator(device=critic.params.device)
+    generator.manual_seed(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1))
+    critic.redraw(flat, generator)
+    record.redrawn.append((step + 1, batch.flows[flat].tolist()))
 
 
 class _RuleRecord:
@@ -521,6 +550,7 @@ def train_flow(
                 if reason is not None:
                     stop_reason, steps_run = reason, step + 1
                     break
+                _redraw_flat_critics(step, flows, record)
                 if step + 1 < n_steps:
                     flows.leave_out(step + 1, record, rule)
     except KeyboardInterrupt:
@@ -553,6 +583,9 @@ def train_flow(
         failed_step=failed,
         later_states=later,
         trained_steps=np.minimum(record.trained_steps, steps_run).tolist(),
+        redrawn=np.bincount(
+            [k for _, flows in record.redrawn for k in flows], minlength=n_flows
+        ).tolist(),
     )
     rule.fill(result)
     return result
