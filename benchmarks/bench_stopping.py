@@ -22,17 +22,23 @@ fits that do not stop early (``results/bench_stopping_cost.*``).  ``--null``: on
 of a fresh sample (one random half of a table against the other, standardised, 100 splits
 per table, the engine's rule as a fit builds it): its quantiles and how often it is above 1
 and above ``stopping.START_FACTOR``, the first check's bar in integration
-(``results/bench_stopping_null.*``).  ``--duplicates``: generation on data with duplicated
-rows, each fit also on its distinct rows: ecoli4 (40 rows, features 2-6) stacked three
-times, and KEEL kddcup land vs portsweep (250 rows, 130 distinct, class-conditional); steps
-run, seconds, pickled size, share of 1000 ``sample()`` rows that are exact copies of a
-training row, C2ST (random forest, 5 folds) of the samples against held-out real rows
+(``results/bench_stopping_null.*``).  ``--sides``: only the four wells with every default,
+a square, a line and a diamond from a blob at (-20, 9), with 100 / 400, 400 / 100, 100 / 100
+and 300 / 300 source / target rows, seeds 5-12: how many meet the checker's criterion (>= 0.9
+of the moved rows within 1.5 of a well, every well >= 0.15, stopped by the rule), next to the
+target's own smallest well (``results/bench_stopping_sides.*``).  ``--duplicates``:
+generation on data with duplicated rows, each fit also on its distinct rows: ecoli4 (40
+rows, features 2-6) stacked three times, and KEEL kddcup land vs portsweep (250 rows, 130
+distinct, class-conditional); steps run, seconds, pickled size, share of 1000 ``sample()``
+rows that are exact copies of a training row, C2ST (random forest, 5 folds) of the samples
+against held-out real rows
 (``results/bench_stopping_duplicates.*``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import _common
@@ -107,38 +113,82 @@ PLACEMENTS = {
 }
 
 
-def placement_problem(centres, blob, seed):
-    """Stacked rows and ``sample_domain`` of one placement: 300 target rows in the wells
-    ``centres`` (sd 0.5), 300 source rows in a blob (sd 0.5) at ``blob``."""
+def placement_problem(centres, blob, seed, n_source=300, n_target=300):
+    """Stacked rows and ``sample_domain`` of one placement: ``n_target`` target rows in the
+    wells ``centres`` (sd 0.5), ``n_source`` source rows in a blob (sd 0.5) at ``blob``."""
     rng = np.random.RandomState(seed)
-    target = wells(300, rng, centres)
-    source = np.array(blob) + 0.5 * rng.standard_normal((300, 2))
+    target = wells(n_target, rng, centres)
+    source = np.array(blob) + 0.5 * rng.standard_normal((n_source, 2))
     X, _, domain = stack_domains(source, target)
     return X, domain
 
 
+def default_fit(problem, centres, X, domain, seed):
+    """A four-well fit with every default: its row (near a well, smallest well), printed."""
+    gpa = GPATransporter(random_state=seed)
+    out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+    near, smallest = well_scores(out[domain >= 0], centres)
+    row = fit_row(problem, "defaults", gpa, seconds, rule, near_well=near, smallest_well=smallest)
+    print_row(row)
+    return row
+
+
 def well_placements(seeds, placements=PLACEMENTS):
     """The checker's problem: all defaults, several placements and seeds."""
+    return [
+        default_fit(f"{name}, seed {seed}", centres, *placement_problem(centres, blob, seed), seed)
+        for name, (centres, blob) in placements.items()
+        for seed in seeds
+    ]
+
+
+# Few rows on a side: the three shapes from one blob, source / target rows.
+SHAPES = {"square": WELLS, "line": LINE, "diamond": DIAMOND}
+SIDES = ((100, 400), (400, 100), (100, 100), (300, 300))
+SIDES_BLOB = (-20.0, 9.0)
+
+
+def well_sides(seeds):
+    """The checker's problem with 100 to 400 rows a side, all defaults."""
     rows = []
-    for name, (centres, blob) in placements.items():
+    for (shape, centres), (n_source, n_target) in itertools.product(SHAPES.items(), SIDES):
         for seed in seeds:
-            X, domain = placement_problem(centres, blob, seed)
-            gpa = GPATransporter(random_state=seed)
-            out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
-            near, smallest = well_scores(out[domain >= 0], centres)
-            rows.append(
-                fit_row(
-                    f"{name}, seed {seed}",
-                    "defaults",
-                    gpa,
-                    seconds,
-                    rule,
-                    near_well=near,
-                    smallest_well=smallest,
-                )
+            X, domain = placement_problem(centres, SIDES_BLOB, seed, n_source, n_target)
+            row = default_fit(
+                f"{shape}, {n_source} / {n_target} rows, seed {seed}", centres, X, domain, seed
             )
-            print_row(rows[-1])
+            # A well's share of 100 random target rows can itself be below 0.15.
+            row.update(shape=shape, sides=f"{n_source} / {n_target}")
+            row["target_smallest_well"] = well_scores(X[domain < 0], centres)[1]
+            rows.append(row)
     return rows
+
+
+def met(row):
+    """The checker's criterion: >= 0.9 near a well, every well >= 0.15, stopped by itself."""
+    return (
+        row["near_well"] >= 0.9 and row["smallest_well"] >= 0.15 and row["stop_reason"] != "n_steps"
+    )
+
+
+def sides_markdown(rows):
+    lines = [
+        "| shape | source / target rows | met | near a well, mean (min) | smallest well, min "
+        "(target's own) | steps, median (max) | seconds, all fits |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for (shape, sides), group in itertools.groupby(rows, lambda r: (r["shape"], r["sides"])):
+        group = list(group)
+        near = [r["near_well"] for r in group]
+        steps = [r["n_steps_run"] for r in group]
+        lines.append(
+            f"| {shape} | {sides} | {sum(map(met, group))} / {len(group)} | "
+            f"{np.mean(near):.3f} ({min(near):.3f}) | "
+            f"{min(r['smallest_well'] for r in group):.3f} "
+            f"({min(r['target_smallest_well'] for r in group):.3f}) | "
+            f"{np.median(steps):.0f} ({max(steps)}) | {sum(r['seconds'] for r in group):.1f} |"
+        )
+    return "\n".join(lines) + "\n\n" + markdown(rows)
 
 
 def fit_row(problem, setting, gpa, seconds, rule_seconds, **scores):
@@ -490,6 +540,9 @@ def main():
     parser.add_argument(
         "--wells", action="store_true", help="only the four wells, defaults, 6 placements"
     )
+    parser.add_argument(
+        "--sides", action="store_true", help="only the four wells with 100-400 rows a side"
+    )
     parser.add_argument("--null", action="store_true", help="only a fresh sample's score")
     parser.add_argument(
         "--duplicates", action="store_true", help="only generation on duplicated rows"
@@ -499,6 +552,8 @@ def main():
         return _write("bench_stopping_duplicates", duplicates(), duplicates_markdown)
     if args.null:
         return _write("bench_stopping_null", null_scores(), null_markdown)
+    if args.sides:
+        return _write("bench_stopping_sides", well_sides(range(5, 13)), sides_markdown)
     if args.wells:
         return _write("bench_stopping_wells", well_placements([0, 1, 2]), markdown)
     if args.cost:
