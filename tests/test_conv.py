@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn_gpa import GPATransporter
 from sklearn_gpa._engine.conv import ConvCritic, ConvLayout
 from sklearn_gpa._engine.divergences import get_divergence
-from sklearn_gpa._engine.networks import make_activation
+from sklearn_gpa._engine.networks import flow_mask, make_activation
 from sklearn_gpa.metrics import energy_distance
 
 
@@ -438,3 +438,19 @@ def test_bfloat16_training_passes_stay_close_to_float32():
         for flow in range(2):
             norm = _operator_norm(weight.double(), 2, layout.map_shapes[i], flow)
             assert abs(norm / critic.layer_norm - 1.0) < 2e-3
+
+
+def test_redraw_gives_one_flow_the_critic_a_fresh_draw_would_give():
+    """``Critic.redraw`` (a flat critic's new start) draws and normalises the flow's weights
+    as the constructor does, and leaves the other flows' weights alone."""
+    _, critic = _critic(n_flows=3)
+    z, n, w = _batch()
+    with critic.no_graph():
+        for _ in range(3):
+            critic.train_step(z, n, w, w)
+    trained = critic.params.detach().clone()
+    critic.redraw(np.array([1]), torch.Generator().manual_seed(5))
+    one, fresh = flow_mask(critic.layout, [1]), _critic(n_flows=1, seed=5)[1]
+    others = flow_mask(critic.layout, [0, 2])
+    torch.testing.assert_close(critic.params[one], fresh.params, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(critic.params[others], trained[others], rtol=0, atol=0)
