@@ -578,3 +578,50 @@ def test_a_flat_critic_is_drawn_anew_and_the_flow_moves_again(monkeypatch, redra
         assert result.redrawn == [0, 0]
         assert (result.kinetic_energy[:, 0] == 0).all()
         np.testing.assert_array_equal(result.particles[0], y[0])
+
+
+def _kill(critic, flows):
+    """Every ReLU unit of ``flows``' critics inactive on rows near the origin."""
+    with critic.no_graph():
+        for w, b in critic.layers[:-1]:
+            for k in flows:
+                w[k].mul_(1e-3)
+                b[k].fill_(-1.0)
+
+
+def test_a_redrawn_critic_depends_on_its_flow_only_and_a_continued_run_draws_the_same():
+    data = [_gaussians(seed, n=30) for seed in (13, 14, 15)]
+    y, w_y = pack_rows([s for s, _ in data], F64, "cpu")
+    x, w_x = pack_rows([t for _, t in data], F64, "cpu")
+
+    def run(n_steps=20, critic=None, start=None, callback=None):
+        return train_flow(
+            y if start is None else start,
+            w_y,
+            x,
+            w_x,
+            critic,
+            get_tableau("euler"),
+            dt=0.3,
+            n_steps=n_steps,
+            n_critic=2,
+            log_every=5,
+            callback=callback,
+        )
+
+    both, alone = _critic(d=2, n_flows=3, seed=4), _critic(d=2, n_flows=3, seed=4)
+    _kill(both, [0, 2])
+    _kill(alone, [2])
+    both, alone = run(critic=both), run(critic=alone)
+    assert both.redrawn == [1, 0, 1] and alone.redrawn == [0, 0, 1]
+    np.testing.assert_array_equal(both.particles[2], alone.particles[2])
+
+    # Flow 0 goes flat after step 10: in one run of 20 steps, and in 10 continued by 10.
+    critic = _critic(d=2, n_flows=3, seed=4)
+    whole = run(critic=critic, callback=lambda step, *_: step + 1 == 10 and _kill(critic, [0]))
+    critic = _critic(d=2, n_flows=3, seed=4)
+    first = run(n_steps=10, critic=critic)
+    _kill(critic, [0])
+    second = run(n_steps=10, critic=critic, start=first.particles)
+    assert whole.redrawn == second.redrawn == [1, 0, 0]
+    np.testing.assert_allclose(second.particles, whole.particles, rtol=1e-12, atol=1e-12)

@@ -406,6 +406,7 @@ def test_flows_done_before_the_first_step_get_no_critic():
     result, flow = run_gpa(sources, targets, **kw)
     assert flow.slots.tolist() == [1] and flow.layout.n_flows == 1
     assert result.stop_step[0] == 0 and not result.alive[:, 0].any()
+    assert result.redrawn == [0, 0]  # one entry per flow, the untrained one's too
     assert np.isnan(result.divergence[:, 0]).all() and np.isfinite(result.divergence[:, 1]).all()
     np.testing.assert_array_equal(result.particles[0, :80].numpy(), sources[0])
     # Flow 1 runs as it would alone: same critic draws, same rule, same particles.
@@ -439,7 +440,7 @@ def test_transporter_with_an_untrained_flow_fits_samples_and_continues():
     assert path.shape[1:] == (140, 2)
     gpa.set_params(n_steps=20).fit(X, y, sample_domain=domain)  # continues flow 1 only
     assert gpa.n_steps_ >= 40 and gpa.flow_.slots.tolist() == [1]
-    assert gpa.history_["stop_step"][0] == 0
+    assert gpa.history_["stop_step"][0] == 0 and gpa.history_["critic_redrawn"].shape == (2,)
     np.testing.assert_allclose(gpa.particles_[:80], sources[0], atol=1e-5)
 
 

@@ -220,6 +220,7 @@ def _widen_result(result, slots, start, sources):
         rolled_back=_per_flow(result.rolled_back, slots, n_flows, False),
         stalled=_per_flow(result.stalled, slots, n_flows, False),
         trained_steps=_per_flow(result.trained_steps, slots, n_flows, 0),
+        redrawn=_per_flow(result.redrawn, slots, n_flows, 0),
     )
     if result.stop_score is not None:
         score = _columns(result.stop_score, slots, n_flows)

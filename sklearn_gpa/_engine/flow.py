@@ -285,23 +285,24 @@ def _redraw_flat_critics(step, batch: _Batch, record: _Record) -> None:
 
     Exactly zero kinetic energy means the critic's gradient is zero at every particle (a
     ReLU critic with all its units inactive there): it can no longer learn or move them
-    (``Critic.redraw``).  Checked at the host's looks only; the draw's seed is the critic
-    generator's, the step and the flows (their indices among the run's K), so a flow gets
-    the same critic whether or not others left the batch.
+    (``Critic.redraw``).  Checked at the host's looks only.  Each flow's draw has its own
+    seed: the critic generator's, the critic's update count (kept in its state, so a
+    continued run draws what the whole run drew) and the flow's index among the run's K
+    (so a flow's new critic does not depend on the others, nor on which left the batch).
     """
     if not _REDRAW_FLAT:
         return
     moving = (batch.live & batch.running).cpu().numpy()
     energy = record.kinetic_energy[step].cpu().numpy()[batch.flows]
     flat = np.flatnonzero(moving & (energy == 0.0))
-    if not len(flat):
-        return
     critic = batch.critic
-    seed = [critic.generator.initial_seed(), step, *batch.flows[flat].tolist()]
-    generator = torch.Generator(device=critic.params.device)
-    generator.manual_seed(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1))
-    critic.redraw(flat, generator)
-    record.redrawn.append((step + 1, batch.flows[flat].tolist()))
+    for j in flat:
+        seed = [critic.generator.initial_seed(), int(critic.n_updates), int(batch.flows[j])]
+        generator = torch.Generator(device=critic.params.device)
+        generator.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        critic.redraw([j], generator)
+    if len(flat):
+        record.redrawn.append((step + 1, batch.flows[flat].tolist()))
 
 
 class _RuleRecord:
