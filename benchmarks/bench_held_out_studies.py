@@ -45,6 +45,7 @@ from bench_known_truth import (
     _affine,
     batch_effect,
     combat,
+    critic_methods,
     latent_gpa,
     meanstd,
     meanstd_shrunk,
@@ -204,8 +205,7 @@ def main(argv=None):
     splits = (0,) if args.quick else (0, 1)
     methods = METHODS + PATTERNS if args.patterns else METHODS
     if args.n_critic:
-        name = f"LatentGPA label-free, n_critic={args.n_critic}"
-        methods += ((name, latent_gpa(None, {"n_critic": args.n_critic})),)
+        methods += tuple(critic_methods(args.n_critic)[-1:])  # label-free
     start = time.perf_counter()
     rows = []
     print(_common.grouped_table([], COLUMNS), flush=True)

@@ -280,11 +280,13 @@ def append_history(before: dict, after: dict, n_steps_before: int) -> dict:
         history[key] = np.concatenate(parts)
     later = np.where(after["stop_step"] >= 0, after["stop_step"] + n_steps_before, -1)
     history["stop_step"] = np.where(before["stop_step"] >= 0, before["stop_step"], later)
-    for key in ("stop_rolled_back", "stop_stalled"):
+    for key, combine in (
+        ("stop_rolled_back", np.logical_or),
+        ("stop_stalled", np.logical_or),
+        ("critic_redrawn", np.add),
+    ):
         if key in before and key in after:
-            history[key] = before[key] | after[key]
-    if "critic_redrawn" in before and "critic_redrawn" in after:
-        history["critic_redrawn"] = before["critic_redrawn"] + after["critic_redrawn"]
+            history[key] = combine(before[key], after[key])
     return history
 
 

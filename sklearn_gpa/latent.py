@@ -41,8 +41,10 @@ FLOW_CRITIC = 10
 def _default_flow(**params):
     """The flow ``LatentGPA`` runs on its codes when given no transporter, with ``params``
     changed (the CLI's ``--latent`` and the benchmarks build theirs here)."""
-    settings = {"n_steps": FLOW_STEPS, "n_critic": FLOW_CRITIC, "out_of_sample": "auto"}
-    return GPATransporter(**{**settings, "standardize": "common", **params})
+    defaults = dict(
+        n_steps=FLOW_STEPS, n_critic=FLOW_CRITIC, out_of_sample="auto", standardize="common"
+    )
+    return GPATransporter(**{**defaults, **params})
 
 
 @validate_params(

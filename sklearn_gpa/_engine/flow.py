@@ -127,9 +127,9 @@ class _Record:
     alive: torch.Tensor  # (n_steps, K), False where a flow was not in the batch
     n_stored: int
     trained_steps: np.ndarray  # (K,) steps each flow's critic trained (n_steps: to the end)
+    redrawn: np.ndarray  # (K,) times each flow's flat critic was drawn anew
     columns: torch.Tensor | None = None
     later: list = field(default_factory=list)  # closed segments: (first, columns, states)
-    redrawn: list = field(default_factory=list)  # (step, flows) whose flat critic was redrawn
 
     def write(self, table, step, values):
         if self.columns is None:
@@ -301,8 +301,7 @@ def _redraw_flat_critics(step, batch: _Batch, record: _Record) -> None:
         generator = torch.Generator(device=critic.params.device)
         generator.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         critic.redraw([j], generator)
-    if len(flat):
-        record.redrawn.append((step + 1, batch.flows[flat].tolist()))
+    record.redrawn[batch.flows[flat]] += 1
 
 
 class _RuleRecord:
@@ -523,6 +522,7 @@ def train_flow(
         alive=torch.zeros(n_steps, n_flows, dtype=torch.bool, device=device),
         n_stored=n_stored,
         trained_steps=np.full(n_flows, n_steps),
+        redrawn=np.zeros(n_flows, dtype=int),
     )
     now = np.empty(n_steps)
     live = torch.ones(n_flows, dtype=torch.bool, device=device)
@@ -584,9 +584,7 @@ def train_flow(
         failed_step=failed,
         later_states=later,
         trained_steps=np.minimum(record.trained_steps, steps_run).tolist(),
-        redrawn=np.bincount(
-            [k for _, flows in record.redrawn for k in flows], minlength=n_flows
-        ).tolist(),
+        redrawn=record.redrawn.tolist(),
     )
     rule.fill(result)
     return result
