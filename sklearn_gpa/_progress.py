@@ -112,6 +112,12 @@ class FitProgress:
     def _file(self):
         return self.file if self.file is not None else sys.stderr
 
+    def __deepcopy__(self, memo):
+        # A bar on a terminal is one display, not a value: the copy scikit-learn's ``clone``
+        # makes of an estimator's parameters (``LatentGPA`` clones its transporter) reports
+        # to the same bar.  Copying it would copy its stream, which cannot be copied.
+        return self
+
     def __call__(self, step, divergence, kinetic_energy):
         """Record the values after ``step`` (0-based) and redraw the bar."""
         self.steps_done = int(step) + 1

@@ -312,6 +312,23 @@ def test_non_finite_and_non_integer_options_are_refused_by_argparse(capsys, opti
     assert f"argument {option}: not a" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("latent", [False, True])
+def test_transport_with_its_progress_bar(tmp_path, capsys, latent):
+    """Without --quiet the progress bar is the flow's callback; LatentGPA clones its
+    transporter, and the clone must report to the same bar (copying the bar failed: its
+    stream cannot be copied)."""
+    data = load_wine()
+    Xs, _, _, Xt, _, names = _split_study(data.data, data.target, list(data.feature_names))
+    _write(tmp_path / "s.csv", Xs.tolist(), names)
+    _write(tmp_path / "t.csv", Xt.tolist(), names)
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    args += ["-o", str(tmp_path / "o.csv"), "--n-steps", "20"] + ["--latent"] * latent
+    assert main(["transport", *args]) == 0
+    name = "LatentGPA" if latent else "GPATransporter"
+    assert f"{name}: " in capsys.readouterr().err  # the bar's summary line
+    assert len(_read(tmp_path / "o.csv")) == len(Xs) + 1
+
+
 def test_make_estimator_latent_and_standardize():
     parse = cli._parser().parse_args
     base = ["transport", "--source", "s", "--target", "t", "-o", "o"]
