@@ -45,7 +45,7 @@ from bench_known_truth import (
     _affine,
     batch_effect,
     combat,
-    critic_methods,
+    flow_methods,
     latent_gpa,
     meanstd,
     meanstd_shrunk,
@@ -197,6 +197,12 @@ def main(argv=None):
         default=None,
         help="also label-free LatentGPA with this many critic updates per step of its flow",
     )
+    parser.add_argument(
+        "--flow-steps",
+        type=int,
+        default=None,
+        help="also label-free LatentGPA with this n_steps (most steps) of its flow",
+    )
     args = parser.parse_args(argv)
     studies = open_studies("bench_held_out_studies")
     if studies is None:
@@ -205,7 +211,9 @@ def main(argv=None):
     splits = (0,) if args.quick else (0, 1)
     methods = METHODS + PATTERNS if args.patterns else METHODS
     if args.n_critic:
-        methods += tuple(critic_methods(args.n_critic)[-1:])  # label-free
+        methods += tuple(flow_methods(n_critic=args.n_critic)[-1:])  # label-free
+    if args.flow_steps:
+        methods += tuple(flow_methods(n_steps=args.flow_steps)[-1:])
     start = time.perf_counter()
     rows = []
     print(_common.grouped_table([], COLUMNS), flush=True)
@@ -237,6 +245,7 @@ def main(argv=None):
         _common.grouped_table(rows, COLUMNS),
     ]
     tags = "_patterns" * args.patterns + f"_n_critic_{args.n_critic}" * bool(args.n_critic)
+    tags += f"_flow_steps_{args.flow_steps}" * bool(args.flow_steps)
     stem = _common.result_stem("bench_held_out_studies", args.quick, tags)
     _common.write_results(
         stem, {"command": command, "summary": summary, "rows": rows}, "\n".join(text)

@@ -319,13 +319,13 @@ REFERENCES = [
 ]
 
 
-def critic_methods(n_critic):
-    """``LatentGPA`` (each labelling) with ``n_critic`` critic updates per step of its flow."""
-    settings = {"n_critic": n_critic}
+def flow_methods(**settings):
+    """``LatentGPA`` (each labelling) with its flow's ``settings`` changed (``--n-critic``,
+    ``--flow-steps``: the other setting beside the default)."""
+    tag = ", ".join(f"{key}={value}" for key, value in settings.items())
     labellings = (("labelled", "both"), ("semi-labelled", "target"), ("label-free", None))
     return [
-        (f"LatentGPA {name}, n_critic={n_critic}", latent_gpa(labels, settings))
-        for name, labels in labellings
+        (f"LatentGPA {name}, {tag}", latent_gpa(labels, settings)) for name, labels in labellings
     ]
 
 
@@ -626,6 +626,13 @@ def main(argv=None):
         help="also LatentGPA (labelled, semi-labelled, label-free) with this many critic "
         "updates per step of its flow",
     )
+    parser.add_argument(
+        "--flow-steps",
+        type=int,
+        default=None,
+        help="also LatentGPA (labelled, semi-labelled, label-free) with this n_steps (most "
+        "steps) of its flow",
+    )
     parser.add_argument("--no-real", action="store_true", help="skip the real study pairs")
     parser.add_argument("--real-only", action="store_true", help="only the real study pairs")
     args = parser.parse_args(argv)
@@ -651,7 +658,9 @@ def main(argv=None):
     if args.prealign:
         methods += prealign_methods(args.prealign)
     if args.n_critic:
-        methods += critic_methods(args.n_critic)
+        methods += flow_methods(n_critic=args.n_critic)
+    if args.flow_steps:
+        methods += flow_methods(n_steps=args.flow_steps)
     start = time.perf_counter()
     split_rows, real_rows = [], []
     print(_common.grouped_table([], CELL_COLUMNS), flush=True)
@@ -688,6 +697,7 @@ def main(argv=None):
             ("_label_shift", args.label_shift),
             (f"_prealign_{args.prealign}", args.prealign),
             (f"_n_critic_{args.n_critic}", args.n_critic),
+            (f"_flow_steps_{args.flow_steps}", args.flow_steps),
         )
         if on
     )

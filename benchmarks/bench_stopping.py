@@ -422,7 +422,7 @@ def null_scores(n_splits=100):
                 torch.ones(a.shape[:2], dtype=a.dtype),
                 torch.ones(b.shape[:2], dtype=b.dtype),
             )
-            rule = _stopping_rule(w_a, b, w_b, split, "auto")
+            rule = _stopping_rule(a, w_a, b, w_b, split, "auto")
             scores.append(float(rule.check(a)[1][0]))
         q = np.quantile(scores, [0.5, 0.8, 0.95, 0.99])
         rows.append(

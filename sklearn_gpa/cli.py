@@ -120,21 +120,14 @@ def run_demo(n_steps=500, output="gpa_demo.png", seed=0):
 
 
 # ----------------------------------------------------------------------------- tables
-# --n-steps when not given: the estimators' own maxima (the stopping rule ends most flows
-# earlier): GPATransporter's n_steps and latent.FLOW_STEPS, written here so that --help does
+# --n-steps when not given: GPATransporter's n_steps, the most steps of a flow, direct or
+# LatentGPA's (the stopping rule ends most flows earlier), written here so that --help does
 # not import torch (tests/test_cli.py checks that they agree).
 DEFAULT_STEPS = 2000
-DEFAULT_LATENT_STEPS = 1000
-
-
-def _n_steps(args):
-    if args.n_steps is not None:
-        return args.n_steps
-    return DEFAULT_LATENT_STEPS if args.latent else DEFAULT_STEPS
 
 
 def _estimator_params(args, callback=None):
-    n_steps = _n_steps(args)
+    n_steps = args.n_steps
     return {
         "f": args.f,
         "alpha": args.alpha,
@@ -248,7 +241,7 @@ def run_transport(args):
 
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     name = "LatentGPA" if args.latent else "GPATransporter"
-    progress = FitProgress(name, total=_n_steps(args), verbose=0 if args.quiet else 1)
+    progress = FitProgress(name, total=args.n_steps, verbose=0 if args.quiet else 1)
     estimator = _make_estimator(args, callback=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -370,9 +363,9 @@ def _parser():
     gpa.add_argument(
         "--n-steps",
         type=_integer,
-        help=f"most particle steps; each flow stops earlier once its particles are as close "
-        f"to the target as a fresh sample of it (default: {DEFAULT_STEPS}, "
-        f"{DEFAULT_LATENT_STEPS} with --latent)",
+        default=DEFAULT_STEPS,
+        help="most particle steps; each flow stops earlier once its particles are as close "
+        "to the target as a fresh sample of it",
     )
     gpa.add_argument("--solver", default="euler", choices=SOLVER_CHOICES, help="integrator")
     gpa.add_argument(

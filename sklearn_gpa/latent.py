@@ -29,9 +29,6 @@ from .utils import NumberInterval, known_labels
 
 __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "default_encoder"]
 
-# Most steps of the flow LatentGPA builds when given no transporter (in a few latent
-# dimensions the stopping rule usually ends it earlier; the CLI's --latent default too).
-FLOW_STEPS = 1000
 # Critic updates per step of that flow: twice GPATransporter's.  Latent flows are few
 # dimensions and few rows, where a critic that lags its particles lets them swing past
 # their target and back (measured in benchmarks/README.md, "A critic that keeps up").
@@ -41,9 +38,7 @@ FLOW_CRITIC = 10
 def _default_flow(**params):
     """The flow ``LatentGPA`` runs on its codes when given no transporter, with ``params``
     changed (the CLI's ``--latent`` and the benchmarks build theirs here)."""
-    defaults = dict(
-        n_steps=FLOW_STEPS, n_critic=FLOW_CRITIC, out_of_sample="auto", standardize="common"
-    )
+    defaults = dict(n_critic=FLOW_CRITIC, out_of_sample="auto", standardize="common")
     return GPATransporter(**{**defaults, **params})
 
 
@@ -214,8 +209,8 @@ class LatentGPA(DomainTransformer):
         :class:`~sklearn_gpa.Autoencoder` work too.
     transporter : GPATransporter or None, default=None
         The flow to run on the codes (cloned).  None uses
-        ``GPATransporter(n_steps=1000, n_critic=10, out_of_sample="auto",
-        standardize="common")`` (its stopping rule usually ends the flow earlier; twice
+        ``GPATransporter(n_critic=10, out_of_sample="auto", standardize="common")`` (its
+        stopping rule usually ends the flow well before its 2000 steps; twice
         the critic updates of a direct transporter, so that it keeps up with particles in
         few dimensions): new source rows then move like their nearest training codes (or
         to the mean of their end points, per class flow, by leave-one-out), which suits

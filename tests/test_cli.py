@@ -340,7 +340,7 @@ def test_make_estimator_latent_and_standardize():
     latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
-    assert flow.n_steps == latent_module.FLOW_STEPS == 1000 and flow.stop == "auto"
+    assert flow.n_steps == GPATransporter().n_steps == 2000 and flow.stop == "auto"
     assert flow.n_critic == latent_module.FLOW_CRITIC == 10
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
@@ -386,7 +386,7 @@ def test_help_shows_defaults_and_every_choice_without_heavy_imports():
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "{kl,kl_dv,alpha,chi2,reverse_kl,js}" in out
-    assert "(default: 2000, 1000 with --latent)" in out
+    assert "(default: 2000)" in out
     assert "(default: 10.0)" in out and "(default: 0.01)" in out
     assert "--standardize, --no-standardize" in out and "--latent" in out
     assert "loaded: []" in out

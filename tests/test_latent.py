@@ -566,6 +566,22 @@ def test_discrepancy_encoder_finds_nothing_without_an_effect():
         assert DiscrepancyEncoder().fit(X, sample_domain=sd).n_components_ == 0
 
 
+def test_discrepancy_encoder_counts_a_repeated_row_once():
+    from sklearn_gpa.latent import DiscrepancyEncoder
+
+    # 20 source rows, each ten times, drawn like the target: copies are no evidence (the
+    # test found 10 directions of noise, and LatentGPA then moved the rows off their truth).
+    rng = np.random.RandomState(0)
+    loadings = rng.standard_normal((5, 40))
+    draw = lambda n: rng.standard_normal((n, 5)) @ loadings + rng.standard_normal((n, 40))  # noqa: E731
+    source, target = draw(20), draw(200)
+    X, _, sd = stack_domains(np.repeat(source, 10, axis=0), target)
+    assert DiscrepancyEncoder().fit(X, sample_domain=sd).n_components_ == 0
+    X_once, _, sd_once = stack_domains(source, target)
+    once = DiscrepancyEncoder().fit(X_once, sample_domain=sd_once)
+    np.testing.assert_array_equal(once.scale_, DiscrepancyEncoder().fit(X, sample_domain=sd).scale_)
+
+
 def test_discrepancy_encoder_alternative_and_level():
     from sklearn_gpa.latent import DiscrepancyEncoder
 
@@ -708,8 +724,8 @@ def test_random_state_makes_fit_reproducible_and_keeps_a_seeded_transporter():
     np.testing.assert_array_equal(first, again)
     flow = LatentGPA(random_state=3).fit(X, sample_domain=sd).transporter_
     assert flow.random_state == 3
-    # The default flow: LatentGPA's own maximum and twice a direct transporter's critic updates.
-    assert (flow.n_steps, flow.n_critic, flow.standardize) == (1000, 10, "common")
+    # The default flow: a direct transporter's maximum, twice its critic updates.
+    assert (flow.n_steps, flow.n_critic, flow.standardize) == (2000, 10, "common")
     seeded = LatentGPA(transporter=GPATransporter(random_state=7), random_state=3)
     assert seeded.fit(X, sample_domain=sd).transporter_.random_state == 7
     assert seeded.transporter.random_state == 7  # the parameter itself is left alone

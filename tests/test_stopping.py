@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_diabetes
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_gpa import GPATransporter
@@ -21,6 +22,18 @@ from sklearn_gpa._training import _mode_settings
 from sklearn_gpa.utils import stack_domains
 
 WELLS = np.array([[4.0, 4.0], [4.0, -4.0], [-4.0, 4.0], [-4.0, -4.0]])
+
+
+def _particles(n, d, flows=1):
+    """Packed distinct particles (their positions do not matter where the rule is built:
+    only which of them are copies)."""
+    rows = np.random.RandomState(12345).standard_normal((n, d))
+    return pack_rows([rows] * flows, torch.float64, "cpu")
+
+
+def _rule(y, w_y, x, w_x):
+    """The rule at factor 1 on every row (at most 1000 a side), its own default generator."""
+    return EnergyStopping(y, w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
 
 
 def _wells(n, rng):
@@ -62,11 +75,11 @@ def test_floor_is_the_spread_of_the_statistics_for_fresh_samples(n_target, n_par
     # the root mean square of the statistics of a fresh sample against the target (the
     # strays' floor is STRAY_TOLERANCE binomial spreads).
     rng = np.random.RandomState(0)
-    _, w_y = pack_rows([np.zeros((n_particles, 2))], torch.float64, "cpu")
+    y0, w_y = _particles(n_particles, 2)
     floors, fresh = [], []
     for _ in range(40):
         x, w_x = pack_rows([_wells(n_target, rng)], torch.float64, "cpu")
-        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        rule = _rule(y0, w_y, x, w_x)
         floors.append(rule.floor[:, 0] / torch.tensor([1.0, 1.0, STRAY_TOLERANCE, STRAY_TOLERANCE]))
         y, _ = pack_rows([_wells(n_particles, rng)], torch.float64, "cpu")
         fresh.append(rule.statistics(y)[:, 0])
@@ -85,12 +98,12 @@ def test_copies_of_a_target_row_count_as_one_row(copies, one_thread):
     # same statistics, bandwidth and stray radius (uniform copies weigh nothing; uneven ones
     # weigh the law), and floors that are the spread of a fresh sample's statistics.
     rng = np.random.RandomState(0)
-    _, w_y = pack_rows([np.zeros((200, 2))] * 2, torch.float64, "cpu")
+    y0, w_y = _particles(200, 2, flows=2)
     floors, fresh = [], []
     for _ in range(40):
         rows = _wells(150, rng)
         x, w_x = pack_rows([rows, _with_copies(rows, copies)], torch.float64, "cpu")
-        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        rule = _rule(y0, w_y, x, w_x)
         y, _ = pack_rows([_wells(200, rng)] * 2, torch.float64, "cpu")
         values = rule.statistics(y)
         if copies == "x3":
@@ -116,6 +129,37 @@ def test_a_generative_fit_stops_on_copied_rows_as_on_the_rows():
     known = {row.tobytes() for row in rows}
     samples = fits[1].sample(1000, random_state=0)
     assert not any(row.tobytes() in known for row in samples)
+
+
+def test_copies_of_a_particle_count_as_one_particle(one_thread):
+    # Identical particles stay identical as they move: the rule sees each as one unit, so
+    # particles repeated three times get the statistics of the distinct ones, and floors
+    # for as many particles (the strays' exactly; the kernels' come from random halves of
+    # the target, drawn per flow).
+    rng = np.random.RandomState(0)
+    x, w_x = pack_rows([_wells(150, rng)] * 2, torch.float64, "cpu")
+    distinct = _wells(60, rng)
+    y, w_y = pack_rows([distinct, np.vstack([distinct] * 3)], torch.float64, "cpu")
+    rule = _rule(y, w_y, x, w_x)
+    torch.testing.assert_close(rule.floor[2:, 1], rule.floor[2:, 0])
+    values = rule.statistics(y)
+    torch.testing.assert_close(values[:, 1], values[:, 0])
+
+
+def test_integration_of_repeated_source_rows_stops_as_for_the_distinct_rows():
+    # 20 source rows of a real table, each ten times, with a per-feature affine effect: the
+    # 200 particles never came as close to the 200 target rows as a fresh sample, and the
+    # flow ran every step, leaving the rows 3 times farther from their truth than raw.
+    X = load_diabetes().data[np.random.RandomState(0).permutation(442)]
+    target, truth = X[:200], np.repeat(X[200:220], 10, axis=0)
+    spread = target.std(0)
+    X_all, _, domain = stack_domains(truth * 1.3 + 0.2 * spread, target)
+    gpa = GPATransporter(random_state=0)
+    moved = gpa.fit_transform(X_all, sample_domain=domain)[domain >= 0]
+    error = np.sqrt(np.mean(((moved - truth) / spread) ** 2))
+    raw = np.sqrt(np.mean(((X_all[domain >= 0] - truth) / spread) ** 2))
+    assert gpa.stop_reason_ == "converged" and gpa.n_steps_ < 100
+    assert error < 0.6 * raw
 
 
 def _integration(source_centre, seed=0, **params):
@@ -321,10 +365,10 @@ def test_rule_sees_particles_between_wells(seed, one_thread):
     rng = np.random.RandomState(seed)
     target = _wells(300, rng)
     x, w_x = pack_rows([target], torch.float64, "cpu")
-    _, w_y = pack_rows([np.zeros((300, 2))], torch.float64, "cpu")
+    y0, w_y = _particles(300, 2)
     settled = target[rng.permutation(300)] + 0.2 * rng.standard_normal((300, 2))
     strays = np.vstack([settled[:255], _ring(45, 2.0, rng)])
-    rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+    rule = _rule(y0, w_y, x, w_x)
     values, score, converged = rule.check(pack_rows([strays], torch.float64, "cpu")[0])
     assert not converged.item() and score.item() > 1.5
     ratios = (values / rule.floor)[:, 0]
@@ -353,8 +397,8 @@ def test_rule_sees_strays_along_a_line_of_wells(seed, one_thread):
     scaling = Standardization.fit(target, "auto")
     assert scaling.kind == "per_feature"
     x, w_x = pack_rows([scaling.transform(target)], torch.float64, "cpu")
-    _, w_y = pack_rows([np.zeros((100, 2))], torch.float64, "cpu")
-    rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+    y0, w_y = _particles(100, 2)
+    rule = _rule(y0, w_y, x, w_x)
     off = _line(100, rng)
     off[:25, 0] += rng.choice([-2.0, 2.0], 25)
     values, score, converged = rule.check(
@@ -385,8 +429,8 @@ def test_strays_count_in_few_features_only():
     rng = np.random.RandomState(0)
     for n_features, finite in [(20, True), (21, False)]:
         x, w_x = pack_rows([rng.standard_normal((100, n_features))], torch.float64, "cpu")
-        _, w_y = pack_rows([np.zeros((100, n_features))], torch.float64, "cpu")
-        rule = EnergyStopping(w_y, x, w_x, max_rows=1000, factor=1.0, generator=torch.Generator())
+        y0, w_y = _particles(100, n_features)
+        rule = _rule(y0, w_y, x, w_x)
         assert rule.floor.shape == (4, 1)
         assert torch.isfinite(rule.floor[-2:, 0]).tolist() == [finite, finite]
         far = pack_rows([rng.standard_normal((100, n_features)) + 3.0], torch.float64, "cpu")[0]

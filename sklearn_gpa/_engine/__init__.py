@@ -143,7 +143,7 @@ def _trained_slots(arguments):
     y, w_y = pack_rows(arguments["sources"], dtype, device)
     x, w_x = pack_rows(arguments["targets"], dtype, device)
     # The run's own rule: the same decision as its check before the first step.
-    rule = _stopping_rule(w_y, x, w_x, arguments["seed"], arguments["stop"])
+    rule = _stopping_rule(y, w_y, x, w_x, arguments["seed"], arguments["stop"])
     values, score, converged = rule.check(y, first=True)
     done = converged.cpu().numpy()
     if not done.any() or done.all():
@@ -152,12 +152,13 @@ def _trained_slots(arguments):
     return np.flatnonzero(~done), start, None
 
 
-def _stopping_rule(w_y, x, w_x, seed, stop):
+def _stopping_rule(y, w_y, x, w_x, seed, stop):
     """The rule ``stop`` ("auto" or "evidence") runs for packed flows: a fixed subsample of
     each flow's rows, compared at factor 1, on its own random stream (the particles' path
     does not depend on whether the rule is on); with "evidence", at ``START_FACTOR`` at the
     first check.  "auto" (generation) also stops a flow that has stalled (``STALL_STEPS``)."""
     return EnergyStopping(
+        y,
         w_y,
         x,
         w_x,
@@ -307,7 +308,7 @@ def _run_flows(
         if stop is not None:
             # A continued run's flows already moved: "evidence" is for a run's start only.
             rule_stop = stop if critic_state is None else "auto"
-            stopping = _rule if _rule is not None else _stopping_rule(w_y, x, w_x, seed, rule_stop)
+            stopping = _rule or _stopping_rule(y, w_y, x, w_x, seed, rule_stop)
         result = train_flow(
             y,
             w_y,

@@ -262,6 +262,25 @@ def _gather(rows, index):
     return torch.gather(rows, 1, index[..., None].expand(-1, -1, rows.shape[2]))
 
 
+def _copy_weights(rows, mask):
+    """Per flow (K, n): on the first of identical masked rows their number of copies, 0 on
+    the other copies and on padding.  Without copies, ``mask`` itself."""
+    weights = mask
+    for k, (flow, real) in enumerate(zip(rows, mask)):
+        where = torch.nonzero(real > 0).squeeze(1)
+        unique, inverse = torch.unique(flow[where], dim=0, return_inverse=True)
+        if len(unique) == len(where):
+            continue
+        position = torch.arange(len(where), device=rows.device)
+        first = torch.full((len(unique),), len(where), dtype=torch.long, device=rows.device)
+        first = first.scatter_reduce(0, inverse, position, "amin")
+        counts = torch.bincount(inverse, minlength=len(unique)).to(mask.dtype)
+        weights = weights.clone() if weights is mask else weights
+        weights[k, where] = 0.0
+        weights[k, where[first]] = counts
+    return weights
+
+
 def _distinct(rows, mask):
     """Per flow, its distinct masked rows in order of first occurrence, and their counts.
 
@@ -269,27 +288,17 @@ def _distinct(rows, mask):
     (K, u), the number of copies of each row (0 on padding).  Without copies, the rows and
     mask as they are.
     """
-    picked = []
-    for flow, real in zip(rows, mask):
-        kept = flow[real > 0]
-        unique, inverse = torch.unique(kept, dim=0, return_inverse=True)
-        if len(unique) == len(kept):
-            picked.append((kept, torch.ones(len(kept), dtype=mask.dtype, device=mask.device)))
-            continue
-        position = torch.arange(len(kept), device=kept.device)
-        first = torch.full((len(unique),), len(kept), dtype=torch.long, device=kept.device)
-        first = first.scatter_reduce(0, inverse, position, "amin")
-        order = first.argsort()
-        counts = torch.bincount(inverse, minlength=len(unique)).to(mask.dtype)
-        picked.append((kept[first[order]], counts[order]))
-    if all(len(kept) == int(real.sum()) for (kept, _), real in zip(picked, mask)):
+    weights = _copy_weights(rows, mask)
+    if weights is mask:
         return rows, mask
-    width = max(len(kept) for kept, _ in picked)
-    out = rows.new_zeros(len(picked), width, rows.shape[2])
-    weights = mask.new_zeros(len(picked), width)
-    for k, (kept, counts) in enumerate(picked):
-        out[k, : len(kept)], weights[k, : len(kept)] = kept, counts
-    return out, weights
+    keep = weights > 0
+    width = int(keep.sum(1).max())
+    out = rows.new_zeros(len(rows), width, rows.shape[2])
+    compact = mask.new_zeros(len(rows), width)
+    for k, kept in enumerate(keep):
+        count = int(kept.sum())
+        out[k, :count], compact[k, :count] = rows[k, kept], weights[k, kept]
+    return out, compact
 
 
 def _effective_size(weights):
@@ -302,9 +311,10 @@ class EnergyStopping:
 
     Parameters
     ----------
-    w_y, x, w_x : tensors
-        Particle weights (K, M) and target rows (K, N, d) with weights (K, N), as in
-        ``train_flow`` (zero weight on padding).
+    y, w_y, x, w_x : tensors
+        Particles (K, M, d) with weights (K, M) and target rows (K, N, d) with weights
+        (K, N), as in ``train_flow`` (zero weight on padding).  Identical particles are
+        found in ``y`` here: they stay identical as they move.
     max_rows : int
         Rows per side and flow compared at each check (a fixed random subsample).
     factor : float
@@ -324,6 +334,7 @@ class EnergyStopping:
 
     def __init__(
         self,
+        y,
         w_y,
         x,
         w_x,
@@ -346,7 +357,12 @@ class EnergyStopping:
         index_y, mask_y = _subsample(counts_y, max_rows, generator)
         index_x, mask_x = _subsample(counts_x, max_rows, generator)
         self.index_y = index_y.to(device)
-        self.mask_y = mask_y.to(device, self.dtype)
+        # Identical particles stay identical (one position, one velocity): one unit each,
+        # weighted by its copies, as the target's copies below.  Counted as many, a source
+        # of 20 rows repeated 10 times never came as close as a fresh sample of 200 rows,
+        # and its flow ran to n_steps, moving the rows 3 times farther from their truth.
+        self.mask_y = _copy_weights(_gather(y, self.index_y), mask_y.to(device, self.dtype))
+        n_particles = _effective_size(self.mask_y)
         pool = _gather(x, index_x.to(device)).to(self.dtype)
         # Identical rows as one unit: distinct rows weighted by their number of copies.
         pool, pool_mask = _distinct(pool, mask_x.to(device, self.dtype))
@@ -359,13 +375,13 @@ class EnergyStopping:
         self.bandwidth = _local_bandwidth(distances, self.mask_x, divisors)
         self.within_target = _kernel_means(distances, self.bandwidth, self.mask_x)
         kernel = _kernels(distances, self.bandwidth)
-        floor = self._floor(kernel, self.mask_x, self.mask_y.sum(1), generator)
+        floor = self._floor(kernel, self.mask_x, n_particles, generator)
         # Strays: a target row's nearest other target row is beyond the radius for a share
         # STRAY_SHARE of the rows, and so (up to one row fewer) is a fresh row's; the share
         # of particles beyond it is binomial, of spread sqrt(p (1 - p) (1 / m + 1 / n)).
         nearest = _nearest_other(distances, self.mask_x).masked_fill(self.mask_x == 0, math.nan)
         self.radius = nearest.nanquantile(1.0 - STRAY_SHARE, dim=1)
-        sizes = 1.0 / self.mask_y.sum(1).clamp_min(1.0) + 1.0 / self.n_target.clamp_min(1.0)
+        sizes = 1.0 / n_particles.clamp_min(1.0) + 1.0 / self.n_target.clamp_min(1.0)
         spread = STRAY_TOLERANCE * (STRAY_SHARE * (1.0 - STRAY_SHARE) * sizes).sqrt()
         # Strays in each feature (``_feature_strays``), averaged over the features, with
         # the same floor (a smaller one, from the spread of the target rows' own shares of
