@@ -32,9 +32,14 @@ def recorded_decimals(X, max_decimals=MAX_DECIMALS) -> np.ndarray:
     decimals = np.full(X.shape[1], -1)
     for k in range(max_decimals, -1, -1):  # the coarsest grid that fits is found last
         scaled = X * 10.0**k
-        # Beyond 2**40 a float64 no longer tells a whole number from one a 1e-6 away.
-        exact = np.all(np.abs(scaled - np.round(scaled)) <= 1e-6, axis=0)
-        decimals[exact & (np.abs(scaled).max(0) < 2.0**40)] = k
+        largest = np.abs(scaled).max(0)
+        # A whole number up to 1e-6 (float32 input, sums of decimals), or up to 1e-6 of the
+        # largest value where that is below 1: values of 3e-7 are no whole multiples of 1
+        # (all of them "0" rounded a whole feature to a constant).  Beyond 2**40 a float64
+        # no longer tells a whole number from one a 1e-6 away.
+        tolerance = 1e-6 * np.minimum(largest, 1.0)
+        exact = np.all(np.abs(scaled - np.round(scaled)) <= tolerance, axis=0)
+        decimals[exact & (largest < 2.0**40)] = k
     return decimals
 
 

@@ -12,7 +12,7 @@ from numbers import Integral
 
 import numpy as np
 from scipy import stats
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
@@ -291,12 +291,14 @@ class FittedFlowMixin:
         X : array-like of shape (n_samples, n_features)
             Starting points (all rows move).
         every : int, default=10
+            Steps between snapshots (at least 1).
 
         Returns
         -------
         path : ndarray of shape (n_snapshots, n_samples, n_features)
             Snapshots before steps 0, every, 2 * every, ... and after the last step.
         """
+        every = check_scalar(every, "every", Integral, min_val=1)
         X = self._validate_rows(X)
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, None)

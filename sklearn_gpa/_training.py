@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
+import joblib
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -155,8 +156,14 @@ def check_flow_settings(params, n_features):
     return check_image_shape(params["image_shape"], n_features) if cnn else None
 
 
-def check_continuation(fitted, params, mode, classes, image_shape):
-    """Warm start continues ``fitted``'s flows: same mode, classes and discriminators."""
+def check_continuation(fitted, resume, params, mode, classes, image_shape, data):
+    """The fingerprint of a fit's ``data`` (X, y, source mask); with ``resume``, first
+    checks that warm start can continue ``fitted``'s flows: same mode, classes,
+    discriminators and data (where ``fitted`` kept a fingerprint)."""
+    X, y, source = data
+    fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), y, source))
+    if not resume:
+        return fingerprint
     if mode != fitted.mode_:
         raise ValueError(
             f"warm_start=True continues the previous {fitted.mode_} fit, but this call is "
@@ -185,6 +192,14 @@ def check_continuation(fitted, params, mode, classes, image_shape):
             f"warm_start=True continues the previous fit's discriminators, but "
             f"{', '.join(changed)} changed; set warm_start=False to start afresh."
         )
+    if getattr(fitted, "_fingerprint", fingerprint) != fingerprint:
+        # The particles are the previous data's: new rows would be silently ignored.
+        raise ValueError(
+            "warm_start=True continues the flows of the data fitted before, but this call "
+            "passes other data (rows, labels or sample_domain); set warm_start=False to "
+            "fit these data afresh."
+        )
+    return fingerprint
 
 
 def train_flows(

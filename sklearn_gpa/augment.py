@@ -448,12 +448,14 @@ class GPAAugmenter(BaseOverSampler):
     def _fit_diagnostics(self, targets, synthetic, labels):
         distances = np.empty(len(synthetic))
         self.memorization_ratio_ = {}
-        for c, t in zip(self.augmented_classes_, targets):
+        # Keys as the other per-class dicts have them (Python values: tolist() of the array;
+        # an object array's items, such as pandas' str labels, have no tolist of their own).
+        for c, key, t in zip(self.augmented_classes_, self.augmented_classes_.tolist(), targets):
             rows = labels == c
             distances[rows] = _nearest_distances(synthetic[rows], t)
             spacing = np.median(_nearest_distances(t, t, exclude_self=True))
             ratio = np.median(distances[rows]) / spacing if spacing > 0 else np.nan
-            self.memorization_ratio_[c.tolist()] = float(ratio)
+            self.memorization_ratio_[key] = float(ratio)
         self.nearest_original_distance_ = distances
 
     def __sklearn_tags__(self):

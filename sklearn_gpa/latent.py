@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_params,
 )
+from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import DomainTransformer
@@ -467,6 +468,7 @@ class LatentGPA(DomainTransformer):
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
+            A DataFrame with ``set_output(transform="pandas")``.
         """
         check_is_fitted(self, "encoder_")
         if self.transporter_ is None:
@@ -474,7 +476,9 @@ class LatentGPA(DomainTransformer):
                 "sample() needs a generative fit (fit(X) without sample_domain); this "
                 "estimator was fitted for integration: use transform()."
             )
-        return self._decode(self.transporter_.sample(n_samples, y=y, random_state=random_state))
+        codes = self.transporter_.sample(n_samples, y=y, random_state=random_state)
+        # The container of set_output(transform=...) (pandas, polars) with the feature names.
+        return _wrap_data_with_container("transform", self._decode(np.asarray(codes)), None, self)
 
     # The generative/integration switch and diagnostics live on the latent transporter;
     # without one (no direction of discrepancy), there is no flow to describe.

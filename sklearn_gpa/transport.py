@@ -164,9 +164,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         without class flows).
         Generative fits always replay.
     warm_start : bool, default=False
-        When fitted already, ``fit`` on the same data continues the flow for ``n_steps``
-        more steps from where it stopped (particles, critic weights, Adam state and all);
-        flows that the stopping rule (or a non-finite step) stopped stay where they are.
+        When fitted already, ``fit`` on the same data (other data raise) continues the flow
+        ``n_steps`` more steps from where it stopped (particles, critic weights, Adam state
+        and all); flows that the stopping rule (or a non-finite step) stopped stay put.
 
     Attributes
     ----------
@@ -328,10 +328,11 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         groups = group_rows(
             y, source, conditional=self.conditional, generative=mode == "generation"
         )
-        rng = check_random_state(self.random_state)
-        resume = self._continues_fit()
+        rng, resume = check_random_state(self.random_state), self._continues_fit()
+        self._fingerprint = check_continuation(
+            self, resume, params, mode, groups.classes, image_shape, (X, y, source)
+        )
         if resume:
-            check_continuation(self, params, mode, groups.classes, image_shape)
             sources = self._final_particles_
         else:
             if groups.ignored is not None and mode == "integration":

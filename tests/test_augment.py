@@ -219,11 +219,17 @@ def test_synthetic_rows_keep_their_class_marginals():
 
 
 def test_labels_minus_one_and_strings_are_ordinary_classes():
+    import pandas as pd
+
     X, y, _ = _three_classes(sizes=(40, 12, 0))
-    for labels in (np.where(y == 0, 1, -1), np.where(y == 0, "common", "rare")):
-        X_res, y_res = GPAAugmenter(**FAST).fit_resample(X, labels)
-        values, counts = np.unique(y_res, return_counts=True)
+    names = np.where(y == 0, "common", "rare")
+    # pandas' str labels are an object array (their items have no tolist: a crash once).
+    for labels in (np.where(y == 0, 1, -1), names, pd.Series(names), names.astype(object)):
+        sampler = GPAAugmenter(**FAST)
+        X_res, y_res = sampler.fit_resample(X, labels)
+        values, counts = np.unique(np.asarray(y_res), return_counts=True)
         assert counts.tolist() == [40, 40] and set(values) == set(labels)
+        assert list(sampler.memorization_ratio_) == list(sampler.termination_step_)
 
 
 @pytest.mark.parametrize("factor, expected", [(1, 50), (3, 150), (1.5, 75)])

@@ -121,6 +121,14 @@ def test_sample_count_is_checked(n_samples):
         generator.sample(n_samples)
 
 
+@pytest.mark.parametrize("every", [0, -1, 2.5, "3"])
+def test_trajectory_spacing_is_checked(every):
+    # every=0 was a ZeroDivisionError from the replay, every=-1 silently every step.
+    generator = GPATransporter(n_steps=4, stop=None, random_state=0).fit(XT)
+    with pytest.raises((ValueError, TypeError), match="every"):
+        generator.trajectories(XT[:3], every=every)
+
+
 def test_sample_classes_are_checked():
     generator = GPATransporter(n_steps=2, random_state=0).fit(XT, np.arange(30) % 2)
     with pytest.raises(ValueError, match="not fitted"):

@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy import special
-from sklearn.datasets import load_digits, make_moons
+from sklearn.datasets import load_diabetes, load_digits, make_moons
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import SVC
 
-from sklearn_gpa import GPATransporter
+from sklearn_gpa import GPATransporter, LatentGPA
 from sklearn_gpa._prior import Prior, _binned_normal_cdf, _normal_scores, match_marginals
 from sklearn_gpa._scaling import Standardization, resolve_scaling, unit_spread_ratio
 from sklearn_gpa.utils import stack_domains
@@ -341,6 +341,10 @@ def test_sample_returns_pandas_with_feature_names():
     assert list(out.columns) == ["amount", "a", "b", "ratio"] and out.shape == (7, 4)
     plain = GPATransporter(n_steps=5, random_state=0).fit(frame, y).sample(7, random_state=0)
     assert isinstance(plain, np.ndarray)
+    # LatentGPA's samples too (they came back as an ndarray).
+    latent = LatentGPA(random_state=0).set_output(transform="pandas").fit(frame, y)
+    out = latent.sample(7, y=np.zeros(7, dtype=int), random_state=0)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == list(frame.columns)
 
 
 def test_transport_with_defaults_keeps_mixed_units():
@@ -403,6 +407,15 @@ def test_sample_keeps_the_precision_the_values_were_recorded_with():
     np.testing.assert_array_equal(rounded[:, 1], np.round(raw[:, 1], 1))
     np.testing.assert_array_equal(rounded[:, 2], raw[:, 2])
     assert np.any(raw[:, 0] != np.round(raw[:, 0]))  # the flow's values are not whole
+
+
+def test_sample_keeps_features_of_tiny_magnitude():
+    # Values of order 1e-7 were within the 1e-6 tolerance of the whole number 0: every
+    # sample's value was rounded to 0 (a constant feature, two distinct rows in all).
+    X = load_diabetes().data[:200] * 1e-6
+    samples = GPATransporter(random_state=0).fit(X).sample(100, random_state=0)
+    spread = samples.std(0) / X.std(0)
+    assert np.all((spread > 0.7) & (spread < 1.4)) and len(np.unique(samples, axis=0)) == 100
 
 
 def _with_an_atom(n=150, seed=0):

@@ -285,6 +285,28 @@ def test_warm_start_with_mini_batches_draws_what_one_run_draws():
     np.testing.assert_allclose(parts.particles_, whole.particles_, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("change", ["rows", "sample_domain", "generation"])
+def test_warm_start_refuses_other_data(change):
+    # The particles are the first fit's rows: new source rows were silently ignored (the
+    # moved rows of the old data came back), and a generative fit on shifted rows "converged"
+    # with its samples where the old rows were.
+    X, _, sd = _pair()
+    y = None
+    if change == "generation":
+        X, sd = X[sd < 0], None
+    gpa = GPATransporter(n_steps=5, stop=None, warm_start=True, random_state=0)
+    gpa.fit(X, sample_domain=sd)
+    before = gpa.n_steps_
+    if change == "sample_domain":
+        sd = np.where(np.arange(len(sd)) == 0, -1, sd)
+    else:
+        X = X + 5.0
+    with pytest.raises(ValueError, match="passes other data"):
+        gpa.fit(X, y, sample_domain=sd)
+    assert gpa.n_steps_ == before  # the fitted state is untouched
+    gpa.set_params(warm_start=False).fit(X, y, sample_domain=sd)  # a fresh fit is fine
+
+
 def test_warm_start_refuses_a_changed_discriminator():
     X, _, sd = _pair()
     gpa = GPATransporter(n_steps=5, warm_start=True, prealign=None, random_state=0)

@@ -126,7 +126,9 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
         values = objective(critic, trained.z, trained.n_particles, trained.w_y, trained.w_x)
         values = values.cpu().numpy()
         if not np.all(np.isfinite(values)):
-            raise FloatingPointError(_non_finite_message(s.f, s.L, "at the final evaluation"))
+            raise FloatingPointError(
+                _non_finite_message(s.f, s.L, "at the final evaluation", critic.lipschitz)
+            )
         layers = [(w.cpu().numpy(), b.cpu().numpy()) for w, b in critic.layers]
         nu = critic.nu.cpu().numpy() if critic.divergence.uses_nu else np.zeros(len(values))
     return DivergenceEstimate(
@@ -272,7 +274,8 @@ def cross_fit_divergence(
     fold_values = np.array([p.mean() + q.mean() for p, q in zip(terms_p, terms_q)])
     all_p, all_q = np.concatenate(terms_p), np.concatenate(terms_q)
     if not (np.all(np.isfinite(all_p)) and np.all(np.isfinite(all_q))):
-        raise FloatingPointError(_non_finite_message(s.f, s.L, "on the held-out rows"))
+        steep = None if s.L is None else s.L * scale
+        raise FloatingPointError(_non_finite_message(s.f, s.L, "on the held-out rows", steep))
     std_error = math.sqrt(all_p.var(ddof=1) / len(all_p) + all_q.var(ddof=1) / len(all_q))
     return CrossFitEstimate(
         value=float(all_p.mean() + all_q.mean()),
@@ -662,7 +665,8 @@ def _train_critic(critic, problem, batch, s: _Settings, held_out=None) -> bool:
             continue
         window = history[max(0, step + 1 - _WINDOW) : step + 1].cpu().numpy()
         if not np.all(np.isfinite(window)):
-            raise FloatingPointError(_non_finite_message(s.f, s.L, f"after {step + 1} steps"))
+            when = f"after {step + 1} steps"
+            raise FloatingPointError(_non_finite_message(s.f, s.L, when, critic.lipschitz))
         set_optimal_shift(critic, z, n_particles, w_x)
         mean = window.mean(0)
         if s.tol is not None and previous is not None:
@@ -721,12 +725,23 @@ def _log_mean_exp(phi, w):
     return torch.logsumexp(phi + torch.log(w), dim=1)
 
 
-def _non_finite_message(f, L, when):
+def _non_finite_message(f, L, when, lipschitz):
+    """The error for a non-finite estimate; ``lipschitz``: L in standardised units."""
+    steep = ""
+    if lipschitz is not None:
+        # L is in data units: on rows of spread 1e5, L=1 lets the critic change by 1e5
+        # across one spread, and exp(phi) overflows under KL.
+        steep = (
+            f" Here L times the rows' spread (the root of their mean feature variance) is "
+            f"{lipschitz:.3g}, the critic's possible change across one spread; values of a "
+            "few tens and more make exp(phi) overflow: use L of about 1 / spread, or rescale "
+            "the features (one of large scale drowns the others)."
+        )
     return (
         f"The estimate of the {f!r} divergence (L={L}) became non-finite {when}. This happens "
         "when the divergence is infinite or nearly so: an unconstrained or very steep critic "
         "on samples whose supports barely overlap, or heavy tails under KL. Use a finite (or "
-        "smaller) L, or the alpha-divergence (f='alpha')."
+        f"smaller) L, or the alpha-divergence (f='alpha').{steep}"
     )
 
 
