@@ -326,6 +326,24 @@ def _warn_about(result, n_steps):
             "n_critic steadies it.",
             ConvergenceWarning,
         )
+    running = [
+        k
+        for k, step in enumerate(result.stop_step)
+        if step < 0 and result.failed_step[k] < 0 and not result.rolled_back[k]
+    ]
+    if result.stop_reason == "n_steps" and result.stop_score is not None and running:
+        # As scikit-learn's iterative estimators at max_iter: the fit is usable, unfinished.
+        last = result.stop_score[-1]
+        where = ", ".join(f"flow {k}: {last[k]:.3g}" for k in running)
+        flows = "1 flow" if len(running) == 1 else f"{len(running)} flows"
+        warn_at_caller(
+            f"{flows} ran all {n_steps} steps without their particles coming "
+            f"as close to the target as a fresh sample of it (the stopping rule's score at "
+            f"the last check, 1 for a fresh sample: {where}). More n_steps (warm_start=True "
+            "continues) may take them there; a score that no longer falls "
+            "(history_['stop_score']) says they will not.",
+            ConvergenceWarning,
+        )
     if result.stop_reason == "interrupted":
         warn_at_caller(
             f"fit interrupted after {result.n_steps} of {n_steps} steps; the estimator "
