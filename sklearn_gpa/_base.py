@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_magnitude, check_sample_domain, known_labels
+from .utils import check_magnitude, check_sample_domain, known_labels, warn_at_caller
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -59,6 +59,15 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         source = None
         if sample_domain is not None:
             source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
+            domains = np.unique(np.asarray(sample_domain)[source])
+            if len(domains) > 1:
+                warn_at_caller(
+                    f"sample_domain holds {len(domains)} source domains "
+                    f"({domains.tolist()}); {type(self).__name__} moves them as one source, "
+                    "so a batch effect that differs between them is corrected on average "
+                    "only. To correct each its own way, fit one estimator per source domain "
+                    "(each with the target rows)."
+                )
         if y is not None:
             y = np.asarray(y)
             if y.shape != (X.shape[0],):

@@ -133,6 +133,13 @@ class FitProgress:
         self._bar.set_postfix_str(values, refresh=False)
         self._bar.update(max(0, self.steps_done - self._bar.n))
 
+    def write(self, line):
+        """Print ``line`` above the bar (the bar is drawn again below it)."""
+        if self._bar is not None:
+            self._bar.write(line, file=self._file())
+        else:
+            print(line, file=self._file(), flush=True)
+
     def close(self, summary=None, *, stop_reason=None, n_steps=None):
         """Remove the bar and print one summary line; returns the line.
 

@@ -35,6 +35,7 @@ class Table:
     def __init__(self, path, delimiter, header, rows, lines):
         self.path, self.delimiter, self.header = path, delimiter, header
         self.rows, self.lines = rows, lines
+        self.decimal_comma = False  # numbers read with decimal commas: written back so
         self.width = len(header) if header is not None else len(rows[0])
         # Without a header, columns are called by their 1-based number.
         self.names = header if header is not None else [str(j + 1) for j in range(self.width)]
@@ -51,12 +52,26 @@ class Table:
         return f"column {self.names[j]!r}" if self.header else f"column {j + 1}"
 
 
-def _is_number(cell):
+# How R, pandas, spreadsheets and ARFF write a missing value (compared in lower case).
+_MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "?"})
+# A decimal comma ("1,5", as pandas' to_csv(sep=";", decimal=",") and spreadsheets in many
+# locales write it): read as a number where the comma cannot be the separator.
+_DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+(?:[eE][-+]?\d+)?")
+
+
+def _number(cell, delimiter=";"):
+    """The float a cell holds, or None; a decimal comma counts unless ``delimiter`` is one."""
+    cell = cell.strip()
+    if delimiter != "," and _DECIMAL_COMMA.fullmatch(cell):
+        cell = cell.replace(",", ".")
     try:
-        float(cell)
+        return float(cell)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _is_number(cell, delimiter=";"):
+    return _number(cell, delimiter) is not None
 
 
 def _detect_delimiter(path, lines):
@@ -84,14 +99,15 @@ def _reader(lines, delimiter):
     return csv.reader(lines, delimiter=delimiter)
 
 
-def _has_header(rows):
+def _has_header(rows, delimiter):
     """A first row is a header when one of its cells is text above a column of numbers."""
     first, rest = rows[0], rows[1:21]
     if not rest:
-        return not any(_is_number(c) for c in first)
+        return not any(_is_number(c, delimiter) for c in first)
     for j, cell in enumerate(first):
         below = [row[j].strip() for row in rest if j < len(row) and row[j].strip()]
-        if cell.strip() and not _is_number(cell) and below and all(map(_is_number, below)):
+        numbers = below and all(_is_number(c, delimiter) for c in below)
+        if cell.strip() and not _is_number(cell, delimiter) and numbers:
             return True
     return False
 
@@ -123,7 +139,7 @@ def read_table(path):
             rows.append(row)
             numbers.append(reader.line_num)
     header = None
-    if _has_header(rows):
+    if _has_header(rows, delimiter):
         header = [cell.strip() for cell in rows[0]]
         while len(header) > 1 and not header[-1]:  # a trailing separator on the header line
             header.pop()
@@ -152,23 +168,24 @@ def _numeric_block(table, columns):
         for i, row in enumerate(table.rows):
             cell = row[j].strip()
             where = f"{table.path}, line {table.lines[i]}, {table.describe(j)}"
-            if not cell:
+            if not cell or cell.lower() in _MISSING:
+                missing = "empty cell" if not cell else f"{cell!r}, a missing value"
                 raise CLIError(
-                    f"{where}: empty cell; GPA needs every feature of every row: fill it in "
+                    f"{where}: {missing}; GPA needs every feature of every row: fill it in "
                     "or remove the row"
                 )
-            try:
-                value = float(cell)
-            except ValueError:
+            value = _number(cell, table.delimiter)
+            if value is None:
                 name = table.names[j]
-                if re.fullmatch(r"[-+]?\d*,\d+", cell):
+                if _DECIMAL_COMMA.fullmatch(cell):  # in a comma-separated file
                     raise CLIError(
                         f"{where}: {cell!r} is not a number: write decimals with a point"
-                    ) from None
+                    )
                 raise CLIError(
                     f"{where}: {cell!r} is not a number; if {name!r} holds labels, declare it "
                     f"with --labels {name}, if it holds IDs or other text, with --id-column {name}"
-                ) from None
+                )
+            table.decimal_comma |= "," in cell
             if not np.isfinite(value):
                 raise CLIError(f"{where}: {cell!r} is not a finite number")
             values[i, k] = value
@@ -315,6 +332,8 @@ def _write_table(table, moved, features, path):
                 row = list(row)
                 for j, value in zip(features, values):
                     row[j] = repr(float(value))
+                    if table.decimal_comma and delimiter != ",":
+                        row[j] = row[j].replace(".", ",")
                 writer.writerow(row)
         os.replace(handle.name, path)
     except BaseException:

@@ -56,9 +56,9 @@ _OPTION_OF = {
 }
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings of the library as one line each: what happened and what to do."""
-    _say("warning", " ".join(str(message).split()))
+def _warning_line(message):
+    """A warning of the library as one line: what happened and what to do."""
+    return "sklearn-gpa: warning: " + " ".join(str(message).split())
 
 
 # ------------------------------------------------------------------------------- demo
@@ -190,10 +190,12 @@ def run_transport(args):
 
     for path in (args.source, args.target):
         check_file(path)  # a missing file fails at once, before torch is imported
-    _make_estimator(args)  # a bad option fails before the files are read
     for given in (args.source, args.target):
         if os.path.exists(args.output) and os.path.samefile(args.output, given):
             raise CLIError(f"--output {args.output} would overwrite an input file")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):  # found before the fit, not after it
+        raise CLIError(f"--output {args.output}: there is no folder {folder}")
 
     source, target = read_table(args.source), read_table(args.target)
     s_label_name = args.source_labels or args.labels
@@ -237,6 +239,9 @@ def run_transport(args):
         if not args.latent and args.standardize:
             _note_scales(source, s_features, Xs, Xt)
 
+    # Options are checked once the tables are: a problem in the data is reported before
+    # torch is imported (seconds on a busy machine), a bad option before the fit starts.
+    _make_estimator(args)
     from .utils import stack_domains
 
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
@@ -245,7 +250,8 @@ def run_transport(args):
     estimator = _make_estimator(args, callback=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
+        # Above the progress bar, not onto its line.
+        warnings.showwarning = lambda message, *_, **__: progress.write(_warning_line(message))
         try:
             moved = estimator.fit_transform(X, y, sample_domain=sample_domain)[: len(Xs)]
         finally:

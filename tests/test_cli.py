@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_wine
 
@@ -213,7 +214,8 @@ def _error(capsys, code):
         ([[1, ""], [2, 3]], ["a", "b"], "line 2, column 'b': empty cell"),
         ([[1, 2], [2, 3], [4, 5, 6]], ["a", "b"], "line 4: 3 cells where the header has 2"),
         ([[1, 2, 3], [4, 5, 6]], None, "source has 3 feature columns but the target has 2"),
-        ([[1, "nan"], [2, 3]], None, "line 1, column 2: 'nan' is not a finite number"),
+        ([[1, "nan"], [2, 3]], None, "line 1, column 2: 'nan', a missing value"),
+        ([[1, "inf"], [2, 3]], None, "line 1, column 2: 'inf' is not a finite number"),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, capsys, rows, header, message):
@@ -297,11 +299,34 @@ def test_bad_parameters_are_named(tmp_path, capsys, option, value, rule):
     assert err.endswith((f"got {value}", f"got {float(value)}"))
 
 
-def test_decimal_commas_get_a_hint(tmp_path, capsys):
-    (tmp_path / "s.csv").write_text("a;b\n1,5;2\n3;4\n")
-    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "s.csv")]
+def test_decimal_commas_are_read_where_the_comma_is_no_separator(tmp_path, capsys):
+    # pandas' to_csv(sep=";", decimal=",") and many spreadsheets: the header was not found
+    # (its cells were not above numbers) and every cell was "not a number".
+    rng = np.random.RandomState(0)
+    for name, shift in (("s", 1.0), ("t", 0.0)):
+        frame = pd.DataFrame(rng.normal(shift, 1, (30, 2)), columns=["a", "b"])
+        frame["group"] = np.where(np.arange(30) % 2, "x", "y")
+        frame.to_csv(tmp_path / f"{name}.csv", sep=";", decimal=",")
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    args += ["--labels", "group", "--n-steps", "5"]
+    assert _transport(tmp_path, *args, "-o", str(tmp_path / "o.txt")) == 0
+    back = pd.read_csv(tmp_path / "o.txt", sep=";", decimal=",", index_col=0)
+    assert back.dtypes.tolist()[:2] == [np.float64, np.float64]  # written as they came
+    assert (back["group"] == np.where(np.arange(30) % 2, "x", "y")).all()
+    # In a comma-separated file a decimal comma cannot be read: a hint says what to write.
+    (tmp_path / "c.csv").write_text('a,b\n"1,5",2\n3,4\n')
+    args = ["--source", str(tmp_path / "c.csv"), "--target", str(tmp_path / "c.csv")]
     err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
     assert "line 2, column 'a': '1,5' is not a number: write decimals with a point" in err
+
+
+@pytest.mark.parametrize("cell", ["NA", "nan", "?", ""])
+def test_a_missing_value_is_named(tmp_path, capsys, cell):
+    (tmp_path / "s.csv").write_text(f"a,b\n1,2\n{cell},4\n5,6\n")
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "s.csv")]
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+    missing = "empty cell" if not cell else f"{cell!r}, a missing value"
+    assert f"line 3, column 'a': {missing}; GPA needs every feature" in err
 
 
 @pytest.mark.parametrize("option, value", [("--L", "inf"), ("--dt", "nan"), ("--n-steps", "1.5")])
@@ -327,6 +352,29 @@ def test_transport_with_its_progress_bar(tmp_path, capsys, latent):
     name = "LatentGPA" if latent else "GPATransporter"
     assert f"{name}: " in capsys.readouterr().err  # the bar's summary line
     assert len(_read(tmp_path / "o.csv")) == len(Xs) + 1
+
+
+def test_a_warning_is_written_on_a_line_of_its_own(tmp_path, capsys):
+    # A blob onto four wells in 5 steps: the flow cannot get there, and its
+    # ConvergenceWarning was printed onto the progress bar's line.
+    rng = np.random.RandomState(0)
+    wells = np.array([[-4.0, -4.0], [-4.0, 4.0], [4.0, -4.0], [4.0, 4.0]])
+    _write(tmp_path / "s.csv", (0.5 * rng.standard_normal((60, 2))).tolist(), ["a", "b"])
+    target = wells[rng.randint(4, size=60)] + 0.5 * rng.standard_normal((60, 2))
+    _write(tmp_path / "t.csv", target.tolist(), ["a", "b"])
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    args += ["-o", str(tmp_path / "o.csv"), "--n-steps", "5", "--prealign", "none"]
+    assert main(["transport", *args]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    warned = [line for line in lines if "ran all 5 steps" in line]
+    assert len(warned) == 1 and warned[0].startswith("sklearn-gpa: warning: 1 flow ran")
+
+
+def test_a_missing_output_folder_is_named_before_the_fit(tmp_path, capsys):
+    args = _files(tmp_path, [[1, 2], [3, 4], [5, 6]])
+    out = tmp_path / "nowhere" / "o.csv"
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(out)))
+    assert err == f"sklearn-gpa: error: --output {out}: there is no folder {out.parent}"
 
 
 def test_make_estimator_latent_and_standardize():
