@@ -147,6 +147,11 @@ GPA_VARIANTS = {
     # with its training passes in bfloat16 (``ConvCritic.train_dtype``, issue 18).
     "cnn": {"_cnn": True},
     "cnn bf16": {"_cnn": True, "_train_dtype": "bfloat16"},
+    # Finer or smoother steps, against blurred samples on the 2-D point clouds (issue 17,
+    # blur12): none beat the default beyond the seeds' noise.
+    "dt=0.005": {"dt": 0.005},
+    "L=5": {"L": 5.0},
+    "heun": {"solver": "heun"},
 }
 
 # The CNN variants: bench_mnist.py's CNN_SETTINGS, a run of 150 steps from the
