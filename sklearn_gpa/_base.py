@@ -19,7 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_magnitude, check_sample_domain, known_labels, warn_at_caller
+from .utils import check_magnitude, check_sample_domain, few, known_labels, warn_at_caller
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -34,8 +34,8 @@ def class_index(classes, y, n_samples):
     unknown = ~np.isin(y, classes)
     if unknown.any():
         raise ValueError(
-            f"y holds classes {np.unique(y[unknown]).tolist()} that were not fitted; "
-            f"known classes: {classes.tolist()}."
+            f"y holds classes {few(np.unique(y[unknown]))} that were not fitted; "
+            f"known classes: {few(classes)}."
         )
     return np.searchsorted(classes, y)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .utils import known_labels, warn_at_caller
+from .utils import few, known_labels, warn_at_caller
 
 __all__ = ["FlowGroups", "group_rows"]
 
@@ -63,7 +63,7 @@ def group_rows(y, source, *, conditional="auto", generative=False) -> FlowGroups
             reason = "some source rows have no label"
         elif not np.isin(np.unique(y[source_known]), target_classes).all():
             missing = np.setdiff1d(np.unique(y[source_known]), target_classes)
-            reason = f"source classes {missing.tolist()} have no target rows"
+            reason = f"source classes {few(missing)} have no target rows"
     if reason is not None:
         if conditional is True:
             raise ValueError(f"conditional=True but {reason}.")

@@ -547,6 +547,12 @@ class LipschitzFDivergence:
             if not _is_generative(estimator):
                 raise ValueError(self._missing_sample_domain_message(estimator))
             moved, target = _draw(estimator, n_samples, self.random_state), X
+            n_features, width = np.shape(X)[1:], np.shape(moved)[1:]
+            if len(n_features) == len(width) == 1 and n_features != width:
+                raise ValueError(  # said of the user's X, not of "X_p" and "X_q"
+                    f"X has {n_features[0]} features, but {type(estimator).__name__} "
+                    f"samples rows of {width[0]}."
+                )
         else:
             source = check_sample_domain(sample_domain, n_samples)
             domains = np.asarray(sample_domain)

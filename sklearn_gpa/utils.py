@@ -48,7 +48,8 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     Xs : array-like of shape (n_source, n_features)
         Source rows (the data to transport).
     Xt : array-like of shape (n_target, n_features)
-        Target rows (the reference distribution).
+        Target rows (the reference distribution).  Where both are DataFrames, ``Xt``'s
+        columns are taken in ``Xs``'s order (by name; different names raise).
     ys, yt : array-like of shape (n_source,) and (n_target,), default=None
         Optional labels of each side.  When only one side has labels, the other side's
         labels are filled with -1, skada's marker for "unknown".
@@ -70,6 +71,7 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     >>> X.shape, y, sample_domain.tolist()
     ((5, 3), None, [1, 1, -2, -2, -2])
     """
+    Xt = _columns_as_in(Xt, Xs)
     Xs, Xt = check_pair(Xs, Xt, names=("Xs", "Xt"), dtype="numeric")
     X = np.concatenate([Xs, Xt])
     sample_domain = np.concatenate(
@@ -83,6 +85,23 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
         if len(labels) != len(rows):
             raise ValueError(f"{name} has {len(labels)} labels for {len(rows)} rows.")
     return X, np.concatenate([ys, yt]), sample_domain
+
+
+def _columns_as_in(Xt, Xs):
+    """``Xt`` with its columns in the order of ``Xs``'s where both are tables with named
+    columns (stacked by position, two studies' tables with other column orders mixed
+    their features without a word); a ValueError names the columns one side lacks."""
+    names_s, names_t = getattr(Xs, "columns", None), getattr(Xt, "columns", None)
+    if names_s is None or names_t is None or list(names_s) == list(names_t):
+        return Xt
+    missing = [name for name in names_s if name not in set(names_t)]
+    extra = [name for name in names_t if name not in set(names_s)]
+    if missing or extra:
+        raise ValueError(
+            f"Xs and Xt have different columns: Xt lacks {missing[:5]} and has {extra[:5]} "
+            "that Xs lacks (first five each); select the shared columns of both."
+        )
+    return Xt[list(names_s)]
 
 
 def check_pair(X, Y, names=("X", "Y"), *, dtype=np.float64, min_samples=1):
@@ -166,6 +185,14 @@ def known_labels(y) -> np.ndarray:
     if y.dtype.kind in "iu":
         return y != -1
     return np.array([v is not None and v != -1 and v == v for v in y], dtype=bool)
+
+
+def few(values, limit: int = 10) -> str:
+    """``values`` as a list for a message: the first ``limit`` and how many in all."""
+    values = np.asarray(values).tolist()
+    if len(values) <= limit:
+        return str(values)
+    return f"{str(values[:limit])[:-1]}, ... ({len(values)} in all)]"
 
 
 def check_sizes(sizes, name: str, *, minimum: int = 0) -> tuple[int, ...]:

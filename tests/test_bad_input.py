@@ -163,3 +163,15 @@ def test_augmenter_and_divergence_name_bad_rows(kind):
         augmenter.fit_resample(bad, labels)
     with pytest.raises(ValueError):
         lipschitz_f_divergence(bad, XT, n_iter=2)
+
+
+def test_stack_domains_matches_table_columns_by_name():
+    pd = pytest.importorskip("pandas")
+    # Two studies' tables with the same columns in other orders were stacked by position.
+    source = pd.DataFrame({"a": [1.0, 2.0], "b": [10.0, 20.0]})
+    target = pd.DataFrame({"b": [30.0, 40.0], "a": [3.0, 4.0]})
+    X, _, _ = stack_domains(source, target)
+    np.testing.assert_array_equal(X, [[1, 10], [2, 20], [3, 30], [4, 40]])
+    with pytest.raises(ValueError, match=r"Xt lacks \['b'\] and has \['c'\]"):
+        stack_domains(source, target.rename(columns={"b": "c"}))
+    assert target.columns.tolist() == ["b", "a"]  # the caller's table is left as it was

@@ -377,6 +377,9 @@ def test_scorer_generative_mode():
     X = np.random.RandomState(0).normal(0, 1, (100, 1))
     scorer = LipschitzFDivergence(L=0.5)
     assert scorer(GaussianSampler(3.0), X) < scorer(GaussianSampler(0.0), X)
+    # Rows of another width are named as the user's X (they were "X_p" and "X_q").
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianSampler samples rows of 1"):
+        scorer(GaussianSampler(0.0), np.hstack([X, X]))
 
 
 def test_scorer_needs_sample_domain_for_a_transformer():
