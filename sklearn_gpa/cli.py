@@ -375,7 +375,10 @@ def _parser():
     )
     gpa.add_argument("--solver", default="euler", choices=SOLVER_CHOICES, help="integrator")
     gpa.add_argument(
-        "--tol", type=_finite, help="stop once the kinetic energy is below this (never if unset)"
+        "--tol",
+        type=_finite,
+        help="stop once the kinetic energy is below this (never if unset); looked at every "
+        "hundredth of --n-steps",
     )
     gpa.add_argument(
         "--standardize",

@@ -23,10 +23,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import DomainTransformer
 from ._discrepancy import DiscrepancyEncoder
+from ._discrete import FeatureLevels
 from ._sample_levels import SampleLevels
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPATransporter
-from .utils import NumberInterval, known_labels
+from .utils import NumberInterval, known_labels, warn_at_caller
 
 __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "default_encoder"]
 
@@ -366,6 +367,16 @@ class LatentGPA(DomainTransformer):
         residuals = X - self._decode(codes)
         spread = np.sum((X - X.mean(0)) ** 2)
         self.reconstruction_error_ = float(np.sqrt(np.sum(residuals**2) / max(spread, 1e-300)))
+        if source is None and self.reconstruction_error_ > 0.7:
+            # Generation keeps only what the decoder can give back (a KernelPCA with an RBF
+            # kernel on unscaled pixels: 0.99, and samples recognised at chance).
+            warn_at_caller(
+                f"The encoder represents little of the rows (reconstruction error "
+                f"{self.reconstruction_error_:.2f} of their spread; PCA keeping 90 % of the "
+                "variance gives about 0.3): samples are decoded from its codes and lack the "
+                "rest. Check the encoder's settings (a kernel's width against the data's "
+                "scale) or keep more components."
+            )
         self.transporter_ = self.residual_maps_ = None
         if self.n_components_ == 0:  # the two sides differ in no direction beyond noise
             self.decoder_lipschitz_ = 0.0
@@ -382,6 +393,10 @@ class LatentGPA(DomainTransformer):
         moved = self.transporter_.particles_
         if source is None:
             self.particles_ = self._decode(moved)
+            # What sample() clips and snaps decoded rows to, as GPATransporter.sample does
+            # in its own space: decoded pixels fell outside [0, 16] and between the levels.
+            self._bounds = (X.min(0), X.max(0))
+            self._levels = FeatureLevels.for_samples(X, [X])
             return None
         labels = self.transporter_.particle_labels_
         self.particles_ = self._finish(X[source], codes[source], moved, labels)
@@ -455,7 +470,7 @@ class LatentGPA(DomainTransformer):
                 residual[flows == k] = residual[flows == k] * a + b
         return decoded + residual
 
-    def sample(self, n_samples=1, *, y=None, random_state=None):
+    def sample(self, n_samples=1, *, y=None, random_state=None, clip=True, snap=True):
         """New samples in the original space: latent samples of ``transporter_``, decoded.
 
         Parameters
@@ -464,6 +479,13 @@ class LatentGPA(DomainTransformer):
         y : array-like of shape (n_samples,), default=None
             After a conditional fit, the class of each requested sample.
         random_state : int, RandomState instance or None, default=None
+        clip : bool, default=True
+            Clip each decoded feature to its range in the training rows (a decoder's
+            output is not bounded by the data: pixels below 0).
+        snap : bool, default=True
+            Move each feature with at most 10 distinct values in the training rows onto
+            the nearest of them, and round the others to the precision of their training
+            values, as :meth:`GPATransporter.sample` does (whole pixel values stay whole).
 
         Returns
         -------
@@ -476,9 +498,17 @@ class LatentGPA(DomainTransformer):
                 "sample() needs a generative fit (fit(X) without sample_domain); this "
                 "estimator was fitted for integration: use transform()."
             )
+        for name, value in (("clip", clip), ("snap", snap)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}.")
         codes = self.transporter_.sample(n_samples, y=y, random_state=random_state)
+        X_new = self._decode(np.asarray(codes))
+        if clip and getattr(self, "_bounds", None) is not None:  # fits pickled before: None
+            X_new = np.clip(X_new, *self._bounds)
+        if snap and getattr(self, "_levels", None) is not None:
+            X_new = self._levels.snap(X_new, np.zeros(len(X_new), dtype=int))
         # The container of set_output(transform=...) (pandas, polars) with the feature names.
-        return _wrap_data_with_container("transform", self._decode(np.asarray(codes)), None, self)
+        return _wrap_data_with_container("transform", X_new, None, self)
 
     # The generative/integration switch and diagnostics live on the latent transporter;
     # without one (no direction of discrepancy), there is no flow to describe.

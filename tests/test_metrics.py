@@ -223,6 +223,10 @@ def test_a_critic_too_steep_for_the_data_units_names_them():
     P, Q = gaussians(1.0, n=60)
     with pytest.raises(FloatingPointError, match=r"rows' spread .* is 1\.\d+e\+06"):
         lipschitz_f_divergence(P * 1e6, Q * 1e6, cross_fit=3, random_state=0)
+    # In-sample the training fails without overflowing: a negative supremum (-1107 at 1e5
+    # once), which a constant critic beats, is refused the same way.
+    with pytest.raises(FloatingPointError, match=r"negative: .* rows' spread .* is 1\.\d+e\+05"):
+        lipschitz_f_divergence(P * 1e5, Q * 1e5, random_state=0)
 
 
 @pytest.mark.parametrize(

@@ -127,8 +127,16 @@ def estimate_divergence(samples_p, samples_q, **settings) -> DivergenceEstimate:
         values = values.cpu().numpy()
         if not np.all(np.isfinite(values)):
             raise FloatingPointError(
-                _non_finite_message(s.f, s.L, "at the final evaluation", critic.lipschitz)
+                _non_finite_message(
+                    s.f, s.L, "non-finite at the final evaluation", critic.lipschitz
+                )
             )
+        steep = critic.lipschitz is not None and critic.lipschitz > _STEEP
+        if steep and np.any(values < 0):
+            # A constant critic attains 0: a negative supremum is a training that failed
+            # (L=1 on rows of spread 1e5 gave -169, silently).
+            when = f"unreliable at the final evaluation (negative: {values.min():.4g})"
+            raise FloatingPointError(_non_finite_message(s.f, s.L, when, critic.lipschitz))
         layers = [(w.cpu().numpy(), b.cpu().numpy()) for w, b in critic.layers]
         nu = critic.nu.cpu().numpy() if critic.divergence.uses_nu else np.zeros(len(values))
     return DivergenceEstimate(
@@ -275,7 +283,9 @@ def cross_fit_divergence(
     all_p, all_q = np.concatenate(terms_p), np.concatenate(terms_q)
     if not (np.all(np.isfinite(all_p)) and np.all(np.isfinite(all_q))):
         steep = None if s.L is None else s.L * scale
-        raise FloatingPointError(_non_finite_message(s.f, s.L, "on the held-out rows", steep))
+        raise FloatingPointError(
+            _non_finite_message(s.f, s.L, "non-finite on the held-out rows", steep)
+        )
     std_error = math.sqrt(all_p.var(ddof=1) / len(all_p) + all_q.var(ddof=1) / len(all_q))
     return CrossFitEstimate(
         value=float(all_p.mean() + all_q.mean()),
@@ -665,7 +675,7 @@ def _train_critic(critic, problem, batch, s: _Settings, held_out=None) -> bool:
             continue
         window = history[max(0, step + 1 - _WINDOW) : step + 1].cpu().numpy()
         if not np.all(np.isfinite(window)):
-            when = f"after {step + 1} steps"
+            when = f"non-finite after {step + 1} steps"
             raise FloatingPointError(_non_finite_message(s.f, s.L, when, critic.lipschitz))
         set_optimal_shift(critic, z, n_particles, w_x)
         mean = window.mean(0)
@@ -725,6 +735,10 @@ def _log_mean_exp(phi, w):
     return torch.logsumexp(phi + torch.log(w), dim=1)
 
 
+# L in standardised units beyond which a critic is steep enough to overflow exp under KL.
+_STEEP = 30.0
+
+
 def _non_finite_message(f, L, when, lipschitz):
     """The error for a non-finite estimate; ``lipschitz``: L in standardised units."""
     steep = ""
@@ -738,7 +752,7 @@ def _non_finite_message(f, L, when, lipschitz):
             "the features (one of large scale drowns the others)."
         )
     return (
-        f"The estimate of the {f!r} divergence (L={L}) became non-finite {when}. This happens "
+        f"The estimate of the {f!r} divergence (L={L}) became {when}. This happens "
         "when the divergence is infinite or nearly so: an unconstrained or very steep critic "
         "on samples whose supports barely overlap, or heavy tails under KL. Use a finite (or "
         f"smaller) L, or the alpha-divergence (f='alpha').{steep}"
