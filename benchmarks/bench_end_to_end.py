@@ -34,7 +34,7 @@ def gene_runs():
     return [
         ("gene integration, papers' setting (PCA-50, both ER classes)", papers, (X, y, sd)),
         (
-            "gene integration, library defaults (at most 1000 steps)",
+            "gene integration, library defaults (at most 2000 steps)",
             _common.latent_gpa(random_state=0),
             (X, y, sd),
         ),

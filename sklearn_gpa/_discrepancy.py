@@ -23,10 +23,27 @@ def _gap(codes, n_source):
     return source.T @ source / len(source) - target.T @ target / len(target)
 
 
-def _distinct_rows(rows):
-    """``rows`` without repeats, in order of first occurrence."""
-    first = np.unique(rows, axis=0, return_index=True)[1]
-    return rows if len(first) == len(rows) else rows[np.sort(first)]
+def _copies(rows):
+    """Per row, the index of its distinct value (copies of one row share one)."""
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _permutations(n_rows, n_source, units, rng):
+    """Random reassignments of the rows to the two sides: (order, source rows first).
+
+    ``units`` (per row, its unit: copies of one row on one side) move together, so that
+    copies count as one observation; None: every row is its own unit (the same draws).
+    """
+    if units is None:
+        while True:
+            yield rng.permutation(n_rows), n_source
+    ids = np.unique(units, return_inverse=True)[1].reshape(-1)
+    members = np.split(np.argsort(ids, kind="stable"), np.cumsum(np.bincount(ids))[:-1])
+    sizes = np.array([len(m) for m in members])
+    source_units = len(np.unique(ids[:n_source]))
+    while True:
+        order = rng.permutation(len(members))
+        yield np.concatenate([members[u] for u in order]), int(sizes[order[:source_units]].sum())
 
 
 def _top_value(codes, n_source, two_sided):
@@ -50,7 +67,15 @@ _DENSE_LIMIT = 400
 
 
 def step_down_directions(
-    codes, n_source, *, n_permutations=199, alpha=0.01, two_sided=False, max_components=10, rng
+    codes,
+    n_source,
+    *,
+    n_permutations=199,
+    alpha=0.01,
+    two_sided=False,
+    max_components=10,
+    rng,
+    units=None,
 ):
     """Directions of the covariance gap that pass a step-down permutation test.
 
@@ -62,9 +87,14 @@ def step_down_directions(
     ``two_sided``) is accepted when its eigenvalue exceeds that of random reassignments of
     the rows to the two sides with Monte Carlo p-value ``(1 + #exceeding) /
     (n_permutations + 1) <= alpha``; then it is projected out of the rows and the next one
-    is tested against permutations of what is left.  Returns the accepted directions as
-    orthonormal columns in ``codes``' coordinates.
+    is tested against permutations of what is left.  ``units`` (per row, an id shared by
+    the copies of one row on one side) move together in the permutations: ten copies of a
+    row are one observation, whose spread the permutations must reproduce (counted as ten,
+    20 source rows repeated ten times passed the test in 10 directions of noise).  Returns
+    the accepted directions as orthonormal columns in ``codes``' coordinates.
     """
+    if units is not None and len(np.unique(units)) == len(units):
+        units = None  # no copies: the plain permutations (the same draws)
     variances = np.mean(codes**2, axis=0)
     weights = 1.0 / np.sqrt(variances + variances.mean())
     work = codes * weights
@@ -77,9 +107,9 @@ def step_down_directions(
         if observed <= 0:
             break
         exceeding = 0
-        for _ in range(n_permutations):
-            order = rng.permutation(len(work))
-            exceeding += _top_value(work[order], n_source, two_sided) >= observed
+        draws = _permutations(len(work), n_source, units, rng)
+        for _, (order, n_first) in zip(range(n_permutations), draws):
+            exceeding += _top_value(work[order], n_first, two_sided) >= observed
             if exceeding > allowed:
                 break
         if exceeding > allowed:
@@ -239,9 +269,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         if sample_domain is None:
             raise ValueError("DiscrepancyEncoder needs sample_domain (>= 0 source, < 0 target).")
         source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-        # Identical rows are one observation: counted as many, 20 source rows repeated 10
-        # times passed the test in 10 directions of noise.
-        Xs, Xt = _distinct_rows(X[source]), _distinct_rows(X[~source])
+        Xs, Xt = X[source], X[~source]
         scale = Xt.std(0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
         self.mean_ = Xt.mean(0)
@@ -258,6 +286,8 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
                 two_sided=self.alternative == "two-sided",
                 max_components=self.max_components,
                 rng=check_random_state(self.random_state),
+                # Copies of a row move together in the permutations (one observation).
+                units=np.concatenate([_copies(Xs), len(Xs) + _copies(Xt)]),
             )
         filters = found.T @ basis
         directions = filters

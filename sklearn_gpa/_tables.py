@@ -32,10 +32,10 @@ def _say(kind, message):
 class Table:
     """A table as read: cells as text, a header or None, the file line of every row."""
 
-    def __init__(self, path, delimiter, header, rows, lines):
+    def __init__(self, path, delimiter, header, rows, lines, decimal_comma=False):
         self.path, self.delimiter, self.header = path, delimiter, header
         self.rows, self.lines = rows, lines
-        self.decimal_comma = False  # numbers read with decimal commas: written back so
+        self.decimal_comma = decimal_comma  # numbers read with decimal commas: written so
         self.width = len(header) if header is not None else len(rows[0])
         # Without a header, columns are called by their 1-based number.
         self.names = header if header is not None else [str(j + 1) for j in range(self.width)]
@@ -55,14 +55,29 @@ class Table:
 # How R, pandas, spreadsheets and ARFF write a missing value (compared in lower case).
 _MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "?"})
 # A decimal comma ("1,5", as pandas' to_csv(sep=";", decimal=",") and spreadsheets in many
-# locales write it): read as a number where the comma cannot be the separator.
+# locales write it), a decimal point, and a number in thousands groups ("1,234"), which may
+# be either: a file's numbers are read with decimal commas only where the comma is not its
+# separator, no number has a decimal point, and some comma is not a thousands separator.
 _DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+(?:[eE][-+]?\d+)?")
+_DECIMAL_POINT = re.compile(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+")
 
 
-def _number(cell, delimiter=";"):
-    """The float a cell holds, or None; a decimal comma counts unless ``delimiter`` is one."""
+def _decimal_comma(rows, delimiter):
+    """Whether the cells of ``rows`` write numbers with decimal commas (see above)."""
+    if delimiter == ",":
+        return False
+    cells = [cell.strip() for row in rows for cell in row]
+    commas = [cell for cell in cells if _DECIMAL_COMMA.fullmatch(cell)]
+    if not commas or any(_DECIMAL_POINT.fullmatch(cell) for cell in cells):
+        return False
+    return not all(_THOUSANDS.fullmatch(cell) for cell in commas)
+
+
+def _number(cell, decimal_comma=False):
+    """The float a cell holds, or None (with ``decimal_comma``, "1,5" is 1.5)."""
     cell = cell.strip()
-    if delimiter != "," and _DECIMAL_COMMA.fullmatch(cell):
+    if decimal_comma and _DECIMAL_COMMA.fullmatch(cell):
         cell = cell.replace(",", ".")
     try:
         return float(cell)
@@ -70,8 +85,8 @@ def _number(cell, delimiter=";"):
         return None
 
 
-def _is_number(cell, delimiter=";"):
-    return _number(cell, delimiter) is not None
+def _is_number(cell, decimal_comma=False):
+    return _number(cell, decimal_comma) is not None
 
 
 def _detect_delimiter(path, lines):
@@ -99,15 +114,15 @@ def _reader(lines, delimiter):
     return csv.reader(lines, delimiter=delimiter)
 
 
-def _has_header(rows, delimiter):
+def _has_header(rows, decimal_comma):
     """A first row is a header when one of its cells is text above a column of numbers."""
     first, rest = rows[0], rows[1:21]
     if not rest:
-        return not any(_is_number(c, delimiter) for c in first)
+        return not any(_is_number(c, decimal_comma) for c in first)
     for j, cell in enumerate(first):
         below = [row[j].strip() for row in rest if j < len(row) and row[j].strip()]
-        numbers = below and all(_is_number(c, delimiter) for c in below)
-        if cell.strip() and not _is_number(cell, delimiter) and numbers:
+        numbers = below and all(_is_number(c, decimal_comma) for c in below)
+        if cell.strip() and not _is_number(cell, decimal_comma) and numbers:
             return True
     return False
 
@@ -139,7 +154,8 @@ def read_table(path):
             rows.append(row)
             numbers.append(reader.line_num)
     header = None
-    if _has_header(rows, delimiter):
+    decimal_comma = _decimal_comma(rows, delimiter)
+    if _has_header(rows, decimal_comma):
         header = [cell.strip() for cell in rows[0]]
         while len(header) > 1 and not header[-1]:  # a trailing separator on the header line
             header.pop()
@@ -156,7 +172,7 @@ def read_table(path):
                 f"{path}, line {line}: {len(row)} cells where {expected} {width} "
                 f"(read as {_DELIMITER_NAMES[delimiter]}-separated)"
             )
-    return Table(path, delimiter, header, rows, numbers)
+    return Table(path, delimiter, header, rows, numbers, decimal_comma)
 
 
 def _numeric_block(table, columns):
@@ -174,10 +190,15 @@ def _numeric_block(table, columns):
                     f"{where}: {missing}; GPA needs every feature of every row: fill it in "
                     "or remove the row"
                 )
-            value = _number(cell, table.delimiter)
+            value = _number(cell, table.decimal_comma)
             if value is None:
                 name = table.names[j]
-                if _DECIMAL_COMMA.fullmatch(cell):  # in a comma-separated file
+                if _THOUSANDS.fullmatch(cell):
+                    raise CLIError(
+                        f"{where}: {cell!r} is not a number: write numbers without thousands "
+                        "separators"
+                    )
+                if _DECIMAL_COMMA.fullmatch(cell):  # a comma separator, or decimal points too
                     raise CLIError(
                         f"{where}: {cell!r} is not a number: write decimals with a point"
                     )
@@ -185,7 +206,6 @@ def _numeric_block(table, columns):
                     f"{where}: {cell!r} is not a number; if {name!r} holds labels, declare it "
                     f"with --labels {name}, if it holds IDs or other text, with --id-column {name}"
                 )
-            table.decimal_comma |= "," in cell
             if not np.isfinite(value):
                 raise CLIError(f"{where}: {cell!r} is not a finite number")
             values[i, k] = value

@@ -161,7 +161,9 @@ def check_continuation(fitted, resume, params, mode, classes, image_shape, data)
     checks that warm start can continue ``fitted``'s flows: same mode, classes,
     discriminators and data (where ``fitted`` kept a fingerprint)."""
     X, y, source = data
-    fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), y, source))
+    # Labels as text: the same labels as a list, a Series or int32 / int64 are the same data.
+    labels = None if y is None else [str(label) for label in np.asarray(y).tolist()]
+    fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), labels, source))
     if not resume:
         return fingerprint
     if mode != fitted.mode_:

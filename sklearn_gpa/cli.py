@@ -196,6 +196,8 @@ def run_transport(args):
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):  # found before the fit, not after it
         raise CLIError(f"--output {args.output}: there is no folder {folder}")
+    if os.path.isdir(args.output):
+        raise CLIError(f"--output {args.output} is a folder; give a file name in it")
 
     source, target = read_table(args.source), read_table(args.target)
     s_label_name = args.source_labels or args.labels

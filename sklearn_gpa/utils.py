@@ -94,6 +94,8 @@ def _columns_as_in(Xt, Xs):
     names_s, names_t = getattr(Xs, "columns", None), getattr(Xt, "columns", None)
     if names_s is None or names_t is None or list(names_s) == list(names_t):
         return Xt
+    if not all(isinstance(name, str) for name in [*names_s, *names_t]):
+        return Xt  # as scikit-learn, only string column names are names
     missing = [name for name in names_s if name not in set(names_t)]
     extra = [name for name in names_t if name not in set(names_s)]
     if missing or extra:

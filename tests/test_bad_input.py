@@ -84,7 +84,7 @@ def test_several_source_domains_are_said_to_be_pooled(estimator):
     with pytest.warns(UserWarning, match=r"2 source domains \(\[0, 1\]\).*one source"):
         estimator.fit(X, Y, sample_domain=domains)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("error", message=".*source domains")
         estimator.fit(X, Y, sample_domain=SD)
 
 
@@ -175,3 +175,6 @@ def test_stack_domains_matches_table_columns_by_name():
     with pytest.raises(ValueError, match=r"Xt lacks \['b'\] and has \['c'\]"):
         stack_domains(source, target.rename(columns={"b": "c"}))
     assert target.columns.tolist() == ["b", "a"]  # the caller's table is left as it was
+    # Non-string column names are no names (scikit-learn's rule): stacked by position.
+    X, _, _ = stack_domains(pd.DataFrame([[1.0, 2.0]]), pd.DataFrame([[3.0, 4.0]], columns=[5, 6]))
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])

@@ -313,11 +313,17 @@ def test_decimal_commas_are_read_where_the_comma_is_no_separator(tmp_path, capsy
     back = pd.read_csv(tmp_path / "o.txt", sep=";", decimal=",", index_col=0)
     assert back.dtypes.tolist()[:2] == [np.float64, np.float64]  # written as they came
     assert (back["group"] == np.where(np.arange(30) % 2, "x", "y")).all()
-    # In a comma-separated file a decimal comma cannot be read: a hint says what to write.
-    (tmp_path / "c.csv").write_text('a,b\n"1,5",2\n3,4\n')
-    args = ["--source", str(tmp_path / "c.csv"), "--target", str(tmp_path / "c.csv")]
-    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
-    assert "line 2, column 'a': '1,5' is not a number: write decimals with a point" in err
+    # Where a comma cannot be a decimal comma (a comma-separated file, decimal points in
+    # the same file) or may be a thousands separator ("1,234" was read as 1.234), a hint.
+    for text, hint in (
+        ('a,b\n"1,5",2\n3,4\n', "'1,5' is not a number: write decimals with a point"),
+        ("a;b\n1,5;2\n3.5;4\n", "'1,5' is not a number: write decimals with a point"),
+        ("a\tb\n1,234\t2\n999\t4\n", "'1,234' is not a number: write numbers without thou"),
+    ):
+        (tmp_path / "c.txt").write_text(text)
+        args = ["--source", str(tmp_path / "c.txt"), "--target", str(tmp_path / "c.txt")]
+        err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path / "o.csv")))
+        assert f"line 2, column 'a': {hint}" in err
 
 
 @pytest.mark.parametrize("cell", ["NA", "nan", "?", ""])
@@ -375,6 +381,8 @@ def test_a_missing_output_folder_is_named_before_the_fit(tmp_path, capsys):
     out = tmp_path / "nowhere" / "o.csv"
     err = _error(capsys, _transport(tmp_path, *args, "-o", str(out)))
     assert err == f"sklearn-gpa: error: --output {out}: there is no folder {out.parent}"
+    err = _error(capsys, _transport(tmp_path, *args, "-o", str(tmp_path)))
+    assert err == f"sklearn-gpa: error: --output {tmp_path} is a folder; give a file name in it"
 
 
 def test_make_estimator_latent_and_standardize():

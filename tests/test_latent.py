@@ -610,9 +610,23 @@ def test_discrepancy_encoder_counts_a_repeated_row_once():
     source, target = draw(20), draw(200)
     X, _, sd = stack_domains(np.repeat(source, 10, axis=0), target)
     assert DiscrepancyEncoder().fit(X, sample_domain=sd).n_components_ == 0
-    X_once, _, sd_once = stack_domains(source, target)
-    once = DiscrepancyEncoder().fit(X_once, sample_domain=sd_once)
-    np.testing.assert_array_equal(once.scale_, DiscrepancyEncoder().fit(X, sample_domain=sd).scale_)
+    # Copies still weigh in the statistic: on discrete data, where many rows repeat, a
+    # feature whose values' frequencies differ is found (dropping the copies lost it).
+    rng = np.random.RandomState(0)
+
+    def side(p, n=300):
+        return np.column_stack([rng.choice([-1, 0, 1], n, p=p), rng.choice([-1, 0, 1], (n, 2))])
+
+    X, _, sd = stack_domains(side([0.45, 0.1, 0.45]), side([0.05, 0.9, 0.05]))
+    encoder = DiscrepancyEncoder().fit(X.astype(float), sample_domain=sd)
+    assert encoder.n_components_ == 1 and abs(encoder.components_[0, 0]) > 0.99
+    # Target labels with repeated target rows (the labels were indexed with the distinct
+    # rows' length: an IndexError).
+    Xs, Xt = rng.normal(size=(60, 5)), rng.normal(size=(60, 5))
+    Xs[:, 0] *= 3
+    Xt[30:] = Xt[:30]
+    X, y, sd = stack_domains(Xs, Xt, None, np.tile([0, 1], 30))
+    assert DiscrepancyEncoder().fit(X, y, sample_domain=sd).n_components_ >= 1
 
 
 def test_discrepancy_encoder_alternative_and_level():

@@ -18,8 +18,12 @@ distinct rows (each row's copies go with it), sizes are effective sizes ``(sum w
 w^2`` (the number of distinct rows when each has as many copies), and the stray radius
 below is between distinct rows.  Copies split between two halves would make the halves far
 closer than two fresh samples: the floor would be too low for a flow ever to reach, and the
-flow would run to ``n_steps`` and pack its particles onto the target rows.  Without copies
-every weight is 1 and these are the plain statistics.
+flow would run to ``n_steps`` and pack its particles onto the target rows.  Identical
+particles (repeated source rows) are one unit too, weighted by their copies, with their
+effective size in the floors: they stay identical as they move, and counted as many, a few
+distinct rows never come as close to the target as a fresh sample of that many rows would
+(20 rows repeated ten times ran every step).  Without copies every weight is 1 and these are
+the plain statistics.
 
 The kernel statistics are averages, and a flow's particles are not a fresh sample: most of
 them settle closer to the target rows than a fresh sample would, which pulls the averages
