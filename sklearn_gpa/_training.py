@@ -341,9 +341,8 @@ def _warn_about(result, n_steps):
         warn_at_caller(
             f"{flows} ran all {n_steps} steps without their particles coming "
             f"as close to the target as a fresh sample of it (the stopping rule's score at "
-            f"the last check, 1 for a fresh sample: {where}). More n_steps (warm_start=True "
-            "continues) may take them there; a score that no longer falls "
-            "(history_['stop_score']) says they will not.",
+            f"the last check, 1 for a fresh sample: {where}). A larger n_steps may take "
+            "them there where their score was still falling (history_['stop_score']).",
             ConvergenceWarning,
         )
     if result.stop_reason == "interrupted":

@@ -57,8 +57,10 @@ _OPTION_OF = {
 
 
 def _warning_line(message):
-    """A warning of the library as one line: what happened and what to do."""
-    return "sklearn-gpa: warning: " + " ".join(str(message).split())
+    """A warning of the library as one line: what happened and what to do (the step
+    parameters named as the options that set them)."""
+    text = re.sub(r"\b(n_steps|dt)\b", lambda m: _OPTION_OF[m.group(1)], str(message))
+    return "sklearn-gpa: warning: " + " ".join(text.split())
 
 
 # ------------------------------------------------------------------------------- demo

@@ -374,6 +374,7 @@ def test_a_warning_is_written_on_a_line_of_its_own(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     warned = [line for line in lines if "ran all 5 steps" in line]
     assert len(warned) == 1 and warned[0].startswith("sklearn-gpa: warning: 1 flow ran")
+    assert "A larger --n-steps may take them there" in warned[0]  # the option, not n_steps
 
 
 def test_a_missing_output_folder_is_named_before_the_fit(tmp_path, capsys):
