@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_LEVELS", "FeatureLevels", "few_levels", "recorded_decimals"]
+__all__ = ["MAX_LEVELS", "FeatureLevels", "few_levels", "n_values", "recorded_decimals"]
 
 # "auto" treats a feature with at most this many distinct values as discrete.
 MAX_LEVELS = 10
@@ -19,10 +19,15 @@ MAX_LEVELS = 10
 MAX_DECIMALS = 6
 
 
+def n_values(X) -> np.ndarray:
+    """Per feature, the number of distinct values in the rows of ``X``."""
+    X = np.sort(np.asarray(X), axis=0)
+    return (np.diff(X, axis=0) != 0).sum(0) + 1
+
+
 def few_levels(X, max_levels=MAX_LEVELS) -> np.ndarray:
     """Boolean mask of the features of ``X`` with at most ``max_levels`` distinct values."""
-    X = np.sort(np.asarray(X), axis=0)
-    return (np.diff(X, axis=0) != 0).sum(0) + 1 <= max_levels
+    return n_values(X) <= max_levels
 
 
 def recorded_decimals(X, max_decimals=MAX_DECIMALS) -> np.ndarray:

@@ -17,7 +17,7 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
-from ._discrete import FeatureLevels
+from ._discrete import FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
@@ -34,6 +34,9 @@ MODES_RATIO = 1.5
 # The central rows: between these percentiles; their std over _TRIMMED_NORMAL_STD is the
 # std for Gaussian data.
 _CENTRAL_PERCENTILES = (5.0, 95.0)
+# Integration snaps a feature to the target's values only where each is seen this many times
+# on average (with a few dozen target rows every feature has at most 10 values).
+_ROWS_PER_LEVEL = 5
 _TRIMMED_NORMAL_STD = 0.79
 
 
@@ -114,13 +117,33 @@ def flow_router(starts):
 class FittedFlowMixin:
     """Transform, replay, trajectories and sampling of a fitted flow."""
 
-    def _fit_levels(self, X, target_rows):
-        """The values ``sample`` snaps few-valued features to: per flow, its target rows'
-        (None in integration, which never samples); and the dtype it returns, ``X``'s, as
-        ``transform`` returns its input's (float32 rows give float32 samples)."""
-        self._levels, self._sample_dtype = None, X.dtype
+    def _fit_levels(self, X, target_rows, source_rows):
+        """The values ``sample`` snaps few-valued features to: per flow, its target rows';
+        and the dtype it returns, ``X``'s, as ``transform`` returns its input's (float32
+        rows give float32 samples).
+
+        In integration, ``_target_levels``: the features both sides record with few values,
+        and the target's values of them, onto which moved rows are snapped (a moved binary
+        covariate came out at 0.98, between its levels).
+        """
+        self._levels, self._sample_dtype, self._target_levels = None, X.dtype, None
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
+            return
+        target, source = X[np.concatenate(target_rows)], X[np.concatenate(source_rows)]
+        # Discrete on both sides, and each level seen several times (with a few dozen rows,
+        # every feature has few values).
+        few = few_levels(target) & few_levels(source)
+        few &= n_values(target) * _ROWS_PER_LEVEL <= len(target)
+        if few.any():
+            self._target_levels = FeatureLevels.fit(np.flatnonzero(few), [target])
+
+    def _snapped(self, X_new):
+        """Integration's moved rows with their few-valued features on the target's values."""
+        levels = getattr(self, "_target_levels", None)  # None in fits pickled before
+        if levels is None:
+            return X_new
+        return levels.snap(X_new, np.zeros(len(X_new), dtype=int)).astype(X_new.dtype, copy=False)
 
     def _store_particles(self, moved, order):
         """``particles_`` and ``particle_labels_`` from each flow's final standardised
@@ -131,7 +154,7 @@ class FittedFlowMixin:
         not two).
         """
         self._final_particles_, self._particle_order = moved, order
-        particles = self._scaling.inverse_transform(np.concatenate(moved))
+        particles = self._snapped(self._scaling.inverse_transform(np.concatenate(moved)))
         labels = None
         if self.classes_ is not None:
             labels = np.repeat(self.classes_, [len(m) for m in moved])
@@ -247,7 +270,7 @@ class FittedFlowMixin:
             moved = self._replay(aligned, flows)
         else:
             moved = self.neighbour_map_.move(Z, aligned, flows, self._prealign)
-        return self._scaling.inverse_transform(moved)
+        return self._snapped(self._scaling.inverse_transform(moved))
 
     def _replay(self, Z, flows, path=None, flow=None):
         """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""

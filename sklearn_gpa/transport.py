@@ -342,7 +342,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             rows = self._scaling_rows(mode, groups.targets)
             self._scaling = Standardization.fit(X[rows], self.standardize)
             warn_units_ignored(X, self._scaling.kind, self.standardize)
-            self._fit_levels(X, groups.targets)
+            self._fit_levels(X, groups.targets, groups.sources)
         Z = self._scaling.transform(X)
         targets = [Z[t] for t in groups.targets]
         if not resume:

@@ -101,6 +101,31 @@ def test_heun_beats_euler_in_the_orthogonal_directions():
     assert spreads["heun"] < spreads["euler"]
 
 
+def test_integration_keeps_few_valued_features_on_the_targets_values():
+    # A binary covariate came out between its levels (0.98): moved rows now take the
+    # target's values there, in fit_transform and transform alike; continuous features
+    # and a target too small to tell levels apart are left as the flow puts them.
+    rng = np.random.RandomState(0)
+
+    def table(n, shift):
+        return np.column_stack([rng.randint(0, 2, n), rng.randn(n) + shift, rng.randn(n)])
+
+    source, target = table(100, 1.0), table(150, 0.0)
+    source[:, 0] = source[:, 0] * 1.2 + 0.3  # the covariate, distorted: levels 0.3 and 1.5
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(random_state=0)
+    moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+    assert set(np.unique(moved[:, 0])) == {0.0, 1.0}
+    assert len(np.unique(moved[:, 1])) == 100  # continuous: not snapped
+    np.testing.assert_array_equal(gpa.transform(source[:10])[:, 0], moved[:10, 0])
+    few, _, domain = stack_domains(source[:20], target[:20])  # 2 values in 20 rows: 10 each
+    small = GPATransporter(random_state=0).fit_transform(few, sample_domain=domain)[:20]
+    assert set(np.unique(small[:, 0])) == {0.0, 1.0}
+    few, _, domain = stack_domains(source[:6], target[:6])  # too few rows per value
+    tiny = GPATransporter(random_state=0).fit_transform(few, sample_domain=domain)[:6]
+    assert not set(np.unique(tiny[:, 0])) <= {0.0, 1.0}
+
+
 def test_transform_moves_unseen_source_rows_and_keeps_target_rows():
     rng = np.random.RandomState(0)
     Xs, Xt = rng.normal(0, 1, (200, 3)), rng.normal(0, 1, (200, 3)) * [1, 2, 0.5] + 4
