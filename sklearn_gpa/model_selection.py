@@ -419,7 +419,7 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
             integrated = X
         else:
             self.integrator_ = clone(self.integrator)
-            integrated = self.integrator_.fit_transform(X, sample_domain=sample_domain)
+            integrated = self._fit_integrator(X, sample_domain)
         train = np.flatnonzero(~source & known_labels(y))
         if len(train) == 0:
             raise ValueError("No target row has a known label to train the classifier on.")
@@ -440,6 +440,22 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         if sample_domain is None:
             return self.integrator_.transform(X)
         return self.integrator_.transform(X, sample_domain=sample_domain)
+
+    def _fit_integrator(self, X, sample_domain):
+        try:
+            return self.integrator_.fit_transform(X, sample_domain=sample_domain)
+        except (TypeError, ValueError) as exc:
+            # A Pipeline takes sample_domain only through metadata routing: scikit-learn's
+            # own error then speaks of "logisticregression__sample_weight".
+            if "sample_domain" not in str(exc) or get_config()["enable_metadata_routing"]:
+                raise
+            raise ValueError(
+                f"The integrator {type(self.integrator).__name__} did not take "
+                "sample_domain in fit_transform. A Pipeline passes it to its steps only with "
+                "metadata routing: sklearn.set_config(enable_metadata_routing=True), and "
+                "set_fit_request(sample_domain=True) on the steps that take it (the "
+                "package's estimators request it already)."
+            ) from exc
 
     def predict(self, X, *, sample_domain=None) -> np.ndarray:
         """Integrate the rows and classify them.

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn.utils import check_array
 from sklearn.utils._param_validation import validate_params
 
 from .utils import NumberInterval
@@ -159,11 +160,25 @@ def plot_particles_3d(target, moved, *, source=None, ax=None, dims=(0, 1, 2), si
 
 def _scatter_particles(ax, target, moved, source, dims, size):
     """Scatter the coordinates ``dims`` of each set on ``ax`` (2-D or 3-D) with a legend."""
-    dims = list(dims)
-    if source is not None:
-        ax.scatter(*np.asarray(source)[:, dims].T, s=0.75 * size, c="0.7", label="start")
-    ax.scatter(*np.asarray(target)[:, dims].T, s=size, c="tab:blue", label="target")
-    ax.scatter(*np.asarray(moved)[:, dims].T, s=size, c="tab:orange", label="transported")
+    sets = {"target": target, "moved": moved, "source": source}
+    rows = {
+        name: check_array(values, ensure_all_finite=False, input_name=name)
+        for name, values in sets.items()
+        if values is not None
+    }
+    widths = {name: values.shape[1] for name, values in rows.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"The sets of rows have different numbers of features: {widths}.")
+    width, dims = widths["target"], list(dims)
+    if any(not isinstance(d, Integral) or not 0 <= d < width for d in dims):
+        raise ValueError(
+            f"dims must be indices of features, from 0 to {width - 1} (the rows have {width} "
+            f"features); got {dims}."
+        )
+    if "source" in rows:
+        ax.scatter(*rows["source"][:, dims].T, s=0.75 * size, c="0.7", label="start")
+    ax.scatter(*rows["target"][:, dims].T, s=size, c="tab:blue", label="target")
+    ax.scatter(*rows["moved"][:, dims].T, s=size, c="tab:orange", label="transported")
     ax.legend(loc="best", fontsize="small", markerscale=max(1.0, 4.0 / size))
     return ax
 

@@ -273,6 +273,15 @@ def test_integrated_classifier_needs_sample_domain_and_target_labels(shifted_cla
     unlabelled = np.where(sd < 0, -1, y)
     with pytest.raises(ValueError, match="No target row has a known label"):
         model.fit(X, unlabelled, sample_domain=sd)
+    # A Pipeline integrator without routing: scikit-learn's error spoke of
+    # "logisticregression__sample_weight"; this one says to enable routing.
+    from sklearn_gpa import MeanStdAdjuster
+
+    piped = IntegratedClassifier(
+        make_pipeline(StandardScaler(), MeanStdAdjuster()), model.classifier
+    )
+    with pytest.raises(ValueError, match="Pipeline did not take sample_domain .* routing"):
+        piped.fit(X, y, sample_domain=sd)
 
 
 # ----------------------------------------------------------------- parallel and Dask

@@ -55,3 +55,20 @@ def test_plots_name_bad_options(plot, kwargs, name):
 def test_plot_history_names_a_missing_series():
     with pytest.raises(ValueError, match="history has no 'divergence' series; its keys are"):
         plot_history({"kinetic_energy": [1.0, 0.5]}, key="divergence")
+
+
+@pytest.mark.parametrize(
+    "target, moved, dims, message",
+    [
+        (np.zeros((4, 3)), np.zeros((4, 3)), (0, 7), r"from 0 to 2 \(the rows have 3 features\)"),
+        (np.zeros((4, 1)), np.zeros((4, 1)), (0, 1), r"from 0 to 0 \(the rows have 1 features\)"),
+        (np.zeros((4, 3)), np.zeros((4, 2)), (0, 1), "different numbers of features"),
+        (np.zeros(4), np.zeros(4), (0, 1), "Expected 2D array, got 1D array"),
+    ],
+)
+def test_particle_plots_name_bad_rows_and_dims(target, moved, dims, message):
+    # A dimension beyond the rows was a bare IndexError (a KeyError for DataFrames).
+    from sklearn_gpa.plotting import plot_particles
+
+    with pytest.raises(ValueError, match=message):
+        plot_particles(target, moved, dims=dims)
