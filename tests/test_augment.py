@@ -344,3 +344,15 @@ def test_bad_input_is_named():
         GPAAugmenter(discrete_features=[5], **FAST).fit_resample(X, y)
     with pytest.raises(ValueError, match="oversampling_factor"):
         GPAAugmenter(oversampling_factor=0.5).fit_resample(X, y)
+
+
+def test_a_class_of_a_few_rows_coming_back_as_near_copies_is_named():
+    from sklearn.datasets import make_blobs
+
+    # Four rows: the synthetic rows sat at 0.4 of the originals' spacing from them, near
+    # copies, with no word (memorization_ratio_ said it to those who looked).
+    X, y = make_blobs([100, 60, 4], n_features=3, random_state=0)
+    sampler = GPAAugmenter(random_state=0)
+    with pytest.warns(UserWarning, match=r"classes \[2\] lie closer to their originals"):
+        sampler.fit_resample(X, y)
+    assert sampler.memorization_ratio_[2] < 0.5 < sampler.memorization_ratio_[1]
