@@ -346,6 +346,9 @@ class FittedFlowMixin:
             After a conditional fit, the class of each requested sample.  None draws the
             classes in proportion to the training targets.
         random_state : int, RandomState instance or None, default=None
+            The draws' seed.  None draws afresh at each call (as ``KernelDensity.sample``
+            does; the estimator's own ``random_state`` seeds the fit, not the draws): pass
+            an int for the same samples at every call.
         clip : bool, default=True
             Clip each feature to its range in the training rows, as ForestFlow does: a
             flow moves particles continuously, and a few end slightly past a bound that

@@ -479,6 +479,9 @@ class LatentGPA(DomainTransformer):
         y : array-like of shape (n_samples,), default=None
             After a conditional fit, the class of each requested sample.
         random_state : int, RandomState instance or None, default=None
+            The draws' seed.  None draws afresh at each call (as ``KernelDensity.sample``
+            does; the estimator's own ``random_state`` seeds the fit, not the draws): pass
+            an int for the same samples at every call.
         clip : bool, default=True
             Clip each decoded feature to its range in the training rows (a decoder's
             output is not bounded by the data: pixels below 0).
