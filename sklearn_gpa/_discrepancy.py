@@ -28,19 +28,28 @@ def _copies(rows):
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def _permutations(n_rows, n_source, units, rng):
+def _units(units, n_rows):
+    """Per unit (the copies of one row on one side, ``units`` its id per row), the indices of
+    its rows; None when every row is a unit of its own (or ``units`` is None)."""
+    if units is None:
+        return None
+    ids = np.unique(units, return_inverse=True)[1].reshape(-1)
+    if ids.max() + 1 == n_rows:
+        return None
+    return np.split(np.argsort(ids, kind="stable"), np.cumsum(np.bincount(ids))[:-1])
+
+
+def _permutations(n_rows, n_source, members, rng):
     """Random reassignments of the rows to the two sides: (order, source rows first).
 
-    ``units`` (per row, its unit: copies of one row on one side) move together, so that
-    copies count as one observation; None: every row is its own unit (the same draws).
+    The units ``members`` (:func:`_units`) move together, so that copies count as one
+    observation; None: every row is its own unit (the plain permutations).
     """
-    if units is None:
+    if members is None:
         while True:
             yield rng.permutation(n_rows), n_source
-    ids = np.unique(units, return_inverse=True)[1].reshape(-1)
-    members = np.split(np.argsort(ids, kind="stable"), np.cumsum(np.bincount(ids))[:-1])
     sizes = np.array([len(m) for m in members])
-    source_units = len(np.unique(ids[:n_source]))
+    source_units = sum(int(m[0] < n_source) for m in members)  # no unit spans both sides
     while True:
         order = rng.permutation(len(members))
         yield np.concatenate([members[u] for u in order]), int(sizes[order[:source_units]].sum())
@@ -93,8 +102,7 @@ def step_down_directions(
     20 source rows repeated ten times passed the test in 10 directions of noise).  Returns
     the accepted directions as orthonormal columns in ``codes``' coordinates.
     """
-    if units is not None and len(np.unique(units)) == len(units):
-        units = None  # no copies: the plain permutations (the same draws)
+    members = _units(units, len(codes))
     variances = np.mean(codes**2, axis=0)
     weights = 1.0 / np.sqrt(variances + variances.mean())
     work = codes * weights
@@ -107,7 +115,7 @@ def step_down_directions(
         if observed <= 0:
             break
         exceeding = 0
-        draws = _permutations(len(work), n_source, units, rng)
+        draws = _permutations(len(work), n_source, members, rng)
         for _, (order, n_first) in zip(range(n_permutations), draws):
             exceeding += _top_value(work[order], n_first, two_sided) >= observed
             if exceeding > allowed:

@@ -17,11 +17,12 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
-from ._discrete import FeatureLevels, few_levels, n_values
+from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
 from .baselines import class_router, meanstd_map
+from .utils import check_flags
 
 __all__ = ["FittedFlowMixin", "flow_router"]
 
@@ -133,8 +134,9 @@ class FittedFlowMixin:
         target, source = X[np.concatenate(target_rows)], X[np.concatenate(source_rows)]
         # Discrete on both sides, and each level seen several times (with a few dozen rows,
         # every feature has few values).
-        few = few_levels(target) & few_levels(source)
-        few &= n_values(target) * _ROWS_PER_LEVEL <= len(target)
+        levels = n_values(target)
+        few = (levels <= MAX_LEVELS) & few_levels(source)
+        few &= levels * _ROWS_PER_LEVEL <= len(target)
         if few.any():
             self._target_levels = FeatureLevels.fit(np.flatnonzero(few), [target])
 
@@ -391,9 +393,7 @@ class FittedFlowMixin:
             )
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        for name, value in (("clip", clip), ("snap", snap), ("marginals", marginals)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {value!r}.")
+        check_flags(clip=clip, snap=snap, marginals=marginals)
         rng = check_random_state(random_state)
         flows = self._requested_flows(n_samples, y, rng)
         Z = np.empty((n_samples, self.n_features_in_))

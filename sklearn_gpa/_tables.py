@@ -346,14 +346,14 @@ def _write_table(table, moved, features, path):
     try:
         with handle:
             writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+            # Numbers read with decimal commas are written so, where the comma is no separator.
+            point = "," if table.decimal_comma and delimiter != "," else "."
             if table.header is not None:
                 writer.writerow(table.header)
             for row, values in zip(table.rows, moved.tolist()):
                 row = list(row)
                 for j, value in zip(features, values):
-                    row[j] = repr(float(value))
-                    if table.decimal_comma and delimiter != ",":
-                        row[j] = row[j].replace(".", ",")
+                    row[j] = repr(float(value)).replace(".", point)
                 writer.writerow(row)
         os.replace(handle.name, path)
     except BaseException:

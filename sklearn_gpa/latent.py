@@ -27,7 +27,7 @@ from ._discrete import FeatureLevels
 from ._sample_levels import SampleLevels
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPATransporter
-from .utils import NumberInterval, known_labels, warn_at_caller
+from .utils import NumberInterval, check_flags, known_labels, warn_at_caller
 
 __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "default_encoder"]
 
@@ -501,9 +501,7 @@ class LatentGPA(DomainTransformer):
                 "sample() needs a generative fit (fit(X) without sample_domain); this "
                 "estimator was fitted for integration: use transform()."
             )
-        for name, value in (("clip", clip), ("snap", snap)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {value!r}.")
+        check_flags(clip=clip, snap=snap)
         codes = self.transporter_.sample(n_samples, y=y, random_state=random_state)
         X_new = self._decode(np.asarray(codes))
         if clip and getattr(self, "_bounds", None) is not None:  # fits pickled before: None

@@ -96,8 +96,9 @@ def _columns_as_in(Xt, Xs):
         return Xt
     if not all(isinstance(name, str) for name in [*names_s, *names_t]):
         return Xt  # as scikit-learn, only string column names are names
-    missing = [name for name in names_s if name not in set(names_t)]
-    extra = [name for name in names_t if name not in set(names_s)]
+    shared = set(names_s) & set(names_t)
+    missing = [name for name in names_s if name not in shared]
+    extra = [name for name in names_t if name not in shared]
     if missing or extra:
         raise ValueError(
             f"Xs and Xt have different columns: Xt lacks {missing[:5]} and has {extra[:5]} "
@@ -187,6 +188,13 @@ def known_labels(y) -> np.ndarray:
     if y.dtype.kind in "iu":
         return y != -1
     return np.array([v is not None and v != -1 and v == v for v in y], dtype=bool)
+
+
+def check_flags(**flags) -> None:
+    """A TypeError naming the first of ``flags`` (name=value) that is not True or False."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}.")
 
 
 def few(values, limit: int = 10) -> str:
