@@ -5,10 +5,13 @@ marks them (``>= 0`` source, ``< 0`` target).  The base validates ``X``, ``y`` a
 ``sample_domain`` once per public call and hands the checked arrays to the subclass's
 hooks, as imbalanced-learn's ``fit_resample`` hands them to ``_fit_resample``:
 
-* ``_fit(X, y, source)``: learn; ``source`` is the boolean mask of source rows, or None
-  without ``sample_domain`` (generative mode).  Returns the moved source rows (None in
-  generative mode), which ``fit_transform`` puts in place;
-* ``_move(X, y)``: the moved version of rows that ``transform`` was asked to move.
+* ``_fit(X, y, source, domains)``: learn; ``source`` is the boolean mask of source rows
+  and ``domains`` the integer ``sample_domain``, both None without ``sample_domain``
+  (generative mode).  Several source domains are each moved their own way (one batch
+  effect each).  Returns the moved source rows (None in generative mode), which
+  ``fit_transform`` puts in place;
+* ``_move(X, y, domains)``: the moved version of rows that ``transform`` was asked to
+  move (``domains``: their ``sample_domain``, or None where it was not given).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_magnitude, check_sample_domain, few, known_labels, warn_at_caller
+from .utils import check_magnitude, check_sample_domain, few, known_labels
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -56,18 +59,10 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self, X, dtype=_FLOAT_DTYPES, ensure_min_samples=2, reset=not self._continues_fit()
         )
         check_magnitude(X)
-        source = None
+        source = domains = None
         if sample_domain is not None:
             source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-            domains = np.unique(np.asarray(sample_domain)[source])
-            if len(domains) > 1:
-                warn_at_caller(
-                    f"sample_domain holds {len(domains)} source domains "
-                    f"({domains.tolist()}); {type(self).__name__} moves them as one source, "
-                    "so a batch effect that differs between them is corrected on average "
-                    "only. To correct each its own way, fit one estimator per source domain "
-                    "(each with the target rows)."
-                )
+            domains = np.asarray(sample_domain).astype(np.int64)
         if y is not None:
             y = np.asarray(y)
             if y.shape != (X.shape[0],):
@@ -75,7 +70,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             # Class labels, as a classifier takes them: a continuous target would make one
             # class (and flow) per distinct value.  Unknown labels (-1, NaN) are left out.
             check_classification_targets(y[known_labels(y)])
-        return X, y, source
+        return X, y, source, domains
 
     def _validate_rows(self, X):
         """New rows for a fitted estimator: checked like the training rows."""
@@ -95,7 +90,10 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         y : array-like of shape (n_samples,), default=None
             Class labels; -1 or NaN marks an unknown label (skada's convention).
         sample_domain : array-like of shape (n_samples,), default=None
-            ``>= 0`` for source rows, ``< 0`` for target rows.
+            ``>= 0`` for source rows, ``< 0`` for target rows.  Several source values
+            (batches, studies) are each moved onto the target rows their own way; give
+            them one value to move them as one source.  Several target values are one
+            reference.
 
         Returns
         -------
@@ -121,8 +119,8 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         X_new : ndarray of shape (n_samples, n_features)
         """
-        X, y, source = self._validate_fit_data(X, y, sample_domain)
-        moved = self._fit(X, y, source)
+        X, y, source, domains = self._validate_fit_data(X, y, sample_domain)
+        moved = self._fit(X, y, source, domains)
         if source is None:
             return self.transform(X)
         out = np.array(X, copy=True)
@@ -143,9 +141,11 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             predicts (after a generative fit: the class whose prior is likeliest there).
         sample_domain : array-like of shape (n_samples,), default=None
             When given, only source rows (``>= 0``) move; target rows (``< 0``) are returned
-            unchanged, bit for bit.  None moves every row: in a ``Pipeline``, which passes
-            no ``sample_domain`` unless metadata routing is enabled, every row is treated
-            as a new source row.
+            unchanged, bit for bit.  After a fit with several source domains, each row
+            moves the way its domain was fitted to.  None moves every row: in a
+            ``Pipeline``, which passes no ``sample_domain`` unless metadata routing is
+            enabled, every row is treated as a new source row (of the source domain a
+            classifier of the training source rows predicts, after a fit with several).
 
         Returns
         -------
@@ -153,18 +153,19 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             In the dtype of ``X`` (float64 for integer input).
         """
         X = self._validate_rows(X)
-        move = np.ones(len(X), dtype=bool)
+        move, domains = np.ones(len(X), dtype=bool), None
         if sample_domain is not None:
             move = check_sample_domain(
                 sample_domain, len(X), require_both=False, n_features=X.shape[1]
             )
+            domains = np.asarray(sample_domain).astype(np.int64)[move]
         if y is not None:
             y = np.asarray(y)
             if y.shape != (len(X),):
                 raise ValueError(f"y must have shape ({len(X)},), got {y.shape}.")
         out = np.array(X, copy=True)
         if move.any():
-            out[move] = self._move(X[move], None if y is None else y[move])
+            out[move] = self._move(X[move], None if y is None else y[move], domains)
         return out
 
     def score(self, X, y=None, *, sample_weight=None, sample_domain=None):
@@ -203,7 +204,8 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     "target rows (enable metadata routing to pass it through a search)."
                 )
             source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-            moved, target = self.transform(X[source]), X[~source]
+            domains = np.asarray(sample_domain)[source]
+            moved, target = self.transform(X[source], sample_domain=domains), X[~source]
             w_moved = None if weights is None else weights[source]
             w_target = None if weights is None else weights[~source]
         return -energy_distance(moved, target, sample_weight_x=w_moved, sample_weight_y=w_target)

@@ -21,8 +21,8 @@ from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
-from .baselines import class_router, meanstd_map
-from .utils import check_flags
+from .baselines import DomainRouter, class_router, meanstd_map
+from .utils import check_flags, check_sample_domain
 
 __all__ = ["FittedFlowMixin", "flow_router"]
 
@@ -109,6 +109,20 @@ def _matched_spreads(source, target):
     return [np.where(central, central_spread(rows), iqr) for rows, iqr in zip((source, target), q)]
 
 
+def _union(row_groups):
+    """The rows of every group, each once: with several source domains, flows share their
+    target rows, which would otherwise count once per domain."""
+    return np.unique(np.concatenate(row_groups))
+
+
+def _domains(sample_domain, n_samples):
+    """A caller's ``sample_domain`` of rows to move, as integers (None stays None)."""
+    if sample_domain is None:
+        return None
+    check_sample_domain(sample_domain, n_samples, require_both=False)
+    return np.asarray(sample_domain).astype(np.int64)
+
+
 def flow_router(starts):
     """A classifier of the flows' starting points routes new rows to flows (None for one)."""
     flows = np.repeat(np.arange(len(starts)), [len(s) for s in starts])
@@ -117,6 +131,13 @@ def flow_router(starts):
 
 class FittedFlowMixin:
     """Transform, replay, trajectories and sampling of a fitted flow."""
+
+    def _set_layout(self, mode, image_shape, groups):
+        """The fit's mode, image shape and flows (from their
+        :class:`~sklearn_gpa._grouping.FlowGroups`)."""
+        self.mode_, self.image_shape_ = mode, image_shape
+        self.classes_, self.n_flows_ = groups.classes, len(groups)
+        self.flow_domains_, self._flow_classes = groups.domains, groups.flow_classes
 
     def _fit_levels(self, X, target_rows, source_rows):
         """The values ``sample`` snaps few-valued features to: per flow, its target rows';
@@ -131,7 +152,7 @@ class FittedFlowMixin:
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
             return
-        target, source = X[np.concatenate(target_rows)], X[np.concatenate(source_rows)]
+        target, source = X[_union(target_rows)], X[_union(source_rows)]
         # Discrete on both sides, and each level seen several times (with a few dozen rows,
         # every feature has few values).
         levels = n_values(target)
@@ -158,8 +179,9 @@ class FittedFlowMixin:
         self._final_particles_, self._particle_order = moved, order
         particles = self._snapped(self._scaling.inverse_transform(np.concatenate(moved)))
         labels = None
-        if self.classes_ is not None:
-            labels = np.repeat(self.classes_, [len(m) for m in moved])
+        if self.classes_ is not None:  # fits pickled before have no _flow_classes
+            flow_classes = getattr(self, "_flow_classes", self.classes_)
+            labels = np.repeat(flow_classes, [len(m) for m in moved])
         if order is not None:
             particles, labels = particles[order], None if labels is None else labels[order]
         self.particles_, self.particle_labels_ = particles, labels
@@ -187,23 +209,26 @@ class FittedFlowMixin:
     def out_of_sample_(self):
         return None if self.neighbour_map_ is None else list(self.neighbour_map_.methods)
 
-    def flow_index(self, X, y=None):
+    def flow_index(self, X, y=None, *, sample_domain=None):
         """Index of the flow that carries each row of ``X``.
 
-        From the class ``y`` when given (after a conditional fit), else the class that
+        From the class ``y`` and the source domain ``sample_domain`` where given (after a
+        conditional fit, after a fit with several source domains), else the ones that
         ``flow_assigner_`` predicts from the row.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,), default=None
+        sample_domain : array-like of shape (n_samples,), default=None
+            The source domain (``>= 0``) of each row.
 
         Returns
         -------
         flows : ndarray of int of shape (n_samples,)
         """
         X = self._validate_rows(X)
-        return self._flows_of(self._scaling.transform(X), y)
+        return self._flows_of(self._scaling.transform(X), y, _domains(sample_domain, len(X)))
 
     def _fit_router(self, starts):
         """The router of rows given without a class (None for one flow): the Bayes rule of
@@ -215,13 +240,17 @@ class FittedFlowMixin:
         counts = [len(s) for s in starts]
         if len(starts) < 2:
             return None
+        if self.flow_domains_ is not None:
+            return DomainRouter(self.flow_domains_, self._flow_classes, starts)
         if self.prior_ is not None:
             return PriorRouter(self.prior_, counts)
         if law is not None:
             return PriorRouter.between(law[0], counts, self._scaling, law[1])
         return flow_router(starts)
 
-    def _flows_of(self, Z, y):
+    def _flows_of(self, Z, y, domains=None):
+        if getattr(self, "flow_domains_", None) is not None:  # None in fits pickled before
+            return self.flow_assigner_.predict(Z, y, domains)
         if self.flow_assigner_ is None:
             return np.zeros(len(Z), dtype=int)
         if y is not None:
@@ -239,7 +268,7 @@ class FittedFlowMixin:
         pre-aligned onto them (a far source would otherwise set the scale), else all."""
         if self._prealign_kind(mode) is None:
             return slice(None)
-        return np.concatenate(target_rows)
+        return _union(target_rows)
 
     def _fit_prealign(self, starts, targets):
         """Per flow, the map ``z * a + b`` of its start rows onto its target rows, or None."""
@@ -247,11 +276,21 @@ class FittedFlowMixin:
         if kind is None:
             return None
         if self.prealign == "auto":
-            # One map for all flows: class moments of a few dozen rows are noisy (as in
-            # LatentGPA, where matching them moved rows away from their own truth).
-            source, target = np.concatenate(starts), np.concatenate(targets)
-            shared = _robust_where_heavy(*meanstd_map(source, target, shrink=True), source, target)
-            return [shared] * len(starts)
+            # One map for all flows of a source domain: class moments of a few dozen rows
+            # are noisy (as in LatentGPA, where matching them moved rows away from their own
+            # truth), while each domain has its own batch effect.
+            domains = self.flow_domains_
+            keys = np.zeros(len(starts), dtype=int) if domains is None else domains
+            maps = [None] * len(starts)
+            for key in np.unique(keys):
+                flows = np.flatnonzero(keys == key)
+                source = np.concatenate([starts[k] for k in flows])
+                target = np.concatenate([targets[k] for k in flows])
+                moments = meanstd_map(source, target, shrink=True)
+                shared = _robust_where_heavy(*moments, source, target)
+                for k in flows:
+                    maps[k] = shared
+            return maps
         return [meanstd_map(s, t, shrink=kind == "shrunk") for s, t in zip(starts, targets)]
 
     def _prealign(self, Z, flows):
@@ -264,9 +303,9 @@ class FittedFlowMixin:
             out[flows == k] = Z[flows == k] * a + b
         return out
 
-    def _move(self, X, y):
+    def _move(self, X, y, domains=None):
         Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, y)
+        flows = self._flows_of(Z, y, domains)
         aligned = self._prealign(Z, flows)
         if self.neighbour_map_ is None:
             moved = self._replay(aligned, flows)
@@ -278,7 +317,7 @@ class FittedFlowMixin:
         """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
         return (flow or self.flow_).replay_rows(Z, flows, device=self.device_, path=path)
 
-    def replay(self, X, y=None, *, stop_steps=None):
+    def replay(self, X, y=None, *, sample_domain=None, stop_steps=None):
         """Push rows through the stored flow, whatever ``out_of_sample`` says.
 
         These are the papers' generated particles: the training rows of an integration
@@ -292,6 +331,9 @@ class FittedFlowMixin:
             Starting points (all rows move, after the pre-alignment of their flow).
         y : array-like of shape (n_samples,), default=None
             Class of each row (picks its flow); None routes rows as ``transform`` does.
+        sample_domain : array-like of shape (n_samples,), default=None
+            Source domain of each row, after a fit with several (picks its flow with
+            ``y``); None routes rows as ``transform`` does.
         stop_steps : array-like of int of shape (n_flows,), default=None
             Flow k stops after ``stop_steps[k]`` steps (an early stop chosen after the fit,
             as :class:`GPAAugmenter`'s ``tolerance`` does); None runs every flow to the end.
@@ -302,7 +344,7 @@ class FittedFlowMixin:
         """
         X = self._validate_rows(X)
         Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, y)
+        flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
         return self._scaling.inverse_transform(
             self._replay(self._prealign(Z, flows), flows, flow=flow)

@@ -1,4 +1,5 @@
-"""Which rows each flow carries: one flow for all rows, or one per class.
+"""Which rows each flow carries: one flow for all rows, or one per class, and with several
+source domains one per source domain (and class), each onto the same target rows.
 
 Shared by :class:`~sklearn_gpa.GPATransporter` and :class:`~sklearn_gpa.MeanStdAdjuster`,
 so that a transport and its mean/std pre-alignment always group rows the same way.
@@ -16,21 +17,54 @@ __all__ = ["FlowGroups", "group_rows"]
 class FlowGroups:
     """Per flow, the indices of its source rows and of its target rows.
 
-    ``classes`` is the class of each flow, None for one flow of all rows; ``ignored`` says
-    why labels that were given were not used (None when they were, or when none were given).
+    ``flow_classes`` is the class of each flow, None for flows of all classes; ``domains``
+    the source domain of each flow, None where the source rows are one domain; ``ignored``
+    says why labels that were given were not used (None when they were, or when none were
+    given).
     """
 
-    def __init__(self, classes, sources, targets, ignored=None):
-        self.classes = classes
+    def __init__(self, flow_classes, sources, targets, ignored=None, domains=None):
+        self.flow_classes = flow_classes
         self.sources = sources
         self.targets = targets
         self.ignored = ignored
+        self.domains = domains
+
+    @property
+    def classes(self):
+        """The classes of the flows, sorted, each once (None for flows of all classes)."""
+        return None if self.flow_classes is None else np.unique(self.flow_classes)
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def by_domain(self, domains) -> FlowGroups:
+        """Each flow split by the source domain (``domains``: of every row) of its source
+        rows, domain by domain, each part onto the flow's target rows; unchanged where the
+        source rows are one domain.
 
-def group_rows(y, source, *, conditional="auto", generative=False) -> FlowGroups:
+        A batch effect is the batch's own: several source studies moved as one source are
+        corrected on average only.
+        """
+        present = np.unique(domains[np.concatenate(self.sources)])
+        if len(present) < 2:
+            return self
+        keys, sources, targets = [], [], []
+        for domain in present:
+            for k, rows in enumerate(self.sources):
+                mine = rows[domains[rows] == domain]
+                if len(mine):
+                    keys.append((domain, k))
+                    sources.append(mine)
+                    targets.append(self.targets[k])
+        flow_classes = None
+        if self.flow_classes is not None:
+            flow_classes = self.flow_classes[[k for _, k in keys]]
+        flow_domains = np.array([domain for domain, _ in keys])
+        return FlowGroups(flow_classes, sources, targets, self.ignored, flow_domains)
+
+
+def group_rows(y, source, *, domains=None, conditional="auto", generative=False) -> FlowGroups:
     """Group rows into flows.
 
     Parameters
@@ -39,6 +73,9 @@ def group_rows(y, source, *, conditional="auto", generative=False) -> FlowGroups
         Class labels; -1, NaN or None mark unknown labels (skada's convention).
     source : ndarray of bool of shape (n_samples,)
         Source rows (all False in generative mode, where every row is a target).
+    domains : ndarray of int of shape (n_samples,) or None
+        ``sample_domain``: with several source domains, one flow per domain (and class),
+        each onto the same target rows (:meth:`FlowGroups.by_domain`).
     conditional : "auto" or bool
         One flow per class.  "auto": when labels allow it.  In integration that needs a
         label on every source row and every source class among the labelled target rows;
@@ -46,6 +83,12 @@ def group_rows(y, source, *, conditional="auto", generative=False) -> FlowGroups
     generative : bool
         Generative mode: flows carry target rows only.
     """
+    groups = _class_groups(y, source, conditional, generative)
+    return groups if domains is None else groups.by_domain(domains)
+
+
+def _class_groups(y, source, conditional, generative):
+    """One flow for all rows, or one per class (:func:`group_rows` without domains)."""
     sources, targets = np.flatnonzero(source), np.flatnonzero(~source)
     if y is None or conditional is False:
         if conditional is True:

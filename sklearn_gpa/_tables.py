@@ -314,7 +314,8 @@ def _note_scales(table, features, Xs, Xt):
     )
 
 
-def _labels(table, column):
+def _labels(table, column, what="label"):
+    """The text of ``column`` in every row (None for no column); an empty cell is an error."""
     import numpy as np
 
     if column is None:
@@ -323,8 +324,8 @@ def _labels(table, column):
     for i, label in enumerate(labels):
         if not label:
             raise CLIError(
-                f"{table.path}, line {table.lines[i]}, {table.describe(column)}: empty label; "
-                "every row needs one when labels are given"
+                f"{table.path}, line {table.lines[i]}, {table.describe(column)}: empty {what}; "
+                f"every row needs one when {what}s are given"
             )
     return np.array(labels)
 

@@ -156,14 +156,18 @@ def check_flow_settings(params, n_features):
     return check_image_shape(params["image_shape"], n_features) if cnn else None
 
 
-def check_continuation(fitted, resume, params, mode, classes, image_shape, data):
-    """The fingerprint of a fit's ``data`` (X, y, source mask); with ``resume``, first
-    checks that warm start can continue ``fitted``'s flows: same mode, classes,
-    discriminators and data (where ``fitted`` kept a fingerprint)."""
-    X, y, source = data
+def check_continuation(fitted, resume, params, mode, groups, image_shape, data):
+    """The fingerprint of a fit's ``data`` (X, y, source mask, ``sample_domain``) grouped
+    into flows by ``groups``; with ``resume``, first checks that warm start can continue
+    ``fitted``'s flows: same mode, classes, discriminators and data (where ``fitted`` kept
+    a fingerprint)."""
+    X, y, source, domains = data
     # Labels as text: the same labels as a list, a Series or int32 / int64 are the same data.
     labels = None if y is None else [str(label) for label in np.asarray(y).tolist()]
-    fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), labels, source))
+    # The domains' values matter only where they make flows of their own.
+    sides = source if groups.domains is None else domains
+    fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), labels, sides))
+    classes = groups.classes
     if not resume:
         return fingerprint
     if mode != fitted.mode_:

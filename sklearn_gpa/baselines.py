@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._base import DomainTransformer, class_index
 from ._grouping import group_rows
-from .utils import known_labels
+from .utils import few, known_labels
 
 __all__ = ["MeanStdAdjuster", "class_router", "meanstd_map", "mixture_shift"]
 
@@ -261,6 +261,54 @@ def class_router(rows, labels, n_neighbors=5, cv=5):
     return vote.fit(rows, labels)
 
 
+class DomainRouter:
+    """Sends rows to the flows of several source domains: domain first, then class.
+
+    Flow ``k`` carries the rows of source domain ``domains[k]`` and class ``classes[k]``
+    (``classes`` None: of every class) from its starting rows ``starts[k]``.  A row goes to
+    the domain it is given, or else to the one a :func:`class_router` of the starting rows'
+    domains predicts (a batch effect sets its rows apart); then to the flow of its class
+    within that domain, given, or else predicted by a :func:`class_router` of the
+    domain's flows.
+    """
+
+    def __init__(self, domains, classes, starts):
+        self.domains, self.classes = np.asarray(domains), classes
+        counts = [len(s) for s in starts]
+        self.domain_router = class_router(np.concatenate(starts), np.repeat(self.domains, counts))
+        self.class_routers = {}
+        for domain in np.unique(self.domains):
+            flows = np.flatnonzero(self.domains == domain)
+            rows = np.concatenate([starts[k] for k in flows])
+            self.class_routers[domain] = class_router(
+                rows, np.repeat(flows, [counts[k] for k in flows])
+            )
+
+    def predict(self, X, y=None, domains=None) -> np.ndarray:
+        """Index of the flow of each row of ``X`` (``y``, ``domains``: given, or None)."""
+        if domains is None:
+            domains = self.domain_router.predict(X)
+        unknown = ~np.isin(domains, self.domains)
+        if unknown.any():
+            raise ValueError(
+                f"sample_domain holds domains {few(np.unique(domains[unknown]))} that were "
+                f"not fitted as source domains; the fitted source domains are "
+                f"{few(np.unique(self.domains))}."
+            )
+        flows = np.empty(len(X), dtype=int)
+        for domain in np.unique(domains):
+            rows = domains == domain
+            candidates = np.flatnonzero(self.domains == domain)
+            if len(candidates) == 1:
+                flows[rows] = candidates[0]
+            elif y is not None and self.classes is not None:
+                mine = self.classes[candidates]
+                flows[rows] = candidates[class_index(mine, y[rows], int(rows.sum()))]
+            else:
+                flows[rows] = self.class_routers[domain].predict(X[rows])
+        return flows
+
+
 def _ridge(rows):
     variance = float(np.sum(np.var(rows, axis=0)))
     return RidgeClassifierCV(alphas=max(variance, 1e-12) * np.logspace(-3, 3, 13))
@@ -332,14 +380,20 @@ class MeanStdAdjuster(DomainTransformer):
     Attributes
     ----------
     classes_ : ndarray or None
-    scale_, shift_ : ndarray of shape (n_classes or 1, n_features)
-        Source rows of class k become ``x * scale_[k] + shift_[k]``.
-    recentring_ : ndarray of shape (n_classes or 1, n_features)
+    flow_domains_ : ndarray or None
+        With several source domains (values ``>= 0`` of ``sample_domain``), the domain of
+        each map: each domain is matched to the target on its own (and per class with
+        labels).  None for one source domain.
+    scale_, shift_ : ndarray of shape (n_maps, n_features)
+        Source rows of map k (class, or domain and class) become
+        ``x * scale_[k] + shift_[k]``.
+    recentring_ : ndarray of shape (n_maps, n_features)
         The part of ``shift_`` that ``recentre`` added (zeros without it).
-    router_ : KNeighborsClassifier, RidgeClassifierCV or None
-        Sends unlabelled rows to a class in ``transform``: the one of a 5-nearest-neighbour
-        vote and a ridge classifier on the source rows that cross-validates better
-        (:func:`class_router`).
+    router_ : KNeighborsClassifier, RidgeClassifierCV, DomainRouter or None
+        Sends rows given without a class to a class in ``transform``: the one of a
+        5-nearest-neighbour vote and a ridge classifier on the source rows that
+        cross-validates better (:func:`class_router`); with several source domains, rows
+        given without ``sample_domain`` to a domain the same way, then to a class within it.
 
     Examples
     --------
@@ -376,12 +430,13 @@ class MeanStdAdjuster(DomainTransformer):
         self.shrink = shrink
         self.recentre = recentre
 
-    def _fit(self, X, y, source):
-        """One affine map per class from source and target rows; the moved source rows."""
+    def _fit(self, X, y, source, domains):
+        """One affine map per class (and source domain) from source and target rows; the
+        moved source rows."""
         if source is None:
             raise ValueError("MeanStdAdjuster needs sample_domain (>= 0 source, < 0 target).")
-        groups = group_rows(y, source, conditional=self.conditional)
-        self.classes_ = groups.classes
+        groups = group_rows(y, source, domains=domains, conditional=self.conditional)
+        self.classes_, self.flow_domains_ = groups.classes, groups.domains
         maps = [
             meanstd_map(X[s], X[t], shrink=self.shrink)
             for s, t in zip(groups.sources, groups.targets)
@@ -393,31 +448,40 @@ class MeanStdAdjuster(DomainTransformer):
             if self.recentre == "mixture" and self.classes_ is None and y is not None:
                 recentring[k] = mixture_shift(X[s] * a + b, X[t], y[t])[0]
         self.router_ = None
-        if self.classes_ is not None:
+        if self.flow_domains_ is not None:
+            starts = [X[s] for s in groups.sources]
+            self.router_ = DomainRouter(self.flow_domains_, groups.flow_classes, starts)
+        elif self.classes_ is not None:
             self.router_ = class_router(X[source], y[source])
         self.scale_ = np.array([a for a, _ in maps])
         self.shift_ = np.array([b for _, b in maps]) + recentring
         self.recentring_ = recentring
-        return self._move(X[source], None if self.classes_ is None else y[source])
+        labels = None if self.classes_ is None else y[source]
+        return self._move(X[source], labels, None if domains is None else domains[source])
 
-    def flow_index(self, X, y=None):
-        """Class index (row of ``scale_``) of each row: from ``y`` if given, else routed.
+    def flow_index(self, X, y=None, *, sample_domain=None):
+        """Index of the map (row of ``scale_``) of each row: from its class ``y`` and
+        source domain ``sample_domain`` where given, else routed by ``router_``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,), default=None
+        sample_domain : array-like of shape (n_samples,), default=None
+            The source domain of each row, after a fit with several of them.
 
         Returns
         -------
         flows : ndarray of int of shape (n_samples,)
         """
+        if getattr(self, "flow_domains_", None) is not None:  # None in fits pickled before
+            return self.router_.predict(X, y, sample_domain)
         if self.classes_ is None:
             return np.zeros(len(X), dtype=int)
         if y is not None:
             return class_index(self.classes_, y, len(X))
         return np.searchsorted(self.classes_, self.router_.predict(X))
 
-    def _move(self, X, y):
-        index = self.flow_index(X, y)
+    def _move(self, X, y, domains=None):
+        index = self.flow_index(X, y, sample_domain=domains)
         return X * self.scale_[index] + self.shift_[index]

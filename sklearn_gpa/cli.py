@@ -204,7 +204,16 @@ def run_transport(args):
     source, target = read_table(args.source), read_table(args.target)
     s_label_name = args.source_labels or args.labels
     t_label_name = args.target_labels or args.labels
-    ids = args.id_column or []
+    ids = list(args.id_column or [])
+    if args.batch is not None:
+        if source.column(args.batch) is None:
+            raise CLIError(
+                f"{source.path}: no column named {args.batch!r} for --batch "
+                f"(columns: {_list(source.names)})"
+            )
+        if args.batch == s_label_name:
+            raise CLIError(f"--batch and the labels name the same column, {args.batch!r}")
+        ids.append(args.batch)  # carried through unchanged
     for column in ids:
         if source.column(column) is None and target.column(column) is None:
             raise CLIError(
@@ -249,6 +258,14 @@ def run_transport(args):
     from .utils import stack_domains
 
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
+    if args.batch is not None:  # one way of moving per batch
+        import numpy as np
+
+        names, sample_domain[: len(Xs)] = np.unique(
+            _labels(source, source.column(args.batch), "batch"), return_inverse=True
+        )
+        if not args.quiet:
+            _say("note", f"{len(names)} batches in {args.batch!r}, each moved its own way")
     name = "LatentGPA" if args.latent else "GPATransporter"
     progress = FitProgress(name, total=args.n_steps, verbose=0 if args.quiet else 1)
     estimator = _make_estimator(args, callback=progress)
@@ -349,6 +366,12 @@ def _parser():
     )
     files.add_argument(
         "--target-labels", metavar="COL", help="label column of the target (overrides --labels)"
+    )
+    files.add_argument(
+        "--batch",
+        metavar="COL",
+        help="batch column of the source (studies, plates, sites): each batch is moved onto "
+        "the target its own way; kept in the output as it is",
     )
     files.add_argument(
         "--id-column",

@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import DomainTransformer
 from ._discrepancy import DiscrepancyEncoder
 from ._discrete import FeatureLevels
+from ._grouping import group_rows
 from ._sample_levels import SampleLevels
 from .baselines import MeanStdAdjuster, meanstd_map
 from .transport import GPATransporter
@@ -258,10 +259,11 @@ class LatentGPA(DomainTransformer):
     ----------
     transporter_ : GPATransporter or None
         The flow fitted on the codes (None when the encoder found no direction to move
-        in); ``history_``, ``n_steps_``, ``classes_``, ``mode_``,
-        ``flow_`` and ``particle_labels_`` are its attributes.
+        in); ``history_``, ``n_steps_``, ``classes_``, ``flow_domains_``, ``mode_``,
+        ``flow_`` and ``particle_labels_`` are its attributes.  With several source
+        domains it has a flow per domain (and class).
     adjuster_ : MeanStdAdjuster or None
-        The pre-alignment, when used.
+        The pre-alignment, when used (per source domain where there are several).
     sample_levels_ : object or None
         The per-sample alignment's maps (``level``: rows' means, ``spread``: their log
         standard deviations, each ``(a, b)`` of ``a * value + b``, or None), when one ran.
@@ -332,7 +334,7 @@ class LatentGPA(DomainTransformer):
         self.sample_alignment = sample_alignment
         self.random_state = random_state
 
-    def _fit(self, X, y, source):
+    def _fit(self, X, y, source, domains):
         """Fit the encoder on all rows, then the flow on the codes."""
         transporter = _default_flow() if self.transporter is None else clone(self.transporter)
         if self.random_state is not None and transporter.random_state is None:
@@ -342,7 +344,7 @@ class LatentGPA(DomainTransformer):
             transporter.set_params(standardize="common")
         if transporter.prealign == "auto":  # the rows are pre-aligned here, in gene space
             transporter.set_params(prealign=None)
-        sample_domain = None if source is None else np.where(source, 0, -1)
+        sample_domain = None if source is None else np.where(source, domains, -1)
         self.adjuster_ = self.sample_levels_ = None
         if source is not None and self.sample_alignment is not None:
             self.sample_levels_ = SampleLevels.fit(
@@ -389,7 +391,7 @@ class LatentGPA(DomainTransformer):
             # flow (the transporter would warn that it ignores them).
             flow_labels = None
         self.transporter_ = transporter.fit(codes, flow_labels, sample_domain=sample_domain)
-        self.residual_maps_ = self._residual_maps(residuals, y, source)
+        self.residual_maps_ = self._residual_maps(residuals, flow_labels, source, domains)
         moved = self.transporter_.particles_
         if source is None:
             self.particles_ = self._decode(moved)
@@ -399,7 +401,7 @@ class LatentGPA(DomainTransformer):
             self._levels = FeatureLevels.for_samples(X, [X])
             return None
         labels = self.transporter_.particle_labels_
-        self.particles_ = self._finish(X[source], codes[source], moved, labels)
+        self.particles_ = self._finish(X[source], codes[source], moved, labels, domains[source])
         return self.particles_
 
     def _fit_encoder(self, X, y, sample_domain):
@@ -420,52 +422,58 @@ class LatentGPA(DomainTransformer):
     def _decode(self, codes):
         return np.asarray(self.encoder_.inverse_transform(codes / self.latent_scale), dtype=float)
 
-    def _residual_maps(self, residuals, y, source):
-        """Per flow, the map matching source residuals' mean and std to the target's."""
+    def _residual_maps(self, residuals, y, source, domains):
+        """Per flow of ``transporter_`` (its grouping of the rows: ``y`` are the labels it
+        was given), the map matching the source residuals' mean and std to the target's."""
         if self.residual != "adjust" or source is None:
             return None
-        classes = self.transporter_.classes_
-        groups = [(source, ~source)]
-        if classes is not None:
-            groups = [(source & (y == c), ~source & (y == c)) for c in classes]
+        conditional = self.transporter_.conditional
+        groups = group_rows(y, source, domains=domains, conditional=conditional)
         shrink = self.prealign in ("shrunk", "mixture")
-        recentred = np.zeros(residuals.shape[1])
-        if classes is None and self.adjuster_ is not None and self.adjuster_.recentre:
-            # The recentring moved the source rows off the target's mean on purpose: its
-            # off-latent part is matched out of the source residuals, then added back.
-            shift = self.adjuster_.recentring_[0]
-            centre = residuals[source].mean(0, keepdims=True)
-            ends = np.vstack([centre, centre - shift])
-            off_latent = ends - self._decode(self._encode(ends))
-            recentred = off_latent[0] - off_latent[1]
+        # The recentring moved the source rows off the target's mean on purpose: its
+        # off-latent part is matched out of the source residuals, then added back.
+        recentre = groups.classes is None and getattr(self.adjuster_, "recentre", None)
         maps = []
-        for k, (s, t) in enumerate(groups):
-            if k == 0 and recentred.any():
-                a, b = meanstd_map(residuals[s] - recentred, residuals[t], shrink=shrink)
-                maps.append((a, b + (1 - a) * recentred))
-            else:
-                maps.append(meanstd_map(residuals[s], residuals[t], shrink=shrink))
+        for k, (s, t) in enumerate(zip(groups.sources, groups.targets)):
+            recentred = (
+                self._off_latent(residuals[s], self.adjuster_.recentring_[k]) if recentre else 0.0
+            )
+            a, b = meanstd_map(residuals[s] - recentred, residuals[t], shrink=shrink)
+            maps.append((a, b + (1 - a) * recentred))
         return maps
 
-    def _move(self, X, y):
+    def _off_latent(self, residuals, shift):
+        """The part of a row shift ``shift`` that the encoder does not represent, at the
+        mean of ``residuals``."""
+        centre = residuals.mean(0, keepdims=True)
+        ends = np.vstack([centre, centre - shift])
+        off_latent = ends - self._decode(self._encode(ends))
+        return off_latent[0] - off_latent[1]
+
+    def _move(self, X, y, domains=None):
         """Move rows through (pre-alignment,) encoder, latent flow and decoder."""
         if self.sample_levels_ is not None:
             X = self.sample_levels_.transform(X)
+        if domains is None and getattr(self.adjuster_, "flow_domains_", None) is not None:
+            # Rows given without their source domains: one guess per row, the
+            # pre-alignment's, for every stage (the flow's router might guess otherwise).
+            domains = self.adjuster_.flow_domains_[self.adjuster_.flow_index(X)]
         if self.adjuster_ is not None:
-            X = self.adjuster_.transform(X)
+            X = self.adjuster_.transform(X, sample_domain=domains)
         if self.transporter_ is None:
             return X
         codes = self._encode(X)
-        return self._finish(X, codes, self.transporter_.transform(codes, y), y)
+        moved = self.transporter_.transform(codes, y, sample_domain=domains)
+        return self._finish(X, codes, moved, y, domains)
 
-    def _finish(self, rows, codes, moved_codes, labels):
+    def _finish(self, rows, codes, moved_codes, labels, domains):
         """Decode moved codes and treat the off-latent residual as ``residual`` says."""
         decoded = self._decode(moved_codes)
         if self.residual == "drop":
             return decoded
         residual = rows - self._decode(codes)
         if self.residual_maps_ is not None:
-            flows = self.transporter_.flow_index(codes, labels)
+            flows = self.transporter_.flow_index(codes, labels, sample_domain=domains)
             for k, (a, b) in enumerate(self.residual_maps_):
                 residual[flows == k] = residual[flows == k] * a + b
         return decoded + residual
@@ -528,6 +536,10 @@ class LatentGPA(DomainTransformer):
     @property
     def classes_(self):
         return None if self.transporter_ is None else self.transporter_.classes_
+
+    @property
+    def flow_domains_(self):
+        return None if self.transporter_ is None else self.transporter_.flow_domains_
 
     @property
     def particle_labels_(self):

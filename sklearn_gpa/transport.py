@@ -34,7 +34,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
 
     * **integration** (``sample_domain`` given, skada's convention: ``>= 0`` source rows,
       ``< 0`` target rows): source rows are transported onto the target rows, one flow per
-      class when both sides carry labels ``y``;
+      class when both sides carry labels ``y``, and per source domain (batch) where
+      ``sample_domain`` holds several, each with its own batch effect;
     * **generation** (no ``sample_domain``): ``X`` is the target; ``n_particles`` draws from
       the prior ``source`` are transported onto it, one flow per class when ``y`` is given.
 
@@ -153,16 +154,15 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         Integration only: each flow starts from its source rows with their per-feature
         mean and std matched to its target rows' ("meanstd", the papers' baseline F; "shrunk",
         shrunk as ComBat does), so the flow fixes only what two moments cannot; the
-        scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows (None
-        inside ``LatentGPA`` and ``GPAAugmenter``).  See :ref:`user_guide_prealign`.
+        scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows of a
+        source domain (None in ``LatentGPA``, ``GPAAugmenter``).  :ref:`user_guide_prealign`.
     out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
         How ``transform`` moves rows of an integration fit: "replay" pushes them through
         the stored flow; "nearest" moves each by the inverse-distance-weighted displacement
         of its 5 nearest training source rows (robust with few rows in many dimensions);
         "barycentric" sends it to the weighted mean of their end points; "auto" picks, per
         class flow, the better of the two by leave-one-out on at most 4 096 rows ("nearest"
-        without class flows).
-        Generative fits always replay.
+        without class flows).  Generative fits always replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data (other data raise) continues the flow
         ``n_steps`` more steps from where it stopped (particles, critic weights, Adam state
@@ -191,7 +191,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     mode_ : str
         "integration" or "generation".
     classes_ : ndarray or None
-        Class of each flow, None for a single unconditional flow.
+        The classes of the flows (one flow each), None for flows of all classes.
+    flow_domains_ : ndarray or None
+        With several source domains, each flow's (one per domain and class); None for one.
     n_flows_ : int
     particles_ : ndarray of shape (n_particles, n_features)
         The trained particles, in original units (source rows, in integration).
@@ -319,26 +321,25 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     def _continues_fit(self):
         return self.warm_start and hasattr(self, "flow_")
 
-    def _fit(self, X, y, source):
+    def _fit(self, X, y, source, domains):
         """Learn the flow (or continue it); return the moved source rows in integration."""
         params = self.get_params(deep=False)
         image_shape = check_flow_settings(params, X.shape[1])
         mode = "generation" if source is None else "integration"
         source = np.zeros(len(X), dtype=bool) if source is None else source
         groups = group_rows(
-            y, source, conditional=self.conditional, generative=mode == "generation"
+            y, source, domains=domains, conditional=self.conditional, generative=not source.any()
         )
         rng, resume = check_random_state(self.random_state), self._continues_fit()
         self._fingerprint = check_continuation(
-            self, resume, params, mode, groups.classes, image_shape, (X, y, source)
+            self, resume, params, mode, groups, image_shape, (X, y, source, domains)
         )
         if resume:
             sources = self._final_particles_
         else:
             if groups.ignored is not None and mode == "integration":
                 warn_at_caller(f"Labels ignored, one flow for all classes: {groups.ignored}.")
-            self.mode_, self.image_shape_ = mode, image_shape
-            self.classes_, self.n_flows_ = groups.classes, len(groups)
+            self._set_layout(mode, image_shape, groups)
             rows = self._scaling_rows(mode, groups.targets)
             self._scaling = Standardization.fit(X[rows], self.standardize)
             warn_units_ignored(X, self._scaling.kind, self.standardize)
@@ -349,7 +350,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             starts = self._starting_points(Z, groups.sources, targets, rng)
             self.flow_assigner_ = self._fit_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
-        moved = self._train(sources, targets, rng, resume).particles
+        moved = self._train(params, sources, targets, rng, resume).particles
         if not resume:
             self.neighbour_map_ = NeighbourMap.for_fit(
                 self.out_of_sample, mode, self.classes_, starts, sources, moved
@@ -375,10 +376,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         counts = split_counts(total, [len(t) for t in targets])
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
 
-    def _train(self, sources, targets, rng, resume):
+    def _train(self, params, sources, targets, rng, resume):
         device = resolve_device(self.device)
         self.device_ = str(device)
-        params = self.get_params(deep=False)
         trained = train_flows(
             params,
             sources,

@@ -1,7 +1,5 @@
 """Bad input through every public entry point: a named error, never a torch traceback or NaN."""
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -77,15 +75,16 @@ def test_bad_sample_domain_gets_a_named_error(estimator, kind):
 
 
 @pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
-def test_several_source_domains_are_said_to_be_pooled(estimator):
-    # skada's several sources: moved as one, which a user of per-batch correction would not
-    # guess (opposite shifts of two sources were left at 0.55 of their raw error).
+def test_a_source_domain_that_was_not_fitted_is_named(estimator):
+    # Several source domains are moved each its own way: a row of another domain has no
+    # way fitted for it, and transform, score and fit_transform say so.
     domains = np.where(SD >= 0, np.arange(len(SD)) % 2, SD)
-    with pytest.warns(UserWarning, match=r"2 source domains \(\[0, 1\]\).*one source"):
-        estimator.fit(X, Y, sample_domain=domains)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*source domains")
-        estimator.fit(X, Y, sample_domain=SD)
+    fitted = estimator.fit(X, Y, sample_domain=domains)
+    message = r"domains \[3\] that were not fitted as source domains; .* \[0, 1\]"
+    with pytest.raises(ValueError, match=message):
+        fitted.transform(X[:4], sample_domain=[0, 1, 3, -1])
+    with pytest.raises(ValueError, match=message):
+        fitted.score(X, sample_domain=np.where(domains == 1, 3, domains))
 
 
 @pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)

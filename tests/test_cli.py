@@ -272,6 +272,37 @@ def test_unknown_columns_are_named(tmp_path, capsys):
     assert "--id-column pid: no such column" in err
 
 
+def test_batch_column_moves_each_batch_its_own_way(tmp_path, capsys):
+    """Two plates with opposite shifts in one source file: ``--batch plate`` corrects each;
+    without it (the plate carried as an ID) they are moved as one source."""
+    data = load_wine()
+    rng = np.random.RandomState(0)
+    order = rng.permutation(len(data.data))
+    truth, Xt = data.data[order[:100]], data.data[order[100:]]
+    plate = np.where(rng.rand(100) < 0.5, "A", "B")
+    Xs = truth + np.where(plate == "A", 1.5, -1.5)[:, None] * data.data.std(0)
+    names = [f"f{j}" for j in range(13)]
+    _write(tmp_path / "s.csv", [[p, *row] for p, row in zip(plate, Xs.tolist())], ["plate", *names])
+    _write(tmp_path / "t.csv", Xt.tolist(), names)
+    files = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    errors = {}
+    for name, option in (("batches", ["--batch", "plate"]), ("one", ["--id-column", "plate"])):
+        out = tmp_path / f"{name}.csv"
+        assert main(["transport", *files, *option, "-o", str(out), "--n-steps", "50"]) == 0
+        table = _read(out)
+        assert table[0] == ["plate", *names] and [row[0] for row in table[1:]] == plate.tolist()
+        moved = np.array([[float(x) for x in row[1:]] for row in table[1:]])
+        errors[name] = np.sqrt(np.mean(((moved - truth) / truth.std(0)) ** 2))
+    assert "2 batches in 'plate', each moved its own way" in capsys.readouterr().err
+    assert errors["batches"] < 0.25 < errors["one"]
+    err = _error(capsys, _transport(tmp_path, *files, "--batch", "lab", "-o", "o.csv"))
+    assert "no column named 'lab' for --batch (columns: 'plate', 'f0'" in err
+    err = _error(
+        capsys, _transport(tmp_path, *files, "--batch", "plate", "--labels", "plate", "-o", "o.csv")
+    )
+    assert "--batch and the labels name the same column, 'plate'" in err
+
+
 def test_output_never_overwrites_an_input(tmp_path, capsys):
     args = _files(tmp_path, [[1, 2], [3, 4]], ["g1", "g2"], [[1, 2], [3, 4]], ["g1", "g2"])
     before = (tmp_path / "s.csv").read_text()
