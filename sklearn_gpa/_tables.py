@@ -93,18 +93,30 @@ def _detect_delimiter(path, lines):
     """The separator that splits the first lines into the same number (> 1) of cells.
 
     Tries the one the extension suggests first (tab for .tsv/.tab, comma otherwise), then
-    tab, comma, semicolon, bar and runs of spaces; a one-column file gets the suggested one.
+    tab, comma, semicolon, bar and runs of spaces; where several split every line evenly,
+    the one whose cells are numbers most often (decimal commas count where the comma is not
+    the separator: "1,5;2,5" is two numbers, not "1", "5;2" and "5"); a one-column file
+    gets the suggested one.
     """
     preferred = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
     candidates = [preferred] + [d for d in ("\t", ",", ";", "|", " ") if d != preferred]
+    even = []
     for delimiter in candidates:
         widths = {len(row) for row in _reader(lines, delimiter)}
         if len(widths) == 1 and widths.pop() > 1:
-            return delimiter
+            even.append(delimiter)
+    if even:  # the first of the most numeric (max keeps the first of equals)
+        return max(even, key=lambda d: _numeric_share(lines, d))
     # No separator splits the lines evenly: the one splitting most lines in two or more
     # cells (the ragged rows are reported by line), else a single column.
     best = max(candidates, key=lambda d: sum(len(r) > 1 for r in _reader(lines, d)))
     return best if any(len(r) > 1 for r in _reader(lines, best)) else preferred
+
+
+def _numeric_share(lines, delimiter):
+    """The share of the cells of ``lines`` split at ``delimiter`` that are numbers."""
+    cells = [cell for row in _reader(lines, delimiter) for cell in row]
+    return sum(_is_number(cell, delimiter != ",") for cell in cells) / max(len(cells), 1)
 
 
 def _reader(lines, delimiter):

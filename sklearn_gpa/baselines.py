@@ -293,7 +293,8 @@ class DomainRouter:
             raise ValueError(
                 f"sample_domain holds domains {few(np.unique(domains[unknown]))} that were "
                 f"not fitted as source domains; the fitted source domains are "
-                f"{few(np.unique(self.domains))}."
+                f"{few(np.unique(self.domains))}. A batch is moved the way fitted to its "
+                "own rows: fit with rows of it too."
             )
         flows = np.empty(len(X), dtype=int)
         for domain in np.unique(domains):

@@ -171,6 +171,7 @@ def test_transport_tsv_without_header_and_id_by_number(tmp_path):
         ("a.txt", "x\ty\n1\t2\n3\t4\n", "\t"),
         ("a.csv", "x\ty\n1\t2\n3\t4\n", "\t"),  # a .csv that holds tabs
         ("a.csv", "x;y\n1.5;2.5\n3;4\n", ";"),
+        ("a.csv", "1,5;2,25\n3,5;4,75\n", ";"),  # no header, every number a decimal comma
         ("a.txt", "x  y\n1  2\n 3 4\n", " "),
         ("a.csv", '"a, b",y\n1,2\n3,4\n', ","),  # a quoted separator
     ],
