@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_magnitude, check_sample_domain, few, known_labels
+from .utils import check_domains, check_magnitude, few, known_labels
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -61,8 +61,7 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         check_magnitude(X)
         source = domains = None
         if sample_domain is not None:
-            source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-            domains = np.asarray(sample_domain).astype(np.int64)
+            source, domains = check_domains(sample_domain, len(X), n_features=X.shape[1])
         if y is not None:
             y = np.asarray(y)
             if y.shape != (X.shape[0],):
@@ -155,10 +154,10 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = self._validate_rows(X)
         move, domains = np.ones(len(X), dtype=bool), None
         if sample_domain is not None:
-            move = check_sample_domain(
+            move, domains = check_domains(
                 sample_domain, len(X), require_both=False, n_features=X.shape[1]
             )
-            domains = np.asarray(sample_domain).astype(np.int64)[move]
+            domains = domains[move]
         if y is not None:
             y = np.asarray(y)
             if y.shape != (len(X),):
@@ -203,9 +202,9 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     "score() of an integration fit needs sample_domain to tell source from "
                     "target rows (enable metadata routing to pass it through a search)."
                 )
-            source = check_sample_domain(sample_domain, len(X), n_features=X.shape[1])
-            domains = np.asarray(sample_domain)[source]
-            moved, target = self.transform(X[source], sample_domain=domains), X[~source]
+            source, domains = check_domains(sample_domain, len(X), n_features=X.shape[1])
+            moved = self.transform(X[source], sample_domain=domains[source])
+            target = X[~source]
             w_moved = None if weights is None else weights[source]
             w_target = None if weights is None else weights[~source]
         return -energy_distance(moved, target, sample_weight_x=w_moved, sample_weight_y=w_target)

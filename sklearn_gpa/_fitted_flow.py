@@ -21,8 +21,8 @@ from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from ._scaling import feature_spreads
-from .baselines import DomainRouter, class_router, meanstd_map
-from .utils import check_flags, check_sample_domain
+from .baselines import DomainRouter, class_router, domain_maps, meanstd_map
+from .utils import check_domains, check_flags
 
 __all__ = ["FittedFlowMixin", "flow_router"]
 
@@ -119,8 +119,7 @@ def _domains(sample_domain, n_samples):
     """A caller's ``sample_domain`` of rows to move, as integers (None stays None)."""
     if sample_domain is None:
         return None
-    check_sample_domain(sample_domain, n_samples, require_both=False)
-    return np.asarray(sample_domain).astype(np.int64)
+    return check_domains(sample_domain, n_samples, require_both=False)[1]
 
 
 def flow_router(starts):
@@ -179,9 +178,8 @@ class FittedFlowMixin:
         self._final_particles_, self._particle_order = moved, order
         particles = self._snapped(self._scaling.inverse_transform(np.concatenate(moved)))
         labels = None
-        if self.classes_ is not None:  # fits pickled before have no _flow_classes
-            flow_classes = getattr(self, "_flow_classes", self.classes_)
-            labels = np.repeat(flow_classes, [len(m) for m in moved])
+        if self.classes_ is not None:
+            labels = np.repeat(self._flow_classes, [len(m) for m in moved])
         if order is not None:
             particles, labels = particles[order], None if labels is None else labels[order]
         self.particles_, self.particle_labels_ = particles, labels
@@ -193,6 +191,8 @@ class FittedFlowMixin:
         return state
 
     def __setstate__(self, state):
+        if "flow_" in state and "flow_domains_" not in state:  # fitted before domains
+            state = {**state, "flow_domains_": None, "_flow_classes": state["classes_"]}
         super().__setstate__(state)
         if "_particle_order" in state:
             self._store_particles(self._final_particles_, self._particle_order)
@@ -249,7 +249,7 @@ class FittedFlowMixin:
         return flow_router(starts)
 
     def _flows_of(self, Z, y, domains=None):
-        if getattr(self, "flow_domains_", None) is not None:  # None in fits pickled before
+        if self.flow_domains_ is not None:
             return self.flow_assigner_.predict(Z, y, domains)
         if self.flow_assigner_ is None:
             return np.zeros(len(Z), dtype=int)
@@ -276,21 +276,23 @@ class FittedFlowMixin:
         if kind is None:
             return None
         if self.prealign == "auto":
-            # One map for all flows of a source domain: class moments of a few dozen rows
-            # are noisy (as in LatentGPA, where matching them moved rows away from their own
-            # truth), while each domain has its own batch effect.
-            domains = self.flow_domains_
-            keys = np.zeros(len(starts), dtype=int) if domains is None else domains
-            maps = [None] * len(starts)
-            for key in np.unique(keys):
-                flows = np.flatnonzero(keys == key)
-                source = np.concatenate([starts[k] for k in flows])
-                target = np.concatenate([targets[k] for k in flows])
-                moments = meanstd_map(source, target, shrink=True)
-                shared = _robust_where_heavy(*moments, source, target)
-                for k in flows:
-                    maps[k] = shared
-            return maps
+            # One map for all flows (class moments of a few dozen rows are noisy: in
+            # LatentGPA matching them moved rows away from their own truth), after each
+            # source domain's own deviation, shrunk (domain_maps).
+            classes = self._flow_classes
+            first = [0] if classes is None else np.unique(classes, return_index=True)[1]
+            source = np.concatenate(starts)
+            target = np.concatenate([targets[k] for k in sorted(first)])  # each row once
+            moments = meanstd_map(source, target, shrink=True)
+            shared = _robust_where_heavy(*moments, source, target)
+            keys = np.zeros(len(starts)) if self.flow_domains_ is None else self.flow_domains_
+            domains, flow_domain = np.unique(keys, return_inverse=True)
+            sources = [
+                np.concatenate([starts[k] for k in np.flatnonzero(flow_domain == d)])
+                for d in range(len(domains))
+            ]
+            maps = domain_maps(sources, shared)
+            return [maps[d] for d in flow_domain]
         return [meanstd_map(s, t, shrink=kind == "shrunk") for s, t in zip(starts, targets)]
 
     def _prealign(self, Z, flows):
@@ -350,13 +352,18 @@ class FittedFlowMixin:
             self._replay(self._prealign(Z, flows), flows, flow=flow)
         )
 
-    def trajectories(self, X, *, every=10):
+    def trajectories(self, X, y=None, *, sample_domain=None, every=10):
         """Positions of rows along the learned flow, every ``every`` steps.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             Starting points (all rows move).
+        y : array-like of shape (n_samples,), default=None
+            Class of each row (picks its flow); None routes rows as ``transform`` does.
+        sample_domain : array-like of shape (n_samples,), default=None
+            Source domain of each row, after a fit with several; None routes rows as
+            ``transform`` does.
         every : int, default=10
             Steps between snapshots (at least 1).
 
@@ -368,7 +375,7 @@ class FittedFlowMixin:
         every = check_scalar(every, "every", Integral, min_val=1)
         X = self._validate_rows(X)
         Z = self._scaling.transform(X)
-        flows = self._flows_of(Z, None)
+        flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))
         return self._scaling.inverse_transform(path)
 

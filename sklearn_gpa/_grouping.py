@@ -38,6 +38,15 @@ class FlowGroups:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def sharing_targets(self) -> list:
+        """Lists of the flows onto the same target rows: each class's flows (one per source
+        domain), in the order of the classes; each flow alone without several domains."""
+        if self.domains is None:
+            return [[k] for k in range(len(self))]
+        if self.flow_classes is None:
+            return [list(range(len(self)))]
+        return [np.flatnonzero(self.flow_classes == c).tolist() for c in self.classes]
+
     def by_domain(self, domains) -> FlowGroups:
         """Each flow split by the source domain (``domains``: of every row) of its source
         rows, domain by domain, each part onto the flow's target rows; unchanged where the

@@ -326,7 +326,7 @@ def _note_scales(table, features, Xs, Xt):
     )
 
 
-def _labels(table, column, what="label"):
+def _labels(table, column, what="label", whats="labels"):
     """The text of ``column`` in every row (None for no column); an empty cell is an error."""
     import numpy as np
 
@@ -337,7 +337,7 @@ def _labels(table, column, what="label"):
         if not label:
             raise CLIError(
                 f"{table.path}, line {table.lines[i]}, {table.describe(column)}: empty {what}; "
-                f"every row needs one when {what}s are given"
+                f"every row needs one when {whats} are given"
             )
     return np.array(labels)
 

@@ -164,8 +164,9 @@ def check_continuation(fitted, resume, params, mode, groups, image_shape, data):
     X, y, source, domains = data
     # Labels as text: the same labels as a list, a Series or int32 / int64 are the same data.
     labels = None if y is None else [str(label) for label in np.asarray(y).tolist()]
-    # The domains' values matter only where they make flows of their own.
-    sides = source if groups.domains is None else domains
+    # The domains' values matter only where they make flows of their own (and then the
+    # source ones: any negative value is the target).
+    sides = source if groups.domains is None else np.where(source, domains, -1)
     fingerprint = joblib.hash((np.asarray(X, dtype=np.float64), labels, sides))
     classes = groups.classes
     if not resume:

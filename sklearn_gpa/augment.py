@@ -163,10 +163,12 @@ class GPAAugmenter(BaseOverSampler):
         For each synthetic row (in output order), the Euclidean distance, in the units of
         ``X``, to the nearest original row of its class.  Zeros are copies.
     memorization_ratio_ : dict
-        Class -> median ``nearest_original_distance_`` of its synthetic rows divided by the
-        median distance from each original row to its nearest other original row of the
-        class.  About 1: the synthetic rows are as far from the originals as a fresh sample
-        of the class would be; near 0: they copy the originals (``M = N``).
+        Class -> median distance from its synthetic rows to their nearest original row
+        of the class divided by the median distance from each original row to its nearest
+        other original row, both in the units of ``(X - feature_center_) /
+        feature_scale_`` (a feature in large units would otherwise set both).  About 1:
+        the synthetic rows are as far from the originals as a fresh sample of the class
+        would be; near 0: they copy the originals (``M = N``).
     transporter_ : GPATransporter or None
         The fitted flows (integration mode: prior draws as source rows, the class rows as
         target rows, labels = index into ``augmented_classes_``), in the units of
@@ -454,11 +456,14 @@ class GPAAugmenter(BaseOverSampler):
         self.memorization_ratio_ = {}
         # Keys as the other per-class dicts have them (Python values: tolist() of the array;
         # an object array's items, such as pandas' str labels, have no tolist of their own).
+        scaled_synthetic = self._scale(synthetic)
         for c, key, t in zip(self.augmented_classes_, self.augmented_classes_.tolist(), targets):
             rows = labels == c
             distances[rows] = _nearest_distances(synthetic[rows], t)
+            t = self._scale(t)
             spacing = np.median(_nearest_distances(t, t, exclude_self=True))
-            ratio = np.median(distances[rows]) / spacing if spacing > 0 else np.nan
+            nearest = np.median(_nearest_distances(scaled_synthetic[rows], t))
+            ratio = nearest / spacing if spacing > 0 else np.nan
             self.memorization_ratio_[key] = float(ratio)
         self.nearest_original_distance_ = distances
         close = {k: round(r, 2) for k, r in self.memorization_ratio_.items() if r < _CLOSE_RATIO}

@@ -14,7 +14,7 @@ from ._base import DomainTransformer, class_index
 from ._grouping import group_rows
 from .utils import few, known_labels
 
-__all__ = ["MeanStdAdjuster", "class_router", "meanstd_map", "mixture_shift"]
+__all__ = ["MeanStdAdjuster", "class_router", "domain_deviations", "meanstd_map", "mixture_shift"]
 
 
 def _spread(rows):
@@ -71,23 +71,88 @@ def meanstd_map(source, target, *, shrink=False):
     return a, src_mean + shift - a * src_mean
 
 
-def _posterior_mean(effects, noise, mask):
-    """Shrunk per-feature ``effects``, each measured with sampling variance ``noise``.
+def _posterior_mean(effects, noise, mask, *, limited=True):
+    """Shrunk per-feature ``effects``, each measured with sampling variance ``noise`` (one
+    for all, or one per effect).
 
     The normal prior's centre and spread are the median and the MAD-based spread of the
-    masked effects, less the noise; each effect moves towards the centre by its posterior
-    weight, but never by more than one standard error (Efron and Morris's limited
-    translation), so a feature whose effect stands far out keeps it.  Unmasked effects
-    are returned as they are.
+    masked effects, less the (mean) noise; each effect moves towards the centre by its
+    posterior weight, but never by more than one standard error (Efron and Morris's
+    limited translation), so a feature whose effect stands far out keeps it.  Unmasked
+    effects are returned as they are.
     """
     if mask.sum() < SHRINK_MIN_FEATURES:
         return effects
     kept = effects[mask]
     centre = np.median(kept)
-    prior = max((1.4826 * np.median(np.abs(kept - centre))) ** 2 - noise, 0.0)
+    mean_noise = float(np.mean(np.broadcast_to(noise, effects.shape)[mask]))
+    prior = max((1.4826 * np.median(np.abs(kept - centre))) ** 2 - mean_noise, 0.0)
     step = noise / (prior + noise) * (effects - centre)
-    step = np.clip(step, -np.sqrt(noise), np.sqrt(noise))
+    if limited:
+        step = np.clip(step, -np.sqrt(noise), np.sqrt(noise))
     return np.where(mask, effects - step, effects)
+
+
+def domain_deviations(sources):
+    """Per source domain (``sources``: a list of row arrays), the map ``z * a + b`` that
+    takes its rows onto the moments of all of them pooled, shrunk by empirical Bayes.
+
+    A domain's own effect is its deviation from the pooled rows: per feature, its mean's
+    shift in units of the pooled standard deviation and its log scale ratio.  Each is
+    measured with a sampling variance from the domain's number of rows, and all of them
+    (every domain and feature) are shrunk towards their common centre as
+    :func:`meanstd_map`'s ``shrink`` shrinks features' effects.  Domains that share one
+    effect, or hold a few rows (one row has no spread), are then moved as the pooled rows
+    are; a domain whose effect stands out keeps it.  Composed with the pooled rows' map
+    onto a target, it gives each domain its own map (:class:`MeanStdAdjuster` and the
+    flows' pre-alignment with several source domains).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_gpa.baselines import domain_deviations
+    >>> rng = np.random.RandomState(0)
+    >>> own = [rng.normal(shift, 1, (40, 20)) for shift in (-2.0, 2.0)]
+    >>> shared = [rng.normal(0, 1, (40, 20)) for _ in range(2)]
+    >>> def moves(sources):  # each domain's mean move
+    ...     maps = domain_deviations(sources)
+    ...     return [round(float(np.mean(x * a + b - x)), 2) + 0.0 for x, (a, b) in
+    ...             zip(sources, maps)]
+    >>> moves(own)  # kept: each domain goes to the pooled mean
+    [2.04, -2.04]
+    >>> moves(shared)  # shrunk: sampling noise, not an effect
+    [0.0, 0.0]
+    """
+    pooled = np.concatenate(sources)
+    centre, spread = pooled.mean(0), _spread(pooled)
+    unit = np.where(spread > 0, spread, 1.0)
+    sizes = np.array([len(rows) for rows in sources], dtype=float)[:, None]
+    means = np.array([rows.mean(0) for rows in sources])
+    spreads = np.array([_spread(rows) for rows in sources])
+    # Shifts in pooled sds (a subset's mean has variance (1/n - 1/N) about the pool's).
+    shifts = (centre - means) / unit
+    shift_noise = np.broadcast_to(np.maximum(1 / sizes - 1 / len(pooled), 1e-12), shifts.shape)
+    varies = np.broadcast_to(spread > 0, shifts.shape)
+    shifts = _posterior_mean(shifts.ravel(), shift_noise.ravel(), varies.ravel(), limited=False)
+    shifts = shifts.reshape(varies.shape)
+    scaled = (spreads > 0) & (spread > 0)
+    log_ratios = np.log(np.where(scaled, unit / np.where(spreads > 0, spreads, 1.0), 1.0))
+    ratio_noise = np.broadcast_to(0.5 / np.maximum(sizes - 1, 1), log_ratios.shape)
+    log_ratios = _posterior_mean(
+        log_ratios.ravel(), ratio_noise.ravel(), scaled.ravel(), limited=False
+    )
+    scales = np.exp(log_ratios.reshape(scaled.shape))
+    return [(a, m + d * unit - a * m) for a, m, d in zip(scales, means, shifts)]
+
+
+def domain_maps(sources, pooled_map):
+    """Per source domain (``sources``: a list of row arrays), its shrunk deviation from the
+    pooled rows (:func:`domain_deviations`) followed by ``pooled_map``, the pooled rows'
+    ``(a, b)`` onto the target; ``[pooled_map]`` for one domain."""
+    if len(sources) == 1:
+        return [pooled_map]
+    a, b = pooled_map
+    return [(a_d * a, b_d * a + b) for a_d, b_d in domain_deviations(sources)]
 
 
 def mixture_shift(source, target, target_labels, *, n_components=10, n_iter=200):
@@ -296,15 +361,26 @@ class DomainRouter:
                 f"{few(np.unique(self.domains))}. A batch is moved the way fitted to its "
                 "own rows: fit with rows of it too."
             )
+        labelled = y is not None and self.classes is not None
+        if labelled:
+            y = np.asarray(y)
+            if y.shape != (len(X),):
+                raise ValueError(f"y must have shape ({len(X)},), got {y.shape}.")
         flows = np.empty(len(X), dtype=int)
         for domain in np.unique(domains):
             rows = domains == domain
             candidates = np.flatnonzero(self.domains == domain)
-            if len(candidates) == 1:
-                flows[rows] = candidates[0]
-            elif y is not None and self.classes is not None:
+            if labelled:
                 mine = self.classes[candidates]
-                flows[rows] = candidates[class_index(mine, y[rows], int(rows.sum()))]
+                unknown = ~np.isin(y[rows], mine)
+                if unknown.any():
+                    raise ValueError(
+                        f"y holds classes {few(np.unique(y[rows][unknown]))} that source "
+                        f"domain {domain} was not fitted with; its classes: {few(mine)}."
+                    )
+                flows[rows] = candidates[np.searchsorted(mine, y[rows])]
+            elif len(candidates) == 1:
+                flows[rows] = candidates[0]
             else:
                 flows[rows] = self.class_routers[domain].predict(X[rows])
         return flows
@@ -438,10 +514,14 @@ class MeanStdAdjuster(DomainTransformer):
             raise ValueError("MeanStdAdjuster needs sample_domain (>= 0 source, < 0 target).")
         groups = group_rows(y, source, domains=domains, conditional=self.conditional)
         self.classes_, self.flow_domains_ = groups.classes, groups.domains
-        maps = [
-            meanstd_map(X[s], X[t], shrink=self.shrink)
-            for s, t in zip(groups.sources, groups.targets)
-        ]
+        maps = [None] * len(groups)
+        for flows in groups.sharing_targets():  # one class: its source domains' maps
+            sources = [X[groups.sources[k]] for k in flows]
+            pooled = meanstd_map(
+                np.concatenate(sources), X[groups.targets[flows[0]]], shrink=self.shrink
+            )
+            for k, domain_map in zip(flows, domain_maps(sources, pooled)):
+                maps[k] = domain_map
         recentring = np.zeros((len(maps), X.shape[1]))
         for k, ((a, b), s, t) in enumerate(zip(maps, groups.sources, groups.targets)):
             if not (len(s) and len(t)):
@@ -460,6 +540,11 @@ class MeanStdAdjuster(DomainTransformer):
         labels = None if self.classes_ is None else y[source]
         return self._move(X[source], labels, None if domains is None else domains[source])
 
+    def __setstate__(self, state):
+        if "scale_" in state and "flow_domains_" not in state:  # fitted before domains
+            state = {**state, "flow_domains_": None}
+        super().__setstate__(state)
+
     def flow_index(self, X, y=None, *, sample_domain=None):
         """Index of the map (row of ``scale_``) of each row: from its class ``y`` and
         source domain ``sample_domain`` where given, else routed by ``router_``.
@@ -475,7 +560,7 @@ class MeanStdAdjuster(DomainTransformer):
         -------
         flows : ndarray of int of shape (n_samples,)
         """
-        if getattr(self, "flow_domains_", None) is not None:  # None in fits pickled before
+        if self.flow_domains_ is not None:
             return self.router_.predict(X, y, sample_domain)
         if self.classes_ is None:
             return np.zeros(len(X), dtype=int)

@@ -262,7 +262,7 @@ def run_transport(args):
         import numpy as np
 
         names, sample_domain[: len(Xs)] = np.unique(
-            _labels(source, source.column(args.batch), "batch"), return_inverse=True
+            _labels(source, source.column(args.batch), "batch", "batches"), return_inverse=True
         )
         if not args.quiet:
             _say("note", f"{len(names)} batches in {args.batch!r}, each moved its own way")

@@ -495,6 +495,8 @@ class IntegratedClassifier(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
         rows = np.flatnonzero(rows)
         if len(rows) == 0:
             raise ValueError("No source row with a known label to score.")
-        y_pred = self.predict(_safe_indexing(X, rows))
+        # Each row moved the way of its own source domain (several are moved each its own way).
+        domains = None if sample_domain is None else np.asarray(sample_domain)[rows]
+        y_pred = self.predict(_safe_indexing(X, rows), sample_domain=domains)
         weights = None if sample_weight is None else np.asarray(sample_weight)[rows]
         return float(balanced_accuracy_score(y[rows], y_pred, sample_weight=weights))

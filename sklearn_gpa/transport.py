@@ -191,7 +191,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     mode_ : str
         "integration" or "generation".
     classes_ : ndarray or None
-        The classes of the flows (one flow each), None for flows of all classes.
+        Classes of the flows (one per class and source domain), None for flows of all classes.
     flow_domains_ : ndarray or None
         With several source domains, each flow's (one per domain and class); None for one.
     n_flows_ : int

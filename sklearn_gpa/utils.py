@@ -45,14 +45,16 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
 
     Parameters
     ----------
-    Xs : array-like of shape (n_source, n_features)
-        Source rows (the data to transport).
+    Xs : array-like of shape (n_source, n_features), or a list of them
+        Source rows (the data to transport).  A list of tables (batches, studies) makes
+        each its own source domain, 1, 2, ... in order, each moved its own way.
     Xt : array-like of shape (n_target, n_features)
         Target rows (the reference distribution).  Where both are DataFrames, ``Xt``'s
         columns are taken in ``Xs``'s order (by name; different names raise).
     ys, yt : array-like of shape (n_source,) and (n_target,), default=None
-        Optional labels of each side.  When only one side has labels, the other side's
-        labels are filled with -1, skada's marker for "unknown".
+        Optional labels of each side (``ys`` a list of them, one per source table, when
+        ``Xs`` is a list).  When only one side has labels, the other side's labels are
+        filled with -1, skada's marker for "unknown".
 
     Returns
     -------
@@ -61,7 +63,9 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     y : ndarray of shape (n_source + n_target,) or None
         Labels, or None when neither side has any.
     sample_domain : ndarray of shape (n_source + n_target,)
-        1 for source rows, -2 for target rows (skada's convention: >= 0 source, < 0 target).
+        1 for source rows (1, 2, ... for a list of source tables), and for target rows
+        minus one more than the number of source tables (skada's convention: >= 0
+        source, < 0 target).
 
     Examples
     --------
@@ -70,13 +74,20 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     >>> X, y, sample_domain = stack_domains(np.zeros((2, 3)), np.ones((3, 3)))
     >>> X.shape, y, sample_domain.tolist()
     ((5, 3), None, [1, 1, -2, -2, -2])
+    >>> X, y, sample_domain = stack_domains([np.zeros((2, 3)), np.ones((1, 3))], np.ones((2, 3)))
+    >>> sample_domain.tolist()
+    [1, 1, 2, -3, -3]
     """
+    domains = None
+    if _is_list_of_tables(Xs):
+        Xt = _columns_as_in(Xt, Xs[0])
+        Xs, ys, domains = _stacked_tables(Xs, ys)
     Xt = _columns_as_in(Xt, Xs)
     Xs, Xt = check_pair(Xs, Xt, names=("Xs", "Xt"), dtype="numeric")
+    if domains is None:
+        domains = np.ones(len(Xs), dtype=np.int64)
     X = np.concatenate([Xs, Xt])
-    sample_domain = np.concatenate(
-        [np.ones(len(Xs), dtype=np.int64), np.full(len(Xt), -2, dtype=np.int64)]
-    )
+    sample_domain = np.concatenate([domains, np.full(len(Xt), -1 - domains.max(), np.int64)])
     if ys is None and yt is None:
         return X, None, sample_domain
     ys = np.full(len(Xs), -1) if ys is None else column_or_1d(ys)
@@ -84,7 +95,46 @@ def stack_domains(Xs, Xt, ys=None, yt=None):
     for name, labels, rows in (("ys", ys, Xs), ("yt", yt, Xt)):
         if len(labels) != len(rows):
             raise ValueError(f"{name} has {len(labels)} labels for {len(rows)} rows.")
-    return X, np.concatenate([ys, yt]), sample_domain
+    return X, _joined_labels([ys, yt]), sample_domain
+
+
+def _joined_labels(parts):
+    """Label arrays as one; text labels beside the -1 of unknown ones become objects, so
+    that -1 stays the number skada's marker is (NumPy would make it the text "-1", a
+    class of its own)."""
+    if all(np.asarray(part).dtype.kind in "biuf" for part in parts):
+        return np.concatenate(parts)
+    return np.concatenate([np.asarray(part, dtype=object) for part in parts])
+
+
+def _is_list_of_tables(Xs):
+    """Whether ``Xs`` is a list of tables (each 2-D), not one table given as a list of rows."""
+    return isinstance(Xs, (list, tuple)) and len(Xs) > 0 and all(np.ndim(x) == 2 for x in Xs)
+
+
+def _stacked_tables(tables, labels):
+    """Several source tables as one: rows (columns in the first table's order), labels
+    (None, or -1 for a table given none) and each row's domain, 1, 2, ... in order."""
+    if labels is not None and (not isinstance(labels, (list, tuple)) or len(labels) != len(tables)):
+        raise ValueError(
+            f"Xs is a list of {len(tables)} source tables: ys must be a list of as many "
+            "label arrays (None for a table without labels), or None."
+        )
+    rows = [
+        check_array(_columns_as_in(table, tables[0]), dtype="numeric", input_name=f"Xs[{k}]")
+        for k, table in enumerate(tables)
+    ]
+    if len({table.shape[1] for table in rows}) > 1:
+        widths = [table.shape[1] for table in rows]
+        raise ValueError(f"The source tables have different numbers of features: {widths}.")
+    domains = np.repeat(np.arange(1, len(rows) + 1, dtype=np.int64), [len(t) for t in rows])
+    if labels is None:
+        return np.concatenate(rows), None, domains
+    labels = [np.full(len(t), -1) if y is None else column_or_1d(y) for t, y in zip(rows, labels)]
+    for k, (y, table) in enumerate(zip(labels, rows)):
+        if len(y) != len(table):
+            raise ValueError(f"ys[{k}] has {len(y)} labels for {len(table)} rows.")
+    return np.concatenate(rows), _joined_labels(labels), domains
 
 
 def _columns_as_in(Xt, Xs):
@@ -163,6 +213,13 @@ def check_sample_domain(
             "rows in X. Use sklearn_gpa.utils.stack_domains to build X and sample_domain."
         )
     return source
+
+
+def check_domains(sample_domain, n_samples: int, **kwargs):
+    """:func:`check_sample_domain`'s mask of the source rows, and ``sample_domain`` as
+    int64 (each source value a source domain)."""
+    source = check_sample_domain(sample_domain, n_samples, **kwargs)
+    return source, np.asarray(sample_domain).astype(np.int64)
 
 
 # Squared distances between rows must stay finite in float64.

@@ -10,7 +10,7 @@ from sklearn_gpa import (
     MeanStdAdjuster,
     lipschitz_f_divergence,
 )
-from sklearn_gpa.utils import stack_domains
+from sklearn_gpa.utils import known_labels, stack_domains
 
 RNG = np.random.RandomState(0)
 XS, XT = RNG.normal(0, 1, (30, 3)), RNG.normal(2, 1, (30, 3))
@@ -177,3 +177,22 @@ def test_stack_domains_matches_table_columns_by_name():
     # Non-string column names are no names (scikit-learn's rule): stacked by position.
     X, _, _ = stack_domains(pd.DataFrame([[1.0, 2.0]]), pd.DataFrame([[3.0, 4.0]], columns=[5, 6]))
     np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+
+
+def test_stack_domains_of_several_source_tables_and_text_labels():
+    pd = pytest.importorskip("pandas")
+    first = pd.DataFrame({"a": [1.0, 2.0], "b": [10.0, 20.0]})
+    second = pd.DataFrame({"b": [50.0], "a": [5.0]})  # its own column order
+    target = pd.DataFrame({"b": [30.0, 40.0], "a": [3.0, 4.0]})
+    X, y, sample_domain = stack_domains([first, second], target, [["u", "v"], None], ["u", "v"])
+    np.testing.assert_array_equal(X, [[1, 10], [2, 20], [5, 50], [3, 30], [4, 40]])
+    assert sample_domain.tolist() == [1, 1, 2, -3, -3]
+    # -1 stays skada's unknown marker next to text labels (NumPy made it the class "-1").
+    assert y.tolist() == ["u", "v", -1, "u", "v"]
+    assert known_labels(y).tolist() == [True, True, False, True, True]
+    _, y, _ = stack_domains(np.zeros((2, 2)), np.ones((2, 2)), None, ["a", "b"])
+    assert known_labels(y).tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="ys must be a list of as many label arrays"):
+        stack_domains([first, second], target, ["u", "v", "w"])
+    with pytest.raises(ValueError, match=r"different numbers of features: \[2, 3\]"):
+        stack_domains([np.zeros((2, 2)), np.zeros((2, 3))], np.zeros((2, 2)))

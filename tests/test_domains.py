@@ -5,9 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 
 from sklearn_gpa import GPATransporter, LatentGPA, MeanStdAdjuster
 from sklearn_gpa._grouping import group_rows
+from sklearn_gpa.model_selection import IntegratedClassifier
 
 SHIFTS = np.array([[3.0, 3.0, 3.0, 3.0], [-3.0, -3.0, -3.0, -3.0], [0.0, 0.0, 6.0, -6.0]])
 
@@ -148,8 +151,14 @@ def test_unknown_domain_and_class_are_named():
     gpa = GPATransporter(n_steps=20, random_state=0).fit(X, y, sample_domain=sample_domain)
     with pytest.raises(ValueError, match=r"domains \[5\] that were not fitted.*\[0, 1, 2\]"):
         gpa.transform(X[:2], sample_domain=[5, 5])
-    with pytest.raises(ValueError, match=r"classes \['c'\] that were not fitted"):
+    with pytest.raises(ValueError, match=r"classes \['c'\] that source domain 0 was not"):
         gpa.transform(X[:2], ["a", "c"], sample_domain=[0, 0])
+    # y as a list, and a domain with one class flow still checks its class.
+    assert gpa.flow_index(X[:2], ["a", "b"], sample_domain=[1, 1]).tolist() == [2, 3]
+    only_a = np.where(sample_domain == 2, "a", y)
+    one = MeanStdAdjuster().fit(X, only_a, sample_domain=sample_domain)
+    with pytest.raises(ValueError, match=r"\['b'\] that source domain 2 was not fitted with"):
+        one.transform(X[:1], ["b"], sample_domain=[2])
     with pytest.raises(ValueError, match="sample_domain must hold integers"):
         gpa.flow_index(X[:2], sample_domain=[0.5, 1])
 
@@ -177,3 +186,68 @@ def test_pickled_fit_keeps_its_domains_and_warm_start_refuses_other_domains():
     regrouped = np.where(sample_domain == 2, 1, sample_domain)
     with pytest.raises(ValueError, match="other data"):
         gpa.fit(X, sample_domain=regrouped)
+
+
+def test_integrated_classifier_scores_each_row_with_its_own_domain():
+    """score() integrates each source row the way of its own domain, as predict() with the
+    domains does, not the way a router guesses (batches that overlap are often misrouted)."""
+    rng = np.random.RandomState(0)
+    ys, yt = rng.randint(0, 2, 200), rng.randint(0, 2, 100)
+    batch = np.repeat([0, 1], 100)
+    Xs = rng.normal(size=(200, 2)) + np.c_[3.0 * ys - 1.5 + np.where(batch == 0, 1.0, -1.0), 0 * ys]
+    Xt = rng.normal(size=(100, 2)) + np.c_[3.0 * yt - 1.5, 0 * yt]
+    X, y = np.vstack([Xs, Xt]), np.concatenate([ys, yt])
+    sample_domain = np.concatenate([batch, np.full(100, -1)])
+    model = IntegratedClassifier(MeanStdAdjuster(), LogisticRegression())
+    model.fit(X, y, sample_domain=sample_domain)
+    own = balanced_accuracy_score(ys, model.predict(Xs, sample_domain=batch))
+    guessed = balanced_accuracy_score(ys, model.predict(Xs))
+    assert own != guessed  # the router misroutes some rows
+    assert model.score(X, y, sample_domain=sample_domain) == pytest.approx(own)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: GPATransporter(n_steps=20, random_state=0), MeanStdAdjuster]
+)
+def test_fits_pickled_before_domains_load_with_none(make):
+    """A fit pickled before several source domains existed has no flow_domains_ (nor
+    _flow_classes): it loads with None and moves rows as it did."""
+    X, y, sample_domain, _ = _batches(n=40, classes=True)
+    one = np.where(sample_domain >= 0, 0, -1)
+    model = make().fit(X, y, sample_domain=one)
+    state = dict(model.__getstate__())  # a copy: it may be the fit's own __dict__
+    for name in ("flow_domains_", "_flow_classes"):
+        state.pop(name, None)
+    loaded = type(model).__new__(type(model))
+    loaded.__setstate__(state)
+    assert loaded.flow_domains_ is None
+    np.testing.assert_array_equal(
+        loaded.transform(X, y, sample_domain=one), model.transform(X, y, sample_domain=one)
+    )
+
+
+def test_batches_of_a_few_rows_or_one_shared_effect_move_as_the_pool():
+    """Each batch's own deviation is shrunk (domain_deviations): four batches of 10 rows
+    with one shared effect are corrected about as well as pooled (the exact per-batch
+    moments of 10 rows were twice the pooled error), and a batch of one row is not set
+    on the target's mean."""
+    rng = np.random.RandomState(0)
+    truth, target = rng.normal(size=(41, 20)), rng.normal(size=(100, 20))
+    Xs = truth * rng.lognormal(0, 0.3, 20) + rng.normal(0, 1, 20)  # one effect for all
+    batch = np.r_[np.repeat([0, 1, 2, 3], 10), 4]  # and a last batch of one row
+    X, sample_domain = np.vstack([Xs, target]), np.r_[batch, np.full(100, -1)]
+    batches = MeanStdAdjuster().fit(X, sample_domain=sample_domain)
+    pooled = MeanStdAdjuster().fit(X, sample_domain=np.where(sample_domain >= 0, 0, -1))
+    moved, together = batches.transform(Xs, sample_domain=batch), pooled.transform(Xs)
+    assert _error(moved[:40], Xs[:40], truth[:40]) < 1.2 * _error(
+        together[:40], Xs[:40], truth[:40]
+    )
+    lone, lone_pooled = (np.linalg.norm(m[-1] - truth[-1]) for m in (moved, together))
+    assert np.linalg.norm(moved[-1] - target.mean(0)) > 1.0
+    assert lone < 1.5 * lone_pooled
+    # Batches with effects of their own keep them (the deviations stand out).
+    own = truth[:40] + rng.normal(0, 1.5, (4, 20))[batch[:40]]
+    X = np.vstack([own, target])
+    domains = np.r_[batch[:40], np.full(100, -1)]
+    moved = MeanStdAdjuster().fit(X, sample_domain=domains).transform(own, sample_domain=batch[:40])
+    assert _error(moved, own, truth[:40]) < 0.35
