@@ -67,9 +67,7 @@ integrators = {
     "none": None,
     "mean/std": MeanStdAdjuster(),
     "GPA": make_pipeline(StandardScaler(), GPATransporter(n_steps=n_steps, random_state=0)),
-    "latent GPA": LatentGPA(
-        transporter=GPATransporter(n_steps=n_steps, random_state=0, out_of_sample="auto")
-    ),
+    "latent GPA": LatentGPA(transporter=GPATransporter(n_steps=n_steps, random_state=0)),
 }
 start = time.perf_counter()
 scores = {}

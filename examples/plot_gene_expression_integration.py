@@ -69,7 +69,7 @@ if genes is not None:
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
     # Defaults: mean/std alignment, then a flow in the few directions where the two
     # studies still differ beyond sampling noise, stopped once it matches the target.
-    gpa = LatentGPA(transporter=GPATransporter(out_of_sample="auto", n_steps=1000, random_state=0))
+    gpa = LatentGPA(transporter=GPATransporter(n_steps=1000, random_state=0))
     moved = gpa.fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]
     print(
         f"directions of discrepancy {gpa.n_components_}, steps run {gpa.n_steps_} "

@@ -41,7 +41,7 @@ FLOW_CRITIC = 10
 def _default_flow(**params):
     """The flow ``LatentGPA`` runs on its codes when given no transporter, with ``params``
     changed (the CLI's ``--latent`` and the benchmarks build theirs here)."""
-    defaults = dict(n_critic=FLOW_CRITIC, out_of_sample="auto", standardize="common")
+    defaults = dict(n_critic=FLOW_CRITIC, standardize="common")
     return GPATransporter(**{**defaults, **params})
 
 
@@ -212,15 +212,14 @@ class LatentGPA(DomainTransformer):
         :class:`~sklearn_gpa.Autoencoder` work too.
     transporter : GPATransporter or None, default=None
         The flow to run on the codes (cloned).  None uses
-        ``GPATransporter(n_critic=10, out_of_sample="auto", standardize="common")`` (its
-        stopping rule usually ends the flow well before its 2000 steps; twice
-        the critic updates of a direct transporter, so that it keeps up with particles in
-        few dimensions): new source rows then move like their nearest training codes (or
-        to the mean of their end points, per class flow, by leave-one-out), which suits
-        few rows in a latent space of many dimensions.  A
-        transporter you pass is used as given (set ``out_of_sample="auto"`` on it to keep
-        that behaviour), except that ``standardize="auto"`` (or True) runs with one common
-        scale: codes share the encoder's unit, and a per-feature scale would whiten them.
+        ``GPATransporter(n_critic=10, standardize="common")`` (its stopping rule usually
+        ends the flow well before its 2000 steps; twice the critic updates of a direct
+        transporter, so that it keeps up with particles in few dimensions): new source
+        rows move like their nearest training codes (or to the mean of their end points,
+        per class flow, by leave-one-out; ``out_of_sample="auto"``), which suits few rows
+        in a latent space of many dimensions.  A transporter you pass is used as given,
+        except that ``standardize="auto"`` (or True) runs with one common scale: codes
+        share the encoder's unit, and a per-feature scale would whiten them.
     residual : {"adjust", "keep", "drop"}, default="adjust"
         What happens to the part of each row the encoder does not represent (see above).
     latent_scale : float, default=1.0
@@ -299,7 +298,7 @@ class LatentGPA(DomainTransformer):
     >>> Xs = rng.normal(size=(80, 3)) @ basis + rng.normal(scale=0.1, size=(80, 200))
     >>> Xt = (rng.normal(size=(80, 3)) + 2) @ basis + rng.normal(scale=0.1, size=(80, 200))
     >>> X, _, sd = stack_domains(Xs, Xt)
-    >>> flow = GPATransporter(n_steps=100, out_of_sample="auto", random_state=0)
+    >>> flow = GPATransporter(n_steps=100, random_state=0)
     >>> model = LatentGPA(transporter=flow).fit(X, sample_domain=sd)
     >>> model.transform(X, sample_domain=sd).shape
     (160, 200)
@@ -463,6 +462,9 @@ class LatentGPA(DomainTransformer):
         if self.transporter_ is None:
             return X
         codes = self._encode(X)
+        if domains is None and self.transporter_.flow_domains_ is not None:
+            # The flows' own guess (no pre-alignment guessed one): the same for the residuals.
+            domains = self.transporter_.flow_domains_[self.transporter_.flow_index(codes)]
         moved = self.transporter_.transform(codes, y, sample_domain=domains)
         return self._finish(X, codes, moved, y, domains)
 
@@ -536,6 +538,13 @@ class LatentGPA(DomainTransformer):
     @property
     def classes_(self):
         return None if self.transporter_ is None else self.transporter_.classes_
+
+    def _source_domains(self):
+        # The pre-alignment's domains where no flow ran (no direction of discrepancy).
+        if self.transporter_ is None and self.adjuster_ is not None:
+            domains = self.adjuster_.flow_domains_
+            return None if domains is None else np.unique(domains)
+        return super()._source_domains()
 
     @property
     def flow_domains_(self):

@@ -156,13 +156,13 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         shrunk as ComBat does), so the flow fixes only what two moments cannot; the
         scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows of a
         source domain (None in ``LatentGPA``, ``GPAAugmenter``).  :ref:`user_guide_prealign`.
-    out_of_sample : {"replay", "nearest", "barycentric", "auto"}, default="replay"
-        How ``transform`` moves rows of an integration fit: "replay" pushes them through
-        the stored flow; "nearest" moves each by the inverse-distance-weighted displacement
-        of its 5 nearest training source rows (robust with few rows in many dimensions);
-        "barycentric" sends it to the weighted mean of their end points; "auto" picks, per
-        class flow, the better of the two by leave-one-out on at most 4 096 rows ("nearest"
-        without class flows).  Generative fits always replay.
+    out_of_sample : {"auto", "replay", "nearest", "barycentric"}, default="auto"
+        How ``transform`` moves rows an integration fit was not fitted on: "nearest" by the
+        inverse-distance-weighted displacement of their 5 nearest training source rows;
+        "barycentric" to the weighted mean of their end points; "auto" picks, per class
+        flow, the better of the two by leave-one-out on at most 4 096 rows ("nearest"
+        without class flows); "replay" through the stored flow, which pushes a row beyond
+        the training rows' range at every step.  Generative fits replay.
     warm_start : bool, default=False
         When fitted already, ``fit`` on the same data (other data raise) continues the flow
         ``n_steps`` more steps from where it stopped (particles, critic weights, Adam state
@@ -280,7 +280,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         verbose=0,
         callback=None,
         prealign="auto",
-        out_of_sample="replay",
+        out_of_sample="auto",
         warm_start=False,
     ):
         self.f = f
