@@ -22,7 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import limit_blas_threads
-from .utils import check_domains, check_magnitude, few, known_labels
+from .utils import check_domains, check_magnitude, few, known_labels, warn_at_caller
 
 __all__ = ["DomainTransformer", "class_index"]
 
@@ -62,6 +62,13 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         source = domains = None
         if sample_domain is not None:
             source, domains = check_domains(sample_domain, len(X), n_features=X.shape[1])
+            n_domains = len(np.unique(domains[source]))
+            if n_domains > 2 and 2 * n_domains > source.sum():
+                warn_at_caller(
+                    f"sample_domain holds {n_domains} source domains for {source.sum()} "
+                    "source rows: most hold one row, which is moved as the pooled source "
+                    "rows are. Is it a batch column? Rows of one batch share one value."
+                )
         if y is not None:
             y = np.asarray(y)
             if y.shape != (X.shape[0],):
@@ -162,10 +169,23 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             y = np.asarray(y)
             if y.shape != (len(X),):
                 raise ValueError(f"y must have shape ({len(X)},), got {y.shape}.")
+        if domains is None and self._source_domains() is not None:
+            warn_at_caller(
+                f"transform was given no sample_domain after a fit with "
+                f"{len(self._source_domains())} source domains: each row moves the way of "
+                "the domain that a classifier of the training source rows predicts, which "
+                "can misroute rows of small or similar batches. Pass sample_domain (each "
+                "row's batch) to move rows their own batch's way."
+            )
         out = np.array(X, copy=True)
         if move.any():
             out[move] = self._move(X[move], None if y is None else y[move], domains)
         return out
+
+    def _source_domains(self):
+        """The source domains the fit moved each its own way (None for one)."""
+        domains = getattr(self, "flow_domains_", None)
+        return None if domains is None else np.unique(domains)
 
     def score(self, X, y=None, *, sample_weight=None, sample_domain=None):
         """Minus the energy distance between moved rows and target rows (higher is better).

@@ -230,6 +230,11 @@ def train_flows(
     ``mode`` ("integration" or "generation") resolves the "auto" settings (``_mode_settings``).
     """
     params = _mode_settings(params, mode)
+    single = np.array([len(rows) < 2 for rows in sources])
+    if frozen is None and mode == "integration" and params["stop"] is not None and single.any():
+        # One source row is no sample: the rule cannot tell it from the target's, and its
+        # flow ran every step (a batch of one row: 4.7 s, its row moved on noise).
+        frozen = single
     progress = None
     callback = params["callback"]
     if callback is None and params["verbose"]:
@@ -343,11 +348,23 @@ def _warn_about(result, n_steps):
         last = result.stop_score[-1]
         where = ", ".join(f"flow {k}: {last[k]:.3g}" for k in running)
         flows = "1 flow" if len(running) == 1 else f"{len(running)} flows"
+        advice = (
+            "A larger n_steps may take them there: their score was still falling "
+            "(history_['stop_score'])."
+        )
+        if not any(_still_falling(result.stop_score[:, k]) for k in running):
+            # More steps would not help (a score stuck at 3-5 for 1 900 steps, rising at the
+            # end, was a pre-alignment that had put a feature far off).
+            advice = (
+                "Their score stopped falling (history_['stop_score']): more steps will not "
+                "take them there. What is left may come from the start (prealign='meanstd' "
+                "matches plain moments; a row or feature far off), or be more than the flow "
+                "can move."
+            )
         warn_at_caller(
             f"{flows} ran all {n_steps} steps without their particles coming "
             f"as close to the target as a fresh sample of it (the stopping rule's score at "
-            f"the last check, 1 for a fresh sample: {where}). A larger n_steps may take "
-            "them there where their score was still falling (history_['stop_score']).",
+            f"the last check, 1 for a fresh sample: {where}). {advice}",
             ConvergenceWarning,
         )
     if result.stop_reason == "interrupted":
@@ -356,6 +373,16 @@ def _warn_about(result, n_steps):
             "keeps the finished steps and is usable.",
             RuntimeWarning,
         )
+
+
+def _still_falling(scores, min_checks=4):
+    """Whether a flow's stopping scores (one per check) were still falling: the last is
+    the lowest.  Fewer than ``min_checks`` checks show no trend (a short run may still be
+    on its way)."""
+    scores = scores[np.isfinite(scores)]
+    if len(scores) < min_checks:
+        return True
+    return bool(scores[-1] <= scores[:-1].min())
 
 
 def _warn_dead_critic(kinetic_energy):

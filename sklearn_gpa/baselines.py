@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._base import DomainTransformer, class_index
 from ._grouping import group_rows
-from .utils import few, known_labels
+from .utils import check_domains, few, known_labels
 
 __all__ = ["MeanStdAdjuster", "class_router", "domain_deviations", "meanstd_map", "mixture_shift"]
 
@@ -353,6 +353,8 @@ class DomainRouter:
         """Index of the flow of each row of ``X`` (``y``, ``domains``: given, or None)."""
         if domains is None:
             domains = self.domain_router.predict(X)
+        else:
+            domains = check_domains(domains, len(X), require_both=False)[1]
         unknown = ~np.isin(domains, self.domains)
         if unknown.any():
             raise ValueError(
@@ -560,6 +562,7 @@ class MeanStdAdjuster(DomainTransformer):
         -------
         flows : ndarray of int of shape (n_samples,)
         """
+        X = self._validate_rows(X)
         if self.flow_domains_ is not None:
             return self.router_.predict(X, y, sample_domain)
         if self.classes_ is None:

@@ -103,7 +103,10 @@ def test_transform_routes_rows_without_a_domain_to_their_batch():
     gpa = GPATransporter(n_steps=50, random_state=0).fit(X, sample_domain=sample_domain)
     assert gpa.flow_domains_.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(gpa.flow_index(X[source]), sample_domain[source])
-    np.testing.assert_allclose(gpa.transform(X[source]), gpa.particles_, atol=1e-5)
+    # A guess can misroute rows of small or similar batches: transform says so.
+    with pytest.warns(UserWarning, match="no sample_domain after a fit with 3 source"):
+        guessed = gpa.transform(X[source])
+    np.testing.assert_allclose(guessed, gpa.particles_, atol=1e-5)
 
 
 def test_latent_flows_per_domain_route_every_stage_alike():
@@ -251,3 +254,16 @@ def test_batches_of_a_few_rows_or_one_shared_effect_move_as_the_pool():
     domains = np.r_[batch[:40], np.full(100, -1)]
     moved = MeanStdAdjuster().fit(X, sample_domain=domains).transform(own, sample_domain=batch[:40])
     assert _error(moved, own, truth[:40]) < 0.35
+
+
+def test_a_batch_of_one_row_is_not_a_flow_and_many_one_row_batches_are_named():
+    rng = np.random.RandomState(0)
+    X = np.vstack(
+        [rng.normal(size=(30, 3)) + 1, rng.normal(size=(1, 3)) - 1, rng.normal(size=(40, 3))]
+    )
+    sample_domain = np.r_[np.zeros(30), 1, -np.ones(40)].astype(int)
+    gpa = GPATransporter(random_state=0).fit(X, sample_domain=sample_domain)
+    # One row is no sample: its flow never moves (it ran all 2000 steps before).
+    assert gpa.history_["stop_step"].tolist()[1] == 0
+    with pytest.warns(UserWarning, match="24 source domains for 24 source rows: most hold one"):
+        MeanStdAdjuster().fit(X[7:], sample_domain=np.r_[np.arange(24), -np.ones(40, int)])

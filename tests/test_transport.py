@@ -96,8 +96,10 @@ def test_heun_beats_euler_in_the_orthogonal_directions():
             standardize=False,
             random_state=0,
         )
-        moved = gpa.fit_transform(X, sample_domain=sd)[sd >= 0]
-        spreads[solver] = np.abs(moved[:, 2:]).mean()
+        gpa.fit(X, sample_domain=sd)
+        # The flow's own end points: transform puts the features that are 0 in every
+        # target row on 0.
+        spreads[solver] = np.abs(gpa.replay(source)[:, 2:]).mean()
     assert spreads["heun"] < spreads["euler"]
 
 
@@ -124,6 +126,21 @@ def test_integration_keeps_few_valued_features_on_the_targets_values():
     few, _, domain = stack_domains(source[:6], target[:6])  # too few rows per value
     tiny = GPATransporter(random_state=0).fit_transform(few, sample_domain=domain)[:6]
     assert not set(np.unique(tiny[:, 0])) <= {0.0, 1.0}
+
+
+def test_a_feature_with_one_value_in_every_target_row_keeps_it():
+    # KEEL ecoli: a feature 0.48 in all 110 target rows came out between 0.14 and 0.64
+    # where the flow moved (the pre-alignment had put it on 0.48).
+    rng = np.random.RandomState(0)
+    target = np.column_stack([np.full(150, 0.5), rng.randn(150), rng.randn(150)])
+    source = np.column_stack([rng.randn(100) * 0.1 + 0.6, rng.randn(100), rng.randn(100)])
+    source[:, 1] = np.sign(source[:, 1]) * 2.0 + 0.3 * source[:, 1]  # two clumps: moves
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(random_state=0)
+    moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+    assert gpa.n_steps_ > 0
+    assert np.unique(moved[:, 0]).tolist() == [0.5]
+    np.testing.assert_array_equal(gpa.transform(source[:5])[:, 0], 0.5)
 
 
 def test_transform_moves_unseen_source_rows_and_keeps_target_rows():

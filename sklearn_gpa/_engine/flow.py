@@ -149,6 +149,13 @@ _REDRAW_FLAT = True
 # their particles can swing past their target and back (a one-dimensional latent flow went
 # from a score of 1575 down to 69 and up to 3010); the ratio leaves flows that only drift.
 ROLLBACK_RATIO = 2.0
+# Flows that move only on evidence (integration) are also checked every EARLY_EVERY steps
+# before the first ``log_every`` (None: at ``log_every`` only).  They start near their
+# targets, and a flow of a few rows in many dimensions has a critic that separates its
+# particles from the target rows completely and pushes them at its speed limit: 30 rows in
+# 20-D went from 0.19 to 0.56 of their raw error to the truth in the 50 steps before the
+# first check (0.27 stopped at step 20).
+EARLY_EVERY = 10
 
 
 class _Batch:
@@ -328,6 +335,13 @@ class _RuleRecord:
         self.mark_score = np.full(n_flows, np.inf)
         self.mark_step = np.zeros(n_flows, dtype=int)
         self.stalled = np.zeros(n_flows, dtype=bool)
+
+    def checks_early(self, steps_run, log_every) -> bool:
+        """Whether the rule looks after ``steps_run`` steps, before the first ``log_every``
+        (every ``EARLY_EVERY`` steps, for flows that move only on evidence)."""
+        if EARLY_EVERY is None or self.stopping is None or not self.stopping.on_evidence:
+            return False
+        return steps_run < log_every and steps_run % EARLY_EVERY == 0
 
     def check(self, steps_run, batch: _Batch):
         """Apply the rule after ``steps_run`` steps: freeze the flows that are done."""
@@ -554,6 +568,12 @@ def train_flow(
                 _redraw_flat_critics(step, flows, record)
                 if step + 1 < n_steps:
                     flows.leave_out(step + 1, record, rule)
+            elif rule.checks_early(step + 1, log_every):
+                rule.check(step + 1, flows)
+                reason = _check_progress(step, flows, rule, record, tol, None)
+                if reason is not None:
+                    stop_reason, steps_run = reason, step + 1
+                    break
     except KeyboardInterrupt:
         # The particles of the interrupted step were not written yet: keep the finished steps.
         stop_reason, steps_run = "interrupted", step

@@ -356,6 +356,9 @@ class EnergyStopping:
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.factor = factor
         self.start_factor = factor if start_factor is None else start_factor
+        # Flows that move only on evidence (integration) start near their targets: a flow
+        # that moves can pass its target within a few steps (see flow.EARLY_EVERY).
+        self.on_evidence = start_factor is not None
         counts_y = (w_y > 0).sum(1).tolist()
         counts_x = (w_x > 0).sum(1).tolist()
         index_y, mask_y = _subsample(counts_y, max_rows, generator)
