@@ -169,10 +169,11 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             y = np.asarray(y)
             if y.shape != (len(X),):
                 raise ValueError(f"y must have shape ({len(X)},), got {y.shape}.")
-        if domains is None and self._source_domains() is not None:
+        fitted_domains = self._source_domains()
+        if domains is None and fitted_domains is not None:
             warn_at_caller(
                 f"transform was given no sample_domain after a fit with "
-                f"{len(self._source_domains())} source domains: each row moves the way of "
+                f"{len(fitted_domains)} source domains: each row moves the way of "
                 "the domain that a classifier of the training source rows predicts, which "
                 "can misroute rows of small or similar batches. Pass sample_domain (each "
                 "row's batch) to move rows their own batch's way."

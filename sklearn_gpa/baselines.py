@@ -77,9 +77,9 @@ def _posterior_mean(effects, noise, mask, *, limited=True):
 
     The normal prior's centre and spread are the median and the MAD-based spread of the
     masked effects, less the (mean) noise; each effect moves towards the centre by its
-    posterior weight, but never by more than one standard error (Efron and Morris's
-    limited translation), so a feature whose effect stands far out keeps it.  Unmasked
-    effects are returned as they are.
+    posterior weight, with ``limited`` never by more than one standard error (Efron and
+    Morris's limited translation), so a feature whose effect stands far out keeps it.
+    Unmasked effects are returned as they are.
     """
     if mask.sum() < SHRINK_MIN_FEATURES:
         return effects
@@ -101,7 +101,9 @@ def domain_deviations(sources):
     shift in units of the pooled standard deviation and its log scale ratio.  Each is
     measured with a sampling variance from the domain's number of rows, and all of them
     (every domain and feature) are shrunk towards their common centre as
-    :func:`meanstd_map`'s ``shrink`` shrinks features' effects.  Domains that share one
+    :func:`meanstd_map`'s ``shrink`` shrinks features' effects, but by their full posterior
+    weight (limiting each move to one standard error kept much of the noise of batches of
+    a few rows that share one effect).  Domains that share one
     effect, or hold a few rows (one row has no spread), are then moved as the pooled rows
     are; a domain whose effect stands out keeps it.  Composed with the pooled rows' map
     onto a target, it gives each domain its own map (:class:`MeanStdAdjuster` and the
