@@ -290,13 +290,14 @@ class FittedFlowMixin:
             target = np.concatenate([targets[k] for k in sorted(first)])  # each row once
             moments = meanstd_map(source, target, shrink=True)
             shared = _robust_where_heavy(*moments, source, target)
+            robust = (shared[0] != moments[0]) | (shared[1] != moments[1])
             keys = np.zeros(len(starts)) if self.flow_domains_ is None else self.flow_domains_
             domains, flow_domain = np.unique(keys, return_inverse=True)
             sources = [
                 np.concatenate([starts[k] for k in np.flatnonzero(flow_domain == d)])
                 for d in range(len(domains))
             ]
-            maps = domain_maps(sources, shared)
+            maps = domain_maps(sources, shared, robust)
             return [maps[d] for d in flow_domain]
         return [meanstd_map(s, t, shrink=kind == "shrunk") for s, t in zip(starts, targets)]
 

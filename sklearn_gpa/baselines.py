@@ -93,7 +93,7 @@ def _posterior_mean(effects, noise, mask, *, limited=True):
     return np.where(mask, effects - step, effects)
 
 
-def domain_deviations(sources):
+def domain_deviations(sources, robust=None):
     """Per source domain (``sources``: a list of row arrays), the map ``z * a + b`` that
     takes its rows onto the moments of all of them pooled, shrunk by empirical Bayes.
 
@@ -107,7 +107,10 @@ def domain_deviations(sources):
     effect, or hold a few rows (one row has no spread), are then moved as the pooled rows
     are; a domain whose effect stands out keeps it.  Composed with the pooled rows' map
     onto a target, it gives each domain its own map (:class:`MeanStdAdjuster` and the
-    flows' pre-alignment with several source domains).
+    flows' pre-alignment with several source domains).  Features in ``robust`` (a boolean
+    mask; those whose pooled map matches medians and interquartile ranges) deviate by their
+    medians and interquartile ranges too, where every domain has one: a heavy tail's few
+    extreme rows set a domain's mean and std.
 
     Examples
     --------
@@ -127,19 +130,28 @@ def domain_deviations(sources):
     """
     pooled = np.concatenate(sources)
     centre, spread = pooled.mean(0), _spread(pooled)
-    unit = np.where(spread > 0, spread, 1.0)
     sizes = np.array([len(rows) for rows in sources], dtype=float)[:, None]
     means = np.array([rows.mean(0) for rows in sources])
     spreads = np.array([_spread(rows) for rows in sources])
-    # Shifts in pooled sds (a subset's mean has variance (1/n - 1/N) about the pool's).
+    noise = np.ones(pooled.shape[1])
+    if robust is not None and robust.any():
+        ranges = np.array([_quartile_range(rows) for rows in [pooled, *sources]])
+        robust = robust & (ranges > 0).all(0)
+        centre = np.where(robust, np.median(pooled, axis=0), centre)
+        spread = np.where(robust, ranges[0], spread)
+        means = np.where(robust, [np.median(rows, axis=0) for rows in sources], means)
+        spreads = np.where(robust, ranges[1:], spreads)
+        noise = np.where(robust, np.pi / 2, 1.0)  # a median's variance over a mean's
+    unit = np.where(spread > 0, spread, 1.0)
+    # Shifts in pooled spreads (a subset's mean has variance (1/n - 1/N) about the pool's).
     shifts = (centre - means) / unit
-    shift_noise = np.broadcast_to(np.maximum(1 / sizes - 1 / len(pooled), 1e-12), shifts.shape)
+    shift_noise = noise * np.maximum(1 / sizes - 1 / len(pooled), 1e-12)
     varies = np.broadcast_to(spread > 0, shifts.shape)
     shifts = _posterior_mean(shifts.ravel(), shift_noise.ravel(), varies.ravel(), limited=False)
     shifts = shifts.reshape(varies.shape)
     scaled = (spreads > 0) & (spread > 0)
     log_ratios = np.log(np.where(scaled, unit / np.where(spreads > 0, spreads, 1.0), 1.0))
-    ratio_noise = np.broadcast_to(0.5 / np.maximum(sizes - 1, 1), log_ratios.shape)
+    ratio_noise = noise * 0.5 / np.maximum(sizes - 1, 1)
     log_ratios = _posterior_mean(
         log_ratios.ravel(), ratio_noise.ravel(), scaled.ravel(), limited=False
     )
@@ -147,14 +159,19 @@ def domain_deviations(sources):
     return [(a, m + d * unit - a * m) for a, m, d in zip(scales, means, shifts)]
 
 
-def domain_maps(sources, pooled_map):
+def domain_maps(sources, pooled_map, robust=None):
     """Per source domain (``sources``: a list of row arrays), its shrunk deviation from the
-    pooled rows (:func:`domain_deviations`) followed by ``pooled_map``, the pooled rows'
-    ``(a, b)`` onto the target; ``[pooled_map]`` for one domain."""
+    pooled rows (:func:`domain_deviations`, ``robust`` its features of medians) followed by
+    ``pooled_map``, the pooled rows' ``(a, b)`` onto the target; ``[pooled_map]`` for one
+    domain."""
     if len(sources) == 1:
         return [pooled_map]
     a, b = pooled_map
-    return [(a_d * a, b_d * a + b) for a_d, b_d in domain_deviations(sources)]
+    return [(a_d * a, b_d * a + b) for a_d, b_d in domain_deviations(sources, robust)]
+
+
+def _quartile_range(rows):
+    return np.subtract(*np.percentile(rows, [75, 25], axis=0))
 
 
 def mixture_shift(source, target, target_labels, *, n_components=10, n_iter=200):
