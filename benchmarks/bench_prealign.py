@@ -18,8 +18,12 @@ Two kinds of integration, each run with both settings in the same process:
   the truth), and the balanced accuracy of a 200-tree forest trained on the target half
   on the moved rows, minus its accuracy on the raw (distorted) rows.
 
-Run: ``python benchmarks/bench_prealign.py [--quick]`` (``--quick``: 1 seed, 4 tables).
-Writes ``benchmarks/results/bench_prealign[_quick].{json,md}``.
+``--turned``: instead, four wells on a line turned 0-90 degrees (sd 0.5, 8 apart, 300 rows)
+and a blob at (-25, 25), 4 seeds, with ``prealign="auto"`` as it is and with its covariance
+map switched off (``feature-wise``: every map per feature, as before 2026-12-07).
+
+Run: ``python benchmarks/bench_prealign.py [--quick | --turned]`` (``--quick``: 1 seed, 4
+tables).  Writes ``benchmarks/results/bench_prealign[_quick|_turned].{json,md}``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import warnings
 import _common
 import numpy as np
 from bench_generation import TABULAR, load_tabular
-from bench_stopping import PLACEMENTS, placement_problem, well_scores
+from bench_stopping import LINE, PLACEMENTS, placement_problem, well_scores
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
@@ -67,6 +71,65 @@ def wells(seeds):
                 )
                 print(_common.format_row(rows[-1], WELL_COLUMNS), flush=True)
     return rows
+
+
+TURNS = (0, 15, 30, 45, 60, 90)
+
+
+def turned_lines(seeds):
+    """The wells criterion on lines turned by ``TURNS`` degrees, with and without the
+    covariance map of ``prealign="auto"``."""
+    from sklearn_gpa import _fitted_flow
+
+    rows = []
+    for degrees in TURNS:
+        angle = np.deg2rad(degrees)
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        centres = LINE @ turn.T
+        for seed in seeds:
+            X, domain = placement_problem(centres, (-25.0, 25.0), seed)
+            for setting in ("auto", "feature-wise"):
+                covariance_map = _fitted_flow.covariance_map
+                if setting == "feature-wise":
+                    _fitted_flow.covariance_map = lambda *rows: None
+                try:
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        gpa = GPATransporter(random_state=seed)
+                        moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
+                finally:
+                    _fitted_flow.covariance_map = covariance_map
+                near, smallest = well_scores(moved, centres)
+                rows.append(
+                    {
+                        "problem": f"line turned {degrees} degrees, seed {seed}",
+                        "prealign": setting,
+                        "near_well": near,
+                        "smallest_well": smallest,
+                        "stop_reason": gpa.stop_reason_,
+                        "steps": int(gpa.n_steps_),
+                        "met": bool(near >= 0.9 and smallest >= 0.15)
+                        and gpa.stop_reason_ == "converged",
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                print(_common.format_row(rows[-1], WELL_COLUMNS), flush=True)
+    return rows
+
+
+def turned_summary(rows):
+    lines = ["| setting | criterion met | near a well (min) | steps (median) |"]
+    lines.append("|---|---:|---:|---:|")
+    for setting in ("auto", "feature-wise"):
+        chosen = [r for r in rows if r["prealign"] == setting]
+        lines.append(
+            f"| {setting} | {sum(r['met'] for r in chosen)} / {len(chosen)} | "
+            f"{np.mean([r['near_well'] for r in chosen]):.2f} "
+            f"({min(r['near_well'] for r in chosen):.2f}) | "
+            f"{np.median([r['steps'] for r in chosen]):.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def distort(Xs, Xt, effect, rng):
@@ -171,7 +234,19 @@ def summary(well_rows, mixed_rows):
 
 
 def main():
-    args = _common.parser(__doc__, quick="1 seed, 4 tables").parse_args()
+    parser = _common.parser(__doc__, quick="1 seed, 4 tables")
+    parser.add_argument("--turned", action="store_true", help="wells on turned lines only")
+    args = parser.parse_args()
+    if args.turned:
+        start = time.perf_counter()
+        rows = turned_lines(range(4))
+        table = turned_summary(rows)
+        print(table)
+        parts = [_common.machine_line(), table, _common.grouped_table(rows, WELL_COLUMNS)]
+        parts.append(f"{time.perf_counter() - start:.0f} s in all")
+        record = {"turned": rows, "command": _common.command()}
+        _common.write_results("bench_prealign_turned", record, "\n\n".join(parts))
+        return
     seeds = [0] if args.quick else [0, 1, 2]
     names = TABULAR[:4] if args.quick else TABULAR
     start = time.perf_counter()

@@ -41,6 +41,14 @@ _TRIMMED_NORMAL_STD = 0.79
 _TINY = 1e-9
 # Tails on both sides whose log tail weights differ by less than this have one shape.
 _SAME_TAIL = 0.1
+# prealign="auto" maps the covariance too (the Gaussian optimal transport map) with at most
+# COVARIANCE_MAX_FEATURES features, COVARIANCE_ROWS_PER_FEATURE rows per feature on each
+# side, and a rank correlation that differs between the sides by more than
+# COVARIANCE_EVIDENCE standard errors (Fisher's z).
+COVARIANCE_MAX_FEATURES = 10
+COVARIANCE_ROWS_PER_FEATURE = 10
+COVARIANCE_EVIDENCE = 5.0
+_MIN_EIGENVALUE = 1e-6
 
 
 def central_spread(X) -> np.ndarray:
@@ -125,6 +133,98 @@ def _robust_where_heavy(a, b, source, target, *, pooled=False):
         moments = stats.wasserstein_distance(source[:, j] * a[j] + b[j], target[:, j])
         heavy[j] = robust <= moments
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)
+
+
+def _within_groups(rows, groups):
+    """``rows`` less the mean of their group (``groups``: one label per row, or None)."""
+    if groups is None:
+        return rows
+    centred = rows.astype(np.float64, copy=True)
+    for group in np.unique(groups):
+        centred[groups == group] -= rows[groups == group].mean(0)
+    return centred
+
+
+def rank_correlation_shift(source, target) -> float:
+    """The largest difference between a rank (Spearman) correlation of the source and the
+    same of the target, in standard errors of Fisher's z (0 with fewer than two features).
+
+    An increasing map of each feature, affine or curved (a per-feature batch effect), keeps
+    every rank correlation; per-sample factors with feature loadings, or a target whose
+    features move together where the source's do not, change them."""
+    if source.shape[1] < 2 or min(len(source), len(target)) < 5:
+        return 0.0
+    upper = np.triu_indices(source.shape[1], 1)
+    z = [
+        np.arctanh(np.clip(np.corrcoef(stats.rankdata(rows, axis=0).T)[upper], -0.999, 0.999))
+        for rows in (source, target)
+    ]
+    # Copies of a row are one row (a source of 20 rows repeated ten times).
+    n_source, n_target = (len(np.unique(rows, axis=0)) for rows in (source, target))
+    error = np.sqrt(1.06 / max(n_source - 3, 1) + 1.06 / max(n_target - 3, 1))
+    return float(np.max(np.abs(np.nan_to_num(z[0] - z[1])))) / error
+
+
+def _spd_power(matrix, power):
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.maximum(values, 1e-12 * values.max()) ** power) @ vectors.T
+
+
+def _measured_apart(rows) -> bool:
+    """Each feature off its most common value in ``COVARIANCE_ROWS_PER_FEATURE`` rows or
+    more, and none a linear combination of the others (the smallest eigenvalue of the
+    correlation matrix at least ``_MIN_EIGENVALUE``): otherwise the inverse root of the
+    covariance amplifies a direction the rows do not fill (a column equal to the sum of
+    two others moved new rows thousands of sds)."""
+    for column in rows.T:
+        _, counts = np.unique(column, return_counts=True)
+        if len(column) - counts.max() < COVARIANCE_ROWS_PER_FEATURE:
+            return False
+    return np.linalg.eigvalsh(np.corrcoef(rows.T))[0] >= _MIN_EIGENVALUE
+
+
+def covariance_map(source, target, source_groups=None, target_groups=None):
+    """The affine map ``z @ a + b`` that takes the source's mean and covariance onto the
+    target's (the optimal transport map between the two Gaussians), or None where the
+    features are too many for the distinct rows (``COVARIANCE_MAX_FEATURES``,
+    ``COVARIANCE_ROWS_PER_FEATURE``), some feature is mostly one value or a linear
+    combination of the others on a side, or no rank correlation differs between the sides
+    by ``COVARIANCE_EVIDENCE`` standard errors (:func:`rank_correlation_shift`).  With
+    ``source_groups`` and ``target_groups`` (the rows' classes), each class's correlations
+    are compared with the same class's, and the covariances taken within the classes:
+    classes whose correlations differ, in other proportions on the two sides, differ pooled
+    without any batch effect.
+
+    A per-feature map keeps the source's correlations.  Per-sample factors with feature
+    loadings (a sample's quality, a batch's hidden covariate) add correlation that the
+    feature-wise map leaves in every row; this map takes it out.  And onto a target whose
+    features move together (four wells on a line turned 45 degrees) a feature-wise map
+    spreads a blob over the target's bounding box; this one starts it along the line.
+    A real difference between the populations' correlations (the rows of one side selected
+    along a direction) looks the same, and is mapped away too.
+    """
+    n_features = source.shape[1]
+    if not 2 <= n_features <= COVARIANCE_MAX_FEATURES:
+        return None
+    distinct = min(len(np.unique(rows, axis=0)) for rows in (source, target))
+    if distinct < COVARIANCE_ROWS_PER_FEATURE * n_features:
+        return None
+    if not (_measured_apart(source) and _measured_apart(target)):
+        return None
+    if source_groups is None:
+        shift = rank_correlation_shift(source, target)
+    else:  # class by class: each class's correlations against the same class's
+        shift = max(
+            rank_correlation_shift(source[source_groups == g], target[target_groups == g])
+            for g in np.unique(source_groups)
+        )
+    if shift <= COVARIANCE_EVIDENCE:
+        return None
+    within = _within_groups(source, source_groups), _within_groups(target, target_groups)
+    source_covariance = np.cov(within[0].T)
+    root, inverse_root = _spd_power(source_covariance, 0.5), _spd_power(source_covariance, -0.5)
+    a = inverse_root @ _spd_power(root @ np.cov(within[1].T) @ root, 0.5) @ inverse_root
+    return a, target.mean(0) - source.mean(0) @ a
 
 
 def _matched_spreads(source, target):
@@ -306,7 +406,8 @@ class FittedFlowMixin:
         return _union(target_rows)
 
     def _fit_prealign(self, starts, targets):
-        """Per flow, the map ``z * a + b`` of its start rows onto its target rows, or None."""
+        """Per flow, the map ``z * a + b`` (``z @ a + b`` for a matrix ``a``) of its start rows
+        onto its target rows, or None."""
         kind = self._prealign_kind(self.mode_)
         if kind is None:
             return None
@@ -324,6 +425,19 @@ class FittedFlowMixin:
             pooled = len(domains) > 1
             shared = _robust_where_heavy(*moments, source, target, pooled=pooled)
             robust = (shared[0] != moments[0]) | (shared[1] != moments[1])
+            if not (pooled or robust.any()):
+                # One source whose rank correlations differ from the target's: its
+                # covariance is mapped too (a heavy tail would set it; pooled batches
+                # differ by their own effects).
+                groups = None
+                if classes is not None:  # one domain: a flow per class, each target once
+                    groups = (
+                        np.repeat(np.arange(len(starts)), [len(rows) for rows in starts]),
+                        np.repeat(sorted(first), [len(targets[k]) for k in sorted(first)]),
+                    )
+                full = covariance_map(source, target, *(groups or ()))
+                if full is not None:
+                    return [full] * len(starts)
             sources = [
                 np.concatenate([starts[k] for k in np.flatnonzero(flow_domain == d)])
                 for d in range(len(domains))
@@ -339,7 +453,8 @@ class FittedFlowMixin:
         flows = np.broadcast_to(flows, (len(Z),))
         out = Z.copy()
         for k, (a, b) in enumerate(self.prealign_):
-            out[flows == k] = Z[flows == k] * a + b
+            rows = flows == k
+            out[rows] = (Z[rows] @ a if a.ndim == 2 else Z[rows] * a) + b
         return out
 
     def _move(self, X, y, domains=None):

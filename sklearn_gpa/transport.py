@@ -204,7 +204,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     prior_ : Prior or None
         The fitted prior of a generative fit.
     prealign_ : list of (ndarray, ndarray) or None
-        Per flow, the pre-alignment ``z * a + b`` in standardised units.
+        Per flow, the pre-alignment ``z * a + b`` in standardised units (``z @ a + b``: a matrix).
     device_ : str
         Device the flow was trained on.
     image_shape_ : tuple of int or None
