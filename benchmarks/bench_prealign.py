@@ -55,22 +55,25 @@ def wells(seeds):
                 start = time.perf_counter()
                 gpa = GPATransporter(random_state=seed, **params)
                 moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
-                near, smallest = well_scores(moved, centres)
-                rows.append(
-                    {
-                        "problem": f"{name}, seed {seed}",
-                        "prealign": setting,
-                        "near_well": near,
-                        "smallest_well": smallest,
-                        "stop_reason": gpa.stop_reason_,
-                        "steps": int(gpa.n_steps_),
-                        "met": bool(near >= 0.9 and smallest >= 0.15)
-                        and gpa.stop_reason_ == "converged",
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-                print(_common.format_row(rows[-1], WELL_COLUMNS), flush=True)
+                rows.append(well_row(f"{name}, seed {seed}", setting, gpa, moved, centres, start))
     return rows
+
+
+def well_row(problem, setting, gpa, moved, centres, start):
+    """One row of the wells table (the checker's criterion), printed."""
+    near, smallest = well_scores(moved, centres)
+    row = {
+        "problem": problem,
+        "prealign": setting,
+        "near_well": near,
+        "smallest_well": smallest,
+        "stop_reason": gpa.stop_reason_,
+        "steps": int(gpa.n_steps_),
+        "met": bool(near >= 0.9 and smallest >= 0.15) and gpa.stop_reason_ == "converged",
+        "seconds": time.perf_counter() - start,
+    }
+    print(_common.format_row(row, WELL_COLUMNS), flush=True)
+    return row
 
 
 TURNS = (0, 15, 30, 45, 60, 90)
@@ -100,21 +103,8 @@ def turned_lines(seeds):
                         moved = gpa.fit_transform(X, sample_domain=domain)[domain >= 0]
                 finally:
                     _fitted_flow.covariance_map = covariance_map
-                near, smallest = well_scores(moved, centres)
-                rows.append(
-                    {
-                        "problem": f"line turned {degrees} degrees, seed {seed}",
-                        "prealign": setting,
-                        "near_well": near,
-                        "smallest_well": smallest,
-                        "stop_reason": gpa.stop_reason_,
-                        "steps": int(gpa.n_steps_),
-                        "met": bool(near >= 0.9 and smallest >= 0.15)
-                        and gpa.stop_reason_ == "converged",
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-                print(_common.format_row(rows[-1], WELL_COLUMNS), flush=True)
+                problem = f"line turned {degrees} degrees, seed {seed}"
+                rows.append(well_row(problem, setting, gpa, moved, centres, start))
     return rows
 
 
