@@ -67,7 +67,8 @@ class FitProgress:
     steps_done : int
         Steps finished at the last call (0 before the first).
     divergence, kinetic_energy : float
-        Means over the finite flows at the last call (nan before the first).
+        Means over the finite flows at the last call where some flow was finite (nan
+        before).
     summary : str or None
         The summary line, once ``close`` has run.
 
@@ -121,8 +122,10 @@ class FitProgress:
     def __call__(self, step, divergence, kinetic_energy):
         """Record the values after ``step`` (0-based) and redraw the bar."""
         self.steps_done = int(step) + 1
-        self.divergence = _mean(divergence)
-        self.kinetic_energy = _mean(kinetic_energy)
+        # Every flow stopped at this check (its values are nan): the last finite ones stay.
+        divergence, kinetic_energy = _mean(divergence), _mean(kinetic_energy)
+        if np.isfinite(divergence) or np.isfinite(kinetic_energy):
+            self.divergence, self.kinetic_energy = divergence, kinetic_energy
         if self._bar is None:
             return
         values = f"divergence {self.divergence:.4g}, kinetic energy {self.kinetic_energy:.3g}"
@@ -165,7 +168,9 @@ class FitProgress:
         if summary is None:
             reason = STOP_REASONS.get(stop_reason, stop_reason)
             summary = f"{self.steps_done}/{self.total} steps" + (f" ({reason})" if reason else "")
-            if self.steps_done > 0:  # a flow frozen before its first step has no values
+            # No values: frozen before the first step, or stopped at an early check,
+            # which does not call back (not "nan").
+            if self.steps_done > 0 and np.isfinite(self.divergence):
                 summary += (
                     f", divergence {self.divergence:.4g}, kinetic energy {self.kinetic_energy:.3g}"
                 )

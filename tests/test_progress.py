@@ -40,6 +40,22 @@ def test_summary_reports_early_stops_and_ignores_frozen_flows():
         "GPAAugmenter: 50/500 steps (kinetic energy below tol), divergence 0.2, "
         "kinetic energy 1e-05"
     )
+    # Every flow stopped at the last check (nan there): the summary keeps the last values
+    # (the CLI printed "divergence nan, kinetic energy nan" after a fit that converged).
+    progress = FitProgress("GPATransporter", total=2000, file=io.StringIO())
+    progress(0, np.array([0.5]), np.array([0.1]))
+    progress(9, np.array([np.nan]), np.array([np.nan]))
+    assert progress.close(stop_reason="converged").startswith(
+        "GPATransporter: 10/2000 steps (every flow as close to its target as a fresh sample), "
+        "divergence 0.5, kinetic energy 0.1"
+    )
+    # Stopped at an early check (every 10 steps before log_every, no call back): no values.
+    progress = FitProgress("GPATransporter", total=2000, file=io.StringIO())
+    assert re.fullmatch(
+        r"GPATransporter: 10/2000 steps \(every flow as close to its target as a fresh "
+        r"sample\), \d+\.\d s",
+        progress.close(stop_reason="converged", n_steps=10),
+    )
     # A fit frozen before its first step has no divergence to show (not "nan").
     assert re.fullmatch(
         r"X: 0/10 steps \(new\), \d+\.\d s",
