@@ -40,9 +40,8 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
       the prior ``source`` are transported onto it, one flow per class when ``y`` is given.
 
     The sequence of discriminators *is* the fitted model: ``transform`` and ``sample``
-    replay it on particles the fit never saw.  :class:`LatentGPA` and
-    :class:`GPAAugmenter` take a ``GPATransporter`` as their ``transporter``.  Read more
-    in the :ref:`User Guide <user_guide>`.
+    replay it on particles the fit never saw.  :class:`LatentGPA` and :class:`GPAAugmenter`
+    take a ``GPATransporter`` as their ``transporter``.  :ref:`User Guide <user_guide>`.
 
     Parameters
     ----------
@@ -121,8 +120,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         ``"common"`` for at least 20 features whose ranges agree within a factor 10,
         ``"per_feature"`` otherwise.  ``L`` and ``dt`` then mean the same on every data
         set.  False runs in raw units, as the papers.  ``"common"`` and False warn when the
-        ranges differ by more than a factor 100.  See the
-        :ref:`user guide <user_guide_units>`.
+        ranges differ by more than a factor 100.  :ref:`user_guide_units`.
     store_every : int, default=1
         Keep the discriminator of every ``store_every``-th step; replay uses each stored
         one for ``store_every`` steps (less memory, a coarser velocity field).
@@ -155,7 +153,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         mean and std matched to its target rows' ("meanstd", the papers' baseline F; "shrunk",
         shrunk as ComBat does), so the flow fixes only what two moments cannot; the
         scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows of a
-        source domain (None in ``LatentGPA``, ``GPAAugmenter``).  :ref:`user_guide_prealign`.
+        source domain, medians for heavy tails, the covariance too where a few features'
+        rank correlations differ (None in ``LatentGPA``, ``GPAAugmenter``).
+        :ref:`user_guide_prealign`.
     out_of_sample : {"auto", "replay", "nearest", "barycentric"}, default="auto"
         How ``transform`` moves rows an integration fit was not fitted on: "nearest" by the
         inverse-distance-weighted displacement of their 5 nearest training source rows;
@@ -204,7 +204,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
     prior_ : Prior or None
         The fitted prior of a generative fit.
     prealign_ : list of (ndarray, ndarray) or None
-        Per flow, the pre-alignment ``z * a + b`` in standardised units (``z @ a + b``: a matrix).
+        Per flow, the map ``z * a + b`` in standardised units (``z @ a + b``: a matrix).
     device_ : str
         Device the flow was trained on.
     image_shape_ : tuple of int or None
