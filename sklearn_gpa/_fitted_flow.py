@@ -20,7 +20,7 @@ from ._base import class_index
 from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
-from .baselines import DomainRouter, class_router, domain_maps, meanstd_map
+from .baselines import DomainRouter, _quartile_range, class_router, domain_maps, meanstd_map
 from .utils import check_domains, check_flags
 
 __all__ = ["FittedFlowMixin", "flow_router"]
@@ -69,23 +69,19 @@ def central_spread(X) -> np.ndarray:
     return np.sqrt(variance) / _TRIMMED_NORMAL_STD
 
 
-def _bulk_spread(X) -> np.ndarray:
-    """Per feature, the interquartile range / 1.349, or where that is 0 (a value that holds
-    the middle half of the rows) the std of the central rows (:func:`central_spread`)."""
-    iqr = np.subtract(*np.percentile(X, [75, 25], axis=0)) / 1.349
-    return np.where(iqr > 0, iqr, central_spread(X))
-
-
 def _heavy_tailed(X) -> np.ndarray:
     """Features whose std a few extreme rows set: over ``HEAVY_TAIL_RATIO`` robust spreads
-    (:func:`_bulk_spread`) and over ``MODES_RATIO`` times the std of the central rows.  The
+    (the interquartile range / 1.349, or where that is 0 the std of the central rows) and
+    over ``MODES_RATIO`` times the std of the central rows (:func:`central_spread`).  The
     second test keeps features with several modes (a central one holding half of the rows
     has a small interquartile range, but its outer modes are among the central rows) on
     moments.  A feature mostly of one value (a filled-in median, a count mostly 0) is
     measured by its central rows: against its own std (the fallback of ``feature_spreads``)
     it was never heavy, and one extreme row squeezed every other by the std it inflates."""
-    std = X.std(0)
-    return (std > HEAVY_TAIL_RATIO * _bulk_spread(X)) & (std > MODES_RATIO * central_spread(X))
+    std, central = X.std(0), central_spread(X)
+    iqr = _quartile_range(X) / 1.349
+    robust = np.where(iqr > 0, iqr, central)
+    return (std > HEAVY_TAIL_RATIO * robust) & (std > MODES_RATIO * central)
 
 
 def _tail_weight(X) -> np.ndarray:
@@ -234,7 +230,7 @@ def _matched_spreads(source, target):
     an increasing affine map exactly, so their ratio undoes one; a std on one side and an
     interquartile range on the other (``feature_spreads``' fallback) do not: a count 76 %
     zero in the target got its source rows stretched 3.1 times for a scale of 0.8."""
-    q = [np.subtract(*np.percentile(rows, [75, 25], axis=0)) for rows in (source, target)]
+    q = [_quartile_range(rows) for rows in (source, target)]
     central = (q[0] <= 0) | (q[1] <= 0)
     return [np.where(central, central_spread(rows), iqr) for rows, iqr in zip((source, target), q)]
 
@@ -416,9 +412,9 @@ class FittedFlowMixin:
             # LatentGPA matching them moved rows away from their own truth), after each
             # source domain's own deviation, shrunk (domain_maps).
             classes = self._flow_classes
-            first = [0] if classes is None else np.unique(classes, return_index=True)[1]
+            first = [0] if classes is None else sorted(np.unique(classes, return_index=True)[1])
             source = np.concatenate(starts)
-            target = np.concatenate([targets[k] for k in sorted(first)])  # each row once
+            target = np.concatenate([targets[k] for k in first])  # each row once
             moments = meanstd_map(source, target, shrink=True)
             keys = np.zeros(len(starts)) if self.flow_domains_ is None else self.flow_domains_
             domains, flow_domain = np.unique(keys, return_inverse=True)
@@ -433,7 +429,7 @@ class FittedFlowMixin:
                 if classes is not None:  # one domain: a flow per class, each target once
                     groups = (
                         np.repeat(np.arange(len(starts)), [len(rows) for rows in starts]),
-                        np.repeat(sorted(first), [len(targets[k]) for k in sorted(first)]),
+                        np.repeat(first, [len(targets[k]) for k in first]),
                     )
                 full = covariance_map(source, target, *(groups or ()))
                 if full is not None:
