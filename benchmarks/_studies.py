@@ -1,11 +1,11 @@
 """Gene-expression studies from the ``survset`` package, shared by the benchmarks.
 
-``Studies`` loads each SurvSet study once (:func:`open_studies`: or notes that ``survset`` is
-missing); :func:`er_labels` reads the ER status of the three
-breast-cancer studies (GSE1992, GSE3143, GSE4335); :func:`real_pair` aligns two of them by
-gene symbol (``num_HS_<SYMBOL>`` columns); :func:`er_study` returns one study's expression
-rows with a known ER status; :func:`expression` any study's numeric rows.  Needs ``pip
-install survset`` (the ``bench`` extra).
+``Studies`` loads each SurvSet study once (:func:`open_studies`: or notes that ``survset``
+is missing); :func:`er_labels` reads the ER status of the three breast-cancer studies
+(GSE1992, GSE3143, GSE4335) and of nki70; :func:`real_pair` aligns two of them by gene
+symbol (``num_HS_<SYMBOL>`` columns, ``num_<SYMBOL>`` in nki70); :func:`er_study` returns
+one study's expression rows with a known ER status; :func:`expression` any study's numeric
+rows. Needs ``pip install survset`` (the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def open_studies(script):
 
 def er_labels(name, frame):
     """ER status: 1 positive, 0 negative, -1 unknown."""
+    if name == "nki70":
+        return (frame["fac_ER"] == "Positive").to_numpy().astype(int)
     if name == "gse3143":
         return (frame["fac_erlev"].astype(int).to_numpy() > 0).astype(int)
     column = {"gse1992": "fac_er_positive", "gse4335": "fac_er_status"}[name]
@@ -73,14 +75,25 @@ def er_study(studies, name):
     return X[keep], y[keep], genes
 
 
+def gene_symbols(name, frame):
+    """Gene symbol -> column: ``num_HS_<SYMBOL>``, or ``num_<SYMBOL>`` in nki70 (70 genes
+    of the NKI signature, log10 ratios against a reference pool, and the patients' age)."""
+    if name == "nki70":
+        return {c[4:]: c for c in frame.columns if c.startswith("num_") and c != "num_Age"}
+    return {c[len("num_HS_") :]: c for c in gene_columns(frame)}
+
+
 def real_pair(studies, source, target):
-    """Two studies, genes shared by both (in the source's order), rows with an ER status."""
+    """Two studies, genes shared by both (in the source's order), rows with an ER status
+    and every shared gene measured."""
     frames = studies(source), studies(target)
-    shared = set(frames[1].columns)
-    genes = [c for c in gene_columns(frames[0]) if c in shared]
+    symbols = [gene_symbols(name, frame) for name, frame in zip((source, target), frames)]
+    genes = [g for g in symbols[0] if g in symbols[1]]
     out = []
-    for name, frame in zip((source, target), frames):
+    for name, frame, columns in zip((source, target), frames, symbols):
         y = er_labels(name, frame)
-        out += [frame.loc[y >= 0, genes].to_numpy(float), y[y >= 0]]
+        X = frame[[columns[g] for g in genes]].to_numpy(float)
+        keep = (y >= 0) & np.isfinite(X).all(1)
+        out += [X[keep], y[keep]]
     Xs, ys, Xt, yt = out
     return {"Xs": Xs, "ys": ys, "Xt": Xt, "yt": yt, "truth": None, "n_genes": len(genes)}

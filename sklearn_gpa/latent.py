@@ -246,8 +246,10 @@ class LatentGPA(DomainTransformer):
         over its old one.  A per-feature map moves every row alike and cannot remove such
         an effect.  "auto" does it only where the features share a unit (the rule of
         ``standardize="auto"``) and the source rows' levels vary more than the target
-        rows' beyond noise (variance at least 4 times, Brown-Forsythe test at 0.01): two
-        samples of one study do not, a per-sample brightness effect does.  "always" does it
+        rows' beyond noise (variance at least 4 times, Brown-Forsythe test at 0.01), each
+        side's levels taken relative to its features' overall spread: two samples of one
+        study do not, nor two studies in different units, a per-sample brightness effect
+        does.  "always" does it
         whenever the data allow; None never.
     random_state : int, RandomState instance or None, default=None
         Seeds the flow: the default transporter's, or that of a transporter you pass whose
