@@ -18,18 +18,25 @@ Two kinds of integration, each run with both settings in the same process:
   the truth), and the balanced accuracy of a 200-tree forest trained on the target half
   on the moved rows, minus its accuracy on the raw (distorted) rows.
 
+``--evidence``: the mixed-unit tables only, with no effect too (two halves of one table:
+the truth is the raw rows, and the score is the rows' RMS move in target sds), 3 seeds,
+``prealign="auto"`` as it is and mapping every source (``map_beyond_noise`` off, as before
+2026-12-07: a source that is a fresh sample of its target got its noise's map).
+
 ``--turned``: instead, four wells on a line turned 0-90 degrees (sd 0.5, 8 apart, 300 rows)
 and a blob at (-25, 25), 4 seeds, with ``prealign="auto"`` as it is and with its covariance
 map switched off (``feature-wise``: every map per feature, as before 2026-12-07).
 
-Run: ``python benchmarks/bench_prealign.py [--quick | --turned]`` (``--quick``: 1 seed, 4
-tables).  Writes ``benchmarks/results/bench_prealign[_quick|_turned].{json,md}``.
+Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence]``
+(``--quick``: 1 seed, 4 tables).  Writes
+``benchmarks/results/bench_prealign[_turned|_evidence][_quick].{json,md}``.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 
 import _common
 import numpy as np
@@ -39,11 +46,24 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 
-from sklearn_gpa import GPATransporter
+from sklearn_gpa import GPATransporter, _fitted_flow
 from sklearn_gpa.utils import stack_domains
 
 SETTINGS = {"auto": {}, "None": {"prealign": None}}
 EFFECTS = ("affine", "curve", "convex")
+# --evidence: prealign="auto" as it is, and mapping every source (map_beyond_noise off).
+EVIDENCE_SETTINGS = {"auto": {}, "auto, every map": {"evidence_alpha": 1.0}}
+
+
+@contextmanager
+def evidence_alpha(value):
+    """``_fitted_flow.MAP_EVIDENCE_ALPHA`` set to ``value`` (1: every source is mapped)."""
+    kept = _fitted_flow.MAP_EVIDENCE_ALPHA
+    _fitted_flow.MAP_EVIDENCE_ALPHA = kept if value is None else value
+    try:
+        yield
+    finally:
+        _fitted_flow.MAP_EVIDENCE_ALPHA = kept
 
 
 def wells(seeds):
@@ -123,7 +143,9 @@ def turned_summary(rows):
 
 
 def distort(Xs, Xt, effect, rng):
-    """The source half with a per-feature batch effect in target sds."""
+    """The source half with a per-feature batch effect in target sds (none: as it is)."""
+    if effect == "none":
+        return Xs.copy()
     mean, sd = Xt.mean(0), Xt.std(0) + 1e-12
     shift = rng.normal(0.0, 0.5, Xs.shape[1])
     if effect == "affine":
@@ -139,7 +161,7 @@ def distort(Xs, Xt, effect, rng):
     return mean + sd * (z + bend * np.tanh(z) + shift)
 
 
-def mixed_units(names, seeds):
+def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
     rows = []
     for name in names:
         X, y = load_tabular(name)
@@ -147,16 +169,20 @@ def mixed_units(names, seeds):
             Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
             sd = Xt.std(0) + 1e-12
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
-            for effect in EFFECTS:
+            for effect in effects:
                 distorted = distort(Xs, Xt, effect, np.random.RandomState(seed))
                 raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
                 raw_accuracy = balanced_accuracy_score(ys, forest.predict(distorted))
                 for labels in ("labelled", "label-free"):
                     given = (ys, yt) if labels == "labelled" else (None, None)
                     X_all, y_all, domain = stack_domains(distorted, Xt, *given)
-                    for setting, params in SETTINGS.items():
+                    for setting, params in settings.items():
+                        params = dict(params)
                         start = time.perf_counter()
-                        with warnings.catch_warnings():
+                        with (
+                            warnings.catch_warnings(),
+                            evidence_alpha(params.pop("evidence_alpha", None)),
+                        ):
                             warnings.simplefilter("ignore")
                             gpa = GPATransporter(random_state=seed, **params)
                             moved = gpa.fit_transform(X_all, y_all, sample_domain=domain)
@@ -165,9 +191,11 @@ def mixed_units(names, seeds):
                         rows.append(
                             {
                                 "problem": f"{name}, seed {seed}, {effect}, {labels}",
+                                "effect": effect,
                                 "labels": labels,
                                 "prealign": setting,
-                                "recovery": error / raw_error,
+                                # No effect: the rows' RMS move in target sds (0 is the truth).
+                                "recovery": error / raw_error if raw_error > 0 else error,
                                 "accuracy_gain": balanced_accuracy_score(ys, forest.predict(moved))
                                 - raw_accuracy,
                                 "steps": int(gpa.n_steps_),
@@ -223,10 +251,54 @@ def summary(well_rows, mixed_rows):
     return "\n".join(lines)
 
 
+def evidence_summary(rows):
+    """Per effect, labels and setting: recovery (no effect: the rows' RMS move in target
+    sds), the forest's accuracy on the moved rows minus on the raw ones, cells below raw."""
+    lines = [
+        "| effect | labels | setting | recovery or move: mean (max) | "
+        "accuracy - raw: mean (min) | cells below raw |"
+    ]
+    lines.append("|---|---|---|---:|---:|---:|")
+    for effect in ("none",) + EFFECTS:
+        for labels in ("labelled", "label-free"):
+            for setting in EVIDENCE_SETTINGS:
+                cell = [
+                    r
+                    for r in rows
+                    if (r["effect"], r["labels"], r["prealign"]) == (effect, labels, setting)
+                ]
+                recovery = [r["recovery"] for r in cell]
+                gain = [r["accuracy_gain"] for r in cell]
+                lines.append(
+                    f"| {effect} | {labels} | {setting} | {np.mean(recovery):.3f} "
+                    f"({max(recovery):.3f}) | {np.mean(gain):+.3f} ({min(gain):+.3f}) | "
+                    f"{sum(g < 0 for g in gain)} / {len(gain)} |"
+                )
+    return "\n".join(lines)
+
+
 def main():
     parser = _common.parser(__doc__, quick="1 seed, 4 tables")
     parser.add_argument("--turned", action="store_true", help="wells on turned lines only")
+    parser.add_argument(
+        "--evidence", action="store_true", help="sources mapped only on evidence: no effect too"
+    )
     args = parser.parse_args()
+    if args.evidence:
+        start = time.perf_counter()
+        names = TABULAR[:4] if args.quick else TABULAR
+        rows = mixed_units(
+            names, [0] if args.quick else [0, 1, 2], ("none",) + EFFECTS, EVIDENCE_SETTINGS
+        )
+        table = evidence_summary(rows)
+        print(table)
+        parts = [_common.machine_line(), table, _common.grouped_table(rows, MIXED_COLUMNS)]
+        parts.append(f"{time.perf_counter() - start:.0f} s in all")
+        record = {"evidence": rows, "command": _common.command()}
+        _common.write_results(
+            _common.result_stem("bench_prealign_evidence", args.quick), record, "\n\n".join(parts)
+        )
+        return
     if args.turned:
         start = time.perf_counter()
         rows = turned_lines(range(4))

@@ -20,7 +20,14 @@ from ._base import class_index
 from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
-from .baselines import DomainRouter, _quartile_range, class_router, domain_maps, meanstd_map
+from .baselines import (
+    DomainRouter,
+    _quartile_range,
+    class_router,
+    domain_maps,
+    meanstd_map,
+    moment_map,
+)
 from .utils import check_domains, check_flags
 
 __all__ = ["FittedFlowMixin", "flow_router"]
@@ -41,6 +48,13 @@ _TRIMMED_NORMAL_STD = 0.79
 _TINY = 1e-9
 # Tails on both sides whose log tail weights differ by less than this have one shape.
 _SAME_TAIL = 0.1
+# prealign="auto" maps one source only where its map moves the rows further than maps
+# between random halves of the pooled rows do (map_beyond_noise): a Monte Carlo p-value over
+# MAP_EVIDENCE_PERMUTATIONS reassignments (of at most MAP_EVIDENCE_ROWS rows a side) at most
+# MAP_EVIDENCE_ALPHA.
+MAP_EVIDENCE_ALPHA = 0.05
+MAP_EVIDENCE_PERMUTATIONS = 99
+MAP_EVIDENCE_ROWS = 5000
 # prealign="auto" maps the covariance too (the Gaussian optimal transport map) with at most
 # COVARIANCE_MAX_FEATURES features, COVARIANCE_ROWS_PER_FEATURE rows per feature on each
 # side, and a rank correlation that differs between the sides by more than
@@ -120,8 +134,7 @@ def _robust_where_heavy(a, b, source, target, *, pooled=False):
     source_spread, target_spread = _matched_spreads(source, target)
     # A spread of rounding noise (a constant feature after an affine effect) is none.
     heavy &= (source_spread > _TINY * source.std(0)) & (target_spread > _TINY * target.std(0))
-    ratio = target_spread / np.where(source_spread > 0, source_spread, 1.0)
-    shift = np.median(target, axis=0) - ratio * np.median(source, axis=0)
+    ratio, shift = _bulk_map(source, target, (source_spread, target_spread))
     same_shape = np.abs(_tail_weight(source) - _tail_weight(target)) < _SAME_TAIL
     shared = source_heavy & target_heavy & (same_shape | pooled)
     for j in np.flatnonzero(heavy & ~shared):
@@ -129,6 +142,88 @@ def _robust_where_heavy(a, b, source, target, *, pooled=False):
         moments = stats.wasserstein_distance(source[:, j] * a[j] + b[j], target[:, j])
         heavy[j] = robust <= moments
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)
+
+
+def _bulk_map(source, target, spreads=None):
+    """Per feature, ``(a, b)`` mapping the source's median and robust spread
+    (:func:`_matched_spreads`, or ``spreads`` already computed) onto the target's."""
+    source_spread, target_spread = _matched_spreads(source, target) if spreads is None else spreads
+    ratio = target_spread / np.where(source_spread > 0, source_spread, 1.0)
+    return ratio, np.median(target, axis=0) - ratio * np.median(source, axis=0)
+
+
+def _moves(a, b, rows, bulk):
+    """Per feature, how far ``z * a + b`` moves ``rows``: the move of their centre (the
+    median on the features ``bulk``, else the mean: a median between two modes jumps from
+    one to the other) and its change of scale ``|a - 1|`` (each row moves that times its
+    distance to the centre)."""
+    centre = rows.mean(0)
+    centre[bulk] = np.median(rows[:, bulk], axis=0)
+    return np.stack([np.abs(centre * (a - 1.0) + b), np.abs(a - 1.0)])
+
+
+def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0):
+    """Whether the map ``z * a + b`` moves the source rows further than such maps move rows
+    between two random halves of the pooled rows, on some feature: a source that is a fresh
+    sample of its target gets none (paper 002's tolerance, as the stopping rule applies it
+    to a flow, applied to the pre-alignment).
+
+    Per feature, two statistics: how far the map moves the source's centre (the median
+    where the map is the bulk's, ``bulk``, else the mean) and how much it changes the
+    scale.  The maps between halves are fitted the same way (shrunk moments; medians and
+    robust spreads on the features ``bulk``) on ``n_permutations`` random reassignments of
+    the pooled rows (at most ``MAP_EVIDENCE_ROWS`` a side, drawn at random) to two sides of
+    the sizes given.  The largest statistic over features, each over its root mean square
+    between halves, is compared with the halves' largest (a max-T permutation test,
+    Westfall and Young 1993): true where its Monte Carlo p-value is at most
+    ``MAP_EVIDENCE_ALPHA``.
+    """
+    n_permutations = MAP_EVIDENCE_PERMUTATIONS if n_permutations is None else n_permutations
+    rng = np.random.RandomState(seed)
+    sides = [
+        rows[np.sort(rng.choice(len(rows), MAP_EVIDENCE_ROWS, replace=False))]
+        if len(rows) > MAP_EVIDENCE_ROWS
+        else rows
+        for rows in (source, target)
+    ]
+    pooled, n_s = np.vstack(sides), len(sides[0])
+    n_t = len(pooled) - n_s
+    # Standardised, so that the sums below lose no precision (the statistics are compared
+    # feature by feature, in any unit).
+    centre, unit = pooled.mean(0), pooled.std(0)
+    unit = np.where(unit > 0, unit, 1.0)
+    pooled = (pooled - centre) / unit
+    bulk = np.asarray(bulk, dtype=bool)
+    # Each reassignment's source side as a row of 0/1: its sums are one matrix product.
+    ranks = rng.random_sample((n_permutations, len(pooled))).argsort(1).argsort(1)
+    first = (ranks < n_s).astype(np.float64)
+    sums, squares = first @ pooled, first @ pooled**2
+    means = sums / n_s, (pooled.sum(0) - sums) / n_t
+    variances = squares / n_s - means[0] ** 2, ((pooled**2).sum(0) - squares) / n_t - means[1] ** 2
+    # A constant side has a spread of exactly 0 (as meanstd_map's), not a rounding error.
+    stds = [np.where(v > 1e-20, np.sqrt(np.maximum(v, 0.0)), 0.0) for v in variances]
+    null = np.empty((n_permutations, 2, pooled.shape[1]))
+    for k in range(n_permutations):
+        a0, b0 = moment_map(means[0][k], stds[0][k], means[1][k], stds[1][k], n_s, n_t, shrink=True)
+        centres = means[0][k].copy()
+        if bulk.any():
+            halves = pooled[first[k] > 0][:, bulk], pooled[first[k] == 0][:, bulk]
+            a0[bulk], b0[bulk] = _bulk_map(*halves)
+            centres[bulk] = np.median(halves[0], axis=0)
+        null[k] = np.abs(centres * (a0 - 1.0) + b0), np.abs(a0 - 1.0)
+    noise = np.sqrt(np.mean(null**2, axis=0))
+    noise = np.where(noise > 0, noise, np.inf)  # a statistic no half moves (a constant)
+    largest = (null / noise).reshape(n_permutations, -1).max(1)
+    observed = _moves(a, b, source, bulk) / [unit, np.ones_like(unit)]
+    p_value = (1.0 + np.sum(largest >= (observed / noise).max())) / (n_permutations + 1.0)
+    return bool(p_value <= MAP_EVIDENCE_ALPHA)
+
+
+def _distance_to_nearest(x, values):
+    """Per entry of ``x``, its distance to the nearest of the sorted ``values``."""
+    padded = np.concatenate([[-np.inf], values, [np.inf]])
+    after = np.searchsorted(padded, x)
+    return np.minimum(x - padded[after - 1], padded[after] - x)
 
 
 def _within_groups(rows, groups):
@@ -275,6 +370,7 @@ class FittedFlowMixin:
         between its levels).
         """
         self._levels, self._sample_dtype, self._target_levels = None, X.dtype, None
+        self._source_values = None
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
             return
@@ -290,13 +386,26 @@ class FittedFlowMixin:
         few |= (levels == 1) & (len(target) > 1)
         if few.any():
             self._target_levels = FeatureLevels.fit(np.flatnonzero(few), [target])
+            # The source's own values that no target row has (a value on three source rows
+            # of a feature 0 in every target row): a row that still holds one after the fit
+            # was not moved there, and keeps it.
+            own = [
+                (j, np.setdiff1d(source[:, j], values), 1e-9 * np.abs(X[:, j]).max())
+                for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
+            ]
+            self._source_values = [entry for entry in own if len(entry[1])] or None
 
     def _snapped(self, X_new):
-        """Integration's moved rows with their few-valued features on the target's values."""
+        """Integration's moved rows with their few-valued features on the target's values,
+        except values of the source's own that the fit left where they were."""
         levels = getattr(self, "_target_levels", None)  # None in fits pickled before
         if levels is None:
             return X_new
-        return levels.snap(X_new, np.zeros(len(X_new), dtype=int)).astype(X_new.dtype, copy=False)
+        snapped = levels.snap(X_new, np.zeros(len(X_new), dtype=int))
+        for j, values, tolerance in getattr(self, "_source_values", None) or ():
+            kept = _distance_to_nearest(X_new[:, j], values) <= tolerance
+            snapped[kept, j] = X_new[kept, j]
+        return snapped.astype(X_new.dtype, copy=False)
 
     def _store_particles(self, moved, order):
         """``particles_`` and ``particle_labels_`` from each flow's final standardised
@@ -421,6 +530,11 @@ class FittedFlowMixin:
             pooled = len(domains) > 1
             shared = _robust_where_heavy(*moments, source, target, pooled=pooled)
             robust = (shared[0] != moments[0]) | (shared[1] != moments[1])
+            if not (pooled or map_beyond_noise(*shared, source, target, robust)):
+                # One source that is a fresh sample of its target: nothing to correct.  (Pooled
+                # batches are a mixture: random halves of it differ by the batches' own
+                # effects, a null that hides real ones.)
+                shared = np.ones_like(shared[0]), np.zeros_like(shared[1])
             if not (pooled or robust.any()):
                 # One source whose rank correlations differ from the target's: its
                 # covariance is mapped too (a heavy tail would set it; pooled batches

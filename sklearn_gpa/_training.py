@@ -285,8 +285,17 @@ def train_flows(
         failed_step=np.array(result.failed_step),
         stop_reason=result.stop_reason,
         critic_state=result.critic_state,
-        particles=[particles[k, :n] for k, n in enumerate(counts)],
+        particles=exact_where_still(sources, [particles[k, :n] for k, n in enumerate(counts)]),
     )
+
+
+def exact_where_still(sources, moved):
+    """Each flow's particles ``moved``, with those of a flow that never moved replaced by its
+    starting rows ``sources``: the engine keeps particles in float32, which rounds rows by
+    1e-7 of their size (a value of 1600 came back as 1600.00007, and a forest's split
+    between two target values then sent a row the other way)."""
+    still = [np.array_equal(end, start.astype(np.float32)) for start, end in zip(sources, moved)]
+    return [start if s else end for start, end, s in zip(sources, moved, still)]
 
 
 def append_history(before: dict, after: dict, n_steps_before: int) -> dict:

@@ -54,12 +54,17 @@ def meanstd_map(source, target, *, shrink=False):
     >>> (np.array([[0.0], [2.0]]) * a + b).ravel().tolist()
     [10.0, 16.0]
     """
-    src_std, tgt_std = _spread(source), _spread(target)
-    ok = (src_std > 0) & (len(target) > 1)
+    moments = source.mean(0), _spread(source), target.mean(0), _spread(target)
+    return moment_map(*moments, len(source), len(target), shrink=shrink)
+
+
+def moment_map(src_mean, src_std, tgt_mean, tgt_std, n_s, n_t, *, shrink=False):
+    """:func:`meanstd_map` from the two sides' per-feature means, standard deviations
+    (exactly 0 for a constant feature) and numbers of rows."""
+    ok = (src_std > 0) & (n_t > 1)
     a = np.where(ok, tgt_std / np.where(ok, src_std, 1.0), 1.0)
-    src_mean, shift = source.mean(0), target.mean(0) - source.mean(0)
-    n_s, n_t = len(source), len(target)
-    if shrink and source.shape[1] >= SHRINK_MIN_FEATURES and min(n_s, n_t) > 1:
+    shift = tgt_mean - src_mean
+    if shrink and len(src_mean) >= SHRINK_MIN_FEATURES and min(n_s, n_t) > 1:
         both = ok & (tgt_std > 0)
         log_ratio = np.log(np.where(both, a, 1.0))
         log_ratio = _posterior_mean(log_ratio, 0.5 / (n_s - 1) + 0.5 / (n_t - 1), both)

@@ -149,12 +149,12 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         Called as ``callback(step, divergence, kinetic_energy)`` every ``log_every`` steps
         (arrays over flows); replaces the ``verbose`` progress bar.
     prealign : {"auto", "shrunk", "meanstd"} or None, default="auto"
-        Integration only: each flow starts from its source rows with their per-feature
-        mean and std matched to its target rows' ("meanstd", the papers' baseline F; "shrunk",
-        shrunk as ComBat does), so the flow fixes only what two moments cannot; the
-        scaling is fitted on the target rows.  "auto": "shrunk", one map for all flows of a
-        source domain, medians for heavy tails, the covariance too where a few features'
-        rank correlations differ (None in ``LatentGPA``, ``GPAAugmenter``).
+        Integration only: each flow starts from its source rows with their per-feature mean and std
+        matched to its target rows' ("meanstd", the papers' baseline F; "shrunk", shrunk as ComBat
+        does), so the flow fixes only what two moments cannot; the scaling is fitted on the target
+        rows.  "auto": "shrunk", one map for all flows of a source domain, medians for heavy tails,
+        the covariance where rank correlations differ, none where one source is a fresh sample of
+        its target (None in ``LatentGPA``, ``GPAAugmenter``).
         :ref:`user_guide_prealign`.
     out_of_sample : {"auto", "replay", "nearest", "barycentric"}, default="auto"
         How ``transform`` moves rows an integration fit was not fitted on: "nearest" by the
