@@ -152,14 +152,11 @@ def _bulk_map(source, target, spreads=None):
     return ratio, np.median(target, axis=0) - ratio * np.median(source, axis=0)
 
 
-def _moves(a, b, rows, bulk):
-    """Per feature, how far ``z * a + b`` moves ``rows``: the move of their centre (the
-    median on the features ``bulk``, else the mean: a median between two modes jumps from
-    one to the other) and its change of scale ``|a - 1|`` (each row moves that times its
-    distance to the centre)."""
-    centre = rows.mean(0)
-    centre[bulk] = np.median(rows[:, bulk], axis=0)
-    return np.stack([np.abs(centre * (a - 1.0) + b), np.abs(a - 1.0)])
+def _moves(a, b, middle, spread):
+    """Per feature, how far ``z * a + b`` moves the rows: its move of ``middle`` (the pooled
+    rows' median) and its change of scale times ``spread`` (their median absolute deviation,
+    so that a feature mostly of one value shows none: its scale ratio is set by a few rows)."""
+    return np.stack([np.abs(middle * (a - 1.0) + b), np.abs(a - 1.0) * spread])
 
 
 def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0):
@@ -168,15 +165,16 @@ def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0)
     sample of its target gets none (paper 002's tolerance, as the stopping rule applies it
     to a flow, applied to the pre-alignment).
 
-    Per feature, two statistics: how far the map moves the source's centre (the median
-    where the map is the bulk's, ``bulk``, else the mean) and how much it changes the
-    scale.  The maps between halves are fitted the same way (shrunk moments; medians and
-    robust spreads on the features ``bulk``) on ``n_permutations`` random reassignments of
-    the pooled rows (at most ``MAP_EVIDENCE_ROWS`` a side, drawn at random) to two sides of
-    the sizes given.  The largest statistic over features, each over its root mean square
-    between halves, is compared with the halves' largest (a max-T permutation test,
-    Westfall and Young 1993): true where its Monte Carlo p-value is at most
-    ``MAP_EVIDENCE_ALPHA``.
+    Per feature, two statistics: how far the map moves the pooled rows' median, and how much
+    it changes the scale times their median absolute deviation (none for a feature mostly of
+    one value, whose scale ratio a few rows set: a value on 6 of 300 source rows and on no
+    target row gave a ratio of 0, an extreme that random halves seldom reach). The maps
+    between halves are fitted the same way (shrunk moments; medians and robust spreads on
+    the features ``bulk``) on ``n_permutations`` random reassignments of the pooled rows (at
+    most ``MAP_EVIDENCE_ROWS`` a side, drawn at random) to two sides of the sizes given. The
+    largest statistic over features, each over its root mean square between halves, is
+    compared with the halves' largest (a max-T permutation test, Westfall and Young 1993):
+    true where its Monte Carlo p-value is at most ``MAP_EVIDENCE_ALPHA``.
     """
     n_permutations = MAP_EVIDENCE_PERMUTATIONS if n_permutations is None else n_permutations
     rng = np.random.RandomState(seed)
@@ -193,6 +191,8 @@ def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0)
     centre, unit = pooled.mean(0), pooled.std(0)
     unit = np.where(unit > 0, unit, 1.0)
     pooled = (pooled - centre) / unit
+    middle = np.median(pooled, axis=0)
+    spread = np.median(np.abs(pooled - middle), axis=0)
     bulk = np.asarray(bulk, dtype=bool)
     # Each reassignment's source side as a row of 0/1: its sums are one matrix product.
     ranks = rng.random_sample((n_permutations, len(pooled))).argsort(1).argsort(1)
@@ -200,21 +200,22 @@ def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0)
     sums, squares = first @ pooled, first @ pooled**2
     means = sums / n_s, (pooled.sum(0) - sums) / n_t
     variances = squares / n_s - means[0] ** 2, ((pooled**2).sum(0) - squares) / n_t - means[1] ** 2
-    # A constant side has a spread of exactly 0 (as meanstd_map's), not a rounding error.
-    stds = [np.where(v > 1e-20, np.sqrt(np.maximum(v, 0.0)), 0.0) for v in variances]
+    # A constant side has a spread of exactly 0 (as meanstd_map's), not a rounding error of
+    # its sums (about 1e-14 here; a side with one other value among 5000 has a variance of
+    # at least 1e-4 in these units).
+    stds = [np.where(v > 1e-8, np.sqrt(np.maximum(v, 0.0)), 0.0) for v in variances]
     null = np.empty((n_permutations, 2, pooled.shape[1]))
     for k in range(n_permutations):
         a0, b0 = moment_map(means[0][k], stds[0][k], means[1][k], stds[1][k], n_s, n_t, shrink=True)
-        centres = means[0][k].copy()
         if bulk.any():
             halves = pooled[first[k] > 0][:, bulk], pooled[first[k] == 0][:, bulk]
             a0[bulk], b0[bulk] = _bulk_map(*halves)
-            centres[bulk] = np.median(halves[0], axis=0)
-        null[k] = np.abs(centres * (a0 - 1.0) + b0), np.abs(a0 - 1.0)
+        null[k] = _moves(a0, b0, middle, spread)
     noise = np.sqrt(np.mean(null**2, axis=0))
     noise = np.where(noise > 0, noise, np.inf)  # a statistic no half moves (a constant)
     largest = (null / noise).reshape(n_permutations, -1).max(1)
-    observed = _moves(a, b, source, bulk) / [unit, np.ones_like(unit)]
+    # The map in the standardised units: z -> a z + ((a - 1) centre + b) / unit.
+    observed = _moves(a, ((a - 1.0) * centre + b) / unit, middle, spread)
     p_value = (1.0 + np.sum(largest >= (observed / noise).max())) / (n_permutations + 1.0)
     return bool(p_value <= MAP_EVIDENCE_ALPHA)
 
