@@ -8,6 +8,7 @@ particles ``_final_particles_``.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -50,11 +51,12 @@ _TINY = 1e-9
 _SAME_TAIL = 0.1
 # prealign="auto" maps one source only where its map moves the rows further than maps
 # between random halves of the pooled rows do (map_beyond_noise): a Monte Carlo p-value over
-# MAP_EVIDENCE_PERMUTATIONS reassignments (of at most MAP_EVIDENCE_ROWS rows a side) at most
-# MAP_EVIDENCE_ALPHA.
+# MAP_EVIDENCE_PERMUTATIONS reassignments (of at most MAP_EVIDENCE_ROWS rows and
+# MAP_EVIDENCE_VALUES values a side) at most MAP_EVIDENCE_ALPHA.
 MAP_EVIDENCE_ALPHA = 0.05
 MAP_EVIDENCE_PERMUTATIONS = 99
 MAP_EVIDENCE_ROWS = 5000
+MAP_EVIDENCE_VALUES = 200_000
 # prealign="auto" maps the covariance too (the Gaussian optimal transport map) with at most
 # COVARIANCE_MAX_FEATURES features, COVARIANCE_ROWS_PER_FEATURE rows per feature on each
 # side, and a rank correlation that differs between the sides by more than
@@ -159,29 +161,39 @@ def _moves(a, b, middle, spread):
     return np.stack([np.abs(middle * (a - 1.0) + b), np.abs(a - 1.0) * spread])
 
 
-def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0):
-    """Whether the map ``z * a + b`` moves the source rows further than such maps move rows
-    between two random halves of the pooled rows, on some feature: a source that is a fresh
-    sample of its target gets none (paper 002's tolerance, as the stopping rule applies it
-    to a flow, applied to the pre-alignment).
+def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
+    """Whether the two sides differ beyond noise as the pre-alignment sees them: whether its
+    per-feature map moves the source rows further than the maps between random halves of
+    the pooled rows do.  A source that is a fresh sample of its target gets no map (paper
+    002's tolerance, which the stopping rule applies to a flow, applied to the map).
 
-    Per feature, two statistics: how far the map moves the pooled rows' median, and how much
-    it changes the scale times their median absolute deviation (none for a feature mostly of
-    one value, whose scale ratio a few rows set: a value on 6 of 300 source rows and on no
-    target row gave a ratio of 0, an extreme that random halves seldom reach). The maps
-    between halves are fitted the same way (shrunk moments; medians and robust spreads on
-    the features ``bulk``) on ``n_permutations`` random reassignments of the pooled rows (at
-    most ``MAP_EVIDENCE_ROWS`` a side, drawn at random) to two sides of the sizes given. The
-    largest statistic over features, each over its root mean square between halves, is
-    compared with the halves' largest (a max-T permutation test, Westfall and Young 1993):
-    true where its Monte Carlo p-value is at most ``MAP_EVIDENCE_ALPHA``.
+    The maps are the pre-alignment's (shrunk moments; medians and robust spreads on the
+    features ``bulk``), fitted on the two sides and on ``n_permutations`` random
+    reassignments of the pooled rows to two sides of the same sizes (at most
+    ``MAP_EVIDENCE_ROWS`` rows a side, and at most ``MAP_EVIDENCE_VALUES`` values, drawn at
+    random).  Per feature, two statistics: how far a map moves the pooled rows' median, and
+    how much it changes the scale times their median absolute deviation (none for a feature
+    mostly of one value, whose scale ratio a few rows set: a value on 6 of 300 source rows
+    and on no target row gave a ratio of 0, an extreme that random halves seldom reach).
+    Each is divided by its root mean square over all the splits, the sides' own included
+    (so that the sides and the halves are exchangeable), and two summaries are compared
+    with the halves': the largest (a max-T test, Westfall and Young 1993, which finds a
+    difference in a few features) and the sum of squares (a difference spread thinly over
+    many features).  True where either Monte Carlo p-value is at most half of
+    ``MAP_EVIDENCE_ALPHA``; also where so few splits exist that no test could reach that
+    level (three rows a side: 20 splits), as a map was always fitted before.
     """
+    if MAP_EVIDENCE_ALPHA >= 1.0:  # a level of 1: every map is kept
+        return True
     n_permutations = MAP_EVIDENCE_PERMUTATIONS if n_permutations is None else n_permutations
+    alpha = MAP_EVIDENCE_ALPHA / 2.0  # Bonferroni over the two summaries
+    smaller = min(len(source), len(target), 10)  # beyond 10 rows a side, splits abound
+    if math.comb(len(source) + len(target), smaller) * alpha < 2.0:
+        return True
     rng = np.random.RandomState(seed)
+    most = max(20, min(MAP_EVIDENCE_ROWS, MAP_EVIDENCE_VALUES // source.shape[1]))
     sides = [
-        rows[np.sort(rng.choice(len(rows), MAP_EVIDENCE_ROWS, replace=False))]
-        if len(rows) > MAP_EVIDENCE_ROWS
-        else rows
+        rows[np.sort(rng.choice(len(rows), most, replace=False))] if len(rows) > most else rows
         for rows in (source, target)
     ]
     pooled, n_s = np.vstack(sides), len(sides[0])
@@ -189,14 +201,14 @@ def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0)
     # Standardised, so that the sums below lose no precision (the statistics are compared
     # feature by feature, in any unit).
     centre, unit = pooled.mean(0), pooled.std(0)
-    unit = np.where(unit > 0, unit, 1.0)
-    pooled = (pooled - centre) / unit
+    pooled = (pooled - centre) / np.where(unit > 0, unit, 1.0)
     middle = np.median(pooled, axis=0)
     spread = np.median(np.abs(pooled - middle), axis=0)
     bulk = np.asarray(bulk, dtype=bool)
-    # Each reassignment's source side as a row of 0/1: its sums are one matrix product.
+    # Each split's source side as a row of 0/1 (the first row: the sides themselves), so
+    # that the sums of every split are one matrix product.
     ranks = rng.random_sample((n_permutations, len(pooled))).argsort(1).argsort(1)
-    first = (ranks < n_s).astype(np.float64)
+    first = np.vstack([np.arange(len(pooled)) < n_s, ranks < n_s]).astype(np.float64)
     sums, squares = first @ pooled, first @ pooled**2
     means = sums / n_s, (pooled.sum(0) - sums) / n_t
     variances = squares / n_s - means[0] ** 2, ((pooled**2).sum(0) - squares) / n_t - means[1] ** 2
@@ -204,26 +216,27 @@ def map_beyond_noise(a, b, source, target, bulk, *, n_permutations=None, seed=0)
     # its sums (about 1e-14 here; a side with one other value among 5000 has a variance of
     # at least 1e-4 in these units).
     stds = [np.where(v > 1e-8, np.sqrt(np.maximum(v, 0.0)), 0.0) for v in variances]
-    null = np.empty((n_permutations, 2, pooled.shape[1]))
-    for k in range(n_permutations):
-        a0, b0 = moment_map(means[0][k], stds[0][k], means[1][k], stds[1][k], n_s, n_t, shrink=True)
+    moves = np.empty((len(first), 2, pooled.shape[1]))
+    for k in range(len(first)):
+        a, b = moment_map(means[0][k], stds[0][k], means[1][k], stds[1][k], n_s, n_t, shrink=True)
         if bulk.any():
-            halves = pooled[first[k] > 0][:, bulk], pooled[first[k] == 0][:, bulk]
-            a0[bulk], b0[bulk] = _bulk_map(*halves)
-        null[k] = _moves(a0, b0, middle, spread)
-    noise = np.sqrt(np.mean(null**2, axis=0))
-    noise = np.where(noise > 0, noise, np.inf)  # a statistic no half moves (a constant)
-    largest = (null / noise).reshape(n_permutations, -1).max(1)
-    # The map in the standardised units: z -> a z + ((a - 1) centre + b) / unit.
-    observed = _moves(a, ((a - 1.0) * centre + b) / unit, middle, spread)
-    p_value = (1.0 + np.sum(largest >= (observed / noise).max())) / (n_permutations + 1.0)
-    return bool(p_value <= MAP_EVIDENCE_ALPHA)
+            a[bulk], b[bulk] = _bulk_map(
+                pooled[first[k] > 0][:, bulk], pooled[first[k] == 0][:, bulk]
+            )
+        moves[k] = _moves(a, b, middle, spread)
+    noise = np.sqrt(np.mean(moves**2, axis=0))
+    scaled = (moves / np.where(noise > 0, noise, np.inf)).reshape(len(first), -1)
+    p_values = [
+        (1.0 + np.sum(summary[1:] >= summary[0])) / len(first)
+        for summary in (scaled.max(1), (scaled**2).sum(1))
+    ]
+    return bool(min(p_values) <= alpha)
 
 
 def _distance_to_nearest(x, values):
     """Per entry of ``x``, its distance to the nearest of the sorted ``values``."""
     padded = np.concatenate([[-np.inf], values, [np.inf]])
-    after = np.searchsorted(padded, x)
+    after = np.clip(np.searchsorted(padded, x), 1, len(padded) - 1)  # NaN sorts last
     return np.minimum(x - padded[after - 1], padded[after] - x)
 
 
@@ -531,7 +544,7 @@ class FittedFlowMixin:
             pooled = len(domains) > 1
             shared = _robust_where_heavy(*moments, source, target, pooled=pooled)
             robust = (shared[0] != moments[0]) | (shared[1] != moments[1])
-            if not (pooled or map_beyond_noise(*shared, source, target, robust)):
+            if not (pooled or map_beyond_noise(source, target, robust)):
                 # One source that is a fresh sample of its target: nothing to correct.  (Pooled
                 # batches are a mixture: random halves of it differ by the batches' own
                 # effects, a null that hides real ones.)

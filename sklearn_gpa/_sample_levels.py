@@ -90,7 +90,7 @@ class SampleLevels:
         # factor, which is no per-sample effect (it made the map run on three real pairs
         # of nki70 and cost one of them 0.05 of label-free accuracy).
         unit = np.sqrt(_total_variance(source) / max(_total_variance(target), 1e-300))
-        larger, ratio = _larger_beyond_noise(m_s / max(unit, 1e-300), m_t)
+        larger, ratio = _larger_beyond_noise(m_s / unit, m_t) if unit > 0 else (False, 0.0)
         if not always and not (larger and ratio >= LEVEL_VARIANCE_RATIO):
             return None
         keep_s, keep_t = np.isfinite(l_s), np.isfinite(l_t)

@@ -246,6 +246,13 @@ def test_a_class_of_a_few_rows_does_not_move_in_integration(monkeypatch):
     np.testing.assert_allclose(gpa.particles_, source, rtol=1e-12)
     monkeypatch.setattr("sklearn_gpa._engine.stopping.START_MIN_ROWS", 0)
     assert np.abs(fit().particles_[ys == 1] - source[ys == 1]).max() > 100
+    monkeypatch.undo()
+    # Distinct rows count, not their copies: 150 copies of one row and 50 others are 51.
+    target = np.vstack([np.repeat(rng.normal(size=(1, 3)), 150, 0), rng.normal(size=(50, 3))])
+    source = rng.normal(size=(100, 3)) * [1, 3, 1] + [6, 0, 0]
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(prealign=None, n_steps=300, random_state=0).fit(X, sample_domain=domain)
+    assert gpa.history_["stop_step"][0] != 0  # it moved
 
 
 def test_a_class_without_evidence_gets_no_discriminator():

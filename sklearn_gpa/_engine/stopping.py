@@ -94,7 +94,7 @@ STRAY_MAX_FEATURES = 20
 START_FACTOR = 3.0
 # ... and only with at least this many distinct target rows: the floor is the spread of the
 # statistics between random halves of the target, and 4 rows have 3 ways to be halved.  A
-# class of 4 rows on each side of one KEEL table (kddcup, no batch effect) scored 20 and its
+# class of 4 rows on each side of one KEEL table (kddcup, no batch effect) scored 18-20 and its
 # flow sent counts of 0 to -9900.
 START_MIN_ROWS = 10
 # Generation (stop="auto"): a flow whose score has not fallen below (1 - STALL_GAIN) times
@@ -499,5 +499,5 @@ class EnergyStopping:
         score = (values / self.floor).max(0).values
         converged = score <= (self.start_factor if first else self.factor)
         if first and self.on_evidence:  # too few target rows to tell a move from noise
-            converged |= self.n_target < START_MIN_ROWS
+            converged |= (self.mask_x > 0).sum(1) < START_MIN_ROWS  # distinct rows
         return values, score, converged
