@@ -414,6 +414,33 @@ def test_mlp_pass_matches_the_allocating_passes(dtype, activation, hidden, n_flo
         assert torch.equal(velocity, before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("n_flows", [1, 2, 10])
+def test_thin_products_keep_the_numbers_of_bmm(dtype, n_flows):
+    # The output column as a row times a matrix (where ``_row_form`` takes it) and the
+    # gradient back through it as an elementwise outer product, against ``bmm`` itself.
+    from sklearn_gpa._engine.networks import PAIRED_BMM, MLPPass, output_column
+
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(n_flows, 400, 32, generator=gen, dtype=dtype)
+    w = torch.randn(n_flows, 32, 1, generator=gen, dtype=dtype)
+    g = torch.randn(n_flows, 400, 1, generator=gen, dtype=dtype)
+    out = torch.empty(n_flows, 400, 1, dtype=dtype)
+    _assert_same_numbers(output_column(torch.bmm, h, w, out), torch.bmm(h, w))
+    # A flow alone computed as in a batch (``paired``) gets the batch's numbers.
+    alone = torch.empty(1, 400, 1, dtype=dtype)
+    output_column(PAIRED_BMM, h[:1], w[:1], alone, paired=True)
+    _assert_same_numbers(alone, torch.bmm(h[:1].expand(2, -1, -1), w[:1].expand(2, -1, -1))[:1])
+    # One multiplication per entry: the same bits on any CPU.
+    assert torch.equal(torch.mul(g, w.transpose(1, 2)), torch.bmm(g, w.transpose(1, 2)))
+    layout = MLPLayout(2, (32, 32), n_flows)
+    layers = layout.layers(layout.initialize(gen, dtype, "cpu"))
+    grads = layout.layers(torch.zeros(layout.size, dtype=dtype))
+    with torch.inference_mode():
+        passes = MLPPass(layers, grads, None, make_activation("relu"), 40)
+    assert (passes._phi_row is not None) == (dtype == torch.float32 and n_flows > 1)
+
+
 @pytest.mark.parametrize("solver, n_flows", [("euler", 1), ("heun", 3)])
 def test_training_with_preallocated_passes_gives_the_same_numbers(monkeypatch, solver, n_flows):
     # The whole run (critic updates, velocities, stored states) with the buffers and the
