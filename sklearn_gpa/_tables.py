@@ -343,8 +343,19 @@ def _labels(table, column, what="label", whats="labels"):
 
 
 # -------------------------------------------------------------------------- transport
-def _write_table(table, moved, features, path):
-    """The source table with its feature cells replaced, written next to ``path`` then moved."""
+def _unchanged(moved, original):
+    """Cells that a fit gave back as they were (to the rounding of its standardisation)."""
+    import numpy as np
+
+    return np.isclose(moved, original, rtol=1e-12, atol=0.0)
+
+
+def _write_table(table, moved, features, path, original=None):
+    """The source table with its feature cells replaced, written next to ``path`` then moved;
+    a cell whose value ``original`` the fit gave back keeps its text (``7``, not
+    ``7.000000000000001``)."""
+    import numpy as np
+
     lower = path.lower()
     if lower.endswith((".tsv", ".tab")):
         delimiter = "\t"
@@ -363,10 +374,12 @@ def _write_table(table, moved, features, path):
             point = "," if table.decimal_comma and delimiter != "," else "."
             if table.header is not None:
                 writer.writerow(table.header)
-            for row, values in zip(table.rows, moved.tolist()):
+            same = np.zeros(moved.shape, bool) if original is None else _unchanged(moved, original)
+            for row, values, kept in zip(table.rows, moved.tolist(), same):
                 row = list(row)
-                for j, value in zip(features, values):
-                    row[j] = repr(float(value)).replace(".", point)
+                for j, value, keep in zip(features, values, kept):
+                    if not keep:
+                        row[j] = repr(float(value)).replace(".", point)
                 writer.writerow(row)
         os.replace(handle.name, path)
     except BaseException:

@@ -28,6 +28,7 @@ from ._tables import (
     _numeric_block,
     _say,
     _split_columns,
+    _unchanged,
     _write_table,
     check_file,
     read_table,
@@ -227,7 +228,7 @@ def run_transport(args):
             (source, s_label, s_carried, s_features),
             (target, t_label, [], t_features),
         ):
-            kept = [table.names[j] for j in carried] + (
+            kept = [table.names[j] or f"column {j + 1}" for j in carried] + (
                 [table.names[label]] if label is not None else []
             )
             _say(
@@ -280,10 +281,13 @@ def run_transport(args):
             progress.close(stop_reason=reason, n_steps=steps)
     if reason == "interrupted":
         raise KeyboardInterrupt
-    _write_table(source, moved, s_features, args.output)
+    _write_table(source, moved, s_features, args.output, original=Xs)
+    # Columns the fit left alone (a source as close to its target as a fresh sample of it
+    # is left as it is) are not called moved.
+    changed = int((~_unchanged(moved, Xs).all(axis=0)).sum())
     print(
-        f"wrote {len(moved)} rows to {os.path.abspath(args.output)}: {len(s_features)} feature "
-        f"columns moved, {source.width - len(s_features)} kept as they were"
+        f"wrote {len(moved)} rows to {os.path.abspath(args.output)}: {changed} of "
+        f"{len(s_features)} feature columns moved, {source.width - changed} kept as they were"
     )
 
 

@@ -44,6 +44,25 @@ def _transport(tmp_path, *extra):
     return main(["transport", *extra, "--quiet"])
 
 
+def test_a_fresh_sample_of_the_target_comes_back_as_it_was(tmp_path, capsys):
+    # Two halves of one table: no map and no flow, so every cell is written as it was read
+    # ("65", not "65.00000000000001") and the summary does not call the columns moved.
+    rng = np.random.RandomState(3)
+    table = np.column_stack(
+        [rng.randint(30, 90, 300), rng.normal(120.0, 20.0, 300).round(1), rng.randint(0, 5, 300)]
+    )
+    text = {}
+    for name, rows in (("s", table[:150]), ("t", table[150:])):
+        lines = ["age,pressure,visits"] + [f"{int(a)},{p:g},{int(v)}" for a, p, v in rows]
+        text[name] = "\n".join(lines) + "\n"
+        (tmp_path / f"{name}.csv").write_text(text[name])
+    out = tmp_path / "o.csv"
+    args = ["--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv")]
+    assert _transport(tmp_path, *args, "-o", str(out), "--seed", "0") == 0
+    assert out.read_text() == text["s"]
+    assert "0 of 3 feature columns moved" in capsys.readouterr().out
+
+
 def test_wine_round_trip_keeps_ids_and_labels_in_place(tmp_path, capsys):
     data = load_wine()
     names = [n.replace("/", "_") for n in data.feature_names]
