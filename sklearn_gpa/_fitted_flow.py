@@ -260,10 +260,11 @@ def rank_correlation_shift(source, target) -> float:
     if source.shape[1] < 2 or min(len(source), len(target)) < 5:
         return 0.0
     upper = np.triu_indices(source.shape[1], 1)
-    z = [
-        np.arctanh(np.clip(np.corrcoef(stats.rankdata(rows, axis=0).T)[upper], -0.999, 0.999))
-        for rows in (source, target)
-    ]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant feature: nan, then 0
+        z = [
+            np.arctanh(np.clip(np.corrcoef(stats.rankdata(rows, axis=0).T)[upper], -0.999, 0.999))
+            for rows in (source, target)
+        ]
     # Copies of a row are one row (a source of 20 rows repeated ten times).
     n_source, n_target = (len(np.unique(rows, axis=0)) for rows in (source, target))
     error = np.sqrt(1.06 / max(n_source - 3, 1) + 1.06 / max(n_target - 3, 1))

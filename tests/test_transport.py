@@ -499,6 +499,18 @@ def test_a_rare_value_missing_from_the_target_is_not_snapped():
     assert np.all(gpa.prealign_[0][1][:2] < -0.1)
 
 
+def test_rank_correlations_of_a_constant_feature_raise_no_numpy_warning():
+    # A feature constant within one side (KEEL abalone): corrcoef divides by its zero spread.
+    from sklearn_gpa._fitted_flow import rank_correlation_shift
+
+    rng = np.random.RandomState(0)
+    source, target = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    source[:, 2] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(rank_correlation_shift(source, target))
+
+
 def test_map_beyond_noise_holds_its_level():
     from sklearn_gpa._fitted_flow import map_beyond_noise
 
