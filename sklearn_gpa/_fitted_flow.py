@@ -18,7 +18,7 @@ from sklearn.utils._set_output import _wrap_data_with_container
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import class_index
-from ._discrete import MAX_LEVELS, FeatureLevels, few_levels, n_values
+from ._discrete import MAX_LEVELS, UNMOVED, FeatureLevels, few_levels, n_values
 from ._prior import match_marginals
 from ._routing import PriorRouter
 from .baselines import (
@@ -205,6 +205,7 @@ def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
     middle = np.median(pooled, axis=0)
     spread = np.median(np.abs(pooled - middle), axis=0)
     bulk = np.asarray(bulk, dtype=bool)
+    heavy = pooled[:, bulk]  # the features of the bulk's maps, refitted on every split
     # Each split's source side as a row of 0/1 (the first row: the sides themselves), so
     # that the sums of every split are one matrix product.
     ranks = rng.random_sample((n_permutations, len(pooled))).argsort(1).argsort(1)
@@ -220,9 +221,7 @@ def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
     for k in range(len(first)):
         a, b = moment_map(means[0][k], stds[0][k], means[1][k], stds[1][k], n_s, n_t, shrink=True)
         if bulk.any():
-            a[bulk], b[bulk] = _bulk_map(
-                pooled[first[k] > 0][:, bulk], pooled[first[k] == 0][:, bulk]
-            )
+            a[bulk], b[bulk] = _bulk_map(heavy[first[k] > 0], heavy[first[k] == 0])
         moves[k] = _moves(a, b, middle, spread)
     noise = np.sqrt(np.mean(moves**2, axis=0))
     scaled = (moves / np.where(noise > 0, noise, np.inf)).reshape(len(first), -1)
@@ -405,7 +404,7 @@ class FittedFlowMixin:
             # of a feature 0 in every target row): a row that still holds one after the fit
             # was not moved there, and keeps it.
             own = [
-                (j, np.setdiff1d(source[:, j], values), 1e-9 * np.abs(X[:, j]).max())
+                (j, np.setdiff1d(source[:, j], values), UNMOVED * np.abs(X[:, j]).max())
                 for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
             ]
             self._source_values = [entry for entry in own if len(entry[1])] or None

@@ -343,19 +343,10 @@ def _labels(table, column, what="label", whats="labels"):
 
 
 # -------------------------------------------------------------------------- transport
-def _unchanged(moved, original):
-    """Cells that a fit gave back as they were (to the rounding of its standardisation)."""
-    import numpy as np
-
-    return np.isclose(moved, original, rtol=1e-12, atol=0.0)
-
-
-def _write_table(table, moved, features, path, original=None):
+def _write_table(table, moved, features, path, unmoved=None):
     """The source table with its feature cells replaced, written next to ``path`` then moved;
-    a cell whose value ``original`` the fit gave back keeps its text (``7``, not
-    ``7.000000000000001``)."""
-    import numpy as np
-
+    a cell that ``unmoved`` marks (the fit gave it back as it was) keeps its text (``7``,
+    not ``7.000000000000001``)."""
     lower = path.lower()
     if lower.endswith((".tsv", ".tab")):
         delimiter = "\t"
@@ -374,10 +365,10 @@ def _write_table(table, moved, features, path, original=None):
             point = "," if table.decimal_comma and delimiter != "," else "."
             if table.header is not None:
                 writer.writerow(table.header)
-            same = np.zeros(moved.shape, bool) if original is None else _unchanged(moved, original)
-            for row, values, kept in zip(table.rows, moved.tolist(), same):
+            kept = [[False] * len(features)] * len(moved) if unmoved is None else unmoved
+            for row, values, keep_row in zip(table.rows, moved.tolist(), kept):
                 row = list(row)
-                for j, value, keep in zip(features, values, kept):
+                for j, value, keep in zip(features, values, keep_row):
                     if not keep:
                         row[j] = repr(float(value)).replace(".", point)
                 writer.writerow(row)

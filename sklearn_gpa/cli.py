@@ -28,7 +28,6 @@ from ._tables import (
     _numeric_block,
     _say,
     _split_columns,
-    _unchanged,
     _write_table,
     check_file,
     read_table,
@@ -281,10 +280,13 @@ def run_transport(args):
             progress.close(stop_reason=reason, n_steps=steps)
     if reason == "interrupted":
         raise KeyboardInterrupt
-    _write_table(source, moved, s_features, args.output, original=Xs)
-    # Columns the fit left alone (a source as close to its target as a fresh sample of it
-    # is left as it is) are not called moved.
-    changed = int((~_unchanged(moved, Xs).all(axis=0)).sum())
+    from ._discrete import unmoved
+
+    # Cells the fit left alone (a source as close to its target as a fresh sample of it is
+    # left as it is) keep their text, and their columns are not called moved.
+    same = unmoved(moved, Xs)
+    _write_table(source, moved, s_features, args.output, unmoved=same)
+    changed = int((~same.all(axis=0)).sum())
     print(
         f"wrote {len(moved)} rows to {os.path.abspath(args.output)}: {changed} of "
         f"{len(s_features)} feature columns moved, {source.width - changed} kept as they were"

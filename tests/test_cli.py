@@ -63,6 +63,21 @@ def test_a_fresh_sample_of_the_target_comes_back_as_it_was(tmp_path, capsys):
     assert "0 of 3 feature columns moved" in capsys.readouterr().out
 
 
+def test_a_cell_given_back_to_rounding_counts_as_unmoved():
+    # The standardisation's round trip moves a value by ~1e-16 of its feature's centre, not
+    # of the value: 0.00043 in a feature centred near 3 came back 1e-10 of itself off, and
+    # the CLI wrote it out as moved.
+    from sklearn_gpa._discrete import unmoved
+
+    original = np.array([[0.00044421549832769717, 12.5], [3.7, 0.0], [6.1, 40.0]])
+    centre, scale = np.array([3.9767476761184524, 17.0]), np.array([0.7551120268700702, 13.0])
+    back = ((original - centre) / scale) * scale + centre
+    assert back[0, 0] != original[0, 0]  # 0.00044421549832707186: off by 1.4e-12 of itself
+    assert unmoved(back, original).all()
+    moved = original + [[1e-6, 0.0], [0.0, 1e-6], [0.0, 0.0]]
+    assert unmoved(moved, original).tolist() == [[False, True], [True, False], [True, True]]
+
+
 def test_wine_round_trip_keeps_ids_and_labels_in_place(tmp_path, capsys):
     data = load_wine()
     names = [n.replace("/", "_") for n in data.feature_names]
