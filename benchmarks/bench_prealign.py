@@ -27,9 +27,15 @@ the truth is the raw rows, and the score is the rows' RMS move in target sds), 3
 and a blob at (-25, 25), 4 seeds, with ``prealign="auto"`` as it is and with its covariance
 map switched off (``feature-wise``: every map per feature, as before 2026-12-07).
 
-Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence]``
+``--start-floor``: as ``--evidence``, on those tables and seven KEEL tables with heavy tails
+or sparse counts (shuttle_2_vs_5, hypothyroid, kddcup land vs portsweep, page_blocks0,
+abalone9_18, yeast1, winequality_red_4; at most ``MAX_ROWS`` rows, stratified), the first
+check of integration as it is (against the pooled rows' floors too) and against the target's
+floors alone (``stopping.START_POOLED`` off, as before 2026-12-07).
+
+Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence | --start-floor]``
 (``--quick``: 1 seed, 4 tables).  Writes
-``benchmarks/results/bench_prealign[_turned|_evidence][_quick].{json,md}``.
+``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor][_quick].{json,md}``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 
 from sklearn_gpa import GPATransporter, _fitted_flow
+from sklearn_gpa._engine import stopping
 from sklearn_gpa.utils import stack_domains
 
 SETTINGS = {"auto": {}, "None": {"prealign": None}}
@@ -55,15 +62,40 @@ EFFECTS = ("affine", "curve", "convex")
 EVIDENCE_SETTINGS = {"auto": {}, "auto, every map": {"evidence_alpha": 1.0}}
 
 
+# --start-floor: the first check of integration against the pooled rows' floors too (as it
+# is), and against the target's floors alone (as before 2026-12-07).
+START_FLOOR_SETTINGS = {"pooled floors": {}, "target floors": {"start_pooled": False}}
+# ... on the mixed-unit tables and on KEEL tables with heavy tails or sparse counts.
+START_FLOOR_TABLES = (
+    *TABULAR,
+    "shuttle_2_vs_5",
+    "hypothyroid",
+    "kddcup_land_vs_portsweep",
+    "page_blocks0",
+    "abalone9_18",
+    "yeast1",
+    "winequality_red_4",
+)
+# Larger tables are subsampled (stratified) to this many rows before the halves.
+MAX_ROWS = 1000
+# The module constants a setting may switch: (module, name), by the setting's key.
+CONSTANTS = {
+    "evidence_alpha": (_fitted_flow, "MAP_EVIDENCE_ALPHA"),
+    "start_pooled": (stopping, "START_POOLED"),
+}
+
+
 @contextmanager
-def evidence_alpha(value):
-    """``_fitted_flow.MAP_EVIDENCE_ALPHA`` set to ``value`` (1: every source is mapped)."""
-    kept = _fitted_flow.MAP_EVIDENCE_ALPHA
-    _fitted_flow.MAP_EVIDENCE_ALPHA = kept if value is None else value
+def constants(params):
+    """Pops the keys of ``CONSTANTS`` from ``params`` and sets those module constants."""
+    kept = {key: getattr(*CONSTANTS[key]) for key in CONSTANTS if key in params}
+    for key in kept:
+        setattr(*CONSTANTS[key], params.pop(key))
     try:
         yield
     finally:
-        _fitted_flow.MAP_EVIDENCE_ALPHA = kept
+        for key, value in kept.items():
+            setattr(*CONSTANTS[key], value)
 
 
 def wells(seeds):
@@ -164,8 +196,13 @@ def distort(Xs, Xt, effect, rng):
 def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
     rows = []
     for name in names:
-        X, y = load_tabular(name)
+        table_X, table_y = load_tabular(name)
         for seed in seeds:
+            X, y = table_X, table_y
+            if len(X) > MAX_ROWS:  # KEEL's larger tables (--start-floor)
+                X, _, y, _ = train_test_split(
+                    X, y, train_size=MAX_ROWS, stratify=y, random_state=seed
+                )
             Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
             sd = Xt.std(0) + 1e-12
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
@@ -179,10 +216,7 @@ def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
                     for setting, params in settings.items():
                         params = dict(params)
                         start = time.perf_counter()
-                        with (
-                            warnings.catch_warnings(),
-                            evidence_alpha(params.pop("evidence_alpha", None)),
-                        ):
+                        with warnings.catch_warnings(), constants(params):
                             warnings.simplefilter("ignore")
                             gpa = GPATransporter(random_state=seed, **params)
                             moved = gpa.fit_transform(X_all, y_all, sample_domain=domain)
@@ -251,7 +285,7 @@ def summary(well_rows, mixed_rows):
     return "\n".join(lines)
 
 
-def evidence_summary(rows):
+def evidence_summary(rows, settings=EVIDENCE_SETTINGS):
     """Per effect, labels and setting: recovery (no effect: the rows' RMS move in target
     sds), the forest's accuracy on the moved rows minus on the raw ones, cells below raw."""
     lines = [
@@ -261,7 +295,7 @@ def evidence_summary(rows):
     lines.append("|---|---|---|---:|---:|---:|")
     for effect in ("none",) + EFFECTS:
         for labels in ("labelled", "label-free"):
-            for setting in EVIDENCE_SETTINGS:
+            for setting in settings:
                 cell = [
                     r
                     for r in rows
@@ -283,21 +317,27 @@ def main():
     parser.add_argument(
         "--evidence", action="store_true", help="sources mapped only on evidence: no effect too"
     )
+    parser.add_argument(
+        "--start-floor",
+        action="store_true",
+        help="the first check against the pooled rows' floors too, and without: no effect too",
+    )
     args = parser.parse_args()
-    if args.evidence:
+    if args.evidence or args.start_floor:
         start = time.perf_counter()
-        names = TABULAR[:4] if args.quick else TABULAR
-        rows = mixed_units(
-            names, [0] if args.quick else [0, 1, 2], ("none",) + EFFECTS, EVIDENCE_SETTINGS
+        stem, tables, settings = (
+            ("bench_prealign_start_floor", START_FLOOR_TABLES, START_FLOOR_SETTINGS)
+            if args.start_floor
+            else ("bench_prealign_evidence", TABULAR, EVIDENCE_SETTINGS)
         )
-        table = evidence_summary(rows)
+        names = tables[:4] if args.quick else tables
+        rows = mixed_units(names, [0] if args.quick else [0, 1, 2], ("none",) + EFFECTS, settings)
+        table = evidence_summary(rows, settings)
         print(table)
         parts = [_common.machine_line(), table, _common.grouped_table(rows, MIXED_COLUMNS)]
         parts.append(f"{time.perf_counter() - start:.0f} s in all")
-        record = {"evidence": rows, "command": _common.command()}
-        _common.write_results(
-            _common.result_stem("bench_prealign_evidence", args.quick), record, "\n\n".join(parts)
-        )
+        record = {stem[len("bench_prealign_") :]: rows, "command": _common.command()}
+        _common.write_results(_common.result_stem(stem, args.quick), record, "\n\n".join(parts))
         return
     if args.turned:
         start = time.perf_counter()

@@ -218,6 +218,41 @@ def test_integration_leaves_a_fresh_sample_of_the_target_where_it_is(seed, monke
     assert 0 < fit().history_["stop_step"][0] <= 50  # moved
 
 
+def test_a_source_with_far_rows_of_its_own_is_a_fresh_sample_of_its_target(monkeypatch):
+    # Two samples of one law with a heavy tail: a feature of rounded values, and a few rows
+    # 200-400 out (as in KEEL shuttle, 1 000 robust spreads out).  The source drew 4 of
+    # them, the target 1; against the target's halves alone (which cannot hold the
+    # source's far rows) the first check scores 3.45 and the flow moved the rows; against
+    # the pooled rows' halves too (0.86) it is a fresh sample, and the rows stay.  A real effect
+    # on the same rows (the second feature squared and shifted) still moves.
+    rng = np.random.RandomState(3)
+
+    def side(n_far):
+        rows = np.column_stack([np.round(rng.standard_normal(150) * 3), rng.standard_normal(150)])
+        rows[:n_far, 0] = rng.uniform(200, 400, n_far)
+        return rows
+
+    source, target = side(4), side(1)
+
+    def fit(rows):
+        X, _, domain = stack_domains(rows, target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return GPATransporter(n_steps=50, random_state=0).fit(X, sample_domain=domain)
+
+    gpa = fit(source)
+    assert gpa.history_["stop_step"].tolist() == [0]
+    assert gpa.history_["stop_score"][0, 0] > START_FACTOR  # against the target's floors
+    np.testing.assert_allclose(gpa.particles_, source, rtol=1e-12)
+    curved = source.copy()
+    curved[:, 1] = np.sign(curved[:, 1]) * curved[:, 1] ** 2 + 1.0
+    assert fit(curved).history_["stop_step"][0] != 0
+    monkeypatch.setattr("sklearn_gpa._engine.stopping.START_POOLED", False)
+    moved = fit(source)
+    assert moved.history_["stop_step"][0] != 0
+    assert np.abs(moved.particles_ - source).max() > 0.5
+
+
 def test_a_class_of_a_few_rows_does_not_move_in_integration(monkeypatch):
     # A class of 4 sparse rows on each side of a table with no batch effect (KEEL kddcup):
     # its floor comes from halves of 2 rows, the first check scored 12, and its flow sent
