@@ -33,9 +33,18 @@ abalone9_18, yeast1, winequality_red_4; at most ``MAX_ROWS`` rows, stratified), 
 check of integration as it is (against the pooled rows' floors too) and against the target's
 floors alone (``stopping.START_POOLED`` off, as before 2026-12-07).
 
-Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence | --start-floor]``
+``--codes``: as ``--evidence``, on ten KEEL tables with flags and categories (australian,
+crx, saheart, hepatitis, cleveland_0_vs_4, mammographic, dermatology_6, ecoli1, yeast1,
+appendicitis), the effects (and ``skew``: ``expm1(a z) / a`` of every feature, ``a`` =
++-(0.3 to 0.6), then a shift) on the features of more than 10 values only, integration
+giving codes (few-valued features whose source values all are target values) back as they
+were (as it is) and moving and snapping them (``_fitted_flow.KEEP_CODES`` off, as before
+2026-12-07).  Errors are in target sds (the table's sd where the target half is constant).
+
+Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence | --start-floor |
+--codes]``
 (``--quick``: 1 seed, 4 tables).  Writes
-``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor][_quick].{json,md}``.
+``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor|_codes][_quick].{json,md}``.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 
 from sklearn_gpa import GPATransporter, _fitted_flow
+from sklearn_gpa._discrete import MAX_LEVELS, n_values
 from sklearn_gpa._engine import stopping
 from sklearn_gpa.utils import stack_domains
 
@@ -76,12 +86,29 @@ START_FLOOR_TABLES = (
     "yeast1",
     "winequality_red_4",
 )
+# --codes: integration gives codes back as they were (as it is), and moves and snaps them
+# (as before 2026-12-07), on KEEL tables with flags and categories; the effects leave the
+# few-valued features alone.
+CODES_SETTINGS = {"codes kept": {}, "codes moved": {"keep_codes": False}}
+CODES_TABLES = (
+    "australian",
+    "crx",
+    "saheart",
+    "hepatitis",
+    "cleveland_0_vs_4",
+    "mammographic",
+    "dermatology_6",
+    "ecoli1",
+    "yeast1",
+    "appendicitis",
+)
 # Larger tables are subsampled (stratified) to this many rows before the halves.
 MAX_ROWS = 1000
 # The module constants a setting may switch: (module, name), by the setting's key.
 CONSTANTS = {
     "evidence_alpha": (_fitted_flow, "MAP_EVIDENCE_ALPHA"),
     "start_pooled": (stopping, "START_POOLED"),
+    "keep_codes": (_fitted_flow, "KEEP_CODES"),
 }
 
 
@@ -174,8 +201,12 @@ def turned_summary(rows):
     return "\n".join(lines)
 
 
-def distort(Xs, Xt, effect, rng):
-    """The source half with a per-feature batch effect in target sds (none: as it is)."""
+def distort(Xs, Xt, effect, rng, codes=None):
+    """The source half with a per-feature batch effect in target sds (none: as it is);
+    the features of the mask ``codes`` are left as they are."""
+    if codes is not None:
+        distorted = distort(Xs, Xt, effect, rng)
+        return np.where(codes, Xs, distorted)
     if effect == "none":
         return Xs.copy()
     mean, sd = Xt.mean(0), Xt.std(0) + 1e-12
@@ -189,6 +220,11 @@ def distort(Xs, Xt, effect, rng):
         mild = np.all(np.abs((np.vstack([Xs, Xt]) - mean) / sd) <= 5, axis=0)
         bent = mean + sd * (np.expm1(0.6 * z) / 0.6 + shift)
         return np.where(mild, bent, Xs * rng.uniform(0.7, 1.3, Xs.shape[1]) + shift * sd)
+    if effect == "skew":
+        # exp(a z) of every feature, a = +-(0.3 to 0.6): a tail the batch effect makes or
+        # squeezes, far out on a heavy-tailed feature (--codes).
+        bend = rng.choice([-1.0, 1.0], Xs.shape[1]) * rng.uniform(0.3, 0.6, Xs.shape[1])
+        return mean + sd * (np.expm1(bend * z) / bend + shift)
     bend = rng.uniform(-0.6, 0.6, Xs.shape[1])
     return mean + sd * (z + bend * np.tanh(z) + shift)
 
@@ -204,10 +240,13 @@ def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
                     X, y, train_size=MAX_ROWS, stratify=y, random_state=seed
                 )
             Xs, Xt, ys, yt = train_test_split(X, y, train_size=0.5, stratify=y, random_state=seed)
-            sd = Xt.std(0) + 1e-12
+            # Target sds; the table's where the target half is constant (a rare category).
+            sd = np.where(Xt.std(0) > 0, Xt.std(0), X.std(0)) + 1e-12
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
+            # --codes: the effect leaves few-valued features (flags, categories) alone.
+            codes = n_values(X) <= MAX_LEVELS if settings is CODES_SETTINGS else None
             for effect in effects:
-                distorted = distort(Xs, Xt, effect, np.random.RandomState(seed))
+                distorted = distort(Xs, Xt, effect, np.random.RandomState(seed), codes)
                 raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
                 raw_accuracy = balanced_accuracy_score(ys, forest.predict(distorted))
                 for labels in ("labelled", "label-free"):
@@ -293,7 +332,7 @@ def evidence_summary(rows, settings=EVIDENCE_SETTINGS):
         "accuracy - raw: mean (min) | cells below raw |"
     ]
     lines.append("|---|---|---|---:|---:|---:|")
-    for effect in ("none",) + EFFECTS:
+    for effect in dict.fromkeys(row["effect"] for row in rows):
         for labels in ("labelled", "label-free"):
             for setting in settings:
                 cell = [
@@ -322,16 +361,22 @@ def main():
         action="store_true",
         help="the first check against the pooled rows' floors too, and without: no effect too",
     )
+    parser.add_argument(
+        "--codes", action="store_true", help="codes kept or moved, on tables with categories"
+    )
     args = parser.parse_args()
-    if args.evidence or args.start_floor:
+    if args.evidence or args.start_floor or args.codes:
         start = time.perf_counter()
         stem, tables, settings = (
             ("bench_prealign_start_floor", START_FLOOR_TABLES, START_FLOOR_SETTINGS)
             if args.start_floor
+            else ("bench_prealign_codes", CODES_TABLES, CODES_SETTINGS)
+            if args.codes
             else ("bench_prealign_evidence", TABULAR, EVIDENCE_SETTINGS)
         )
         names = tables[:4] if args.quick else tables
-        rows = mixed_units(names, [0] if args.quick else [0, 1, 2], ("none",) + EFFECTS, settings)
+        effects = ("none",) + EFFECTS + (("skew",) if args.codes else ())
+        rows = mixed_units(names, [0] if args.quick else [0, 1, 2], effects, settings)
         table = evidence_summary(rows, settings)
         print(table)
         parts = [_common.machine_line(), table, _common.grouped_table(rows, MIXED_COLUMNS)]

@@ -47,6 +47,10 @@ _CENTRAL_PERCENTILES = (5.0, 95.0)
 _ROWS_PER_LEVEL = 5
 _TRIMMED_NORMAL_STD = 0.79
 _TINY = 1e-9
+# Integration gives codes (few-valued features whose source values all are target values)
+# back as they were (``FittedFlowMixin._keep_codes``).  False: they move and are snapped
+# like other few-valued features, as before 2026-12-07 (benchmarks).
+KEEP_CODES = True
 # Tails on both sides whose log tail weights differ by less than this have one shape.
 _SAME_TAIL = 0.1
 # prealign="auto" maps one source only where its map moves the rows further than maps
@@ -384,7 +388,7 @@ class FittedFlowMixin:
         between its levels).
         """
         self._levels, self._sample_dtype, self._target_levels = None, X.dtype, None
-        self._source_values = None
+        self._source_values = self._codes = None
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
             return
@@ -408,6 +412,27 @@ class FittedFlowMixin:
                 for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
             ]
             self._source_values = [entry for entry in own if len(entry[1])] or None
+            # Codes: few-valued features whose source values all are target values (a flag,
+            # a category, a small count, recorded alike on both sides).  A batch effect
+            # that needs no new value is no batch effect of a code, and a moved code is
+            # another category: the rows keep theirs (``_keep_codes``).  Label-free, a flow
+            # on KEEL australian and crx with a curve on their continuous features sent
+            # 101 of 345 rows to the other value of the flag a forest splits on first.
+            codes = [len(entry[1]) == 0 for entry in own]
+            if KEEP_CODES and any(codes):
+                self._codes = self._target_levels.features[codes]
+
+    def _keep_codes(self, rows, moved):
+        """``moved`` (n, d), a list of such per flow, or snapshots (..., n, d), with the
+        codes (``_fit_levels``) of ``rows`` (the same shapes, without snapshots)."""
+        codes = getattr(self, "_codes", None)  # None in fits pickled before
+        if codes is None:
+            return moved
+        if isinstance(moved, list):
+            return [self._keep_codes(r, m) for r, m in zip(rows, moved)]
+        kept = moved.copy()
+        kept[..., codes] = rows[:, codes]
+        return kept
 
     def _snapped(self, X_new):
         """Integration's moved rows with their few-valued features on the target's values,
@@ -589,7 +614,7 @@ class FittedFlowMixin:
             moved = self._replay(aligned, flows)
         else:
             moved = self.neighbour_map_.move(Z, aligned, flows, self._prealign)
-        return self._snapped(self._scaling.inverse_transform(moved))
+        return self._keep_codes(X, self._snapped(self._scaling.inverse_transform(moved)))
 
     def _replay(self, Z, flows, path=None, flow=None):
         """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
@@ -624,9 +649,8 @@ class FittedFlowMixin:
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
-        return self._scaling.inverse_transform(
-            self._replay(self._prealign(Z, flows), flows, flow=flow)
-        )
+        moved = self._replay(self._prealign(Z, flows), flows, flow=flow)
+        return self._keep_codes(X, self._scaling.inverse_transform(moved))
 
     def trajectories(self, X, y=None, *, sample_domain=None, every=10):
         """Positions of rows along the learned flow, every ``every`` steps.
@@ -653,7 +677,7 @@ class FittedFlowMixin:
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))
-        return self._scaling.inverse_transform(path)
+        return self._keep_codes(X, self._scaling.inverse_transform(path))
 
     def sample(
         self, n_samples=1, *, y=None, random_state=None, clip=True, snap=True, marginals=True

@@ -128,6 +128,40 @@ def test_integration_keeps_few_valued_features_on_the_targets_values():
     assert tiny._target_levels is None  # (its map alone puts the rows on 0 and 1 exactly)
 
 
+def test_integration_gives_codes_back_as_they_were(monkeypatch):
+    # A flag and a category recorded alike on both sides (every source value is a target
+    # value), with a curve on the two measurements: a flow that moves every feature sent
+    # rows to other categories (20 flips here; 101 of 345 rows of KEEL australian's flag
+    # label-free).  Codes come back as they were, through every output; the distorted
+    # covariate of the test above (levels 0.3 and 1.5, not the target's) is no code.
+    rng = np.random.RandomState(0)
+
+    def side(n):
+        flag = rng.randint(2, size=n)
+        measured = rng.standard_normal((n, 2)) + flag[:, None] * 1.5
+        return np.column_stack([measured, flag, rng.randint(3, size=n)])
+
+    source, target = side(150), side(150)
+    source[:, :2] = np.sign(source[:, :2]) * np.abs(source[:, :2]) ** 1.8 + 1.0
+    X, _, domain = stack_domains(source, target)
+
+    def fit():
+        return GPATransporter(n_steps=300, stop=None, random_state=0).fit(X, sample_domain=domain)
+
+    gpa = fit()
+    assert gpa._codes.tolist() == [2, 3]
+    np.testing.assert_array_equal(gpa.particles_[:, 2:], source[:, 2:])
+    assert np.abs(gpa.particles_[:, :2] - source[:, :2]).mean() > 0.1  # the rest moved
+    np.testing.assert_array_equal(gpa.transform(source)[:, 2:], source[:, 2:])
+    np.testing.assert_array_equal(gpa.replay(source)[:, 2:], source[:, 2:])
+    path = gpa.trajectories(source[:5], every=100)
+    np.testing.assert_array_equal(
+        path[..., 2:], np.broadcast_to(source[:5, 2:], path[..., 2:].shape)
+    )
+    monkeypatch.setattr("sklearn_gpa._fitted_flow.KEEP_CODES", False)
+    assert (fit().particles_[:, 2:] != source[:, 2:]).sum() > 5
+
+
 def test_a_feature_with_one_value_in_every_target_row_keeps_it():
     # KEEL ecoli: a feature 0.48 in all 110 target rows came out between 0.14 and 0.64
     # where the flow moved (the pre-alignment had put it on 0.48).
