@@ -51,6 +51,9 @@ _TINY = 1e-9
 # back as they were (``FittedFlowMixin._keep_codes``).  False: they move and are snapped
 # like other few-valued features, as before 2026-12-07 (benchmarks).
 KEEP_CODES = True
+# ... where the codes' proportions differ between the sides no more than a chi-squared test
+# of homogeneity at this level says chance does.
+CODE_ALPHA = 0.05
 # Tails on both sides whose log tail weights differ by less than this have one shape.
 _SAME_TAIL = 0.1
 # prealign="auto" maps one source only where its map moves the rows further than maps
@@ -148,6 +151,18 @@ def _robust_where_heavy(a, b, source, target, *, pooled=False):
         moments = stats.wasserstein_distance(source[:, j] * a[j] + b[j], target[:, j])
         heavy[j] = robust <= moments
     return np.where(heavy, ratio, a), np.where(heavy, shift, b)
+
+
+def _same_proportions(source, target, values) -> bool:
+    """Whether a feature's ``values`` come in the same proportions among the ``source`` and
+    ``target`` rows within noise (Pearson's chi-squared test of homogeneity at
+    ``CODE_ALPHA``; one value: they do)."""
+    if len(values) < 2:
+        return True
+    counts = np.stack([(side[:, None] == values).sum(0) for side in (source, target)])
+    expected = counts.sum(1, keepdims=True) * counts.sum(0) / counts.sum()
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    return stats.chi2.sf(statistic, len(values) - 1) >= CODE_ALPHA
 
 
 def _bulk_map(source, target, spreads=None):
@@ -388,7 +403,7 @@ class FittedFlowMixin:
         between its levels).
         """
         self._levels, self._sample_dtype, self._target_levels = None, X.dtype, None
-        self._source_values = self._codes = None
+        self._source_values = self._codes = self._source_codes = None
         if self.mode_ == "generation":
             self._levels = FeatureLevels.for_samples(X, [X[rows] for rows in target_rows])
             return
@@ -412,24 +427,30 @@ class FittedFlowMixin:
                 for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
             ]
             self._source_values = [entry for entry in own if len(entry[1])] or None
-            # Codes: few-valued features whose source values all are target values (a flag,
-            # a category, a small count, recorded alike on both sides).  A batch effect
-            # that needs no new value is no batch effect of a code, and a moved code is
-            # another category: the rows keep theirs (``_keep_codes``).  Label-free, a flow
-            # on KEEL australian and crx with a curve on their continuous features sent
-            # 101 of 345 rows to the other value of the flag a forest splits on first.
-            codes = [len(entry[1]) == 0 for entry in own]
-            if KEEP_CODES and any(codes):
-                self._codes = self._target_levels.features[codes]
+            # Codes: few-valued features whose source values all are target values, in
+            # proportions that agree within noise (a flag, a category, a grade recorded
+            # alike on both sides): the rows keep theirs (``_with_codes``).  A moved code is
+            # another category: label-free, a flow on KEEL australian with a curve on its
+            # measurements sent 101 of 345 rows to the other value of the flag a forest
+            # splits on first.  Proportions that differ may be an effect (a grade one level
+            # up, a flag from another threshold), which the fit corrects as before.
+            codes = [
+                j
+                for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
+                if np.isin(source[:, j], values).all()
+                and _same_proportions(source[:, j], target[:, j], values)
+            ]
+            if KEEP_CODES and codes:
+                self._codes = np.array(codes)
+                self._source_codes = [X[rows][:, self._codes] for rows in source_rows]
 
-    def _keep_codes(self, rows, moved):
-        """``moved`` (n, d), a list of such per flow, or snapshots (..., n, d), with the
-        codes (``_fit_levels``) of ``rows`` (the same shapes, without snapshots)."""
+    def _with_codes(self, rows, moved):
+        """Rows ``moved`` (n, d), or snapshots of them (..., n, d), with the codes
+        (``_fit_levels``) of ``rows`` (n, d): each row's own.  The flow's particles keep
+        where the engine put them (a continued fit and ``replay`` go on from there)."""
         codes = getattr(self, "_codes", None)  # None in fits pickled before
         if codes is None:
             return moved
-        if isinstance(moved, list):
-            return [self._keep_codes(r, m) for r, m in zip(rows, moved)]
         kept = moved.copy()
         kept[..., codes] = rows[:, codes]
         return kept
@@ -456,6 +477,8 @@ class FittedFlowMixin:
         """
         self._final_particles_, self._particle_order = moved, order
         particles = self._snapped(self._scaling.inverse_transform(np.concatenate(moved)))
+        if getattr(self, "_source_codes", None) is not None:
+            particles[:, self._codes] = np.concatenate(self._source_codes)
         labels = None
         if self.classes_ is not None:
             labels = np.repeat(self._flow_classes, [len(m) for m in moved])
@@ -614,7 +637,7 @@ class FittedFlowMixin:
             moved = self._replay(aligned, flows)
         else:
             moved = self.neighbour_map_.move(Z, aligned, flows, self._prealign)
-        return self._keep_codes(X, self._snapped(self._scaling.inverse_transform(moved)))
+        return self._with_codes(X, self._snapped(self._scaling.inverse_transform(moved)))
 
     def _replay(self, Z, flows, path=None, flow=None):
         """Replay the flow (or ``flow``) on standardised rows ``Z`` of flows ``flows``."""
@@ -650,7 +673,7 @@ class FittedFlowMixin:
         flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         flow = None if stop_steps is None else self.flow_.truncate(stop_steps)
         moved = self._replay(self._prealign(Z, flows), flows, flow=flow)
-        return self._keep_codes(X, self._scaling.inverse_transform(moved))
+        return self._with_codes(X, self._scaling.inverse_transform(moved))
 
     def trajectories(self, X, y=None, *, sample_domain=None, every=10):
         """Positions of rows along the learned flow, every ``every`` steps.
@@ -677,7 +700,7 @@ class FittedFlowMixin:
         Z = self._scaling.transform(X)
         flows = self._flows_of(Z, y, _domains(sample_domain, len(X)))
         path = self._replay(self._prealign(Z, flows), flows, path=int(every))
-        return self._keep_codes(X, self._scaling.inverse_transform(path))
+        return self._with_codes(X, self._scaling.inverse_transform(path))
 
     def sample(
         self, n_samples=1, *, y=None, random_state=None, clip=True, snap=True, marginals=True

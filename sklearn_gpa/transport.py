@@ -335,7 +335,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             self, resume, params, mode, groups, image_shape, (X, y, source, domains)
         )
         if resume:
-            sources = starts = self._final_particles_
+            sources = self._final_particles_
         else:
             if groups.ignored is not None and mode == "integration":
                 warn_at_caller(f"Labels ignored, one flow for all classes: {groups.ignored}.")
@@ -350,7 +350,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
             starts = self._starting_points(Z, groups.sources, targets, rng)
             self.flow_assigner_ = self._fit_router(starts)
             sources = [self._prealign(s, k) for k, s in enumerate(starts)]
-        moved = self._train(params, starts, sources, targets, rng, resume)
+        moved = self._train(params, sources, targets, rng, resume).particles
         if not resume:
             self.neighbour_map_ = NeighbourMap.for_fit(
                 self.out_of_sample, mode, self.classes_, starts, sources, moved
@@ -376,9 +376,9 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         counts = split_counts(total, [len(t) for t in targets])
         return [self.prior_.draw(k, n, rng) for k, n in enumerate(counts)]
 
-    def _train(self, params, starts, sources, targets, rng, resume):
-        """Train the flows from ``sources`` (the ``starts`` pre-aligned); their particles."""
-        self.device_ = str(device := resolve_device(self.device))
+    def _train(self, params, sources, targets, rng, resume):
+        device = resolve_device(self.device)
+        self.device_ = str(device)
         trained = train_flows(
             params,
             sources,
@@ -397,4 +397,4 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         self.failed_step_ = trained.failed_step
         self.critic_state_, self.stop_reason_ = trained.critic_state, trained.stop_reason
         self.n_steps_ = trained.flow.n_steps
-        return self._keep_codes(starts, trained.particles)
+        return trained

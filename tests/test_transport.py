@@ -130,10 +130,11 @@ def test_integration_keeps_few_valued_features_on_the_targets_values():
 
 def test_integration_gives_codes_back_as_they_were(monkeypatch):
     # A flag and a category recorded alike on both sides (every source value is a target
-    # value), with a curve on the two measurements: a flow that moves every feature sent
-    # rows to other categories (20 flips here; 101 of 345 rows of KEEL australian's flag
-    # label-free).  Codes come back as they were, through every output; the distorted
-    # covariate of the test above (levels 0.3 and 1.5, not the target's) is no code.
+    # value, in proportions that agree), with a curve on the two measurements: a flow that
+    # moves every feature sent rows to other categories (20 flips here; 101 of 345 rows of
+    # KEEL australian's flag label-free).  Codes come back as they were, through every
+    # output; the flow's particles stay where the engine put them (a continued fit and
+    # replay go on from there).
     rng = np.random.RandomState(0)
 
     def side(n):
@@ -145,8 +146,9 @@ def test_integration_gives_codes_back_as_they_were(monkeypatch):
     source[:, :2] = np.sign(source[:, :2]) * np.abs(source[:, :2]) ** 1.8 + 1.0
     X, _, domain = stack_domains(source, target)
 
-    def fit():
-        return GPATransporter(n_steps=300, stop=None, random_state=0).fit(X, sample_domain=domain)
+    def fit(n_steps=300, **params):
+        gpa = GPATransporter(n_steps=n_steps, stop=None, random_state=0, **params)
+        return gpa.fit(X, sample_domain=domain)
 
     gpa = fit()
     assert gpa._codes.tolist() == [2, 3]
@@ -156,10 +158,32 @@ def test_integration_gives_codes_back_as_they_were(monkeypatch):
     np.testing.assert_array_equal(gpa.replay(source)[:, 2:], source[:, 2:])
     path = gpa.trajectories(source[:5], every=100)
     np.testing.assert_array_equal(
-        path[..., 2:], np.broadcast_to(source[:5, 2:], path[..., 2:].shape)
+        path[..., 2:], np.broadcast_to(source[:5, 2:], path.shape[:-1] + (2,))
     )
+    restored = pickle.loads(pickle.dumps(gpa))
+    np.testing.assert_array_equal(restored.particles_, gpa.particles_)
+    continued = fit(100, warm_start=True)
+    continued.set_params(n_steps=200).fit(X, sample_domain=domain)
+    np.testing.assert_array_equal(continued.particles_[:, 2:], source[:, 2:])
+    np.testing.assert_allclose(continued.replay(source), continued.particles_, atol=1e-4)
     monkeypatch.setattr("sklearn_gpa._fitted_flow.KEEP_CODES", False)
     assert (fit().particles_[:, 2:] != source[:, 2:]).sum() > 5
+
+
+def test_a_grade_one_level_up_is_corrected_not_kept():
+    # Every source value of a grade (1-5) is a target value, but the source's are one level
+    # up: an effect, not a code (a reviewer's case: kept, the rows stayed 1 level off).
+    rng = np.random.RandomState(1)
+    z = rng.standard_normal((600, 3))
+    grade = np.clip(np.round(2.5 + z[:, 2]), 1, 5)
+    measured = z[:, :2] + 0.5 * z[:, 2:3]
+    source = np.column_stack([measured[:300] * 1.5 + 1, np.clip(grade[:300] + 1, 1, 5)])
+    target = np.column_stack([measured[300:], grade[300:]])
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(random_state=1).fit(X, sample_domain=domain)
+    assert gpa._codes is None
+    truth = grade[:300]
+    assert np.abs(gpa.particles_[:, 2] - truth).mean() < 0.2  # kept, it would be ~1
 
 
 def test_a_feature_with_one_value_in_every_target_row_keeps_it():
