@@ -542,6 +542,7 @@ class EnergyStopping:
             self.start_floor = self.floor.clone()
             self.start_known = torch.zeros(len(score), dtype=torch.bool, device=score.device)
         needed = (score > self.start_factor) & ~self.start_known
+        needed &= (self.mask_x > 0).sum(1) >= START_MIN_ROWS  # the others stay anyway
         if not needed.any():
             return self.start_floor
         particles = _gather(y, self.index_y).to(self.dtype) - self.center
