@@ -41,10 +41,16 @@ giving codes (few-valued features whose source values all are target values) bac
 were (as it is) and moving and snapping them (``_fitted_flow.KEEP_CODES`` off, as before
 2026-12-07).  Errors are in target sds (the table's sd where the target half is constant).
 
+``--feature-maps``: as ``--evidence``, the effects on a random third of the features only,
+on the mixed-unit tables and four KEEL tables (kc1, pc1, yeast1, australian): where the
+sides differ, each feature's map only where its own statistics show a sign of an effect
+(as it is) and every feature's map (``_fitted_flow.MAP_FEATURE_P`` None, as before
+2026-12-07).
+
 Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence | --start-floor |
---codes]``
+--codes | --feature-maps]``
 (``--quick``: 1 seed, 4 tables).  Writes
-``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor|_codes][_quick].{json,md}``.
+``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor|_codes|_feature_maps][_quick].{json,md}``.
 """
 
 from __future__ import annotations
@@ -102,6 +108,11 @@ CODES_TABLES = (
     "yeast1",
     "appendicitis",
 )
+# --feature-maps: where the sides differ, each feature's map only with a sign of an effect
+# of its own (as it is) or every feature's (as before 2026-12-07); effects on a random
+# third of the features.
+FEATURE_MAP_SETTINGS = {"feature maps": {}, "every map": {"feature_p": None}}
+FEATURE_MAP_TABLES = (*TABULAR, "kc1", "pc1", "yeast1", "australian")
 # Larger tables are subsampled (stratified) to this many rows before the halves.
 MAX_ROWS = 1000
 # The module constants a setting may switch: (module, name), by the setting's key.
@@ -109,6 +120,7 @@ CONSTANTS = {
     "evidence_alpha": (_fitted_flow, "MAP_EVIDENCE_ALPHA"),
     "start_pooled": (stopping, "START_POOLED"),
     "keep_codes": (_fitted_flow, "KEEP_CODES"),
+    "feature_p": (_fitted_flow, "MAP_FEATURE_P"),
 }
 
 
@@ -201,11 +213,14 @@ def turned_summary(rows):
     return "\n".join(lines)
 
 
-def distort(Xs, Xt, effect, rng, codes=None):
+def distort(Xs, Xt, effect, rng, codes=None, partial=False):
     """The source half with a per-feature batch effect in target sds (none: as it is);
-    the features of the mask ``codes`` are left as they are."""
-    if codes is not None:
+    the features of the mask ``codes`` are left as they are, and with ``partial`` all but
+    a random third of the features."""
+    if codes is not None or partial:
         distorted = distort(Xs, Xt, effect, rng)
+        if partial:
+            codes = np.random.RandomState(rng.randint(1 << 30)).rand(Xs.shape[1]) >= 1 / 3
         return np.where(codes, Xs, distorted)
     if effect == "none":
         return Xs.copy()
@@ -245,8 +260,9 @@ def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
             # --codes: the effect leaves few-valued features (flags, categories) alone.
             codes = n_values(X) <= MAX_LEVELS if settings is CODES_SETTINGS else None
+            partial = settings is FEATURE_MAP_SETTINGS
             for effect in effects:
-                distorted = distort(Xs, Xt, effect, np.random.RandomState(seed), codes)
+                distorted = distort(Xs, Xt, effect, np.random.RandomState(seed), codes, partial)
                 raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
                 raw_accuracy = balanced_accuracy_score(ys, forest.predict(distorted))
                 for labels in ("labelled", "label-free"):
@@ -364,18 +380,26 @@ def main():
     parser.add_argument(
         "--codes", action="store_true", help="codes kept or moved, on tables with categories"
     )
+    parser.add_argument(
+        "--feature-maps",
+        action="store_true",
+        help="maps only for features with a sign of an effect, or every map; partial effects",
+    )
     args = parser.parse_args()
-    if args.evidence or args.start_floor or args.codes:
+    if args.evidence or args.start_floor or args.codes or args.feature_maps:
         start = time.perf_counter()
         stem, tables, settings = (
             ("bench_prealign_start_floor", START_FLOOR_TABLES, START_FLOOR_SETTINGS)
             if args.start_floor
             else ("bench_prealign_codes", CODES_TABLES, CODES_SETTINGS)
             if args.codes
+            else ("bench_prealign_feature_maps", FEATURE_MAP_TABLES, FEATURE_MAP_SETTINGS)
+            if args.feature_maps
             else ("bench_prealign_evidence", TABULAR, EVIDENCE_SETTINGS)
         )
         names = tables[:4] if args.quick else tables
-        effects = ("none",) + EFFECTS + (("skew",) if args.codes else ())
+        effects = EFFECTS if args.feature_maps else ("none",) + EFFECTS
+        effects += ("skew",) if args.codes else ()
         rows = mixed_units(names, [0] if args.quick else [0, 1, 2], effects, settings)
         table = evidence_summary(rows, settings)
         print(table)

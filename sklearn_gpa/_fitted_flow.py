@@ -64,6 +64,9 @@ MAP_EVIDENCE_ALPHA = 0.05
 MAP_EVIDENCE_PERMUTATIONS = 99
 MAP_EVIDENCE_ROWS = 5000
 MAP_EVIDENCE_VALUES = 200_000
+# ... and where they differ, a feature whose own map moves the rows no further than that of
+# random halves with a p-value above MAP_FEATURE_P gets none (None: every feature's map).
+MAP_FEATURE_P = 0.5
 # prealign="auto" maps the covariance too (the Gaussian optimal transport map) with at most
 # COVARIANCE_MAX_FEATURES features, COVARIANCE_ROWS_PER_FEATURE rows per feature on each
 # side, and a rank correlation that differs between the sides by more than
@@ -180,7 +183,7 @@ def _moves(a, b, middle, spread):
     return np.stack([np.abs(middle * (a - 1.0) + b), np.abs(a - 1.0) * spread])
 
 
-def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
+def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0, per_feature=False):
     """Whether the two sides differ beyond noise as the pre-alignment sees them: whether its
     per-feature map moves the source rows further than the maps between random halves of
     the pooled rows do.  A source that is a fresh sample of its target gets no map (paper
@@ -201,14 +204,21 @@ def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
     many features).  True where either Monte Carlo p-value is at most half of
     ``MAP_EVIDENCE_ALPHA``; also where so few splits exist that no test could reach that
     level (three rows a side: 20 splits), as a map was always fitted before.
+
+    ``per_feature``: instead, per feature, whether to keep its map: none where the sides
+    are within noise; else those features whose own two statistics, against the same
+    splits, have a p-value of at most ``MAP_FEATURE_P``.  Lenient: it spares features with
+    no sign of an effect (a count mostly 0, whose spread the map scaled by 1.6 on
+    chance in the target's largest values: 1 came back as 1.6), not small effects.
     """
+    everything = np.ones(source.shape[1], dtype=bool) if per_feature else True
     if MAP_EVIDENCE_ALPHA >= 1.0:  # a level of 1: every map is kept
-        return True
+        return everything
     n_permutations = MAP_EVIDENCE_PERMUTATIONS if n_permutations is None else n_permutations
     alpha = MAP_EVIDENCE_ALPHA / 2.0  # Bonferroni over the two summaries
     smaller = min(len(source), len(target), 10)  # beyond 10 rows a side, splits abound
     if math.comb(len(source) + len(target), smaller) * alpha < 2.0:
-        return True
+        return everything
     rng = np.random.RandomState(seed)
     most = max(20, min(MAP_EVIDENCE_ROWS, MAP_EVIDENCE_VALUES // source.shape[1]))
     sides = [
@@ -248,7 +258,16 @@ def map_beyond_noise(source, target, bulk, *, n_permutations=None, seed=0):
         (1.0 + np.sum(summary[1:] >= summary[0])) / len(first)
         for summary in (scaled.max(1), (scaled**2).sum(1))
     ]
-    return bool(min(p_values) <= alpha)
+    beyond = bool(min(p_values) <= alpha)
+    if not per_feature:
+        return beyond
+    if not beyond:
+        return np.zeros(source.shape[1], dtype=bool)
+    if MAP_FEATURE_P is None:
+        return everything
+    each = (moves / np.where(noise > 0, noise, np.inf)).max(1)  # (splits, features)
+    p_features = (1.0 + np.sum(each[1:] >= each[0], axis=0)) / len(first)
+    return p_features <= MAP_FEATURE_P
 
 
 def _distance_to_nearest(x, values):
@@ -592,11 +611,12 @@ class FittedFlowMixin:
             pooled = len(domains) > 1
             shared = _robust_where_heavy(*moments, source, target, pooled=pooled)
             robust = (shared[0] != moments[0]) | (shared[1] != moments[1])
-            if not (pooled or map_beyond_noise(source, target, robust)):
-                # One source that is a fresh sample of its target: nothing to correct.  (Pooled
-                # batches are a mixture: random halves of it differ by the batches' own
-                # effects, a null that hides real ones.)
-                shared = np.ones_like(shared[0]), np.zeros_like(shared[1])
+            kept = pooled or map_beyond_noise(source, target, robust, per_feature=True)
+            # One source that is a fresh sample of its target: nothing to correct; nor in
+            # the features without a sign of an effect.  (Pooled batches are a mixture:
+            # random halves of it differ by the batches' own effects, a null that hides
+            # real ones.)
+            shared = np.where(kept, shared[0], 1.0), np.where(kept, shared[1], 0.0)
             if not (pooled or robust.any()):
                 # One source whose rank correlations differ from the target's: its
                 # covariance is mapped too (a heavy tail would set it; pooled batches

@@ -596,6 +596,42 @@ def test_map_beyond_noise_holds_its_level():
     assert map_beyond_noise(rng.normal(10, 1, (3, 4)), rng.normal(0, 1, (3, 4)), np.zeros(4, bool))
 
 
+def test_features_without_a_sign_of_an_effect_get_no_map():
+    # Two of eight features shifted: the table differs, and the shifted features keep their
+    # maps; each of the six others keeps its (noise) map only where its own statistics
+    # clear half of the splits' (p <= 0.5): about half of them, not all.
+    from sklearn_gpa._fitted_flow import map_beyond_noise
+
+    kept_null, kept_shifted = [], []
+    for seed in range(12):
+        rng = np.random.RandomState(seed)
+        source, target = rng.standard_normal((200, 8)), rng.standard_normal((200, 8))
+        source[:, :2] = source[:, :2] * 1.3 + 1.0
+        kept = map_beyond_noise(source, target, np.zeros(8, bool), seed=seed, per_feature=True)
+        kept_shifted.append(kept[:2])
+        kept_null.append(kept[2:])
+    assert np.all(kept_shifted)
+    assert 0.3 <= np.mean(kept_null) <= 0.7
+    rng = np.random.RandomState(0)
+    fresh = map_beyond_noise(
+        rng.standard_normal((200, 8)),
+        rng.standard_normal((200, 8)),
+        np.zeros(8, bool),
+        per_feature=True,
+    )
+    assert not fresh.any()  # within noise as a table: no map at all
+    # Through the estimator: a no-effect feature left alone comes back as it was.
+    rng = np.random.RandomState(3)
+    source, target = rng.standard_normal((200, 4)), rng.standard_normal((200, 4))
+    source[:, 0] = source[:, 0] * 1.3 + 1.0
+    X, _, domain = stack_domains(source, target)
+    gpa = GPATransporter(random_state=0).fit(X, sample_domain=domain)
+    a, b = gpa.prealign_[0]
+    still = (a == 1.0) & (b == 0.0)
+    assert not still[0] and still.any()
+    np.testing.assert_allclose(gpa.particles_[:, still], source[:, still], rtol=1e-12)
+
+
 def test_heavy_tail_test_tells_tails_from_modes():
     from sklearn_gpa._fitted_flow import _heavy_tailed
 
