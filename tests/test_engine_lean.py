@@ -57,6 +57,16 @@ def _run(
     return result, critic
 
 
+def _relu_critic(n_flows, seed):
+    return Critic(
+        MLPLayout(2, (16, 16, 16), n_flows),
+        make_activation("relu"),
+        get_divergence("kl"),
+        lipschitz=1.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def _lean_plans(critic):
     return [plan for plan in critic._lean.values() if plan is not None]
 
@@ -116,13 +126,7 @@ def test_lean_path_follows_a_continued_run(monkeypatch):
     first, critic = _run(monkeypatch, True, n_steps=12)
     state = critic.state()
     y, w_y, x, w_x = _problem(1, torch.float32)
-    again = Critic(
-        MLPLayout(2, (16, 16, 16), 1),
-        make_activation("relu"),
-        get_divergence("kl"),
-        lipschitz=1.0,
-        generator=torch.Generator().manual_seed(99),
-    )
+    again = _relu_critic(1, seed=99)
     with again.no_graph():
         again.load_state(state)
     second = train_flow(
@@ -159,3 +163,31 @@ def test_small_ops_on_the_calling_thread_change_no_result(monkeypatch, activatio
         torch.set_num_threads(previous)
     assert torch.equal(lean.particles, general.particles)
     assert torch.equal(lean.states, general.states)
+
+
+def test_bound_ops_are_kept_for_the_same_tensors_only(monkeypatch):
+    # The lean path binds an update's ops (and the velocity's) to their input tensors: kept
+    # while the same tensors come back (a run's full batch), built anew for others
+    # (mini-batches, a new stage position), never run on another call's tensors.
+    y, w_y, x, w_x = _problem(2, torch.float32)
+    critics, velocities = {}, {}
+    for lean in (True, False):
+        monkeypatch.setattr(critic_module, "USE_LEAN", lean)
+        critic = _relu_critic(2, seed=4)
+        with critic.no_graph():
+            for update in range(60):  # the first 30 are exact updates (general path)
+                if update % 10 == 0:
+                    z = torch.cat([y + 0.1 * update, x], 1)
+                critic.train_step(z, y.shape[1], w_y, w_x, with_value=update % 3 == 0)
+            velocities[lean] = [critic.gradient(rows) for rows in (y, y, y + 1.0, y)]
+        critics[lean] = critic
+    for name in ("params", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(getattr(critics[True], name), getattr(critics[False], name)), name
+    for lean, general in zip(velocities[True], velocities[False]):
+        assert torch.equal(lean, general)
+    plan = critics[True]._lean[z.shape[1]]
+    monkeypatch.setattr(critic_module, "USE_LEAN", True)
+    with critics[True].no_graph():
+        kept = plan.update_ops(critics[True], z, y.shape[1], w_y, w_x, False)
+        assert plan.update_ops(critics[True], z, y.shape[1], w_y, w_x, False) is kept
+        assert plan.update_ops(critics[True], z.clone(), y.shape[1], w_y, w_x, False) is not kept

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import functools
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .networks import (
     orthonormal_init,
     orthonormalize,
     parameter_gradient,
+    run,
     spectral_norm_exact,
 )
 from .optim import adam_step
@@ -123,7 +125,13 @@ class _Lean:
     """What ``Critic._lean_step`` needs, bound once: the chunk and its passes, Adam's
     argument lists, the power iteration's views and constants as 0-d tensors (an op with a
     Python number converts it to a tensor at every call; with a tensor of the same value and
-    dtype it computes the same numbers without that)."""
+    dtype it computes the same numbers without that).
+
+    Its ops are bound calls (``networks.run``): ``project`` (Adam and the normalisation)
+    once, an update's gradient and the velocity for the tensors they last ran on, kept while
+    the same tensors come back (a run's full batch and particles: every update and step),
+    built anew for others (mini-batches).
+    """
 
     def __init__(self, critic: Critic, chunk: _Chunk, passes: MLPPass):
         self.chunk, self.passes = chunk, passes
@@ -165,6 +173,55 @@ class _Lean:
             if critic.layer_norm == 1.0
             else torch.tensor(critic.layer_norm, dtype=params.dtype, device=params.device)
         )
+        self.project = self._project_ops(critic)
+        self._updates, self._velocity = {}, None
+
+    def _project_ops(self, critic: Critic) -> list:
+        """``_adam_ascent`` then ``spectral_normalize`` (after the exact updates), bound."""
+        ops = [
+            partial(critic.n_updates.add_, self.one),
+            partial(torch._fused_adam_, *self.adam, **self.adam_settings),
+        ]
+        # spectral_normalize, by the persistent power iteration
+        bmm, vector_norm = torch.bmm, torch.linalg.vector_norm
+        for w, w_t, u, v, v_norm, wv, sigma in self.power:
+            if w_t is None:
+                ops.append(partial(vector_norm, w, dim=(1, 2), keepdim=True, out=sigma))
+                continue
+            ops += [
+                partial(bmm, u, w_t, out=v),
+                partial(vector_norm, v, dim=-1, keepdim=True, out=v_norm),
+                partial(v.div_, v_norm),
+                partial(bmm, v, w, out=wv),
+                partial(vector_norm, wv, dim=-1, keepdim=True, out=sigma),
+                partial(torch.div, wv, sigma, out=u),
+            ]
+        for w, _, _, _, _, _, sigma in self.power:
+            if self.layer_norm is not None:
+                ops.append(partial(sigma.div_, self.layer_norm))
+            ops.append(partial(w.div_, sigma))
+        return ops
+
+    def update_ops(self, critic: Critic, z, n_particles, w_y, w_x, with_value):
+        """An update's gradient on these inputs, bound: the calls up to J (the last
+        returns it where asked) and the backward pass."""
+        kept = self._updates.get((n_particles, with_value))
+        if kept is not None and kept[0] is z and kept[1] is w_y and kept[2] is w_x:
+            return kept[3]
+        passes = self.passes
+        head = [partial(buffer.copy_, view) for buffer, view in critic._transposed_pairs]
+        head += passes.forward_ops(z)
+        head += critic._objective_ops(passes, n_particles, w_y, w_x, with_value, self.chunk)
+        ops = (head, passes.parameter_gradient_ops(z))
+        self._updates[n_particles, with_value] = (z, w_y, w_x, ops)
+        return ops
+
+    def velocity_ops(self, critic: Critic, y) -> list:
+        """``grad phi`` at ``y``, bound (``Critic.gradient``); the last call returns it."""
+        if self._velocity is None or self._velocity[0] is not y:
+            ops = [partial(buffer.copy_, view) for buffer, view in critic._transposed_pairs]
+            self._velocity = (y, ops + self.passes.input_gradient_ops(y))
+        return self._velocity[1]
 
 
 class Critic:
@@ -582,14 +639,12 @@ class Critic:
     def _lean_step(self, lean: _Lean, z, n_particles, w_y, w_x, with_value):
         """``_write_gradient``, ``_adam_ascent`` and ``spectral_normalize`` after the first
         exact updates, for one chunk with preallocated passes: the same ops in the same order
-        (tested to the bit), less the Python between them.  A small update is mostly the cost
-        of calling its ops, and a tenth of that was this code's own."""
-        for buffer, view in self._transposed_pairs:
-            buffer.copy_(view)
-        passes = lean.passes
-        passes.forward(z)
-        value = self._objective_into(passes, n_particles, w_y, w_x, with_value, lean.chunk)
-        passes.parameter_gradient(z)
+        (tested to the bit), bound once and called in turn (``_Lean``).  A small update is
+        mostly the cost of calling its ops, and a tenth of that was the Python between
+        them."""
+        head, backward = lean.update_ops(self, z, n_particles, w_y, w_x, with_value)
+        value = run(head)
+        run(backward)
         # Adam and the power iteration are small ops (a few thousand numbers, products of a
         # vector and a few matrices): on several threads each costs a fork and a join of the
         # thread team, more than its arithmetic, and far more where other processes keep
@@ -599,30 +654,11 @@ class Critic:
         if threads > 1:
             torch.set_num_threads(1)
         try:
-            self._lean_project(lean)
+            run(lean.project)
         finally:
             if threads > 1:
                 torch.set_num_threads(threads)
-        return value
-
-    def _lean_project(self, lean: _Lean) -> None:
-        """``_adam_ascent`` then ``spectral_normalize`` (after the exact updates)."""
-        self.n_updates.add_(lean.one)
-        torch._fused_adam_(*lean.adam, **lean.adam_settings)
-        # spectral_normalize, by the persistent power iteration
-        bmm, vector_norm = torch.bmm, torch.linalg.vector_norm
-        for w, w_t, u, v, v_norm, wv, sigma in lean.power:
-            if w_t is None:
-                vector_norm(w, dim=(1, 2), keepdim=True, out=sigma)
-                continue
-            bmm(u, w_t, out=v)
-            v.div_(vector_norm(v, dim=-1, keepdim=True, out=v_norm))
-            bmm(v, w, out=wv)
-            vector_norm(wv, dim=-1, keepdim=True, out=sigma)
-            torch.div(wv, sigma, out=u)
-        layer_norm = lean.layer_norm
-        for w, _, _, _, _, _, sigma in lean.power:
-            w.div_(sigma if layer_norm is None else sigma.div_(layer_norm))
+        return value if with_value else None
 
     def _flush_subnormals(self) -> None:
         """Set the persistent state's subnormal values to zero (see ``_FLUSH_EVERY``)."""
@@ -745,18 +781,21 @@ class Critic:
 
     def _objective_into(self, passes: MLPPass, n_particles, w_y, w_x, with_value, chunk):
         """``_objective_gradient`` with dJ/dphi written into the buffer of ``passes``."""
+        value = run(self._objective_ops(passes, n_particles, w_y, w_x, with_value, chunk))
+        return value if with_value else None
+
+    def _objective_ops(self, passes: MLPPass, n_particles, w_y, w_x, with_value, chunk):
+        """The calls of ``_objective_into``, bound; the last returns J where asked."""
         flows = chunk.flows
         nu, grad_nu = (
             (self.nu, self.grad_nu) if flows is None else (self.nu[flows], self.grad_nu[flows])
         )
         phi_y, phi_x, grad_y, grad_x = passes.split(n_particles)
-        grad_y.copy_(w_y)  # dJ/dphi_y is w_y itself
-        if with_value:
-            return self.divergence.value_and_gradients_into(
-                phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu
-            )
-        self.divergence.gradients_into(phi_x, nu, w_x, grad_x, grad_nu)
-        return None
+        # dJ/dphi_y is w_y itself
+        return [
+            partial(grad_y.copy_, w_y),
+            *self.divergence.gradient_ops(phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu, with_value),
+        ]
 
     def _objective_gradient(self, phi, n_particles, w_y, w_x, with_value, flows=None):
         """J (if asked) and dJ/dphi (K, M + N) from phi on particles then targets; writes
@@ -799,9 +838,7 @@ class Critic:
             lean = self._lean_plan(y.shape[1])
             if lean is not None:
                 # ``_gradient`` for one chunk with preallocated passes, less its Python.
-                for buffer, view in self._transposed_pairs:
-                    buffer.copy_(view)
-                return lean.passes.input_gradient(y)
+                return run(lean.velocity_ops(self, y))
             return self._gradient(y)
         out = torch.empty_like(y)
         for start in range(0, y.shape[1], VELOCITY_ROWS):

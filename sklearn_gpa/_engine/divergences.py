@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import functools
 import math
+from functools import partial
 
 import torch
+
+from .networks import run
 
 __all__ = ["DIVERGENCES", "Divergence", "get_divergence"]
 
@@ -67,6 +70,15 @@ class Divergence:
         self.gradients_into(phi_x, nu, w_x, grad_x, grad_nu)
         return value
 
+    def gradient_ops(self, phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu, with_value) -> list:
+        """The calls of ``value_and_gradients_into`` (``with_value``) or ``gradients_into``,
+        bound to these tensors (``networks.run``); the last returns J where asked."""
+        if with_value:
+            return [
+                partial(self.value_and_gradients_into, phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu)
+            ]
+        return [partial(self.gradients_into, phi_x, nu, w_x, grad_x, grad_nu)]
+
 
 @functools.cache
 def _one(dtype, device) -> torch.Tensor:
@@ -87,22 +99,38 @@ class KL(Divergence):
     conjugate_derivative = conjugate
 
     def gradients_into(self, phi_x, nu, w_x, grad_x, grad_nu) -> None:
-        # The operations of ``gradients`` in the same order, in place: the same numbers.
-        one = _one(grad_x.dtype, grad_x.device)
-        slope = torch.sub(phi_x, nu[:, None], out=grad_x).sub_(one).exp_().mul_(w_x)
-        torch.sum(slope, 1, out=grad_nu).sub_(one)
-        slope.neg_()
+        run(self.gradient_ops(None, phi_x, nu, None, w_x, grad_x, grad_nu, False))
 
     def value_and_gradients_into(self, phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu):
+        return run(self.gradient_ops(phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu, True))
+
+    def gradient_ops(self, phi_y, phi_x, nu, w_y, w_x, grad_x, grad_nu, with_value) -> list:
+        # The operations of ``gradients`` in the same order, in place: the same numbers.
+        one = _one(grad_x.dtype, grad_x.device)
+        slope = grad_x
+        ops = [
+            partial(torch.sub, phi_x, nu[:, None], out=slope),
+            partial(slope.sub_, one),
+            slope.exp_,
+            partial(slope.mul_, w_x),
+        ]
+        if not with_value:
+            return [
+                *ops,
+                partial(torch.sum, slope, 1, out=grad_nu),
+                partial(grad_nu.sub_, one),
+                slope.neg_,
+            ]
         # The slope w_x f*'(phi - nu) is also the target term w_x f*(phi - nu) of J, and its
         # sum both J's and dJ/dnu's: computed once, the same numbers as ``value``.
-        one = _one(grad_x.dtype, grad_x.device)
-        slope = torch.sub(phi_x, nu[:, None], out=grad_x).sub_(one).exp_().mul_(w_x)
-        total = torch.sum(slope, 1, out=grad_nu)
-        value = (w_y * phi_y).sum(1) - total - nu
-        total.sub_(one)
-        slope.neg_()
-        return value
+        total = torch.empty_like(grad_nu)
+        return [
+            *ops,
+            partial(torch.sum, slope, 1, out=total),
+            partial(torch.sub, total, one, out=grad_nu),
+            slope.neg_,
+            lambda: (w_y * phi_y).sum(1) - total - nu,
+        ]
 
 
 class KLDonskerVaradhan(Divergence):

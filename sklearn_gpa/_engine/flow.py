@@ -109,6 +109,12 @@ class _Problem:
     dt: float
     n_critic: int
     batch: object  # None, or a function z -> (rows, n_particles, w_y, w_x) mini-batch
+    particles: torch.Tensor = field(init=False)  # the view z[:, :n_particles]
+
+    def __post_init__(self):
+        # One view for the whole run: the critic keeps its bound velocity ops while the
+        # same tensor comes back (``critic._Lean``).
+        self.particles = self.z[:, : self.n_particles]
 
 
 @dataclass
@@ -224,16 +230,22 @@ class _Batch:
         record.columns = torch.as_tensor(self.flows, device=device)
 
 
-def _stage_velocity(critic, tableau, y, velocities, p: _Problem):
-    """Train the critic at the stage position, then return (velocity, J, kinetic energy)."""
-    position = tableau.stage_position(y, p.dt, velocities)
-    p.z[:, : p.n_particles].copy_(position)
+def _stage_gradient(critic, tableau, y, gradients, p: _Problem):
+    """Train the critic at the stage position, then return (grad phi there, J, kinetic
+    energy).
+
+    The stage velocity is ``-grad phi``: the tableau takes the gradients with the step
+    ``-dt`` instead, the same numbers (a change of sign is exact) without a negation per
+    stage.
+    """
+    p.particles.copy_(tableau.stage_position(y, -p.dt, gradients))
     for m in range(p.n_critic):
         data = (p.z, p.n_particles, p.w_y, p.w_x) if p.batch is None else p.batch(p.z)
         value = critic.train_step(*data, with_value=m == p.n_critic - 1)
-    grad = critic.gradient(position)
-    kinetic = (p.w_y * grad.square().sum(-1)).sum(1)
-    return -grad, value, kinetic
+    grad = critic.gradient(p.particles)
+    # (w_y * (grad ** 2).sum(-1)).sum(1) in two calls: ``vecdot`` is that product and sum.
+    kinetic = torch.linalg.vecdot(p.w_y, torch.linalg.vecdot(grad, grad))
+    return grad, value, kinetic
 
 
 def _particle_step(tableau, batch: _Batch, step, record: _Record):
@@ -243,10 +255,10 @@ def _particle_step(tableau, batch: _Batch, step, record: _Record):
     the rule) are frozen like non-finite ones.
     """
     critic, y, p = batch.critic, batch.y, batch.problem
-    velocities = []
+    gradients = []
     for stage in range(tableau.n_stages):
-        velocity, value, kinetic = _stage_velocity(critic, tableau, y, velocities, p)
-        velocities.append(velocity)
+        grad, value, kinetic = _stage_gradient(critic, tableau, y, gradients, p)
+        gradients.append(grad)
         if stage == 0:
             record.write(record.divergence, step, value)
             record.write(record.kinetic_energy, step, kinetic)
@@ -257,8 +269,8 @@ def _particle_step(tableau, batch: _Batch, step, record: _Record):
         else:
             health = health + kinetic
         if step % record.store_every == 0:
-            record.states[step // record.store_every - record.first, stage].copy_(critic.params)
-    increment = tableau.increment(p.dt, velocities)
+            record.states[step // record.store_every - record.first, stage] = critic.params
+    increment = tableau.increment(-p.dt, gradients)
     # A flow whose step is not finite is frozen where it is, on the device, at once.
     batch.live &= torch.isfinite(health)
     moving = batch.live & batch.running

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -60,6 +61,11 @@ class Activation:
     def backward(self, g, saved, inplace=False):
         raise NotImplementedError
 
+    def backward_into(self, g, saved, out):
+        """``backward(g, saved)`` written into ``out`` (an ``inplace`` activation's; ``g``
+        may be ``out`` or a view that cannot be written, such as an expanded row)."""
+        raise NotImplementedError
+
 
 def _raw(op):
     """The C++ callable behind an ``OpOverload`` (the same kernel without the Python call
@@ -89,6 +95,9 @@ class ReLU(Activation):
             return _THRESHOLD_BACKWARD_INTO(g, saved, 0.0, grad_input=g)
         return _THRESHOLD_BACKWARD(g, saved, 0.0)
 
+    def backward_into(self, g, saved, out):
+        return _THRESHOLD_BACKWARD_INTO(g, saved, 0.0, grad_input=out)
+
 
 class LeakyReLU(Activation):
     name = "leaky_relu"
@@ -108,10 +117,13 @@ class LeakyReLU(Activation):
     def backward(self, g, saved, inplace=False):
         # The output has the sign of the input, so it tells the slope as well.
         if inplace:
-            return torch.ops.aten.leaky_relu_backward.grad_input(
-                g, saved, self.negative_slope, True, grad_input=g
-            )
+            return self.backward_into(g, saved, g)
         return torch.ops.aten.leaky_relu_backward(g, saved, self.negative_slope, True)
+
+    def backward_into(self, g, saved, out):
+        return torch.ops.aten.leaky_relu_backward.grad_input(
+            g, saved, self.negative_slope, True, grad_input=out
+        )
 
 
 class SmoothReLU(Activation):
@@ -529,69 +541,111 @@ class MLPPass:
 
     def forward(self, z, output=True):
         """Fill the activation buffers (and ``phi``, unless ``output`` is False)."""
-        h, forward_, baddbmm = z, self.activation.forward_, self._baddbmm
+        run(self.forward_ops(z, output))
+
+    def forward_ops(self, z, output=True) -> list:
+        """The calls of ``forward(z, output)``, bound to ``z`` and the buffers (``run``)."""
+        ops, h, forward_, baddbmm = [], z, self.activation.forward_, self._baddbmm
         for (w, b), a in zip(self.layers[:-1], self.acts):
-            baddbmm(b, h, w, out=a)
-            forward_(a)
+            ops += [partial(baddbmm, b, h, w, out=a), partial(forward_, a)]
             h = a
         if output:
             w, b = self.layers[-1]
             # The same numbers as ``baddbmm``, which is slower for a single output column
             # with many flows.
             if self._phi_row is None:
-                self._bmm(h, w, out=self.acts[-1]).add_(b)
+                ops.append(partial(self._bmm, h, w, out=self.acts[-1]))
             else:
-                self._bmm(self.w_t[-1], self._last_input_t, out=self._phi_row)
-                self.acts[-1].add_(b)
+                ops.append(partial(self._bmm, self.w_t[-1], self._last_input_t, out=self._phi_row))
+            ops.append(partial(self.acts[-1].add_, b))
+        return ops
 
     def parameter_gradient(self, z) -> None:
         """Back-propagate ``grad_phi`` into the gradient views (after ``forward(z)``)."""
-        layers, grad_layers, backward = self.layers, self.grad_layers, self.activation.backward
-        bmm = self._bmm
-        n = len(layers)
-        if n == 1:
-            parameter_gradient(
-                layers, self.activation, [z], [], self.grad_phi, grad_layers, paired=self.paired
-            )
-            return
+        run(self.parameter_gradient_ops(z))
+
+    def parameter_gradient_ops(self, z) -> list:
+        """The calls of ``parameter_gradient(z)``, bound (``run``)."""
+        layers, grad_layers, bmm = self.layers, self.grad_layers, self._bmm
+        if len(layers) == 1:
+            return [
+                partial(
+                    parameter_gradient,
+                    layers,
+                    self.activation,
+                    [z],
+                    [],
+                    self.grad_phi,
+                    grad_layers,
+                    paired=self.paired,
+                )
+            ]
         g = self._grad_phi_col
         grad_w, grad_b = grad_layers[-1]
         if self._grad_w_last_t is not None:
             # (g^T h)^T: the same product, faster (see ``parameter_gradient``).
-            bmm(self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)
+            ops = [partial(bmm, self._grad_phi_t, self.acts[-2], out=self._grad_w_last_t)]
         else:
-            bmm(self._last_input_t, g, out=grad_w)
-        torch.sum(g, dim=1, keepdim=True, out=grad_b)
-        g = self._through_last(g, self.w_t[-1], out=self.grads[-1])
-        threshold_into = self._threshold_into
-        if threshold_into is not None:
-            threshold_into(g, self.acts[-2], 0.0, grad_input=g)
-        else:
-            backward(g, self.acts[-2], True)
+            ops = [partial(bmm, self._last_input_t, g, out=grad_w)]
+        ops += [
+            partial(torch.sum, g, dim=1, keepdim=True, out=grad_b),
+            partial(self._through_last, g, self.w_t[-1], out=self.grads[-1]),
+            self._backward_op(self.grads[-1], self.acts[-2]),
+        ]
         for h_t, g, grad_w, grad_b, w_t, g_out, saved in self.hidden_steps:
-            bmm(h_t, g, out=grad_w)
-            torch.sum(g, dim=1, keepdim=True, out=grad_b)
-            bmm(g, w_t, out=g_out)
-            if threshold_into is not None:
-                threshold_into(g_out, saved, 0.0, grad_input=g_out)
-            else:
-                backward(g_out, saved, True)
+            ops += [
+                partial(bmm, h_t, g, out=grad_w),
+                partial(torch.sum, g, dim=1, keepdim=True, out=grad_b),
+                partial(bmm, g, w_t, out=g_out),
+                self._backward_op(g_out, saved),
+            ]
         g = self.grads[0]
         grad_w, grad_b = grad_layers[0]
-        bmm(z.transpose(1, 2), g, out=grad_w)
-        torch.sum(g, dim=1, keepdim=True, out=grad_b)
+        ops += [
+            partial(bmm, z.transpose(1, 2), g, out=grad_w),
+            partial(torch.sum, g, dim=1, keepdim=True, out=grad_b),
+        ]
+        return ops
+
+    def _backward_op(self, g, saved, out=None):
+        """The activation's backward pass from ``g`` into ``out`` (default: ``g``), bound."""
+        out = g if out is None else out
+        if self._threshold_into is not None:
+            # ReLU's in-place backward op, called without the activation's method in between.
+            return partial(self._threshold_into, g, saved, 0.0, grad_input=out)
+        return partial(self.activation.backward_into, g, saved, out)
 
     def input_gradient(self, y):
         """``grad_y phi`` (K, T, d) of the networks at ``y``, a fresh tensor."""
-        self.forward(y, output=False)
-        backward, acts, grads, w_t = self.activation.backward, self.acts, self.grads, self.w_t
+        return run(self.input_gradient_ops(y))
+
+    def input_gradient_ops(self, y) -> list:
+        """The calls of ``input_gradient(y)``, bound; the last returns the gradient."""
+        ops = self.forward_ops(y, output=False)
+        acts, grads, w_t = self.acts, self.grads, self.w_t
         n = len(self.layers)
-        g = w_t[-1].expand(-1, y.shape[1], -1)
-        g = backward(g, acts[n - 2], False)
+        # d phi / d h of the last hidden layer is its output column, the same for every row.
+        ops.append(self._backward_op(w_t[-1].expand(-1, y.shape[1], -1), acts[n - 2], grads[n - 2]))
+        g = grads[n - 2]
         for i in range(n - 2, 0, -1):
-            g = self._bmm(g, w_t[i], out=grads[i - 1])
-            backward(g, acts[i - 1], True)
-        return self._bmm(g, w_t[0])
+            ops += [partial(self._bmm, g, w_t[i], out=grads[i - 1])]
+            g = grads[i - 1]
+            ops.append(self._backward_op(g, acts[i - 1]))
+        ops.append(partial(self._bmm, g, w_t[0]))
+        return ops
+
+
+def run(ops):
+    """Call the bound calls ``ops`` in turn; returns what the last returned.
+
+    A small network's passes are mostly the cost of calling their ops: bound once (the
+    buffers, views and inputs do not change from update to update), they run with no
+    Python between them but the loop (``Critic._lean_step``).
+    """
+    result = None
+    for op in ops:
+        result = op()
+    return result
 
 
 def spectral_norm_exact(w: torch.Tensor) -> torch.Tensor:
