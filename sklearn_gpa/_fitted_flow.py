@@ -48,7 +48,7 @@ _ROWS_PER_LEVEL = 5
 _TRIMMED_NORMAL_STD = 0.79
 _TINY = 1e-9
 # Integration gives codes (few-valued features whose source values all are target values)
-# back as they were (``FittedFlowMixin._keep_codes``).  False: they move and are snapped
+# back as they were (``FittedFlowMixin._with_codes``).  False: they move and are snapped
 # like other few-valued features, as before 2026-12-07 (benchmarks).
 KEEP_CODES = True
 # ... where the codes' proportions differ between the sides no more than a chi-squared test
@@ -465,7 +465,7 @@ class FittedFlowMixin:
 
     def _with_codes(self, rows, moved):
         """Rows ``moved`` (n, d), or snapshots of them (..., n, d), with the codes
-        (``_fit_levels``) of ``rows`` (n, d): each row's own.  The flow's particles keep
+        (``_fit_levels``) of ``rows`` (n, d): each row's own.  The flow's particles stay
         where the engine put them (a continued fit and ``replay`` go on from there)."""
         codes = getattr(self, "_codes", None)  # None in fits pickled before
         if codes is None:

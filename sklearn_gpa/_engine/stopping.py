@@ -547,11 +547,10 @@ class EnergyStopping:
             return self.start_floor
         particles = _gather(y, self.index_y).to(self.dtype) - self.center
         n_particles = _effective_size(self.mask_y)
-        rows_y, rows_x = START_POOL_ROWS, START_POOL_ROWS
+        first = slice(START_POOL_ROWS)  # the subsamples' order is random: a subsample
         for k in torch.nonzero(needed).flatten().tolist():
-            # The subsamples are in random order: their first rows are a random subsample.
-            rows = torch.cat([particles[k, :rows_y], self.target[k, :rows_x]])[None]
-            mask = torch.cat([self.mask_y[k, :rows_y], self.mask_x[k, :rows_x]])[None]
+            rows = torch.cat([particles[k, first], self.target[k, first]])[None]
+            mask = torch.cat([self.mask_y[k, first], self.mask_x[k, first]])[None]
             kernel = _kernels(_distances(rows, rows), self.bandwidth[k : k + 1])
             generator = torch.Generator().manual_seed(self.start_seed)
             pooled = self._floor(
