@@ -455,11 +455,12 @@ class FittedFlowMixin:
             # up, a flag from another threshold), which the fit corrects as before.
             codes = [
                 j
-                for j, values in zip(self._target_levels.features, self._target_levels.levels[0])
-                if np.isin(source[:, j], values).all()
+                for (j, extra, _), values in zip(own, self._target_levels.levels[0])
+                if KEEP_CODES
+                and len(extra) == 0
                 and _same_proportions(source[:, j], target[:, j], values)
             ]
-            if KEEP_CODES and codes:
+            if codes:
                 self._codes = np.array(codes)
                 self._source_codes = [X[rows][:, self._codes] for rows in source_rows]
 

@@ -484,13 +484,17 @@ class EnergyStopping:
         target row than the stray radius, less the share expected for a fresh sample, and
         the same share in each feature, averaged over the features.
         """
-        particles = _gather(y, self.index_y).to(self.dtype) - self.center
+        particles = self._particles(y)
         values, distances = _statistics(
             particles, self.mask_y, self.target, self.mask_x, self.bandwidth, self.within_target
         )
         nearest = distances.masked_fill(self.mask_x[:, None, :] == 0, math.inf).min(2).values
         strays = _stray_share(nearest, self.mask_y, self.radius) - STRAY_SHARE
         return torch.cat([values, strays[None], self._feature_strays(particles)[None]])
+
+    def _particles(self, y):
+        """Each flow's particle subsample (K, m, d), centred as the target rows are."""
+        return _gather(y, self.index_y).to(self.dtype) - self.center
 
     def _feature_strays(self, particles):
         """Per flow (K,): the share of particles farther in a feature from every target
@@ -518,15 +522,17 @@ class EnergyStopping:
         """
         values = self.statistics(y)
         score = (values / self.floor).max(0).values
+        if not (first and self.on_evidence):
+            return values, score, score <= (self.start_factor if first else self.factor)
+        # Too few distinct target rows to tell a move from noise: the flow stays.
+        stays = (self.mask_x > 0).sum(1) < START_MIN_ROWS
         decisive = score
-        if first and self.on_evidence and START_POOLED:
-            decisive = (values / self._start_floor(y, score)).max(0).values
-        converged = decisive <= (self.start_factor if first else self.factor)
-        if first and self.on_evidence:  # too few target rows to tell a move from noise
-            converged |= (self.mask_x > 0).sum(1) < START_MIN_ROWS  # distinct rows
-        return values, score, converged
+        if START_POOLED:
+            moves = (score > self.start_factor) & ~stays
+            decisive = (values / self._start_floor(y, moves)).max(0).values
+        return values, score, (decisive <= self.start_factor) | stays
 
-    def _start_floor(self, y, score):
+    def _start_floor(self, y, moves):
         """The floors (3 + B, K) of a flow's first check that moves only on evidence.
 
         The target's halves are a fresh sample's floor only where the target holds the rows
@@ -536,16 +542,16 @@ class EnergyStopping:
         steps.  So a flow whose score clears the bar against the target's floors clears it
         against the floors of the pooled rows too, particles and target rows split at
         random (a permutation test of "the particles are a fresh sample of the target"):
-        each kernel statistic's floor is the larger of the two.  Computed once per flow.
+        each kernel statistic's floor is the larger of the two.  Computed once per flow,
+        for the flows that ``moves`` (K,) would set moving against the target's floors.
         """
         if self.start_floor is None:
             self.start_floor = self.floor.clone()
-            self.start_known = torch.zeros(len(score), dtype=torch.bool, device=score.device)
-        needed = (score > self.start_factor) & ~self.start_known
-        needed &= (self.mask_x > 0).sum(1) >= START_MIN_ROWS  # the others stay anyway
+            self.start_known = torch.zeros_like(moves)
+        needed = moves & ~self.start_known
         if not needed.any():
             return self.start_floor
-        particles = _gather(y, self.index_y).to(self.dtype) - self.center
+        particles = self._particles(y)
         n_particles = _effective_size(self.mask_y)
         first = slice(START_POOL_ROWS)  # the subsamples' order is random: a subsample
         for k in torch.nonzero(needed).flatten().tolist():
