@@ -79,7 +79,7 @@ EVIDENCE_SETTINGS = {"auto": {}, "auto, every map": {"evidence_alpha": 1.0}}
 
 
 # --start-floor: the first check of integration against the pooled rows' floors too (as it
-# is), and against the target's floors alone (as before 2026-12-07).
+# is), and against the target's floors alone (as before 2026-12-07) ...
 START_FLOOR_SETTINGS = {"pooled floors": {}, "target floors": {"start_pooled": False}}
 # ... on the mixed-unit tables and on KEEL tables with heavy tails or sparse counts.
 START_FLOOR_TABLES = (
@@ -113,6 +113,38 @@ CODES_TABLES = (
 # third of the features.
 FEATURE_MAP_SETTINGS = {"feature maps": {}, "every map": {"feature_p": None}}
 FEATURE_MAP_TABLES = (*TABULAR, "kc1", "pc1", "yeast1", "australian")
+# The comparisons of two settings on tables with a known truth, by flag: the tables, the
+# settings, the effects, the features the effects leave alone (``mixed_units``) and help.
+COMPARISONS = {
+    "evidence": (
+        TABULAR,
+        EVIDENCE_SETTINGS,
+        ("none", *EFFECTS),
+        None,
+        "sources mapped only on evidence: no effect too",
+    ),
+    "start-floor": (
+        START_FLOOR_TABLES,
+        START_FLOOR_SETTINGS,
+        ("none", *EFFECTS),
+        None,
+        "the first check against the pooled rows' floors too, and without: no effect too",
+    ),
+    "codes": (
+        CODES_TABLES,
+        CODES_SETTINGS,
+        ("none", *EFFECTS, "skew"),
+        "few-valued",
+        "codes kept or moved, on tables with categories",
+    ),
+    "feature-maps": (
+        FEATURE_MAP_TABLES,
+        FEATURE_MAP_SETTINGS,
+        EFFECTS,
+        "two thirds",
+        "maps only for features with a sign of an effect, or every map; partial effects",
+    ),
+}
 # Larger tables are subsampled (stratified) to this many rows before the halves.
 MAX_ROWS = 1000
 # The module constants a setting may switch: (module, name), by the setting's key.
@@ -244,7 +276,10 @@ def distort(Xs, Xt, effect, rng, codes=None, partial=False):
     return mean + sd * (z + bend * np.tanh(z) + shift)
 
 
-def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
+def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS, leave=None):
+    """Per table, seed, effect, labels and setting, a fit's recovery and accuracy gain;
+    ``leave``: the features the effects leave alone, None, "few-valued" (at most
+    ``MAX_LEVELS`` values) or "two thirds" (at random)."""
     rows = []
     for name in names:
         table_X, table_y = load_tabular(name)
@@ -259,8 +294,8 @@ def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS):
             sd = np.where(Xt.std(0) > 0, Xt.std(0), X.std(0)) + 1e-12
             forest = RandomForestClassifier(200, random_state=seed, n_jobs=1).fit(Xt, yt)
             # --codes: the effect leaves few-valued features (flags, categories) alone.
-            codes = n_values(X) <= MAX_LEVELS if settings is CODES_SETTINGS else None
-            partial = settings is FEATURE_MAP_SETTINGS
+            codes = n_values(X) <= MAX_LEVELS if leave == "few-valued" else None
+            partial = leave == "two thirds"
             for effect in effects:
                 distorted = distort(Xs, Xt, effect, np.random.RandomState(seed), codes, partial)
                 raw_error = np.sqrt(np.mean(((distorted - Xs) / sd) ** 2))
@@ -369,38 +404,17 @@ def evidence_summary(rows, settings=EVIDENCE_SETTINGS):
 def main():
     parser = _common.parser(__doc__, quick="1 seed, 4 tables")
     parser.add_argument("--turned", action="store_true", help="wells on turned lines only")
-    parser.add_argument(
-        "--evidence", action="store_true", help="sources mapped only on evidence: no effect too"
-    )
-    parser.add_argument(
-        "--start-floor",
-        action="store_true",
-        help="the first check against the pooled rows' floors too, and without: no effect too",
-    )
-    parser.add_argument(
-        "--codes", action="store_true", help="codes kept or moved, on tables with categories"
-    )
-    parser.add_argument(
-        "--feature-maps",
-        action="store_true",
-        help="maps only for features with a sign of an effect, or every map; partial effects",
-    )
+    for name, (*_, help_text) in COMPARISONS.items():
+        parser.add_argument(f"--{name}", action="store_true", help=help_text)
     args = parser.parse_args()
-    if args.evidence or args.start_floor or args.codes or args.feature_maps:
+    chosen = [name for name in COMPARISONS if getattr(args, name.replace("-", "_"))]
+    if chosen:
         start = time.perf_counter()
-        stem, tables, settings = (
-            ("bench_prealign_start_floor", START_FLOOR_TABLES, START_FLOOR_SETTINGS)
-            if args.start_floor
-            else ("bench_prealign_codes", CODES_TABLES, CODES_SETTINGS)
-            if args.codes
-            else ("bench_prealign_feature_maps", FEATURE_MAP_TABLES, FEATURE_MAP_SETTINGS)
-            if args.feature_maps
-            else ("bench_prealign_evidence", TABULAR, EVIDENCE_SETTINGS)
-        )
+        stem = "bench_prealign_" + chosen[0].replace("-", "_")
+        tables, settings, effects, leave, _ = COMPARISONS[chosen[0]]
         names = tables[:4] if args.quick else tables
-        effects = EFFECTS if args.feature_maps else ("none",) + EFFECTS
-        effects += ("skew",) if args.codes else ()
-        rows = mixed_units(names, [0] if args.quick else [0, 1, 2], effects, settings)
+        seeds = [0] if args.quick else [0, 1, 2]
+        rows = mixed_units(names, seeds, effects, settings, leave)
         table = evidence_summary(rows, settings)
         print(table)
         parts = [_common.machine_line(), table, _common.grouped_table(rows, MIXED_COLUMNS)]
