@@ -47,10 +47,17 @@ sides differ, each feature's map only where its own statistics show a sign of an
 (as it is) and every feature's map (``_fitted_flow.MAP_FEATURE_P`` None, as before
 2026-12-07).
 
+``--odd-units``: as ``--evidence``, on tables whose features mostly share a unit with a few
+in another (KEEL kddcup land vs portsweep: byte counts beside 60 rates and flags;
+dermatology_6: an age beside 33 scores; the SurvSet gene studies nki70, GSE1992, GSE4335: an
+age beside their 300 genes of largest variance, ER status as the label), ``standardize="auto"``
+scaling those few on their own (as it is) or giving all one common scale
+(``_scaling.SEPARATE_ODD_UNITS`` off, as before 2026-12-07).
+
 Run: ``python benchmarks/bench_prealign.py [--quick] [--turned | --evidence | --start-floor |
---codes | --feature-maps]``
+--codes | --feature-maps | --odd-units]``
 (``--quick``: 1 seed, 4 tables).  Writes
-``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor|_codes|_feature_maps][_quick].{json,md}``.
+``benchmarks/results/bench_prealign[_turned|_evidence|_start_floor|_codes|_feature_maps|_odd_units][_quick].{json,md}``.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import warnings
 from contextlib import contextmanager
 
 import _common
+import _studies
 import numpy as np
 from bench_generation import TABULAR, load_tabular
 from bench_stopping import LINE, PLACEMENTS, placement_problem, well_scores
@@ -67,7 +75,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 
-from sklearn_gpa import GPATransporter, _fitted_flow
+from sklearn_gpa import GPATransporter, _fitted_flow, _scaling
 from sklearn_gpa._discrete import MAX_LEVELS, n_values
 from sklearn_gpa._engine import stopping
 from sklearn_gpa.utils import stack_domains
@@ -113,6 +121,19 @@ CODES_TABLES = (
 # third of the features.
 FEATURE_MAP_SETTINGS = {"feature maps": {}, "every map": {"feature_p": None}}
 FEATURE_MAP_TABLES = (*TABULAR, "kc1", "pc1", "yeast1", "australian")
+# --odd-units: standardize="auto" on tables whose features mostly share a unit (a common
+# scale) with a few in another: each of those scaled on its own (as it is), or one scale for
+# all (``_scaling.SEPARATE_ODD_UNITS`` off, as before 2026-12-07).  "survset:NAME": a gene
+# study's patients with a known ER status, its age and the GENES genes of largest variance.
+ODD_UNIT_SETTINGS = {"odd units apart": {}, "one common scale": {"odd_units": False}}
+ODD_UNIT_TABLES = (
+    "kddcup_land_vs_portsweep",
+    "dermatology_6",
+    "survset:nki70",
+    "survset:gse1992",
+    "survset:gse4335",
+)
+GENES = 300
 # The comparisons of two settings on tables with a known truth, by flag: the tables, the
 # settings, the effects, the features the effects leave alone (``mixed_units``) and help.
 COMPARISONS = {
@@ -144,6 +165,13 @@ COMPARISONS = {
         "two thirds",
         "maps only for features with a sign of an effect, or every map; partial effects",
     ),
+    "odd-units": (
+        ODD_UNIT_TABLES,
+        ODD_UNIT_SETTINGS,
+        ("none", *EFFECTS),
+        None,
+        "features in another unit than the rest scaled on their own, or one common scale",
+    ),
 }
 # Larger tables are subsampled (stratified) to this many rows before the halves.
 MAX_ROWS = 1000
@@ -153,6 +181,7 @@ CONSTANTS = {
     "start_pooled": (stopping, "START_POOLED"),
     "keep_codes": (_fitted_flow, "KEEP_CODES"),
     "feature_p": (_fitted_flow, "MAP_FEATURE_P"),
+    "odd_units": (_scaling, "SEPARATE_ODD_UNITS"),
 }
 
 
@@ -276,13 +305,30 @@ def distort(Xs, Xt, effect, rng, codes=None, partial=False):
     return mean + sd * (z + bend * np.tanh(z) + shift)
 
 
+def load_table(name, studies=None):
+    """A table of ``bench_generation``, or "survset:NAME": a gene study's rows with a known
+    ER status, its age column and its ``GENES`` genes of largest variance (ER labels)."""
+    if not name.startswith("survset:"):
+        return load_tabular(name)
+    study = name[len("survset:") :]
+    frame = (studies or _studies.Studies())(study)
+    age = next(c for c in frame.columns if c.lower() == "num_age")
+    genes = [c for c in _studies.gene_symbols(study, frame).values() if c != age]
+    X = frame[[age, *genes]].to_numpy(float)
+    y = _studies.er_labels(study, frame)
+    keep = np.isfinite(X).all(1) & (y >= 0)
+    X, y = X[keep], y[keep]
+    top = np.argsort(-X[:, 1:].var(0), kind="stable")[:GENES] + 1
+    return X[:, [0, *top]], y
+
+
 def mixed_units(names, seeds, effects=EFFECTS, settings=SETTINGS, leave=None):
     """Per table, seed, effect, labels and setting, a fit's recovery and accuracy gain;
     ``leave``: the features the effects leave alone, None, "few-valued" (at most
     ``MAX_LEVELS`` values) or "two thirds" (at random)."""
     rows = []
     for name in names:
-        table_X, table_y = load_tabular(name)
+        table_X, table_y = load_table(name)
         for seed in seeds:
             X, y = table_X, table_y
             if len(X) > MAX_ROWS:  # KEEL's larger tables (--start-floor)

@@ -16,7 +16,12 @@ Two geometries:
 least ``SHARED_UNIT_MIN_FEATURES`` features whose ranges agree within ``UNIT_RATIO`` (see
 :func:`unit_spread_ratio`), as pixels, genes and spectra do; it scales per feature otherwise.
 A table of a few features almost always mixes units (an age, a count, a concentration), even
-when their ranges happen to agree.
+when their ranges happen to agree.  Among features that share a unit, a few may not (a
+patient's age beside 70 genes, byte counts beside 60 rates and flags): a feature whose range
+exceeds ``UNIT_RATIO`` times the median feature's (:func:`odd_unit_features`) is scaled on its
+own, as ``"per_feature"`` would, and the common scale is the others'
+(:func:`shared_unit_scale`); otherwise the one feature sets the common scale and drowns
+the rest.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ __all__ = [
     "WARN_RATIO",
     "Standardization",
     "feature_spreads",
+    "odd_unit_features",
     "resolve_scaling",
     "robust_scale",
+    "shared_unit_scale",
     "unit_spread_ratio",
     "warn_units_ignored",
 ]
@@ -47,8 +54,12 @@ SCALINGS = ("auto", "common", "per_feature")
 # than SHARED_UNIT_MIN_FEATURES.
 UNIT_RATIO = 10.0
 SHARED_UNIT_MIN_FEATURES = 20
-# A setting that ignores the features' units warns when unit_spread_ratio exceeds this.
+# A setting that ignores the features' units warns when unit_spread_ratio exceeds this, or
+# some feature's range exceeds this many times the median feature's.
 WARN_RATIO = 100.0
+# "auto" with a common scale scales the features in another unit (odd_unit_features) on
+# their own.  False: one scale for all, as before 2026-12-07 (benchmarks).
+SEPARATE_ODD_UNITS = True
 
 
 def feature_spreads(X) -> np.ndarray:
@@ -70,6 +81,42 @@ def robust_scale(X) -> float:
     """One scale for all features: the root of the sum of squared per-feature spreads."""
     scale = float(np.sqrt(np.sum(feature_spreads(X) ** 2)))
     return scale if scale > 0 and math.isfinite(scale) else 1.0
+
+
+def odd_unit_features(X, ratio=UNIT_RATIO) -> np.ndarray:
+    """Mask of the features whose range (max - min) exceeds ``ratio`` times the median range
+    of the varying features: in another unit than the rest (an age among genes, a byte
+    count among rates and flags).  A feature of small range is not odd: in a shared unit it
+    is a quiet feature (a rarely lit pixel, a gene that hardly varies)."""
+    X = np.asarray(X, dtype=np.float64)
+    ranges = X.max(0) - X.min(0) if len(X) else np.zeros(X.shape[1])
+    varying = (ranges > 0) & np.isfinite(ranges)
+    if varying.sum() < 2:
+        return np.zeros(X.shape[1], dtype=bool)
+    return varying & (ranges > ratio * np.median(ranges[varying]))
+
+
+def shared_unit_scale(X) -> float | np.ndarray:
+    """The scale of ``standardize="auto"`` where the features share a unit: one common scale
+    (:func:`robust_scale`) for all but the features in another unit
+    (:func:`odd_unit_features`), each of which is divided by its own spread as under
+    ``"per_feature"``.  The common scale is then the other features' root sum of squared
+    spreads, raised by the square root of all features over theirs, so that every feature's
+    squared spread still averages ``1 / n_features``, the data cloud a radius of about one.
+    A float where no feature is odd (the plain common scale), else an array."""
+    X = np.asarray(X, dtype=np.float64)
+    odd = odd_unit_features(X) if SEPARATE_ODD_UNITS else np.zeros(X.shape[1], dtype=bool)
+    if not odd.any():
+        return robust_scale(X)
+    n_features, shared = X.shape[1], ~odd
+    common = robust_scale(X[:, shared]) * math.sqrt(n_features / shared.sum())
+    return np.where(odd, _own_spreads(X) * math.sqrt(n_features), common)
+
+
+def _own_spreads(X) -> np.ndarray:
+    """Each feature's spread (:func:`feature_spreads`), 1 where it has none."""
+    spread = feature_spreads(X)
+    return np.where((spread > 0) & np.isfinite(spread), spread, 1.0)
 
 
 def unit_spread_ratio(X) -> float:
@@ -94,13 +141,22 @@ def warn_units_ignored(X, kind, standardize):
     if kind == "per_feature":
         return
     ratio = unit_spread_ratio(X)
+    odd = np.flatnonzero(odd_unit_features(X, WARN_RATIO))
     if ratio > WARN_RATIO:
-        warn_at_caller(
-            f"The features' ranges differ by a factor of {ratio:.0f} (90th to 10th "
-            f"percentile), but standardize={standardize!r} treats all features "
-            "alike: features of small range will be drowned. Use standardize='auto' or "
-            "'per_feature' unless the features share a unit."
+        sizes = f"differ by a factor of {ratio:.0f} (90th to 10th percentile)"
+    elif len(odd):
+        shown = ", ".join(map(str, odd[:5])) + (", ..." if len(odd) > 5 else "")
+        sizes = (
+            f"of {len(odd)} feature(s) (index {shown}) exceed {WARN_RATIO:.0f} times the "
+            "median feature's"
         )
+    else:
+        return
+    warn_at_caller(
+        f"The features' ranges {sizes}, but standardize={standardize!r} treats all "
+        "features alike: features of small range will be drowned. Use standardize='auto' "
+        "or 'per_feature' unless the features share a unit."
+    )
 
 
 def resolve_scaling(standardize, X) -> str | None:
@@ -145,10 +201,10 @@ class Standardization:
             return cls(np.zeros(X.shape[1]), 1.0, None, **bounds)
         center = np.median(X, axis=0)
         if kind == "common":
-            return cls(center, robust_scale(X), kind, **bounds)
-        spread = feature_spreads(X)
-        spread = np.where((spread > 0) & np.isfinite(spread), spread, 1.0)
-        return cls(center, spread * math.sqrt(X.shape[1]), kind, **bounds)
+            # "auto" (or True) scales features in another unit on their own.
+            scale = robust_scale(X) if standardize == "common" else shared_unit_scale(X)
+            return cls(center, scale, kind, **bounds)
+        return cls(center, _own_spreads(X) * math.sqrt(X.shape[1]), kind, **bounds)
 
     def transform(self, X) -> np.ndarray:
         return (np.asarray(X, dtype=np.float64) - self.center) / self.scale

@@ -113,14 +113,14 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         One flow per class.  "auto": when labels are given (on both sides, in
         integration) and every source class occurs among the targets.
     standardize : {"auto", "common", "per_feature"} or bool, default="auto"
-        The units the flow works in (results come back in the original units): the median
-        is subtracted, then ``"common"`` divides all features by one robust scale (keeps
-        the Euclidean geometry: pixels, genes, codes), ``"per_feature"`` each feature by its
-        own robust spread (tabular data in mixed units), and ``"auto"`` (or True) picks
-        ``"common"`` for at least 20 features whose ranges agree within a factor 10,
-        ``"per_feature"`` otherwise.  ``L`` and ``dt`` then mean the same on every data
-        set.  False runs in raw units, as the papers.  ``"common"`` and False warn when the
-        ranges differ by more than a factor 100.  :ref:`user_guide_units`.
+        The flow's units (results come back in the original ones): less the median,
+        ``"common"`` divides all features by one robust scale (keeps the Euclidean
+        geometry: pixels, genes, codes), ``"per_feature"`` each by its own robust spread
+        (mixed units), and ``"auto"`` (or True) picks ``"common"`` for at least 20
+        features whose ranges agree within a factor 10 (one of over 10 times the median
+        range, an age among genes, scaled on its own), else ``"per_feature"``.  ``L`` and
+        ``dt`` then mean the same on every data set.  False: raw units, as the papers; it
+        and ``"common"`` warn where ranges differ by over a factor 100.
     store_every : int, default=1
         Keep the discriminator of every ``store_every``-th step; replay uses each stored
         one for ``store_every`` steps (less memory, a coarser velocity field).

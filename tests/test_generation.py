@@ -12,7 +12,13 @@ from sklearn.svm import SVC
 
 from sklearn_gpa import GPATransporter, LatentGPA
 from sklearn_gpa._prior import Prior, _binned_normal_cdf, _normal_scores, match_marginals
-from sklearn_gpa._scaling import Standardization, resolve_scaling, unit_spread_ratio
+from sklearn_gpa._scaling import (
+    Standardization,
+    feature_spreads,
+    resolve_scaling,
+    robust_scale,
+    unit_spread_ratio,
+)
 from sklearn_gpa.utils import stack_domains
 
 
@@ -80,6 +86,30 @@ def test_warns_when_a_common_scale_meets_different_units():
         GPATransporter(standardize="common", n_steps=2).fit(_pixels())
     assert gpa._scaling.kind == "per_feature"
     assert gpa.scale_.shape == (4,)
+
+
+def test_auto_scales_a_feature_in_another_unit_on_its_own():
+    """Rates and flags in [0, 1] beside one byte count in the tens of thousands: the ranges
+    agree (90th to 10th percentile), so one common scale, but not the count's, which
+    would set it and drown the rest."""
+    rng = np.random.RandomState(0)
+    X = np.column_stack(
+        [rng.rand(200, 30), rng.randint(0, 2, (200, 10)), rng.exponential(1e4, 200)]
+    )
+    assert resolve_scaling("auto", X) == "common"
+    scale = Standardization.fit(X, "auto").scale
+    assert scale.shape == (41,)
+    assert scale[40] == pytest.approx(feature_spreads(X)[40] * np.sqrt(41))
+    np.testing.assert_allclose(scale[:40], robust_scale(X[:, :40]) * np.sqrt(41 / 40))
+    # Every feature's squared spread still averages 1 / n_features: a cloud of radius one.
+    spreads = feature_spreads(Standardization.fit(X, "auto").transform(X))
+    assert np.sum(spreads**2) == pytest.approx(1.0)
+    # Asked for, one common scale is one scale, with a warning that names the count.
+    with pytest.warns(UserWarning, match=r"1 feature\(s\) \(index 40\) exceed 100 times"):
+        gpa = GPATransporter(standardize="common", n_steps=2).fit(X)
+    assert np.ndim(gpa.scale_) == 0
+    # Without a feature in another unit the common scale is one number, as it was.
+    assert np.ndim(Standardization.fit(X[:, :40], "auto").scale) == 0
 
 
 def test_defaults_generate_mixed_units_within_each_features_range():

@@ -113,6 +113,19 @@ def test_shrunk_meanstd_recovers_rows_better_with_few_rows_and_many_features():
     assert (distorted[:, 0] * a[0]).std() == pytest.approx(target[:, 0].std(), rel=0.25)
 
 
+def test_shrunk_meanstd_moves_a_feature_at_most_a_target_std_for_one_extreme_row():
+    truth, distorted, target = _affine_pair(n=100, d=30)
+    distorted[0, 0] = 1e9  # a byte count only the source half drew
+    a, b = meanstd_map(distorted, target, shrink=True)
+    exact = meanstd_map(distorted, target)
+    moved = distorted[:, 0] * a[0] + b[0]
+    exact_moved = distorted[:, 0] * exact[0][0] + exact[1][0]
+    # The shrinkage moves the mapped rows by at most a standard error of the target's std
+    # (the pooled std, which the row sets, moved them 10^7 target stds).
+    gap = abs(moved.mean() - exact_moved.mean()) / target[:, 0].std()
+    assert gap <= np.sqrt(2 / 100) + 1e-9
+
+
 def test_shrunk_meanstd_is_exact_with_few_features_and_by_default():
     truth, distorted, target = _affine_pair(n=20, d=5)
     exact = meanstd_map(distorted, target)
