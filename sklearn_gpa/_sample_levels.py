@@ -18,7 +18,10 @@ thousands of genes stay below that; brightness effects and two of the real study
 far above it (``benchmarks/README.md``). The spread is matched too where its own variance is
 larger beyond noise (the same test) once the levels are; alone it is no evidence (a
 per-sample factor raises the spread of the rows it loads, and matching it then lost biology
-on a real pair).
+on a real pair).  A feature in another unit than the rest (``odd_unit_features``: a patient's
+age beside the genes) is no part of a row's level: it is left out of the levels and keeps its
+values (with the age, nki70's levels were mostly the patients' ages and missed a brightness
+effect on the genes).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ._scaling import resolve_scaling
+from ._scaling import odd_unit_features, resolve_scaling
 from .baselines import meanstd_map
 
 __all__ = ["SampleLevels"]
@@ -69,10 +72,12 @@ def _levels(X):
 @dataclass(frozen=True)
 class SampleLevels:
     """The increasing affine maps of rows' levels (``level``) and log spreads (``spread``,
-    or None: spreads kept), fitted by :meth:`fit`."""
+    or None: spreads kept), fitted by :meth:`fit`, over the features of the mask
+    ``features`` (the others keep their values; None: all)."""
 
     level: tuple
     spread: tuple | None
+    features: np.ndarray | None = None
 
     @classmethod
     def fit(cls, source, target, *, always=False) -> SampleLevels | None:
@@ -81,9 +86,14 @@ class SampleLevels:
         than 20 features, or spreads over 10 times apart, where a row's mean is no level)
         or the source rows' levels do not vary more than the target's beyond noise."""
         source, target = np.asarray(source, float), np.asarray(target, float)
-        shared = resolve_scaling("auto", np.vstack([source, target])) == "common"
+        both = np.vstack([source, target])
+        shared = resolve_scaling("auto", both) == "common"
         if not always and not shared:
             return None
+        odd = odd_unit_features(both)
+        features = ~odd if odd.any() and not odd.all() else None
+        if features is not None:
+            source, target = source[:, features], target[:, features]
         (m_s, l_s), (m_t, l_t) = _levels(source), _levels(target)
         # The levels' spread in each side's own unit: two studies measured in different
         # units (log10 ratios against log2 intensities) differ in every spread by one
@@ -97,11 +107,18 @@ class SampleLevels:
         spread = None
         if always or _larger_beyond_noise(l_s[keep_s], l_t[keep_t])[0]:
             spread = _affine_onto(l_s[keep_s], l_t[keep_t])
-        return cls(_affine_onto(m_s, m_t), spread)
+        return cls(_affine_onto(m_s, m_t), spread, features)
 
     def transform(self, X) -> np.ndarray:
         """Rows of ``X`` with their level and spread mapped (a new array)."""
         X = np.asarray(X, dtype=float)
+        if self.features is not None:
+            out = X.copy()
+            out[:, self.features] = self._mapped(X[:, self.features])
+            return out
+        return self._mapped(X)
+
+    def _mapped(self, X):
         level, log_spread = _levels(X)
         a, b = self.level
         deviations = X - level[:, None]

@@ -777,6 +777,20 @@ def test_sample_levels_map_keeps_order_and_matches_the_targets_levels():
     assert shifted.mean(1) == pytest.approx(np.full(len(alike), target.mean(1).mean()))
 
 
+def test_sample_levels_leave_a_feature_in_another_unit_out():
+    # 70 genes and a follow-up in days (nki70 keeps the patients' age beside its genes): a
+    # row's level is its genes' mean, and the days keep their values.
+    distorted, _, target = _brightness_pair(n=60, d=70, seed=1)
+    days = np.random.RandomState(1).normal(2000.0, 600.0, (120, 1))
+    source = np.hstack([distorted, days[:60]])
+    levels = SampleLevels.fit(source, np.hstack([target, days[60:]]))
+    plain = SampleLevels.fit(distorted, target)
+    assert levels is not None and plain is not None
+    moved = levels.transform(source)
+    np.testing.assert_array_equal(moved[:, -1], days[:60, 0])
+    np.testing.assert_allclose(moved[:, :-1], plain.transform(distorted))
+
+
 def test_sample_alignment_names_a_bad_setting():
     distorted, _, target = _brightness_pair(n=30, d=40)
     X, _, sd = stack_domains(distorted, target)
