@@ -9,7 +9,7 @@ from sklearn.datasets import load_diabetes
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_gpa import GPATransporter
-from sklearn_gpa._engine import pack_rows, run_gpa
+from sklearn_gpa._engine import _stopping_rule, pack_rows, run_gpa
 from sklearn_gpa._engine.stopping import (
     STALL_STEPS,
     START_FACTOR,
@@ -732,3 +732,24 @@ def test_an_integration_flow_that_moves_is_checked_early(monkeypatch):
     assert gpa.history_["stop_step"].tolist() == [0, 20, 0] and gpa.n_steps_ == 20
     assert gpa.history_["stop_check_step"].tolist() == [0, 10, 20]
     assert early < 0.8 * late
+
+
+def test_flows_left_to_train_keep_the_first_checks_decision():
+    """A fresh sample beside a borderline flow (a small shift, three rows far out): the
+    check of both flows says the second moves; the run that trains it alone must not stop
+    it at step 0 (a rule rebuilt for it drew other subsamples and floors, and did)."""
+    rng = np.random.RandomState(0)
+    for _ in range(7):  # the seventh draw is a borderline one
+        fresh_target, fresh = rng.randn(200, 3), rng.randn(200, 3)
+        target, source = rng.randn(150, 3), rng.randn(150, 3)
+        source[:, 0] += rng.uniform(0.1, 0.5)
+        source[:3, 1] = rng.uniform(50, 100, 3)
+    sources = [fresh.astype(np.float32), source.astype(np.float32)]
+    targets = [fresh_target.astype(np.float32), target.astype(np.float32)]
+    cpu = torch.device("cpu")
+    y, w_y = pack_rows(sources, torch.float32, cpu)
+    x, w_x = pack_rows(targets, torch.float32, cpu)
+    _, _, converged = _stopping_rule(y, w_y, x, w_x, 0, "evidence").check(y, first=True)
+    assert converged.tolist() == [True, False]
+    result, _ = run_gpa(sources, targets, n_steps=30, log_every=10, stop="evidence", seed=0)
+    assert result.stop_step[0] == 0 and result.stop_step[1] != 0

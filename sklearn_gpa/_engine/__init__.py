@@ -119,6 +119,7 @@ def run_gpa(sources, targets, **settings):
     result, flow = _run_flows(
         **{
             **arguments,
+            "_rule": rule,
             "sources": [sources[k] for k in slots],
             "targets": [targets[k] for k in slots],
             "frozen": None if frozen is None else np.asarray(frozen)[slots],
@@ -131,7 +132,10 @@ def run_gpa(sources, targets, **settings):
 
 def _trained_slots(arguments):
     """The flows to train (None: all), the rule's first check of all flows (or None), and
-    the rule built for all flows when they all train (else None)."""
+    the rule the run goes on with (None: the run builds its own): the one built for all
+    flows, or its part for the flows that train, so that the run's first check decides as
+    this one did (a rule rebuilt for them drew other subsamples and floors, and a
+    borderline flow could stop at step 0 after all)."""
     state, n_flows = arguments["critic_state"], len(arguments["sources"])
     if state is not None:
         slots = state.get("slots")
@@ -149,7 +153,8 @@ def _trained_slots(arguments):
     if not done.any() or done.all():
         return None, None, rule
     start = (score.cpu().numpy(), values[0].cpu().numpy(), rule.floor[0].cpu().numpy())
-    return np.flatnonzero(~done), start, None
+    slots = np.flatnonzero(~done)
+    return slots, start, rule.select(slots)
 
 
 def _stopping_rule(y, w_y, x, w_x, seed, stop):
