@@ -90,7 +90,9 @@ class SampleLevels:
         shared = resolve_scaling("auto", both) == "common"
         if not always and not shared:
             return None
-        odd = odd_unit_features(both)
+        # Odd on the target rows, the reference: an effect on the other features widens
+        # their stacked ranges and could hide the odd one (nki70's age).
+        odd = odd_unit_features(target)
         features = ~odd if odd.any() and not odd.all() else None
         if features is not None:
             source, target = source[:, features], target[:, features]

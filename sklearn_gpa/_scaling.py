@@ -100,17 +100,21 @@ def shared_unit_scale(X) -> float | np.ndarray:
     """The scale of ``standardize="auto"`` where the features share a unit: one common scale
     (:func:`robust_scale`) for all but the features in another unit
     (:func:`odd_unit_features`), each of which is divided by its own spread as under
-    ``"per_feature"``.  The common scale is then the other features' root sum of squared
-    spreads, raised by the square root of all features over theirs, so that every feature's
-    squared spread still averages ``1 / n_features``, the data cloud a radius of about one.
-    A float where no feature is odd (the plain common scale), else an array."""
+    ``"per_feature"`` (never by less than the common scale: only a feature whose spread
+    stands out is scaled down).  The common scale is then the other features' root sum of
+    squared spreads, raised by the square root of all features over theirs, so that every
+    feature's squared spread still averages about ``1 / n_features``, the data cloud a
+    radius of about one.  A float where no feature is odd (the plain common scale), else an
+    array."""
     X = np.asarray(X, dtype=np.float64)
     odd = odd_unit_features(X) if SEPARATE_ODD_UNITS else np.zeros(X.shape[1], dtype=bool)
     if not odd.any():
         return robust_scale(X)
     n_features, shared = X.shape[1], ~odd
     common = robust_scale(X[:, shared]) * math.sqrt(n_features / shared.sum())
-    return np.where(odd, _own_spreads(X) * math.sqrt(n_features), common)
+    # Never larger than under the common scale: a quiet feature made odd by one artefact
+    # value (a range of 80 for a spread of 0.05) would otherwise be blown up.
+    return np.where(odd, np.maximum(_own_spreads(X) * math.sqrt(n_features), common), common)
 
 
 def _own_spreads(X) -> np.ndarray:
@@ -137,25 +141,26 @@ def unit_spread_ratio(X) -> float:
 
 
 def warn_units_ignored(X, kind, standardize):
-    """Warn when a scaling that ignores units meets features of very different sizes."""
-    if kind == "per_feature":
+    """Warn when a scaling that ignores units meets features of very different sizes
+    (``standardize="auto"`` heeds them: per feature, or the odd ones on their own)."""
+    if kind == "per_feature" or standardize is True or standardize == "auto":
         return
     ratio = unit_spread_ratio(X)
     odd = np.flatnonzero(odd_unit_features(X, WARN_RATIO))
     if ratio > WARN_RATIO:
-        sizes = f"differ by a factor of {ratio:.0f} (90th to 10th percentile)"
+        sizes = f"features' ranges differ by a factor of {ratio:.0f} (90th to 10th percentile)"
     elif len(odd):
         shown = ", ".join(map(str, odd[:5])) + (", ..." if len(odd) > 5 else "")
         sizes = (
-            f"of {len(odd)} feature(s) (index {shown}) exceed {WARN_RATIO:.0f} times the "
-            "median feature's"
+            f"ranges of {len(odd)} feature(s) (index {shown}) exceed {WARN_RATIO:.0f} "
+            "times the median feature's range"
         )
     else:
         return
     warn_at_caller(
-        f"The features' ranges {sizes}, but standardize={standardize!r} treats all "
-        "features alike: features of small range will be drowned. Use standardize='auto' "
-        "or 'per_feature' unless the features share a unit."
+        f"The {sizes}, but standardize={standardize!r} treats all features alike: "
+        "features of small range will be drowned. Use standardize='auto' or "
+        "'per_feature' unless the features share a unit."
     )
 
 

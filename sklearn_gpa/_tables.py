@@ -304,21 +304,32 @@ def _note_scales(table, features, Xs, Xt):
     (the flow then scales each feature by its own spread: ``standardize="auto"``)."""
     import numpy as np
 
-    from ._scaling import resolve_scaling
+    from ._scaling import odd_unit_features, resolve_scaling
 
     X = np.concatenate([Xs, Xt])
     spread = X.std(0)
     if len(spread) < 2 or spread.min() <= 0 or spread.max() / spread.min() < 100:
         return
     big, small = table.names[features[spread.argmax()]], table.names[features[spread.argmin()]]
-    how = (
-        "the flow divides each feature by its own robust spread, so small features move as "
-        "well as large ones"
-        if resolve_scaling("auto", X) == "per_feature"
-        else "most features' ranges agree, so the flow divides all features by one common "
-        "scale and the small ones can move far out of their range: --latent standardises "
-        "each feature, or give the features comparable units"
-    )
+    # The flow's scale is fitted on the target rows where it pre-aligns (the default).
+    odd = [table.names[features[j]] for j in np.flatnonzero(odd_unit_features(Xt))]
+    if resolve_scaling("auto", X) == "per_feature":
+        how = (
+            "the flow divides each feature by its own robust spread, so small features move "
+            "as well as large ones"
+        )
+    elif odd:
+        shown = ", ".join(map(repr, odd[:5])) + (", ..." if len(odd) > 5 else "")
+        how = (
+            f"most features' ranges agree, so the flow divides them by one common scale, and "
+            f"{len(odd)} of over 10 times their median range ({shown}) each by its own spread"
+        )
+    else:
+        how = (
+            "most features' ranges agree, so the flow divides all features by one common "
+            "scale and the small ones can move far out of their range: --latent standardises "
+            "each feature, or give the features comparable units"
+        )
     _say(
         "note",
         f"feature spreads differ by a factor of {spread.max() / spread.min():.0f} ({big!r} "

@@ -39,12 +39,13 @@ def meanstd_map(source, target, *, shrink=False):
     side) is only shifted; one that varies in the source but is constant over two or more
     target rows is mapped onto the target's constant (``a = 0``).
 
-    With ``shrink=True`` (and at least 10 features) each feature's shift, in units of the
-    target's standard deviation, and its log scale ratio are shrunk towards their common
+    With ``shrink=True`` (and at least 10 features) each feature's shift, in units of its
+    pooled standard deviation, and its log scale ratio are shrunk towards their common
     values by empirical Bayes, as ComBat does: a normal prior fitted robustly across the
     features, each estimate's sampling variance from the numbers of rows, and no estimate
-    moved by more than its standard error, so a feature whose effect stands out keeps it.
-    A few dozen rows per side then give steadier maps.
+    moved by more than its standard error (nor a shift by more than one in the target's
+    standard deviations, which one extreme source row cannot inflate), so a feature whose
+    effect stands out keeps it.  A few dozen rows per side then give steadier maps.
 
     Examples
     --------
@@ -70,11 +71,15 @@ def moment_map(src_mean, src_std, tgt_mean, tgt_std, n_s, n_t, *, shrink=False):
         log_ratio = _posterior_mean(log_ratio, 0.5 / (n_s - 1) + 0.5 / (n_t - 1), both)
         a = np.where(both, np.exp(log_ratio), a)
         # A feature constant on either side keeps its exact map (shifted, or set to the
-        # target's constant).  Shifts in target stds, the unit the mapped rows land in: a
-        # pooled std that one extreme source row set (a byte count 10^9 out) let one
-        # standard error move every mapped row 10^5 target stds.
-        unit = np.where(both, tgt_std, 1.0)
-        shift = unit * _posterior_mean(shift / unit, 1 / n_s + 1 / n_t, both)
+        # target's constant).  Shifts in pooled stds, as ComBat does; each move at most one
+        # standard error of the target's std, the unit the mapped rows land in: a pooled
+        # std that one extreme source row set (a byte count 10^9 out) let one standard
+        # error move every mapped row 10^5 target stds.
+        noise = 1 / n_s + 1 / n_t
+        pooled = np.where(both, np.sqrt((src_std**2 + tgt_std**2) / 2), 1.0)
+        bound = np.sqrt(noise) * np.where(both, tgt_std, np.inf)
+        shrunk = pooled * _posterior_mean(shift / pooled, noise, both)
+        shift = shift + np.clip(shrunk - shift, -bound, bound)
     return a, src_mean + shift - a * src_mean
 
 

@@ -418,7 +418,8 @@ def _parser():
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run the flow on centred, scaled data: each feature by its own robust spread when "
-        "the features' ranges differ by more than 10x, else one common scale (raw units if not)",
+        "the features' ranges differ by more than 10x, else one common scale, a feature of "
+        "over 10x the median range by its own (raw units if not)",
     )
     gpa.add_argument(
         "--prealign",

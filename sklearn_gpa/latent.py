@@ -249,8 +249,9 @@ class LatentGPA(DomainTransformer):
         rows' beyond noise (variance at least 4 times, Brown-Forsythe test at 0.01), each
         side's levels taken relative to its features' overall spread: two samples of one
         study do not, nor two studies in different units, a per-sample brightness effect
-        does.  "always" does it
-        whenever the data allow; None never.
+        does.  "always" does it whenever the data allow; None never.  A feature whose range
+        among the target rows is over 10 times the median feature's (a patient's age beside
+        the genes) is left out of the levels and keeps its values.
     random_state : int, RandomState instance or None, default=None
         Seeds the flow: the default transporter's, or that of a transporter you pass whose
         own ``random_state`` is None (one you seeded keeps its seed).  An int makes
@@ -267,7 +268,8 @@ class LatentGPA(DomainTransformer):
         The pre-alignment, when used (per source domain where there are several).
     sample_levels_ : object or None
         The per-sample alignment's maps (``level``: rows' means, ``spread``: their log
-        standard deviations, each ``(a, b)`` of ``a * value + b``, or None), when one ran.
+        standard deviations, each ``(a, b)`` of ``a * value + b``, or None; ``features``:
+        the mask of the features they cover, None for all), when one ran.
     encoder_ : fitted encoder
     n_components_ : int
         Latent dimension d'.

@@ -108,8 +108,19 @@ def test_auto_scales_a_feature_in_another_unit_on_its_own():
     with pytest.warns(UserWarning, match=r"1 feature\(s\) \(index 40\) exceed 100 times"):
         gpa = GPATransporter(standardize="common", n_steps=2).fit(X)
     assert np.ndim(gpa.scale_) == 0
+    # "auto", which scales the count on its own, does not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GPATransporter(n_steps=2).fit(X)
     # Without a feature in another unit the common scale is one number, as it was.
     assert np.ndim(Standardization.fit(X[:, :40], "auto").scale) == 0
+    # A quiet feature made odd by one artefact value is not blown up: never a smaller
+    # scale than the common one.
+    genes = rng.normal(size=(100, 200))
+    genes[:, 0] = rng.normal(0.0, 0.05, 100)
+    genes[0, 0] = 80.0
+    scale = Standardization.fit(genes, "auto").scale
+    assert scale[0] == pytest.approx(scale[1])
 
 
 def test_defaults_generate_mixed_units_within_each_features_range():

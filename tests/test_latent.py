@@ -778,16 +778,18 @@ def test_sample_levels_map_keeps_order_and_matches_the_targets_levels():
 
 
 def test_sample_levels_leave_a_feature_in_another_unit_out():
-    # 70 genes and a follow-up in days (nki70 keeps the patients' age beside its genes): a
-    # row's level is its genes' mean, and the days keep their values.
+    # 70 genes and the patients' ages (nki70 keeps them beside its genes): a row's level is
+    # its genes' mean, and the ages keep their values.  The ages' range is 14 times the
+    # target genes' median range, 7 times that of both sides stacked (the brightness effect
+    # widens the source's): which features are odd is decided on the target rows.
     distorted, _, target = _brightness_pair(n=60, d=70, seed=1)
-    days = np.random.RandomState(1).normal(2000.0, 600.0, (120, 1))
-    source = np.hstack([distorted, days[:60]])
-    levels = SampleLevels.fit(source, np.hstack([target, days[60:]]))
+    ages = np.random.RandomState(1).uniform(20.0, 90.0, (120, 1))
+    source = np.hstack([distorted, ages[:60]])
+    levels = SampleLevels.fit(source, np.hstack([target, ages[60:]]))
     plain = SampleLevels.fit(distorted, target)
     assert levels is not None and plain is not None
     moved = levels.transform(source)
-    np.testing.assert_array_equal(moved[:, -1], days[:60, 0])
+    np.testing.assert_array_equal(moved[:, -1], ages[:60, 0])
     np.testing.assert_allclose(moved[:, :-1], plain.transform(distorted))
 
 
