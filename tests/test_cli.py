@@ -461,6 +461,10 @@ def test_make_estimator_latent_and_standardize():
     assert gpa.n_steps == 7 and gpa.standardize is False
     # Without --n-steps, the estimators' own maxima (the stopping rule ends flows earlier).
     assert cli._make_estimator(parse(base)).n_steps == GPATransporter().n_steps == 2000
+    # ... and their own log_every: the stopping rule checks every log_every steps, and the
+    # CLI's own (a hundredth of n_steps) stopped a KEEL glass flow at 80 steps, the API at 100.
+    assert cli._make_estimator(parse(base)).log_every == GPATransporter().log_every
+    assert cli._make_estimator(parse(base + ["--latent"])).transporter.log_every == 50
     latent = cli._make_estimator(parse(base + ["--latent", "--f", "chi2", "--seed", "3"]))
     assert type(latent).__name__ == "LatentGPA"
     flow = latent.transporter
