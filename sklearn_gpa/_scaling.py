@@ -112,7 +112,7 @@ def shared_unit_scale(X) -> float | np.ndarray:
         return robust_scale(X)
     n_features, shared = X.shape[1], ~odd
     common = robust_scale(X[:, shared]) * math.sqrt(n_features / shared.sum())
-    # Never larger than under the common scale: a quiet feature made odd by one artefact
+    # An odd feature is scaled down, never up: a quiet feature made odd by one artefact
     # value (a range of 80 for a spread of 0.05) would otherwise be blown up.
     return np.where(odd, np.maximum(_own_spreads(X) * math.sqrt(n_features), common), common)
 

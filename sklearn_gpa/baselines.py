@@ -43,9 +43,9 @@ def meanstd_map(source, target, *, shrink=False):
     pooled standard deviation, and its log scale ratio are shrunk towards their common
     values by empirical Bayes, as ComBat does: a normal prior fitted robustly across the
     features, each estimate's sampling variance from the numbers of rows, and no estimate
-    moved by more than its standard error (nor a shift by more than one in the target's
-    standard deviations, which one extreme source row cannot inflate), so a feature whose
-    effect stands out keeps it.  A few dozen rows per side then give steadier maps.
+    moved by more than its standard error (a shift also by no more than one standard error
+    in target standard deviations, which one extreme source row cannot inflate), so a
+    feature whose effect stands out keeps it.  A few dozen rows per side then give steadier maps.
 
     Examples
     --------
