@@ -86,8 +86,7 @@ class SampleLevels:
         than 20 features, or spreads over 10 times apart, where a row's mean is no level)
         or the source rows' levels do not vary more than the target's beyond noise."""
         source, target = np.asarray(source, float), np.asarray(target, float)
-        both = np.vstack([source, target])
-        shared = resolve_scaling("auto", both) == "common"
+        shared = resolve_scaling("auto", np.vstack([source, target])) == "common"
         if not always and not shared:
             return None
         # Odd on the target rows, the reference: an effect on the other features widens

@@ -88,12 +88,18 @@ def odd_unit_features(X, ratio=UNIT_RATIO) -> np.ndarray:
     of the varying features: in another unit than the rest (an age among genes, a byte
     count among rates and flags).  A feature of small range is not odd: in a shared unit it
     is a quiet feature (a rarely lit pixel, a gene that hardly varies)."""
+    ranges, varying = _ranges(X)
+    if varying.sum() < 2:
+        return np.zeros(len(ranges), dtype=bool)
+    return varying & (ranges > ratio * np.median(ranges[varying]))
+
+
+def _ranges(X):
+    """Each feature's range (max - min; 0 without rows) and the mask of the varying ones
+    (a range above 0, finite)."""
     X = np.asarray(X, dtype=np.float64)
     ranges = X.max(0) - X.min(0) if len(X) else np.zeros(X.shape[1])
-    varying = (ranges > 0) & np.isfinite(ranges)
-    if varying.sum() < 2:
-        return np.zeros(X.shape[1], dtype=bool)
-    return varying & (ranges > ratio * np.median(ranges[varying]))
+    return ranges, (ranges > 0) & np.isfinite(ranges)
 
 
 def shared_unit_scale(X) -> float | np.ndarray:
@@ -132,9 +138,8 @@ def unit_spread_ratio(X) -> float:
     features in different units (an amount in thousands next to a ratio) score in the
     tens to thousands.  The percentiles make one odd feature among many not decide.
     """
-    X = np.asarray(X, dtype=np.float64)
-    ranges = X.max(0) - X.min(0)
-    ranges = ranges[(ranges > 0) & np.isfinite(ranges)]
+    ranges, varying = _ranges(X)
+    ranges = ranges[varying]
     if len(ranges) < 2:
         return 1.0
     return float(np.quantile(ranges, 0.9) / np.quantile(ranges, 0.1))

@@ -319,10 +319,10 @@ def _note_scales(table, features, Xs, Xt):
             "as well as large ones"
         )
     elif odd:
-        shown = ", ".join(map(repr, odd[:5])) + (", ..." if len(odd) > 5 else "")
         how = (
             f"most features' ranges agree, so the flow divides them by one common scale, and "
-            f"{len(odd)} of over 10 times their median range ({shown}) each by its own spread"
+            f"{len(odd)} of over 10 times their median range ({_list(odd)}) each by its own "
+            "spread"
         )
     else:
         how = (
