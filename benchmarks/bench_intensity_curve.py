@@ -9,7 +9,10 @@ source half gets a batch effect and every source row's batch-free value is known
 * ``affine``, ``curve``, ``factors``, ``mix``: ``bench_known_truth.py``'s effects;
 * ``knee``: a stronger shared curve of the intensity, a soft knee and a cubic tail
   (``z + 0.6 softplus(2.5 (z - 0.2)) - 0.2 z + 0.1 z^3`` of the study-standardised
-  intensity), then a per-gene affine effect.
+  intensity), then a per-gene affine effect;
+* ``background``: an unsubtracted scanner background, ``log2(2^x + 2^q)`` of the log2
+  intensity ``x`` with ``q`` the study's 30th percentile (low intensities compressed, high
+  ones kept), then a per-gene affine effect.
 
 Label-free ``LatentGPA(random_state=0)`` with every default, the curve step on (as it is)
 and off (``_intensity_curve.ENABLED`` False, as before 2026-12-07), in one process; the
@@ -39,7 +42,7 @@ from sklearn_gpa.utils import stack_domains
 
 STUDIES = (*ER_STUDIES, "NSBCD", "DBCD", "chop", "vdv", "MCLcleaned")
 QUICK_STUDIES = ("gse1992", "NSBCD", "DBCD", "vdv")
-EFFECTS = ("none", "affine", "curve", "knee", "factors", "mix")
+EFFECTS = ("none", "affine", "curve", "knee", "background", "factors", "mix")
 GENES = 1000
 HALVINGS = 20
 
@@ -54,6 +57,14 @@ def knee(truth, rng):
     shift = rng.normal(0.0, 0.5, truth.shape[1]) * sd
     mean = truth.mean(0)
     return (centre + spread * bent - mean) * scale + mean + shift
+
+
+def background(truth, rng, floor):
+    """An unsubtracted background added in linear space, then a per-gene affine effect."""
+    bent = np.log2(np.exp2(truth) + np.exp2(floor))
+    sd, mean = truth.std(0), bent.mean(0)
+    scale = rng.lognormal(0.0, 0.2, truth.shape[1])
+    return (bent - mean) * scale + mean + rng.normal(0.0, 0.5, truth.shape[1]) * sd
 
 
 def study_rows(studies, name):
@@ -102,6 +113,8 @@ def run(studies, names, splits):
                     Xs = truth.copy()
                 elif effect == "knee":
                     Xs = knee(truth, rng)
+                elif effect == "background":
+                    Xs = background(truth, rng, np.percentile(X, 30))
                 else:
                     Xs = batch_effect(effect, truth, rng)[0]
                 cell = {"Xs": Xs, "Xt": X[target]}
