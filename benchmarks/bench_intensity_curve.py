@@ -34,7 +34,7 @@ import warnings
 import _common
 import _studies
 import numpy as np
-from bench_known_truth import ER_STUDIES, batch_effect, combat, quantile_mapping
+from bench_known_truth import ER_STUDIES, _affine, batch_effect, combat, quantile_mapping
 
 from sklearn_gpa import LatentGPA, MeanStdAdjuster, _intensity_curve
 from sklearn_gpa._intensity_curve import IntensityCurve
@@ -52,19 +52,13 @@ def knee(truth, rng):
     centre, spread = truth.mean(), truth.std()
     z = (truth - centre) / spread
     bent = z + 0.6 * np.log1p(np.exp(2.5 * (z - 0.2))) - 0.2 * z + 0.1 * z**3
-    sd = truth.std(0)
-    scale = rng.lognormal(0.0, 0.2, truth.shape[1])
-    shift = rng.normal(0.0, 0.5, truth.shape[1]) * sd
-    mean = truth.mean(0)
-    return (centre + spread * bent - mean) * scale + mean + shift
+    return _affine(centre + spread * bent, truth.mean(0), truth.std(0), rng, 0.2, 0.5)
 
 
 def background(truth, rng, floor):
     """An unsubtracted background added in linear space, then a per-gene affine effect."""
     bent = np.log2(np.exp2(truth) + np.exp2(floor))
-    sd, mean = truth.std(0), bent.mean(0)
-    scale = rng.lognormal(0.0, 0.2, truth.shape[1])
-    return (bent - mean) * scale + mean + rng.normal(0.0, 0.5, truth.shape[1]) * sd
+    return _affine(bent, bent.mean(0), truth.std(0), rng, 0.2, 0.5)
 
 
 def study_rows(studies, name):

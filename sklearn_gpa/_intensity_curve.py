@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._scaling import odd_unit_features, resolve_scaling
+from .utils import sorted_quantiles
 
 __all__ = ["IntensityCurve"]
 
@@ -47,22 +48,11 @@ END_SLOPES = (1 / 3, 3.0)
 ENABLED = True
 
 
-def _quantiles(X, levels):
-    """Each feature's quantiles at ``levels`` (``np.quantile``'s linear interpolation, from
-    one sort), shape (n_levels, n_features)."""
-    position = np.asarray(levels) * (len(X) - 1)
-    low = np.floor(position).astype(int)
-    high = np.minimum(low + 1, len(X) - 1)
-    ordered = np.sort(X, axis=0)
-    share = (position - low)[:, None]
-    return ordered[low] * (1 - share) + ordered[high] * share
-
-
 def _shape_quantiles(X):
     """Each feature's quantiles at ``LEVELS``, standardised (its mean 0 and standard
     deviation 1), shape (n_features, n_levels)."""
     centre, spread = _units(X)
-    return ((_quantiles(X, LEVELS) - centre) / spread).T
+    return ((sorted_quantiles(np.sort(X, axis=0), LEVELS) - centre) / spread).T
 
 
 def _units(X):

@@ -16,6 +16,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
 from ._threadpool import one_thread
+from .utils import sorted_quantiles
 
 __all__ = ["SOURCES", "Prior", "match_marginals", "split_counts"]
 
@@ -316,12 +317,8 @@ def _quantile_table(rows):
     n = len(rows)
     if n <= _COPULA_MAX_LEVELS:
         return ordered
-    # np.quantile's linear interpolation, from one sort (its partition at 1000 levels is slow)
-    position = (np.arange(_COPULA_MAX_LEVELS) + 0.5) / _COPULA_MAX_LEVELS * (n - 1)
-    low = position.astype(np.intp)
-    high = np.minimum(low + 1, n - 1)
-    fraction = (position - low)[:, None]
-    return ordered[low] + fraction * (ordered[high] - ordered[low])
+    # From the one sort (np.quantile's partition at 1000 levels is slow).
+    return sorted_quantiles(ordered, (np.arange(_COPULA_MAX_LEVELS) + 0.5) / _COPULA_MAX_LEVELS)
 
 
 def _quantile_function(probabilities, column):

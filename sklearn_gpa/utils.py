@@ -254,6 +254,16 @@ def check_flags(**flags) -> None:
             raise TypeError(f"{name} must be True or False, got {value!r}.")
 
 
+def sorted_quantiles(ordered, levels) -> np.ndarray:
+    """Each column's quantiles at ``levels`` (in [0, 1]) from its sorted values ``ordered``
+    (n, d): ``np.quantile``'s linear interpolation, from one sort; shape (len(levels), d)."""
+    position = np.asarray(levels, dtype=float) * (len(ordered) - 1)
+    low = position.astype(np.intp)
+    high = np.minimum(low + 1, len(ordered) - 1)
+    fraction = (position - low)[:, None]
+    return ordered[low] + fraction * (ordered[high] - ordered[low])
+
+
 def few(values, limit: int = 10) -> str:
     """``values`` as a list for a message: the first ``limit`` and how many in all."""
     values = np.asarray(values).tolist()
