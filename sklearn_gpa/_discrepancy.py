@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._threadpool import one_thread
+from .baselines import meanstd_map
 from .utils import check_sample_domain, known_labels
 
 __all__ = ["DiscrepancyEncoder"]
@@ -75,9 +76,27 @@ def _top_value(codes, n_source, two_sided):
 _DENSE_LIMIT = 400
 
 
+def _axes(rows, largest=None):
+    """Orthonormal principal axes (rows) of ``rows``, those whose singular value is not
+    negligible beside ``largest`` (None: the rows' own largest), and that largest value."""
+    _, singular, basis = np.linalg.svd(rows, full_matrices=False)
+    if not len(singular):
+        return basis, 0.0
+    largest = singular[0] if largest is None else largest
+    return basis[singular > 1e-8 * largest], largest
+
+
+def _removed(rows, filters, removals):
+    """``rows`` less their parts along ``removals`` that carry their products with
+    ``filters`` (columns; afterwards ``rows @ filters`` is 0)."""
+    if not filters.shape[1]:
+        return rows
+    return rows - (rows @ filters) @ np.linalg.solve(removals.T @ filters, removals.T)
+
+
 def step_down_directions(
-    codes,
-    n_source,
+    source,
+    target,
     *,
     n_permutations=199,
     alpha=0.01,
@@ -85,30 +104,64 @@ def step_down_directions(
     max_components=10,
     rng,
     units=None,
+    rematch=True,
+    remove_along="filters",
 ):
     """Directions of the covariance gap that pass a step-down permutation test.
 
-    ``codes`` are rows (source first, each side centred) in an orthonormal basis whose
-    axes are the pooled principal axes.  Each axis is first scaled by ``1 / sqrt(v + t)``,
-    ``v`` its pooled variance and ``t`` the mean of those variances, so that the gap in a
-    direction of little variance counts as much as in one of much.  At each step the
-    leading eigenvector of the gap (largest eigenvalue, or largest in absolute value when
-    ``two_sided``) is accepted when its eigenvalue exceeds that of random reassignments of
-    the rows to the two sides with Monte Carlo p-value ``(1 + #exceeding) /
-    (n_permutations + 1) <= alpha``; then it is projected out of the rows and the next one
-    is tested against permutations of what is left.  ``units`` (per row, an id shared by
-    the copies of one row on one side) move together in the permutations: ten copies of a
-    row are one observation, whose spread the permutations must reproduce (counted as ten,
-    20 source rows repeated ten times passed the test in 10 directions of noise).  Returns
-    the accepted directions as orthonormal columns in ``codes``' coordinates.
+    ``source`` and ``target`` are rows in the features' units (each side centred).  At each
+    step the rows are written in the orthonormal basis of their pooled principal axes, and
+    each axis is scaled by ``1 / sqrt(v + t)``, ``v`` its pooled variance and ``t`` the
+    mean of those variances, so that the gap in a direction of little variance counts as
+    much as in one of much.  The leading eigenvector of the gap (largest eigenvalue, or
+    largest in absolute value when ``two_sided``) is accepted when its eigenvalue exceeds
+    that of random reassignments of the rows to the two sides with Monte Carlo p-value
+    ``(1 + #exceeding) / (n_permutations + 1) <= alpha``; then it is removed from the
+    rows and the next one is tested against permutations of what is left.  What is left
+    is what the encoder leaves of each row: with ``remove_along="filters"`` (rows move
+    along the filters) the rows' parts in the span of the accepted filters ``w * v`` (``v``
+    the eigenvector, ``w`` the weights) are projected out; with ``"patterns"`` each row's
+    product with a filter is taken out along ``v / w`` (for a single factor, its pattern),
+    so that a factor is removed whole after its first direction.
+
+    With ``rematch`` the source's per-feature spread is mapped onto the target's again
+    (shrunk as ComBat does) after each accepted direction, and the
+    accepted directions removed again.  The pre-alignment matched the spreads with the
+    batch factors in them, so it shrank the source's own variation wherever a factor had
+    inflated it; once a factor is removed, the target varies *more* than the source along
+    the biology, and random reassignments of such rows give large gaps that hid a second
+    factor at a few dozen rows a side (``benchmarks/README.md``).  The first step is the
+    same either way.
+
+    ``units`` (per row, source rows first, an id shared by the copies of one row on one
+    side) move together in the permutations: ten copies of a row are one observation,
+    whose spread the permutations must reproduce (counted as ten, 20 source rows repeated
+    ten times passed the test in 10 directions of noise).  Returns an orthonormal basis of
+    the accepted filters (columns, in the features' coordinates; the first is the first
+    filter, the others' parts orthogonal to those before them).
     """
-    members = _units(units, len(codes))
-    variances = np.mean(codes**2, axis=0)
-    weights = 1.0 / np.sqrt(variances + variances.mean())
-    work = codes * weights
+    n_source = len(source)
+    members = _units(units, n_source + len(target))
     allowed = int(np.floor(alpha * (n_permutations + 1) + 1e-9)) - 1
-    found = []
+    filters = removals = np.empty((source.shape[1], 0))
+    orthogonal = remove_along == "filters"
+    largest = None  # the first rows' largest singular value: what is left is measured by it
     for _ in range(max_components):
+        left = _removed(source, filters, removals)
+        target_left = _removed(target, filters, removals)
+        if rematch and filters.shape[1]:
+            # Scaling each feature brings back parts along the filters: removed again.
+            scaled = left * meanstd_map(left, target_left, shrink=True)[0]
+            left = _removed(scaled, filters, removals)
+        rows = np.vstack([left, target_left])
+        # Once the accepted directions fill the rows' span, what is left is round-off.
+        basis, largest = _axes(rows, largest)
+        if not len(basis):
+            break
+        codes = rows @ basis.T
+        variances = np.mean(codes**2, axis=0)
+        weights = 1.0 / np.sqrt(variances + variances.mean())
+        work = codes * weights
         values, vectors = np.linalg.eigh(_gap(work, n_source))
         index = np.argmax(np.abs(values)) if two_sided else len(values) - 1
         observed = abs(values[index]) if two_sided else values[index]
@@ -123,11 +176,12 @@ def step_down_directions(
         if exceeding > allowed:
             break
         vector = vectors[:, index]
-        found.append(vector * weights)
-        work = work - np.outer(work @ vector, vector)
-    if not found:
-        return np.empty((codes.shape[1], 0))
-    return np.linalg.qr(np.array(found).T)[0]
+        filters = np.column_stack([filters, (vector * weights) @ basis])
+        pattern = (vector / weights) @ basis
+        removals = np.column_stack([removals, filters[:, -1] if orthogonal else pattern])
+    if not filters.shape[1]:
+        return filters
+    return np.linalg.qr(filters)[0]
 
 
 class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
@@ -141,11 +195,16 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     one) is kept when its eigenvalue exceeds that of ``n_permutations`` random
     reassignments of the rows to the two sides with a Monte Carlo p-value at most
     ``alpha``; it is then projected out of the rows and the next direction is tested
-    against permutations of what is left.  A strong direction therefore no longer hides a
-    weak one (the former test compared every eigenvalue with the permutations' largest,
-    which a strong per-sample factor inflates).  ``alternative="greater"`` looks only for
-    directions in which the source varies *more* than the target: a per-sample batch
-    factor in the source rows adds variance; where the target varies more (the
+    against permutations of what is left, after the source's per-feature spreads are
+    matched to the target's again (``rematch``).  A strong direction
+    therefore no longer hides a weak one: the former test compared every eigenvalue with
+    the permutations' largest, which a strong per-sample factor inflates; and the spreads
+    matched with a factor in them shrink the source's own variation, so that once the
+    factor is projected out the target varies more along the biology, which inflated the
+    next step's permutations until they hid a second factor at a few dozen rows a side.
+    ``alternative="greater"`` looks only for directions in which the source varies *more*
+    than the target: a per-sample batch factor in the source rows adds variance; where
+    the target varies more (the
     pre-alignment's own per-gene rescaling shrinks the source's biology when a factor
     inflated its per-gene spreads), ``LatentGPA``'s residual adjustment restores the
     per-feature spread, and a flow would have to invent per-row deviations.  A flow on
@@ -195,6 +254,14 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         ``"greater"``: directions in which the source varies more than the target;
         ``"two-sided"``: also those in which it varies less (e.g. a factor present in the
         target only).
+    rematch : bool, default=True
+        After each accepted direction, map the source's per-feature spreads onto the
+        target's again (shrunk as ComBat does) before testing the next.  Meant for rows
+        already matched feature by feature (``LatentGPA``'s pre-alignment), whose spreads
+        were matched with the batch factors in them; on rows that were not, it also
+        removes per-feature differences of spread left after the first direction (features
+        0 and 1 scaled by 3 and 2: one direction found instead of two), so pass False
+        there.
     random_state : int, RandomState instance or None, default=0
         Seeds the permutations.
 
@@ -232,6 +299,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         "alpha": [Interval(Real, 0, 1, closed="neither")],
         "alternative": [StrOptions({"greater", "two-sided"})],
         "move_along": [StrOptions({"filters", "patterns"})],
+        "rematch": ["boolean"],
         "random_state": ["random_state"],
     }
 
@@ -242,6 +310,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         alpha=0.01,
         alternative="greater",
         move_along="filters",
+        rematch=True,
         random_state=0,
     ):
         self.max_components = max_components
@@ -249,6 +318,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         self.alpha = alpha
         self.alternative = alternative
         self.move_along = move_along
+        self.rematch = rematch
         self.random_state = random_state
 
     def fit(self, X, y=None, *, sample_domain=None):
@@ -281,14 +351,12 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
         scale = Xt.std(0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
         self.mean_ = Xt.mean(0)
-        pooled = np.vstack([(Xs - Xs.mean(0)) / self.scale_, (Xt - Xt.mean(0)) / self.scale_])
-        _, singular, basis = np.linalg.svd(pooled, full_matrices=False)
-        basis = basis[singular > 1e-8 * singular[0]] if len(singular) else basis
-        codes = pooled @ basis.T
+        source_rows = (Xs - Xs.mean(0)) / self.scale_
+        target_rows = (Xt - Xt.mean(0)) / self.scale_
         with one_thread():  # many small eigenproblems: one thread is fastest
-            found = step_down_directions(
-                codes,
-                len(Xs),
+            filters = step_down_directions(
+                source_rows,
+                target_rows,
                 n_permutations=self.n_permutations,
                 alpha=self.alpha,
                 two_sided=self.alternative == "two-sided",
@@ -296,18 +364,22 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
                 rng=check_random_state(self.random_state),
                 # Copies of a row move together in the permutations (one observation).
                 units=np.concatenate([_copies(Xs), len(Xs) + _copies(Xt)]),
-            )
-        filters = found.T @ basis
+                rematch=self.rematch,
+                remove_along=self.move_along,
+            ).T
         directions = filters
         if self.move_along == "patterns":  # the gap applied to each filter
-            directions = (_gap(codes, len(Xs)) @ found).T @ basis
+            directions = (
+                source_rows.T @ (source_rows @ filters.T) / len(Xs)
+                - target_rows.T @ (target_rows @ filters.T) / len(Xt)
+            ).T
         contrasts = self._class_contrasts(Xt, None if y is None else np.asarray(y)[~source])
         if len(directions) and len(contrasts):
             q = np.linalg.qr(contrasts.T)[0]
             directions = directions - (directions @ q) @ q.T
         if len(directions):
             directions = np.linalg.qr(directions.T)[0].T
-        n_components = found.shape[1]
+        n_components = len(filters)
         self.components_ = directions.reshape(n_components, X.shape[1])
         self.filters_ = self.components_
         if self.move_along == "patterns" and n_components:

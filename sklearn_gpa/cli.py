@@ -164,8 +164,10 @@ def _make_estimator(args, callback=None):
 
         # Codes share the encoder's unit: one common scale keeps the latent geometry.
         params["standardize"] = "common" if args.standardize else False
-        # LatentGPA pre-aligns the rows themselves, before its encoder ("auto": its default).
-        prealign, params["prealign"] = params["prealign"], None
+        # LatentGPA pre-aligns the rows themselves, before its encoder ("auto": its default),
+        # and its flow the codes (as the API's default flow does; none with --prealign none).
+        prealign = params["prealign"]
+        params["prealign"] = None if prealign is None else "auto"
         return LatentGPA(
             transporter=_default_flow(**params),
             prealign="shrunk" if prealign == "auto" else prealign,

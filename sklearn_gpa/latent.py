@@ -37,6 +37,13 @@ __all__ = ["DiscrepancyEncoder", "LatentGPA", "decoder_lipschitz_constant", "def
 # dimensions and few rows, where a critic that lags its particles lets them swing past
 # their target and back (measured in benchmarks/README.md, "A critic that keeps up").
 FLOW_CRITIC = 10
+# The flow on the codes starts from its own pre-alignment (the transporter's
+# prealign="auto": each code's mean and spread, and their covariance where it differs,
+# mapped onto the target's) and runs only where that leaves the codes farther from the
+# target than a fresh sample.  False: the flow starts from the codes as they are, as
+# before 2026-12-07 (a flow that had to shrink a code 50-fold ran out of steps;
+# benchmarks/README.md, "A second factor at a few dozen rows").
+CODES_PREALIGN = True
 
 
 def _default_flow(**params):
@@ -186,8 +193,11 @@ class LatentGPA(DomainTransformer):
        adjustment, after ``intensity_curve="auto"`` has undone an intensity-dependent
        curve shared by genes of similar intensity where the genes' shapes (standardised
        quantiles, pooled over genes of similar mean) differ beyond noise;
-    3. the flow (one per class with labels on both sides) runs in those few directions and
-       stops once its particles are as close to the target as a fresh sample would be;
+    3. the flow (one per class with labels on both sides) runs in those few directions,
+       from the codes with their means and spreads (and covariance, where it differs)
+       matched to the target's, and stops once its particles are as close to the target as
+       a fresh sample would be (often at once: a per-sample factor is a change of spread
+       along its direction);
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with
        that part's per-feature mean and std matched to the target's.
 
@@ -222,7 +232,9 @@ class LatentGPA(DomainTransformer):
         per class flow, by leave-one-out; ``out_of_sample="auto"``), which suits few rows
         in a latent space of many dimensions.  A transporter you pass is used as given,
         except that ``standardize="auto"`` (or True) runs with one common scale: codes
-        share the encoder's unit, and a per-feature scale would whiten them.
+        share the encoder's unit, and a per-feature scale would whiten them.  Its
+        ``prealign`` (default "auto") pre-aligns the codes in integration; None starts
+        the flow from the codes as they are.
     residual : {"adjust", "keep", "drop"}, default="adjust"
         What happens to the part of each row the encoder does not represent (see above).
     latent_scale : float, default=1.0
@@ -240,7 +252,8 @@ class LatentGPA(DomainTransformer):
         the other class; the recentring estimates the source's own mix and offset along the
         directions that separate the target's classes.  ``residual="adjust"`` matches the
         residuals' moments the same way (keeping the recentring's off-latent part).  None
-        runs the latent flow from the raw source.
+        runs the latent flow from the raw source (and its codes as they are: the default
+        transporter's own pre-alignment of the codes is off too).
     sample_alignment : {"auto", "always"} or None, default="auto"
         Per-sample alignment before ``prealign`` (integration only): each source row's
         mean and log standard deviation across features (its overall level and spread: an
@@ -372,8 +385,8 @@ class LatentGPA(DomainTransformer):
         if transporter.standardize in ("auto", True):
             # Codes share the encoder's unit: a per-feature scale would whiten them.
             transporter.set_params(standardize="common")
-        if transporter.prealign == "auto":  # the rows are pre-aligned here, in gene space
-            transporter.set_params(prealign=None)
+        if transporter.prealign == "auto" and (not CODES_PREALIGN or self.prealign is None):
+            transporter.set_params(prealign=None)  # prealign=None: no pre-alignment at all
         sample_domain = None if source is None else np.where(source, domains, -1)
         self.adjuster_ = self.sample_levels_ = None
         if source is not None and self.sample_alignment is not None:
@@ -446,8 +459,8 @@ class LatentGPA(DomainTransformer):
             encoder = clone(self.encoder)
         elif sample_domain is None:
             encoder = default_encoder()
-        else:
-            encoder = DiscrepancyEncoder()
+        else:  # its re-matching of spreads is for rows matched feature by feature
+            encoder = DiscrepancyEncoder(rematch=self.prealign is not None)
         if sample_domain is not None and "sample_domain" in signature(encoder.fit).parameters:
             return encoder.fit(X, y, sample_domain=sample_domain)
         return encoder.fit(X)

@@ -154,7 +154,7 @@ class GPATransporter(FittedFlowMixin, DomainTransformer):
         does), so the flow fixes only what two moments cannot; the scaling is fitted on the target
         rows.  "auto": "shrunk", one map for all flows of a source domain, medians for heavy tails,
         the covariance where rank correlations differ, none where one source is a fresh sample of
-        its target (None in ``LatentGPA``, ``GPAAugmenter``).
+        its target (``LatentGPA`` runs it on its codes; None in ``GPAAugmenter``).
         :ref:`user_guide_prealign`.
     out_of_sample : {"auto", "replay", "nearest", "barycentric"}, default="auto"
         How ``transform`` moves rows an integration fit was not fitted on: "nearest" by the

@@ -472,19 +472,25 @@ def test_make_estimator_latent_and_standardize():
     assert flow.n_critic == latent_module.FLOW_CRITIC == 10
     assert flow.f == "chi2" and flow.random_state == 3 and flow.standardize == "common"
     assert flow.out_of_sample == "auto"  # LatentGPA's own default for its flow
-    assert latent.prealign == "shrunk" and flow.prealign is None  # aligned once, in gene space
+    # Rows aligned in gene space, codes by the flow's own pre-alignment (as the API does).
+    assert latent.prealign == "shrunk" and flow.prealign == "auto"
+    assert flow.prealign == latent_module._default_flow().prealign
 
 
 @pytest.mark.parametrize(
-    "option, direct, latent",
-    [("auto", "auto", "shrunk"), ("meanstd", "meanstd", "meanstd"), ("none", None, None)],
+    "option, direct, latent, codes",
+    [
+        ("auto", "auto", "shrunk", "auto"),
+        ("meanstd", "meanstd", "meanstd", "auto"),
+        ("none", None, None, None),
+    ],
 )
-def test_prealign_option(option, direct, latent):
+def test_prealign_option(option, direct, latent, codes):
     parse = cli._parser().parse_args
     base = ["transport", "--source", "s", "--target", "t", "-o", "o", "--prealign", option]
     assert cli._make_estimator(parse(base)).prealign == direct
     model = cli._make_estimator(parse(base + ["--latent"]))
-    assert model.prealign == latent and model.transporter.prealign is None
+    assert model.prealign == latent and model.transporter.prealign == codes
 
 
 def test_choices_match_the_engine():
