@@ -125,8 +125,8 @@ def step_down_directions(
     so that a factor is removed whole after its first direction.
 
     With ``rematch`` the source's per-feature spread is mapped onto the target's again
-    (shrunk as ComBat does) after each accepted direction, and the
-    accepted directions removed again.  The pre-alignment matched the spreads with the
+    (shrunk as ComBat does) after each accepted direction, and the accepted directions
+    removed again.  The pre-alignment matched the spreads with the
     batch factors in them, so it shrank the source's own variation wherever a factor had
     inflated it; once a factor is removed, the target varies *more* than the source along
     the biology, and random reassignments of such rows give large gaps that hid a second
@@ -194,17 +194,16 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
     its pooled variance, so that a gap along a quiet axis counts as much as along a loud
     one) is kept when its eigenvalue exceeds that of ``n_permutations`` random
     reassignments of the rows to the two sides with a Monte Carlo p-value at most
-    ``alpha``; it is then projected out of the rows and the next direction is tested
-    against permutations of what is left, after the source's per-feature spreads are
-    matched to the target's again (``rematch``).  A strong direction
-    therefore no longer hides a weak one: the former test compared every eigenvalue with
-    the permutations' largest, which a strong per-sample factor inflates; and the spreads
-    matched with a factor in them shrink the source's own variation, so that once the
-    factor is projected out the target varies more along the biology, which inflated the
-    next step's permutations until they hid a second factor at a few dozen rows a side.
-    ``alternative="greater"`` looks only for directions in which the source varies *more*
-    than the target: a per-sample batch factor in the source rows adds variance; where
-    the target varies more (the
+    ``alpha``; it is then removed from the rows and the next direction is tested against
+    permutations of what is left, after the source's per-feature spreads are matched to
+    the target's again (``rematch``).  A strong direction therefore no longer hides a weak
+    one: the former test compared every eigenvalue with the permutations' largest, which a
+    strong per-sample factor inflates; and the spreads matched with a factor in them shrink
+    the source's own variation, so that once the factor is removed the target varies more
+    along the biology, which inflated the next step's permutations until they hid a second
+    factor at a few dozen rows a side.  ``alternative="greater"`` looks only for
+    directions in which the source varies *more* than the target: a per-sample batch
+    factor in the source rows adds variance; where the target varies more (the
     pre-alignment's own per-gene rescaling shrinks the source's biology when a factor
     inflated its per-gene spreads), ``LatentGPA``'s residual adjustment restores the
     per-feature spread, and a flow would have to invent per-row deviations.  A flow on
