@@ -24,6 +24,12 @@ def _gap(codes, n_source):
     return source.T @ source / len(source) - target.T @ target / len(target)
 
 
+def _gap_times(source, target, vectors):
+    """The covariance gap of ``source`` and ``target`` rows (each side centred) applied to
+    ``vectors``, without forming the features-by-features matrix."""
+    return source.T @ (source @ vectors) / len(source) - target.T @ (target @ vectors) / len(target)
+
+
 def _copies(rows):
     """Per row, the index of its distinct value (copies of one row share one)."""
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
@@ -62,12 +68,10 @@ def _top_value(codes, n_source, two_sided):
         values = np.linalg.eigvalsh(_gap(codes, n_source))
         return np.abs(values).max() if two_sided else values[-1]
     source, target = codes[:n_source], codes[n_source:]
-
-    def product(x):
-        return source.T @ (source @ x) / len(source) - target.T @ (target @ x) / len(target)
-
     size = codes.shape[1]
-    operator = LinearOperator((size, size), matvec=product, dtype=np.float64)
+    operator = LinearOperator(
+        (size, size), matvec=lambda x: _gap_times(source, target, x), dtype=np.float64
+    )
     value = eigsh(operator, k=1, which="LM" if two_sided else "LA", tol=1e-6)[0][0]
     return abs(value) if two_sided else value
 
@@ -368,10 +372,7 @@ class DiscrepancyEncoder(TransformerMixin, BaseEstimator):
             ).T
         directions = filters
         if self.move_along == "patterns":  # the gap applied to each filter
-            directions = (
-                source_rows.T @ (source_rows @ filters.T) / len(Xs)
-                - target_rows.T @ (target_rows @ filters.T) / len(Xt)
-            ).T
+            directions = _gap_times(source_rows, target_rows, filters.T).T
         contrasts = self._class_contrasts(Xt, None if y is None else np.asarray(y)[~source])
         if len(directions) and len(contrasts):
             q = np.linalg.qr(contrasts.T)[0]
