@@ -32,7 +32,13 @@ rows, features 2-6) stacked three times, and KEEL kddcup land vs portsweep (250 
 distinct, class-conditional); steps run, seconds, pickled size, share of 1000 ``sample()``
 rows that are exact copies of a training row, C2ST (random forest, 5 folds) of the samples
 against held-out real rows
-(``results/bench_stopping_duplicates.*``).
+(``results/bench_stopping_duplicates.*``).  ``--narrowing``: integration without a
+pre-alignment (``prealign=None``) of rows that must narrow 20-fold, 1-D and 2-D, normal,
+Laplace and t3 laws (the source is the truth times 20, each row's truth known), seeds 0-5,
+the far particles' statistic (``stopping.FAR_TOLERANCE``) on and off in one process: steps,
+stop reason, the moved rows' spread over the target's, their farthest from the target's
+median in target IQRs (the target's own farthest beside it), the median error to the truth
+in target IQRs, seconds (``results/bench_stopping_narrowing.*``).
 """
 
 from __future__ import annotations
@@ -533,6 +539,92 @@ def duplicates_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+NARROWING_LAWS = {
+    "normal": lambda rng, shape: rng.standard_normal(shape),
+    "laplace": lambda rng, shape: rng.laplace(size=shape),
+    "t3": lambda rng, shape: rng.standard_t(3, shape),
+}
+
+
+def narrowing(seeds, dims=(1, 2), n=100):
+    """Rows 20 times as wide as their target's, moved without a pre-alignment, the far
+    particles' statistic on and off (its tolerance restored afterwards)."""
+    rows, tolerance = [], stopping.FAR_TOLERANCE
+    try:
+        for (law, draw), d, seed in itertools.product(NARROWING_LAWS.items(), dims, seeds):
+            rng = np.random.RandomState(seed)
+            truth, target = 0.15 * draw(rng, (n, d)), 0.15 * draw(rng, (n, d))
+            X, _, domain = stack_domains(20.0 * truth, target)
+            centre = np.median(target, 0)
+            iqr = np.mean(np.subtract(*np.percentile(target, [75, 25], axis=0)))
+            for setting, far in (("far particles counted", tolerance), ("not counted", None)):
+                stopping.FAR_TOLERANCE = far
+                gpa = GPATransporter(prealign=None, random_state=0)
+                out, seconds, rule = timed_fit(gpa, X, sample_domain=domain)
+                moved = out[domain >= 0]
+                rows.append(
+                    fit_row(
+                        f"{law}, {d}-D, seed {seed}",
+                        setting,
+                        gpa,
+                        seconds,
+                        rule,
+                        spread_over_target=float(moved.std() / target.std()),
+                        farthest_iqr=float(np.linalg.norm(moved - centre, axis=1).max() / iqr),
+                        target_farthest_iqr=float(
+                            np.linalg.norm(target - centre, axis=1).max() / iqr
+                        ),
+                        error_iqr=float(np.median(np.linalg.norm(moved - truth, axis=1)) / iqr),
+                    )
+                )
+                print_row(rows[-1])
+    finally:
+        stopping.FAR_TOLERANCE = tolerance
+    return rows
+
+
+def narrowing_markdown(rows):
+    lines = [
+        "| law | setting | converged | steps, median | spread / target's, median (max) | "
+        "farthest, target IQRs, median (max) | target's own farthest, median | "
+        "error to truth, IQRs, median | seconds, all fits |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def key(row):
+        return row["problem"].split(",")[0] + ", " + row["problem"].split(",")[1].strip()
+
+    groups = itertools.groupby(
+        sorted(rows, key=lambda r: (key(r), r["setting"])), key=lambda r: (key(r), r["setting"])
+    )
+    for (law, setting), group in groups:
+        group = list(group)
+        spread = [r["spread_over_target"] for r in group]
+        far = [r["farthest_iqr"] for r in group]
+        lines.append(
+            f"| {law} | {setting} | {sum(r['stop_reason'] == 'converged' for r in group)} / "
+            f"{len(group)} | {np.median([r['n_steps_run'] for r in group]):.0f} | "
+            f"{np.median(spread):.2f} ({max(spread):.2f}) | "
+            f"{np.median(far):.1f} ({max(far):.1f}) | "
+            f"{np.median([r['target_farthest_iqr'] for r in group]):.1f} | "
+            f"{np.median([r['error_iqr'] for r in group]):.2f} | "
+            f"{sum(r['seconds'] for r in group):.1f} |"
+        )
+    lines += [
+        "",
+        "| problem | setting | stop reason | steps | spread / target's | farthest, IQRs | "
+        "target's farthest | error, IQRs | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['problem']} | {r['setting']} | {r['stop_reason']} | {r['n_steps_run']} | "
+            f"{r['spread_over_target']:.2f} | {r['farthest_iqr']:.1f} | "
+            f"{r['target_farthest_iqr']:.1f} | {r['error_iqr']:.2f} | {r['seconds']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one seed, one far source")
@@ -547,7 +639,12 @@ def main():
     parser.add_argument(
         "--duplicates", action="store_true", help="only generation on duplicated rows"
     )
+    parser.add_argument(
+        "--narrowing", action="store_true", help="only flows that must narrow 20-fold"
+    )
     args = parser.parse_args()
+    if args.narrowing:
+        return _write("bench_stopping_narrowing", narrowing(range(6)), narrowing_markdown)
     if args.duplicates:
         return _write("bench_stopping_duplicates", duplicates(), duplicates_markdown)
     if args.null:

@@ -93,6 +93,8 @@ def run_gpa(sources, targets, **settings):
     ``stopping.START_FACTOR`` (integration: rows move only where the data show a
     difference); None runs ``n_steps``.
     ``frozen`` (K,) marks flows that do not move (those a continued run had stopped).
+    ``far_particles``: whether the rule counts the far particles (``stopping``'s fifth
+    statistic); the estimators leave it out of integration after a pre-alignment.
 
     With ``stop="auto"``, flows that are done before their first step (their particles as
     close to their targets as a fresh sample: a fitted prior often is) get no critic: the
@@ -147,7 +149,9 @@ def _trained_slots(arguments):
     y, w_y = pack_rows(arguments["sources"], dtype, device)
     x, w_x = pack_rows(arguments["targets"], dtype, device)
     # The run's own rule: the same decision as its check before the first step.
-    rule = _stopping_rule(y, w_y, x, w_x, arguments["seed"], arguments["stop"])
+    rule = _stopping_rule(
+        y, w_y, x, w_x, arguments["seed"], arguments["stop"], arguments["far_particles"]
+    )
     values, score, converged = rule.check(y, first=True)
     done = converged.cpu().numpy()
     if not done.any() or done.all():
@@ -157,11 +161,12 @@ def _trained_slots(arguments):
     return slots, start, rule.select(slots)
 
 
-def _stopping_rule(y, w_y, x, w_x, seed, stop):
+def _stopping_rule(y, w_y, x, w_x, seed, stop, far_particles=True):
     """The rule ``stop`` ("auto" or "evidence") runs for packed flows: a fixed subsample of
     each flow's rows, compared at factor 1, on its own random stream (the particles' path
     does not depend on whether the rule is on); with "evidence", at ``START_FACTOR`` at the
-    first check.  "auto" (generation) also stops a flow that has stalled (``STALL_STEPS``)."""
+    first check.  "auto" (generation) also stops a flow that has stalled (``STALL_STEPS``).
+    ``far_particles``: whether the far particles' statistic counts."""
     return EnergyStopping(
         y,
         w_y,
@@ -172,6 +177,7 @@ def _stopping_rule(y, w_y, x, w_x, seed, stop):
         start_factor=START_FACTOR if stop == "evidence" else None,
         patience=STALL_STEPS if stop == "auto" else None,
         generator=torch.Generator().manual_seed(int(seed) + 1),
+        far=far_particles,
     )
 
 
@@ -271,6 +277,7 @@ def _run_flows(
     critic_state=None,
     stop=None,
     frozen=None,
+    far_particles=True,
     _rule=None,
 ):
     """Algorithm 1 on all K flows given (see ``run_gpa``); ``_rule``: the stopping rule
@@ -313,7 +320,7 @@ def _run_flows(
         if stop is not None:
             # A continued run's flows already moved: "evidence" is for a run's start only.
             rule_stop = stop if critic_state is None else "auto"
-            stopping = _rule or _stopping_rule(y, w_y, x, w_x, seed, rule_stop)
+            stopping = _rule or _stopping_rule(y, w_y, x, w_x, seed, rule_stop, far_particles)
         result = train_flow(
             y,
             w_y,

@@ -328,7 +328,8 @@ class _RuleRecord:
 
     ``stopping`` is the rule of the batch's flows; a flow out of the batch keeps the score
     and statistics of its last check (its particles no longer move).  Each flow's best check
-    (lowest score) and its particles there are kept, for ``roll_back``.
+    (lowest score without the far particles', ``EnergyStopping.ranking``) and its particles
+    there are kept, for ``roll_back``.
     """
 
     def __init__(self, stopping, running):
@@ -338,6 +339,7 @@ class _RuleRecord:
         self.stop_step = np.where(running.cpu().numpy(), -1, 0)
         n_flows = len(self.stop_step)
         self.score, self.value = np.full(n_flows, np.nan), np.full(n_flows, np.nan)
+        self.ranked = np.full(n_flows, np.nan)  # the score that ranks checks (``ranking``)
         self.best_score, self.best_step = np.full(n_flows, np.inf), np.zeros(n_flows, dtype=int)
         self.best_particles = None
         self.rolled_back = np.zeros(n_flows, dtype=bool)
@@ -371,13 +373,15 @@ class _RuleRecord:
         self.values.append(self.value.copy())
         if ROLLBACK_RATIO is None and self.patience is None:
             return
-        better = (score < self.best_score[batch.flows]) & batch.live.cpu().numpy()
+        ranked = self.stopping.ranking(values).cpu().numpy()
+        self.ranked[batch.flows] = ranked
+        better = (ranked < self.best_score[batch.flows]) & batch.live.cpu().numpy()
         if better.any():
             if self.best_particles is None:  # K-wide, whatever the batch holds now
                 shape = (len(self.stop_step), *batch.y.shape[1:])
                 self.best_particles = batch.y.new_zeros(shape)
             flows = batch.flows[better]
-            self.best_score[flows], self.best_step[flows] = score[better], steps_run
+            self.best_score[flows], self.best_step[flows] = ranked[better], steps_run
             index = torch.as_tensor(np.flatnonzero(better), device=batch.y.device)
             self.best_particles[torch.as_tensor(flows, device=batch.y.device)] = (
                 batch.y.index_select(0, index)
@@ -410,9 +414,11 @@ class _RuleRecord:
         live = alive[-1].cpu().numpy() if len(alive) else np.ones(len(self.score), dtype=bool)
         worse = np.zeros(len(self.score), dtype=bool)
         if ROLLBACK_RATIO is not None:
-            worse = (self.stop_step < 0) & live & (self.score > self.best_score * ROLLBACK_RATIO)
-        # A stalled flow keeps its best check (the dead critic's, or the swing's, low point).
+            worse = (self.stop_step < 0) & live & (self.ranked > self.best_score * ROLLBACK_RATIO)
+        # A stalled flow keeps its best check (the dead critic's, or the swing's, low point);
+        # one without a finite score at any check has none to go back to.
         back = worse | (self.stalled & (self.best_step < self.stop_step))
+        back &= np.isfinite(self.best_score)
         for k in np.flatnonzero(back):
             particles[k] = self.best_particles[k]
             alive[self.best_step[k] :, k] = False

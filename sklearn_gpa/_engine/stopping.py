@@ -49,6 +49,26 @@ averaged over the features.  An average of binomial shares spreads at most as on
 floor is the third statistic's.  Discrete features count at their spacing (a particle
 between two levels is no stray), where a fresh sample, on the levels, has none.
 
+Each of these is an average or a share, so a few particles far outside the target hardly
+move it (the kernel statistics see a share ``e`` of far particles as ``e^2``): a
+one-dimensional flow that had to narrow 20-fold stopped with 2-3 of 100 particles 20 to 30
+target spreads out (a spread 5 to 6 times the target's), where more steps brought them in.
+The fifth statistic is the farthest particle's distance from the target's centre (the
+features' medians) over the farthest target row's; with ``m`` particles against ``n``
+target rows, the ``ceil(m / n)``-th farthest, so that more particles do not reach farther
+out by their number alone.  Its floor is ``FAR_TOLERANCE`` (3) times the level a fresh
+sample reaches, read off the target itself: the 0.9 quantile over random halves of the
+largest distance in one half over the largest in the other (1.1-1.4 for light tails,
+higher for heavy ones, where a fresh row can land far out).  In integration the level is
+also read off the particles' start about their own centre, the larger counting: a source
+whose farthest rows lie far beyond its own bulk may keep them there.  The estimators count
+it in generation and in integration without a pre-alignment (``far``), where the flow alone
+brings the source's spread onto the target's; after a pre-alignment a row still far out is
+a row of its own (a latent flow on SurvSet vdv pulled one in, its error 2.26 -> 3.07).  It
+does not count at integration's first check (a few far source rows alone do not set a flow
+moving, they keep a moving one going), nor in ranking a run's checks for its best one
+(``ranking``).
+
 A flow's *score* is the largest statistic / floor ratio. A fresh sample of the target scores
 about -1 to 1; the flow stops (is frozen) at the first check where its score is at most
 ``factor`` (1: as close as a fresh sample typically is). A fresh sample scores above 1 at a
@@ -116,6 +136,15 @@ START_POOL_ROWS = 500
 # may travel far, and four-well flows stalled for 1300 steps, then went on to the wells.
 STALL_GAIN = 0.1
 STALL_STEPS = 400
+# Far particles (the fifth statistic): a flow is not done while its farthest particles lie
+# more than FAR_TOLERANCE times as far out from the target's centre, in units of the target
+# rows' farthest, as the farthest rows of a random half of the target lie in units of the
+# other half's (the 0.9 quantile over FAR_SPLITS splits).  None: it does not count.
+FAR_TOLERANCE = 3.0
+FAR_SPLITS = 64
+# In integration, the level is also read off the particles' start, about their own centre
+# (the larger counts).  False: the target's alone (benchmarks).
+FAR_SOURCE_LEVEL = True
 
 
 def rows_compared(n_features: int) -> int:
@@ -265,6 +294,32 @@ def _value_distances(values, points):
     return torch.minimum((points - lower).abs(), (upper - points).abs()).transpose(1, 2)
 
 
+def _far_level(norms, mask, generator):
+    """Per flow (K,): how far out a fresh sample's farthest row lies, in units of the
+    target rows' farthest: over ``FAR_SPLITS`` random halves of the masked rows, the 0.9
+    quantile of the largest ``norms`` (distances to the target's centre) of one half over
+    the other half's (inf where over 10 % of the splits have no such ratio: an empty half,
+    or one whose only row is the centre, as with fewer than 4 distinct rows in 1-D).
+
+    The target's own halves set it, so that a heavy tail, where a fresh row can land far
+    beyond the target's rows, sets a higher level than a light one (1.1-1.4 for Gaussians).
+    """
+    real = mask > 0
+    half = torch.floor(real.sum(1) / 2)[:, None]
+    levels = []
+    for _ in range(FAR_SPLITS):
+        keys = torch.rand(real.shape, generator=generator, dtype=norms.dtype)
+        rank = (keys.to(norms.device) + 2.0 * ~real).argsort(-1).argsort(-1)
+        first = real & (rank < half)
+        top_first = norms.masked_fill(~first, -math.inf).max(1).values
+        top_second = norms.masked_fill(~(real & ~first), -math.inf).max(1).values
+        levels.append(top_second / top_first)
+    levels = torch.stack(levels, 1)
+    levels = levels.masked_fill(~(torch.isfinite(levels) & (levels > 0)), math.inf)
+    # An order statistic, not an interpolated quantile: between two inf it would be nan.
+    return levels.sort(1).values[:, math.ceil(0.9 * (FAR_SPLITS - 1))]
+
+
 def _subsample(counts, max_rows, generator):
     """Per flow, indices (K, r) of at most ``max_rows`` of its ``counts[k]`` real rows; mask."""
     width = min(int(max(counts)), max_rows)
@@ -349,6 +404,8 @@ class EnergyStopping:
     patience : int or None
         Steps after which a flow whose score has not fallen by ``STALL_GAIN`` stops (the
         run's record of the checks applies it, ``flow._RuleRecord``); None: never.
+    far : bool
+        Whether the far particles' statistic counts (False: its floor is inf).
     """
 
     def __init__(
@@ -364,6 +421,7 @@ class EnergyStopping:
         divisors=DIVISORS,
         start_factor=None,
         patience=None,
+        far=True,
     ):
         device = x.device
         self.patience = patience
@@ -414,10 +472,32 @@ class EnergyStopping:
             self.values, self.feature_radius = _feature_radii(self.target, self.mask_x)
         else:
             spread = torch.full_like(spread, math.inf)
-        self.floor = torch.cat([floor, spread[None], spread[None]])
         # The first check's floors of the pooled rows (``_start_floor``): on their own
         # random stream, drawn once per flow, so that checking twice decides alike.
         self.start_seed = int(torch.randint(2**31, (), generator=generator))
+        # Far particles: their distances to the target's centre (the features' medians)
+        # over the target rows' largest, against the level of the target's halves (on a
+        # stream of their own: the other draws are as without the statistic).  The
+        # particles' k-th largest counts, k their number over the target's (at least 1):
+        # the largest of more rows lies farther out.
+        real = self.mask_x > 0
+        self.far_centre = self.target.masked_fill(~real[..., None], math.nan).nanmedian(1).values
+        norms = (self.target - self.far_centre[:, None]).norm(dim=-1)
+        self.far_radius = norms.masked_fill(~real, -math.inf).max(1).values
+        self.far_rank = (n_particles / self.n_target.clamp_min(1.0)).ceil().clamp_min(1.0)
+        far_floor = torch.full_like(spread, math.inf)
+        if far and FAR_TOLERANCE is not None:
+            far_generator = torch.Generator().manual_seed(self.start_seed + 1)
+            level = _far_level(norms, self.mask_x, far_generator)
+            if self.on_evidence and FAR_SOURCE_LEVEL:
+                # Integration: the level of the particles' start too, about their own centre:
+                # where the source's farthest rows lie far beyond its bulk, so may theirs.
+                start = self._particles(y)
+                own = start.masked_fill(~(self.mask_y > 0)[..., None], math.nan)
+                start = (start - own.nanmedian(1).values[:, None]).norm(dim=-1)
+                level = torch.maximum(level, _far_level(start, self.mask_y, far_generator))
+            far_floor = FAR_TOLERANCE * level
+        self.floor = torch.cat([floor, spread[None], spread[None], far_floor[None]])
         self.start_floor = self.start_known = None
 
     def _floor(self, kernel, pool_mask, n_particles, generator, n_target=None):
@@ -465,7 +545,7 @@ class EnergyStopping:
         new = copy.copy(self)
         index = torch.as_tensor(flows, dtype=torch.long, device=self.target.device)
         names = ("index_y", "mask_y", "center", "target", "mask_x", "n_target", "bandwidth")
-        for name in (*names, "radius"):
+        for name in (*names, "radius", "far_centre", "far_radius", "far_rank"):
             setattr(new, name, getattr(self, name).index_select(0, index))
         if self.values is not None:
             new.values = self.values.index_select(0, index)
@@ -478,11 +558,13 @@ class EnergyStopping:
         return new
 
     def statistics(self, y):
-        """Statistics (3 + B, K) between each flow's particle subsample and target subsample.
+        """Statistics (4 + B, K) between each flow's particle subsample and target subsample.
 
         The energy distance, the B Gaussian MMDs, the share of particles farther from every
-        target row than the stray radius, less the share expected for a fresh sample, and
-        the same share in each feature, averaged over the features.
+        target row than the stray radius, less the share expected for a fresh sample, the
+        same share in each feature, averaged over the features, and the ``far_rank``-th
+        farthest particle's distance from the target's centre over the farthest target
+        row's (``_far``).
         """
         particles = self._particles(y)
         values, distances = _statistics(
@@ -490,7 +572,20 @@ class EnergyStopping:
         )
         nearest = distances.masked_fill(self.mask_x[:, None, :] == 0, math.inf).min(2).values
         strays = _stray_share(nearest, self.mask_y, self.radius) - STRAY_SHARE
-        return torch.cat([values, strays[None], self._feature_strays(particles)[None]])
+        return torch.cat(
+            [values, strays[None], self._feature_strays(particles)[None], self._far(particles)]
+        )
+
+    def _far(self, particles):
+        """(1, K): each flow's ``far_rank``-th farthest particle from the target's centre,
+        over the target rows' farthest."""
+        norms = (particles - self.far_centre[:, None]).norm(dim=-1)
+        norms = norms.masked_fill(self.mask_y == 0, -math.inf).sort(1, descending=True).values
+        rank = (self.far_rank.long() - 1).clamp_max(norms.shape[1] - 1)
+        ratio = norms.gather(1, rank[:, None]).squeeze(1) / self.far_radius
+        # No spread to measure against (one distinct target row): the statistic is 0.
+        ratio = torch.where(self.far_radius > 0, ratio, torch.zeros_like(ratio))
+        return ratio.clamp_min(0.0)[None]
 
     def _particles(self, y):
         """Each flow's particle subsample (K, m, d), centred as the target rows are."""
@@ -511,29 +606,38 @@ class EnergyStopping:
         return excess.sum(1) / counted.sum(1).clamp_min(1)
 
     def check(self, y, first=False):
-        """(statistics (3 + B, K), score (K,), converged (K,)) for particles ``y``.
+        """(statistics (4 + B, K), score (K,), converged (K,)) for particles ``y``.
 
         The score is the largest ratio of a statistic to its floor; a flow has converged
         when its score is at most ``factor`` (``start_factor`` at the ``first`` check, where
         a flow that moves only on evidence also stays with fewer than ``START_MIN_ROWS``
         distinct target rows, and its score counts against the larger floors of
-        ``_start_floor``).  The score returned is always against the target's floors: the
-        run compares checks' scores (its best check) on one scale.
+        ``_start_floor``, the far particles not counted).  The score returned is always
+        against the target's floors: the run compares checks' scores (its best check) on one
+        scale.
         """
         values = self.statistics(y)
         score = (values / self.floor).max(0).values
         if not (first and self.on_evidence):
             return values, score, score <= (self.start_factor if first else self.factor)
-        # Too few distinct target rows to tell a move from noise: the flow stays.
+        # Too few distinct target rows to tell a move from noise: the flow stays.  Nor do a
+        # few far rows set a flow moving: far particles keep a moving flow going.
         stays = (self.mask_x > 0).sum(1) < START_MIN_ROWS
-        decisive = score
+        decisive = (values[:-1] / self.floor[:-1]).max(0).values
         if START_POOLED:
-            moves = (score > self.start_factor) & ~stays
-            decisive = (values / self._start_floor(y, moves)).max(0).values
+            moves = (decisive > self.start_factor) & ~stays
+            decisive = (values[:-1] / self._start_floor(y, moves)[:-1]).max(0).values
         return values, score, (decisive <= self.start_factor) | stays
 
+    def ranking(self, values):
+        """(K,) the score of ``values`` (as ``check`` returns them) without the far
+        particles' statistic: the run's best check is the lowest.  A far particle or two
+        kept the score of a flow that swung past its target and back at their level, above
+        half its score at the end, and the flow no longer went back to its best check."""
+        return (values[:-1] / self.floor[:-1]).max(0).values
+
     def _start_floor(self, y, moves):
-        """The floors (3 + B, K) of a flow's first check that moves only on evidence.
+        """The floors (4 + B, K) of a flow's first check that moves only on evidence.
 
         The target's halves are a fresh sample's floor only where the target holds the rows
         a fresh sample would: a source with rows of its own far out in a heavy tail (KEEL
