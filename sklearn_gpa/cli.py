@@ -247,7 +247,7 @@ def run_transport(args):
     ys, yt = _labels(source, s_label), _labels(target, t_label)
     if (ys is None) != (yt is None):
         raise CLIError(
-            "labels given for one file only: class flows need a label column in both files "
+            "labels given for one file only: labels need a label column in both files "
             "(--labels COL for both, or --source-labels and --target-labels); to carry a "
             "label column through without using it, use --id-column"
         )
@@ -369,7 +369,10 @@ def _parser():
         "-o", "--output", required=True, metavar="FILE", help="where to write the moved table"
     )
     files.add_argument(
-        "--labels", metavar="COL", help="label column of both files: one flow per class"
+        "--labels",
+        metavar="COL",
+        help="label column of both files: one flow per class (with --latent, labels "
+        "steer the directions of the one flow)",
     )
     files.add_argument(
         "--source-labels", metavar="COL", help="label column of the source (overrides --labels)"

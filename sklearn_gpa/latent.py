@@ -44,6 +44,12 @@ FLOW_CRITIC = 10
 # before 2026-12-07 (a flow that had to shrink a code 50-fold ran out of steps;
 # benchmarks/README.md, "A second factor at a few dozen rows").
 CODES_PREALIGN = True
+# Integration with labels on both sides runs one flow on the codes (the labels still steer
+# the encoder), unless the transporter is given conditional=True.  Flows per class, of a
+# few dozen rows each, fit their noise, and under a label shift sent rows onto their
+# class's target rows, farther from their own truth (benchmarks/README.md, "One flow with
+# labels").  True: a flow per class, as before 2026-12-07.
+CLASS_FLOWS = False
 
 
 def _default_flow(**params):
@@ -193,11 +199,14 @@ class LatentGPA(DomainTransformer):
        adjustment, after ``intensity_curve="auto"`` has undone an intensity-dependent
        curve shared by genes of similar intensity where the genes' shapes (standardised
        quantiles, pooled over genes of similar mean) differ beyond noise;
-    3. the flow (one per class with labels on both sides) runs in those few directions,
-       from the codes with their means and spreads (and covariance, where it differs)
-       matched to the target's, and stops once its particles are as close to the target as
-       a fresh sample would be (often at once: a per-sample factor is a change of spread
-       along its direction);
+    3. one flow, labels or not (``transform`` then ignores ``y``), runs in those few
+       directions, from the codes with their means and spreads (and covariance, where it
+       differs) matched to the target's, and stops once its particles are as close to the
+       target as a fresh sample would be (often at once: a per-sample factor is a change
+       of spread along its direction).  A flow per class takes
+       ``transporter=GPATransporter(conditional=True)``: flows of a few dozen rows each fit
+       their noise, and under a label shift they sent rows onto their class's target rows,
+       farther from their own truth;
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with
        that part's per-feature mean and std matched to the target's.
 
@@ -209,7 +218,7 @@ class LatentGPA(DomainTransformer):
     ``residual`` decides what happens to the part of each moved row the encoder discards:
 
     * ``"adjust"`` (default): add the row's own off-latent residual ``x - D(E(x))`` back,
-      its per-feature mean and std matched to the target's (per class flow);
+      its per-feature mean and std matched to the target's (per flow);
     * ``"keep"``: add the residual back as it is;
     * ``"drop"``: return ``D(moved code)``, a row on the encoder's manifold (the papers).
 
@@ -230,9 +239,11 @@ class LatentGPA(DomainTransformer):
         transporter, so that it keeps up with particles in few dimensions): new source
         rows move like their nearest training codes (or to the mean of their end points,
         per class flow, by leave-one-out; ``out_of_sample="auto"``), which suits few rows
-        in a latent space of many dimensions.  A transporter you pass is used as given,
-        except that ``standardize="auto"`` (or True) runs with one common scale: codes
-        share the encoder's unit, and a per-feature scale would whiten them.  Its
+        in a latent space of many dimensions.  In integration its ``conditional="auto"``
+        runs one flow, labels or not (``conditional=True``: a flow per class).  A
+        transporter you pass is used as given otherwise, except that
+        ``standardize="auto"`` (or True) runs with one common scale: codes share the
+        encoder's unit, and a per-feature scale would whiten them.  Its
         ``prealign`` (default "auto") pre-aligns the codes in integration; None starts
         the flow from the codes as they are.
     residual : {"adjust", "keep", "drop"}, default="adjust"
@@ -297,7 +308,7 @@ class LatentGPA(DomainTransformer):
         The flow fitted on the codes (None when the encoder found no direction to move
         in); ``history_``, ``n_steps_``, ``classes_``, ``flow_domains_``, ``mode_``,
         ``flow_`` and ``particle_labels_`` are its attributes.  With several source
-        domains it has a flow per domain (and class).
+        domains it has a flow per domain (and class, with ``conditional=True``).
     adjuster_ : MeanStdAdjuster or None
         The pre-alignment, when used (per source domain where there are several).
     sample_levels_ : object or None
@@ -439,6 +450,8 @@ class LatentGPA(DomainTransformer):
             # Labels on the target only: the encoder used them; the flow is one label-free
             # flow (the transporter would warn that it ignores them).
             flow_labels = None
+        elif source is not None and transporter.conditional == "auto" and not CLASS_FLOWS:
+            flow_labels = None  # labels on both sides: one flow too (CLASS_FLOWS)
         self.transporter_ = transporter.fit(codes, flow_labels, sample_domain=sample_domain)
         self.residual_maps_ = self._residual_maps(residuals, flow_labels, source, domains)
         moved = self.transporter_.particles_
