@@ -64,7 +64,7 @@ if genes is not None:
 
 # %%
 # Integrate: mean/std adjustment per ER class, and latent GPA
-# ----------------------------------------------------------
+# -----------------------------------------------------------
 if genes is not None:
     X, y, sample_domain = stack_domains(Xs, Xt, ys, yt)
     meanstd = MeanStdAdjuster().fit_transform(X, y, sample_domain=sample_domain)[sample_domain >= 0]

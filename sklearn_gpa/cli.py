@@ -245,11 +245,19 @@ def run_transport(args):
     Xs = _numeric_block(source, s_features)
     Xt = _numeric_block(target, t_features)
     ys, yt = _labels(source, s_label), _labels(target, t_label)
-    if (ys is None) != (yt is None):
+    if ys is None and yt is not None and args.latent:
+        # Semi-labelled integration: the source rows' labels are unknown (skada's -1).
+        import numpy as np
+
+        ys, yt = np.full(len(source.rows), -1, dtype=object), yt.astype(object)
+        if not args.quiet:
+            _say("note", "labels for the target only: the source rows' are unknown")
+    elif (ys is None) != (yt is None):
         raise CLIError(
-            "labels given for one file only: labels need a label column in both files "
-            "(--labels COL for both, or --source-labels and --target-labels); to carry a "
-            "label column through without using it, use --id-column"
+            "labels given for one file only: flows per class need a label column in both "
+            "files (--labels COL for both, or --source-labels and --target-labels), and "
+            "--latent takes the target's alone; to carry a label column through without "
+            "using it, use --id-column"
         )
     if not args.quiet:
         _note_label_like(source, s_features, Xs)

@@ -299,6 +299,38 @@ def test_label_column_in_one_file_only(tmp_path, capsys):
     assert "labels given for one file only" in _error(capsys, code)
 
 
+def test_latent_takes_the_targets_labels_alone(tmp_path, capsys):
+    # Semi-labelled integration (a new study against a labelled reference): the source
+    # rows' labels are unknown; the result is LatentGPA's with source labels -1.
+    from sklearn_gpa import LatentGPA
+    from sklearn_gpa.utils import stack_domains
+
+    rng = np.random.RandomState(0)
+    source = rng.normal(size=(40, 12)) + rng.normal(size=(40, 1)) * rng.normal(size=12)
+    target = rng.normal(size=(40, 12))
+    labels = np.array(["neg", "pos"])[rng.randint(2, size=40)]
+    header = [f"g{j}" for j in range(12)]
+    _write(tmp_path / "s.csv", source.tolist(), header)
+    _write(
+        tmp_path / "t.csv", [[*row, label] for row, label in zip(target, labels)], header + ["er"]
+    )
+    out = tmp_path / "o.csv"
+    code = main(
+        ["transport", "--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv"),
+         "--target-labels", "er", "--latent", "--seed", "0", "-o", str(out)]
+    )  # fmt: skip
+    assert code == 0 and "labels for the target only" in capsys.readouterr().err
+    X, y, sd = stack_domains(source, target, np.full(40, -1, dtype=object), labels.astype(object))
+    expected = LatentGPA(random_state=0).fit_transform(X, y, sample_domain=sd)[:40]
+    np.testing.assert_allclose(np.array(_read(out)[1:], dtype=float), expected, atol=1e-5)
+    # Without --latent, flows per class need the source's labels too.
+    code = main(
+        ["transport", "--source", str(tmp_path / "s.csv"), "--target", str(tmp_path / "t.csv"),
+         "--target-labels", "er", "--quiet", "-o", str(out)]
+    )  # fmt: skip
+    assert "--latent takes the target's alone" in _error(capsys, code)
+
+
 def test_unknown_columns_are_named(tmp_path, capsys):
     args = _files(tmp_path, [[1, 2], [3, 4]], ["g1", "g2"], [[1, 2], [3, 4]], ["g1", "g2"])
     err = _error(capsys, _transport(tmp_path, *args, "--labels", "er", "-o", "o.csv"))
