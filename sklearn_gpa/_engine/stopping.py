@@ -613,8 +613,8 @@ class EnergyStopping:
         a flow that moves only on evidence also stays with fewer than ``START_MIN_ROWS``
         distinct target rows, and its score counts against the larger floors of
         ``_start_floor``, the far particles not counted).  The score returned is always
-        against the target's floors: the run compares checks' scores (its best check) on one
-        scale.
+        against the target's floors, so that the run's record of the checks is on one
+        scale (its best check is ranked by ``ranking``).
         """
         values = self.statistics(y)
         score = (values / self.floor).max(0).values
