@@ -294,6 +294,15 @@ def _value_distances(values, points):
     return torch.minimum((points - lower).abs(), (upper - points).abs()).transpose(1, 2)
 
 
+def _random_halves(real, n_splits, generator, dtype):
+    """(n_splits, K, n): per random split of each flow's real rows (``real`` (K, n)), whether
+    a row is in the first half (``floor(count / 2)`` rows; the other real rows are the
+    second).  The keys are drawn on ``generator`` in ``dtype``, real rows ranked first."""
+    keys = torch.rand(n_splits, *real.shape, generator=generator, dtype=dtype)
+    rank = (keys.to(real.device) + 2.0 * ~real).argsort(-1).argsort(-1)
+    return real & (rank < torch.floor(real.sum(-1) / 2)[:, None])
+
+
 def _far_level(norms, mask, generator):
     """Per flow (K,): how far out a fresh sample's farthest row lies, in units of the
     target rows' farthest: over ``FAR_SPLITS`` random halves of the masked rows, the 0.9
@@ -305,16 +314,10 @@ def _far_level(norms, mask, generator):
     beyond the target's rows, sets a higher level than a light one (1.1-1.4 for Gaussians).
     """
     real = mask > 0
-    half = torch.floor(real.sum(1) / 2)[:, None]
-    levels = []
-    for _ in range(FAR_SPLITS):
-        keys = torch.rand(real.shape, generator=generator, dtype=norms.dtype)
-        rank = (keys.to(norms.device) + 2.0 * ~real).argsort(-1).argsort(-1)
-        first = real & (rank < half)
-        top_first = norms.masked_fill(~first, -math.inf).max(1).values
-        top_second = norms.masked_fill(~(real & ~first), -math.inf).max(1).values
-        levels.append(top_second / top_first)
-    levels = torch.stack(levels, 1)
+    first = _random_halves(real, FAR_SPLITS, generator, norms.dtype)
+    top_first = norms.masked_fill(~first, -math.inf).max(-1).values
+    top_second = norms.masked_fill(~(real & ~first), -math.inf).max(-1).values
+    levels = (top_second / top_first).T  # (K, splits)
     levels = levels.masked_fill(~(torch.isfinite(levels) & (levels > 0)), math.inf)
     # An order statistic, not an interpolated quantile: between two inf it would be nan.
     return levels.sort(1).values[:, math.ceil(0.9 * (FAR_SPLITS - 1))]
@@ -507,15 +510,10 @@ class EnergyStopping:
         The halves split the distinct rows; each row's weight (its copies) goes with it.
         """
         n_target = self.n_target if n_target is None else n_target
-        real = (pool_mask > 0).to(self.dtype)
-        n_pool = real.sum(1)
-        # Random halves of each flow's real rows: rank random keys, real rows first.
-        keys = torch.rand(_N_SPLITS, *pool_mask.shape, generator=generator, dtype=self.dtype)
-        rank = (keys.to(kernel.device) + 2.0 * (1.0 - real)).argsort(-1).argsort(-1)
-        half = torch.floor(n_pool / 2)
-        # Halves as columns (K, rows, splits); kernel sums within and across them as
-        # matrix products: (2, K, splits) each.
-        first = ((rank < half[:, None]).to(self.dtype) * pool_mask).permute(1, 2, 0)
+        # Random halves of each flow's real rows as columns (K, rows, splits); kernel sums
+        # within and across them as matrix products: (2, K, splits) each.
+        halves = _random_halves(pool_mask > 0, _N_SPLITS, generator, self.dtype)
+        first = (halves.to(self.dtype) * pool_mask).permute(1, 2, 0)
         second = pool_mask[..., None] - first
         kernel_first = kernel @ first
         sum_11 = (kernel_first * first).sum(-2)
@@ -623,7 +621,7 @@ class EnergyStopping:
         # Too few distinct target rows to tell a move from noise: the flow stays.  Nor do a
         # few far rows set a flow moving: far particles keep a moving flow going.
         stays = (self.mask_x > 0).sum(1) < START_MIN_ROWS
-        decisive = (values[:-1] / self.floor[:-1]).max(0).values
+        decisive = self.ranking(values)
         if START_POOLED:
             moves = (decisive > self.start_factor) & ~stays
             decisive = (values[:-1] / self._start_floor(y, moves)[:-1]).max(0).values
