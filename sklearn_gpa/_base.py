@@ -75,7 +75,13 @@ class DomainTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}.")
             # Class labels, as a classifier takes them: a continuous target would make one
             # class (and flow) per distinct value.  Unknown labels (-1, NaN) are left out.
-            check_classification_targets(y[known_labels(y)])
+            known = known_labels(y)
+            check_classification_targets(y[known])
+            if not known.any():
+                warn_at_caller(
+                    "y holds no known label (every one is -1 or NaN, the marks of an "
+                    "unknown label): the fit ignores it, as with y=None."
+                )
         return X, y, source, domains
 
     def _validate_rows(self, X):

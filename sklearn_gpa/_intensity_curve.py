@@ -10,15 +10,16 @@ them), so that every gene's map averages a few dozen to thousands of genes' nois
 The map changes only each gene's shape: the gene keeps the mean and standard deviation the
 per-feature pre-alignment gave it, and each row its rank within the gene.
 
-``LatentGPA`` fits it only where its encoder finds no direction of per-sample variation
-(which changes the genes' shapes too), and only on evidence: the features share a unit
-(the rule of ``standardize="auto"``, features in another unit left out and kept), there
-are at least ``MIN_FEATURES`` of them, and the pooled shapes of the two sides differ more
-than those of two random parts of one side's own rows (``PERMUTATIONS`` splits of each
-side in turn, at the same sizes: a test at ``CURVE_ALPHA``).  The map is then shrunk
-towards the identity by the share of the difference that such splits give (``1 - null /
-observed``).  Two halves of one study and per-gene affine effects stay below the test
-(fired on 3 of 160 halvings of eight studies); strong intensity curves are far above it
+``LatentGPA`` fits it on the rows it corrected, last: where its encoder finds directions
+of per-sample variation (which change the genes' shapes too), after the flow removed
+them.  It fits it only on evidence: the features share a unit (the rule of
+``standardize="auto"``, features in another unit left out and kept), there are at least
+``MIN_FEATURES`` of them, and the pooled shapes of the two sides differ more than those
+of two random parts of one side's own rows (``PERMUTATIONS`` splits of each side in
+turn, at the same sizes: a test at ``CURVE_ALPHA``).  The map is then shrunk towards the
+identity by the share of the difference that such splits give (``1 - null / observed``).
+Two halves of one study and per-gene affine effects stay below the test (fired on 3 of
+160 halvings of eight studies); strong intensity curves are far above it
 (``benchmarks/README.md``, "A shared intensity curve").  Any difference of the genes'
 shapes reads as a curve, a biological one too (two sides with very different mixes of a
 class that changes many genes).

@@ -50,6 +50,12 @@ CODES_PREALIGN = True
 # class's target rows, farther from their own truth (benchmarks/README.md, "One flow with
 # labels").  True: a flow per class, as before 2026-12-07.
 CLASS_FLOWS = False
+# Where the encoder finds directions, the shared intensity curve is looked for in the rows
+# the flow and the residual maps corrected (the per-sample factors, which change the genes'
+# shapes too, removed first) and undone on them (benchmarks/README.md, "The intensity curve
+# after the factors").  False: a curve only where the encoder found no direction, as
+# before 2026-12-08.
+CURVE_AFTER_FLOW = True
 
 
 def _default_flow(**params):
@@ -196,9 +202,7 @@ class LatentGPA(DomainTransformer):
        source varies more than the target beyond sampling noise (a step-down permutation
        test at level 0.01), kept orthogonal to the target's class contrasts when the
        target rows carry labels.  When there is none, no flow runs and the result is that
-       adjustment, after ``intensity_curve="auto"`` has undone an intensity-dependent
-       curve shared by genes of similar intensity where the genes' shapes (standardised
-       quantiles, pooled over genes of similar mean) differ beyond noise;
+       adjustment (and step 5);
     3. one flow, labels or not (``transform`` then ignores ``y``), runs in those few
        directions, from the codes with their means and spreads (and covariance, where it
        differs) matched to the target's, and stops once its particles are as close to the
@@ -208,7 +212,12 @@ class LatentGPA(DomainTransformer):
        their noise, and under a label shift they sent rows onto their class's target rows,
        farther from their own truth;
     4. ``residual="adjust"``: each row keeps its own part outside those directions, with
-       that part's per-feature mean and std matched to the target's.
+       that part's per-feature mean and std matched to the target's;
+    5. ``intensity_curve="auto"``: an intensity-dependent curve shared by genes of similar
+       intensity is undone on the rows so corrected, where the genes' shapes (standardised
+       quantiles, pooled over genes of similar mean) differ from the target's beyond
+       noise; looked for after the flow, so that the per-sample factors, which change
+       the genes' shapes too, are removed first.
 
     On simulated batch effects with a known truth this recovers each row better than
     per-gene methods where the effect is more than per-gene affine, and like mean/std where
@@ -220,7 +229,8 @@ class LatentGPA(DomainTransformer):
     * ``"adjust"`` (default): add the row's own off-latent residual ``x - D(E(x))`` back,
       its per-feature mean and std matched to the target's (per flow);
     * ``"keep"``: add the residual back as it is;
-    * ``"drop"``: return ``D(moved code)``, a row on the encoder's manifold (the papers).
+    * ``"drop"``: return ``D(moved code)``, a row on the encoder's manifold (the papers; no
+      intensity curve is undone after the flow).
 
     Read more in the :ref:`User Guide <user_guide>`.
 
@@ -280,23 +290,24 @@ class LatentGPA(DomainTransformer):
         among the target rows is over 10 times the median feature's (a patient's age beside
         the genes) is left out of the levels and keeps its values.
     intensity_curve : {"auto"} or None, default="auto"
-        Where the encoder finds no direction to move in (integration only), undo a curve
-        of the measured intensity that bends each gene's values alike at like
-        intensities (a scanner's or a platform's intensity bias), which per-feature
-        affine maps leave and per-gene quantile mapping estimates with much noise from a
-        few dozen rows.  Each gene's standardised source quantiles are mapped onto its
-        standardised target quantiles, both averaged over the tenth of the genes nearest
-        it in mean; the gene keeps its mean, its standard deviation and the order of its
-        rows.  "auto" does it only where the features share a unit (the rule of
-        ``standardize="auto"``; features in another unit keep their values), there are
-        at least 50 of them, and the sides' pooled shapes differ beyond those of random
-        parts of one side's own rows (a Monte Carlo test at 0.05; the map is shrunk
-        towards the identity by their share; its draws have a fixed seed); None never.
-        Where the encoder finds directions, per-sample factors change the genes' shapes
-        too, and no curve is undone.  Any difference in the genes' shapes reads as a
-        curve, a biological one too: where the two sides hold very different mixes of
-        classes that change many genes (20 % against 80 % of a class with 30 % of the
-        genes up 2 units), it undoes part of that difference; pass None there.
+        Undo a curve of the measured intensity that bends each gene's values alike at like
+        intensities (a scanner's or a platform's intensity bias; integration only), which
+        per-feature affine maps leave and per-gene quantile mapping estimates with much
+        noise from a few dozen rows.  Each gene's standardised source quantiles are mapped
+        onto its standardised target quantiles, both averaged over the tenth of the genes
+        nearest it in mean; the gene keeps its mean, its standard deviation and the order of
+        its rows.  "auto" does it only where the features share a unit (the rule of
+        ``standardize="auto"``; features in another unit keep their values), there are at
+        least 50 of them, and the sides' pooled shapes differ beyond those of random parts
+        of one side's own rows (a Monte Carlo test at 0.05; the map is shrunk towards the
+        identity by their share; its draws have a fixed seed); None never.  Per-sample
+        factors change the genes' shapes too: the curve is fitted on the rows the flow and
+        the residual maps corrected, and undone last (not after a flow with
+        ``residual="drop"``, whose rows stay on the encoder's manifold).  Any difference in
+        the genes' shapes reads as a curve, a biological one too: where the two sides hold
+        very different mixes of classes that change many genes (20 % against 80 % of a class
+        with 30 % of the genes up 2 units), it undoes part of that difference; pass None
+        there.
     random_state : int, RandomState instance or None, default=None
         Seeds the flow: the default transporter's, or that of a transporter you pass whose
         own ``random_state`` is None (one you seeded keeps its seed).  An int makes
@@ -421,11 +432,6 @@ class LatentGPA(DomainTransformer):
         self.encoder_ = self._fit_encoder(X, y, sample_domain)
         codes = self._encode(X)
         self.n_components_ = codes.shape[1]
-        if source is not None and self.intensity_curve is not None and self.n_components_ == 0:
-            # A curve only where no direction of per-sample variation was found: per-sample
-            # factors change the genes' shapes too, and undoing those shapes as a curve cost
-            # the factor cells 3 % of recovery (benchmarks/README.md).
-            X = self._fit_intensity_curves(X, source, domains)
         residuals = X - self._decode(codes)
         spread = np.sum((X - X.mean(0)) ** 2)
         self.reconstruction_error_ = float(np.sqrt(np.sum(residuals**2) / max(spread, 1e-300)))
@@ -443,6 +449,10 @@ class LatentGPA(DomainTransformer):
         if self.n_components_ == 0:  # the two sides differ in no direction beyond noise
             self.decoder_lipschitz_ = 0.0
             self.particles_ = X[source]
+            if source is not None:
+                self.particles_ = self._fit_intensity_curves(
+                    self.particles_, X[~source], domains[source]
+                )
             return self.particles_
         self.decoder_lipschitz_ = decoder_lipschitz_constant(self.encoder_, codes)
         flow_labels = y
@@ -464,6 +474,14 @@ class LatentGPA(DomainTransformer):
             return None
         labels = self.transporter_.particle_labels_
         self.particles_ = self._finish(X[source], codes[source], moved, labels, domains[source])
+        if CURVE_AFTER_FLOW and self.residual != "drop":
+            # Looked for once the flow has removed the per-sample factors, which change the
+            # genes' shapes too (tested before it, they cost the factor cells 3 % of
+            # recovery; benchmarks/README.md).  Rows asked for on the encoder's manifold
+            # ("drop") stay there.
+            self.particles_ = self._fit_intensity_curves(
+                self.particles_, X[~source], domains[source]
+            )
         return self.particles_
 
     def _fit_encoder(self, X, y, sample_domain):
@@ -504,29 +522,35 @@ class LatentGPA(DomainTransformer):
             maps.append((a, b + (1 - a) * recentred))
         return maps
 
-    def _fit_intensity_curves(self, X, source, domains):
+    def _fit_intensity_curves(self, rows, target, domains):
         """``intensity_curves_``: per source domain, the shared intensity curve of its
-        pre-aligned rows against the target rows (None where there is no evidence of one);
-        returns ``X`` with the source rows' curves undone."""
+        corrected source rows ``rows`` (of domains ``domains``) against the ``target``
+        rows (None where there is no evidence of one); returns ``rows`` with the curves
+        undone."""
+        if self.intensity_curve is None:
+            return rows
         curves = {}
-        fitted_domains = np.unique(domains[source])
+        fitted_domains = np.unique(domains)
         for domain in fitted_domains:
-            rows = source & (domains == domain)
-            curve = IntensityCurve.fit(X[rows], X[~source])
+            curve = IntensityCurve.fit(rows[domains == domain], target)
             if curve is not None:
                 curves[int(domain)] = curve
         if not curves:
-            return X
+            return rows
         self.intensity_curves_ = curves
         self._curve_domains = fitted_domains
-        return self._undo_intensity_curves(X, np.where(source, domains, -1))
+        return self._undo_intensity_curves(rows, domains)
 
     def _undo_intensity_curves(self, X, domains):
         """Rows ``X`` with their source domain's intensity curve undone (rows of domain
-        ``domains``; None: the fit's only source domain)."""
+        ``domains``; None: the fit's only source domain).  A fit with one source domain
+        moves every source row as that domain's, whatever its value (the pre-alignment and
+        the flow do), and so does its curve."""
         curves = getattr(self, "intensity_curves_", None)  # fits pickled before: none
         if not curves:
             return X
+        if len(self._curve_domains) == 1:
+            return next(iter(curves.values())).transform(X)
         if domains is None:
             if len(self._curve_domains) > 1:  # no pre-alignment guessed the rows' domains
                 raise ValueError(
@@ -560,15 +584,15 @@ class LatentGPA(DomainTransformer):
             domains = self.adjuster_.flow_domains_[self.adjuster_.flow_index(X)]
         if self.adjuster_ is not None:
             X = self.adjuster_.transform(X, sample_domain=domains)
-        X = self._undo_intensity_curves(X, domains)
-        if self.transporter_ is None:
-            return X
-        codes = self._encode(X)
-        if domains is None and self.transporter_.flow_domains_ is not None:
-            # The flows' own guess (no pre-alignment guessed one): the same for the residuals.
-            domains = self.transporter_.flow_domains_[self.transporter_.flow_index(codes)]
-        moved = self.transporter_.transform(codes, y, sample_domain=domains)
-        return self._finish(X, codes, moved, y, domains)
+        if self.transporter_ is not None:
+            codes = self._encode(X)
+            if domains is None and self.transporter_.flow_domains_ is not None:
+                # The flows' own guess (no pre-alignment guessed one): the same for the
+                # residuals and the intensity curves.
+                domains = self.transporter_.flow_domains_[self.transporter_.flow_index(codes)]
+            moved = self.transporter_.transform(codes, y, sample_domain=domains)
+            X = self._finish(X, codes, moved, y, domains)
+        return self._undo_intensity_curves(X, domains)
 
     def _finish(self, rows, codes, moved_codes, labels, domains):
         """Decode moved codes and treat the off-latent residual as ``residual`` says."""
@@ -654,6 +678,8 @@ class LatentGPA(DomainTransformer):
     def __setstate__(self, state):
         # Fitted before these parameters existed: what the fit did then.
         state = {"sample_alignment": None, "intensity_curve": None, **state}
+        if "encoder_" in state:  # fitted before the per-sample alignment: none ran
+            state = {"sample_levels_": None, **state}
         super().__setstate__(state)
 
     @property

@@ -1,7 +1,10 @@
 """Bad input through every public entry point: a named error, never a torch traceback or NaN."""
 
+import warnings
+
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from sklearn_gpa import (
     GPAAugmenter,
@@ -118,6 +121,24 @@ def test_unknown_labels_are_not_a_continuous_target(estimator):
     labels[np.flatnonzero(SD < 0)[::2]] = np.nan
     fitted = estimator.fit(X, labels, sample_domain=SD)
     assert fitted.transform(X[SD >= 0], sample_domain=SD[SD >= 0]).shape == (30, 3)
+
+
+@pytest.mark.parametrize("estimator", _estimators(), ids=lambda e: type(e).__name__)
+def test_labels_all_unknown_are_said_and_ignored(estimator):
+    """y of -1 and NaN only: a fit as with y=None, and a warning that says so."""
+    labels = np.full(60, -1.0)
+    labels[::2] = np.nan
+    with pytest.warns(UserWarning, match="no known label"):
+        fitted = clone(estimator).fit(X, labels, sample_domain=SD)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = clone(estimator).fit(X, sample_domain=SD)
+    assert not [w for w in caught if "no known label" in str(w.message)]
+    rows = X[SD >= 0]
+    np.testing.assert_array_equal(
+        fitted.transform(rows, sample_domain=SD[SD >= 0]),
+        plain.transform(rows, sample_domain=SD[SD >= 0]),
+    )
 
 
 def test_generation_rejects_a_continuous_y():
