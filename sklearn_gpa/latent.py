@@ -551,14 +551,12 @@ class LatentGPA(DomainTransformer):
             return X
         if len(self._curve_domains) == 1:
             return next(iter(curves.values())).transform(X)
-        if domains is None:
-            if len(self._curve_domains) > 1:  # no pre-alignment guessed the rows' domains
-                raise ValueError(
-                    "This LatentGPA was fitted with several source domains, and an intensity "
-                    "curve for some of them, without a pre-alignment to guess each row's "
-                    "domain: pass sample_domain to transform."
-                )
-            return next(iter(curves.values())).transform(X)
+        if domains is None:  # no pre-alignment or flow guessed the rows' domains
+            raise ValueError(
+                "This LatentGPA was fitted with several source domains, and an intensity "
+                "curve for some of them, without a pre-alignment to guess each row's "
+                "domain: pass sample_domain to transform."
+            )
         out = np.array(X, dtype=float)  # never the caller's array
         for domain, curve in curves.items():
             rows = domains == domain
